@@ -1,0 +1,68 @@
+"""mcp-guard: authorization and audit for Python MCP servers.
+
+Every tool call proves who is calling (a verified `Principal`), under which governed
+`Session`, and that this exact call is allowed now, with the scopes trimmed to what it needs.
+Every decision is recorded.
+"""
+
+from mcp_guard.audit import AuditEvent, AuditSink, EventKind, MemoryAuditSink
+from mcp_guard.context import current_call
+from mcp_guard.errors import Refused, UnguardedCallError
+from mcp_guard.guard import Authorization, Guard
+from mcp_guard.identity import AccessTokenIdentifier, Identifier, token_fingerprint
+from mcp_guard.integrations.mcp_sdk import GUARD_DENIED, GuardMiddleware
+from mcp_guard.model import (
+    CallRequest,
+    Decision,
+    Principal,
+    Reason,
+    Risk,
+    Session,
+    SessionOwners,
+    SessionState,
+    ToolSpec,
+)
+from mcp_guard.policy import Policy, ScopePolicy
+from mcp_guard.reasons import ReasonCode
+from mcp_guard.scopes import ScopeError, ScopeHierarchy, format_scope, parse_scope
+from mcp_guard.session import MemorySessionStore, SessionKeys, SessionSettings, SessionStore
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GUARD_DENIED",
+    "AccessTokenIdentifier",
+    "AuditEvent",
+    "AuditSink",
+    "Authorization",
+    "CallRequest",
+    "Decision",
+    "EventKind",
+    "Guard",
+    "GuardMiddleware",
+    "Identifier",
+    "MemoryAuditSink",
+    "MemorySessionStore",
+    "Policy",
+    "Principal",
+    "Reason",
+    "ReasonCode",
+    "Refused",
+    "Risk",
+    "ScopeError",
+    "ScopeHierarchy",
+    "ScopePolicy",
+    "Session",
+    "SessionKeys",
+    "SessionOwners",
+    "SessionSettings",
+    "SessionState",
+    "SessionStore",
+    "ToolSpec",
+    "UnguardedCallError",
+    "__version__",
+    "current_call",
+    "format_scope",
+    "parse_scope",
+    "token_fingerprint",
+]

@@ -1,0 +1,52 @@
+"""Audit facts on the OpenTelemetry span of the call: MCP semantic conventions plus ``mcp_guard.*``.
+
+The SDK already opens the SERVER span ``tools/call {tool}`` with ``mcp.method.name``,
+``gen_ai.operation.name`` and ``jsonrpc.request.id``; the guard enriches that span rather than
+opening a second one. Nothing here runs when no tracer provider records the span.
+"""
+
+from __future__ import annotations
+
+from opentelemetry import trace
+from opentelemetry.trace import Span, StatusCode
+from opentelemetry.util.types import AttributeValue
+
+from mcp_guard.audit.events import AuditEvent
+from mcp_guard.model import Decision
+
+__all__ = ["annotate_current_span"]
+
+
+def annotate_current_span(event: AuditEvent, decision: Decision, transport_session: str | None) -> None:
+    """Put one call's decision on the current span; a denial marks the span as an error."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        _annotate(span, event, decision, transport_session)
+
+
+def _annotate(span: Span, event: AuditEvent, decision: Decision, transport_session: str | None) -> None:
+    attributes: dict[str, AttributeValue] = {
+        "mcp_guard.decision": event.decision or "denied",
+        "mcp_guard.reason": decision.reason.code,
+        "mcp_guard.requested_scopes": sorted(event.requested_scopes),
+        "mcp_guard.approved_scopes": sorted(event.approved_scopes),
+        "mcp_guard.missing_scopes": sorted(event.missing_scopes),
+        "mcp_guard.rule_ids": list(event.rule_ids),
+        "mcp_guard.event_id": event.event_id,
+    }
+    optional = {
+        "gen_ai.tool.name": event.tool,
+        "mcp.session.id": transport_session,
+        "mcp_guard.session.id": event.session_id,
+        "mcp_guard.principal.issuer": event.issuer,
+        "mcp_guard.principal.subject": event.subject,
+        "mcp_guard.principal.client_id": event.client_id,
+        "mcp_guard.token.id": event.token_id or event.token_hash,
+        "mcp_guard.policy.id": event.policy_id,
+        "mcp_guard.policy.version": event.policy_version,
+    }
+    attributes.update({key: value for key, value in optional.items() if value is not None})
+    span.set_attributes(attributes)
+    if not decision.allowed:
+        span.set_attribute("error.type", decision.reason.code)
+        span.set_status(StatusCode.ERROR, decision.reason.message)

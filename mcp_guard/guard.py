@@ -1,0 +1,397 @@
+"""The `Guard`: the tool registry and the one pipeline every call goes through.
+
+    identify -> bind session -> decide -> record
+
+Each stage is a small protocol (`Identifier`, `SessionStore` with `SessionKeys`, `Policy`,
+`AuditSink`); this module only wires them, and turns any failure into a recorded denial.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, TypeVar, cast
+
+from mcp.server.auth.provider import AccessToken
+
+from mcp_guard.audit.events import AuditEvent, EventKind
+from mcp_guard.audit.sinks import AuditSink, MemoryAuditSink
+from mcp_guard.audit.spans import annotate_current_span
+from mcp_guard.context import require_admission
+from mcp_guard.errors import Refused
+from mcp_guard.identity.access_token import AccessTokenIdentifier, Identifier
+from mcp_guard.model import CallRequest, Decision, Principal, Risk, Session, SessionState, ToolSpec
+from mcp_guard.policy.base import Policy
+from mcp_guard.policy.scopes import ScopePolicy
+from mcp_guard.reasons import ReasonCode
+from mcp_guard.scopes import scope_set
+from mcp_guard.session.keys import SessionKeys
+from mcp_guard.session.memory import MemorySessionStore
+from mcp_guard.session.revocation import Revocations
+from mcp_guard.session.settings import SessionSettings
+from mcp_guard.session.store import SessionStore
+
+__all__ = ["Authorization", "Guard"]
+
+logger = logging.getLogger("mcp_guard")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_DISPLAY_LIMIT = 80
+
+
+@dataclass(frozen=True, slots=True)
+class Authorization:
+    """What `Guard.authorize` returns: the decision, and the call it judged (None if refused early)."""
+
+    decision: Decision
+    request: CallRequest | None = None
+
+    @property
+    def allowed(self) -> bool:
+        return self.decision.allowed
+
+
+class Guard:
+    """Authorizes every tool call: who is calling, under which session, with which scopes.
+
+    Every argument has a safe default: the SDK's verified access token as identity, sessions
+    in process memory, the built-in scope policy (with an optional explicit scope hierarchy),
+    and an in-memory audit log. ``leeway`` is the grace in seconds after a token's expiry;
+    ``clock`` returns the time in seconds (inject one in tests).
+    """
+
+    def __init__(
+        self,
+        *,
+        policy: Policy | None = None,
+        scope_hierarchy: Mapping[str, str | Iterable[str]] | None = None,
+        identifier: Identifier | None = None,
+        sessions: SessionStore | None = None,
+        session_settings: SessionSettings | None = None,
+        session_keys: SessionKeys | None = None,
+        audit: Sequence[AuditSink] | None = None,
+        leeway: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if policy is not None and scope_hierarchy is not None:
+            raise ValueError("give scope_hierarchy to your policy, not to both")
+        if not (math.isfinite(leeway) and 0 <= leeway <= 300):
+            raise ValueError(f"leeway must be between 0 and 300 seconds, not {leeway!r}")
+        self.policy: Policy = policy if policy is not None else ScopePolicy(scope_hierarchy)
+        self.identifier: Identifier = identifier if identifier is not None else AccessTokenIdentifier()
+        self.sessions: SessionStore = sessions if sessions is not None else MemorySessionStore()
+        self.session_settings = session_settings if session_settings is not None else SessionSettings()
+        self.session_keys = session_keys if session_keys is not None else SessionKeys()
+        self.sinks: tuple[AuditSink, ...] = tuple(audit) if audit is not None else (MemoryAuditSink(),)
+        self.revocations = Revocations()
+        self.leeway = leeway
+        self.clock = clock
+        self._tools: dict[str, ToolSpec] = {}
+
+    # -- the registry -------------------------------------------------------------------------
+
+    @property
+    def tools(self) -> Mapping[str, ToolSpec]:
+        """The declared tools by name (read-only)."""
+        return MappingProxyType(self._tools)
+
+    def declare(self, spec: ToolSpec) -> ToolSpec:
+        """Register what a tool needs. A name can be declared once."""
+        if spec.name in self._tools:
+            raise ValueError(f"tool {spec.name!r} is already declared")
+        self._tools[spec.name] = spec
+        return spec
+
+    def tool(
+        self,
+        name: str | None = None,
+        *,
+        scopes: str | Iterable[str] = (),
+        optional_scopes: str | Iterable[str] = (),
+        risk: Risk | str = Risk.READ,
+        data_classes: Iterable[str] = (),
+        owner: str | None = None,
+        tags: Iterable[str] = (),
+        conceal: bool = False,
+    ) -> Callable[[F], F]:
+        """Declare a tool's needs; stack it under ``@mcp.tool()``.
+
+        The function keeps its name, signature, docstring and sync/async nature, so the SDK
+        builds the same schema, injects Context, and runs sync tools on worker threads. It
+        refuses to run unless the guard admitted this very call, so a server that forgot the
+        middleware fails closed instead of serving unchecked calls.
+        """
+
+        def decorator(fn: F) -> F:
+            spec = self.declare(
+                ToolSpec(
+                    name=name or fn.__name__,
+                    scopes=scope_set(scopes),
+                    optional_scopes=scope_set(optional_scopes),
+                    risk=Risk(risk),
+                    data_classes=frozenset(data_classes),
+                    owner=owner,
+                    tags=frozenset(tags),
+                    conceal=conceal,
+                )
+            )
+            return _admitted_only(fn, spec.name)
+
+        return decorator
+
+    # -- the pipeline ---------------------------------------------------------------------------
+
+    async def authorize(
+        self,
+        tool: object,
+        arguments: object,
+        credential: AccessToken | None,
+        *,
+        protocol_version: str | None = None,
+        transport_session: str | None = None,
+        request_id: str | int | None = None,
+    ) -> Authorization:
+        """Decide one ``tools/call`` from what arrived on the wire, and record the decision.
+
+        ``tool`` and ``arguments`` are the raw request values (any type). ``transport_session``
+        is the legacy transport's session id, None on MCP 2026-07-28. Never raises: a failure
+        in any stage is a denial with its own reason code.
+        """
+        now = self.clock()
+        principal: Principal | None = None
+        identified = False
+        session_id: str | None = None
+        session: Session | None = None
+        request: CallRequest | None = None
+        tool_name = _display(tool)
+        try:
+            principal = self.identifier.identify(credential)
+            self._check_principal(principal, now)
+            identified = True
+            session_id = self.session_keys.key(principal, transport_session)
+            session = await self._bind_session(session_id, principal, now)
+            spec = self._resolve_tool(tool, principal)
+            tool_name = spec.name
+            request = CallRequest(
+                principal=principal,
+                session=session,
+                tool=spec,
+                arguments=_arguments(arguments),
+                at=now,
+                protocol_version=protocol_version,
+                request_id=request_id,
+            )
+            decision = self.policy.decide(request)
+        except Refused as refusal:
+            decision = self._refusal(refusal.code, refusal.message, principal)
+        except Exception:
+            logger.exception("mcp-guard: authorizing tool %s failed; denying", tool_name)
+            decision = self._refusal(ReasonCode.GUARD_ERROR, None, principal)
+        kind = EventKind.CALL_DECIDED if identified else EventKind.TOKEN_REJECTED
+        try:
+            if session is not None:
+                await self.sessions.record_call(session, now, allowed=decision.allowed)
+            self._record(
+                AuditEvent.build(kind, now, principal, session_id=session_id, tool=tool_name, decision=decision),
+                decision,
+                transport_session,
+            )
+        except Exception:
+            logger.exception("mcp-guard: recording the decision on tool %s failed; denying", tool_name)
+            if decision.allowed:
+                decision = self._refusal(ReasonCode.GUARD_ERROR, None, principal)
+        return Authorization(decision, request)
+
+    async def visible_tools(
+        self, credential: AccessToken | None, transport_session: str | None = None
+    ) -> frozenset[str]:
+        """The declared tools this caller may call now, for ``tools/list``. Nothing on any failure.
+
+        Listing opens no session; a session that exists must be usable by this caller.
+        """
+        now = self.clock()
+        try:
+            principal = self.identifier.identify(credential)
+            self._check_principal(principal, now)
+            session = await self.sessions.get(self.session_keys.key(principal, transport_session))
+            if session is not None and _session_refusal(session, principal, now) is not None:
+                return frozenset()
+            return frozenset(name for name, spec in self._tools.items() if self.policy.visible(principal, spec))
+        except Refused:
+            return frozenset()
+        except Exception:
+            logger.exception("mcp-guard: listing tools failed; showing none")
+            return frozenset()
+
+    # -- revocation -----------------------------------------------------------------------------
+
+    async def revoke(
+        self,
+        *,
+        session_id: str | None = None,
+        subject: str | None = None,
+        client_id: str | None = None,
+        token_id: str | None = None,
+        issuer: str | None = None,
+        ttl: float | None = None,
+        reason: str = "",
+    ) -> None:
+        """Revoke one target; it takes effect on the very next call.
+
+        Give exactly one of ``session_id``, ``subject``, ``client_id`` or ``token_id`` (a
+        ``jti`` or a token fingerprint). ``issuer`` narrows a subject or client to one issuer
+        (without it, every issuer). ``ttl`` bounds a subject, client or token revocation in
+        seconds; without it, it lasts until `restore`. A call already admitted runs to its end.
+        """
+        targets = {"session_id": session_id, "subject": subject, "client_id": client_id, "token_id": token_id}
+        given = {key: value for key, value in targets.items() if value is not None}
+        if len(given) != 1:
+            raise ValueError("revoke exactly one of session_id, subject, client_id or token_id")
+        now = self.clock()
+        detail = reason or None
+        if session_id is not None:
+            session = await self.sessions.end(session_id, SessionState.REVOKED, ReasonCode.SESSION_REVOKED)
+            if session is None:
+                raise LookupError(f"no session {session_id!r} to revoke")
+            self._record(AuditEvent.build(EventKind.SESSION_REVOKED, now, session_id=session_id, detail=detail))
+            return
+        until = math.inf if ttl is None else now + ttl
+        if subject is not None:
+            self.revocations.revoke_subject(subject, issuer, until)
+        elif client_id is not None:
+            self.revocations.revoke_client(client_id, issuer, until)
+        elif token_id is not None:
+            self.revocations.revoke_token(token_id, until)
+        self._record(AuditEvent.build(EventKind.ACCESS_REVOKED, now, detail=_describe(given, issuer, reason)))
+
+    async def restore(
+        self,
+        *,
+        subject: str | None = None,
+        client_id: str | None = None,
+        token_id: str | None = None,
+        issuer: str | None = None,
+        reason: str = "",
+    ) -> None:
+        """Lift a subject, client or token revocation made with the same arguments.
+
+        Revoked sessions stay revoked: the client opens a new one.
+        """
+        self.revocations.restore(token_id=token_id, subject=subject, client_id=client_id, issuer=issuer)
+        targets = {"subject": subject, "client_id": client_id, "token_id": token_id}
+        given = {key: value for key, value in targets.items() if value is not None}
+        self._record(AuditEvent.build(EventKind.ACCESS_RESTORED, self.clock(), detail=_describe(given, issuer, reason)))
+
+    # -- stages -------------------------------------------------------------------------------
+
+    def _check_principal(self, principal: Principal, now: float) -> None:
+        if principal.expires_at is not None and now > principal.expires_at + self.leeway:
+            raise Refused(ReasonCode.TOKEN_EXPIRED)
+        revoked = self.revocations.check(principal, now)
+        if revoked is not None:
+            raise Refused(revoked)
+
+    async def _bind_session(self, session_id: str, principal: Principal, now: float) -> Session:
+        session = await self.sessions.get(session_id)
+        if session is None:
+            session, opened = await self.sessions.add(self.session_settings.open(session_id, principal, now))
+            if opened:
+                self._record(AuditEvent.build(EventKind.SESSION_OPENED, now, principal, session_id=session_id))
+        refusal = _session_refusal(session, principal, now)
+        if refusal is None:
+            return session
+        if refusal in (ReasonCode.SESSION_EXPIRED, ReasonCode.SESSION_IDLE_EXPIRED):
+            ended = await self.sessions.end(session_id, SessionState.EXPIRED, refusal)
+            if ended is not None and ended.end_reason == refusal:
+                self._record(AuditEvent.build(EventKind.SESSION_EXPIRED, now, principal, session_id=session_id))
+        raise Refused(refusal)
+
+    def _resolve_tool(self, tool: object, principal: Principal) -> ToolSpec:
+        if not isinstance(tool, str):
+            raise Refused(ReasonCode.REQUEST_MALFORMED)
+        spec = self._tools.get(tool)
+        if spec is None or (spec.conceal and not self.policy.visible(principal, spec)):
+            raise Refused(ReasonCode.TOOL_NOT_FOUND, f"Unknown tool: {_display(tool)}.")
+        return spec
+
+    def _refusal(self, code: str, message: str | None, principal: Principal | None) -> Decision:
+        return Decision.deny(
+            code,
+            message,
+            requested=principal.scopes if principal is not None else (),
+            policy_id=self.policy.id,
+            policy_version=self.policy.version,
+        )
+
+    def _record(
+        self, event: AuditEvent, decision: Decision | None = None, transport_session: str | None = None
+    ) -> None:
+        for sink in self.sinks:
+            sink.emit(event)
+        if decision is not None:
+            annotate_current_span(event, decision, transport_session)
+
+
+def _session_refusal(session: Session, principal: Principal, now: float) -> str | None:
+    """Why ``principal`` may not use ``session`` at ``now``, or None when it may."""
+    if session.binding != principal.binding:
+        return ReasonCode.SESSION_BINDING_MISMATCH
+    if session.state is not SessionState.ACTIVE:
+        return session.end_reason or ReasonCode.SESSION_REVOKED
+    if now >= session.expires_at:
+        return ReasonCode.SESSION_EXPIRED
+    if now >= session.idle_deadline:
+        return ReasonCode.SESSION_IDLE_EXPIRED
+    return None
+
+
+def _arguments(arguments: object) -> Mapping[str, Any]:
+    if arguments is None:
+        return {}
+    if not isinstance(arguments, dict):
+        raise Refused(ReasonCode.ARGUMENTS_INVALID)
+    return arguments
+
+
+def _display(value: object) -> str:
+    """A bounded, escaped rendering of a requested tool name, safe for messages and logs."""
+    if not isinstance(value, str):
+        return f"<{type(value).__name__}>"
+    text = ascii(value)
+    return text if len(text) <= _DISPLAY_LIMIT else text[: _DISPLAY_LIMIT - 4] + "...'"
+
+
+def _describe(targets: Mapping[str, str], issuer: str | None, reason: str) -> str:
+    parts = [f"{key}={value!r}" for key, value in targets.items()]
+    if issuer is not None:
+        parts.append(f"issuer={issuer!r}")
+    if reason:
+        parts.append(f"reason={reason!r}")
+    return " ".join(parts)
+
+
+def _admitted_only(fn: F, tool: str) -> F:
+    """Wrap ``fn`` so it runs only inside a call the guard admitted for ``tool``."""
+    if inspect.iscoroutinefunction(fn):
+        coroutine_fn = cast(Callable[..., Awaitable[Any]], fn)
+
+        @functools.wraps(fn)
+        async def guarded_async(*args: Any, **kwargs: Any) -> Any:
+            require_admission(tool)
+            return await coroutine_fn(*args, **kwargs)
+
+        return cast(F, guarded_async)
+
+    @functools.wraps(fn)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        require_admission(tool)
+        return fn(*args, **kwargs)
+
+    return cast(F, guarded)

@@ -1,0 +1,118 @@
+"""Principals from the MCP SDK's `AccessToken`, the result of whatever `TokenVerifier` the server uses.
+
+The verifier has already checked the token's signature or asked the authorization server.
+This stage insists on the facts the guard binds sessions to (issuer, subject, client id),
+re-reads the scope strictly, and caches the result by a fingerprint of the token so a warm
+call costs one hash and one lookup.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, Protocol
+
+from cachetools import LRUCache
+from mcp.server.auth.provider import AccessToken
+
+from mcp_guard.errors import Refused
+from mcp_guard.model import Principal
+from mcp_guard.reasons import ReasonCode
+from mcp_guard.scopes import ScopeError, parse_scope, scope_set
+
+__all__ = ["AccessTokenIdentifier", "Identifier", "token_fingerprint"]
+
+
+class Identifier(Protocol):
+    """Turns the credential presented with a call into a `Principal`, or raises `Refused`."""
+
+    def identify(self, credential: AccessToken | None) -> Principal: ...
+
+
+def token_fingerprint(token: str) -> str:
+    """A short SHA-256 fingerprint of a bearer token (128 bits, hex): safe to log and to key on."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+class AccessTokenIdentifier:
+    """The default identifier: the SDK's `AccessToken` becomes a `Principal`.
+
+    Refuses a missing token, and a token without issuer (``iss`` claim), subject or client id.
+    When the claims carry the raw ``scope`` string it is parsed with the strict RFC 6749 grammar
+    and must agree with the verifier's list, so a verifier that split on odd whitespace cannot
+    widen the grant. Principals are cached (bounded, thread-safe) by token fingerprint; an OAuth
+    token's claims never change, and expiry is checked by the guard on every call.
+    """
+
+    def __init__(self, *, cache_size: int = 10_000) -> None:
+        self._cache: LRUCache[str, Principal] = LRUCache(maxsize=cache_size)
+        self._lock = threading.Lock()
+
+    def identify(self, credential: AccessToken | None) -> Principal:
+        if credential is None:
+            raise Refused(ReasonCode.TOKEN_MISSING)
+        if not credential.token:
+            return principal_from_access_token(credential, None)
+        fingerprint = token_fingerprint(credential.token)
+        with self._lock:
+            principal = self._cache.get(fingerprint)
+        if principal is None:
+            principal = principal_from_access_token(credential, fingerprint)
+            with self._lock:
+                self._cache[fingerprint] = principal
+        return principal
+
+
+def principal_from_access_token(token: AccessToken, fingerprint: str | None) -> Principal:
+    """Build a `Principal` from a verified `AccessToken`, refusing what the guard cannot bind."""
+    claims: Mapping[str, Any] = token.claims or {}
+    issuer = claims.get("iss")
+    if not isinstance(issuer, str) or not issuer:
+        raise Refused(ReasonCode.ISSUER_MISSING)
+    subject = token.subject if token.subject is not None else claims.get("sub")
+    if not isinstance(subject, str) or not subject:
+        raise Refused(ReasonCode.SUBJECT_MISSING)
+    if not isinstance(token.client_id, str) or not token.client_id:
+        raise Refused(ReasonCode.CLIENT_MISSING)
+    token_id = claims.get("jti")
+    return Principal(
+        issuer=issuer,
+        subject=subject,
+        client_id=token.client_id,
+        scopes=_requested_scopes(token, claims),
+        audience=_audience(token, claims),
+        expires_at=float(token.expires_at) if token.expires_at is not None else None,
+        token_id=token_id if isinstance(token_id, str) and token_id else None,
+        token_hash=fingerprint,
+        claims=MappingProxyType(dict(claims)),
+    )
+
+
+def _requested_scopes(token: AccessToken, claims: Mapping[str, Any]) -> frozenset[str]:
+    try:
+        listed = scope_set(token.scopes)
+        raw = claims.get("scope")
+        if raw is None:
+            return listed
+        if not isinstance(raw, str):
+            raise ScopeError(f"the 'scope' claim must be a string, not {type(raw).__name__}")
+        parsed = parse_scope(raw)
+    except ScopeError as error:
+        raise Refused(ReasonCode.SCOPE_MALFORMED, f"The access token's scope is invalid: {error}.") from None
+    if parsed != listed:
+        raise Refused(
+            ReasonCode.SCOPE_MALFORMED,
+            "The access token's 'scope' claim and the verified scope list disagree.",
+        )
+    return parsed
+
+
+def _audience(token: AccessToken, claims: Mapping[str, Any]) -> tuple[str, ...]:
+    aud = claims.get("aud", token.resource)
+    if isinstance(aud, str):
+        return (aud,)
+    if isinstance(aud, list):
+        return tuple(item for item in aud if isinstance(item, str))
+    return ()

@@ -1,0 +1,1 @@
+"""Adapters from MCP server frameworks to the guard. The core never imports these."""

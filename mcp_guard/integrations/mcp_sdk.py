@@ -1,0 +1,134 @@
+"""The guard on the MCP Python SDK: one `ServerMiddleware` for `MCPServer` and the low-level `Server`.
+
+    mcp = MCPServer("notes", middleware=[GuardMiddleware(guard)])
+    server.middleware.append(GuardMiddleware(guard))        # low-level Server
+
+It sees every ``tools/call`` before params validation and refuses what the guard denies with
+an `MCPError` (code `GUARD_DENIED`), and it filters ``tools/list`` down to what the caller may
+call. While an admitted tool runs, ``get_access_token()`` returns the caller's token trimmed to
+the approved scopes, with the raw bearer string withheld (tools must not pass it through).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+from mcp.server.auth.middleware.auth_context import auth_context_var, get_access_token
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from mcp.shared.exceptions import MCPError
+from mcp_types import INTERNAL_ERROR
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+from mcp_guard.context import admit, release
+from mcp_guard.guard import Authorization, Guard
+from mcp_guard.reasons import ReasonCode
+from mcp_guard.scopes import format_scope
+
+__all__ = ["GUARD_DENIED", "GuardMiddleware", "denial_error", "transport_session"]
+
+logger = logging.getLogger("mcp_guard")
+
+GUARD_DENIED = -32003
+"""The JSON-RPC error code of every guard denial; ``error.data.reason`` says which one."""
+
+_CONNECTION_SESSION = "mcp_guard.session"
+
+
+class GuardMiddleware:
+    """Enforces a `Guard` on an MCP SDK server (a `ServerMiddleware`)."""
+
+    def __init__(self, guard: Guard) -> None:
+        self.guard = guard
+
+    async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        if ctx.method == "tools/call":
+            return await self._call_tool(ctx, call_next)
+        if ctx.method == "tools/list":
+            return await self._list_tools(ctx, call_next)
+        return await call_next(ctx)
+
+    async def _call_tool(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        params: Mapping[str, Any] = ctx.params if isinstance(ctx.params, Mapping) else {}
+        credential = get_access_token()
+        authorization = await self.guard.authorize(
+            params.get("name"),
+            params.get("arguments"),
+            credential,
+            protocol_version=ctx.protocol_version,
+            transport_session=transport_session(ctx),
+            request_id=ctx.request_id,
+        )
+        request = authorization.request
+        if request is None or not authorization.allowed:
+            raise denial_error(authorization)
+        user = None
+        if credential is not None:
+            user = auth_context_var.set(AuthenticatedUser(_trimmed(credential, authorization.decision.approved_scopes)))
+        admitted = admit(request)
+        try:
+            return await call_next(ctx)
+        finally:
+            release(admitted)
+            if user is not None:
+                auth_context_var.reset(user)
+
+    async def _list_tools(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        result = await call_next(ctx)
+        visible = await self.guard.visible_tools(get_access_token(), transport_session(ctx))
+        tools = result.get("tools") if isinstance(result, dict) else None
+        if not isinstance(result, dict) or not isinstance(tools, list):
+            logger.error("mcp-guard: tools/list returned %s, which cannot be filtered", type(result).__name__)
+            raise MCPError(code=INTERNAL_ERROR, message="tools/list could not be filtered by mcp-guard")
+        return {
+            **result,
+            "tools": [tool for tool in tools if isinstance(tool, dict) and tool.get("name") in visible],
+        }
+
+
+def transport_session(ctx: ServerRequestContext[Any, Any]) -> str | None:
+    """The legacy session a request belongs to; None on MCP 2026-07-28 and stateless HTTP.
+
+    Streamable HTTP sessions have the ``Mcp-Session-Id``. A stdio or in-process connection has
+    no id of its own, so one is minted and kept in the connection's state: the connection is
+    the session. The SDK exposes the connection only as ``ctx.session._connection``.
+    """
+    if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+        return None
+    connection = getattr(ctx.session, "_connection", None)
+    if connection is None:
+        return None
+    session_id = getattr(connection, "session_id", None)
+    if isinstance(session_id, str):
+        return session_id
+    if ctx.request is not None:
+        return None
+    state: dict[str, Any] = connection.state
+    minted = state.get(_CONNECTION_SESSION)
+    if not isinstance(minted, str):
+        state[_CONNECTION_SESSION] = minted = "conn-" + secrets.token_hex(16)
+    return minted
+
+
+def denial_error(authorization: Authorization) -> MCPError:
+    """The JSON-RPC error for a denial: a stable code, the reason's message, and machine data."""
+    decision = authorization.decision
+    reason = decision.reason
+    data: dict[str, Any] = {"reason": reason.code}
+    if decision.missing_scopes:
+        data["missing_scopes"] = sorted(decision.missing_scopes)
+    if reason.code == ReasonCode.INSUFFICIENT_SCOPE and authorization.request is not None:
+        data["required_scopes"] = sorted(authorization.request.tool.scopes)
+    return MCPError(code=GUARD_DENIED, message=reason.message, data=data)
+
+
+def _trimmed(token: AccessToken, approved: frozenset[str]) -> AccessToken:
+    """The caller's token as a tool may see it: only the approved scopes, no bearer string."""
+    claims = dict(token.claims) if token.claims else None
+    if claims is not None and "scope" in claims:
+        claims["scope"] = format_scope(approved)
+    return token.model_copy(update={"token": "", "scopes": sorted(approved), "claims": claims})

@@ -1,0 +1,241 @@
+"""The values that flow through the guard: who calls, what a tool needs, one call, one decision.
+
+Hot-path values are slotted dataclasses, not pydantic models: they are built from data the
+guard already validated, and are read many times per call. `Session` is the one mutable value
+(its counters and state change); everything else is frozen.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any, Literal
+
+from mcp_guard.reasons import ReasonCode, default_message
+from mcp_guard.scopes import scope_set
+
+__all__ = [
+    "Binding",
+    "CallRequest",
+    "Decision",
+    "Principal",
+    "Reason",
+    "Risk",
+    "Session",
+    "SessionOwners",
+    "SessionState",
+    "ToolSpec",
+    "check_tool_name",
+]
+
+Binding = tuple[str, str, str]
+"""The identity a session is bound to: (issuer, subject, client id)."""
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_.\-/]{1,128}")
+
+
+def check_tool_name(name: str) -> str:
+    """Return ``name`` if it is a tool name the guard can declare, else raise `ValueError`.
+
+    Declared names are 1-128 ASCII letters, digits, ``_ - . /`` (the MCP tool-name guidance).
+    Requests are matched against them exactly, so a look-alike (another script's letters,
+    full-width forms, zero-width characters, case or whitespace variants) can never match.
+    """
+    if not isinstance(name, str) or _TOOL_NAME.fullmatch(name) is None:
+        raise ValueError(
+            f"tool name {ascii(name)[:140]} is not 1-128 characters of ASCII letters, digits, '_', '-', '.', '/'"
+        )
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """A verified caller.
+
+    ``scopes`` is what the authorization server granted: the scopes the client *requested* for
+    this call. What the call may use is the decision's approved set. ``token_hash`` is a short
+    SHA-256 fingerprint of the bearer token, for revocation and audit; the token itself is never
+    kept.
+    """
+
+    issuer: str
+    subject: str
+    client_id: str
+    scopes: frozenset[str] = frozenset()
+    audience: tuple[str, ...] = ()
+    expires_at: float | None = None
+    token_id: str | None = None
+    token_hash: str | None = None
+    actor_chain: tuple[str, ...] = ()
+    claims: Mapping[str, Any] = field(default_factory=lambda: _EMPTY, compare=False, repr=False)
+
+    @property
+    def binding(self) -> Binding:
+        """The (issuer, subject, client id) a session opened by this principal is bound to."""
+        return (self.issuer, self.subject, self.client_id)
+
+
+class Risk(StrEnum):
+    """How much harm a tool can do; recorded with every decision, ordered by severity."""
+
+    READ = "read"
+    WRITE = "write"
+    ADMIN = "admin"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """What a tool declares: the scopes it requires, what else it may use, and its risk.
+
+    ``scopes`` must all be granted for a call. ``optional_scopes`` may be passed through to the
+    tool when granted but are never required. Any other granted scope is trimmed away.
+    ``conceal`` makes a refusal for missing scopes indistinguishable from an unknown tool, for
+    tools whose very existence is sensitive.
+    """
+
+    name: str
+    scopes: frozenset[str] = frozenset()
+    optional_scopes: frozenset[str] = frozenset()
+    risk: Risk = Risk.READ
+    data_classes: frozenset[str] = frozenset()
+    owner: str | None = None
+    tags: frozenset[str] = frozenset()
+    conceal: bool = False
+
+    def __post_init__(self) -> None:
+        check_tool_name(self.name)
+        object.__setattr__(self, "scopes", scope_set(self.scopes))
+        object.__setattr__(self, "optional_scopes", scope_set(self.optional_scopes) - self.scopes)
+        object.__setattr__(self, "risk", Risk(self.risk))
+
+    @property
+    def usable_scopes(self) -> frozenset[str]:
+        """Every scope a call to this tool may run with."""
+        return self.scopes | self.optional_scopes
+
+
+class SessionState(StrEnum):
+    ACTIVE = "active"
+    REVOKED = "revoked"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionOwners:
+    """The people accountable for a session: who owns the policy, approves, operates, responds."""
+
+    policy_owner: str | None = None
+    approver: str | None = None
+    operator: str | None = None
+    responder: str | None = None
+
+
+@dataclass(slots=True)
+class Session:
+    """A governed session: bound to one principal, bounded in time, revocable.
+
+    ``expires_at`` is the absolute deadline; the idle deadline moves with each call.
+    ``end_reason`` says why a session that is no longer active ended.
+    """
+
+    id: str
+    binding: Binding
+    created_at: float
+    expires_at: float
+    idle_timeout: float
+    last_active_at: float
+    purpose: str = ""
+    owners: SessionOwners = field(default_factory=SessionOwners)
+    call_count: int = 0
+    denied_count: int = 0
+    state: SessionState = SessionState.ACTIVE
+    end_reason: str | None = None
+
+    @property
+    def idle_deadline(self) -> float:
+        return self.last_active_at + self.idle_timeout
+
+
+@dataclass(frozen=True, slots=True)
+class CallRequest:
+    """One tool call, as the policy sees it: who, under which session, which tool, with what."""
+
+    principal: Principal
+    session: Session
+    tool: ToolSpec
+    arguments: Mapping[str, Any]
+    at: float
+    protocol_version: str | None = None
+    request_id: str | int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """A machine code and the human text that goes with it."""
+
+    code: str
+    message: str
+
+    @classmethod
+    def of(cls, code: str, message: str | None = None) -> Reason:
+        return cls(str(code), message or default_message(code))
+
+
+Outcome = Literal["allowed", "trimmed", "denied"]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The answer for one call.
+
+    ``requested_scopes`` are the principal's granted scopes, ``approved_scopes`` what the call
+    may run with, ``missing_scopes`` what the tool requires and the call lacks. The three are
+    kept apart so the audit trail shows exactly how much was trimmed.
+    """
+
+    allowed: bool
+    requested_scopes: frozenset[str] = frozenset()
+    approved_scopes: frozenset[str] = frozenset()
+    missing_scopes: frozenset[str] = frozenset()
+    reasons: tuple[Reason, ...] = ()
+    rule_ids: tuple[str, ...] = ()
+    obligations: tuple[str, ...] = ()
+    policy_id: str = ""
+    policy_version: str = ""
+
+    @property
+    def reason(self) -> Reason:
+        """The primary reason (the first one)."""
+        return self.reasons[0] if self.reasons else Reason.of(ReasonCode.ALLOWED if self.allowed else "denied")
+
+    @property
+    def outcome(self) -> Outcome:
+        if not self.allowed:
+            return "denied"
+        return "trimmed" if self.approved_scopes != self.requested_scopes else "allowed"
+
+    @classmethod
+    def deny(
+        cls,
+        code: str,
+        message: str | None = None,
+        *,
+        requested: Iterable[str] = (),
+        rule_id: str | None = None,
+        policy_id: str = "",
+        policy_version: str = "",
+    ) -> Decision:
+        """A refusal that approves nothing."""
+        return cls(
+            allowed=False,
+            requested_scopes=frozenset(requested),
+            reasons=(Reason.of(code, message),),
+            rule_ids=(rule_id,) if rule_id else (),
+            policy_id=policy_id,
+            policy_version=policy_version,
+        )

@@ -1,0 +1,69 @@
+"""The catalogue of reason codes a decision can carry, each with the message a caller sees.
+
+Codes are stable, machine-readable strings: clients branch on them, audit queries filter on
+them. Messages say what went wrong and what to do about it, and never echo secrets.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+__all__ = ["ReasonCode", "default_message"]
+
+
+class ReasonCode(StrEnum):
+    """Why a call was allowed or refused."""
+
+    ALLOWED = "allowed"
+    # identity
+    TOKEN_MISSING = "token_missing"
+    TOKEN_EXPIRED = "token_expired"
+    TOKEN_REVOKED = "token_revoked"
+    ISSUER_MISSING = "issuer_missing"
+    SUBJECT_MISSING = "subject_missing"
+    CLIENT_MISSING = "client_missing"
+    SCOPE_MALFORMED = "scope_malformed"
+    SUBJECT_REVOKED = "subject_revoked"
+    CLIENT_REVOKED = "client_revoked"
+    # session
+    SESSION_UNAVAILABLE = "session_unavailable"
+    SESSION_BINDING_MISMATCH = "session_binding_mismatch"
+    SESSION_REVOKED = "session_revoked"
+    SESSION_EXPIRED = "session_expired"
+    SESSION_IDLE_EXPIRED = "session_idle_expired"
+    # the call itself
+    REQUEST_MALFORMED = "request_malformed"
+    TOOL_NOT_FOUND = "tool_not_found"
+    ARGUMENTS_INVALID = "arguments_invalid"
+    INSUFFICIENT_SCOPE = "insufficient_scope"
+    # the guard
+    GUARD_ERROR = "guard_error"
+
+
+_MESSAGES: dict[str, str] = {
+    ReasonCode.ALLOWED: "The call is allowed.",
+    ReasonCode.TOKEN_MISSING: "This call needs an access token: send 'Authorization: Bearer <token>'.",
+    ReasonCode.TOKEN_EXPIRED: "The access token has expired: obtain a new one and retry.",
+    ReasonCode.TOKEN_REVOKED: "The access token has been revoked: obtain a new one.",
+    ReasonCode.ISSUER_MISSING: "The access token names no issuer ('iss'): use a token from a trusted server.",
+    ReasonCode.SUBJECT_MISSING: "The access token names no subject ('sub'): use a token issued to a workload.",
+    ReasonCode.CLIENT_MISSING: "The access token names no client id: use a token issued to a registered client.",
+    ReasonCode.SCOPE_MALFORMED: "The access token's scope is not valid RFC 6749 scope syntax.",
+    ReasonCode.SUBJECT_REVOKED: "Access for this subject has been revoked: contact the server operator.",
+    ReasonCode.CLIENT_REVOKED: "Access for this client has been revoked: contact the server operator.",
+    ReasonCode.SESSION_UNAVAILABLE: "No governed session could be established for this call.",
+    ReasonCode.SESSION_BINDING_MISMATCH: "This session belongs to another identity: open a new session.",
+    ReasonCode.SESSION_REVOKED: "This session has been revoked: open a new session.",
+    ReasonCode.SESSION_EXPIRED: "This session has reached its maximum lifetime: open a new session.",
+    ReasonCode.SESSION_IDLE_EXPIRED: "This session was idle too long: open a new session.",
+    ReasonCode.REQUEST_MALFORMED: "The tools/call request is malformed: 'name' must be a string.",
+    ReasonCode.TOOL_NOT_FOUND: "Unknown tool.",
+    ReasonCode.ARGUMENTS_INVALID: "Tool arguments must be a JSON object.",
+    ReasonCode.INSUFFICIENT_SCOPE: "The access token lacks scopes this tool requires.",
+    ReasonCode.GUARD_ERROR: "The call was refused because the authorization check failed internally.",
+}
+
+
+def default_message(code: str) -> str:
+    """The caller-facing message for ``code`` (custom codes get a generic one)."""
+    return _MESSAGES.get(code, "The call is not allowed by policy.")

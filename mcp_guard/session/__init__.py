@@ -1,0 +1,9 @@
+"""Governed sessions: the store protocol, the embedded store, session keys and revocations."""
+
+from mcp_guard.session.keys import SessionKeys
+from mcp_guard.session.memory import MemorySessionStore
+from mcp_guard.session.revocation import Revocations
+from mcp_guard.session.settings import SessionSettings
+from mcp_guard.session.store import SessionStore
+
+__all__ = ["MemorySessionStore", "Revocations", "SessionKeys", "SessionSettings", "SessionStore"]

@@ -1,0 +1,50 @@
+"""Which governed session a call belongs to.
+
+Legacy MCP (2025-11-25 and earlier) has sessions: the transport's ``Mcp-Session-Id``, or for
+stdio and in-process connections an id minted per connection. MCP 2026-07-28 is stateless, so
+the key comes from the credential: a configured token claim (``sid`` by default, which
+authorization servers set per login session), else the token itself (its fingerprint), else
+the principal. Keys are prefixed by their source so the sources never collide.
+"""
+
+from __future__ import annotations
+
+from mcp_guard.errors import Refused
+from mcp_guard.model import Principal
+from mcp_guard.reasons import ReasonCode
+
+__all__ = ["MAX_SESSION_KEY_LENGTH", "SessionKeys"]
+
+MAX_SESSION_KEY_LENGTH = 256
+
+
+class SessionKeys:
+    """Derives the session key for a call; ``claim=None`` turns the token-claim source off."""
+
+    __slots__ = ("claim",)
+
+    def __init__(self, *, claim: str | None = "sid") -> None:
+        self.claim = claim
+
+    def key(self, principal: Principal, transport_session: str | None) -> str:
+        if transport_session is not None:
+            return _bounded("mcp:", transport_session)
+        if self.claim is not None:
+            value = principal.claims.get(self.claim)
+            if value is not None:
+                if not isinstance(value, str) or not value:
+                    raise Refused(
+                        ReasonCode.SESSION_UNAVAILABLE,
+                        f"The token's {self.claim!r} claim must be a non-empty string.",
+                    )
+                return _bounded(f"claim:{len(principal.issuer)}:{principal.issuer}:", value)
+        if principal.token_hash is not None:
+            return "token:" + principal.token_hash
+        issuer, subject, client_id = principal.binding
+        return f"principal:{len(issuer)}:{issuer}{len(subject)}:{subject}{client_id}"
+
+
+def _bounded(prefix: str, value: str) -> str:
+    if len(value) > MAX_SESSION_KEY_LENGTH:
+        raise Refused(ReasonCode.SESSION_UNAVAILABLE, "The session identifier is too long.")
+    return prefix + value

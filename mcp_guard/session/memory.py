@@ -1,0 +1,54 @@
+"""The embedded session store: a bounded LRU map under a lock, for one server process."""
+
+from __future__ import annotations
+
+import threading
+
+from cachetools import LRUCache
+
+from mcp_guard.model import Session, SessionState
+
+__all__ = ["MemorySessionStore"]
+
+
+class MemorySessionStore:
+    """Sessions in process memory, bounded to ``max_sessions`` (least recently used evicted first).
+
+    Safe across tasks (no method awaits while holding state) and threads (one lock). An ended
+    session stays stored, so its id keeps being refused, until it is evicted for room.
+    """
+
+    def __init__(self, *, max_sessions: int = 100_000) -> None:
+        self._sessions: LRUCache[str, Session] = LRUCache(maxsize=max_sessions)
+        self._lock = threading.Lock()
+
+    async def get(self, session_id: str) -> Session | None:
+        with self._lock:
+            return self._sessions.get(session_id)
+
+    async def add(self, session: Session) -> tuple[Session, bool]:
+        with self._lock:
+            stored = self._sessions.get(session.id)
+            if stored is not None:
+                return stored, False
+            self._sessions[session.id] = session
+            return session, True
+
+    async def record_call(self, session: Session, at: float, *, allowed: bool) -> None:
+        with self._lock:
+            if allowed:
+                session.call_count += 1
+                session.last_active_at = at
+            else:
+                session.denied_count += 1
+
+    async def end(self, session_id: str, state: SessionState, reason: str) -> Session | None:
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is not None and session.state is SessionState.ACTIVE:
+                session.state = state
+                session.end_reason = reason
+            return session
+
+    def __len__(self) -> int:
+        return len(self._sessions)

@@ -1,0 +1,79 @@
+"""Revocations that outlive any one session: by token, by subject, by client.
+
+Checked on every call with a handful of dict lookups (none at all while nothing is revoked).
+Each entry may carry an end time; a permanent revocation lasts until `restore` lifts it.
+A subject or client revoked without an issuer is revoked under every issuer.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+from mcp_guard.model import Principal
+from mcp_guard.reasons import ReasonCode
+
+__all__ = ["Revocations"]
+
+_Key = tuple[str | None, str]
+
+
+class Revocations:
+    def __init__(self) -> None:
+        self._tokens: dict[str, float] = {}
+        self._subjects: dict[_Key, float] = {}
+        self._clients: dict[_Key, float] = {}
+        self._lock = threading.Lock()
+
+    def revoke_token(self, token_id: str, until: float = math.inf) -> None:
+        """Revoke by ``jti`` or by token fingerprint (`token_fingerprint`)."""
+        with self._lock:
+            self._tokens[token_id] = until
+
+    def revoke_subject(self, subject: str, issuer: str | None = None, until: float = math.inf) -> None:
+        with self._lock:
+            self._subjects[(issuer, subject)] = until
+
+    def revoke_client(self, client_id: str, issuer: str | None = None, until: float = math.inf) -> None:
+        with self._lock:
+            self._clients[(issuer, client_id)] = until
+
+    def restore(
+        self,
+        *,
+        token_id: str | None = None,
+        subject: str | None = None,
+        client_id: str | None = None,
+        issuer: str | None = None,
+    ) -> None:
+        """Lift a revocation made with the same arguments."""
+        with self._lock:
+            if token_id is not None:
+                self._tokens.pop(token_id, None)
+            if subject is not None:
+                self._subjects.pop((issuer, subject), None)
+            if client_id is not None:
+                self._clients.pop((issuer, client_id), None)
+
+    def check(self, principal: Principal, now: float) -> ReasonCode | None:
+        """The reason ``principal`` is revoked at ``now``, or None."""
+        if self._tokens and (
+            _active(self._tokens.get(principal.token_id or ""), now)
+            or _active(self._tokens.get(principal.token_hash or ""), now)
+        ):
+            return ReasonCode.TOKEN_REVOKED
+        if self._subjects and (
+            _active(self._subjects.get((principal.issuer, principal.subject)), now)
+            or _active(self._subjects.get((None, principal.subject)), now)
+        ):
+            return ReasonCode.SUBJECT_REVOKED
+        if self._clients and (
+            _active(self._clients.get((principal.issuer, principal.client_id)), now)
+            or _active(self._clients.get((None, principal.client_id)), now)
+        ):
+            return ReasonCode.CLIENT_REVOKED
+        return None
+
+
+def _active(until: float | None, now: float) -> bool:
+    return until is not None and now < until

@@ -1,0 +1,43 @@
+"""How long governed sessions live, what they are for, and who answers for them."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from mcp_guard.model import Principal, Session, SessionOwners
+
+__all__ = ["SessionSettings"]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSettings:
+    """Defaults for every new session.
+
+    The defaults are deliberately short for agents acting on real systems: a session ends
+    after 4 hours whatever happens, and after 15 minutes without an allowed call.
+    """
+
+    absolute_ttl: float = 4 * 3600.0
+    idle_ttl: float = 15 * 60.0
+    purpose: str = ""
+    owners: SessionOwners = field(default_factory=SessionOwners)
+
+    def __post_init__(self) -> None:
+        for name in ("absolute_ttl", "idle_ttl"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive, finite number of seconds, not {value!r}")
+
+    def open(self, session_id: str, principal: Principal, now: float) -> Session:
+        """A new active session with id ``session_id``, bound to ``principal``."""
+        return Session(
+            id=session_id,
+            binding=principal.binding,
+            created_at=now,
+            expires_at=now + self.absolute_ttl,
+            idle_timeout=self.idle_ttl,
+            last_active_at=now,
+            purpose=self.purpose,
+            owners=self.owners,
+        )

@@ -1,0 +1,39 @@
+"""The `SessionStore` protocol: where governed sessions live between calls.
+
+Async so a shared store (Redis) fits the same shape as the embedded one. Stores own every
+mutation of a session, so counters stay consistent however many tasks or threads call at once.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from mcp_guard.model import Session, SessionState
+
+__all__ = ["SessionStore"]
+
+
+class SessionStore(Protocol):
+    async def get(self, session_id: str) -> Session | None:
+        """The session with this id, or None if there is none (or it was evicted)."""
+        ...
+
+    async def add(self, session: Session) -> tuple[Session, bool]:
+        """Store a new session unless one with its id exists.
+
+        Returns the stored session and whether it is the one just added: two first calls
+        racing on one key both get the same session back, and only one of them opened it.
+        """
+        ...
+
+    async def record_call(self, session: Session, at: float, *, allowed: bool) -> None:
+        """Count one call on the session; an allowed call also restarts its idle timer."""
+        ...
+
+    async def end(self, session_id: str, state: SessionState, reason: str) -> Session | None:
+        """Move an active session to ``state`` (revoked or expired) for ``reason``.
+
+        Returns the session, or None if there is no such session. Ending an already ended
+        session keeps its first state and reason.
+        """
+        ...
