@@ -45,6 +45,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _DISPLAY_LIMIT = 80
 
+_LIFETIME_ENDS = (ReasonCode.SESSION_EXPIRED, ReasonCode.SESSION_IDLE_EXPIRED)
+
 
 @dataclass(frozen=True, slots=True)
 class Authorization:
@@ -257,10 +259,11 @@ class Guard:
         now = self.clock()
         detail = reason or None
         if session_id is not None:
-            session = await self.sessions.end(session_id, SessionState.REVOKED, ReasonCode.SESSION_REVOKED)
-            if session is None:
+            ended = await self.sessions.end(session_id, SessionState.REVOKED, ReasonCode.SESSION_REVOKED)
+            if ended == "missing":
                 raise LookupError(f"no session {session_id!r} to revoke")
-            self._record(AuditEvent.build(EventKind.SESSION_REVOKED, now, session_id=session_id, detail=detail))
+            if ended == "ended":
+                self._record(AuditEvent.build(EventKind.SESSION_REVOKED, now, session_id=session_id, detail=detail))
             return
         until = math.inf if ttl is None else now + ttl
         if subject is not None:
@@ -307,10 +310,8 @@ class Guard:
         refusal = _session_refusal(session, principal, now)
         if refusal is None:
             return session
-        if refusal in (ReasonCode.SESSION_EXPIRED, ReasonCode.SESSION_IDLE_EXPIRED):
-            ended = await self.sessions.end(session_id, SessionState.EXPIRED, refusal)
-            if ended is not None and ended.end_reason == refusal:
-                self._record(AuditEvent.build(EventKind.SESSION_EXPIRED, now, principal, session_id=session_id))
+        if refusal in _LIFETIME_ENDS and await self.sessions.end(session_id, SessionState.EXPIRED, refusal) == "ended":
+            self._record(AuditEvent.build(EventKind.SESSION_EXPIRED, now, principal, session_id=session_id))
         raise Refused(refusal)
 
     def _resolve_tool(self, tool: object, principal: Principal) -> ToolSpec:

@@ -4,6 +4,6 @@ from mcp_guard.session.keys import SessionKeys
 from mcp_guard.session.memory import MemorySessionStore
 from mcp_guard.session.revocation import Revocations
 from mcp_guard.session.settings import SessionSettings
-from mcp_guard.session.store import SessionStore
+from mcp_guard.session.store import EndResult, SessionStore
 
-__all__ = ["MemorySessionStore", "Revocations", "SessionKeys", "SessionSettings", "SessionStore"]
+__all__ = ["EndResult", "MemorySessionStore", "Revocations", "SessionKeys", "SessionSettings", "SessionStore"]

@@ -7,6 +7,7 @@ import threading
 from cachetools import LRUCache
 
 from mcp_guard.model import Session, SessionState
+from mcp_guard.session.store import EndResult
 
 __all__ = ["MemorySessionStore"]
 
@@ -42,13 +43,16 @@ class MemorySessionStore:
             else:
                 session.denied_count += 1
 
-    async def end(self, session_id: str, state: SessionState, reason: str) -> Session | None:
+    async def end(self, session_id: str, state: SessionState, reason: str) -> EndResult:
         with self._lock:
             session = self._sessions.get(session_id)
-            if session is not None and session.state is SessionState.ACTIVE:
-                session.state = state
-                session.end_reason = reason
-            return session
+            if session is None:
+                return "missing"
+            if session.state is not SessionState.ACTIVE:
+                return "already_ended"
+            session.state = state
+            session.end_reason = reason
+            return "ended"
 
     def __len__(self) -> int:
         return len(self._sessions)

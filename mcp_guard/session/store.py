@@ -6,11 +6,13 @@ mutation of a session, so counters stay consistent however many tasks or threads
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Literal, Protocol
 
 from mcp_guard.model import Session, SessionState
 
-__all__ = ["SessionStore"]
+__all__ = ["EndResult", "SessionStore"]
+
+EndResult = Literal["ended", "already_ended", "missing"]
 
 
 class SessionStore(Protocol):
@@ -30,10 +32,10 @@ class SessionStore(Protocol):
         """Count one call on the session; an allowed call also restarts its idle timer."""
         ...
 
-    async def end(self, session_id: str, state: SessionState, reason: str) -> Session | None:
+    async def end(self, session_id: str, state: SessionState, reason: str) -> EndResult:
         """Move an active session to ``state`` (revoked or expired) for ``reason``.
 
-        Returns the session, or None if there is no such session. Ending an already ended
-        session keeps its first state and reason.
+        Says whether this call ended it, it had ended before (keeping its first state and
+        reason), or there is no such session. Exactly one of racing callers sees "ended".
         """
         ...

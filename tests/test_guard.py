@@ -1,0 +1,401 @@
+"""The authorize() pipeline on its own: identify -> bind session -> decide -> record."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from mcp.server.auth.provider import AccessToken
+
+from conftest import Clock
+from mcp_guard import (
+    CallRequest,
+    Decision,
+    EventKind,
+    Guard,
+    MemoryAuditSink,
+    MemorySessionStore,
+    Principal,
+    ReasonCode,
+    Refused,
+    SessionKeys,
+    SessionOwners,
+    SessionSettings,
+    SessionState,
+    ToolSpec,
+    token_fingerprint,
+)
+from mcp_guard.testing import access_token
+
+pytestmark = pytest.mark.anyio
+
+NOW = 1_900_000_000.0
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock(NOW)
+
+
+def make_guard(audit: MemoryAuditSink, clock: Clock, **options: Any) -> Guard:
+    guard = Guard(scope_hierarchy={"notes:write": "notes:read"}, audit=[audit], clock=clock, **options)
+    guard.declare(ToolSpec("read_note", scopes=frozenset({"notes:read"})))
+    guard.declare(ToolSpec("write_note", scopes=frozenset({"notes:write"}), optional_scopes=frozenset({"mail:send"})))
+    guard.declare(ToolSpec("purge", scopes=frozenset({"notes:admin"}), conceal=True))
+    return guard
+
+
+@pytest.fixture
+def g(audit: MemoryAuditSink, clock: Clock) -> Guard:
+    return make_guard(audit, clock)
+
+
+def token(subject: str = "alice", scopes: str = "notes:read", *, expires_at: float = NOW + 600, **kw: Any) -> AccessToken:
+    t = access_token(subject, scopes, **kw)
+    return t.model_copy(update={"expires_at": int(expires_at)})
+
+
+def events(audit: MemoryAuditSink, kind: EventKind) -> list[Any]:
+    return [e for e in audit.events if e.kind == kind]
+
+
+async def test_allowed_call_approves_only_what_the_tool_may_use(g: Guard, audit: MemoryAuditSink) -> None:
+    result = await g.authorize("read_note", {"title": "a"}, token(scopes="notes:read mail:send admin"))
+    decision = result.decision
+    assert decision.allowed and decision.outcome == "trimmed"
+    assert decision.requested_scopes == {"notes:read", "mail:send", "admin"}
+    assert decision.approved_scopes == {"notes:read"}
+    assert decision.missing_scopes == frozenset()
+    assert decision.policy_id == "mcp-guard/scopes" and decision.rule_ids == ("scopes.required",)
+    event = events(audit, EventKind.CALL_DECIDED)[-1]
+    assert (event.decision, event.tool, event.subject) == ("trimmed", "read_note", "alice")
+    assert event.requested_scopes == decision.requested_scopes and event.approved_scopes == {"notes:read"}
+
+
+async def test_exact_grant_is_allowed_untrimmed(g: Guard) -> None:
+    decision = (await g.authorize("read_note", {}, token(scopes="notes:read"))).decision
+    assert decision.outcome == "allowed" and decision.approved_scopes == {"notes:read"}
+
+
+async def test_hierarchy_and_optional_scopes_shape_the_approved_set(g: Guard) -> None:
+    read = (await g.authorize("read_note", {}, token(scopes="notes:write"))).decision
+    assert read.allowed and read.approved_scopes == {"notes:read"}  # implied by notes:write
+    write = (await g.authorize("write_note", {}, token(scopes="notes:write mail:send other"))).decision
+    assert write.approved_scopes == {"notes:write", "mail:send"}  # "other" trimmed away
+
+
+async def test_missing_scopes_are_all_named(audit: MemoryAuditSink, clock: Clock) -> None:
+    g = make_guard(audit, clock)
+    g.declare(ToolSpec("deploy", scopes=frozenset({"ci:run", "prod:write", "notes:read"})))
+    result = await g.authorize("deploy", {}, token(scopes="notes:read"))
+    decision = result.decision
+    assert not decision.allowed
+    assert decision.reason.code == ReasonCode.INSUFFICIENT_SCOPE
+    assert decision.missing_scopes == {"ci:run", "prod:write"}
+    assert decision.approved_scopes == frozenset()
+    assert "ci:run prod:write" in decision.reason.message
+    assert events(audit, EventKind.CALL_DECIDED)[-1].missing_scopes == {"ci:run", "prod:write"}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "read_notE",
+        "READ_NOTE",
+        "read_note ",
+        " read_note",
+        "read_note\n",
+        "reаd_note",  # Cyrillic a
+        "ｒｅａｄ_ｎｏｔｅ",  # full-width
+        "read\u200b_note",  # zero-width space
+        "read_note\u200d",  # zero-width joiner
+        "read\u00adnote",  # soft hyphen
+        "read_note\x00",
+        "",
+        "x" * 10_000,
+    ],
+)
+async def test_unknown_and_look_alike_names_are_not_found(g: Guard, audit: MemoryAuditSink, name: str) -> None:
+    decision = (await g.authorize(name, {}, token())).decision
+    assert not decision.allowed and decision.reason.code == ReasonCode.TOOL_NOT_FOUND
+    event = events(audit, EventKind.CALL_DECIDED)[-1]
+    assert event.reasons == ("tool_not_found",)
+    assert event.tool is not None and len(event.tool) <= 80 and event.tool.isascii()
+
+
+async def test_concealed_tool_is_indistinguishable_from_an_unknown_one(g: Guard) -> None:
+    concealed = (await g.authorize("purge", {}, token())).decision
+    unknown = (await g.authorize("purgf", {}, token())).decision
+    assert concealed.reason.code == unknown.reason.code == ReasonCode.TOOL_NOT_FOUND
+    assert concealed.missing_scopes == unknown.missing_scopes == frozenset()
+    assert (await g.authorize("purge", {}, token(scopes="notes:admin"))).allowed
+
+
+@pytest.mark.parametrize("tool", [None, 7, ["read_note"], {"name": "read_note"}])
+async def test_non_string_tool_names_are_malformed(g: Guard, tool: object) -> None:
+    assert (await g.authorize(tool, {}, token())).decision.reason.code == ReasonCode.REQUEST_MALFORMED
+
+
+@pytest.mark.parametrize("arguments", [[1, 2], "text", 5, True])
+async def test_non_object_arguments_are_refused(g: Guard, arguments: object) -> None:
+    assert (await g.authorize("read_note", arguments, token())).decision.reason.code == ReasonCode.ARGUMENTS_INVALID
+
+
+async def test_absent_arguments_are_an_empty_object(g: Guard) -> None:
+    result = await g.authorize("read_note", None, token())
+    assert result.allowed and result.request is not None and result.request.arguments == {}
+
+
+@pytest.mark.parametrize(
+    ("credential", "code"),
+    [
+        (None, ReasonCode.TOKEN_MISSING),
+        (access_token("alice", "notes:read", issuer=None), ReasonCode.ISSUER_MISSING),
+        (access_token(None, "notes:read"), ReasonCode.SUBJECT_MISSING),
+        (access_token("alice", "notes:read", client_id=""), ReasonCode.CLIENT_MISSING),
+        (access_token("alice", ["notes:read notes:write"]), ReasonCode.SCOPE_MALFORMED),
+        (access_token("alice", ["notes:read\u00a0x"]), ReasonCode.SCOPE_MALFORMED),
+        (access_token("alice", ['notes"read']), ReasonCode.SCOPE_MALFORMED),
+        (access_token("alice", ["notes:read"], scope="notes:read  x"), ReasonCode.SCOPE_MALFORMED),
+        (access_token("alice", ["notes:read"], scope="notes:read admin"), ReasonCode.SCOPE_MALFORMED),
+        (access_token("alice", ["notes:read"], scope=["notes:read"]), ReasonCode.SCOPE_MALFORMED),
+    ],
+)
+async def test_bad_identities_are_rejected_and_recorded(
+    g: Guard, audit: MemoryAuditSink, credential: AccessToken | None, code: str
+) -> None:
+    result = await g.authorize("read_note", {}, credential)
+    assert not result.allowed and result.decision.reason.code == code
+    assert result.request is None
+    rejected = events(audit, EventKind.TOKEN_REJECTED)
+    assert rejected and rejected[-1].reasons == (code,)
+    assert not events(audit, EventKind.SESSION_OPENED)
+
+
+async def test_expiry_honours_the_leeway_on_both_sides(audit: MemoryAuditSink, clock: Clock) -> None:
+    g = make_guard(audit, clock, leeway=10)
+    at_edge = token(expires_at=NOW - 10)
+    past_edge = token(expires_at=NOW - 11)
+    assert (await g.authorize("read_note", {}, at_edge)).allowed
+    assert (await g.authorize("read_note", {}, past_edge)).decision.reason.code == ReasonCode.TOKEN_EXPIRED
+    with pytest.raises(ValueError, match="leeway"):
+        Guard(leeway=-1)
+
+
+async def test_sessions_open_once_and_count_calls(g: Guard, audit: MemoryAuditSink) -> None:
+    t = token(scopes="notes:read", sid="login-1")
+    for _ in range(3):
+        assert (await g.authorize("read_note", {}, t)).allowed
+    await g.authorize("write_note", {}, t)
+    opened = events(audit, EventKind.SESSION_OPENED)
+    assert len(opened) == 1
+    session = await g.sessions.get(opened[0].session_id)
+    assert session is not None
+    assert (session.call_count, session.denied_count) == (3, 1)
+    assert session.binding == ("https://auth.example.test", "alice", "test-client")
+
+
+async def test_a_session_key_presented_by_another_principal_is_refused(g: Guard, audit: MemoryAuditSink) -> None:
+    alice = token("alice", sid="shared")
+    mallory = token("mallory", sid="shared")
+    assert (await g.authorize("read_note", {}, alice)).allowed
+    result = await g.authorize("read_note", {}, mallory)
+    assert result.decision.reason.code == ReasonCode.SESSION_BINDING_MISMATCH
+    event = events(audit, EventKind.CALL_DECIDED)[-1]
+    assert event.subject == "mallory" and event.session_id == events(audit, EventKind.SESSION_OPENED)[0].session_id
+    # the legitimate owner is not locked out, and the intruder's attempt did not count
+    assert (await g.authorize("read_note", {}, alice)).allowed
+    session = await g.sessions.get(event.session_id)
+    assert session is not None and (session.call_count, session.denied_count) == (2, 0)
+
+
+async def test_legacy_transport_sessions_bind_too(g: Guard) -> None:
+    assert (await g.authorize("read_note", {}, token("alice"), transport_session="abc")).allowed
+    stolen = await g.authorize("read_note", {}, token("alice", client_id="other"), transport_session="abc")
+    assert stolen.decision.reason.code == ReasonCode.SESSION_BINDING_MISMATCH
+
+
+async def test_session_keys_by_source(g: Guard) -> None:
+    keys = SessionKeys()
+    p = Principal("https://i", "s", "c", token_hash="f" * 32, claims={"sid": "x"})
+    assert keys.key(p, "t1") == "mcp:t1"
+    assert keys.key(p, None) == "claim:9:https://i:x"
+    assert SessionKeys(claim=None).key(p, None) == "token:" + "f" * 32
+    assert keys.key(Principal("https://i", "s", "c"), None) == "principal:9:https://i1:sc"
+    with pytest.raises(Refused) as refused:
+        keys.key(Principal("https://i", "s", "c", claims={"sid": 5}), None)
+    assert refused.value.code == ReasonCode.SESSION_UNAVAILABLE
+    with pytest.raises(Refused):
+        keys.key(p, "x" * 300)
+    bad = await g.authorize("read_note", {}, token(sid=["a"]))
+    assert bad.decision.reason.code == ReasonCode.SESSION_UNAVAILABLE
+
+
+async def test_absolute_and_idle_lifetimes_end_sessions(audit: MemoryAuditSink, clock: Clock) -> None:
+    settings = SessionSettings(absolute_ttl=100, idle_ttl=30, purpose="triage", owners=SessionOwners(operator="ops"))
+    g = make_guard(audit, clock, session_settings=settings)
+    long_lived = token(expires_at=NOW + 10_000, sid="s1")
+    assert (await g.authorize("read_note", {}, long_lived)).allowed
+    clock.advance(29)
+    assert (await g.authorize("read_note", {}, long_lived)).allowed  # activity moves the idle deadline
+    clock.advance(29)
+    assert (await g.authorize("read_note", {}, long_lived)).allowed
+    clock.advance(30)
+    idle = await g.authorize("read_note", {}, long_lived)
+    assert idle.decision.reason.code == ReasonCode.SESSION_IDLE_EXPIRED
+    clock.advance(1)  # stays ended, with its first reason
+    assert (await g.authorize("read_note", {}, long_lived)).decision.reason.code == ReasonCode.SESSION_IDLE_EXPIRED
+
+    other = token(expires_at=NOW + 10_000, sid="s2")
+    assert (await g.authorize("read_note", {}, other)).allowed
+    for _ in range(4):
+        clock.advance(25)
+        await g.authorize("read_note", {}, other)
+    assert (await g.authorize("read_note", {}, other)).decision.reason.code == ReasonCode.SESSION_EXPIRED
+
+    expired = events(audit, EventKind.SESSION_EXPIRED)
+    assert len(expired) == 2
+    session = await g.sessions.get(expired[0].session_id)
+    assert session is not None and session.state is SessionState.EXPIRED
+    assert (session.purpose, session.owners.operator) == ("triage", "ops")
+
+
+async def test_denied_calls_do_not_keep_a_session_alive(audit: MemoryAuditSink, clock: Clock) -> None:
+    g = make_guard(audit, clock, session_settings=SessionSettings(idle_ttl=30))
+    t = token(sid="s")
+    assert (await g.authorize("read_note", {}, t)).allowed
+    clock.advance(20)
+    assert not (await g.authorize("write_note", {}, t)).allowed
+    clock.advance(15)
+    assert (await g.authorize("read_note", {}, t)).decision.reason.code == ReasonCode.SESSION_IDLE_EXPIRED
+
+
+def test_session_settings_reject_nonsense() -> None:
+    for bad in (0, -1, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="positive"):
+            SessionSettings(idle_ttl=bad)
+
+
+@pytest.mark.parametrize(
+    ("target", "code"),
+    [
+        ({"subject": "alice"}, ReasonCode.SUBJECT_REVOKED),
+        ({"subject": "alice", "issuer": "https://auth.example.test"}, ReasonCode.SUBJECT_REVOKED),
+        ({"client_id": "test-client"}, ReasonCode.CLIENT_REVOKED),
+        ({"token_id": "jti-1"}, ReasonCode.TOKEN_REVOKED),
+    ],
+)
+async def test_revocation_takes_effect_on_the_next_call(
+    g: Guard, audit: MemoryAuditSink, target: dict[str, str], code: str
+) -> None:
+    t = token(jti="jti-1")
+    bob = token("bob", client_id="other-client")
+    assert (await g.authorize("read_note", {}, t)).allowed
+    await g.revoke(**target, reason="incident 7")
+    assert (await g.authorize("read_note", {}, t)).decision.reason.code == code
+    assert (await g.authorize("read_note", {}, bob)).allowed  # nobody else is affected
+    assert "incident 7" in (events(audit, EventKind.ACCESS_REVOKED)[-1].detail or "")
+    await g.restore(**target)
+    assert (await g.authorize("read_note", {}, t)).allowed
+    assert events(audit, EventKind.ACCESS_RESTORED)
+
+
+async def test_revoking_a_subject_under_another_issuer_spares_this_one(g: Guard) -> None:
+    await g.revoke(subject="alice", issuer="https://elsewhere.test")
+    assert (await g.authorize("read_note", {}, token())).allowed
+
+
+async def test_revoke_by_token_fingerprint_and_with_a_ttl(g: Guard, clock: Clock) -> None:
+    t = token()
+    await g.revoke(token_id=token_fingerprint(t.token), ttl=60)
+    assert (await g.authorize("read_note", {}, t)).decision.reason.code == ReasonCode.TOKEN_REVOKED
+    clock.advance(61)
+    assert (await g.authorize("read_note", {}, t)).allowed
+
+
+async def test_revoking_a_session(g: Guard, audit: MemoryAuditSink) -> None:
+    t = token(sid="s")
+    assert (await g.authorize("read_note", {}, t)).allowed
+    session_id = events(audit, EventKind.SESSION_OPENED)[0].session_id
+    await g.revoke(session_id=session_id, reason="suspicious")
+    assert (await g.authorize("read_note", {}, t)).decision.reason.code == ReasonCode.SESSION_REVOKED
+    assert events(audit, EventKind.SESSION_REVOKED)[0].session_id == session_id
+    with pytest.raises(LookupError):
+        await g.revoke(session_id="nope")
+    with pytest.raises(ValueError, match="exactly one"):
+        await g.revoke(subject="a", client_id="b")
+    with pytest.raises(ValueError, match="exactly one"):
+        await g.revoke()
+
+
+class ExplodingPolicy:
+    id = "exploding"
+    version = "0"
+
+    def decide(self, request: CallRequest) -> Decision:
+        raise RuntimeError("boom")
+
+    def visible(self, principal: Principal, tool: ToolSpec) -> bool:
+        raise RuntimeError("boom")
+
+
+class ExplodingStore(MemorySessionStore):
+    async def get(self, session_id: str) -> None:
+        raise ConnectionError("store down")
+
+
+class ExplodingSink:
+    def emit(self, event: object) -> None:
+        raise OSError("disk full")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"policy": ExplodingPolicy()},
+        {"sessions": ExplodingStore()},
+    ],
+)
+async def test_a_failing_stage_denies_and_is_recorded(
+    audit: MemoryAuditSink, clock: Clock, options: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    g = Guard(audit=[audit], clock=clock, **options)
+    g.declare(ToolSpec("read_note", scopes=frozenset({"notes:read"})))
+    result = await g.authorize("read_note", {}, token())
+    assert not result.allowed and result.decision.reason.code == ReasonCode.GUARD_ERROR
+    assert events(audit, EventKind.CALL_DECIDED)[-1].reasons == ("guard_error",)
+    assert "denying" in caplog.text
+    assert await g.visible_tools(token()) == frozenset()
+
+
+async def test_a_failing_audit_sink_denies(clock: Clock) -> None:
+    g = Guard(audit=[ExplodingSink()], clock=clock)
+    g.declare(ToolSpec("read_note"))
+    result = await g.authorize("read_note", {}, token())
+    assert not result.allowed and result.decision.reason.code == ReasonCode.GUARD_ERROR
+
+
+async def test_visible_tools_follow_scopes_and_session_state(g: Guard) -> None:
+    reader = token(scopes="notes:read", sid="v")
+    assert await g.visible_tools(reader) == {"read_note"}
+    assert await g.visible_tools(token(scopes="notes:write notes:admin")) == {"read_note", "write_note", "purge"}
+    assert await g.visible_tools(None) == frozenset()
+    assert await g.visible_tools(token(expires_at=NOW - 3600)) == frozenset()
+    await g.authorize("read_note", {}, reader)
+    assert await g.visible_tools(token("mallory", sid="v")) == frozenset()  # someone else's session
+    await g.revoke(subject="alice")
+    assert await g.visible_tools(reader) == frozenset()
+
+
+def test_declarations_are_validated() -> None:
+    g = Guard()
+    g.declare(ToolSpec("a"))
+    with pytest.raises(ValueError, match="already declared"):
+        g.declare(ToolSpec("a"))
+    for bad in ("", "has space", "reаd", "x" * 129, "tab\t"):
+        with pytest.raises(ValueError, match="tool name"):
+            ToolSpec(bad)
+    with pytest.raises(ValueError):
+        ToolSpec("b", scopes=frozenset({"bad scope"}))
+    with pytest.raises(ValueError, match="scope_hierarchy"):
+        Guard(policy=ExplodingPolicy(), scope_hierarchy={"a": "b"})
