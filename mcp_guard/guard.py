@@ -319,7 +319,7 @@ class Guard:
             raise Refused(ReasonCode.REQUEST_MALFORMED)
         spec = self._tools.get(tool)
         if spec is None or (spec.conceal and not self.policy.visible(principal, spec)):
-            raise Refused(ReasonCode.TOOL_NOT_FOUND, f"Unknown tool: {_display(tool)}.")
+            raise Refused(ReasonCode.TOOL_NOT_FOUND, f"Unknown tool '{_display(tool)}'.")
         return spec
 
     def _refusal(self, code: str, message: str | None, principal: Principal | None) -> Decision:
@@ -362,11 +362,14 @@ def _arguments(arguments: object) -> Mapping[str, Any]:
 
 
 def _display(value: object) -> str:
-    """A bounded, escaped rendering of a requested tool name, safe for messages and logs."""
+    """A bounded rendering of a requested tool name with non-ASCII and control characters escaped.
+
+    A declared name shows as itself; a look-alike shows its disguise (``re\\u0430d``).
+    """
     if not isinstance(value, str):
         return f"<{type(value).__name__}>"
-    text = ascii(value)
-    return text if len(text) <= _DISPLAY_LIMIT else text[: _DISPLAY_LIMIT - 4] + "...'"
+    text = ascii(value)[1:-1]
+    return text if len(text) <= _DISPLAY_LIMIT else text[: _DISPLAY_LIMIT - 3] + "..."
 
 
 def _describe(targets: Mapping[str, str], issuer: str | None, reason: str) -> str:

@@ -67,9 +67,9 @@ def guard(audit: MemoryAuditSink) -> Guard:
     return Guard(scope_hierarchy={"notes:write": "notes:read"}, audit=[audit])
 
 
-def notes_server(guard: Guard) -> MCPServer:
+def notes_server(guard: Guard, **options: Any) -> MCPServer:
     """A small notes server: read, write, admin tools, a sync tool, and one undeclared tool."""
-    mcp = MCPServer("notes", middleware=[GuardMiddleware(guard)])
+    mcp = MCPServer("notes", middleware=[GuardMiddleware(guard)], **options)
     notes: dict[str, str] = {"welcome": "hello"}
 
     @mcp.tool()

@@ -50,7 +50,9 @@ def g(audit: MemoryAuditSink, clock: Clock) -> Guard:
     return make_guard(audit, clock)
 
 
-def token(subject: str = "alice", scopes: str = "notes:read", *, expires_at: float = NOW + 600, **kw: Any) -> AccessToken:
+def token(
+    subject: str = "alice", scopes: str = "notes:read", *, expires_at: float = NOW + 600, **kw: Any
+) -> AccessToken:
     t = access_token(subject, scopes, **kw)
     return t.model_copy(update={"expires_at": int(expires_at)})
 
@@ -105,8 +107,8 @@ async def test_missing_scopes_are_all_named(audit: MemoryAuditSink, clock: Clock
         "read_note ",
         " read_note",
         "read_note\n",
-        "reаd_note",  # Cyrillic a
-        "ｒｅａｄ_ｎｏｔｅ",  # full-width
+        "re\u0430d_note",  # Cyrillic a
+        "\uff52\uff45\uff41\uff44_\uff4e\uff4f\uff54\uff45",  # full-width
         "read\u200b_note",  # zero-width space
         "read_note\u200d",  # zero-width joiner
         "read\u00adnote",  # soft hyphen
@@ -392,10 +394,10 @@ def test_declarations_are_validated() -> None:
     g.declare(ToolSpec("a"))
     with pytest.raises(ValueError, match="already declared"):
         g.declare(ToolSpec("a"))
-    for bad in ("", "has space", "reаd", "x" * 129, "tab\t"):
+    for bad in ("", "has space", "re\u0430d", "x" * 129, "tab\t"):
         with pytest.raises(ValueError, match="tool name"):
             ToolSpec(bad)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="contains ' '"):
         ToolSpec("b", scopes=frozenset({"bad scope"}))
     with pytest.raises(ValueError, match="scope_hierarchy"):
         Guard(policy=ExplodingPolicy(), scope_hierarchy={"a": "b"})

@@ -47,8 +47,8 @@ def test_empty_string_is_no_scopes() -> None:
         "a\\b",  # backslash
         "a\x00b",  # NUL
         "a\x7fb",  # DEL
-        "files:réad",  # non-ASCII letter
-        "ｆｉｌｅｓ",  # full-width forms
+        "files:r\u00e9ad",  # non-ASCII letter
+        "\uff46\uff49\uff4c\uff45\uff53",  # full-width forms
         "a\u200bb",  # zero-width space
         " ",
     ],

@@ -1,0 +1,360 @@
+"""The guard on the MCP SDK, end to end through `Client(server)` in both protocol generations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import mcp_types as types
+import pytest
+from mcp import Client, MCPError
+from mcp.server import Server, ServerRequestContext
+from mcp.server.auth.middleware.auth_context import get_access_token
+from mcp.server.auth.provider import AccessToken
+from mcp.server.mcpserver import MCPServer
+
+from conftest import call_raw, notes_server
+from mcp_guard import (
+    GUARD_DENIED,
+    AccessTokenIdentifier,
+    CallRequest,
+    Decision,
+    EventKind,
+    Guard,
+    GuardMiddleware,
+    MemoryAuditSink,
+    Principal,
+    ToolSpec,
+    current_call,
+)
+from mcp_guard.testing import access_token, acting_as
+
+pytestmark = pytest.mark.anyio
+
+
+async def denial(client: Client, name: str, arguments: dict[str, Any] | None = None) -> types.ErrorData:
+    with pytest.raises(MCPError) as raised:
+        await client.call_tool(name, arguments or {})
+    assert raised.value.error.code == GUARD_DENIED
+    return raised.value.error
+
+
+def last_decision(audit: MemoryAuditSink) -> Any:
+    return [e for e in audit.events if e.kind in (EventKind.CALL_DECIDED, EventKind.TOKEN_REJECTED)][-1]
+
+
+async def test_allowed_call_runs_with_the_trimmed_token(server: MCPServer, mode: str) -> None:
+    with acting_as(access_token("alice", "notes:read notes:admin mail:send")):
+        async with Client(server, mode=mode) as client:
+            result = await client.call_tool("read_note", {"title": "welcome"})
+    assert not result.is_error
+    seen = result.structured_content or {}
+    assert seen["text"] == "hello"
+    assert seen["scopes"] == ["notes:read"]  # requested three, approved one
+    assert seen["bearer"] == ""  # the raw token is withheld from tools
+    assert seen["session"] and seen["has_context"]
+
+
+async def test_sync_tools_still_run_on_worker_threads(server: MCPServer, mode: str) -> None:
+    with acting_as(access_token("alice", "notes:write extra")):
+        async with Client(server, mode=mode) as client:
+            result = await client.call_tool("write_note", {"title": "t", "text": "x"})
+    seen = result.structured_content or {}
+    assert seen["scopes"] == ["notes:write"]
+    assert "worker" in seen["thread"].lower()
+
+
+@pytest.mark.parametrize(
+    ("scopes", "visible"),
+    [
+        ("notes:read", ["read_note"]),
+        ("notes:write", ["read_note", "write_note"]),
+        ("notes:admin", ["purge_notes"]),
+        ("unrelated", []),
+    ],
+)
+async def test_tools_list_shows_only_what_the_caller_may_call(
+    server: MCPServer, mode: str, scopes: str, visible: list[str]
+) -> None:
+    with acting_as(access_token("alice", scopes)):
+        async with Client(server, mode=mode) as client:
+            listed = await client.list_tools()
+    assert sorted(tool.name for tool in listed.tools) == visible
+
+
+async def test_tools_list_is_empty_without_a_valid_identity(server: MCPServer, mode: str) -> None:
+    for credential in (None, access_token(None, "notes:read"), access_token("a", "notes:read", expires_in=-3600)):
+        with acting_as(credential):
+            async with Client(server, mode=mode) as client:
+                assert (await client.list_tools()).tools == []
+
+
+async def test_missing_scopes_reach_the_client_named(server: MCPServer, mode: str, audit: MemoryAuditSink) -> None:
+    with acting_as(access_token("alice", "notes:read")):
+        async with Client(server, mode=mode) as client:
+            error = await denial(client, "write_note", {"title": "t", "text": "x"})
+    assert error.data == {
+        "reason": "insufficient_scope",
+        "missing_scopes": ["notes:write"],
+        "required_scopes": ["notes:write"],
+    }
+    assert "notes:write" in error.message
+    event = last_decision(audit)
+    assert (event.decision, event.missing_scopes) == ("denied", {"notes:write"})
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "undeclared",
+        "no_such_tool",
+        "Read_note",
+        "read_note ",
+        "re\u0430d_note",
+        "\uff52\uff45\uff41\uff44_note",
+        "read\u200b_note",
+        "purge_notes",
+    ],
+)
+async def test_unknown_undeclared_concealed_and_look_alike_names(
+    server: MCPServer, mode: str, audit: MemoryAuditSink, name: str
+) -> None:
+    with acting_as(access_token("alice", "notes:read")):
+        async with Client(server, mode=mode) as client:
+            error = await denial(client, name)
+    assert error.data == {"reason": "tool_not_found"}
+    assert error.message == f"Unknown tool '{ascii(name)[1:-1]}'."  # escaped, and nothing about other tools
+    assert last_decision(audit).reasons == ("tool_not_found",)
+
+
+@pytest.mark.parametrize(
+    ("params", "code"),
+    [
+        ({"name": "read_note", "arguments": [1, 2]}, "arguments_invalid"),
+        ({"name": "read_note", "arguments": "title=x"}, "arguments_invalid"),
+        ({"name": 42}, "request_malformed"),
+        ({"name": None}, "request_malformed"),
+    ],
+)
+async def test_malformed_calls_are_refused(
+    server: MCPServer, mode: str, audit: MemoryAuditSink, params: dict[str, Any], code: str
+) -> None:
+    with acting_as(access_token("alice", "notes:read")):
+        async with Client(server, mode=mode) as client:
+            with pytest.raises(MCPError) as raised:
+                await call_raw(client, params)
+    assert (raised.value.error.code, raised.value.error.data) == (GUARD_DENIED, {"reason": code})
+    assert last_decision(audit).reasons == (code,)
+
+
+@pytest.mark.parametrize(
+    ("credential", "code"),
+    [
+        (None, "token_missing"),
+        (access_token(None, "notes:read"), "subject_missing"),
+        (access_token("alice", "notes:read", issuer=None), "issuer_missing"),
+        (access_token("alice", ["notes:read\tnotes:write"]), "scope_malformed"),
+        (access_token("alice", ["notes:read"], scope="notes:read\u2003notes:write"), "scope_malformed"),
+        (access_token("alice", "notes:read", expires_in=-3600), "token_expired"),
+    ],
+)
+async def test_bad_credentials_are_refused_and_recorded(
+    server: MCPServer, mode: str, audit: MemoryAuditSink, credential: AccessToken | None, code: str
+) -> None:
+    with acting_as(credential):
+        async with Client(server, mode=mode) as client:
+            error = await denial(client, "read_note", {"title": "welcome"})
+    assert error.data == {"reason": code}
+    event = last_decision(audit)
+    assert (event.kind, event.reasons) == (EventKind.TOKEN_REJECTED, (code,))
+
+
+class SwitchableIdentifier:
+    """Presents whichever token the test sets: a stolen session id in a different hand."""
+
+    def __init__(self) -> None:
+        self.token: AccessToken | None = None
+        self._inner = AccessTokenIdentifier()
+
+    def identify(self, credential: AccessToken | None) -> Principal:
+        return self._inner.identify(self.token)
+
+
+async def test_legacy_session_presented_by_another_principal_is_refused(audit: MemoryAuditSink) -> None:
+    identity = SwitchableIdentifier()
+    guard = Guard(identifier=identity, audit=[audit])
+    server = notes_server(guard)
+    async with Client(server, mode="legacy") as client:
+        identity.token = access_token("alice", "notes:read")
+        assert not (await client.call_tool("read_note", {"title": "welcome"})).is_error
+        identity.token = access_token("mallory", "notes:read")
+        error = await denial(client, "read_note", {"title": "welcome"})
+        assert error.data == {"reason": "session_binding_mismatch"}
+        identity.token = access_token("alice", "notes:read", client_id="another-client")
+        assert (await denial(client, "read_note")).data == {"reason": "session_binding_mismatch"}
+    opened, refused = audit.events[0], last_decision(audit)
+    assert opened.kind == EventKind.SESSION_OPENED and opened.session_id.startswith("mcp:conn-")
+    assert refused.session_id == opened.session_id and refused.client_id == "another-client"
+
+
+async def test_modern_session_claim_presented_by_another_principal_is_refused(server: MCPServer) -> None:
+    with acting_as(access_token("alice", "notes:read", sid="login-42")):
+        async with Client(server) as client:
+            assert not (await client.call_tool("read_note", {"title": "welcome"})).is_error
+    with acting_as(access_token("mallory", "notes:read", sid="login-42")):
+        async with Client(server) as client:
+            assert (await denial(client, "read_note")).data == {"reason": "session_binding_mismatch"}
+
+
+async def test_each_legacy_connection_is_its_own_session(server: MCPServer, audit: MemoryAuditSink) -> None:
+    token = access_token("alice", "notes:read")
+    with acting_as(token):
+        for _ in range(2):
+            async with Client(server, mode="legacy") as client:
+                await client.call_tool("read_note", {"title": "welcome"})
+                await client.call_tool("read_note", {"title": "welcome"})
+        async with Client(server) as client:  # 2026-07-28: the token is the session
+            await client.call_tool("read_note", {"title": "welcome"})
+            await client.call_tool("read_note", {"title": "welcome"})
+    opened = [e.session_id for e in audit.events if e.kind == EventKind.SESSION_OPENED]
+    assert len(opened) == 3 and len(set(opened)) == 3
+    assert opened[2].startswith("token:")
+
+
+async def test_revocation_stops_the_next_call_but_not_one_already_running(mode: str, audit: MemoryAuditSink) -> None:
+    guard = Guard(audit=[audit])
+    server = MCPServer("slow", middleware=[GuardMiddleware(guard)])
+    started, release = anyio.Event(), anyio.Event()
+
+    @server.tool()
+    @guard.tool(scopes="jobs:run")
+    async def long_job() -> str:
+        started.set()
+        await release.wait()
+        return "finished"
+
+    results: list[str] = []
+    with acting_as(access_token("alice", "jobs:run")):
+        async with Client(server, mode=mode) as client:
+
+            async def run() -> None:
+                result = await client.call_tool("long_job", {})
+                results.append(result.content[0].text)  # type: ignore[union-attr]
+
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(run)
+                await started.wait()
+                session_id = next(e.session_id for e in audit.events if e.kind == EventKind.SESSION_OPENED)
+                await guard.revoke(session_id=session_id, reason="operator request")
+                release.set()
+            assert results == ["finished"]
+            assert (await denial(client, "long_job")).data == {"reason": "session_revoked"}
+
+
+@pytest.mark.parametrize(
+    ("revoke", "code"),
+    [
+        ({"subject": "alice"}, "subject_revoked"),
+        ({"client_id": "test-client"}, "client_revoked"),
+        ({"token_id": "jti-9"}, "token_revoked"),
+    ],
+)
+async def test_revocation_by_identity_through_the_server(
+    guard: Guard, server: MCPServer, mode: str, revoke: dict[str, str], code: str
+) -> None:
+    with acting_as(access_token("alice", "notes:read", jti="jti-9")):
+        async with Client(server, mode=mode) as client:
+            assert not (await client.call_tool("read_note", {"title": "welcome"})).is_error
+            await guard.revoke(**revoke)
+            assert (await denial(client, "read_note")).data == {"reason": code}
+
+
+async def test_guarded_tools_refuse_to_run_without_the_middleware(mode: str) -> None:
+    guard = Guard()
+    server = MCPServer("forgot-the-middleware")
+    ran: list[bool] = []
+
+    @server.tool()
+    @guard.tool(scopes="notes:read")
+    def read_note() -> str:
+        ran.append(True)
+        return "secret"
+
+    with acting_as(access_token("alice", "notes:read")):
+        async with Client(server, mode=mode) as client:
+            result = await client.call_tool("read_note", {})
+    assert result.is_error and ran == []
+
+
+async def test_the_decorator_leaves_schema_docstring_and_context_alone() -> None:
+    plain, guarded = MCPServer("plain"), MCPServer("guarded", middleware=[GuardMiddleware(Guard())])
+    guard = Guard()
+
+    async def summarize(path: str, limit: int = 10) -> str:
+        """Summarize a file."""
+        return path
+
+    plain.tool()(summarize)
+    guarded.tool()(guard.tool(scopes="files:read")(summarize))
+    [a], [b] = await plain.list_tools(), await guarded.list_tools()
+    assert a.model_dump() == b.model_dump()
+    assert guard.tool(name="other")(summarize).__doc__ == "Summarize a file."
+
+
+class ExplodingPolicy:
+    id = "exploding"
+    version = "0"
+
+    def decide(self, request: CallRequest) -> Decision:
+        raise RuntimeError("policy secret: boom")
+
+    def visible(self, principal: Principal, tool: ToolSpec) -> bool:
+        return True
+
+
+async def test_an_exception_inside_the_guard_denies_without_leaking(mode: str, audit: MemoryAuditSink) -> None:
+    guard = Guard(policy=ExplodingPolicy(), audit=[audit])
+    server = notes_server(guard)
+    with acting_as(access_token("alice", "notes:read")):
+        async with Client(server, mode=mode) as client:
+            error = await denial(client, "read_note", {"title": "welcome"})
+    assert error.data == {"reason": "guard_error"}
+    assert "boom" not in error.message
+    assert last_decision(audit).reasons == ("guard_error",)
+
+
+def lowlevel_server(guard: Guard) -> Server[Any]:
+    tools = [
+        types.Tool(name="echo", input_schema={"type": "object"}),
+        types.Tool(name="wipe", input_schema={"type": "object"}),
+    ]
+
+    async def list_tools(ctx: ServerRequestContext[Any], params: Any) -> types.ListToolsResult:
+        return types.ListToolsResult(tools=tools)
+
+    async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> types.CallToolResult:
+        token = get_access_token()
+        call = current_call()
+        text = f"{params.name}:{token.scopes if token else None}:{call.tool.name if call else None}"
+        return types.CallToolResult(content=[types.TextContent(type="text", text=text)])
+
+    server: Server[Any] = Server("lowlevel", on_list_tools=list_tools, on_call_tool=call_tool)
+    guard.declare(ToolSpec("echo", scopes=frozenset({"echo"})))
+    guard.declare(ToolSpec("wipe", scopes=frozenset({"wipe"})))
+    server.middleware.append(GuardMiddleware(guard))
+    return server
+
+
+async def test_low_level_server(mode: str, audit: MemoryAuditSink) -> None:
+    server = lowlevel_server(Guard(audit=[audit]))
+    with acting_as(access_token("alice", "echo other")):
+        async with Client(server, mode=mode) as client:
+            assert [t.name for t in (await client.list_tools()).tools] == ["echo"]
+            result = await client.call_tool("echo", {})
+            assert result.content[0].text == "echo:['echo']:echo"  # type: ignore[union-attr]
+            assert (await denial(client, "wipe")).data == {
+                "reason": "insufficient_scope",
+                "missing_scopes": ["wipe"],
+                "required_scopes": ["wipe"],
+            }
+            assert (await denial(client, "nothing")).data == {"reason": "tool_not_found"}

@@ -1,0 +1,76 @@
+"""Every decision is on the SDK's `tools/call` span: MCP semantic conventions plus ``mcp_guard.*``."""
+
+from __future__ import annotations
+
+import pytest
+from mcp import Client, MCPError
+from mcp.server.mcpserver import MCPServer
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from mcp_guard import MemoryAuditSink
+from mcp_guard.testing import access_token, acting_as
+
+pytestmark = pytest.mark.anyio
+
+
+def call_spans(spans: InMemorySpanExporter) -> list[dict[str, object]]:
+    return [
+        {"name": s.name, "status": s.status.status_code, **(s.attributes or {})}
+        for s in spans.get_finished_spans()
+        if s.kind is SpanKind.SERVER and (s.attributes or {}).get("mcp.method.name") == "tools/call"
+    ]
+
+
+async def test_allowed_and_denied_calls_are_on_the_call_span(
+    server: MCPServer, mode: str, spans: InMemorySpanExporter, audit: MemoryAuditSink
+) -> None:
+    token = access_token("alice", "notes:read extra", jti="jti-span")
+    with acting_as(token):
+        async with Client(server, mode=mode) as client:
+            await client.call_tool("read_note", {"title": "welcome"})
+            with pytest.raises(MCPError):
+                await client.call_tool("write_note", {"title": "t", "text": "x"})
+    allowed, denied = call_spans(spans)
+
+    assert allowed["name"] == "tools/call read_note"
+    assert allowed["gen_ai.operation.name"] == "execute_tool"
+    assert allowed["gen_ai.tool.name"] == "read_note"
+    assert allowed["mcp_guard.decision"] == "trimmed"
+    assert allowed["mcp_guard.reason"] == "allowed"
+    assert allowed["mcp_guard.requested_scopes"] == ("extra", "notes:read")
+    assert allowed["mcp_guard.approved_scopes"] == ("notes:read",)
+    assert allowed["mcp_guard.missing_scopes"] == ()
+    assert allowed["mcp_guard.principal.issuer"] == "https://auth.example.test"
+    assert allowed["mcp_guard.principal.subject"] == "alice"
+    assert allowed["mcp_guard.principal.client_id"] == "test-client"
+    assert allowed["mcp_guard.token.id"] == "jti-span"
+    assert allowed["mcp_guard.policy.id"] == "mcp-guard/scopes"
+    assert str(allowed["mcp_guard.session.id"])
+    assert ("mcp.session.id" in allowed) == (mode == "legacy")
+    assert allowed["status"] is not StatusCode.ERROR
+
+    assert denied["name"] == "tools/call write_note"
+    assert denied["status"] is StatusCode.ERROR
+    assert denied["error.type"]  # the SDK records the JSON-RPC code of the denial
+    assert denied["mcp_guard.decision"] == "denied"
+    assert denied["mcp_guard.reason"] == "insufficient_scope"
+    assert denied["mcp_guard.missing_scopes"] == ("notes:write",)
+
+    decided = [e for e in audit.events if e.kind == "call.decided"]
+    assert [e.trace_id is not None and e.span_id is not None for e in decided] == [True, True]
+    assert allowed["mcp_guard.event_id"] == decided[0].event_id
+
+    everything = repr(spans.get_finished_spans()) + repr(audit.events)
+    assert token.token not in everything  # never the raw token
+
+
+async def test_refused_identity_is_visible_too(server: MCPServer, mode: str, spans: InMemorySpanExporter) -> None:
+    with acting_as(None):
+        async with Client(server, mode=mode) as client:
+            with pytest.raises(MCPError):
+                await client.call_tool("read_note", {"title": "welcome"})
+    [span] = call_spans(spans)
+    assert span["status"] is StatusCode.ERROR
+    assert span["mcp_guard.reason"] == "token_missing"
+    assert span["gen_ai.tool.name"] == "read_note"
