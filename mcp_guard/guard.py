@@ -14,15 +14,15 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 from mcp.server.auth.provider import AccessToken
+from opentelemetry import trace
 
 from mcp_guard.audit.events import AuditEvent, EventKind
 from mcp_guard.audit.sinks import AuditSink, MemoryAuditSink
-from mcp_guard.audit.spans import annotate_current_span
+from mcp_guard.audit.spans import annotate_span
 from mcp_guard.context import require_admission
 from mcp_guard.errors import Refused
 from mcp_guard.identity.access_token import AccessTokenIdentifier, Identifier
@@ -46,10 +46,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 _DISPLAY_LIMIT = 80
 
 _LIFETIME_ENDS = (ReasonCode.SESSION_EXPIRED, ReasonCode.SESSION_IDLE_EXPIRED)
+_ACTIVE = SessionState.ACTIVE
+_CALL_DECIDED = EventKind.CALL_DECIDED
+_TOKEN_REJECTED = EventKind.TOKEN_REJECTED
 
 
-@dataclass(frozen=True, slots=True)
-class Authorization:
+class Authorization(NamedTuple):
     """What `Guard.authorize` returns: the decision, and the call it judged (None if refused early)."""
 
     decision: Decision
@@ -167,44 +169,34 @@ class Guard:
         in any stage is a denial with its own reason code.
         """
         now = self.clock()
+        span = trace.get_current_span()
+        kind = _TOKEN_REJECTED
         principal: Principal | None = None
-        identified = False
         session_id: str | None = None
         session: Session | None = None
+        spec: ToolSpec | None = None
         request: CallRequest | None = None
-        tool_name = _display(tool)
         try:
             principal = self.identifier.identify(credential)
             self._check_principal(principal, now)
-            identified = True
+            kind = _CALL_DECIDED
             session_id = self.session_keys.key(principal, transport_session)
             session = await self._bind_session(session_id, principal, now)
             spec = self._resolve_tool(tool, principal)
-            tool_name = spec.name
-            request = CallRequest(
-                principal=principal,
-                session=session,
-                tool=spec,
-                arguments=_arguments(arguments),
-                at=now,
-                protocol_version=protocol_version,
-                request_id=request_id,
-            )
+            request = CallRequest(principal, session, spec, _arguments(arguments), now, protocol_version, request_id)
             decision = self.policy.decide(request)
         except Refused as refusal:
             decision = self._refusal(refusal.code, refusal.message, principal)
         except Exception:
-            logger.exception("mcp-guard: authorizing tool %s failed; denying", tool_name)
+            logger.exception("mcp-guard: authorizing tool %s failed; denying", _display(tool))
             decision = self._refusal(ReasonCode.GUARD_ERROR, None, principal)
-        kind = EventKind.CALL_DECIDED if identified else EventKind.TOKEN_REJECTED
+        tool_name = spec.name if spec is not None else _display(tool)
         try:
             if session is not None:
                 await self.sessions.record_call(session, now, allowed=decision.allowed)
-            self._record(
-                AuditEvent.build(kind, now, principal, session_id=session_id, tool=tool_name, decision=decision),
-                decision,
-                transport_session,
-            )
+            event = AuditEvent.build(kind, now, principal, session_id, tool_name, decision, span.get_span_context())
+            self._record(event)
+            annotate_span(span, event, decision, transport_session)
         except Exception:
             logger.exception("mcp-guard: recording the decision on tool %s failed; denying", tool_name)
             if decision.allowed:
@@ -302,6 +294,7 @@ class Guard:
             raise Refused(revoked)
 
     async def _bind_session(self, session_id: str, principal: Principal, now: float) -> Session:
+        """The session ``principal`` may use under ``session_id`` now, opened on first use."""
         session = await self.sessions.get(session_id)
         if session is None:
             session, opened = await self.sessions.add(self.session_settings.open(session_id, principal, now))
@@ -331,20 +324,16 @@ class Guard:
             policy_version=self.policy.version,
         )
 
-    def _record(
-        self, event: AuditEvent, decision: Decision | None = None, transport_session: str | None = None
-    ) -> None:
+    def _record(self, event: AuditEvent) -> None:
         for sink in self.sinks:
             sink.emit(event)
-        if decision is not None:
-            annotate_current_span(event, decision, transport_session)
 
 
 def _session_refusal(session: Session, principal: Principal, now: float) -> str | None:
     """Why ``principal`` may not use ``session`` at ``now``, or None when it may."""
     if session.binding != principal.binding:
         return ReasonCode.SESSION_BINDING_MISMATCH
-    if session.state is not SessionState.ACTIVE:
+    if session.state is not _ACTIVE:
         return session.end_reason or ReasonCode.SESSION_REVOKED
     if now >= session.expires_at:
         return ReasonCode.SESSION_EXPIRED

@@ -70,7 +70,7 @@ async def test_allowed_call_approves_only_what_the_tool_may_use(g: Guard, audit:
     assert decision.missing_scopes == frozenset()
     assert decision.policy_id == "mcp-guard/scopes" and decision.rule_ids == ("scopes.required",)
     event = events(audit, EventKind.CALL_DECIDED)[-1]
-    assert (event.decision, event.tool, event.subject) == ("trimmed", "read_note", "alice")
+    assert (event.outcome, event.tool, event.subject) == ("trimmed", "read_note", "alice")
     assert event.requested_scopes == decision.requested_scopes and event.approved_scopes == {"notes:read"}
 
 

@@ -100,7 +100,7 @@ async def test_missing_scopes_reach_the_client_named(server: MCPServer, mode: st
     }
     assert "notes:write" in error.message
     event = last_decision(audit)
-    assert (event.decision, event.missing_scopes) == ("denied", {"notes:write"})
+    assert (event.outcome, event.missing_scopes) == ("denied", {"notes:write"})
 
 
 @pytest.mark.parametrize(

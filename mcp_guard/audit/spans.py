@@ -2,36 +2,31 @@
 
 The SDK already opens the SERVER span ``tools/call {tool}`` with ``mcp.method.name``,
 ``gen_ai.operation.name`` and ``jsonrpc.request.id``; the guard enriches that span rather than
-opening a second one. Nothing here runs when no tracer provider records the span.
+opening a second one. Nothing is built when no tracer provider records the span.
 """
 
 from __future__ import annotations
 
-from opentelemetry import trace
 from opentelemetry.trace import Span, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from mcp_guard.audit.events import AuditEvent
 from mcp_guard.model import Decision
 
-__all__ = ["annotate_current_span"]
+__all__ = ["annotate_span"]
 
 
-def annotate_current_span(event: AuditEvent, decision: Decision, transport_session: str | None) -> None:
-    """Put one call's decision on the current span; a denial marks the span as an error."""
-    span = trace.get_current_span()
-    if span.is_recording():
-        _annotate(span, event, decision, transport_session)
-
-
-def _annotate(span: Span, event: AuditEvent, decision: Decision, transport_session: str | None) -> None:
+def annotate_span(span: Span, event: AuditEvent, decision: Decision, transport_session: str | None) -> None:
+    """Put one call's decision on ``span``; a denial marks the span as an error."""
+    if not span.is_recording():
+        return
     attributes: dict[str, AttributeValue] = {
-        "mcp_guard.decision": event.decision or "denied",
+        "mcp_guard.decision": decision.outcome,
         "mcp_guard.reason": decision.reason.code,
-        "mcp_guard.requested_scopes": sorted(event.requested_scopes),
-        "mcp_guard.approved_scopes": sorted(event.approved_scopes),
-        "mcp_guard.missing_scopes": sorted(event.missing_scopes),
-        "mcp_guard.rule_ids": list(event.rule_ids),
+        "mcp_guard.requested_scopes": sorted(decision.requested_scopes),
+        "mcp_guard.approved_scopes": sorted(decision.approved_scopes),
+        "mcp_guard.missing_scopes": sorted(decision.missing_scopes),
+        "mcp_guard.rule_ids": list(decision.rule_ids),
         "mcp_guard.event_id": event.event_id,
     }
     optional = {
@@ -41,7 +36,7 @@ def _annotate(span: Span, event: AuditEvent, decision: Decision, transport_sessi
         "mcp_guard.principal.issuer": event.issuer,
         "mcp_guard.principal.subject": event.subject,
         "mcp_guard.principal.client_id": event.client_id,
-        "mcp_guard.token.id": event.token_id or event.token_hash,
+        "mcp_guard.token.id": event.token_id,
         "mcp_guard.policy.id": event.policy_id,
         "mcp_guard.policy.version": event.policy_version,
     }

@@ -2,8 +2,8 @@
 
 The verifier has already checked the token's signature or asked the authorization server.
 This stage insists on the facts the guard binds sessions to (issuer, subject, client id),
-re-reads the scope strictly, and caches the result by a fingerprint of the token so a warm
-call costs one hash and one lookup.
+re-reads the scope strictly, and caches the result by a digest of the token so a warm call
+costs one hash and one lookup.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Protocol
 
-from cachetools import LRUCache
+from cachetools import FIFOCache
 from mcp.server.auth.provider import AccessToken
 
 from mcp_guard.errors import Refused
@@ -33,7 +33,11 @@ class Identifier(Protocol):
 
 def token_fingerprint(token: str) -> str:
     """A short SHA-256 fingerprint of a bearer token (128 bits, hex): safe to log and to key on."""
-    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return _digest(token)[:16].hex()
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
 class AccessTokenIdentifier:
@@ -42,26 +46,28 @@ class AccessTokenIdentifier:
     Refuses a missing token, and a token without issuer (``iss`` claim), subject or client id.
     When the claims carry the raw ``scope`` string it is parsed with the strict RFC 6749 grammar
     and must agree with the verifier's list, so a verifier that split on odd whitespace cannot
-    widen the grant. Principals are cached (bounded, thread-safe) by token fingerprint; an OAuth
-    token's claims never change, and expiry is checked by the guard on every call.
+    widen the grant. Principals are cached by SHA-256 of the token, bounded, oldest evicted
+    first: an OAuth token's claims never change, and expiry is checked by the guard on every
+    call. A FIFO cache's reads do not reorder it, so they need no lock; writes take one.
     """
 
     def __init__(self, *, cache_size: int = 10_000) -> None:
-        self._cache: LRUCache[str, Principal] = LRUCache(maxsize=cache_size)
+        self._cache: FIFOCache[bytes, Principal] = FIFOCache(maxsize=cache_size)
         self._lock = threading.Lock()
 
     def identify(self, credential: AccessToken | None) -> Principal:
         if credential is None:
             raise Refused(ReasonCode.TOKEN_MISSING)
-        if not credential.token:
+        token = credential.token
+        if not token:
             return principal_from_access_token(credential, None)
-        fingerprint = token_fingerprint(credential.token)
+        digest = _digest(token)
+        try:
+            return self._cache[digest]
+        except KeyError:
+            principal = principal_from_access_token(credential, digest[:16].hex())
         with self._lock:
-            principal = self._cache.get(fingerprint)
-        if principal is None:
-            principal = principal_from_access_token(credential, fingerprint)
-            with self._lock:
-                self._cache[fingerprint] = principal
+            self._cache[digest] = principal
         return principal
 
 

@@ -19,16 +19,35 @@ MAX_SESSION_KEY_LENGTH = 256
 
 
 class SessionKeys:
-    """Derives the session key for a call; ``claim=None`` turns the token-claim source off."""
+    """Derives the session key for a call; ``claim=None`` turns the token-claim source off.
 
-    __slots__ = ("claim",)
+    A credential-derived key depends only on the token, so it is memoised by the token's
+    fingerprint (bounded): a warm call pays one dict lookup.
+    """
+
+    __slots__ = ("_by_token", "claim")
+
+    _MEMO_LIMIT = 10_000
 
     def __init__(self, *, claim: str | None = "sid") -> None:
         self.claim = claim
+        self._by_token: dict[str, str] = {}
 
     def key(self, principal: Principal, transport_session: str | None) -> str:
         if transport_session is not None:
-            return _bounded("mcp:", transport_session)
+            return "mcp:" + _bounded(transport_session)
+        token_hash = principal.token_hash
+        if token_hash is None:
+            return self._from_credential(principal)
+        key = self._by_token.get(token_hash)
+        if key is None:
+            key = self._from_credential(principal)
+            if len(self._by_token) >= self._MEMO_LIMIT:
+                self._by_token.clear()
+            self._by_token[token_hash] = key
+        return key
+
+    def _from_credential(self, principal: Principal) -> str:
         if self.claim is not None:
             value = principal.claims.get(self.claim)
             if value is not None:
@@ -37,14 +56,14 @@ class SessionKeys:
                         ReasonCode.SESSION_UNAVAILABLE,
                         f"The token's {self.claim!r} claim must be a non-empty string.",
                     )
-                return _bounded(f"claim:{len(principal.issuer)}:{principal.issuer}:", value)
+                return f"claim:{len(principal.issuer)}:{principal.issuer}:{_bounded(value)}"
         if principal.token_hash is not None:
             return "token:" + principal.token_hash
         issuer, subject, client_id = principal.binding
         return f"principal:{len(issuer)}:{issuer}{len(subject)}:{subject}{client_id}"
 
 
-def _bounded(prefix: str, value: str) -> str:
+def _bounded(value: str) -> str:
     if len(value) > MAX_SESSION_KEY_LENGTH:
         raise Refused(ReasonCode.SESSION_UNAVAILABLE, "The session identifier is too long.")
-    return prefix + value
+    return value

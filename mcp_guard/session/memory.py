@@ -1,10 +1,10 @@
-"""The embedded session store: a bounded LRU map under a lock, for one server process."""
+"""The embedded session store: a bounded map in process memory, for one server process."""
 
 from __future__ import annotations
 
 import threading
 
-from cachetools import LRUCache
+from cachetools import FIFOCache
 
 from mcp_guard.model import Session, SessionState
 from mcp_guard.session.store import EndResult
@@ -13,19 +13,23 @@ __all__ = ["MemorySessionStore"]
 
 
 class MemorySessionStore:
-    """Sessions in process memory, bounded to ``max_sessions`` (least recently used evicted first).
+    """Sessions in process memory, at most ``max_sessions`` of them.
 
-    Safe across tasks (no method awaits while holding state) and threads (one lock). An ended
-    session stays stored, so its id keeps being refused, until it is evicted for room.
+    When full, the oldest session is evicted first; with an absolute lifetime on every session
+    that is the one closest to its end anyway. An ended session stays stored, so its id keeps
+    being refused, until it is evicted for room. Safe across tasks (no method awaits while
+    touching state) and threads: reads are single dict lookups, changes take a lock.
     """
 
     def __init__(self, *, max_sessions: int = 100_000) -> None:
-        self._sessions: LRUCache[str, Session] = LRUCache(maxsize=max_sessions)
+        self._sessions: FIFOCache[str, Session] = FIFOCache(maxsize=max_sessions)
         self._lock = threading.Lock()
 
     async def get(self, session_id: str) -> Session | None:
-        with self._lock:
-            return self._sessions.get(session_id)
+        try:
+            return self._sessions[session_id]
+        except KeyError:
+            return None
 
     async def add(self, session: Session) -> tuple[Session, bool]:
         with self._lock:
