@@ -72,11 +72,11 @@ class AuditEvent(NamedTuple):
         detail: str | None = None,
     ) -> AuditEvent:
         """An event with a fresh id, tied to ``span`` when that span context is valid."""
-        if span is not None and span.is_valid:
-            trace_id, span_id = format(span.trace_id, "032x"), format(span.span_id, "016x")
-        else:
-            trace_id = span_id = None
-        return cls(kind, new_event_id(), at, principal, session_id, tool, decision, trace_id, span_id, detail)
+        event_id = new_event_id()
+        if span is None or not span.is_valid:
+            return cls(kind, event_id, at, principal, session_id, tool, decision, None, None, detail)
+        trace_id, span_id = format(span.trace_id, "032x"), format(span.span_id, "016x")
+        return cls(kind, event_id, at, principal, session_id, tool, decision, trace_id, span_id, detail)
 
     @property
     def issuer(self) -> str | None:

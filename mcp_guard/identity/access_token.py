@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import weakref
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, Protocol
@@ -46,28 +47,43 @@ class AccessTokenIdentifier:
     Refuses a missing token, and a token without issuer (``iss`` claim), subject or client id.
     When the claims carry the raw ``scope`` string it is parsed with the strict RFC 6749 grammar
     and must agree with the verifier's list, so a verifier that split on odd whitespace cannot
-    widen the grant. Principals are cached by SHA-256 of the token, bounded, oldest evicted
-    first: an OAuth token's claims never change, and expiry is checked by the guard on every
-    call. A FIFO cache's reads do not reorder it, so they need no lock; writes take one.
+    widen the grant.
+
+    Principals are cached by SHA-256 of the token, bounded, oldest evicted first: an OAuth
+    token's claims never change, and expiry is checked by the guard on every call. A FIFO
+    cache's reads do not reorder it, so they need no lock; writes take one. In front of it, a
+    small map from the `AccessToken` object itself (held by weak reference, so no token is
+    kept alive) answers the common case of one credential object serving many calls (stdio,
+    in-process and long-lived connections) without hashing at all.
     """
+
+    _SEEN_LIMIT = 1024
 
     def __init__(self, *, cache_size: int = 10_000) -> None:
         self._cache: FIFOCache[bytes, Principal] = FIFOCache(maxsize=cache_size)
+        self._seen: dict[int, tuple[weakref.ref[AccessToken], Principal]] = {}
         self._lock = threading.Lock()
 
     def identify(self, credential: AccessToken | None) -> Principal:
         if credential is None:
             raise Refused(ReasonCode.TOKEN_MISSING)
+        seen = self._seen.get(id(credential))
+        if seen is not None and seen[0]() is credential:
+            return seen[1]
         token = credential.token
         if not token:
             return principal_from_access_token(credential, None)
         digest = _digest(token)
         try:
-            return self._cache[digest]
+            principal = self._cache[digest]
         except KeyError:
             principal = principal_from_access_token(credential, digest[:16].hex())
+            with self._lock:
+                self._cache[digest] = principal
         with self._lock:
-            self._cache[digest] = principal
+            if len(self._seen) >= self._SEEN_LIMIT:
+                self._seen.clear()
+            self._seen[id(credential)] = (weakref.ref(credential), principal)
         return principal
 
 

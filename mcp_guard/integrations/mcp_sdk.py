@@ -26,6 +26,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from mcp_guard.context import admit, release
 from mcp_guard.guard import Authorization, Guard
+from mcp_guard.model import CallRequest
 from mcp_guard.reasons import ReasonCode
 from mcp_guard.scopes import format_scope
 
@@ -42,8 +43,11 @@ _CONNECTION_SESSION = "mcp_guard.session"
 class GuardMiddleware:
     """Enforces a `Guard` on an MCP SDK server (a `ServerMiddleware`)."""
 
+    _TRIMMED_LIMIT = 4096
+
     def __init__(self, guard: Guard) -> None:
         self.guard = guard
+        self._trimmed: dict[tuple[str, frozenset[str]], AuthenticatedUser] = {}
 
     async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         if ctx.method == "tools/call":
@@ -68,7 +72,7 @@ class GuardMiddleware:
             raise denial_error(authorization)
         user = None
         if credential is not None:
-            user = auth_context_var.set(AuthenticatedUser(_trimmed(credential, authorization.decision.approved_scopes)))
+            user = auth_context_var.set(self._trimmed_user(credential, request, authorization.decision.approved_scopes))
         admitted = admit(request)
         try:
             return await call_next(ctx)
@@ -76,6 +80,21 @@ class GuardMiddleware:
             release(admitted)
             if user is not None:
                 auth_context_var.reset(user)
+
+    def _trimmed_user(
+        self, credential: AccessToken, request: CallRequest, approved: frozenset[str]
+    ) -> AuthenticatedUser:
+        """The caller as a tool sees it, memoised per token and approved set (it holds no bearer string)."""
+        token_hash = request.principal.token_hash
+        if token_hash is None:
+            return AuthenticatedUser(_trimmed(credential, approved))
+        key = (token_hash, approved)
+        user = self._trimmed.get(key)
+        if user is None:
+            if len(self._trimmed) >= self._TRIMMED_LIMIT:
+                self._trimmed.clear()
+            self._trimmed[key] = user = AuthenticatedUser(_trimmed(credential, approved))
+        return user
 
     async def _list_tools(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         result = await call_next(ctx)

@@ -1,0 +1,102 @@
+"""Print the speed targets as medians and ratios, each against a baseline measured in the same run.
+
+    python benchmarks/ratios.py
+
+Machines here are noisy, so every figure is a median over many rounds, and the two sides of
+each ratio are measured in alternating rounds. Exits non-zero if a target is missed.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+from mcp import Client
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from mcp_guard.testing import access_token, acting_as  # noqa: E402
+from workloads import guard_with_tools, notes_server, run_now, warm  # noqa: E402
+
+
+def per_call_us(fn: Callable[[], object], calls: int) -> float:
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - start) / calls * 1e6
+
+
+def decision_medians(tool_counts: tuple[int, ...], rounds: int = 41, calls: int = 2000) -> dict[int, float]:
+    """Median per-call time of a warm decision for each tool count, rounds interleaved."""
+    runners = {}
+    for count in tool_counts:
+        guard = guard_with_tools(count)
+        token, arguments = warm(guard)
+        runners[count] = lambda g=guard, t=token, a=arguments: run_now(g.authorize("tool_0", a, t))
+    samples: dict[int, list[float]] = {count: [] for count in tool_counts}
+    for _ in range(rounds):
+        for count, run in runners.items():
+            samples[count].append(per_call_us(run, calls))
+    return {count: statistics.median(values) for count, values in samples.items()}
+
+
+def client_call_medians(mode: str, rounds: int = 31, calls: int = 200) -> tuple[float, float]:
+    """Median per-call time of an in-process Client call, unguarded and guarded, rounds alternating."""
+    unguarded, guarded = notes_server(False), notes_server(True)
+    samples: dict[bool, list[float]] = {False: [], True: []}
+
+    async def measure() -> None:
+        with acting_as(access_token("agent-7", "notes:read")):
+            async with Client(unguarded, mode=mode) as plain, Client(guarded, mode=mode) as safe:
+                clients = {False: plain, True: safe}
+                for client in clients.values():  # warm both
+                    for _ in range(50):
+                        await client.call_tool("echo", {"text": "hi"})
+                for index in range(rounds * 2):
+                    is_guarded = index % 2 == 1 if (index // 2) % 2 == 0 else index % 2 == 0
+                    client = clients[is_guarded]
+                    gc.collect()
+                    start = time.perf_counter()
+                    for _ in range(calls):
+                        await client.call_tool("echo", {"text": "hi"})
+                    samples[is_guarded].append((time.perf_counter() - start) / calls * 1e6)
+
+    anyio.run(measure)
+    return statistics.median(samples[False]), statistics.median(samples[True])
+
+
+def main() -> int:
+    failures = []
+
+    def report(label: str, value: float, target: float, unit: str) -> None:
+        ok = value <= target
+        print(f"  {label:<58} {value:8.3f} {unit:<3} (target <= {target}) {'ok' if ok else 'MISSED'}")
+        if not ok:
+            failures.append(label)
+
+    print("Warm decision: guard.authorize, 5 scopes, in-memory session, built-in rules")
+    medians = decision_medians((10, 50, 10_000))
+    for count, median in medians.items():
+        print(f"  {count:>6} tools: median {median:.3f} us")
+    report("median at 50 tools", medians[50], 5.0, "us")
+    report("10,000 tools / 10 tools", medians[10_000] / medians[10], 1.2, "x")
+
+    print("In-process Client call to a trivial async tool, guarded / unguarded (no OTel SDK)")
+    for mode in ("auto", "legacy"):
+        plain, safe = client_call_medians(mode)
+        print(f"  {mode:>6}: unguarded {plain:.1f} us, guarded {safe:.1f} us")
+        report(f"guarded / unguarded ({mode})", safe / plain, 1.05, "x")
+
+    if failures:
+        print(f"missed: {', '.join(failures)}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
