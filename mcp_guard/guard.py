@@ -169,7 +169,6 @@ class Guard:
         in any stage is a denial with its own reason code.
         """
         now = self.clock()
-        span = trace.get_current_span()
         kind = _TOKEN_REJECTED
         principal: Principal | None = None
         session_id: str | None = None
@@ -181,7 +180,10 @@ class Guard:
             self._check_principal(principal, now)
             kind = _CALL_DECIDED
             session_id = self.session_keys.key(principal, transport_session)
-            session = await self._bind_session(session_id, principal, now)
+            found = await self.sessions.get(session_id)
+            if found is None or _session_refusal(found, principal, now) is not None:
+                found = await self._bind_session(session_id, principal, found, now)
+            session = found  # only a session this principal may use counts the call
             spec = self._resolve_tool(tool, principal)
             request = CallRequest(principal, session, spec, _arguments(arguments), now, protocol_version, request_id)
             decision = self.policy.decide(request)
@@ -194,9 +196,14 @@ class Guard:
         try:
             if session is not None:
                 await self.sessions.record_call(session, now, allowed=decision.allowed)
-            event = AuditEvent.build(kind, now, principal, session_id, tool_name, decision, span.get_span_context())
-            self._record(event)
-            annotate_span(span, event, decision, transport_session)
+            span = trace.get_current_span()
+            recording = span.is_recording()
+            trace_context = span.get_span_context() if recording else None
+            event = AuditEvent.build(kind, now, principal, session_id, tool_name, decision, trace_context)
+            for sink in self.sinks:
+                sink.emit(event)
+            if recording:
+                annotate_span(span, event, decision, transport_session)
         except Exception:
             logger.exception("mcp-guard: recording the decision on tool %s failed; denying", tool_name)
             if decision.allowed:
@@ -287,15 +294,20 @@ class Guard:
     # -- stages -------------------------------------------------------------------------------
 
     def _check_principal(self, principal: Principal, now: float) -> None:
+        """Refuse an expired (beyond the leeway) or revoked principal."""
         if principal.expires_at is not None and now > principal.expires_at + self.leeway:
             raise Refused(ReasonCode.TOKEN_EXPIRED)
-        revoked = self.revocations.check(principal, now)
-        if revoked is not None:
-            raise Refused(revoked)
+        if self.revocations.active:
+            revoked = self.revocations.check(principal, now)
+            if revoked is not None:
+                raise Refused(revoked)
 
-    async def _bind_session(self, session_id: str, principal: Principal, now: float) -> Session:
-        """The session ``principal`` may use under ``session_id`` now, opened on first use."""
-        session = await self.sessions.get(session_id)
+    async def _bind_session(self, session_id: str, principal: Principal, found: Session | None, now: float) -> Session:
+        """Open the session ``found`` missing, or raise why ``principal`` may not use it now.
+
+        The common case, an existing usable session, never comes here.
+        """
+        session = found
         if session is None:
             session, opened = await self.sessions.add(self.session_settings.open(session_id, principal, now))
             if opened:

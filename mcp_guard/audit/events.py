@@ -30,14 +30,14 @@ class EventKind(StrEnum):
     ACCESS_RESTORED = "access.restored"
 
 
-_PROCESS = secrets.token_hex(6)
+_ORIGIN = secrets.token_hex(6) + "-"
 _COUNTER = itertools.count(1)
 _NO_SCOPES: frozenset[str] = frozenset()
 
 
 def new_event_id() -> str:
-    """A unique event id: a random per-process prefix and a counter (ordered within a process)."""
-    return f"{_PROCESS}-{next(_COUNTER):x}"
+    """A unique event id: a random per-process origin and a counter (ordered within a process)."""
+    return _ORIGIN + str(next(_COUNTER))
 
 
 class AuditEvent(NamedTuple):
@@ -71,7 +71,7 @@ class AuditEvent(NamedTuple):
         span: SpanContext | None = None,
         detail: str | None = None,
     ) -> AuditEvent:
-        """An event with a fresh id, tied to ``span`` when that span context is valid."""
+        """An event with a fresh id, tied to the span ``span`` when given and valid."""
         event_id = new_event_id()
         if span is None or not span.is_valid:
             return cls(kind, event_id, at, principal, session_id, tool, decision, None, None, detail)

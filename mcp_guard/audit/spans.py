@@ -2,7 +2,7 @@
 
 The SDK already opens the SERVER span ``tools/call {tool}`` with ``mcp.method.name``,
 ``gen_ai.operation.name`` and ``jsonrpc.request.id``; the guard enriches that span rather than
-opening a second one. Nothing is built when no tracer provider records the span.
+opening a second one. Callers skip this when the span is not recording.
 """
 
 from __future__ import annotations
@@ -17,9 +17,7 @@ __all__ = ["annotate_span"]
 
 
 def annotate_span(span: Span, event: AuditEvent, decision: Decision, transport_session: str | None) -> None:
-    """Put one call's decision on ``span``; a denial marks the span as an error."""
-    if not span.is_recording():
-        return
+    """Put one call's decision on a recording ``span``; a denial marks the span as an error."""
     attributes: dict[str, AttributeValue] = {
         "mcp_guard.decision": decision.outcome,
         "mcp_guard.reason": decision.reason.code,

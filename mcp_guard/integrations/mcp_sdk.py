@@ -57,7 +57,9 @@ class GuardMiddleware:
         return await call_next(ctx)
 
     async def _call_tool(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
-        params: Mapping[str, Any] = ctx.params if isinstance(ctx.params, Mapping) else {}
+        params = ctx.params
+        if type(params) is not dict and not isinstance(params, Mapping):
+            params = {}
         credential = get_access_token()
         authorization = await self.guard.authorize(
             params.get("name"),

@@ -19,24 +19,30 @@ _Key = tuple[str | None, str]
 
 
 class Revocations:
+    """Token, subject and client revocations. ``active`` is false while none is recorded."""
+
     def __init__(self) -> None:
         self._tokens: dict[str, float] = {}
         self._subjects: dict[_Key, float] = {}
         self._clients: dict[_Key, float] = {}
         self._lock = threading.Lock()
+        self.active = False
 
     def revoke_token(self, token_id: str, until: float = math.inf) -> None:
         """Revoke by ``jti`` or by token fingerprint (`token_fingerprint`)."""
         with self._lock:
             self._tokens[token_id] = until
+            self.active = True
 
     def revoke_subject(self, subject: str, issuer: str | None = None, until: float = math.inf) -> None:
         with self._lock:
             self._subjects[(issuer, subject)] = until
+            self.active = True
 
     def revoke_client(self, client_id: str, issuer: str | None = None, until: float = math.inf) -> None:
         with self._lock:
             self._clients[(issuer, client_id)] = until
+            self.active = True
 
     def restore(
         self,
@@ -54,6 +60,7 @@ class Revocations:
                 self._subjects.pop((issuer, subject), None)
             if client_id is not None:
                 self._clients.pop((issuer, client_id), None)
+            self.active = bool(self._tokens or self._subjects or self._clients)
 
     def check(self, principal: Principal, now: float) -> ReasonCode | None:
         """The reason ``principal`` is revoked at ``now``, or None."""
