@@ -42,7 +42,9 @@ def serving(guard: Guard) -> Iterator[str]:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     url = f"http://127.0.0.1:{port}/mcp"
-    config = uvicorn.Config(build_server(guard, url).streamable_http_app(), host="127.0.0.1", port=port, log_level="warning")
+    config = uvicorn.Config(
+        build_server(guard, url).streamable_http_app(), host="127.0.0.1", port=port, log_level="warning"
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
