@@ -142,7 +142,9 @@ class Session:
     """A governed session: bound to one principal, bounded in time, revocable.
 
     ``expires_at`` is the absolute deadline; the idle deadline moves with each call.
-    ``end_reason`` says why a session that is no longer active ended.
+    ``end_reason`` says why a session that is no longer active ended. ``retain_until`` is when
+    no credential that could present this session's key is valid any more: a store must keep
+    the session (ended or not) at least until then, or its key could open a fresh one.
     """
 
     id: str
@@ -151,6 +153,7 @@ class Session:
     expires_at: float
     idle_timeout: float
     last_active_at: float
+    retain_until: float
     purpose: str = ""
     owners: SessionOwners = field(default_factory=SessionOwners)
     call_count: int = 0

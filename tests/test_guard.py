@@ -18,6 +18,8 @@ from mcp_guard import (
     Principal,
     ReasonCode,
     Refused,
+    ScopeHierarchy,
+    ScopePolicy,
     SessionKeys,
     SessionOwners,
     SessionSettings,
@@ -401,3 +403,121 @@ def test_declarations_are_validated() -> None:
         ToolSpec("b", scopes=frozenset({"bad scope"}))
     with pytest.raises(ValueError, match="scope_hierarchy"):
         Guard(policy=ExplodingPolicy(), scope_hierarchy={"a": "b"})
+
+
+async def test_a_revoked_session_stays_revoked_after_its_record_is_evicted(
+    audit: MemoryAuditSink, clock: Clock
+) -> None:
+    g = make_guard(audit, clock, sessions=MemorySessionStore(max_sessions=2))
+    victim = token(sid="victim", expires_at=NOW + 60)
+    assert (await g.authorize("read_note", {}, victim)).allowed
+    session_id = events(audit, EventKind.SESSION_OPENED)[0].session_id
+    await g.revoke(session_id=session_id)
+    clock.advance(4 * 3600 + 1)  # past retention: the store may now forget the record
+    fresh = token(sid="victim", expires_at=clock.now + 600)
+    for index in range(3):  # press the store to evict
+        await g.authorize("read_note", {}, token(f"filler-{index}", expires_at=clock.now + 600))
+    assert await g.sessions.get(session_id) is None
+    assert (await g.authorize("read_note", {}, fresh)).decision.reason.code == ReasonCode.SESSION_REVOKED
+
+
+async def test_a_full_store_refuses_new_sessions_rather_than_forget_live_ones(
+    audit: MemoryAuditSink, clock: Clock
+) -> None:
+    g = make_guard(audit, clock, sessions=MemorySessionStore(max_sessions=2))
+    alice, bob = token("alice", sid="a"), token("bob", sid="b")
+    assert (await g.authorize("read_note", {}, alice)).allowed
+    assert (await g.authorize("read_note", {}, bob)).allowed
+    carol = await g.authorize("read_note", {}, token("carol", sid="c"))
+    assert carol.decision.reason.code == ReasonCode.SESSION_UNAVAILABLE
+    assert "retry later" in carol.decision.reason.message
+    mallory = token("mallory", sid="a")  # alice's session is still bound to alice
+    assert (await g.authorize("read_note", {}, mallory)).decision.reason.code == ReasonCode.SESSION_BINDING_MISMATCH
+    clock.advance(4 * 3600 + 1)  # both sessions are past their retention now
+    assert (await g.authorize("read_note", {}, token("carol", sid="c", expires_at=clock.now + 600))).allowed
+    with pytest.raises(ValueError, match="max_sessions"):
+        MemorySessionStore(max_sessions=0)
+
+
+async def test_sessions_are_retained_while_their_token_can_still_be_presented(
+    audit: MemoryAuditSink, clock: Clock
+) -> None:
+    settings = SessionSettings(absolute_ttl=60, idle_ttl=30)
+    g = make_guard(audit, clock, sessions=MemorySessionStore(max_sessions=1), session_settings=settings)
+    long_token = token(expires_at=NOW + 3600)
+    assert (await g.authorize("read_note", {}, long_token)).allowed
+    clock.advance(120)  # the session expired, but its token is valid for another hour
+    assert (await g.authorize("read_note", {}, long_token)).decision.reason.code == ReasonCode.SESSION_EXPIRED
+    other = await g.authorize("read_note", {}, token("bob", expires_at=clock.now + 600))
+    assert other.decision.reason.code == ReasonCode.SESSION_UNAVAILABLE  # nothing could be evicted
+    assert (await g.authorize("read_note", {}, long_token)).decision.reason.code == ReasonCode.SESSION_EXPIRED
+
+
+class FailsOnDecisions:
+    def emit(self, event: Any) -> None:
+        if event.kind == EventKind.CALL_DECIDED:
+            raise OSError("disk full")
+
+
+async def test_a_sink_failing_after_another_recorded_the_call_denies_and_records_the_denial(clock: Clock) -> None:
+    first = MemoryAuditSink()
+    g = Guard(audit=[first, FailsOnDecisions()], clock=clock)
+    g.declare(ToolSpec("read_note"))
+    t = token(sid="s")
+    result = await g.authorize("read_note", {}, t)
+    assert not result.allowed
+    assert result.decision.reason.code == ReasonCode.GUARD_ERROR
+    decided = [e for e in first.events if e.kind == EventKind.CALL_DECIDED]
+    assert [(e.outcome, e.reasons) for e in decided] == [("trimmed", ("allowed",)), ("denied", ("guard_error",))]
+    session = await g.sessions.get(decided[0].session_id or "")
+    assert session is not None
+    assert session.call_count == 0  # the call never ran, so it does not count
+
+
+async def test_nothing_escapes_authorize(audit: MemoryAuditSink, caplog: pytest.LogCaptureFixture) -> None:
+    def broken_clock() -> float:
+        raise RuntimeError("clock broke")
+
+    g = Guard(audit=[audit], clock=broken_clock)
+    result = await g.authorize("read_note", {}, token())
+    assert result.decision.reason.code == ReasonCode.GUARD_ERROR
+    assert "outside any stage" in caplog.text
+
+    class NamelessPolicy(ExplodingPolicy):
+        def __getattribute__(self, name: str) -> Any:
+            if name in ("id", "version"):
+                raise AttributeError(name)
+            return super().__getattribute__(name)
+
+    g = Guard(audit=[audit], policy=NamelessPolicy())
+    g.declare(ToolSpec("read_note"))
+    assert (await g.authorize("read_note", {}, token())).decision.reason.code == ReasonCode.GUARD_ERROR
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        {"subject": ""},
+        {"token_id": ""},
+        {"client_id": "c", "issuer": ""},
+        {"subject": "a", "ttl": 0},
+        {"subject": "a", "ttl": -5},
+        {"subject": "a", "ttl": float("nan")},
+        {"subject": "a", "ttl": float("inf")},
+    ],
+)
+async def test_revocations_that_would_do_nothing_are_refused(g: Guard, arguments: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=r"non-empty|ttl"):
+        await g.revoke(**arguments)
+
+
+async def test_revoking_a_jti_spares_tokens_without_one(g: Guard) -> None:
+    await g.revoke(token_id="jti-1")
+    assert (await g.authorize("read_note", {}, token())).allowed
+    assert (await g.authorize("read_note", {}, token(jti="jti-1"))).decision.reason.code == ReasonCode.TOKEN_REVOKED
+
+
+def test_the_policy_hierarchy_cannot_change_under_its_memo() -> None:
+    policy = ScopePolicy({"a": "b"})
+    with pytest.raises(AttributeError):
+        policy.hierarchy = ScopeHierarchy()  # type: ignore[misc]

@@ -358,3 +358,32 @@ async def test_low_level_server(mode: str, audit: MemoryAuditSink) -> None:
                 "required_scopes": ["wipe"],
             }
             assert (await denial(client, "nothing")).data == {"reason": "tool_not_found"}
+
+
+@pytest.mark.parametrize(
+    "credential",
+    [
+        access_token("alice", "notes:read billing:write"),
+        access_token("alice", ["notes:read", "billing:write"], scp=["notes:read", "billing:write"]),
+    ],
+)
+async def test_the_tool_sees_no_scope_beyond_the_approved_set(mode: str, credential: AccessToken) -> None:
+    guard = Guard()
+    server = MCPServer("claims", middleware=[GuardMiddleware(guard)])
+
+    @server.tool()
+    @guard.tool(scopes="notes:read")
+    async def whoami() -> dict[str, Any]:
+        token = get_access_token()
+        assert token is not None
+        return {"scopes": token.scopes, "claims": token.claims, "bearer": token.token}
+
+    with acting_as(credential):
+        async with Client(server, mode=mode) as client:
+            seen = (await client.call_tool("whoami", {})).structured_content or {}
+    assert seen["scopes"] == ["notes:read"]
+    assert seen["bearer"] == ""
+    claims = seen["claims"]
+    assert claims.get("scope", "notes:read") == "notes:read"
+    assert claims.get("scp", ["notes:read"]) == ["notes:read"]
+    assert "billing:write" not in repr(claims)

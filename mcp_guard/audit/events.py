@@ -17,7 +17,7 @@ from opentelemetry.trace import SpanContext
 
 from mcp_guard.model import Decision, Outcome, Principal
 
-__all__ = ["AuditEvent", "EventKind", "new_event_id"]
+__all__ = ["AuditEvent", "EventKind"]
 
 
 class EventKind(StrEnum):
@@ -33,11 +33,6 @@ class EventKind(StrEnum):
 _ORIGIN = secrets.token_hex(6) + "-"
 _COUNTER = itertools.count(1)
 _NO_SCOPES: frozenset[str] = frozenset()
-
-
-def new_event_id() -> str:
-    """A unique event id: a random per-process origin and a counter (ordered within a process)."""
-    return _ORIGIN + str(next(_COUNTER))
 
 
 class AuditEvent(NamedTuple):
@@ -71,12 +66,17 @@ class AuditEvent(NamedTuple):
         span: SpanContext | None = None,
         detail: str | None = None,
     ) -> AuditEvent:
-        """An event with a fresh id, tied to the span ``span`` when given and valid."""
-        event_id = new_event_id()
+        """An event with a fresh id, tied to the span ``span`` when given and valid.
+
+        Built on every call, so it skips the NamedTuple's Python-level ``__new__``.
+        """
+        event_id = _ORIGIN + str(next(_COUNTER))  # unique: a random per-process origin and a counter
         if span is None or not span.is_valid:
-            return cls(kind, event_id, at, principal, session_id, tool, decision, None, None, detail)
+            return tuple.__new__(cls, (kind, event_id, at, principal, session_id, tool, decision, None, None, detail))
         trace_id, span_id = format(span.trace_id, "032x"), format(span.span_id, "016x")
-        return cls(kind, event_id, at, principal, session_id, tool, decision, trace_id, span_id, detail)
+        return tuple.__new__(
+            cls, (kind, event_id, at, principal, session_id, tool, decision, trace_id, span_id, detail)
+        )
 
     @property
     def issuer(self) -> str | None:

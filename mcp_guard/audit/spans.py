@@ -7,13 +7,27 @@ opening a second one. Callers skip this when the span is not recording.
 
 from __future__ import annotations
 
+from opentelemetry import trace
 from opentelemetry.trace import Span, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from mcp_guard.audit.events import AuditEvent
 from mcp_guard.model import Decision
 
-__all__ = ["annotate_span"]
+__all__ = ["annotate_span", "recording_span"]
+
+
+def recording_span() -> Span | None:
+    """The current span when it records, else None; nearly free while no tracer provider is set.
+
+    OpenTelemetry installs its global tracer provider once, and until then nothing records.
+    Its module keeps that provider in ``_TRACER_PROVIDER`` (None until set); should a future
+    version rename it, the default below sends every call down the full lookup instead.
+    """
+    if getattr(trace, "_TRACER_PROVIDER", trace) is None:
+        return None
+    span = trace.get_current_span()
+    return span if span.is_recording() else None
 
 
 def annotate_span(span: Span, event: AuditEvent, decision: Decision, transport_session: str | None) -> None:

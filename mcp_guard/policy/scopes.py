@@ -32,8 +32,13 @@ class ScopePolicy:
     ) -> None:
         self.id = id
         self.version = version
-        self.hierarchy = hierarchy if isinstance(hierarchy, ScopeHierarchy) else ScopeHierarchy(hierarchy)
+        self._hierarchy = hierarchy if isinstance(hierarchy, ScopeHierarchy) else ScopeHierarchy(hierarchy)
         self._memo: dict[tuple[str, frozenset[str]], tuple[ToolSpec, Decision]] = {}
+
+    @property
+    def hierarchy(self) -> ScopeHierarchy:
+        """The scope hierarchy, fixed for this policy's life (its decisions are memoised)."""
+        return self._hierarchy
 
     def decide(self, request: CallRequest) -> Decision:
         tool, requested = request.tool, request.principal.scopes
@@ -48,10 +53,10 @@ class ScopePolicy:
         return decision
 
     def visible(self, principal: Principal, tool: ToolSpec) -> bool:
-        return tool.scopes <= self.hierarchy.expand(principal.scopes)
+        return tool.scopes <= self._hierarchy.expand(principal.scopes)
 
     def _decide(self, tool: ToolSpec, requested: frozenset[str]) -> Decision:
-        granted = self.hierarchy.expand(requested)
+        granted = self._hierarchy.expand(requested)
         missing = tool.scopes - granted
         if missing:
             reason = Reason.of(

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import threading
 
-from cachetools import FIFOCache
-
+from mcp_guard.errors import Refused
 from mcp_guard.model import Session, SessionState
+from mcp_guard.reasons import ReasonCode
 from mcp_guard.session.store import EndResult
 
 __all__ = ["MemorySessionStore"]
@@ -15,27 +16,37 @@ __all__ = ["MemorySessionStore"]
 class MemorySessionStore:
     """Sessions in process memory, at most ``max_sessions`` of them.
 
-    When full, the oldest session is evicted first; with an absolute lifetime on every session
-    that is the one closest to its end anyway. An ended session stays stored, so its id keeps
-    being refused, until it is evicted for room. Safe across tasks (no method awaits while
-    touching state) and threads: reads are single dict lookups, changes take a lock.
+    A session is kept until its ``retain_until`` has passed, ended or not, so an ended
+    session's key stays refused and a live session is never silently reset. When the store is
+    full, sessions past that point are swept out. If none is, opening a new session is refused
+    (``session_unavailable``) rather than forgetting one that still matters: fail closed.
+
+    Safe across tasks (no method awaits while touching state) and threads: a read is one dict
+    lookup, and changes take a lock. A plain dict, not a cachetools cache: a cachetools read is
+    a Python call on every tool call, and eviction here is by retention, not by recency.
     """
 
     def __init__(self, *, max_sessions: int = 100_000) -> None:
-        self._sessions: FIFOCache[str, Session] = FIFOCache(maxsize=max_sessions)
+        if max_sessions < 1:
+            raise ValueError(f"max_sessions must be at least 1, not {max_sessions!r}")
+        self.max_sessions = max_sessions
+        self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
+        self._next_sweep = -math.inf
 
     async def get(self, session_id: str) -> Session | None:
-        try:
-            return self._sessions[session_id]
-        except KeyError:
-            return None
+        return self._sessions.get(session_id)
 
     async def add(self, session: Session) -> tuple[Session, bool]:
         with self._lock:
             stored = self._sessions.get(session.id)
             if stored is not None:
                 return stored, False
+            if len(self._sessions) >= self.max_sessions and not self._sweep(session.created_at):
+                raise Refused(
+                    ReasonCode.SESSION_UNAVAILABLE,
+                    "The server holds as many governed sessions as it may: retry later.",
+                )
             self._sessions[session.id] = session
             return session, True
 
@@ -60,3 +71,18 @@ class MemorySessionStore:
 
     def __len__(self) -> int:
         return len(self._sessions)
+
+    def _sweep(self, now: float) -> bool:
+        """Drop every session past its retention; say whether any room was made (lock held).
+
+        A sweep that frees nothing notes when the earliest retention ends, and until then the
+        next full store refuses at once instead of scanning again.
+        """
+        if now < self._next_sweep:
+            return False
+        expired = [key for key, session in self._sessions.items() if session.retain_until <= now]
+        for key in expired:
+            del self._sessions[key]
+        if not expired:
+            self._next_sweep = min(session.retain_until for session in self._sessions.values())
+        return bool(expired)

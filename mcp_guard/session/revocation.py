@@ -1,8 +1,10 @@
-"""Revocations that outlive any one session: by token, by subject, by client.
+"""Revocations that outlive any one session record: by token, subject, client, and session id.
 
-Checked on every call with a handful of dict lookups (none at all while nothing is revoked).
-Each entry may carry an end time; a permanent revocation lasts until `restore` lifts it.
-A subject or client revoked without an issuer is revoked under every issuer.
+Token, subject and client revocations are checked on every call with a handful of dict
+lookups (none at all while nothing is revoked). Each may carry an end time; a permanent one
+lasts until `restore` lifts it. A subject or client revoked without an issuer is revoked under
+every issuer. Revoked session ids are kept too, and checked whenever a session would be opened,
+so a revoked session can never come back, even after its record left the session store.
 """
 
 from __future__ import annotations
@@ -22,11 +24,20 @@ class Revocations:
     """Token, subject and client revocations. ``active`` is false while none is recorded."""
 
     def __init__(self) -> None:
+        self._sessions: set[str] = set()
         self._tokens: dict[str, float] = {}
         self._subjects: dict[_Key, float] = {}
         self._clients: dict[_Key, float] = {}
         self._lock = threading.Lock()
         self.active = False
+
+    def revoke_session(self, session_id: str) -> None:
+        """Revoke a session id for good."""
+        with self._lock:
+            self._sessions.add(session_id)
+
+    def session_revoked(self, session_id: str) -> bool:
+        return session_id in self._sessions
 
     def revoke_token(self, token_id: str, until: float = math.inf) -> None:
         """Revoke by ``jti`` or by token fingerprint (`token_fingerprint`)."""
@@ -65,8 +76,8 @@ class Revocations:
     def check(self, principal: Principal, now: float) -> ReasonCode | None:
         """The reason ``principal`` is revoked at ``now``, or None."""
         if self._tokens and (
-            _active(self._tokens.get(principal.token_id or ""), now)
-            or _active(self._tokens.get(principal.token_hash or ""), now)
+            (principal.token_id is not None and _active(self._tokens.get(principal.token_id), now))
+            or (principal.token_hash is not None and _active(self._tokens.get(principal.token_hash), now))
         ):
             return ReasonCode.TOKEN_REVOKED
         if self._subjects and (

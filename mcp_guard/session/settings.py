@@ -29,15 +29,22 @@ class SessionSettings:
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive, finite number of seconds, not {value!r}")
 
-    def open(self, session_id: str, principal: Principal, now: float) -> Session:
-        """A new active session with id ``session_id``, bound to ``principal``."""
+    def open(self, session_id: str, principal: Principal, now: float, *, leeway: float = 0.0) -> Session:
+        """A new active session with id ``session_id``, bound to ``principal``.
+
+        It is retained until its absolute deadline or until the opening token can no longer be
+        presented (its expiry plus ``leeway``), whichever is later.
+        """
+        expires_at = now + self.absolute_ttl
+        token_end = principal.expires_at + leeway if principal.expires_at is not None else expires_at
         return Session(
             id=session_id,
             binding=principal.binding,
             created_at=now,
-            expires_at=now + self.absolute_ttl,
+            expires_at=expires_at,
             idle_timeout=self.idle_ttl,
             last_active_at=now,
+            retain_until=max(expires_at, token_end),
             purpose=self.purpose,
             owners=self.owners,
         )
