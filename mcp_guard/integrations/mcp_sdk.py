@@ -59,13 +59,15 @@ class GuardMiddleware:
         params = ctx.params
         if type(params) is not dict and not isinstance(params, Mapping):
             params = {}
-        credential = get_access_token()
+        caller = auth_context_var.get()  # what get_access_token() reads
+        credential = caller.access_token if caller is not None else None
+        version = ctx.protocol_version
         authorization = await self.guard.authorize(
             params.get("name"),
             params.get("arguments"),
             credential,
-            protocol_version=ctx.protocol_version,
-            transport_session=transport_session(ctx),
+            protocol_version=version,
+            transport_session=None if version in MODERN_PROTOCOL_VERSIONS else transport_session(ctx),
             request_id=ctx.request_id,
         )
         decision, request = authorization
@@ -73,10 +75,10 @@ class GuardMiddleware:
             raise denial_error(authorization)
         user = None
         if credential is not None:
-            caller = self._trimmed.get((request.principal.token_hash, decision.approved_scopes))
-            if caller is None:
-                caller = self._trim(credential, request.principal, decision.approved_scopes)
-            user = auth_context_var.set(caller)
+            trimmed = self._trimmed.get((request.principal.token_hash, decision.approved_scopes))
+            if trimmed is None:
+                trimmed = self._trim(credential, request.principal, decision.approved_scopes)
+            user = auth_context_var.set(trimmed)
         admitted = ADMITTED.set(request)
         try:
             return await call_next(ctx)
