@@ -237,8 +237,8 @@ class Guard:
 
         Listing opens no session; a session that exists must be usable by this caller.
         """
-        now = self.clock()
         try:
+            now = self.clock()
             principal = self.identifier.identify(credential)
             self._check_principal(principal, now)
             session = await self.sessions.get(self.session_keys.key(principal, transport_session))

@@ -161,10 +161,6 @@ class Session:
     state: SessionState = SessionState.ACTIVE
     end_reason: str | None = None
 
-    @property
-    def idle_deadline(self) -> float:
-        return self.last_active_at + self.idle_timeout
-
 
 class CallRequest(NamedTuple):
     """One tool call, as the policy sees it: who, under which session, which tool, with what."""

@@ -424,10 +424,12 @@ async def test_a_revoked_session_stays_revoked_after_its_record_is_evicted(
 async def test_a_full_store_refuses_new_sessions_rather_than_forget_live_ones(
     audit: MemoryAuditSink, clock: Clock
 ) -> None:
-    g = make_guard(audit, clock, sessions=MemorySessionStore(max_sessions=2))
+    store = MemorySessionStore(max_sessions=2)
+    g = make_guard(audit, clock, sessions=store)
     alice, bob = token("alice", sid="a"), token("bob", sid="b")
     assert (await g.authorize("read_note", {}, alice)).allowed
     assert (await g.authorize("read_note", {}, bob)).allowed
+    assert len(store) == 2
     carol = await g.authorize("read_note", {}, token("carol", sid="c"))
     assert carol.decision.reason.code == ReasonCode.SESSION_UNAVAILABLE
     assert "retry later" in carol.decision.reason.message
