@@ -16,7 +16,17 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from mcp_guard import Guard, GuardMiddleware, MemoryAuditSink, Risk, current_call
+from mcp_guard import (
+    CallRequest,
+    Decision,
+    Guard,
+    GuardMiddleware,
+    MemoryAuditSink,
+    Principal,
+    Risk,
+    ToolSpec,
+    current_call,
+)
 
 MODES = ("auto", "legacy")
 """``Client(server)`` speaks MCP 2026-07-28 (stateless); ``mode="legacy"`` speaks 2025-11-25 (sessions)."""
@@ -112,6 +122,19 @@ def notes_server(guard: Guard, **options: Any) -> MCPServer:
 @pytest.fixture
 def server(guard: Guard) -> MCPServer:
     return notes_server(guard)
+
+
+class ExplodingPolicy:
+    """A policy whose every answer is an exception, carrying text that must never reach a client."""
+
+    id = "exploding"
+    version = "0"
+
+    def decide(self, request: CallRequest) -> Decision:
+        raise RuntimeError("policy secret: boom")
+
+    def visible(self, principal: Principal, tool: ToolSpec) -> bool:
+        raise RuntimeError("policy secret: boom")
 
 
 async def call_raw(client: Client, params: dict[str, Any]) -> dict[str, Any]:

@@ -7,10 +7,8 @@ from typing import Any
 import pytest
 from mcp.server.auth.provider import AccessToken
 
-from conftest import Clock
+from conftest import Clock, ExplodingPolicy
 from mcp_guard import (
-    CallRequest,
-    Decision,
     EventKind,
     Guard,
     MemoryAuditSink,
@@ -330,17 +328,6 @@ async def test_revoking_a_session(g: Guard, audit: MemoryAuditSink) -> None:
         await g.revoke(subject="a", client_id="b")
     with pytest.raises(ValueError, match="exactly one"):
         await g.revoke()
-
-
-class ExplodingPolicy:
-    id = "exploding"
-    version = "0"
-
-    def decide(self, request: CallRequest) -> Decision:
-        raise RuntimeError("boom")
-
-    def visible(self, principal: Principal, tool: ToolSpec) -> bool:
-        raise RuntimeError("boom")
 
 
 class ExplodingStore(MemorySessionStore):

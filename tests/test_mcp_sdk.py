@@ -13,12 +13,10 @@ from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.provider import AccessToken
 from mcp.server.mcpserver import MCPServer
 
-from conftest import call_raw, notes_server
+from conftest import ExplodingPolicy, call_raw, notes_server
 from mcp_guard import (
     GUARD_DENIED,
     AccessTokenIdentifier,
-    CallRequest,
-    Decision,
     EventKind,
     Guard,
     GuardMiddleware,
@@ -299,17 +297,6 @@ async def test_the_decorator_leaves_schema_docstring_and_context_alone() -> None
     [a], [b] = await plain.list_tools(), await guarded.list_tools()
     assert a.model_dump() == b.model_dump()
     assert guard.tool(name="other")(summarize).__doc__ == "Summarize a file."
-
-
-class ExplodingPolicy:
-    id = "exploding"
-    version = "0"
-
-    def decide(self, request: CallRequest) -> Decision:
-        raise RuntimeError("policy secret: boom")
-
-    def visible(self, principal: Principal, tool: ToolSpec) -> bool:
-        return True
 
 
 async def test_an_exception_inside_the_guard_denies_without_leaking(mode: str, audit: MemoryAuditSink) -> None:
