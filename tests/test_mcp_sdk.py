@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import anyio
@@ -13,7 +14,7 @@ from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.provider import AccessToken
 from mcp.server.mcpserver import MCPServer
 
-from conftest import ExplodingPolicy, call_raw, notes_server
+from conftest import Clock, ExplodingPolicy, call_raw, notes_server
 from mcp_guard import (
     GUARD_DENIED,
     AccessTokenIdentifier,
@@ -22,6 +23,7 @@ from mcp_guard import (
     GuardMiddleware,
     MemoryAuditSink,
     Principal,
+    SessionSettings,
     ToolSpec,
     current_call,
 )
@@ -374,3 +376,27 @@ async def test_the_tool_sees_no_scope_beyond_the_approved_set(mode: str, credent
     assert claims.get("scope", "notes:read") == "notes:read"
     assert claims.get("scp", ["notes:read"]) == ["notes:read"]
     assert "billing:write" not in repr(claims)
+
+
+@pytest.mark.parametrize(
+    ("advance", "code"),
+    [(16 * 60, "session_idle_expired"), (None, "session_expired")],
+)
+async def test_ended_sessions_refuse_the_next_call(
+    mode: str, audit: MemoryAuditSink, advance: float | None, code: str
+) -> None:
+    clock = Clock(time.time())
+    guard = Guard(audit=[audit], clock=clock, session_settings=SessionSettings(absolute_ttl=1200, idle_ttl=900))
+    server = notes_server(guard)
+    with acting_as(access_token("alice", "notes:read", expires_in=7200)):
+        async with Client(server, mode=mode) as client:
+            assert not (await client.call_tool("read_note", {"title": "welcome"})).is_error
+            if advance is None:  # stay active, but outlive the absolute lifetime
+                for _ in range(3):
+                    clock.advance(300)
+                    assert not (await client.call_tool("read_note", {"title": "welcome"})).is_error
+                clock.advance(301)
+            else:
+                clock.advance(advance)
+            assert (await denial(client, "read_note", {"title": "welcome"})).data == {"reason": code}
+    assert [e.kind for e in audit.events].count(EventKind.SESSION_EXPIRED) == 1
