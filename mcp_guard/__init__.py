@@ -9,8 +9,15 @@ from mcp_guard.audit import AuditEvent, AuditSink, EventKind, MemoryAuditSink
 from mcp_guard.context import current_call
 from mcp_guard.errors import Refused, UnguardedCallError
 from mcp_guard.guard import Authorization, Guard
-from mcp_guard.identity import AccessTokenIdentifier, Identifier, token_fingerprint
-from mcp_guard.integrations.mcp_sdk import GUARD_DENIED, GuardMiddleware
+from mcp_guard.identity import (
+    AccessTokenIdentifier,
+    Identifier,
+    JWKSCache,
+    JWTVerifier,
+    TrustedIssuer,
+    token_fingerprint,
+)
+from mcp_guard.integrations.mcp_sdk import GUARD_DENIED, GuardMiddleware, GuardTokenVerifier
 from mcp_guard.model import (
     CallRequest,
     Decision,
@@ -40,7 +47,10 @@ __all__ = [
     "EventKind",
     "Guard",
     "GuardMiddleware",
+    "GuardTokenVerifier",
     "Identifier",
+    "JWKSCache",
+    "JWTVerifier",
     "MemoryAuditSink",
     "MemorySessionStore",
     "Policy",
@@ -59,6 +69,7 @@ __all__ = [
     "SessionState",
     "SessionStore",
     "ToolSpec",
+    "TrustedIssuer",
     "UnguardedCallError",
     "__version__",
     "current_call",

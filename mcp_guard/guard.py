@@ -282,7 +282,7 @@ class Guard:
                 raise LookupError(f"no session {session_id!r} to revoke")
             self.revocations.revoke_session(session_id)
             if ended == "ended":
-                self._record(AuditEvent.build(EventKind.SESSION_REVOKED, now, None, session_id, detail=reason or None))
+                self.record(AuditEvent.build(EventKind.SESSION_REVOKED, now, None, session_id, detail=reason or None))
             return
         until = math.inf if ttl is None else now + ttl
         if subject is not None:
@@ -291,7 +291,7 @@ class Guard:
             self.revocations.revoke_client(client_id, issuer, until)
         elif token_id is not None:
             self.revocations.revoke_token(token_id, until)
-        self._record(AuditEvent.build(EventKind.ACCESS_REVOKED, now, detail=_describe(given, issuer, reason)))
+        self.record(AuditEvent.build(EventKind.ACCESS_REVOKED, now, detail=_describe(given, issuer, reason)))
 
     async def restore(
         self,
@@ -308,7 +308,7 @@ class Guard:
         """
         given = _one_target({"subject": subject, "client_id": client_id, "token_id": token_id}, issuer)
         self.revocations.restore(token_id=token_id, subject=subject, client_id=client_id, issuer=issuer)
-        self._record(AuditEvent.build(EventKind.ACCESS_RESTORED, self.clock(), detail=_describe(given, issuer, reason)))
+        self.record(AuditEvent.build(EventKind.ACCESS_RESTORED, self.clock(), detail=_describe(given, issuer, reason)))
 
     # -- stages -------------------------------------------------------------------------------
 
@@ -333,12 +333,12 @@ class Guard:
             opening = self.session_settings.open(session_id, principal, now, leeway=self.leeway)
             session, opened = await self.sessions.add(opening)
             if opened:
-                self._record(AuditEvent.build(EventKind.SESSION_OPENED, now, principal, session_id=session_id))
+                self.record(AuditEvent.build(EventKind.SESSION_OPENED, now, principal, session_id=session_id))
         refusal = _session_refusal(session, principal, now)
         if refusal is None:
             return session
         if refusal in _LIFETIME_ENDS and await self.sessions.end(session_id, SessionState.EXPIRED, refusal) == "ended":
-            self._record(AuditEvent.build(EventKind.SESSION_EXPIRED, now, principal, session_id=session_id))
+            self.record(AuditEvent.build(EventKind.SESSION_EXPIRED, now, principal, session_id=session_id))
         raise Refused(refusal)
 
     def _refusal(self, code: str, message: str | None, principal: Principal | None) -> Decision:
@@ -350,7 +350,8 @@ class Guard:
             policy_version=self.policy.version,
         )
 
-    def _record(self, event: AuditEvent) -> None:
+    def record(self, event: AuditEvent) -> None:
+        """Give an event to every audit sink (integrations record what happens outside `authorize`)."""
         for sink in self.sinks:
             sink.emit(event)
 

@@ -25,6 +25,24 @@ class ReasonCode(StrEnum):
     SCOPE_MALFORMED = "scope_malformed"
     SUBJECT_REVOKED = "subject_revoked"
     CLIENT_REVOKED = "client_revoked"
+    # token verification
+    TOKEN_TOO_LARGE = "token_too_large"
+    TOKEN_MALFORMED = "token_malformed"
+    TOKEN_TYPE_INVALID = "token_type_invalid"
+    ALGORITHM_FORBIDDEN = "algorithm_forbidden"
+    HEADER_FORBIDDEN = "header_forbidden"
+    CRIT_UNSUPPORTED = "crit_unsupported"
+    ISSUER_UNTRUSTED = "issuer_untrusted"
+    KEY_UNKNOWN = "key_unknown"
+    KEYS_UNAVAILABLE = "keys_unavailable"
+    SIGNATURE_INVALID = "signature_invalid"
+    AUDIENCE_MISMATCH = "audience_mismatch"
+    TOKEN_NOT_YET_VALID = "token_not_yet_valid"
+    TOKEN_TOO_OLD = "token_too_old"
+    CLAIM_MISSING = "claim_missing"
+    CLAIM_INVALID = "claim_invalid"
+    SCOPE_CONFLICT = "scope_conflict"
+    DELEGATION_TOO_DEEP = "delegation_too_deep"
     # session
     SESSION_UNAVAILABLE = "session_unavailable"
     SESSION_BINDING_MISMATCH = "session_binding_mismatch"
@@ -49,6 +67,23 @@ _MESSAGES: dict[str, str] = {
     ReasonCode.SUBJECT_MISSING: "The access token names no subject ('sub'): use a token issued to a workload.",
     ReasonCode.CLIENT_MISSING: "The access token names no client id: use a token issued to a registered client.",
     ReasonCode.SCOPE_MALFORMED: "The access token's scope is not valid RFC 6749 scope syntax.",
+    ReasonCode.TOKEN_TOO_LARGE: "The access token is too large to be a valid token.",
+    ReasonCode.TOKEN_MALFORMED: "The access token is not a well-formed signed JWT.",
+    ReasonCode.TOKEN_TYPE_INVALID: "The token is not an access token ('typ' must be 'at+jwt').",
+    ReasonCode.ALGORITHM_FORBIDDEN: "The token is signed with an algorithm this server does not accept.",
+    ReasonCode.HEADER_FORBIDDEN: "The token header carries a key or key URL; keys come only from the issuer's JWKS.",
+    ReasonCode.CRIT_UNSUPPORTED: "The token header marks an extension critical that this server does not support.",
+    ReasonCode.ISSUER_UNTRUSTED: "The token comes from an issuer this server does not trust.",
+    ReasonCode.KEY_UNKNOWN: "The token is signed with a key the issuer does not publish.",
+    ReasonCode.KEYS_UNAVAILABLE: "The issuer's signing keys are unavailable right now: retry later.",
+    ReasonCode.SIGNATURE_INVALID: "The token's signature does not verify.",
+    ReasonCode.AUDIENCE_MISMATCH: "The token was not issued for this server (audience): request one for it.",
+    ReasonCode.TOKEN_NOT_YET_VALID: "The token is not valid yet: check the clocks, or wait.",
+    ReasonCode.TOKEN_TOO_OLD: "The token was issued too long ago for this server: obtain a new one.",
+    ReasonCode.CLAIM_MISSING: "The token lacks a claim this server requires.",
+    ReasonCode.CLAIM_INVALID: "A token claim has the wrong type or value.",
+    ReasonCode.SCOPE_CONFLICT: "The token carries both 'scope' and 'scp': use one.",
+    ReasonCode.DELEGATION_TOO_DEEP: "The token's delegation chain ('act') is deeper than this server allows.",
     ReasonCode.SUBJECT_REVOKED: "Access for this subject has been revoked: contact the server operator.",
     ReasonCode.CLIENT_REVOKED: "Access for this client has been revoked: contact the server operator.",
     ReasonCode.SESSION_UNAVAILABLE: "No governed session could be established for this call.",

@@ -1,5 +1,7 @@
-"""Who is calling: turning a verified credential into a `Principal`."""
+"""Who is calling: verifying credentials and turning them into a `Principal`."""
 
 from mcp_guard.identity.access_token import AccessTokenIdentifier, Identifier, token_fingerprint
+from mcp_guard.identity.jwks import JWKSCache
+from mcp_guard.identity.rfc9068 import JWTVerifier, TrustedIssuer
 
-__all__ = ["AccessTokenIdentifier", "Identifier", "token_fingerprint"]
+__all__ = ["AccessTokenIdentifier", "Identifier", "JWKSCache", "JWTVerifier", "TrustedIssuer", "token_fingerprint"]

@@ -24,13 +24,17 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import INTERNAL_ERROR
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
+from mcp_guard.audit.events import AuditEvent, EventKind
 from mcp_guard.context import ADMITTED
+from mcp_guard.errors import Refused
 from mcp_guard.guard import Authorization, Guard
-from mcp_guard.model import Principal
+from mcp_guard.identity.access_token import token_fingerprint
+from mcp_guard.identity.rfc9068 import JWTVerifier
+from mcp_guard.model import Decision, Principal
 from mcp_guard.reasons import ReasonCode
 from mcp_guard.scopes import format_scope
 
-__all__ = ["GUARD_DENIED", "GuardMiddleware", "denial_error", "transport_session"]
+__all__ = ["GUARD_DENIED", "GuardMiddleware", "GuardTokenVerifier", "denial_error", "transport_session"]
 
 logger = logging.getLogger("mcp_guard")
 
@@ -111,6 +115,49 @@ class GuardMiddleware:
             **result,
             "tools": [tool for tool in tools if isinstance(tool, dict) and tool.get("name") in visible],
         }
+
+
+class GuardTokenVerifier:
+    """The SDK's `TokenVerifier` over mcp-guard's `JWTVerifier`.
+
+        MCPServer(..., token_verifier=GuardTokenVerifier(verifier, guard), auth=AuthSettings(...))
+
+    A refused token gets the SDK's 401, and, when a guard is given, a ``token.rejected`` audit
+    event with the precise reason (never the token, only its fingerprint).
+    """
+
+    def __init__(self, verifier: JWTVerifier, guard: Guard | None = None) -> None:
+        self.verifier = verifier
+        self.guard = guard
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        try:
+            principal = await self.verifier.verify(token)
+        except Refused as refusal:
+            self._reject(token, refusal.code, refusal.message)
+            return None
+        except Exception:
+            logger.exception("mcp-guard: verifying a bearer token failed; refusing it")
+            self._reject(token, ReasonCode.GUARD_ERROR, None)
+            return None
+        return AccessToken(
+            token=token,
+            client_id=principal.client_id,
+            scopes=sorted(principal.scopes),
+            expires_at=int(principal.expires_at) if principal.expires_at is not None else None,
+            resource=self.verifier.issuers[principal.issuer].audience,
+            subject=principal.subject,
+            claims=dict(principal.claims),
+        )
+
+    def _reject(self, token: str, code: str, message: str | None) -> None:
+        logger.info("mcp-guard: bearer token refused: %s", code)
+        if self.guard is not None:
+            detail = f"token {token_fingerprint(token)}"
+            event = AuditEvent.build(
+                EventKind.TOKEN_REJECTED, self.guard.clock(), decision=Decision.deny(code, message), detail=detail
+            )
+            self.guard.record(event)
 
 
 def transport_session(ctx: ServerRequestContext[Any, Any]) -> str | None:

@@ -1,0 +1,182 @@
+"""Signing keys from an issuer's JWKS (RFC 7517), fetched, cached, and refreshed with restraint.
+
+Keys only ever come from the JWKS document at the issuer's configured (or discovered)
+``jwks_uri``: never from a token's ``jku``, ``x5u``, ``x5c`` or ``jwk`` header. A token naming
+an unknown ``kid`` makes the cache refresh at most once per ``min_refresh_interval``, however many
+requests ask at once: one fetch is in flight and the others wait for its result. When the
+endpoint is down, keys fetched before keep working; when none of them matches, the token is
+refused (fail closed).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import httpx
+from cachetools import LRUCache
+from joserfc.errors import JoseError
+from joserfc.jwk import ECKey, Key, KeySet, OKPKey, RSAKey
+
+from mcp_guard.errors import Refused
+from mcp_guard.reasons import ReasonCode
+
+__all__ = ["MAX_JWKS_BYTES", "MAX_KEYS", "JWKSCache", "fetch_json"]
+
+logger = logging.getLogger("mcp_guard")
+
+MAX_JWKS_BYTES = 256 * 1024
+"""Largest JWKS document accepted."""
+
+MAX_KEYS = 64
+"""Most keys kept from one JWKS document; a larger document is refused."""
+
+Fetch = Callable[[str], Awaitable[Mapping[str, Any]]]
+
+_KEY_TYPES: dict[str, tuple[type[Key], str | None]] = {
+    **dict.fromkeys(("RS256", "RS384", "RS512", "PS256", "PS384", "PS512"), (RSAKey, None)),
+    "ES256": (ECKey, "P-256"),
+    "ES384": (ECKey, "P-384"),
+    "ES512": (ECKey, "P-521"),
+    "EdDSA": (OKPKey, "Ed25519"),
+    "Ed25519": (OKPKey, "Ed25519"),
+}
+"""Each accepted signing algorithm, and the key type (and curve) it must be used with."""
+
+SIGNING_ALGORITHMS = frozenset(_KEY_TYPES)
+"""The asymmetric JWS algorithms a JWKS key may verify. No ``none``, no HMAC."""
+
+
+async def fetch_json(url: str, *, timeout: float = 5.0) -> Mapping[str, Any]:
+    """GET a JSON object over HTTP(S): no redirects, bounded size and time, fail loudly."""
+    async with (
+        httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client,
+        client.stream("GET", url, headers={"Accept": "application/json"}) as response,
+    ):
+        if response.status_code != 200:
+            raise OSError(f"GET {url} answered {response.status_code}")
+        body = bytearray()
+        async for chunk in response.aiter_bytes():
+            body.extend(chunk)
+            if len(body) > MAX_JWKS_BYTES:
+                raise OSError(f"GET {url} returned more than {MAX_JWKS_BYTES} bytes")
+    document = json.loads(body)
+    if not isinstance(document, dict):
+        raise ValueError(f"GET {url} did not return a JSON object")
+    return document
+
+
+@dataclass
+class _KeySetEntry:
+    keys: dict[str, Key] = field(default_factory=dict)
+    fetched_at: float = -float("inf")
+    attempted_at: float = -float("inf")
+    in_flight: anyio.Event | None = None
+
+
+class JWKSCache:
+    """Keys per JWKS URI, bounded (``max_sets`` URIs), refreshed when stale or on an unknown ``kid``.
+
+    ``max_age`` is how long fetched keys count as fresh; ``min_refresh_interval`` how often at
+    most the endpoint is asked again. ``fetch`` is the HTTP GET (replaceable for other
+    transports); ``clock`` a monotonic clock in seconds.
+    """
+
+    def __init__(
+        self,
+        *,
+        fetch: Fetch = fetch_json,
+        max_age: float = 3600.0,
+        min_refresh_interval: float = 30.0,
+        max_sets: int = 64,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._fetch = fetch
+        self.max_age = max_age
+        self.min_refresh_interval = min_refresh_interval
+        self._clock = clock
+        self._sets: LRUCache[str, _KeySetEntry] = LRUCache(maxsize=max_sets)
+        self.fetches = 0
+        """How many fetches were attempted (for operators and tests)."""
+
+    async def key(self, jwks_uri: str, kid: str | None, alg: str) -> Key:
+        """The key to verify a token signed with ``alg`` under ``kid``; refuses when there is none."""
+        entry = self._sets.get(jwks_uri)
+        if entry is None:
+            entry = self._sets.setdefault(jwks_uri, _KeySetEntry())
+        key = _pick(entry.keys, kid, alg)
+        stale = self._clock() - entry.fetched_at > self.max_age
+        if key is None or stale:
+            await self._refresh(jwks_uri, entry)
+            key = _pick(entry.keys, kid, alg)
+        if key is None:
+            if not entry.keys:
+                raise Refused(ReasonCode.KEYS_UNAVAILABLE)
+            raise Refused(ReasonCode.KEY_UNKNOWN)
+        return key
+
+    async def _refresh(self, jwks_uri: str, entry: _KeySetEntry) -> None:
+        """Fetch at most once per ``min_refresh_interval``; callers arriving meanwhile share it."""
+        if entry.in_flight is not None:
+            await entry.in_flight.wait()
+            return
+        if self._clock() - entry.attempted_at < self.min_refresh_interval:
+            return
+        done = entry.in_flight = anyio.Event()
+        entry.attempted_at = self._clock()
+        self.fetches += 1
+        try:
+            document = await self._fetch(jwks_uri)
+            entry.keys = _import_keys(document)
+            entry.fetched_at = self._clock()
+        except (OSError, ValueError, httpx.HTTPError, JoseError) as error:
+            logger.warning(
+                "mcp-guard: JWKS %s could not be refreshed (%s); keeping %d cached keys",
+                jwks_uri,
+                error,
+                len(entry.keys),
+            )
+        finally:
+            entry.in_flight = None
+            done.set()
+
+
+def _import_keys(document: Mapping[str, Any]) -> dict[str, Key]:
+    """The signing keys of a JWKS document by ``kid``; refuse documents that are not one."""
+    keys = document.get("keys")
+    if not isinstance(keys, list):
+        raise ValueError("a JWKS document needs a 'keys' array")
+    if len(keys) > MAX_KEYS:
+        raise ValueError(f"a JWKS document with more than {MAX_KEYS} keys")
+    imported: dict[str, Key] = {}
+    for index, data in enumerate(keys):
+        if not isinstance(data, dict) or data.get("use", "sig") != "sig" or "d" in data:
+            continue  # encryption keys, and private keys published by mistake, are never used
+        kid = data.get("kid")
+        key = KeySet.import_key_set({"keys": [data]}).keys[0]
+        imported[kid if isinstance(kid, str) else f"#{index}"] = key
+    return imported
+
+
+def _pick(keys: Mapping[str, Key], kid: str | None, alg: str) -> Key | None:
+    """The key for ``kid`` if it suits ``alg``; with no ``kid``, the only key that suits it."""
+    if kid is not None:
+        key = keys.get(kid)
+        return key if key is not None and _suits(key, alg) else None
+    suitable = [key for key in keys.values() if _suits(key, alg)]
+    return suitable[0] if len(suitable) == 1 else None
+
+
+def _suits(key: Key, alg: str) -> bool:
+    key_type, curve = _KEY_TYPES[alg]
+    if not isinstance(key, key_type):
+        return False
+    if curve is not None and key.get("crv") != curve:
+        return False
+    declared = key.get("alg")
+    return declared is None or declared == alg

@@ -1,0 +1,337 @@
+"""JWT access tokens by RFC 9068, verified strictly, on joserfc.
+
+Order matters: everything that can be refused without cryptography is refused first (size,
+shape, strict base64url, strict JSON without duplicate keys, the header's ``alg``, ``typ``,
+``crit`` and key-carrying members, an exact issuer match). Only then is the issuer's key looked
+up in its JWKS and the signature checked, and only the verified payload is trusted.
+Each refusal carries its own reason code.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import math
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from cachetools import FIFOCache
+from joserfc import jws
+from joserfc.errors import BadSignatureError, JoseError
+from joserfc.jws import JWSRegistry
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from mcp_guard.errors import Refused
+from mcp_guard.identity.delegation import MAX_DELEGATION_DEPTH, actor_chain
+from mcp_guard.identity.jwks import SIGNING_ALGORITHMS, JWKSCache, fetch_json
+from mcp_guard.model import Principal
+from mcp_guard.reasons import ReasonCode
+from mcp_guard.scopes import ScopeError, parse_scope, scope_set
+
+__all__ = ["JWTVerifier", "TrustedIssuer"]
+
+logger = logging.getLogger("mcp_guard")
+
+MAX_TOKEN_BYTES = 8192
+"""Longest token accepted; anything longer is refused before any parsing or cryptography."""
+
+_SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
+_KEY_CARRYING = frozenset({"jku", "jwk", "x5u", "x5c"})
+_DEFAULT_CLAIMS = ("iss", "exp", "aud", "sub", "client_id", "iat", "jti")
+_TIME_CLAIMS = ("exp", "nbf", "iat")
+
+
+class TrustedIssuer(BaseModel):
+    """One authorization server whose access tokens this resource server accepts.
+
+    ``audience`` is this server's canonical resource URI (RFC 8707): a token's ``aud`` must
+    contain it. ``jwks_uri`` is where the keys are; without it, it is discovered from the
+    issuer's OAuth or OpenID metadata. ``token_types`` are the accepted ``typ`` values (RFC 9068
+    asks for ``at+jwt``; list ``jwt`` only for a provider that cannot do better).
+    ``required_claims`` can be narrowed for providers that omit some. ``accept_scp`` allows the
+    non-standard ``scp`` claim; a token carrying both ``scope`` and ``scp`` is refused anyway.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    issuer: str = Field(min_length=1)
+    audience: str = Field(min_length=1)
+    jwks_uri: str | None = None
+    algorithms: tuple[str, ...] = ("RS256", "PS256", "ES256", "Ed25519")
+    token_types: tuple[str, ...] = ("at+jwt",)
+    required_claims: tuple[str, ...] = _DEFAULT_CLAIMS
+    accept_scp: bool = False
+    leeway: float = Field(default=30.0, ge=0, le=300)
+    max_token_age: float | None = Field(default=24 * 3600.0, gt=0)
+    max_delegation_depth: int = Field(default=MAX_DELEGATION_DEPTH, ge=0, le=32)
+
+    @field_validator("algorithms")
+    @classmethod
+    def _asymmetric_only(cls, algorithms: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [alg for alg in algorithms if alg not in SIGNING_ALGORITHMS]
+        if unknown or not algorithms:
+            raise ValueError(f"algorithms must be among {sorted(SIGNING_ALGORITHMS)}, not {unknown or '[]'}")
+        return algorithms
+
+    @field_validator("token_types")
+    @classmethod
+    def _normalised_types(cls, token_types: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_media_type(value) for value in token_types)
+
+    @field_validator("required_claims")
+    @classmethod
+    def _issuer_and_subject_always(cls, claims: tuple[str, ...]) -> tuple[str, ...]:
+        missing = {"iss", "sub", "exp"} - set(claims)
+        if missing:
+            raise ValueError(f"required_claims must include {sorted(missing)}: sessions bind to them")
+        return claims
+
+    @field_validator("jwks_uri")
+    @classmethod
+    def _https_unless_loopback(cls, uri: str | None) -> str | None:
+        if uri is not None:
+            _check_fetchable(uri)
+        return uri
+
+
+class JWTVerifier:
+    """Verifies JWT access tokens from a set of trusted issuers into `Principal` values.
+
+    Verified principals are cached by SHA-256 of the token until they expire, so a token seen
+    before costs one hash and one lookup (its expiry is still checked on every call).
+    """
+
+    def __init__(
+        self,
+        issuers: Iterable[TrustedIssuer],
+        *,
+        jwks: JWKSCache | None = None,
+        clock: Callable[[], float] = time.time,
+        max_token_bytes: int = MAX_TOKEN_BYTES,
+        cache_size: int = 10_000,
+    ) -> None:
+        self.issuers: Mapping[str, TrustedIssuer] = MappingProxyType({i.issuer: i for i in issuers})
+        if not self.issuers:
+            raise ValueError("trust at least one issuer")
+        self.jwks = jwks if jwks is not None else JWKSCache()
+        self.clock = clock
+        self.max_token_bytes = max_token_bytes
+        self._verified: FIFOCache[bytes, Principal] = FIFOCache(maxsize=cache_size)
+        self._jwks_uris: dict[str, str] = {i.issuer: i.jwks_uri for i in issuers if i.jwks_uri}
+        self._lock = threading.Lock()
+
+    async def verify(self, token: str) -> Principal:
+        """The principal a valid access token stands for; raises `Refused` with the reason otherwise."""
+        if not isinstance(token, str) or len(token) > self.max_token_bytes:
+            raise Refused(ReasonCode.TOKEN_TOO_LARGE if isinstance(token, str) else ReasonCode.TOKEN_MALFORMED)
+        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        now = self.clock()
+        cached = self._verified.get(digest)
+        if cached is not None:
+            trusted = self.issuers[cached.issuer]
+            if cached.expires_at is not None and now > cached.expires_at + trusted.leeway:
+                raise Refused(ReasonCode.TOKEN_EXPIRED)
+            return cached
+        principal = await self._verify(token, digest, now)
+        with self._lock:
+            self._verified[digest] = principal
+        return principal
+
+    async def _verify(self, token: str, digest: bytes, now: float) -> Principal:
+        header, claims = _unverified_parts(token)
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in SIGNING_ALGORITHMS:
+            raise Refused(ReasonCode.ALGORITHM_FORBIDDEN)
+        if _KEY_CARRYING & header.keys():
+            raise Refused(ReasonCode.HEADER_FORBIDDEN)
+        if "crit" in header:
+            raise Refused(ReasonCode.CRIT_UNSUPPORTED)
+        kid = header.get("kid")
+        if kid is not None and (not isinstance(kid, str) or not 0 < len(kid) <= 256):
+            raise Refused(ReasonCode.TOKEN_MALFORMED, "The token header's 'kid' must be a short string.")
+        issuer = claims.get("iss")
+        trusted = self.issuers.get(issuer) if isinstance(issuer, str) else None
+        if trusted is None:
+            raise Refused(ReasonCode.ISSUER_UNTRUSTED)
+        if alg not in trusted.algorithms:
+            raise Refused(ReasonCode.ALGORITHM_FORBIDDEN)
+        typ = header.get("typ")
+        if not isinstance(typ, str) or _media_type(typ) not in trusted.token_types:
+            raise Refused(ReasonCode.TOKEN_TYPE_INVALID)
+        key = await self.jwks.key(await self._jwks_uri(trusted), kid, alg)
+        try:
+            verified = jws.deserialize_compact(token, key, algorithms=[alg], registry=JWSRegistry(algorithms=[alg]))
+        except BadSignatureError:
+            raise Refused(ReasonCode.SIGNATURE_INVALID) from None
+        except JoseError:
+            raise Refused(ReasonCode.TOKEN_MALFORMED) from None
+        if verified.payload is None:
+            raise Refused(ReasonCode.TOKEN_MALFORMED)
+        return _principal(trusted, _strict_json(verified.payload), now, digest)
+
+    async def _jwks_uri(self, trusted: TrustedIssuer) -> str:
+        """The issuer's JWKS URI: configured, or discovered once from its metadata (RFC 8414)."""
+        uri = self._jwks_uris.get(trusted.issuer)
+        if uri is None:
+            uri = await _discover_jwks_uri(trusted.issuer)
+            self._jwks_uris[trusted.issuer] = uri
+        return uri
+
+
+def _principal(trusted: TrustedIssuer, claims: Mapping[str, Any], now: float, digest: bytes) -> Principal:
+    for name in trusted.required_claims:
+        if name not in claims:
+            raise Refused(ReasonCode.CLAIM_MISSING, f"The token lacks the '{name}' claim this server requires.")
+    if claims.get("iss") != trusted.issuer:
+        raise Refused(ReasonCode.ISSUER_UNTRUSTED)
+    for name in _TIME_CLAIMS:
+        value = claims.get(name)
+        if value is not None and (type(value) not in (int, float) or not math.isfinite(value)):
+            raise Refused(ReasonCode.CLAIM_INVALID, f"The token's '{name}' claim must be a number of seconds.")
+    leeway = trusted.leeway
+    exp, nbf, iat = claims.get("exp"), claims.get("nbf"), claims.get("iat")
+    if exp is not None and now > exp + leeway:
+        raise Refused(ReasonCode.TOKEN_EXPIRED)
+    if (nbf is not None and now + leeway < nbf) or (iat is not None and now + leeway < iat):
+        raise Refused(ReasonCode.TOKEN_NOT_YET_VALID)
+    if iat is not None and trusted.max_token_age is not None and now - iat > trusted.max_token_age + leeway:
+        raise Refused(ReasonCode.TOKEN_TOO_OLD)
+    audience = _audience(claims.get("aud"))
+    if trusted.audience not in audience:
+        raise Refused(ReasonCode.AUDIENCE_MISMATCH)
+    subject = _string_claim(claims, "sub")
+    client_id = _string_claim(claims, "client_id", default="")
+    token_id = claims.get("jti")
+    if token_id is not None:
+        token_id = _string_claim(claims, "jti")
+    return Principal(
+        issuer=trusted.issuer,
+        subject=subject,
+        client_id=client_id,
+        scopes=_scopes(trusted, claims),
+        audience=audience,
+        expires_at=float(exp) if exp is not None else None,
+        token_id=token_id,
+        token_hash=digest[:16].hex(),
+        actor_chain=actor_chain(claims.get("act"), trusted.max_delegation_depth),
+        claims=MappingProxyType(dict(claims)),
+    )
+
+
+def _string_claim(claims: Mapping[str, Any], name: str, default: str | None = None) -> str:
+    value = claims.get(name, default)
+    if not isinstance(value, str) or (not value and default is None):
+        raise Refused(ReasonCode.CLAIM_INVALID, f"The token's '{name}' claim must be a non-empty string.")
+    return value
+
+
+def _scopes(trusted: TrustedIssuer, claims: Mapping[str, Any]) -> frozenset[str]:
+    scope, scp = claims.get("scope"), claims.get("scp")
+    if scope is not None and scp is not None:
+        raise Refused(ReasonCode.SCOPE_CONFLICT)
+    try:
+        if scope is not None:
+            if not isinstance(scope, str):
+                raise ScopeError("'scope' must be a space-delimited string")
+            return parse_scope(scope)
+        if scp is not None:
+            if not trusted.accept_scp:
+                raise ScopeError("'scp' is not accepted from this issuer; use 'scope'")
+            return parse_scope(scp) if isinstance(scp, str) else scope_set(_strings(scp))
+    except ScopeError as error:
+        raise Refused(ReasonCode.SCOPE_MALFORMED, f"The access token's scope is invalid: {error}.") from None
+    return frozenset()
+
+
+def _strings(value: object) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ScopeError("'scp' must be a string or an array of strings")
+    return value
+
+
+def _audience(aud: object) -> tuple[str, ...]:
+    if isinstance(aud, str):
+        return (aud,)
+    if isinstance(aud, list) and aud and all(isinstance(item, str) for item in aud):
+        return tuple(aud)
+    raise Refused(ReasonCode.CLAIM_INVALID, "The token's 'aud' claim must be a string or an array of strings.")
+
+
+def _unverified_parts(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Header and claims of a compact JWS, parsed strictly, before any signature check."""
+    parts = token.split(".")
+    if len(parts) != 3 or not all(_SEGMENT.fullmatch(part) for part in parts):
+        raise Refused(ReasonCode.TOKEN_MALFORMED)
+    header, claims = _strict_json(_b64url(parts[0])), _strict_json(_b64url(parts[1]))
+    return header, claims
+
+
+def _b64url(segment: str) -> bytes:
+    if len(segment) % 4 == 1:
+        raise Refused(ReasonCode.TOKEN_MALFORMED)
+    try:
+        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except (binascii.Error, ValueError):
+        raise Refused(ReasonCode.TOKEN_MALFORMED) from None
+
+
+def _strict_json(data: bytes) -> dict[str, Any]:
+    """A JSON object from UTF-8 bytes: no duplicate member names, no NaN or Infinity."""
+    try:
+        value = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise Refused(ReasonCode.TOKEN_MALFORMED) from None
+    if not isinstance(value, dict):
+        raise Refused(ReasonCode.TOKEN_MALFORMED)
+    return value
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    members = dict(pairs)
+    if len(members) != len(pairs):
+        raise ValueError("duplicate member name")
+    return members
+
+
+def _no_constants(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _media_type(value: str) -> str:
+    """``typ`` compared the RFC 7515 way: case-insensitively, with ``application/`` implied."""
+    lowered = value.lower()
+    return lowered.removeprefix("application/")
+
+
+def _check_fetchable(uri: str) -> None:
+    parts = urlsplit(uri)
+    loopback = parts.hostname in ("127.0.0.1", "::1", "localhost")
+    if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
+        raise ValueError(f"{uri!r} must be an https URL (plain http only on loopback)")
+
+
+async def _discover_jwks_uri(issuer: str) -> str:
+    """``jwks_uri`` from the issuer's OAuth (RFC 8414) or OpenID metadata, whose issuer must match."""
+    _check_fetchable(issuer)
+    base = issuer.rstrip("/")
+    for suffix in ("/.well-known/oauth-authorization-server", "/.well-known/openid-configuration"):
+        try:
+            metadata = await fetch_json(base + suffix)
+        except (OSError, ValueError, httpx.HTTPError) as error:
+            logger.warning("mcp-guard: metadata of %s not at %s: %s", issuer, suffix, error)
+            continue
+        uri = metadata.get("jwks_uri")
+        if metadata.get("issuer") != issuer or not isinstance(uri, str):
+            raise Refused(ReasonCode.KEYS_UNAVAILABLE, "The issuer's metadata names another issuer or no jwks_uri.")
+        _check_fetchable(uri)
+        return uri
+    raise Refused(ReasonCode.KEYS_UNAVAILABLE, "The issuer's metadata could not be fetched: retry later.")

@@ -1,0 +1,121 @@
+"""A small real token issuer on loopback for tests: real keys, a JWKS endpoint, OAuth metadata.
+
+It signs tokens in-process with joserfc (any header, any claims, any key) and serves its
+public keys over HTTP, counting how often the JWKS is fetched.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import uvicorn
+from joserfc import jwt
+from joserfc.jwk import ECKey, Key, KeySet, OKPKey, RSAKey
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+RESOURCE = "https://mcp.example.test/mcp"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Authority:
+    """An issuer: ``issuer`` URL, signing keys by kid, and a JWKS served at ``jwks_uri``."""
+
+    def __init__(self, port: int) -> None:
+        self.issuer = f"http://127.0.0.1:{port}"
+        self.jwks_uri = f"{self.issuer}/jwks"
+        self.keys: dict[str, Key] = {
+            "rsa-1": RSAKey.generate_key(2048, parameters={"kid": "rsa-1"}),
+            "ec-1": ECKey.generate_key("P-256", parameters={"kid": "ec-1"}),
+            "ed-1": OKPKey.generate_key("Ed25519", parameters={"kid": "ed-1"}),
+        }
+        self.jwks_fetches = 0
+        self.jwks_down = False
+
+    def public_jwks(self) -> dict[str, Any]:
+        return KeySet(list(self.keys.values())).as_dict(private=False)
+
+    def claims(self, **overrides: Any) -> dict[str, Any]:
+        now = int(time.time())
+        claims = {
+            "iss": self.issuer,
+            "sub": "agent-7",
+            "client_id": "agent-app",
+            "aud": RESOURCE,
+            "iat": now,
+            "exp": now + 600,
+            "jti": f"jti-{time.monotonic_ns()}",
+            "scope": "notes:read notes:write",
+        }
+        claims.update(overrides)
+        return {key: value for key, value in claims.items() if value is not None}
+
+    def mint(
+        self,
+        *,
+        alg: str = "RS256",
+        kid: str | None = "rsa-1",
+        typ: str | None = "at+jwt",
+        header: dict[str, Any] | None = None,
+        key: Key | None = None,
+        **claims: Any,
+    ) -> str:
+        """A token signed with ``key`` (by default the key named ``kid``)."""
+        full_header: dict[str, Any] = {"alg": alg}
+        if kid is not None:
+            full_header["kid"] = kid
+        if typ is not None:
+            full_header["typ"] = typ
+        full_header.update(header or {})
+        signing_key = key if key is not None else self.keys[kid or "rsa-1"]
+        return jwt.encode(full_header, self.claims(**claims), signing_key, algorithms=[alg], default_type=None)
+
+    def app(self) -> Starlette:
+        async def jwks(request: Request) -> Response:
+            self.jwks_fetches += 1
+            if self.jwks_down:
+                return Response("down", status_code=503)
+            return JSONResponse(self.public_jwks())
+
+        async def metadata(request: Request) -> Response:
+            return Response(
+                json.dumps({"issuer": self.issuer, "jwks_uri": self.jwks_uri}), media_type="application/json"
+            )
+
+        return Starlette(
+            routes=[
+                Route("/jwks", jwks),
+                Route("/.well-known/oauth-authorization-server", metadata),
+            ]
+        )
+
+
+@contextmanager
+def serve_authority() -> Iterator[Authority]:
+    port = free_port()
+    authority = Authority(port)
+    server = uvicorn.Server(uvicorn.Config(authority.app(), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "the test authority did not start"
+        time.sleep(0.01)
+    try:
+        yield authority
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

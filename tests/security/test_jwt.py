@@ -1,0 +1,430 @@
+"""RFC 9068 access tokens against a real issuer on loopback: every attack gets its own refusal."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import pytest
+from authority import RESOURCE, Authority, serve_authority
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from joserfc import jws
+from joserfc.jwk import RSAKey
+from pydantic import ValidationError
+
+from mcp_guard import Refused
+from mcp_guard.identity.jwks import JWKSCache
+from mcp_guard.identity.rfc9068 import JWTVerifier, TrustedIssuer
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module")
+def authority() -> Iterator[Authority]:
+    with serve_authority() as running:
+        yield running
+
+
+def verifier_for(authority: Authority, **options: Any) -> JWTVerifier:
+    issuer = TrustedIssuer(issuer=authority.issuer, audience=RESOURCE, jwks_uri=authority.jwks_uri, **options)
+    return JWTVerifier([issuer])
+
+
+@pytest.fixture
+def verifier(authority: Authority) -> JWTVerifier:
+    authority.jwks_down = False
+    return verifier_for(authority)
+
+
+async def refused(verifier: JWTVerifier, token: str) -> str:
+    with pytest.raises(Refused) as raised:
+        await verifier.verify(token)
+    if token:
+        assert token not in raised.value.message  # never echo the token
+    return raised.value.code
+
+
+def b64(data: bytes | str) -> str:
+    raw = data.encode() if isinstance(data, str) else data
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def forged(header: str, payload: str, signature: str = "c2ln") -> str:
+    return f"{b64(header)}.{b64(payload)}.{signature}"
+
+
+NOT_UTF8 = b64(json.dumps({"alg": "RS256", "typ": "at+jwt"})) + "." + b64(b"\xff\xfe not utf-8") + ".c2ln"
+
+
+@pytest.mark.parametrize(
+    ("alg", "kid"), [("RS256", "rsa-1"), ("PS256", "rsa-1"), ("ES256", "ec-1"), ("Ed25519", "ed-1")]
+)
+async def test_valid_tokens_become_principals(authority: Authority, verifier: JWTVerifier, alg: str, kid: str) -> None:
+    act = {"sub": "agent-b", "act": {"sub": "agent-a"}}
+    principal = await verifier.verify(authority.mint(alg=alg, kid=kid, act=act, jti="j-1"))
+    assert (principal.issuer, principal.subject, principal.client_id) == (authority.issuer, "agent-7", "agent-app")
+    assert principal.scopes == {"notes:read", "notes:write"}
+    assert principal.audience == (RESOURCE,)
+    assert principal.token_id == "j-1"
+    assert principal.actor_chain == ("agent-b", "agent-a")
+    assert principal.token_hash is not None and len(principal.token_hash) == 32
+
+
+@pytest.mark.parametrize("typ", ["at+jwt", "AT+JWT", "application/at+jwt", "Application/AT+JWT"])
+async def test_the_access_token_type_in_its_spellings(authority: Authority, verifier: JWTVerifier, typ: str) -> None:
+    assert (await verifier.verify(authority.mint(typ=typ))).subject == "agent-7"
+
+
+@pytest.mark.parametrize("alg", ["none", "None", "NONE", "nOnE"])
+async def test_alg_none_in_any_casing(authority: Authority, verifier: JWTVerifier, alg: str) -> None:
+    header = json.dumps({"alg": alg, "typ": "at+jwt", "kid": "rsa-1"})
+    token = forged(header, json.dumps(authority.claims()), "")
+    assert await refused(verifier, token + "") in ("algorithm_forbidden", "token_malformed")
+    assert await refused(verifier, forged(header, json.dumps(authority.claims()))) == "algorithm_forbidden"
+
+
+async def test_hs256_signed_with_the_rsa_public_key(authority: Authority, verifier: JWTVerifier) -> None:
+    rsa = authority.keys["rsa-1"]
+    assert isinstance(rsa, RSAKey)
+    signing_input = (
+        f"{b64(json.dumps({'alg': 'HS256', 'kid': 'rsa-1', 'typ': 'at+jwt'}))}.{b64(json.dumps(authority.claims()))}"
+    )
+    mac = hmac.new(rsa.as_pem(private=False), signing_input.encode(), hashlib.sha256).digest()
+    assert await refused(verifier, f"{signing_input}.{b64(mac)}") == "algorithm_forbidden"
+
+
+async def test_algorithms_outside_the_issuers_allowlist(authority: Authority) -> None:
+    strict = verifier_for(authority, algorithms=("ES256",))
+    assert await refused(strict, authority.mint(alg="RS256")) == "algorithm_forbidden"
+    assert await refused(strict, authority.mint(alg="RS512")) == "algorithm_forbidden"
+    assert (await strict.verify(authority.mint(alg="ES256", kid="ec-1"))).subject == "agent-7"
+
+
+async def test_a_key_of_the_wrong_type_for_the_algorithm(authority: Authority, verifier: JWTVerifier) -> None:
+    header = json.dumps({"alg": "ES256", "kid": "rsa-1", "typ": "at+jwt"})  # an RSA key named for ES256
+    assert await refused(verifier, forged(header, json.dumps(authority.claims()))) == "key_unknown"
+
+
+@pytest.mark.parametrize("kid", ["no-such-key", "../../etc/passwd", "rsa-1\u0000", "x" * 256])
+async def test_unknown_and_hostile_kids(authority: Authority, verifier: JWTVerifier, kid: str) -> None:
+    assert await refused(verifier, authority.mint(kid=kid, key=authority.keys["rsa-1"])) == "key_unknown"
+
+
+@pytest.mark.parametrize("kid", ["x" * 257, 7, ["rsa-1"], ""])
+async def test_malformed_kids(authority: Authority, verifier: JWTVerifier, kid: Any) -> None:
+    header = json.dumps({"alg": "RS256", "kid": kid, "typ": "at+jwt"})
+    assert await refused(verifier, forged(header, json.dumps(authority.claims()))) == "token_malformed"
+
+
+@pytest.mark.parametrize(
+    "member",
+    [
+        {"jku": "https://evil.test/jwks"},
+        {"x5u": "https://evil.test/cert"},
+        {"x5c": ["MIIB"]},
+        {"jwk": {"kty": "oct", "k": "c2VjcmV0"}},
+    ],
+)
+async def test_key_carrying_headers(authority: Authority, verifier: JWTVerifier, member: dict[str, Any]) -> None:
+    header = json.dumps({"alg": "RS256", "kid": "rsa-1", "typ": "at+jwt", **member})
+    assert await refused(verifier, forged(header, json.dumps(authority.claims()))) == "header_forbidden"
+
+
+async def test_unknown_critical_extensions(authority: Authority, verifier: JWTVerifier) -> None:
+    header = json.dumps({"alg": "RS256", "kid": "rsa-1", "typ": "at+jwt", "crit": ["exp"], "exp": 1})
+    assert await refused(verifier, forged(header, json.dumps(authority.claims()))) == "crit_unsupported"
+
+
+@pytest.mark.parametrize("typ", [None, "JWT", "jwt", "at+jwt ", "application/jwt", "id+jwt", 5])
+async def test_wrong_or_missing_type(authority: Authority, verifier: JWTVerifier, typ: Any) -> None:
+    header = {"alg": "RS256", "kid": "rsa-1", **({"typ": typ} if typ is not None else {})}
+    token = forged(json.dumps(header), json.dumps(authority.claims()))
+    assert await refused(verifier, token) == "token_type_invalid"
+
+
+async def test_plain_jwt_type_only_by_explicit_configuration(authority: Authority) -> None:
+    lenient = verifier_for(authority, token_types=("at+jwt", "JWT"))
+    assert (await lenient.verify(authority.mint(typ="JWT"))).subject == "agent-7"
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "",
+        "abc",
+        "a.b",
+        "a.b.c.d.e",
+        "a..c",
+        "!!!.???.***",
+        "eyJhbGciOiJSUzI1NiJ9.e30",
+        forged("[1, 2]", "{}"),
+        forged('{"alg": "RS256"', "{}"),
+        forged('"just a string"', "{}"),
+        NOT_UTF8,
+        forged('{"alg": NaN}', "{}"),
+        forged('{"alg": "RS256", "typ": "at+jwt"}', '{"exp": Infinity}'),
+        "\u00e9" * 20,
+    ],
+)
+async def test_malformed_and_truncated_tokens(verifier: JWTVerifier, token: str) -> None:
+    assert await refused(verifier, token) == "token_malformed"
+
+
+async def test_a_truncated_valid_token(authority: Authority, verifier: JWTVerifier) -> None:
+    token = authority.mint()
+    assert await refused(verifier, token[:-10]) == "signature_invalid"
+    assert await refused(verifier, token.rsplit(".", 1)[0]) == "token_malformed"
+
+
+async def test_oversized_tokens_are_refused_before_any_work(authority: Authority, verifier: JWTVerifier) -> None:
+    before = authority.jwks_fetches
+    assert await refused(verifier, "a" * 8193) == "token_too_large"
+    assert await refused(verifier, authority.mint(padding="x" * 9000)) == "token_too_large"
+    assert authority.jwks_fetches == before
+
+
+async def test_duplicate_members_in_header_or_claims(authority: Authority, verifier: JWTVerifier) -> None:
+    claims = json.dumps(authority.claims())
+    header = '{"alg": "RS256", "kid": "rsa-1", "typ": "at+jwt", "alg": "none"}'
+    assert await refused(verifier, forged(header, claims)) == "token_malformed"
+    duplicated = claims[:-1] + ', "sub": "admin"}'
+    good_header = json.dumps({"alg": "RS256", "kid": "rsa-1", "typ": "at+jwt"})
+    signed = jws.serialize_compact(json.loads(good_header), duplicated, authority.keys["rsa-1"], algorithms=["RS256"])
+    assert await refused(verifier, signed) == "token_malformed"
+
+
+async def test_tampered_payloads_fail_the_signature(authority: Authority, verifier: JWTVerifier) -> None:
+    header, _, signature = authority.mint().split(".")
+    payload = b64(json.dumps(authority.claims(sub="admin")))
+    assert await refused(verifier, f"{header}.{payload}.{signature}") == "signature_invalid"
+
+
+@pytest.mark.parametrize(
+    "issuer_suffix",
+    ["/", "/x", ":443", "\u0430"],
+)
+async def test_issuer_look_alikes(authority: Authority, verifier: JWTVerifier, issuer_suffix: str) -> None:
+    token = authority.mint(iss=authority.issuer + issuer_suffix)
+    assert await refused(verifier, token) == "issuer_untrusted"
+    assert await refused(verifier, authority.mint(iss=authority.issuer.upper())) == "issuer_untrusted"
+    assert await refused(verifier, authority.mint(iss=None)) == "issuer_untrusted"
+
+
+@pytest.mark.parametrize(
+    "aud",
+    [RESOURCE + "/", RESOURCE.upper(), "https://mcp.example.test", RESOURCE + "x", "https://mcp.examp1e.test/mcp", []],
+)
+async def test_audience_look_alikes(authority: Authority, verifier: JWTVerifier, aud: Any) -> None:
+    assert await refused(verifier, authority.mint(aud=aud)) in ("audience_mismatch", "claim_invalid")
+
+
+async def test_audience_lists(authority: Authority, verifier: JWTVerifier) -> None:
+    assert await verifier.verify(authority.mint(aud=["https://other.test", RESOURCE]))
+    assert await refused(verifier, authority.mint(aud=["https://other.test"])) == "audience_mismatch"
+
+
+async def test_time_claims_on_both_sides_of_the_leeway(authority: Authority) -> None:
+    now = time.time()
+    clocked = JWTVerifier(
+        [TrustedIssuer(issuer=authority.issuer, audience=RESOURCE, jwks_uri=authority.jwks_uri, leeway=10)],
+        clock=lambda: now,
+    )
+    assert await clocked.verify(authority.mint(exp=now - 10, iat=now - 100))
+    assert await refused(clocked, authority.mint(exp=now - 11, iat=now - 100)) == "token_expired"
+    assert await clocked.verify(authority.mint(nbf=now + 10))
+    assert await refused(clocked, authority.mint(nbf=now + 11)) == "token_not_yet_valid"
+    assert await refused(clocked, authority.mint(iat=now + 11)) == "token_not_yet_valid"
+    assert await refused(clocked, authority.mint(iat=now - 24 * 3600 - 11, exp=now + 60)) == "token_too_old"
+
+
+@pytest.mark.parametrize("claim", ["iss", "exp", "aud", "sub", "client_id", "iat", "jti"])
+async def test_missing_required_claims(authority: Authority, verifier: JWTVerifier, claim: str) -> None:
+    code = await refused(verifier, authority.mint(**{claim: None}))
+    assert code == ("issuer_untrusted" if claim == "iss" else "claim_missing")
+
+
+async def test_required_claims_can_be_narrowed_per_issuer(authority: Authority) -> None:
+    lenient = verifier_for(authority, required_claims=("iss", "sub", "exp", "aud"))
+    principal = await lenient.verify(authority.mint(jti=None, client_id=None, iat=None))
+    assert principal.client_id == ""
+    with pytest.raises(ValueError, match="must include"):
+        TrustedIssuer(issuer="https://i.test", audience=RESOURCE, required_claims=("aud",))
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"exp": "1900000000"},
+        {"exp": True},
+        {"iat": [1]},
+        {"nbf": {"at": 1}},
+        {"sub": 7},
+        {"sub": ""},
+        {"client_id": ["a"]},
+        {"aud": 5},
+        {"aud": [RESOURCE, 5]},
+        {"jti": ["a"]},
+        {"act": "agent-b"},
+        {"act": {"client_id": "no-sub"}},
+    ],
+)
+async def test_claims_of_the_wrong_type(authority: Authority, verifier: JWTVerifier, claims: dict[str, Any]) -> None:
+    assert await refused(verifier, authority.mint(**claims)) == "claim_invalid"
+
+
+@pytest.mark.parametrize(
+    "scope", ["notes:read  notes:write", " notes:read", "notes:read\tx", "notes:read\u00a0x", 'a"b', 5]
+)
+async def test_scope_strings_with_odd_whitespace_or_characters(
+    authority: Authority, verifier: JWTVerifier, scope: Any
+) -> None:
+    assert await refused(verifier, authority.mint(scope=scope)) == "scope_malformed"
+
+
+async def test_scp_only_where_configured_and_never_with_scope(authority: Authority, verifier: JWTVerifier) -> None:
+    assert await refused(verifier, authority.mint(scope=None, scp=["notes:read"])) == "scope_malformed"
+    lenient = verifier_for(authority, accept_scp=True)
+    assert (await lenient.verify(authority.mint(scope=None, scp=["notes:read"]))).scopes == {"notes:read"}
+    assert (await lenient.verify(authority.mint(scope=None, scp="notes:read a"))).scopes == {"notes:read", "a"}
+    assert await refused(lenient, authority.mint(scope=None, scp=["a b"])) == "scope_malformed"
+    assert await refused(lenient, authority.mint(scp=["notes:read"])) == "scope_conflict"
+
+
+async def test_delegation_depth_is_capped(authority: Authority) -> None:
+    shallow = verifier_for(authority, max_delegation_depth=2)
+    act: dict[str, Any] = {"sub": "a1", "act": {"sub": "a2"}}
+    assert (await shallow.verify(authority.mint(act=act))).actor_chain == ("a1", "a2")
+    assert await refused(shallow, authority.mint(act={"sub": "a0", "act": act})) == "delegation_too_deep"
+
+
+async def test_a_cached_token_still_expires(authority: Authority) -> None:
+    now = [time.time()]
+    clocked = JWTVerifier(
+        [TrustedIssuer(issuer=authority.issuer, audience=RESOURCE, jwks_uri=authority.jwks_uri, leeway=0)],
+        clock=lambda: now[0],
+    )
+    token = authority.mint(exp=now[0] + 60)
+    assert await clocked.verify(token)
+    before = authority.jwks_fetches
+    assert await clocked.verify(token)  # a cache hit: no fetch, no signature check
+    assert authority.jwks_fetches == before
+    now[0] += 61
+    assert await refused(clocked, token) == "token_expired"
+
+
+async def test_one_fetch_for_a_thousand_concurrent_unknown_kids(authority: Authority) -> None:
+    monotonic = [0.0]
+    issuer = TrustedIssuer(issuer=authority.issuer, audience=RESOURCE, jwks_uri=authority.jwks_uri)
+    verifier = JWTVerifier([issuer], jwks=JWKSCache(clock=lambda: monotonic[0]))
+    assert await verifier.verify(authority.mint())  # keys cached
+    monotonic[0] += 31  # past the refresh interval: one refresh is due
+    fresh = RSAKey.generate_key(2048, parameters={"kid": "rotated"})
+    tokens = [authority.mint(kid="rotated", key=fresh, jti=f"j{i}") for i in range(1000)]
+    before = authority.jwks_fetches
+    codes: list[str] = []
+
+    async def attempt(token: str) -> None:
+        try:
+            await verifier.verify(token)
+        except Refused as refusal:
+            codes.append(refusal.code)
+
+    async with anyio.create_task_group() as tasks:
+        for token in tokens:
+            tasks.start_soon(attempt, token)
+    assert authority.jwks_fetches - before == 1
+    assert codes == ["key_unknown"] * 1000
+
+
+async def test_a_rotated_key_is_picked_up_on_first_sight(authority: Authority) -> None:
+    verifier = verifier_for(authority)
+    assert await verifier.verify(authority.mint())
+    authority.keys["rotated-2"] = RSAKey.generate_key(2048, parameters={"kid": "rotated-2"})
+    verifier.jwks.min_refresh_interval = 0
+    assert await verifier.verify(authority.mint(kid="rotated-2"))
+
+
+async def test_the_endpoint_down_keeps_cached_keys_and_fails_closed_without_them(authority: Authority) -> None:
+    verifier = verifier_for(authority)
+    assert await verifier.verify(authority.mint())
+    authority.jwks_down = True
+    verifier.jwks.max_age = 0  # every call wants a refresh now
+    verifier.jwks.min_refresh_interval = 0
+    assert await verifier.verify(authority.mint(jti="after-outage"))  # cached key still matches
+    cold = verifier_for(authority)
+    assert await refused(cold, authority.mint()) == "keys_unavailable"
+    authority.jwks_down = False
+
+
+async def test_keys_are_discovered_from_issuer_metadata(authority: Authority) -> None:
+    discovering = JWTVerifier([TrustedIssuer(issuer=authority.issuer, audience=RESOURCE)])
+    assert (await discovering.verify(authority.mint())).subject == "agent-7"
+
+
+def test_issuer_configuration_is_validated() -> None:
+    for bad in (
+        {"algorithms": ("HS256",)},
+        {"algorithms": ("none",)},
+        {"algorithms": ()},
+        {"jwks_uri": "http://evil.test/jwks"},
+        {"leeway": 3600},
+        {"unknown": 1},
+    ):
+        with pytest.raises(ValidationError):
+            TrustedIssuer(issuer="https://i.test", audience=RESOURCE, **bad)
+    with pytest.raises(ValueError, match="at least one"):
+        JWTVerifier([])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=600))
+def test_random_bytes_are_never_accepted(verifier: JWTVerifier, blob: bytes) -> None:
+    token = blob.decode("latin-1")
+
+    async def check() -> None:
+        with pytest.raises(Refused):
+            await verifier.verify(token)
+
+    anyio.run(check)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.dictionaries(
+        st.sampled_from(["iss", "sub", "aud", "exp", "iat", "nbf", "client_id", "jti", "scope", "act"]),
+        st.one_of(
+            st.none(),
+            st.integers(),
+            st.floats(allow_nan=False),
+            st.text(max_size=20),
+            st.booleans(),
+            st.lists(st.text(max_size=10), max_size=3),
+        ),
+    )
+)
+def test_random_claims_signed_with_a_real_key_pass_only_when_valid(
+    authority: Authority, verifier: JWTVerifier, overrides: dict[str, Any]
+) -> None:
+    token = authority.mint(**overrides)
+    claims = authority.claims(**overrides)
+
+    async def check() -> None:
+        try:
+            principal = await verifier.verify(token)
+        except Refused:
+            return
+        now = time.time()
+        assert claims["iss"] == authority.issuer
+        assert claims["aud"] == RESOURCE or RESOURCE in claims["aud"]
+        assert isinstance(claims["sub"], str) and claims["sub"]
+        assert type(claims["exp"]) in (int, float) and claims["exp"] + 30 >= now
+        assert principal.subject == claims["sub"]
+
+    anyio.run(check)

@@ -1,0 +1,87 @@
+"""JWT access tokens through the SDK over streamable HTTP: verified, bound, trimmed, audited."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx2
+import pytest
+import uvicorn
+from authority import Authority, free_port, serve_authority
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.server.auth.settings import AuthSettings
+
+from conftest import notes_server
+from mcp_guard import EventKind, Guard, GuardTokenVerifier, JWTVerifier, MemoryAuditSink, TrustedIssuer
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module")
+def authority() -> Iterator[Authority]:
+    with serve_authority() as running:
+        yield running
+
+
+@pytest.fixture
+def served(authority: Authority, guard: Guard) -> Iterator[str]:
+    port = free_port()
+    resource = f"http://127.0.0.1:{port}/mcp"
+    verifier = JWTVerifier([TrustedIssuer(issuer=authority.issuer, audience=resource, jwks_uri=authority.jwks_uri)])
+    auth = AuthSettings(issuer_url=authority.issuer, resource_server_url=resource, validate_token_resource=True)
+    server = notes_server(guard, token_verifier=GuardTokenVerifier(verifier, guard), auth=auth)
+    runner = uvicorn.Server(
+        uvicorn.Config(server.streamable_http_app(), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=runner.run, daemon=True)
+    thread.start()
+    while not runner.started:
+        time.sleep(0.01)
+    yield resource
+    runner.should_exit = True
+    thread.join(timeout=10)
+
+
+def client(url: str, token: str, mode: str) -> Client:
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"})
+    return Client(streamable_http_client(url, http_client=http), mode=mode)
+
+
+async def test_a_verified_jwt_runs_trimmed_and_its_delegation_is_recorded(
+    authority: Authority, served: str, audit: MemoryAuditSink, mode: str
+) -> None:
+    token = authority.mint(aud=served, scope="notes:read mail:send", act={"sub": "planner-agent"})
+    async with client(served, token, mode) as session:
+        result = await session.call_tool("read_note", {"title": "welcome"})
+    assert (result.structured_content or {})["scopes"] == ["notes:read"]
+    decided = [e for e in audit.events if e.kind == EventKind.CALL_DECIDED][-1]
+    assert decided.actor_chain == ("planner-agent",)
+    assert decided.issuer == authority.issuer
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"aud": "https://someone-else.test/mcp"}, "audience_mismatch"),
+        ({"exp": 1}, "token_expired"),
+        ({"typ": "JWT"}, "token_type_invalid"),
+    ],
+)
+async def test_a_refused_jwt_gets_401_and_an_audit_record(
+    authority: Authority, served: str, audit: MemoryAuditSink, overrides: dict[str, object], reason: str
+) -> None:
+    typ = str(overrides.pop("typ", "at+jwt"))
+    token = authority.mint(typ=typ, **{"aud": served, **overrides})
+    async with httpx2.AsyncClient() as http:
+        response = await http.post(
+            served,
+            json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+            headers={"Authorization": f"Bearer {token}", "Accept": "application/json, text/event-stream"},
+        )
+    assert response.status_code == 401
+    rejected = [e for e in audit.events if e.kind == EventKind.TOKEN_REJECTED]
+    assert rejected[-1].reasons == (reason,)
+    assert token not in repr(audit.events)
