@@ -8,16 +8,20 @@ each ratio are measured in alternating rounds. Exits non-zero if a target is mis
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import statistics
 import time
 from collections.abc import Callable
 
 import anyio
+from joserfc import jwt
+from joserfc.jwk import ECKey
 from mcp import Client
 
+from mcp_guard import Refused
 from mcp_guard.testing import access_token, acting_as
-from workloads import guard_with_tools, notes_server, run_now, warm
+from workloads import ISSUER, guard_with_tools, notes_server, run_now, signed_token, warm
 
 
 def per_call_us(fn: Callable[[], object], calls: int) -> float:
@@ -39,6 +43,45 @@ def decision_medians(tool_counts: tuple[int, ...], rounds: int = 41, calls: int 
         for count, run in runners.items():
             samples[count].append(per_call_us(run, calls))
     return {count: statistics.median(values) for count, values in samples.items()}
+
+
+def token_medians(alg: str, rounds: int = 21) -> tuple[float, float, float]:
+    """Median per-call time of a cached verification, a cold one, and the bare signature check."""
+    verifier, token, bare = signed_token(alg)
+    anyio.run(verifier.verify, token)
+
+    def cold() -> None:
+        verifier.forget_tokens()
+        run_now(verifier.verify(token))
+
+    samples: dict[str, list[float]] = {"hit": [], "cold": [], "bare": []}
+    for _ in range(rounds):
+        samples["hit"].append(per_call_us(lambda: run_now(verifier.verify(token)), 2000))
+        samples["cold"].append(per_call_us(cold, 200))
+        samples["bare"].append(per_call_us(bare, 200))
+    return statistics.median(samples["hit"]), statistics.median(samples["cold"]), statistics.median(samples["bare"])
+
+
+def concurrent_unknown_kid_fetches(requests: int) -> int:
+    """How many JWKS fetches ``requests`` concurrent tokens with an unknown ``kid`` cause."""
+    verifier, _, _ = signed_token("ES256")
+    stranger = ECKey.generate_key("P-256", parameters={"kid": "unknown"})
+    tokens = [
+        jwt.encode({"alg": "ES256", "kid": "unknown", "typ": "at+jwt"}, {"iss": ISSUER, "n": i}, stranger)
+        for i in range(requests)
+    ]
+
+    async def attempt(token: str) -> None:
+        with contextlib.suppress(Refused):
+            await verifier.verify(token)
+
+    async def run_all() -> None:
+        async with anyio.create_task_group() as tasks:
+            for token in tokens:
+                tasks.start_soon(attempt, token)
+
+    anyio.run(run_all)
+    return verifier.jwks.fetches
 
 
 def client_call_medians(mode: str, rounds: int = 61, calls: int = 200) -> tuple[float, float]:
@@ -86,6 +129,15 @@ def main() -> int:
         print(f"  {count:>6} tools: median {median:.3f} us")
     report("median at 50 tools", medians[50], 5.0, "us")
     report("10,000 tools / 10 tools", medians[10_000] / medians[10], 1.2, "x")
+
+    print("JWT access tokens (keys cached): a token seen before, and cold verification vs bare cryptography")
+    for alg in ("ES256", "RS256"):
+        hit, cold, bare = token_medians(alg)
+        print(f"  {alg}: seen before {hit:.2f} us, cold {cold:.1f} us, bare signature check {bare:.1f} us")
+        report(f"{alg} token seen before", hit, 3.0, "us")
+        report(f"{alg} cold / bare cryptography", cold / bare, 1.5, "x")
+    fetches = concurrent_unknown_kid_fetches(1000)
+    report("JWKS fetches for 1,000 concurrent unknown kids", fetches, 1, "")
 
     print("In-process Client call to a trivial async tool, guarded / unguarded (no OTel SDK)")
     for mode in ("auto", "legacy"):

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
+import base64
+import time
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from joserfc import jwt
+from joserfc.jwk import ECKey, Key, KeySet, RSAKey
 from mcp.server.auth.provider import AccessToken
 from mcp.server.mcpserver import MCPServer
 
-from mcp_guard import Guard, GuardMiddleware, MemoryAuditSink, ToolSpec
+from mcp_guard import Guard, GuardMiddleware, JWKSCache, JWTVerifier, MemoryAuditSink, ToolSpec, TrustedIssuer
 from mcp_guard.testing import access_token
 
 T = TypeVar("T")
@@ -58,3 +65,51 @@ def notes_server(guarded: bool) -> MCPServer:
 
     server.tool()(guard.tool(scopes="notes:read")(echo) if guarded else echo)
     return server
+
+
+ISSUER = "https://auth.bench.test"
+RESOURCE = "https://mcp.bench.test/mcp"
+
+
+def signed_token(alg: str) -> tuple[JWTVerifier, str, Callable[[], None]]:
+    """A verifier trusting a fresh key, a token it signed with ``alg``, and the bare signature check.
+
+    The JWKS is served in-process (the cache's fetch is pluggable), so no network is timed. The
+    bare check is what `cryptography` alone needs to verify the same token's signature.
+    """
+    key: Key = (
+        RSAKey.generate_key(2048, parameters={"kid": "k"})
+        if alg == "RS256"
+        else (ECKey.generate_key("P-256", parameters={"kid": "k"}))
+    )
+    public = KeySet([key]).as_dict(private=False)
+
+    async def fetch(uri: str) -> dict[str, Any]:
+        return public
+
+    now = int(time.time())
+    claims = {
+        "iss": ISSUER,
+        "sub": "agent-7",
+        "client_id": "bench",
+        "aud": RESOURCE,
+        "iat": now,
+        "exp": now + 3600,
+        "jti": "bench-1",
+        "scope": SCOPES,
+    }
+    token = jwt.encode({"alg": alg, "kid": "k", "typ": "at+jwt"}, claims, key, algorithms=[alg])
+    issuer = TrustedIssuer(issuer=ISSUER, audience=RESOURCE, jwks_uri="https://auth.bench.test/jwks", algorithms=(alg,))
+    verifier = JWTVerifier([issuer], jwks=JWKSCache(fetch=fetch))
+    signing_input, _, signature_b64 = token.rpartition(".")
+    signature = base64.urlsafe_b64decode(signature_b64 + "=" * (-len(signature_b64) % 4))
+    public_key = key.public_key
+
+    def bare() -> None:
+        if alg == "RS256":
+            public_key.verify(signature, signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+        else:
+            der = encode_dss_signature(int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big"))
+            public_key.verify(der, signing_input.encode(), ec.ECDSA(hashes.SHA256()))
+
+    return verifier, token, bare

@@ -33,6 +33,7 @@ MAX_SCOPES = 256
 """Most scope tokens accepted in one scope value."""
 
 _SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+_SCOPE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+(?: [\x21\x23-\x5b\x5d-\x7e]+)*")
 
 
 class ScopeError(ValueError):
@@ -69,10 +70,11 @@ def parse_scope(value: str) -> frozenset[str]:
     tokens = value.split(" ")
     if len(tokens) > MAX_SCOPES:
         raise ScopeError(f"more than {MAX_SCOPES} scopes in one value")
-    for token in tokens:
-        if not token:
-            raise ScopeError("scopes must be separated by exactly one space, with none at either end")
-        check_scope_token(token)
+    if _SCOPE.fullmatch(value) is None or max(map(len, tokens)) > MAX_SCOPE_TOKEN_LENGTH:
+        for token in tokens:  # find, and name, what is wrong
+            if not token:
+                raise ScopeError("scopes must be separated by exactly one space, with none at either end")
+            check_scope_token(token)
     return frozenset(tokens)
 
 

@@ -9,13 +9,11 @@ Each refusal carries its own reason code.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import json
 import logging
 import math
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -25,8 +23,7 @@ from urllib.parse import urlsplit
 
 import httpx
 from cachetools import FIFOCache
-from joserfc import jws
-from joserfc.errors import BadSignatureError, JoseError
+from joserfc.errors import JoseError
 from joserfc.jws import JWSRegistry
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -44,7 +41,6 @@ logger = logging.getLogger("mcp_guard")
 MAX_TOKEN_BYTES = 8192
 """Longest token accepted; anything longer is refused before any parsing or cryptography."""
 
-_SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
 _KEY_CARRYING = frozenset({"jku", "jwk", "x5u", "x5c"})
 _DEFAULT_CLAIMS = ("iss", "exp", "aud", "sub", "client_id", "iat", "jti")
 _TIME_CLAIMS = ("exp", "nbf", "iat")
@@ -146,8 +142,13 @@ class JWTVerifier:
             self._verified[digest] = principal
         return principal
 
+    def forget_tokens(self) -> None:
+        """Drop every cached verification (after a key compromise, say); keys stay cached."""
+        with self._lock:
+            self._verified.clear()
+
     async def _verify(self, token: str, digest: bytes, now: float) -> Principal:
-        header, claims = _unverified_parts(token)
+        header, claims, signing_input, signature = _parts(token)
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in SIGNING_ALGORITHMS:
             raise Refused(ReasonCode.ALGORITHM_FORBIDDEN)
@@ -168,15 +169,15 @@ class JWTVerifier:
         if not isinstance(typ, str) or _media_type(typ) not in trusted.token_types:
             raise Refused(ReasonCode.TOKEN_TYPE_INVALID)
         key = await self.jwks.key(await self._jwks_uri(trusted), kid, alg)
+        model = JWSRegistry.algorithms[alg]
         try:
-            verified = jws.deserialize_compact(token, key, algorithms=[alg], registry=JWSRegistry(algorithms=[alg]))
-        except BadSignatureError:
-            raise Refused(ReasonCode.SIGNATURE_INVALID) from None
-        except JoseError:
-            raise Refused(ReasonCode.TOKEN_MALFORMED) from None
-        if verified.payload is None:
-            raise Refused(ReasonCode.TOKEN_MALFORMED)
-        return _principal(trusted, _strict_json(verified.payload), now, digest)
+            model.check_key(key)
+            valid = model.verify(signing_input, signature, key)
+        except (JoseError, ValueError):
+            valid = False
+        if not valid:
+            raise Refused(ReasonCode.SIGNATURE_INVALID)
+        return _principal(trusted, claims, now, digest)  # the signature covers exactly these bytes
 
     async def _jwks_uri(self, trusted: TrustedIssuer) -> str:
         """The issuer's JWKS URI: configured, or discovered once from its metadata (RFC 8414)."""
@@ -223,7 +224,7 @@ def _principal(trusted: TrustedIssuer, claims: Mapping[str, Any], now: float, di
         token_id=token_id,
         token_hash=digest[:16].hex(),
         actor_chain=actor_chain(claims.get("act"), trusted.max_delegation_depth),
-        claims=MappingProxyType(dict(claims)),
+        claims=MappingProxyType(claims),  # parsed for this token alone: nothing else holds it
     )
 
 
@@ -266,28 +267,35 @@ def _audience(aud: object) -> tuple[str, ...]:
     raise Refused(ReasonCode.CLAIM_INVALID, "The token's 'aud' claim must be a string or an array of strings.")
 
 
-def _unverified_parts(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Header and claims of a compact JWS, parsed strictly, before any signature check."""
+def _parts(token: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
+    """Header, claims, signing input and signature of a compact JWS, parsed strictly, once.
+
+    Nothing here is trusted until the signature over the signing input verifies.
+    """
+    if not token.isascii():
+        raise Refused(ReasonCode.TOKEN_MALFORMED)
     parts = token.split(".")
-    if len(parts) != 3 or not all(_SEGMENT.fullmatch(part) for part in parts):
+    if len(parts) != 3:
         raise Refused(ReasonCode.TOKEN_MALFORMED)
     header, claims = _strict_json(_b64url(parts[0])), _strict_json(_b64url(parts[1]))
-    return header, claims
+    return header, claims, f"{parts[0]}.{parts[1]}".encode("ascii"), _b64url(parts[2])
 
 
 def _b64url(segment: str) -> bytes:
-    if len(segment) % 4 == 1:
+    """Strict unpadded base64url of an ASCII segment: nothing outside its alphabet, never empty."""
+    if not segment or len(segment) % 4 == 1 or "=" in segment or "+" in segment or "/" in segment:
         raise Refused(ReasonCode.TOKEN_MALFORMED)
     try:
-        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-    except (binascii.Error, ValueError):
+        standard = segment.encode("ascii").translate(_FROM_URLSAFE) + b"=" * (-len(segment) % 4)
+        return binascii.a2b_base64(standard, strict_mode=True)
+    except binascii.Error:
         raise Refused(ReasonCode.TOKEN_MALFORMED) from None
 
 
 def _strict_json(data: bytes) -> dict[str, Any]:
     """A JSON object from UTF-8 bytes: no duplicate member names, no NaN or Infinity."""
     try:
-        value = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+        value = _DECODER.decode(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise Refused(ReasonCode.TOKEN_MALFORMED) from None
     if not isinstance(value, dict):
@@ -304,6 +312,10 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _no_constants(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+_FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
 
 
 def _media_type(value: str) -> str:
