@@ -25,7 +25,7 @@ from mcp_guard.audit.spans import annotate_span, recording_span
 from mcp_guard.context import ADMITTED, refuse_unguarded
 from mcp_guard.errors import Refused
 from mcp_guard.identity.access_token import AccessTokenIdentifier, Identifier
-from mcp_guard.model import CallRequest, Decision, Principal, Risk, Session, SessionState, ToolSpec
+from mcp_guard.model import CallRequest, Decision, Delegation, Principal, Risk, Session, SessionState, ToolSpec
 from mcp_guard.policy.base import Policy
 from mcp_guard.policy.scopes import ScopePolicy
 from mcp_guard.reasons import ReasonCode
@@ -126,6 +126,8 @@ class Guard:
         owner: str | None = None,
         tags: Iterable[str] = (),
         conceal: bool = False,
+        delegation: Delegation = "allow",
+        actors: Iterable[str] = (),
     ) -> Callable[[F], F]:
         """Declare a tool's needs; stack it under ``@mcp.tool()``.
 
@@ -146,6 +148,8 @@ class Guard:
                     owner=owner,
                     tags=frozenset(tags),
                     conceal=conceal,
+                    delegation=delegation,
+                    actors=frozenset(actors),
                 )
             )
             return _admitted_only(fn, spec.name)

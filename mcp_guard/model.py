@@ -23,6 +23,7 @@ __all__ = [
     "Binding",
     "CallRequest",
     "Decision",
+    "Delegation",
     "Principal",
     "Reason",
     "Risk",
@@ -32,6 +33,8 @@ __all__ = [
     "ToolSpec",
     "check_tool_name",
 ]
+
+Delegation = Literal["allow", "forbid", "require"]
 
 Binding = tuple[str, str, str]
 """The identity a session is bound to: (issuer, subject, client id)."""
@@ -97,7 +100,9 @@ class ToolSpec:
     ``scopes`` must all be granted for a call. ``optional_scopes`` may be passed through to the
     tool when granted but are never required. Any other granted scope is trimmed away.
     ``conceal`` makes a refusal for missing scopes indistinguishable from an unknown tool, for
-    tools whose very existence is sensitive.
+    tools whose very existence is sensitive. ``delegation`` says whether a call made on someone's
+    behalf (an RFC 8693 ``act`` claim) is allowed, forbidden or required; ``actors``, when set,
+    lists the only current actors that may call.
     """
 
     name: str
@@ -108,12 +113,18 @@ class ToolSpec:
     owner: str | None = None
     tags: frozenset[str] = frozenset()
     conceal: bool = False
+    delegation: Delegation = "allow"
+    actors: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         check_tool_name(self.name)
         object.__setattr__(self, "scopes", scope_set(self.scopes))
         object.__setattr__(self, "optional_scopes", scope_set(self.optional_scopes) - self.scopes)
         object.__setattr__(self, "risk", Risk(self.risk))
+        if self.delegation not in ("allow", "forbid", "require"):
+            raise ValueError(f"delegation must be 'allow', 'forbid' or 'require', not {self.delegation!r}")
+        if self.actors and self.delegation == "forbid":
+            raise ValueError(f"tool {self.name!r} forbids delegation but lists actors")
 
     @property
     def usable_scopes(self) -> frozenset[str]:

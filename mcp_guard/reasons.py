@@ -54,6 +54,9 @@ class ReasonCode(StrEnum):
     TOOL_NOT_FOUND = "tool_not_found"
     ARGUMENTS_INVALID = "arguments_invalid"
     INSUFFICIENT_SCOPE = "insufficient_scope"
+    DELEGATION_FORBIDDEN = "delegation_forbidden"
+    DELEGATION_REQUIRED = "delegation_required"
+    ACTOR_NOT_ALLOWED = "actor_not_allowed"
     # the guard
     GUARD_ERROR = "guard_error"
 
@@ -95,6 +98,9 @@ _MESSAGES: dict[str, str] = {
     ReasonCode.TOOL_NOT_FOUND: "Unknown tool.",
     ReasonCode.ARGUMENTS_INVALID: "Tool arguments must be a JSON object.",
     ReasonCode.INSUFFICIENT_SCOPE: "The access token lacks scopes this tool requires.",
+    ReasonCode.DELEGATION_FORBIDDEN: "This tool may not be called on someone's behalf: use the subject's own token.",
+    ReasonCode.DELEGATION_REQUIRED: "This tool may only be called by an agent acting on someone's behalf.",
+    ReasonCode.ACTOR_NOT_ALLOWED: "The agent acting on the subject's behalf is not allowed to call this tool.",
     ReasonCode.GUARD_ERROR: "The call was refused because the authorization check failed internally.",
 }
 

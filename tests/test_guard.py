@@ -510,3 +510,30 @@ def test_the_policy_hierarchy_cannot_change_under_its_memo() -> None:
     policy = ScopePolicy({"a": "b"})
     with pytest.raises(AttributeError):
         policy.hierarchy = ScopeHierarchy()  # type: ignore[misc]
+
+
+async def test_tools_can_forbid_require_or_restrict_delegation(audit: MemoryAuditSink, clock: Clock) -> None:
+    g = make_guard(audit, clock)
+    g.declare(ToolSpec("transfer", delegation="forbid"))
+    g.declare(ToolSpec("summarize", delegation="require", actors=frozenset({"summarizer"})))
+    g.declare(ToolSpec("lookup", actors=frozenset({"summarizer", "planner"})))
+    own = token("alice")
+    via_summarizer = token("alice", act={"sub": "summarizer", "act": {"sub": "planner"}})
+    via_rogue = token("alice", act={"sub": "rogue"})
+
+    async def code(tool: str, credential: AccessToken) -> str:
+        return (await g.authorize(tool, {}, credential)).decision.reason.code
+
+    assert await code("transfer", own) == "allowed"
+    assert await code("transfer", via_summarizer) == "delegation_forbidden"
+    assert await code("summarize", own) == "delegation_required"
+    assert await code("summarize", via_summarizer) == "allowed"  # only the current actor counts
+    assert await code("summarize", via_rogue) == "actor_not_allowed"
+    assert await code("lookup", via_rogue) == "actor_not_allowed"
+    assert await code("lookup", own) == "allowed"
+    assert await g.visible_tools(via_rogue) == {"read_note"}
+    assert "transfer" not in await g.visible_tools(via_summarizer)
+    with pytest.raises(ValueError, match="delegation"):
+        ToolSpec("x", delegation="sometimes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="forbids delegation"):
+        ToolSpec("y", delegation="forbid", actors=frozenset({"a"}))

@@ -11,14 +11,16 @@ from mcp_guard.scopes import ScopeHierarchy, format_scope
 __all__ = ["ScopePolicy"]
 
 RULE_REQUIRED_SCOPES = "scopes.required"
+RULE_DELEGATION = "delegation"
 
 
 class ScopePolicy:
-    """Allow a call when the granted scopes (widened by the hierarchy) cover the tool's required ones.
+    """Allow a call when the granted scopes (widened by the hierarchy) cover the tool's required ones,
+    and the tool's delegation rule accepts the current actor (if any).
 
     The approved set is the widened grant cut down to the tool's required and optional scopes;
     everything else the token carries is trimmed. Decisions depend only on the tool and the
-    granted set, so they are memoised: a warm decision is a couple of dict lookups.
+    granted set and current actor, so they are memoised: a warm decision is a couple of dict lookups.
     """
 
     _MEMO_LIMIT = 16_384
@@ -33,7 +35,7 @@ class ScopePolicy:
         self.id = id
         self.version = version
         self._hierarchy = hierarchy if isinstance(hierarchy, ScopeHierarchy) else ScopeHierarchy(hierarchy)
-        self._memo: dict[tuple[str, frozenset[str]], tuple[ToolSpec, Decision]] = {}
+        self._memo: dict[tuple[str, frozenset[str], str | None], tuple[ToolSpec, Decision]] = {}
 
     @property
     def hierarchy(self) -> ScopeHierarchy:
@@ -41,21 +43,29 @@ class ScopePolicy:
         return self._hierarchy
 
     def decide(self, request: CallRequest) -> Decision:
-        tool, requested = request.tool, request.principal.scopes
-        key = (tool.name, requested)
+        principal = request.principal
+        tool, requested = request.tool, principal.scopes
+        actor = principal.actor_chain[0] if principal.actor_chain else None
+        key = (tool.name, requested, actor)
         memo = self._memo.get(key)
         if memo is not None and memo[0] is tool:
             return memo[1]
-        decision = self._decide(tool, requested)
+        decision = self._decide(tool, requested, actor)
         if len(self._memo) >= self._MEMO_LIMIT:
             self._memo.clear()
         self._memo[key] = (tool, decision)
         return decision
 
     def visible(self, principal: Principal, tool: ToolSpec) -> bool:
-        return tool.scopes <= self._hierarchy.expand(principal.scopes)
+        actor = principal.actor_chain[0] if principal.actor_chain else None
+        return _delegation_refusal(tool, actor) is None and tool.scopes <= self._hierarchy.expand(principal.scopes)
 
-    def _decide(self, tool: ToolSpec, requested: frozenset[str]) -> Decision:
+    def _decide(self, tool: ToolSpec, requested: frozenset[str], actor: str | None) -> Decision:
+        refusal = _delegation_refusal(tool, actor)
+        if refusal is not None:
+            return Decision.deny(
+                refusal, requested=requested, rule_id=RULE_DELEGATION, policy_id=self.id, policy_version=self.version
+            )
         granted = self._hierarchy.expand(requested)
         missing = tool.scopes - granted
         if missing:
@@ -82,3 +92,14 @@ class ScopePolicy:
             policy_id=self.id,
             policy_version=self.version,
         )
+
+
+def _delegation_refusal(tool: ToolSpec, actor: str | None) -> ReasonCode | None:
+    """Why ``tool`` refuses a call with this current actor (None: the subject acts itself)."""
+    if actor is None:
+        return ReasonCode.DELEGATION_REQUIRED if tool.delegation == "require" else None
+    if tool.delegation == "forbid":
+        return ReasonCode.DELEGATION_FORBIDDEN
+    if tool.actors and actor not in tool.actors:
+        return ReasonCode.ACTOR_NOT_ALLOWED
+    return None
