@@ -15,6 +15,7 @@ from mcp_guard.identity import (
     JWKSCache,
     JWTVerifier,
     TrustedIssuer,
+    WorkloadIdentity,
     token_fingerprint,
 )
 from mcp_guard.integrations.mcp_sdk import GUARD_DENIED, GuardMiddleware, GuardTokenVerifier
@@ -71,6 +72,7 @@ __all__ = [
     "ToolSpec",
     "TrustedIssuer",
     "UnguardedCallError",
+    "WorkloadIdentity",
     "__version__",
     "current_call",
     "format_scope",

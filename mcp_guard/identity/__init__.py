@@ -3,5 +3,14 @@
 from mcp_guard.identity.access_token import AccessTokenIdentifier, Identifier, token_fingerprint
 from mcp_guard.identity.jwks import JWKSCache
 from mcp_guard.identity.rfc9068 import JWTVerifier, TrustedIssuer
+from mcp_guard.identity.workload import WorkloadIdentity
 
-__all__ = ["AccessTokenIdentifier", "Identifier", "JWKSCache", "JWTVerifier", "TrustedIssuer", "token_fingerprint"]
+__all__ = [
+    "AccessTokenIdentifier",
+    "Identifier",
+    "JWKSCache",
+    "JWTVerifier",
+    "TrustedIssuer",
+    "WorkloadIdentity",
+    "token_fingerprint",
+]

@@ -1,0 +1,105 @@
+"""A configured workload identity for transports that carry no credential: stdio and in-process.
+
+A stdio server has no HTTP header to take a bearer token from. Rather than serve every call
+unauthenticated, the server is given a token, from an environment variable or a file (such as
+a rotated, projected service-account token), and verifies it exactly as it would an HTTP one.
+Calls that arrive without a credential then act as that verified workload; calls that do carry
+one are identified from it as usual.
+
+The trade-off: the identity is the workload's, not the end user's. Everyone who can talk to
+the process over its stdio acts as that one principal, so give each workload its own token,
+with only the scopes it needs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import anyio
+from mcp.server.auth.provider import AccessToken
+
+from mcp_guard.errors import Refused
+from mcp_guard.identity.access_token import AccessTokenIdentifier, Identifier
+from mcp_guard.identity.rfc9068 import JWTVerifier
+from mcp_guard.model import Principal
+from mcp_guard.reasons import ReasonCode
+
+__all__ = ["WorkloadIdentity"]
+
+logger = logging.getLogger("mcp_guard")
+
+
+class WorkloadIdentity:
+    """An `Identifier`: the configured workload for calls without a credential, else ``fallback``.
+
+    Build it with `from_env` or `from_file`, then ``await refresh()`` before serving. Call
+    ``refresh()`` again to rotate (or run `keep_fresh` in the server's lifespan): a token that no
+    longer verifies is logged and the previous principal is kept until it expires, after which
+    calls are refused as ``token_expired`` by the guard.
+    """
+
+    def __init__(
+        self,
+        verifier: JWTVerifier,
+        *,
+        env: str | None = None,
+        file: str | os.PathLike[str] | None = None,
+        fallback: Identifier | None = None,
+    ) -> None:
+        if (env is None) == (file is None):
+            raise ValueError("give exactly one token source: env= or file=")
+        self.verifier = verifier
+        self.env = env
+        self.file = Path(file) if file is not None else None
+        self.fallback: Identifier = fallback if fallback is not None else AccessTokenIdentifier()
+        self.principal: Principal | None = None
+
+    @classmethod
+    def from_env(cls, verifier: JWTVerifier, name: str = "MCP_GUARD_TOKEN") -> WorkloadIdentity:
+        return cls(verifier, env=name)
+
+    @classmethod
+    def from_file(cls, verifier: JWTVerifier, path: str | os.PathLike[str]) -> WorkloadIdentity:
+        return cls(verifier, file=path)
+
+    def identify(self, credential: AccessToken | None) -> Principal:
+        if credential is not None:
+            return self.fallback.identify(credential)
+        if self.principal is None:
+            raise Refused(ReasonCode.TOKEN_MISSING, "No workload token is configured or none has verified yet.")
+        return self.principal
+
+    async def refresh(self) -> Principal:
+        """Read the token from its source and verify it; keep the last good principal on failure."""
+        try:
+            token = await self._read()
+            self.principal = await self.verifier.verify(token)
+        except Refused as refusal:
+            logger.error("mcp-guard: the workload token was refused (%s); keeping the previous one", refusal.code)
+            if self.principal is None:
+                raise
+        return self.principal
+
+    async def keep_fresh(self, every: float = 60.0) -> None:
+        """Refresh forever, every ``every`` seconds; run it in a task for the server's lifetime."""
+        while True:
+            await anyio.sleep(every)
+            try:
+                await self.refresh()
+            except Refused:
+                continue
+
+    async def _read(self) -> str:
+        if self.env is not None:
+            token = os.environ.get(self.env)
+            if not token:
+                raise Refused(ReasonCode.TOKEN_MISSING, f"The environment variable {self.env} holds no token.")
+            return token.strip()
+        assert self.file is not None
+        try:
+            text = await anyio.Path(self.file).read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as error:
+            raise Refused(ReasonCode.TOKEN_MISSING, f"The workload token file could not be read: {error}.") from None
+        return text.strip()

@@ -1,0 +1,110 @@
+"""Servers without an HTTP header act as a configured, verified workload identity."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from authority import RESOURCE, Authority, serve_authority
+from mcp import Client, MCPError, StdioServerParameters
+from mcp.server.mcpserver import MCPServer
+
+from conftest import notes_server
+from mcp_guard import EventKind, Guard, JWTVerifier, MemoryAuditSink, Refused, TrustedIssuer
+from mcp_guard.identity.workload import WorkloadIdentity
+from mcp_guard.testing import access_token, acting_as
+
+pytestmark = pytest.mark.anyio
+
+STDIO_SERVER = Path(__file__).parent.parent / "stdio_server.py"
+
+
+@pytest.fixture(scope="module")
+def authority() -> Iterator[Authority]:
+    with serve_authority() as running:
+        yield running
+
+
+@pytest.fixture
+def verifier(authority: Authority) -> JWTVerifier:
+    return JWTVerifier([TrustedIssuer(issuer=authority.issuer, audience=RESOURCE, jwks_uri=authority.jwks_uri)])
+
+
+async def test_calls_without_a_credential_act_as_the_workload(
+    authority: Authority, verifier: JWTVerifier, audit: MemoryAuditSink, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MCP_GUARD_TOKEN", authority.mint(sub="indexer", scope="notes:read"))
+    workload = WorkloadIdentity.from_env(verifier)
+    await workload.refresh()
+    server: MCPServer = notes_server(Guard(identifier=workload, audit=[audit]))
+    async with Client(server, mode=mode) as client:
+        result = await client.call_tool("read_note", {"title": "welcome"})
+        assert (result.structured_content or {})["text"] == "hello"
+        with pytest.raises(MCPError) as raised:
+            await client.call_tool("write_note", {"title": "t", "text": "x"})
+        assert raised.value.error.data["reason"] == "insufficient_scope"
+    decided = [e for e in audit.events if e.kind == EventKind.CALL_DECIDED]
+    assert {e.subject for e in decided} == {"indexer"}
+
+
+async def test_a_credential_that_is_present_wins(
+    authority: Authority, verifier: JWTVerifier, audit: MemoryAuditSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MCP_GUARD_TOKEN", authority.mint(sub="indexer", scope="notes:read"))
+    workload = WorkloadIdentity.from_env(verifier)
+    await workload.refresh()
+    with acting_as(access_token("alice", "notes:read")):
+        async with Client(notes_server(Guard(identifier=workload, audit=[audit]))) as client:
+            await client.call_tool("read_note", {"title": "welcome"})
+    assert [e.subject for e in audit.events if e.kind == EventKind.CALL_DECIDED] == ["alice"]
+
+
+async def test_a_rotated_token_file_is_picked_up_and_a_bad_one_ignored(
+    authority: Authority, verifier: JWTVerifier, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(authority.mint(sub="indexer", scope="notes:read") + "\n")
+    workload = WorkloadIdentity.from_file(verifier, token_file)
+    assert (await workload.refresh()).scopes == {"notes:read"}
+    token_file.write_text(authority.mint(sub="indexer", scope="notes:read notes:write"))
+    assert (await workload.refresh()).scopes == {"notes:read", "notes:write"}
+    token_file.write_text(authority.mint(sub="indexer", aud="https://elsewhere.test"))
+    assert (await workload.refresh()).scopes == {"notes:read", "notes:write"}  # the last good one stays
+    token_file.unlink()
+    assert (await workload.refresh()).subject == "indexer"
+
+
+async def test_no_usable_token_means_no_calls(verifier: JWTVerifier, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MCP_GUARD_TOKEN", raising=False)
+    workload = WorkloadIdentity.from_env(verifier)
+    with pytest.raises(Refused) as raised:
+        await workload.refresh()
+    assert raised.value.code == "token_missing"
+    with pytest.raises(Refused):
+        workload.identify(None)
+    monkeypatch.setenv("MCP_GUARD_TOKEN", "not-a-jwt")
+    with pytest.raises(Refused) as raised:
+        await workload.refresh()
+    assert raised.value.code == "token_malformed"
+    with pytest.raises(ValueError, match="exactly one"):
+        WorkloadIdentity(verifier)
+
+
+async def test_a_stdio_server_serves_as_its_workload(authority: Authority, mode: str) -> None:
+    environment = {
+        **os.environ,
+        "MCP_GUARD_TOKEN": authority.mint(sub="stdio-worker", scope="notes:read"),
+        "TEST_ISSUER": authority.issuer,
+        "TEST_JWKS": authority.jwks_uri,
+        "TEST_RESOURCE": RESOURCE,
+    }
+    params = StdioServerParameters(command=sys.executable, args=[str(STDIO_SERVER)], env=environment)
+    async with Client(params, mode=mode) as client:
+        result = await client.call_tool("whoami", {})
+        assert result.content[0].text.startswith("stdio-worker via ")  # type: ignore[union-attr]
+        with pytest.raises(MCPError) as raised:
+            await client.call_tool("write_note", {"text": "x"})
+        assert raised.value.error.data["reason"] == "insufficient_scope"
