@@ -18,6 +18,7 @@ from mcp_guard.identity import (
     WorkloadIdentity,
     token_fingerprint,
 )
+from mcp_guard.integrations.http import GuardHTTP, resource_metadata_url
 from mcp_guard.integrations.mcp_sdk import GUARD_DENIED, GuardMiddleware, GuardTokenVerifier
 from mcp_guard.model import (
     CallRequest,
@@ -47,6 +48,7 @@ __all__ = [
     "Decision",
     "EventKind",
     "Guard",
+    "GuardHTTP",
     "GuardMiddleware",
     "GuardTokenVerifier",
     "Identifier",
@@ -77,5 +79,6 @@ __all__ = [
     "current_call",
     "format_scope",
     "parse_scope",
+    "resource_metadata_url",
     "token_fingerprint",
 ]

@@ -1,0 +1,150 @@
+"""RFC 9728 metadata and real 403 step-up challenges over HTTP, against a real issuer."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx2
+import pytest
+import uvicorn
+from authority import Authority, free_port, serve_authority
+from mcp import Client, MCPError
+from mcp.client.streamable_http import streamable_http_client
+from mcp.server.auth.settings import AuthSettings
+
+from conftest import notes_server
+from mcp_guard import Guard, GuardTokenVerifier, JWTVerifier, TrustedIssuer
+from mcp_guard.integrations.http import GuardHTTP, resource_metadata_url
+
+pytestmark = pytest.mark.anyio
+
+MODERN = "2026-07-28"
+
+
+@pytest.fixture(scope="module")
+def authority() -> Iterator[Authority]:
+    with serve_authority() as running:
+        yield running
+
+
+@pytest.fixture
+def resource(authority: Authority, guard: Guard) -> Iterator[str]:
+    port = free_port()
+    resource = f"http://127.0.0.1:{port}/mcp"
+    verifier = JWTVerifier([TrustedIssuer(issuer=authority.issuer, audience=resource, jwks_uri=authority.jwks_uri)])
+    auth = AuthSettings(issuer_url=authority.issuer, resource_server_url=resource, validate_token_resource=True)
+    server = notes_server(guard, token_verifier=GuardTokenVerifier(verifier, guard), auth=auth)
+    app = GuardHTTP(server.streamable_http_app(), guard, verifier, resource=resource)
+    runner = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=runner.run, daemon=True)
+    thread.start()
+    while not runner.started:
+        time.sleep(0.01)
+    yield resource
+    runner.should_exit = True
+    thread.join(timeout=10)
+
+
+def tools_call(name: str, body_name: str | None = None) -> dict[str, Any]:
+    return {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {
+            "name": body_name or name,
+            "arguments": {"title": "welcome", "text": "x"},
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": MODERN,
+                "io.modelcontextprotocol/clientCapabilities": {},
+            },
+        },
+    }
+
+
+async def post(resource: str, token: str | None, name: str, body_name: str | None = None) -> httpx2.Response:
+    headers: dict[str, str | bytes] = {
+        "Accept": "application/json, text/event-stream",
+        "Mcp-Protocol-Version": MODERN,
+        "Mcp-Method": "tools/call",
+        "Mcp-Name": name.encode("utf-8"),  # raw bytes: what a hostile client can send
+    }
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    async with httpx2.AsyncClient() as http:
+        return await http.post(resource, json=tools_call(name, body_name), headers=headers)
+
+
+def challenge(response: httpx2.Response) -> dict[str, str]:
+    header = response.headers["www-authenticate"]
+    assert header.startswith("Bearer ")
+    return dict(re.findall(r'(\w+)="([^"]*)"', header))
+
+
+async def test_protected_resource_metadata_lists_what_the_tools_need(authority: Authority, resource: str) -> None:
+    async with httpx2.AsyncClient() as http:
+        response = await http.get(resource_metadata_url(resource))
+    assert response.status_code == 200
+    assert response.json() == {
+        "resource": resource,
+        "authorization_servers": [authority.issuer],
+        "scopes_supported": ["notes:admin", "notes:read", "notes:write"],
+        "bearer_methods_supported": ["header"],
+    }
+
+
+async def test_a_missing_scope_gets_a_real_403_naming_every_scope_needed(authority: Authority, resource: str) -> None:
+    response = await post(resource, authority.mint(aud=resource, scope="notes:read"), "write_note")
+    assert response.status_code == 403
+    assert challenge(response) == {
+        "error": "insufficient_scope",
+        "scope": "notes:write",
+        "resource_metadata": resource_metadata_url(resource),
+        "error_description": "The access token lacks scopes this tool requires",
+    }
+
+
+async def test_enough_scope_passes_through_to_the_server(authority: Authority, resource: str) -> None:
+    token = authority.mint(aud=resource, scope="notes:write")  # notes:write implies notes:read
+    for name in ("read_note", "write_note"):
+        response = await post(resource, token, name)
+        assert response.status_code == 200, response.text
+        assert "isError" not in response.text or '"isError":false' in response.text.replace(" ", "")
+
+
+@pytest.mark.parametrize("name", ["purge_notes", "no_such_tool", 're"d_note', "read_note\u0430"])
+async def test_unknown_or_concealed_tools_get_no_challenge(authority: Authority, resource: str, name: str) -> None:
+    response = await post(resource, authority.mint(aud=resource, scope="notes:read"), name)
+    assert response.status_code != 403
+    assert name not in response.headers.get("www-authenticate", "")
+
+
+async def test_a_name_header_that_disagrees_with_the_body_is_refused(authority: Authority, resource: str) -> None:
+    token = authority.mint(aud=resource, scope="notes:write")
+    response = await post(resource, token, "read_note", body_name="write_note")
+    assert response.status_code == 400
+    assert "mcp-name" in response.text.lower()
+
+
+async def test_missing_or_invalid_tokens_get_401_with_the_metadata_url(authority: Authority, resource: str) -> None:
+    for token in (None, "garbage", authority.mint(aud="https://other.test/mcp")):
+        response = await post(resource, token, "write_note")
+        assert response.status_code == 401
+        assert challenge(response)["resource_metadata"] == resource_metadata_url(resource)
+
+
+async def test_the_sdk_client_sees_the_step_up_refusal(authority: Authority, resource: str) -> None:
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {authority.mint(aud=resource, scope='notes:read')}"})
+    async with Client(streamable_http_client(resource, http_client=http)) as client:
+        assert not (await client.call_tool("read_note", {"title": "welcome"})).is_error
+        with pytest.raises((MCPError, httpx2.HTTPStatusError)):
+            await client.call_tool("write_note", {"title": "t", "text": "x"})
+
+
+def test_a_resource_that_cannot_be_quoted_safely_is_refused(guard: Guard, authority: Authority) -> None:
+    verifier = JWTVerifier([TrustedIssuer(issuer=authority.issuer, audience="https://x.test/mcp")])
+    with pytest.raises(ValueError, match="quoted"):
+        GuardHTTP(lambda *_: None, guard, verifier, resource='https://x.test/mcp"evil')  # type: ignore[arg-type]
