@@ -11,7 +11,9 @@ from mcp_guard.errors import Refused, UnguardedCallError
 from mcp_guard.guard import Authorization, Guard
 from mcp_guard.identity import (
     AccessTokenIdentifier,
+    BearerVerifier,
     Identifier,
+    IntrospectionVerifier,
     JWKSCache,
     JWTVerifier,
     TrustedIssuer,
@@ -44,6 +46,7 @@ __all__ = [
     "AuditEvent",
     "AuditSink",
     "Authorization",
+    "BearerVerifier",
     "CallRequest",
     "Decision",
     "EventKind",
@@ -52,6 +55,7 @@ __all__ = [
     "GuardMiddleware",
     "GuardTokenVerifier",
     "Identifier",
+    "IntrospectionVerifier",
     "JWKSCache",
     "JWTVerifier",
     "MemoryAuditSink",

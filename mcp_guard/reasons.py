@@ -43,6 +43,8 @@ class ReasonCode(StrEnum):
     CLAIM_INVALID = "claim_invalid"
     SCOPE_CONFLICT = "scope_conflict"
     DELEGATION_TOO_DEEP = "delegation_too_deep"
+    TOKEN_INACTIVE = "token_inactive"
+    INTROSPECTION_FAILED = "introspection_failed"
     # session
     SESSION_UNAVAILABLE = "session_unavailable"
     SESSION_BINDING_MISMATCH = "session_binding_mismatch"
@@ -87,6 +89,8 @@ _MESSAGES: dict[str, str] = {
     ReasonCode.CLAIM_INVALID: "A token claim has the wrong type or value.",
     ReasonCode.SCOPE_CONFLICT: "The token carries both 'scope' and 'scp': use one.",
     ReasonCode.DELEGATION_TOO_DEEP: "The token's delegation chain ('act') is deeper than this server allows.",
+    ReasonCode.TOKEN_INACTIVE: "The authorization server says this token is not active: obtain a new one.",
+    ReasonCode.INTROSPECTION_FAILED: "The token could not be checked with the authorization server: retry later.",
     ReasonCode.SUBJECT_REVOKED: "Access for this subject has been revoked: contact the server operator.",
     ReasonCode.CLIENT_REVOKED: "Access for this client has been revoked: contact the server operator.",
     ReasonCode.SESSION_UNAVAILABLE: "No governed session could be established for this call.",

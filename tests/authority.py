@@ -6,6 +6,7 @@ public keys over HTTP, counting how often the JWKS is fetched.
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import threading
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import anyio
 import uvicorn
 from joserfc import jwt
 from joserfc.jwk import ECKey, Key, KeySet, OKPKey, RSAKey
@@ -44,6 +46,11 @@ class Authority:
         }
         self.jwks_fetches = 0
         self.jwks_down = False
+        self.client_id, self.client_secret = "mcp-server", "s3cret-for-tests"
+        self.answers: dict[str, Any] = {}
+        """What the introspection endpoint answers for each token (a raw body when it is bytes)."""
+        self.introspections = 0
+        self.introspection_delay = 0.0
 
     def public_jwks(self) -> dict[str, Any]:
         return KeySet(list(self.keys.values())).as_dict(private=False)
@@ -90,6 +97,21 @@ class Authority:
                 return Response("down", status_code=503)
             return JSONResponse(self.public_jwks())
 
+        async def introspect(request: Request) -> Response:
+            self.introspections += 1
+            expected = "Basic " + base64.b64encode(f"{self.client_id}:{self.client_secret}".encode()).decode()
+            if request.headers.get("authorization") != expected:
+                return JSONResponse({"error": "invalid_client"}, status_code=401)
+            form = await request.form()
+            if self.introspection_delay:
+                await anyio.sleep(self.introspection_delay)
+            answer = self.answers.get(str(form.get("token")), {"active": False})
+            if isinstance(answer, bytes):
+                return Response(answer, media_type="application/json")
+            if isinstance(answer, int) and not isinstance(answer, bool):
+                return Response("", status_code=answer)
+            return Response(json.dumps(answer), media_type="application/json")
+
         async def metadata(request: Request) -> Response:
             return Response(
                 json.dumps({"issuer": self.issuer, "jwks_uri": self.jwks_uri}), media_type="application/json"
@@ -98,6 +120,7 @@ class Authority:
         return Starlette(
             routes=[
                 Route("/jwks", jwks),
+                Route("/introspect", introspect, methods=["POST"]),
                 Route("/.well-known/oauth-authorization-server", metadata),
             ]
         )

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-import httpx
+import httpx2
 from cachetools import LRUCache
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, Key, KeySet, OKPKey, RSAKey
@@ -55,7 +55,7 @@ SIGNING_ALGORITHMS = frozenset(_KEY_TYPES)
 async def fetch_json(url: str, *, timeout: float = 5.0) -> Mapping[str, Any]:
     """GET a JSON object over HTTP(S): no redirects, bounded size and time, fail loudly."""
     async with (
-        httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client,
+        httpx2.AsyncClient(timeout=timeout, follow_redirects=False) as client,
         client.stream("GET", url, headers={"Accept": "application/json"}) as response,
     ):
         if response.status_code != 200:
@@ -134,7 +134,7 @@ class JWKSCache:
             document = await self._fetch(jwks_uri)
             entry.keys = _import_keys(document)
             entry.fetched_at = self._clock()
-        except (OSError, ValueError, httpx.HTTPError, JoseError) as error:
+        except (OSError, ValueError, httpx2.HTTPError, JoseError) as error:
             logger.warning(
                 "mcp-guard: JWKS %s could not be refreshed (%s); keeping %d cached keys",
                 jwks_uri,

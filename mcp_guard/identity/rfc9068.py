@@ -13,7 +13,6 @@ import binascii
 import hashlib
 import json
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -21,20 +20,20 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
+import httpx2
 from cachetools import FIFOCache
 from joserfc.errors import JoseError
 from joserfc.jws import JWSRegistry
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mcp_guard.errors import Refused
+from mcp_guard.identity.claims import audience_of, check_times, scope_of, string_claim
 from mcp_guard.identity.delegation import MAX_DELEGATION_DEPTH, actor_chain
 from mcp_guard.identity.jwks import SIGNING_ALGORITHMS, JWKSCache, fetch_json
 from mcp_guard.model import Principal
 from mcp_guard.reasons import ReasonCode
-from mcp_guard.scopes import ScopeError, parse_scope, scope_set
 
-__all__ = ["JWTVerifier", "TrustedIssuer"]
+__all__ = ["MAX_TOKEN_BYTES", "JWTVerifier", "TrustedIssuer", "check_fetchable"]
 
 logger = logging.getLogger("mcp_guard")
 
@@ -95,7 +94,7 @@ class TrustedIssuer(BaseModel):
     @classmethod
     def _https_unless_loopback(cls, uri: str | None) -> str | None:
         if uri is not None:
-            _check_fetchable(uri)
+            check_fetchable(uri)
         return uri
 
 
@@ -194,33 +193,20 @@ def _principal(trusted: TrustedIssuer, claims: Mapping[str, Any], now: float, di
             raise Refused(ReasonCode.CLAIM_MISSING, f"The token lacks the '{name}' claim this server requires.")
     if claims.get("iss") != trusted.issuer:
         raise Refused(ReasonCode.ISSUER_UNTRUSTED)
-    for name in _TIME_CLAIMS:
-        value = claims.get(name)
-        if value is not None and (type(value) not in (int, float) or not math.isfinite(value)):
-            raise Refused(ReasonCode.CLAIM_INVALID, f"The token's '{name}' claim must be a number of seconds.")
-    leeway = trusted.leeway
-    exp, nbf, iat = claims.get("exp"), claims.get("nbf"), claims.get("iat")
-    if exp is not None and now > exp + leeway:
-        raise Refused(ReasonCode.TOKEN_EXPIRED)
-    if (nbf is not None and now + leeway < nbf) or (iat is not None and now + leeway < iat):
-        raise Refused(ReasonCode.TOKEN_NOT_YET_VALID)
-    if iat is not None and trusted.max_token_age is not None and now - iat > trusted.max_token_age + leeway:
-        raise Refused(ReasonCode.TOKEN_TOO_OLD)
-    audience = _audience(claims.get("aud"))
+    exp = check_times(claims, now, trusted.leeway, trusted.max_token_age)
+    audience = audience_of(claims.get("aud"))
     if trusted.audience not in audience:
         raise Refused(ReasonCode.AUDIENCE_MISMATCH)
-    subject = _string_claim(claims, "sub")
-    client_id = _string_claim(claims, "client_id", default="")
-    token_id = claims.get("jti")
-    if token_id is not None:
-        token_id = _string_claim(claims, "jti")
+    subject = string_claim(claims, "sub")
+    client_id = string_claim(claims, "client_id", default="")
+    token_id = string_claim(claims, "jti") if claims.get("jti") is not None else None
     return Principal(
         issuer=trusted.issuer,
         subject=subject,
         client_id=client_id,
         scopes=_scopes(trusted, claims),
         audience=audience,
-        expires_at=float(exp) if exp is not None else None,
+        expires_at=exp,
         token_id=token_id,
         token_hash=digest[:16].hex(),
         actor_chain=actor_chain(claims.get("act"), trusted.max_delegation_depth),
@@ -228,43 +214,21 @@ def _principal(trusted: TrustedIssuer, claims: Mapping[str, Any], now: float, di
     )
 
 
-def _string_claim(claims: Mapping[str, Any], name: str, default: str | None = None) -> str:
-    value = claims.get(name, default)
-    if not isinstance(value, str) or (not value and default is None):
-        raise Refused(ReasonCode.CLAIM_INVALID, f"The token's '{name}' claim must be a non-empty string.")
-    return value
-
-
 def _scopes(trusted: TrustedIssuer, claims: Mapping[str, Any]) -> frozenset[str]:
     scope, scp = claims.get("scope"), claims.get("scp")
     if scope is not None and scp is not None:
         raise Refused(ReasonCode.SCOPE_CONFLICT)
-    try:
-        if scope is not None:
-            if not isinstance(scope, str):
-                raise ScopeError("'scope' must be a space-delimited string")
-            return parse_scope(scope)
-        if scp is not None:
-            if not trusted.accept_scp:
-                raise ScopeError("'scp' is not accepted from this issuer; use 'scope'")
-            return parse_scope(scp) if isinstance(scp, str) else scope_set(_strings(scp))
-    except ScopeError as error:
-        raise Refused(ReasonCode.SCOPE_MALFORMED, f"The access token's scope is invalid: {error}.") from None
-    return frozenset()
-
-
-def _strings(value: object) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise ScopeError("'scp' must be a string or an array of strings")
-    return value
-
-
-def _audience(aud: object) -> tuple[str, ...]:
-    if isinstance(aud, str):
-        return (aud,)
-    if isinstance(aud, list) and aud and all(isinstance(item, str) for item in aud):
-        return tuple(aud)
-    raise Refused(ReasonCode.CLAIM_INVALID, "The token's 'aud' claim must be a string or an array of strings.")
+    if scope is not None:
+        return scope_of(scope)
+    if scp is None:
+        return frozenset()
+    if not trusted.accept_scp:
+        raise Refused(
+            ReasonCode.SCOPE_MALFORMED, "The token carries 'scp', which this issuer may not use: use 'scope'."
+        )
+    if isinstance(scp, list) and all(isinstance(item, str) and " " not in item for item in scp):
+        return scope_of(" ".join(scp))
+    return scope_of(scp)
 
 
 def _parts(token: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
@@ -324,7 +288,8 @@ def _media_type(value: str) -> str:
     return lowered.removeprefix("application/")
 
 
-def _check_fetchable(uri: str) -> None:
+def check_fetchable(uri: str) -> None:
+    """Refuse a URL the guard would fetch keys or metadata from unless it is https (or loopback http)."""
     parts = urlsplit(uri)
     loopback = parts.hostname in ("127.0.0.1", "::1", "localhost")
     if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
@@ -333,17 +298,17 @@ def _check_fetchable(uri: str) -> None:
 
 async def _discover_jwks_uri(issuer: str) -> str:
     """``jwks_uri`` from the issuer's OAuth (RFC 8414) or OpenID metadata, whose issuer must match."""
-    _check_fetchable(issuer)
+    check_fetchable(issuer)
     base = issuer.rstrip("/")
     for suffix in ("/.well-known/oauth-authorization-server", "/.well-known/openid-configuration"):
         try:
             metadata = await fetch_json(base + suffix)
-        except (OSError, ValueError, httpx.HTTPError) as error:
+        except (OSError, ValueError, httpx2.HTTPError) as error:
             logger.warning("mcp-guard: metadata of %s not at %s: %s", issuer, suffix, error)
             continue
         uri = metadata.get("jwks_uri")
         if metadata.get("issuer") != issuer or not isinstance(uri, str):
             raise Refused(ReasonCode.KEYS_UNAVAILABLE, "The issuer's metadata names another issuer or no jwks_uri.")
-        _check_fetchable(uri)
+        check_fetchable(uri)
         return uri
     raise Refused(ReasonCode.KEYS_UNAVAILABLE, "The issuer's metadata could not be fetched: retry later.")

@@ -22,7 +22,7 @@ from mcp.server.auth.provider import AccessToken
 
 from mcp_guard.errors import Refused
 from mcp_guard.identity.access_token import AccessTokenIdentifier, Identifier
-from mcp_guard.identity.rfc9068 import JWTVerifier
+from mcp_guard.identity.bearer import BearerVerifier
 from mcp_guard.model import Principal
 from mcp_guard.reasons import ReasonCode
 
@@ -42,7 +42,7 @@ class WorkloadIdentity:
 
     def __init__(
         self,
-        verifier: JWTVerifier,
+        verifier: BearerVerifier,
         *,
         env: str | None = None,
         file: str | os.PathLike[str] | None = None,
@@ -57,11 +57,11 @@ class WorkloadIdentity:
         self.principal: Principal | None = None
 
     @classmethod
-    def from_env(cls, verifier: JWTVerifier, name: str = "MCP_GUARD_TOKEN") -> WorkloadIdentity:
+    def from_env(cls, verifier: BearerVerifier, name: str = "MCP_GUARD_TOKEN") -> WorkloadIdentity:
         return cls(verifier, env=name)
 
     @classmethod
-    def from_file(cls, verifier: JWTVerifier, path: str | os.PathLike[str]) -> WorkloadIdentity:
+    def from_file(cls, verifier: BearerVerifier, path: str | os.PathLike[str]) -> WorkloadIdentity:
         return cls(verifier, file=path)
 
     def identify(self, credential: AccessToken | None) -> Principal:

@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_guard.errors import Refused
 from mcp_guard.guard import Guard
-from mcp_guard.identity.rfc9068 import JWTVerifier
+from mcp_guard.identity.bearer import BearerVerifier
 from mcp_guard.model import ToolSpec
 from mcp_guard.scopes import ScopeHierarchy, format_scope
 
@@ -48,7 +48,7 @@ class GuardHTTP:
         self,
         app: ASGIApp,
         guard: Guard,
-        verifier: JWTVerifier,
+        verifier: BearerVerifier,
         *,
         resource: str,
         authorization_servers: Iterable[str] | None = None,

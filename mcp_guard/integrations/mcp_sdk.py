@@ -29,7 +29,7 @@ from mcp_guard.context import ADMITTED
 from mcp_guard.errors import Refused
 from mcp_guard.guard import Authorization, Guard
 from mcp_guard.identity.access_token import token_fingerprint
-from mcp_guard.identity.rfc9068 import JWTVerifier
+from mcp_guard.identity.bearer import BearerVerifier
 from mcp_guard.model import Decision, Principal
 from mcp_guard.reasons import ReasonCode
 from mcp_guard.scopes import format_scope
@@ -118,7 +118,7 @@ class GuardMiddleware:
 
 
 class GuardTokenVerifier:
-    """The SDK's `TokenVerifier` over mcp-guard's `JWTVerifier`.
+    """The SDK's `TokenVerifier` over a `JWTVerifier` or an `IntrospectionVerifier`.
 
         MCPServer(..., token_verifier=GuardTokenVerifier(verifier, guard), auth=AuthSettings(...))
 
@@ -126,7 +126,7 @@ class GuardTokenVerifier:
     event with the precise reason (never the token, only its fingerprint).
     """
 
-    def __init__(self, verifier: JWTVerifier, guard: Guard | None = None) -> None:
+    def __init__(self, verifier: BearerVerifier, guard: Guard | None = None) -> None:
         self.verifier = verifier
         self.guard = guard
 

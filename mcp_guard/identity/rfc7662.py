@@ -1,0 +1,147 @@
+"""Opaque access tokens by RFC 7662 token introspection, asked of the authorization server.
+
+The call goes through authlib's OAuth 2.0 client, authenticated as this resource server. Only
+a literal JSON ``true`` for ``active`` counts: ``"true"``, ``1`` or a missing member do not.
+``iss``, ``aud``, ``exp``, ``nbf`` and ``iat`` are still checked when the answer carries them,
+``sub`` is required (sessions bind to it), and the scope is parsed strictly. An answer is cached
+by a digest of the token no longer than ``min(cache_ttl, exp)``; an inactive answer is not
+cached at all. A timeout, an HTTP error or a malformed answer denies the call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any
+
+import httpx2
+from authlib.integrations.httpx_client import AsyncOAuth2Client
+from cachetools import FIFOCache
+
+from mcp_guard.errors import Refused
+from mcp_guard.identity.claims import audience_of, check_times, scope_of, string_claim
+from mcp_guard.identity.delegation import actor_chain
+from mcp_guard.identity.rfc9068 import MAX_TOKEN_BYTES, TrustedIssuer, check_fetchable
+from mcp_guard.model import Principal
+from mcp_guard.reasons import ReasonCode
+
+__all__ = ["IntrospectionVerifier"]
+
+logger = logging.getLogger("mcp_guard")
+
+MAX_ANSWER_BYTES = 64 * 1024
+
+
+class IntrospectionVerifier:
+    """Verifies opaque tokens by asking ``endpoint`` (RFC 7662) of the ``trusted`` issuer.
+
+    The resource server authenticates with ``client_id`` and ``client_secret``
+    (``client_secret_basic`` unless ``auth_method`` says otherwise).
+    """
+
+    def __init__(
+        self,
+        trusted: TrustedIssuer,
+        *,
+        endpoint: str,
+        client_id: str,
+        client_secret: str,
+        auth_method: str = "client_secret_basic",
+        timeout: float = 5.0,
+        cache_ttl: float = 60.0,
+        cache_size: int = 10_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        check_fetchable(endpoint)
+        self.trusted = trusted
+        self.issuers: Mapping[str, TrustedIssuer] = MappingProxyType({trusted.issuer: trusted})
+        self.endpoint = endpoint
+        self._client_id = client_id
+        self._client_secret = client_secret
+        self._auth_method = auth_method
+        self.timeout = timeout
+        self.cache_ttl = cache_ttl
+        self.clock = clock
+        self._answers: FIFOCache[bytes, tuple[Principal, float]] = FIFOCache(maxsize=cache_size)
+        self._lock = threading.Lock()
+
+    async def verify(self, token: str) -> Principal:
+        """The principal an active token stands for; raises `Refused` with the reason otherwise."""
+        if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_BYTES or not token.isascii():
+            raise Refused(ReasonCode.TOKEN_MALFORMED)
+        digest = hashlib.sha256(token.encode("ascii")).digest()
+        now = self.clock()
+        cached = self._answers.get(digest)
+        if cached is not None and now < cached[1]:
+            return cached[0]
+        principal = _principal(self.trusted, await self._introspect(token), now, digest)
+        until = now + self.cache_ttl
+        if principal.expires_at is not None:
+            until = min(until, principal.expires_at)
+        with self._lock:
+            self._answers[digest] = (principal, until)
+        return principal
+
+    def forget_tokens(self) -> None:
+        """Drop every cached answer, so the next call of each token asks the server again."""
+        with self._lock:
+            self._answers.clear()
+
+    async def _introspect(self, token: str) -> Mapping[str, Any]:
+        try:
+            async with AsyncOAuth2Client(
+                client_id=self._client_id,
+                client_secret=self._client_secret,
+                token_endpoint_auth_method=self._auth_method,
+                timeout=self.timeout,
+                follow_redirects=False,
+            ) as client:
+                hint = "access_token"  # RFC 7662 token_type_hint, not a secret
+                response = await client.introspect_token(self.endpoint, token=token, token_type_hint=hint)
+        except (httpx2.HTTPError, OSError) as error:
+            logger.warning("mcp-guard: introspection at %s failed: %s", self.endpoint, type(error).__name__)
+            raise Refused(ReasonCode.INTROSPECTION_FAILED) from None
+        if response.status_code != 200 or len(response.content) > MAX_ANSWER_BYTES:
+            logger.warning("mcp-guard: introspection at %s answered %s", self.endpoint, response.status_code)
+            raise Refused(ReasonCode.INTROSPECTION_FAILED)
+        try:
+            answer = response.json()
+        except ValueError:
+            raise Refused(ReasonCode.INTROSPECTION_FAILED) from None
+        if not isinstance(answer, dict):
+            raise Refused(ReasonCode.INTROSPECTION_FAILED)
+        return answer
+
+
+def _principal(trusted: TrustedIssuer, answer: Mapping[str, Any], now: float, digest: bytes) -> Principal:
+    if answer.get("active") is not True:
+        raise Refused(ReasonCode.TOKEN_INACTIVE)
+    issuer = answer.get("iss", trusted.issuer)
+    if issuer != trusted.issuer:
+        raise Refused(ReasonCode.ISSUER_UNTRUSTED)
+    audience = audience_of(answer.get("aud", trusted.audience))
+    if trusted.audience not in audience:
+        raise Refused(ReasonCode.AUDIENCE_MISMATCH)
+    exp = check_times(answer, now, trusted.leeway)
+    subject = answer.get("sub")
+    if not isinstance(subject, str) or not subject:
+        raise Refused(ReasonCode.SUBJECT_MISSING)
+    client_id = string_claim(answer, "client_id", default="")
+    scopes = scope_of(answer.get("scope", ""))
+    token_id = answer.get("jti")
+    return Principal(
+        issuer=trusted.issuer,
+        subject=subject,
+        client_id=client_id,
+        scopes=scopes,
+        audience=audience,
+        expires_at=exp,
+        token_id=token_id if isinstance(token_id, str) and token_id else None,
+        token_hash=digest[:16].hex(),
+        actor_chain=actor_chain(answer.get("act"), trusted.max_delegation_depth),
+        claims=MappingProxyType(dict(answer)),
+    )

@@ -1,0 +1,226 @@
+"""Opaque tokens by RFC 7662 against a real introspection endpoint: answers of every shape."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import httpx2
+import pytest
+import uvicorn
+from authority import RESOURCE, Authority, free_port, serve_authority
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.server.auth.settings import AuthSettings
+
+from conftest import notes_server
+from mcp_guard import Guard, GuardTokenVerifier, Refused, TrustedIssuer
+from mcp_guard.identity.rfc7662 import IntrospectionVerifier
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module")
+def authority() -> Iterator[Authority]:
+    with serve_authority() as running:
+        yield running
+
+
+def introspector(authority: Authority, **options: Any) -> IntrospectionVerifier:
+    options.setdefault("client_secret", authority.client_secret)
+    return IntrospectionVerifier(
+        TrustedIssuer(issuer=authority.issuer, audience=RESOURCE),
+        endpoint=f"{authority.issuer}/introspect",
+        client_id=authority.client_id,
+        **options,
+    )
+
+
+def answer(authority: Authority, **overrides: Any) -> dict[str, Any]:
+    now = int(time.time())
+    base = {
+        "active": True,
+        "iss": authority.issuer,
+        "aud": RESOURCE,
+        "sub": "agent-7",
+        "client_id": "agent-app",
+        "scope": "notes:read",
+        "exp": now + 300,
+        "iat": now,
+    }
+    base.update(overrides)
+    return {key: value for key, value in base.items() if value is not None}
+
+
+async def code_for(verifier: IntrospectionVerifier, token: str) -> str:
+    with pytest.raises(Refused) as raised:
+        await verifier.verify(token)
+    return raised.value.code
+
+
+async def test_an_active_token_becomes_a_principal_and_is_cached(authority: Authority) -> None:
+    authority.answers["opaque-1"] = answer(authority, act={"sub": "planner"}, jti="j-9")
+    verifier = introspector(authority)
+    before = authority.introspections
+    principal = await verifier.verify("opaque-1")
+    assert (principal.subject, principal.client_id, principal.scopes) == ("agent-7", "agent-app", {"notes:read"})
+    assert principal.actor_chain == ("planner",)
+    assert principal.token_id == "j-9"
+    await verifier.verify("opaque-1")
+    assert authority.introspections - before == 1
+
+
+async def test_the_cache_never_outlives_the_token_or_its_ttl(authority: Authority) -> None:
+    now = [time.time()]
+    authority.answers["short"] = answer(authority, exp=int(now[0]) + 5)
+    verifier = introspector(authority, cache_ttl=60, clock=lambda: now[0])
+    await verifier.verify("short")
+    before = authority.introspections
+    now[0] += 40  # past exp plus the 30 s leeway, well inside the 60 s ttl
+    assert await code_for(verifier, "short") == "token_expired"
+    assert authority.introspections - before == 1  # it asked again
+    authority.answers["long"] = answer(authority, exp=int(now[0]) + 3600)
+    await verifier.verify("long")
+    now[0] += 61  # past the ttl
+    before = authority.introspections
+    await verifier.verify("long")
+    assert authority.introspections - before == 1
+
+
+@pytest.mark.parametrize(
+    ("overrides", "code"),
+    [
+        ({"active": False}, "token_inactive"),
+        ({"active": "true"}, "token_inactive"),
+        ({"active": 1}, "token_inactive"),
+        ({"active": None}, "token_inactive"),
+        ({"active": [True]}, "token_inactive"),
+        ({"iss": "https://evil.test"}, "issuer_untrusted"),
+        ({"aud": "https://other.test/mcp"}, "audience_mismatch"),
+        ({"aud": [RESOURCE + "/"]}, "audience_mismatch"),
+        ({"aud": 7}, "claim_invalid"),
+        ({"exp": 1}, "token_expired"),
+        ({"exp": "soon"}, "claim_invalid"),
+        ({"nbf": int(time.time()) + 3600}, "token_not_yet_valid"),
+        ({"sub": None}, "subject_missing"),
+        ({"sub": ""}, "subject_missing"),
+        ({"sub": 7}, "subject_missing"),
+        ({"client_id": ["x"]}, "claim_invalid"),
+        ({"scope": "notes:read\tnotes:write"}, "scope_malformed"),
+        ({"scope": ["notes:read"]}, "scope_malformed"),
+        ({"act": {"no": "sub"}}, "claim_invalid"),
+    ],
+)
+async def test_answers_of_every_shape(authority: Authority, overrides: dict[str, Any], code: str) -> None:
+    token = f"shape-{code}-{len(authority.answers)}"
+    authority.answers[token] = answer(authority, **overrides)
+    assert await code_for(introspector(authority), token) == code
+
+
+@pytest.mark.parametrize("raw", [b"[true]", b'"active"', b"not json", b"", b'{"active": true', 500, 404, 302])
+async def test_broken_endpoints_deny(authority: Authority, raw: bytes | int) -> None:
+    token = f"broken-{raw!r}"
+    authority.answers[token] = raw
+    assert await code_for(introspector(authority), token) == "introspection_failed"
+
+
+async def test_a_wrong_client_secret_or_a_timeout_denies(authority: Authority) -> None:
+    authority.answers["fine"] = answer(authority)
+    assert await code_for(introspector(authority, client_secret="wrong"), "fine") == "introspection_failed"
+    authority.introspection_delay = 1.0
+    try:
+        assert await code_for(introspector(authority, timeout=0.2), "fine") == "introspection_failed"
+    finally:
+        authority.introspection_delay = 0.0
+
+
+async def test_an_unreachable_endpoint_denies(authority: Authority) -> None:
+    unreachable = IntrospectionVerifier(
+        TrustedIssuer(issuer=authority.issuer, audience=RESOURCE),
+        endpoint="http://127.0.0.1:9/introspect",
+        client_id="x",
+        client_secret="y",
+    )
+    assert await code_for(unreachable, "anything") == "introspection_failed"
+
+
+@pytest.mark.parametrize("token", ["", "x" * 9000, "caf\u00e9"])
+async def test_malformed_tokens_never_reach_the_endpoint(authority: Authority, token: str) -> None:
+    before = authority.introspections
+    assert await code_for(introspector(authority), token) == "token_malformed"
+    assert authority.introspections == before
+
+
+def test_the_endpoint_must_be_https_unless_loopback(authority: Authority) -> None:
+    with pytest.raises(ValueError, match="https"):
+        introspector(authority).__class__(
+            TrustedIssuer(issuer=authority.issuer, audience=RESOURCE),
+            endpoint="http://auth.example.test/introspect",
+            client_id="x",
+            client_secret="y",
+        )
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.dictionaries(
+        st.sampled_from(["active", "iss", "aud", "sub", "client_id", "scope", "exp", "nbf", "iat"]),
+        st.one_of(
+            st.none(), st.booleans(), st.integers(), st.text(max_size=12), st.lists(st.text(max_size=6), max_size=2)
+        ),
+    )
+)
+def test_random_answers_pass_only_when_valid(authority: Authority, overrides: dict[str, Any]) -> None:
+    token = f"random-{len(authority.answers)}"
+    authority.answers[token] = body = answer(authority, **overrides)
+
+    async def check() -> None:
+        try:
+            principal = await introspector(authority).verify(token)
+        except Refused:
+            return
+        assert body["active"] is True
+        assert body.get("iss", authority.issuer) == authority.issuer
+        aud = body.get("aud", RESOURCE)
+        assert aud == RESOURCE or (isinstance(aud, list) and RESOURCE in aud)
+        assert isinstance(body["sub"], str) and body["sub"] == principal.subject
+        assert "exp" not in body or body["exp"] + 30 >= time.time()
+
+    anyio.run(check)
+
+
+async def test_opaque_tokens_through_the_sdk_over_http(authority: Authority, guard: Guard, mode: str) -> None:
+    port = free_port()
+    resource = f"http://127.0.0.1:{port}/mcp"
+    verifier = IntrospectionVerifier(
+        TrustedIssuer(issuer=authority.issuer, audience=resource),
+        endpoint=f"{authority.issuer}/introspect",
+        client_id=authority.client_id,
+        client_secret=authority.client_secret,
+    )
+    authority.answers["opaque-http"] = answer(authority, aud=resource, scope="notes:read mail:send")
+    auth = AuthSettings(issuer_url=authority.issuer, resource_server_url=resource, validate_token_resource=True)
+    server = notes_server(guard, token_verifier=GuardTokenVerifier(verifier, guard), auth=auth)
+    runner = uvicorn.Server(
+        uvicorn.Config(server.streamable_http_app(), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=runner.run, daemon=True)
+    thread.start()
+    while not runner.started:
+        await anyio.sleep(0.01)
+    try:
+        http = httpx2.AsyncClient(headers={"Authorization": "Bearer opaque-http"})
+        async with Client(streamable_http_client(resource, http_client=http), mode=mode) as client:
+            result = await client.call_tool("read_note", {"title": "welcome"})
+        assert (result.structured_content or {})["scopes"] == ["notes:read"]
+        async with httpx2.AsyncClient() as raw:
+            refused = await raw.post(resource, json={}, headers={"Authorization": "Bearer not-active"})
+        assert refused.status_code == 401
+    finally:
+        runner.should_exit = True
+        thread.join(timeout=10)
