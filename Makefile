@@ -20,7 +20,15 @@ lint: $(INSTALLED)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict mcp_guard
 
-test: lint
+# oidc-provider (npm) for the authorization-server integration tests; they skip without it,
+# except in CI (MCP_GUARD_REQUIRE_SERVICES=1), where they fail.
+OIDC := tests/oidc/node_modules/.package-lock.json
+
+$(OIDC): tests/oidc/package-lock.json
+	@if command -v npm >/dev/null; then npm ci --prefix tests/oidc --no-audit --no-fund; \
+	else echo "npm not found: the oidc-provider tests will be skipped"; fi
+
+test: lint $(OIDC)
 	$(BIN)/pytest
 
 bench: $(INSTALLED)

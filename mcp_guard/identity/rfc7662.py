@@ -3,7 +3,8 @@
 The call goes through authlib's OAuth 2.0 client, authenticated as this resource server. Only
 a literal JSON ``true`` for ``active`` counts: ``"true"``, ``1`` or a missing member do not.
 ``iss``, ``aud``, ``exp``, ``nbf`` and ``iat`` are still checked when the answer carries them,
-``sub`` is required (sessions bind to it), and the scope is parsed strictly. An answer is cached
+and the scope is parsed strictly. A subject is required, as sessions bind to it: ``sub``, or for
+a client-credentials token without one, the ``client_id`` (as RFC 9068 section 2.2 has it). An answer is cached
 by a digest of the token no longer than ``min(cache_ttl, exp)``; an inactive answer is not
 cached at all. A timeout, an HTTP error or a malformed answer denies the call.
 """
@@ -25,7 +26,8 @@ from cachetools import FIFOCache
 from mcp_guard.errors import Refused
 from mcp_guard.identity.claims import audience_of, check_times, scope_of, string_claim
 from mcp_guard.identity.delegation import actor_chain
-from mcp_guard.identity.rfc9068 import MAX_TOKEN_BYTES, TrustedIssuer, check_fetchable
+from mcp_guard.identity.rfc8414 import check_fetchable, metadata_endpoint
+from mcp_guard.identity.rfc9068 import MAX_TOKEN_BYTES, TrustedIssuer
 from mcp_guard.model import Principal
 from mcp_guard.reasons import ReasonCode
 
@@ -68,6 +70,14 @@ class IntrospectionVerifier:
         self.clock = clock
         self._answers: FIFOCache[bytes, tuple[Principal, float]] = FIFOCache(maxsize=cache_size)
         self._lock = threading.Lock()
+
+    @classmethod
+    async def discover(
+        cls, trusted: TrustedIssuer, *, client_id: str, client_secret: str, **options: Any
+    ) -> IntrospectionVerifier:
+        """A verifier for the introspection endpoint named in the issuer's metadata (RFC 8414)."""
+        endpoint = await metadata_endpoint(trusted.issuer, "introspection_endpoint", ReasonCode.INTROSPECTION_FAILED)
+        return cls(trusted, endpoint=endpoint, client_id=client_id, client_secret=client_secret, **options)
 
     async def verify(self, token: str) -> Principal:
         """The principal an active token stands for; raises `Refused` with the reason otherwise."""
@@ -127,10 +137,11 @@ def _principal(trusted: TrustedIssuer, answer: Mapping[str, Any], now: float, di
     if trusted.audience not in audience:
         raise Refused(ReasonCode.AUDIENCE_MISMATCH)
     exp = check_times(answer, now, trusted.leeway)
-    subject = answer.get("sub")
+    client_id = string_claim(answer, "client_id", default="")
+    # With no resource owner (client credentials), the client is the subject (RFC 9068, 2.2).
+    subject = answer.get("sub", client_id or None)
     if not isinstance(subject, str) or not subject:
         raise Refused(ReasonCode.SUBJECT_MISSING)
-    client_id = string_claim(answer, "client_id", default="")
     scopes = scope_of(answer.get("scope", ""))
     token_id = answer.get("jti")
     return Principal(

@@ -12,15 +12,12 @@ from __future__ import annotations
 import binascii
 import hashlib
 import json
-import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import urlsplit
 
-import httpx2
 from cachetools import FIFOCache
 from joserfc.errors import JoseError
 from joserfc.jws import JWSRegistry
@@ -29,13 +26,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from mcp_guard.errors import Refused
 from mcp_guard.identity.claims import audience_of, check_times, scope_of, string_claim
 from mcp_guard.identity.delegation import MAX_DELEGATION_DEPTH, actor_chain
-from mcp_guard.identity.jwks import SIGNING_ALGORITHMS, JWKSCache, fetch_json
+from mcp_guard.identity.jwks import SIGNING_ALGORITHMS, JWKSCache
+from mcp_guard.identity.rfc8414 import check_fetchable, metadata_endpoint
 from mcp_guard.model import Principal
 from mcp_guard.reasons import ReasonCode
 
-__all__ = ["MAX_TOKEN_BYTES", "JWTVerifier", "TrustedIssuer", "check_fetchable"]
-
-logger = logging.getLogger("mcp_guard")
+__all__ = ["MAX_TOKEN_BYTES", "JWTVerifier", "TrustedIssuer"]
 
 MAX_TOKEN_BYTES = 8192
 """Longest token accepted; anything longer is refused before any parsing or cryptography."""
@@ -182,7 +178,7 @@ class JWTVerifier:
         """The issuer's JWKS URI: configured, or discovered once from its metadata (RFC 8414)."""
         uri = self._jwks_uris.get(trusted.issuer)
         if uri is None:
-            uri = await _discover_jwks_uri(trusted.issuer)
+            uri = await metadata_endpoint(trusted.issuer, "jwks_uri", ReasonCode.KEYS_UNAVAILABLE)
             self._jwks_uris[trusted.issuer] = uri
         return uri
 
@@ -286,29 +282,3 @@ def _media_type(value: str) -> str:
     """``typ`` compared the RFC 7515 way: case-insensitively, with ``application/`` implied."""
     lowered = value.lower()
     return lowered.removeprefix("application/")
-
-
-def check_fetchable(uri: str) -> None:
-    """Refuse a URL the guard would fetch keys or metadata from unless it is https (or loopback http)."""
-    parts = urlsplit(uri)
-    loopback = parts.hostname in ("127.0.0.1", "::1", "localhost")
-    if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
-        raise ValueError(f"{uri!r} must be an https URL (plain http only on loopback)")
-
-
-async def _discover_jwks_uri(issuer: str) -> str:
-    """``jwks_uri`` from the issuer's OAuth (RFC 8414) or OpenID metadata, whose issuer must match."""
-    check_fetchable(issuer)
-    base = issuer.rstrip("/")
-    for suffix in ("/.well-known/oauth-authorization-server", "/.well-known/openid-configuration"):
-        try:
-            metadata = await fetch_json(base + suffix)
-        except (OSError, ValueError, httpx2.HTTPError) as error:
-            logger.warning("mcp-guard: metadata of %s not at %s: %s", issuer, suffix, error)
-            continue
-        uri = metadata.get("jwks_uri")
-        if metadata.get("issuer") != issuer or not isinstance(uri, str):
-            raise Refused(ReasonCode.KEYS_UNAVAILABLE, "The issuer's metadata names another issuer or no jwks_uri.")
-        check_fetchable(uri)
-        return uri
-    raise Refused(ReasonCode.KEYS_UNAVAILABLE, "The issuer's metadata could not be fetched: retry later.")
