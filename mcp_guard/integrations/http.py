@@ -24,10 +24,12 @@ from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from mcp_guard.audit.events import AuditEvent, EventKind
 from mcp_guard.errors import Refused
 from mcp_guard.guard import Guard
 from mcp_guard.identity.bearer import BearerVerifier
-from mcp_guard.model import ToolSpec
+from mcp_guard.model import Decision, Reason, ToolSpec
+from mcp_guard.reasons import ReasonCode
 from mcp_guard.scopes import ScopeHierarchy, format_scope
 
 __all__ = ["GuardHTTP", "resource_metadata_url"]
@@ -110,8 +112,27 @@ class GuardHTTP:
             return None
         hierarchy = getattr(self.guard.policy, "hierarchy", None)
         granted = hierarchy.expand(principal.scopes) if isinstance(hierarchy, ScopeHierarchy) else principal.scopes
-        if spec.scopes <= granted:
+        missing = spec.scopes - granted
+        if not missing:
             return None
+        decision = Decision(
+            allowed=False,
+            requested_scopes=principal.scopes,
+            missing_scopes=missing,
+            reasons=(Reason.of(ReasonCode.INSUFFICIENT_SCOPE),),
+            rule_ids=("http.step_up",),
+        )
+        self.guard.record(
+            AuditEvent.build(
+                EventKind.CALL_DECIDED,
+                self.guard.clock(),
+                principal,
+                None,
+                spec.name,
+                decision,
+                detail="HTTP 403 step-up challenge",
+            )
+        )
         return self._insufficient_scope(spec)
 
     def _insufficient_scope(self, spec: ToolSpec) -> str:

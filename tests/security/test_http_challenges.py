@@ -17,7 +17,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.server.auth.settings import AuthSettings
 
 from conftest import notes_server
-from mcp_guard import Guard, GuardTokenVerifier, JWTVerifier, TrustedIssuer
+from mcp_guard import Guard, GuardTokenVerifier, JWTVerifier, MemoryAuditSink, TrustedIssuer
 from mcp_guard.integrations.http import GuardHTTP, resource_metadata_url
 
 pytestmark = pytest.mark.anyio
@@ -96,9 +96,17 @@ async def test_protected_resource_metadata_lists_what_the_tools_need(authority: 
     }
 
 
-async def test_a_missing_scope_gets_a_real_403_naming_every_scope_needed(authority: Authority, resource: str) -> None:
+async def test_a_missing_scope_gets_a_real_403_naming_every_scope_needed(
+    authority: Authority, resource: str, audit: MemoryAuditSink
+) -> None:
     response = await post(resource, authority.mint(aud=resource, scope="notes:read"), "write_note")
     assert response.status_code == 403
+    recorded = audit.events[-1]
+    assert (recorded.tool, recorded.reasons, recorded.missing_scopes) == (
+        "write_note",
+        ("insufficient_scope",),
+        {"notes:write"},
+    )
     assert challenge(response) == {
         "error": "insufficient_scope",
         "scope": "notes:write",

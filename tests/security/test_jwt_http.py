@@ -85,3 +85,27 @@ async def test_a_refused_jwt_gets_401_and_an_audit_record(
     rejected = [e for e in audit.events if e.kind == EventKind.TOKEN_REJECTED]
     assert rejected[-1].reasons == (reason,)
     assert token not in repr(audit.events)
+
+
+async def test_no_raw_token_reaches_a_log_or_a_record(
+    authority: Authority, served: str, audit: MemoryAuditSink, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("DEBUG")
+    tokens = [
+        authority.mint(aud=served),
+        authority.mint(aud="https://elsewhere.test"),
+        authority.mint(aud=served, exp=1),
+        authority.mint(aud=served, typ="JWT"),
+        authority.mint(aud=served)[:-5],
+        "not.a.jwt",
+    ]
+    async with httpx2.AsyncClient() as http:
+        for token in tokens:
+            await http.post(
+                served,
+                json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+                headers={"Authorization": f"Bearer {token}", "Accept": "application/json, text/event-stream"},
+            )
+    everything = caplog.text + repr(audit.events)
+    for token in tokens:
+        assert token not in everything
