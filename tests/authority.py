@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import anyio
-import uvicorn
 from joserfc import jwt
 from joserfc.jwk import ECKey, Key, KeySet, OKPKey, RSAKey
 from starlette.applications import Starlette
@@ -24,13 +21,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from serving import free_port, serving
+
 RESOURCE = "https://mcp.example.test/mcp"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Authority:
@@ -130,15 +123,5 @@ class Authority:
 def serve_authority() -> Iterator[Authority]:
     port = free_port()
     authority = Authority(port)
-    server = uvicorn.Server(uvicorn.Config(authority.app(), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "the test authority did not start"
-        time.sleep(0.01)
-    try:
+    with serving(authority.app(), port):
         yield authority
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)

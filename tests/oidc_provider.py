@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx2
-from authority import free_port
+
 from services import require
+from serving import free_port
 
 HERE = Path(__file__).parent / "oidc"
 

@@ -7,7 +7,6 @@ from typing import Any
 import pytest
 from mcp.server.auth.provider import AccessToken
 
-from conftest import Clock, ExplodingPolicy
 from mcp_guard import (
     EventKind,
     Guard,
@@ -26,6 +25,7 @@ from mcp_guard import (
     token_fingerprint,
 )
 from mcp_guard.testing import access_token
+from support import Clock, ExplodingPolicy
 
 pytestmark = pytest.mark.anyio
 

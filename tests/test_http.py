@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 
 import httpx2
 import pytest
-import uvicorn
 from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.auth.settings import AuthSettings
 
-from conftest import notes_server
 from mcp_guard import GUARD_DENIED, EventKind, Guard, MemoryAuditSink
 from mcp_guard.testing import StaticTokenVerifier, access_token
+from serving import free_port, serving
+from support import notes_server
 
 pytestmark = pytest.mark.anyio
 
@@ -27,12 +24,6 @@ TOKENS = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def http_server(guard: Guard) -> Iterator[str]:
     port = free_port()
@@ -41,17 +32,8 @@ def http_server(guard: Guard) -> Iterator[str]:
         issuer_url="https://auth.example.test", resource_server_url=f"{url}/mcp", validate_token_resource=False
     )
     server = notes_server(guard, token_verifier=StaticTokenVerifier(TOKENS), auth=auth)
-    config = uvicorn.Config(server.streamable_http_app(), host="127.0.0.1", port=port, log_level="warning")
-    runner = uvicorn.Server(config)
-    thread = threading.Thread(target=runner.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not runner.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    yield f"{url}/mcp"
-    runner.should_exit = True
-    thread.join(timeout=10)
+    with serving(server.streamable_http_app(), port):
+        yield f"{url}/mcp"
 
 
 @pytest.fixture

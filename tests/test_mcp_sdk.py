@@ -14,7 +14,6 @@ from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.provider import AccessToken
 from mcp.server.mcpserver import MCPServer
 
-from conftest import Clock, ExplodingPolicy, call_raw, notes_server
 from mcp_guard import (
     GUARD_DENIED,
     AccessTokenIdentifier,
@@ -28,6 +27,7 @@ from mcp_guard import (
     current_call,
 )
 from mcp_guard.testing import access_token, acting_as
+from support import Clock, ExplodingPolicy, call_raw, notes_server
 
 pytestmark = pytest.mark.anyio
 

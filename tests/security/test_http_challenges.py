@@ -3,32 +3,22 @@
 from __future__ import annotations
 
 import re
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx2
 import pytest
-import uvicorn
-from authority import Authority, free_port, serve_authority
 from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
-from mcp.server.auth.settings import AuthSettings
 
-from conftest import notes_server
-from mcp_guard import Guard, GuardTokenVerifier, JWTVerifier, MemoryAuditSink, TrustedIssuer
+from authority import Authority
+from mcp_guard import Guard, JWTVerifier, MemoryAuditSink, TrustedIssuer
 from mcp_guard.integrations.http import GuardHTTP, resource_metadata_url
+from serving import free_port, guarded_notes, serving
 
 pytestmark = pytest.mark.anyio
 
 MODERN = "2026-07-28"
-
-
-@pytest.fixture(scope="module")
-def authority() -> Iterator[Authority]:
-    with serve_authority() as running:
-        yield running
 
 
 @pytest.fixture
@@ -36,17 +26,9 @@ def resource(authority: Authority, guard: Guard) -> Iterator[str]:
     port = free_port()
     resource = f"http://127.0.0.1:{port}/mcp"
     verifier = JWTVerifier([TrustedIssuer(issuer=authority.issuer, audience=resource, jwks_uri=authority.jwks_uri)])
-    auth = AuthSettings(issuer_url=authority.issuer, resource_server_url=resource, validate_token_resource=True)
-    server = notes_server(guard, token_verifier=GuardTokenVerifier(verifier, guard), auth=auth)
-    app = GuardHTTP(server.streamable_http_app(), guard, verifier, resource=resource)
-    runner = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=runner.run, daemon=True)
-    thread.start()
-    while not runner.started:
-        time.sleep(0.01)
-    yield resource
-    runner.should_exit = True
-    thread.join(timeout=10)
+    server = guarded_notes(guard, verifier, authority.issuer, resource)
+    with serving(GuardHTTP(server.streamable_http_app(), guard, verifier, resource=resource), port):
+        yield resource
 
 
 def tools_call(name: str, body_name: str | None = None) -> dict[str, Any]:

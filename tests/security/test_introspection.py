@@ -2,33 +2,23 @@
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import anyio
 import httpx2
 import pytest
-import uvicorn
-from authority import RESOURCE, Authority, free_port, serve_authority
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.server.auth.settings import AuthSettings
 
-from conftest import notes_server
-from mcp_guard import Guard, GuardTokenVerifier, Refused, TrustedIssuer
+from authority import RESOURCE, Authority
+from mcp_guard import Guard, Refused, TrustedIssuer
 from mcp_guard.identity.rfc7662 import IntrospectionVerifier
+from serving import free_port, guarded_notes, serving
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(scope="module")
-def authority() -> Iterator[Authority]:
-    with serve_authority() as running:
-        yield running
 
 
 def introspector(authority: Authority, **options: Any) -> IntrospectionVerifier:
@@ -205,16 +195,8 @@ async def test_opaque_tokens_through_the_sdk_over_http(authority: Authority, gua
         client_secret=authority.client_secret,
     )
     authority.answers["opaque-http"] = answer(authority, aud=resource, scope="notes:read mail:send")
-    auth = AuthSettings(issuer_url=authority.issuer, resource_server_url=resource, validate_token_resource=True)
-    server = notes_server(guard, token_verifier=GuardTokenVerifier(verifier, guard), auth=auth)
-    runner = uvicorn.Server(
-        uvicorn.Config(server.streamable_http_app(), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=runner.run, daemon=True)
-    thread.start()
-    while not runner.started:
-        await anyio.sleep(0.01)
-    try:
+    server = guarded_notes(guard, verifier, authority.issuer, resource)
+    with serving(server.streamable_http_app(), port):
         http = httpx2.AsyncClient(headers={"Authorization": "Bearer opaque-http"})
         async with Client(streamable_http_client(resource, http_client=http), mode=mode) as client:
             result = await client.call_tool("read_note", {"title": "welcome"})
@@ -222,6 +204,3 @@ async def test_opaque_tokens_through_the_sdk_over_http(authority: Authority, gua
         async with httpx2.AsyncClient() as raw:
             refused = await raw.post(resource, json={}, headers={"Authorization": "Bearer not-active"})
         assert refused.status_code == 401
-    finally:
-        runner.should_exit = True
-        thread.join(timeout=10)

@@ -7,29 +7,22 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import anyio
 import pytest
-from authority import RESOURCE, Authority, serve_authority
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from joserfc import jws
 from joserfc.jwk import RSAKey
 from pydantic import ValidationError
 
+from authority import RESOURCE, Authority
 from mcp_guard import Refused
 from mcp_guard.identity.jwks import JWKSCache
 from mcp_guard.identity.rfc9068 import JWTVerifier, TrustedIssuer
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(scope="module")
-def authority() -> Iterator[Authority]:
-    with serve_authority() as running:
-        yield running
 
 
 def verifier_for(authority: Authority, **options: Any) -> JWTVerifier:

@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 
 import httpx2
 import pytest
-import uvicorn
-from authority import Authority, free_port, serve_authority
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.server.auth.settings import AuthSettings
 
-from conftest import notes_server
-from mcp_guard import EventKind, Guard, GuardTokenVerifier, JWTVerifier, MemoryAuditSink, TrustedIssuer
+from authority import Authority
+from mcp_guard import EventKind, Guard, JWTVerifier, MemoryAuditSink, TrustedIssuer
+from serving import free_port, guarded_notes, serving
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(scope="module")
-def authority() -> Iterator[Authority]:
-    with serve_authority() as running:
-        yield running
 
 
 @pytest.fixture
@@ -31,18 +21,9 @@ def served(authority: Authority, guard: Guard) -> Iterator[str]:
     port = free_port()
     resource = f"http://127.0.0.1:{port}/mcp"
     verifier = JWTVerifier([TrustedIssuer(issuer=authority.issuer, audience=resource, jwks_uri=authority.jwks_uri)])
-    auth = AuthSettings(issuer_url=authority.issuer, resource_server_url=resource, validate_token_resource=True)
-    server = notes_server(guard, token_verifier=GuardTokenVerifier(verifier, guard), auth=auth)
-    runner = uvicorn.Server(
-        uvicorn.Config(server.streamable_http_app(), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=runner.run, daemon=True)
-    thread.start()
-    while not runner.started:
-        time.sleep(0.01)
-    yield resource
-    runner.should_exit = True
-    thread.join(timeout=10)
+    server = guarded_notes(guard, verifier, authority.issuer, resource)
+    with serving(server.streamable_http_app(), port):
+        yield resource
 
 
 def client(url: str, token: str, mode: str) -> Client:

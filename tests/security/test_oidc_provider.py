@@ -6,30 +6,24 @@ guard finds its JWKS and its introspection endpoint from its metadata.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 
 import httpx2
 import pytest
-import uvicorn
-from authority import free_port
 from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
-from mcp.server.auth.settings import AuthSettings
-from oidc_provider import OIDCProvider, serve_oidc_provider
 
-from conftest import notes_server
 from mcp_guard import (
     EventKind,
     Guard,
-    GuardTokenVerifier,
     IntrospectionVerifier,
     JWTVerifier,
     MemoryAuditSink,
     Refused,
     TrustedIssuer,
 )
+from oidc_provider import OIDCProvider, serve_oidc_provider
+from serving import free_port, guarded_notes, serving
 
 pytestmark = pytest.mark.anyio
 
@@ -76,18 +70,9 @@ async def test_opaque_tokens_verify_by_introspection_found_by_discovery(provider
 @pytest.fixture
 def jwt_server(provider: OIDCProvider, guard: Guard) -> Iterator[str]:
     verifier = JWTVerifier([TrustedIssuer(issuer=provider.issuer, audience=JWT_RESOURCE)])
-    auth = AuthSettings(issuer_url=provider.issuer, resource_server_url=JWT_RESOURCE, validate_token_resource=True)
-    server = notes_server(guard, token_verifier=GuardTokenVerifier(verifier, guard), auth=auth)
-    runner = uvicorn.Server(
-        uvicorn.Config(server.streamable_http_app(), host="127.0.0.1", port=JWT_PORT, log_level="warning")
-    )
-    thread = threading.Thread(target=runner.run, daemon=True)
-    thread.start()
-    while not runner.started:
-        time.sleep(0.01)
-    yield JWT_RESOURCE
-    runner.should_exit = True
-    thread.join(timeout=10)
+    server = guarded_notes(guard, verifier, provider.issuer, JWT_RESOURCE)
+    with serving(server.streamable_http_app(), JWT_PORT):
+        yield JWT_RESOURCE
 
 
 async def test_a_guarded_server_with_real_tokens(

@@ -4,28 +4,21 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from authority import RESOURCE, Authority, serve_authority
 from mcp import Client, MCPError, StdioServerParameters
 from mcp.server.mcpserver import MCPServer
 
-from conftest import notes_server
+from authority import RESOURCE, Authority
 from mcp_guard import EventKind, Guard, JWTVerifier, MemoryAuditSink, Refused, TrustedIssuer
 from mcp_guard.identity.workload import WorkloadIdentity
 from mcp_guard.testing import access_token, acting_as
+from support import notes_server
 
 pytestmark = pytest.mark.anyio
 
 STDIO_SERVER = Path(__file__).parent.parent / "stdio_server.py"
-
-
-@pytest.fixture(scope="module")
-def authority() -> Iterator[Authority]:
-    with serve_authority() as running:
-        yield running
 
 
 @pytest.fixture

@@ -1,0 +1,97 @@
+"""Helpers the tests share: a guarded notes server, a settable clock, a policy that explodes."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import mcp_types as types
+from mcp import Client
+from mcp.server.auth.middleware.auth_context import get_access_token
+from mcp.server.mcpserver import Context, MCPServer
+
+from mcp_guard import (
+    CallRequest,
+    Decision,
+    Guard,
+    GuardMiddleware,
+    Principal,
+    Risk,
+    ToolSpec,
+    current_call,
+)
+
+
+class Clock:
+    """A settable clock for TTL tests."""
+
+    def __init__(self, now: float = 1_900_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def notes_server(guard: Guard, **options: Any) -> MCPServer:
+    """A small notes server: read, write, admin tools, a sync tool, and one undeclared tool."""
+    mcp = MCPServer("notes", middleware=[GuardMiddleware(guard)], **options)
+    notes: dict[str, str] = {"welcome": "hello"}
+
+    @mcp.tool()
+    @guard.tool(scopes="notes:read")
+    async def read_note(title: str, ctx: Context) -> dict[str, Any]:
+        """Read one note by title."""
+        token = get_access_token()
+        call = current_call()
+        return {
+            "text": notes.get(title, ""),
+            "scopes": token.scopes if token else None,
+            "bearer": token.token if token else None,
+            "session": call.session.id if call else None,
+            "has_context": ctx is not None,
+        }
+
+    @mcp.tool()
+    @guard.tool(scopes="notes:write", risk=Risk.WRITE)
+    def write_note(title: str, text: str) -> dict[str, Any]:
+        """Write a note (a sync tool: the SDK runs it on a worker thread)."""
+        notes[title] = text
+        token = get_access_token()
+        return {"scopes": token.scopes if token else None, "thread": threading.current_thread().name}
+
+    @mcp.tool()
+    @guard.tool(scopes="notes:admin", risk=Risk.ADMIN, conceal=True)
+    async def purge_notes() -> str:
+        """Delete every note."""
+        notes.clear()
+        return "purged"
+
+    @mcp.tool()
+    def undeclared() -> str:
+        """A tool the guard does not know: always denied."""
+        return "should never run"
+
+    return mcp
+
+
+class ExplodingPolicy:
+    """A policy whose every answer is an exception, carrying text that must never reach a client."""
+
+    id = "exploding"
+    version = "0"
+
+    def decide(self, request: CallRequest) -> Decision:
+        raise RuntimeError("policy secret: boom")
+
+    def visible(self, principal: Principal, tool: ToolSpec) -> bool:
+        raise RuntimeError("policy secret: boom")
+
+
+async def call_raw(client: Client, params: dict[str, Any]) -> dict[str, Any]:
+    """Send ``tools/call`` with params the typed client would refuse to build."""
+    request = types.Request[dict[str, Any], str](method="tools/call", params=params)
+    result = await client.session.send_request(request, types.CallToolResult)
+    return result.model_dump()
