@@ -21,7 +21,6 @@ class ReasonCode(StrEnum):
     TOKEN_REVOKED = "token_revoked"
     ISSUER_MISSING = "issuer_missing"
     SUBJECT_MISSING = "subject_missing"
-    CLIENT_MISSING = "client_missing"
     SCOPE_MALFORMED = "scope_malformed"
     SUBJECT_REVOKED = "subject_revoked"
     CLIENT_REVOKED = "client_revoked"
@@ -70,7 +69,6 @@ _MESSAGES: dict[str, str] = {
     ReasonCode.TOKEN_REVOKED: "The access token has been revoked: obtain a new one.",
     ReasonCode.ISSUER_MISSING: "The access token names no issuer ('iss'): use a token from a trusted server.",
     ReasonCode.SUBJECT_MISSING: "The access token names no subject ('sub'): use a token issued to a workload.",
-    ReasonCode.CLIENT_MISSING: "The access token names no client id: use a token issued to a registered client.",
     ReasonCode.SCOPE_MALFORMED: "The access token's scope is not valid RFC 6749 scope syntax.",
     ReasonCode.TOKEN_TOO_LARGE: "The access token is too large to be a valid token.",
     ReasonCode.TOKEN_MALFORMED: "The access token is not a well-formed signed JWT.",

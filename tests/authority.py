@@ -44,6 +44,11 @@ class Authority:
         """What the introspection endpoint answers for each token (a raw body when it is bytes)."""
         self.introspections = 0
         self.introspection_delay = 0.0
+        self.jwks_body: bytes | None = None
+        """When set, the JWKS endpoint serves these bytes instead of the real keys."""
+        self.metadata_requests = 0
+        self.metadata_issuer: str | None = None
+        """When set, the metadata names this issuer instead of the real one."""
 
     def public_jwks(self) -> dict[str, Any]:
         return KeySet(list(self.keys.values())).as_dict(private=False)
@@ -88,6 +93,8 @@ class Authority:
             self.jwks_fetches += 1
             if self.jwks_down:
                 return Response("down", status_code=503)
+            if self.jwks_body is not None:
+                return Response(self.jwks_body, media_type="application/json")
             return JSONResponse(self.public_jwks())
 
         async def introspect(request: Request) -> Response:
@@ -106,9 +113,9 @@ class Authority:
             return Response(json.dumps(answer), media_type="application/json")
 
         async def metadata(request: Request) -> Response:
-            return Response(
-                json.dumps({"issuer": self.issuer, "jwks_uri": self.jwks_uri}), media_type="application/json"
-            )
+            self.metadata_requests += 1
+            issuer = self.metadata_issuer or self.issuer
+            return Response(json.dumps({"issuer": issuer, "jwks_uri": self.jwks_uri}), media_type="application/json")
 
         return Starlette(
             routes=[

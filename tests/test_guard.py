@@ -154,7 +154,6 @@ async def test_absent_arguments_are_an_empty_object(g: Guard) -> None:
         (None, ReasonCode.TOKEN_MISSING),
         (access_token("alice", "notes:read", issuer=None), ReasonCode.ISSUER_MISSING),
         (access_token(None, "notes:read"), ReasonCode.SUBJECT_MISSING),
-        (access_token("alice", "notes:read", client_id=""), ReasonCode.CLIENT_MISSING),
         (access_token("alice", ["notes:read notes:write"]), ReasonCode.SCOPE_MALFORMED),
         (access_token("alice", ["notes:read\u00a0x"]), ReasonCode.SCOPE_MALFORMED),
         (access_token("alice", ['notes"read']), ReasonCode.SCOPE_MALFORMED),
@@ -537,3 +536,10 @@ async def test_tools_can_forbid_require_or_restrict_delegation(audit: MemoryAudi
         ToolSpec("x", delegation="sometimes")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="forbids delegation"):
         ToolSpec("y", delegation="forbid", actors=frozenset({"a"}))
+
+
+async def test_a_token_naming_no_client_binds_with_an_empty_client_id(g: Guard) -> None:
+    result = await g.authorize("read_note", {}, token(client_id=""))
+    assert result.allowed
+    assert result.request is not None
+    assert result.request.session.binding == ("https://auth.example.test", "alice", "")

@@ -19,7 +19,7 @@ from cachetools import FIFOCache
 from mcp.server.auth.provider import AccessToken
 
 from mcp_guard.errors import Refused
-from mcp_guard.identity.delegation import MAX_DELEGATION_DEPTH, actor_chain
+from mcp_guard.identity.delegation import DEPTH_LIMIT, actor_chain
 from mcp_guard.model import Principal
 from mcp_guard.reasons import ReasonCode
 from mcp_guard.scopes import ScopeError, parse_scope, scope_set
@@ -97,8 +97,8 @@ def principal_from_access_token(token: AccessToken, fingerprint: str | None) -> 
     subject = token.subject if token.subject is not None else claims.get("sub")
     if not isinstance(subject, str) or not subject:
         raise Refused(ReasonCode.SUBJECT_MISSING)
-    if not isinstance(token.client_id, str) or not token.client_id:
-        raise Refused(ReasonCode.CLIENT_MISSING)
+    if not isinstance(token.client_id, str):
+        raise Refused(ReasonCode.CLAIM_INVALID, "The access token's client id must be a string.")
     token_id = claims.get("jti")
     return Principal(
         issuer=issuer,
@@ -109,7 +109,7 @@ def principal_from_access_token(token: AccessToken, fingerprint: str | None) -> 
         expires_at=float(token.expires_at) if token.expires_at is not None else None,
         token_id=token_id if isinstance(token_id, str) and token_id else None,
         token_hash=fingerprint,
-        actor_chain=actor_chain(claims.get("act"), MAX_DELEGATION_DEPTH),
+        actor_chain=actor_chain(claims.get("act"), DEPTH_LIMIT),
         claims=MappingProxyType(dict(claims)),
     )
 

@@ -6,7 +6,7 @@ are held to the same rules here, each refusal with its own reason code.
 
 from __future__ import annotations
 
-import math
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,7 +14,38 @@ from mcp_guard.errors import Refused
 from mcp_guard.reasons import ReasonCode
 from mcp_guard.scopes import ScopeError, parse_scope
 
-__all__ = ["audience_of", "check_times", "scope_of", "string_claim"]
+__all__ = ["audience_of", "check_times", "json_object", "scope_of", "string_claim"]
+
+_TIME_BOUND = 1e11
+"""Seconds since 1970 beyond which a time claim is nonsense (year 5138); also excludes NaN and inf."""
+
+
+def json_object(data: bytes) -> dict[str, Any]:
+    """A JSON object from UTF-8 bytes, strictly: no duplicate member names, no NaN or Infinity.
+
+    Raises `ValueError` for anything else, including nesting too deep to parse.
+    """
+    try:
+        value = _DECODER.decode(data.decode("utf-8"))
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    if not isinstance(value, dict):
+        raise ValueError("not a JSON object")
+    return value
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    members = dict(pairs)
+    if len(members) != len(pairs):
+        raise ValueError("duplicate member name")
+    return members
+
+
+def _no_constants(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
 
 
 def check_times(claims: Mapping[str, Any], now: float, leeway: float, max_age: float | None = None) -> float | None:
@@ -24,7 +55,7 @@ def check_times(claims: Mapping[str, Any], now: float, leeway: float, max_age: f
     """
     for name in ("exp", "nbf", "iat"):
         value = claims.get(name)
-        if value is not None and (type(value) not in (int, float) or not math.isfinite(value)):
+        if value is not None and (type(value) not in (int, float) or not -_TIME_BOUND < value < _TIME_BOUND):
             raise Refused(ReasonCode.CLAIM_INVALID, f"The token's '{name}' claim must be a number of seconds.")
     exp, nbf, iat = claims.get("exp"), claims.get("nbf"), claims.get("iat")
     if exp is not None and now > exp + leeway:

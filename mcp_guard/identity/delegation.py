@@ -10,10 +10,13 @@ from __future__ import annotations
 from mcp_guard.errors import Refused
 from mcp_guard.reasons import ReasonCode
 
-__all__ = ["MAX_DELEGATION_DEPTH", "actor_chain"]
+__all__ = ["DEPTH_LIMIT", "MAX_DELEGATION_DEPTH", "actor_chain"]
 
 MAX_DELEGATION_DEPTH = 4
-"""Default cap on nested ``act`` claims."""
+"""Default cap on nested ``act`` claims, per trusted issuer."""
+
+DEPTH_LIMIT = 32
+"""The cap no configuration may exceed; what is kept of a chain a verifier has already bounded."""
 
 
 def actor_chain(act: object, max_depth: int) -> tuple[str, ...]:

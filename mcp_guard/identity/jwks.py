@@ -10,7 +10,6 @@ refused (fail closed).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -24,6 +23,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, Key, KeySet, OKPKey, RSAKey
 
 from mcp_guard.errors import Refused
+from mcp_guard.identity.claims import json_object
 from mcp_guard.reasons import ReasonCode
 
 __all__ = ["MAX_JWKS_BYTES", "MAX_KEYS", "JWKSCache", "fetch_json"]
@@ -65,10 +65,7 @@ async def fetch_json(url: str, *, timeout: float = 5.0) -> Mapping[str, Any]:
             body.extend(chunk)
             if len(body) > MAX_JWKS_BYTES:
                 raise OSError(f"GET {url} returned more than {MAX_JWKS_BYTES} bytes")
-    document = json.loads(body)
-    if not isinstance(document, dict):
-        raise ValueError(f"GET {url} did not return a JSON object")
-    return document
+    return json_object(bytes(body))
 
 
 @dataclass
@@ -77,6 +74,8 @@ class _KeySetEntry:
     fetched_at: float = -float("inf")
     attempted_at: float = -float("inf")
     in_flight: anyio.Event | None = None
+    generation: int = 0
+    thumbprints: frozenset[str] = frozenset()
 
 
 class JWKSCache:
@@ -104,8 +103,16 @@ class JWKSCache:
         self.fetches = 0
         """How many fetches were attempted (for operators and tests)."""
 
-    async def key(self, jwks_uri: str, kid: str | None, alg: str) -> Key:
-        """The key to verify a token signed with ``alg`` under ``kid``; refuses when there is none."""
+    def generation(self, jwks_uri: str) -> int:
+        """Changes whenever the keys at ``jwks_uri`` change: verifications made before are stale."""
+        entry = self._sets.get(jwks_uri)
+        return entry.generation if entry is not None else -1
+
+    async def key(self, jwks_uri: str, kid: str | None, alg: str) -> tuple[Key, int]:
+        """The key to verify a token signed with ``alg`` under ``kid``, and its key set's generation.
+
+        Refuses when there is no such key.
+        """
         entry = self._sets.get(jwks_uri)
         if entry is None:
             entry = self._sets.setdefault(jwks_uri, _KeySetEntry())
@@ -118,7 +125,7 @@ class JWKSCache:
             if not entry.keys:
                 raise Refused(ReasonCode.KEYS_UNAVAILABLE)
             raise Refused(ReasonCode.KEY_UNKNOWN)
-        return key
+        return key, entry.generation
 
     async def _refresh(self, jwks_uri: str, entry: _KeySetEntry) -> None:
         """Fetch at most once per ``min_refresh_interval``; callers arriving meanwhile share it."""
@@ -131,8 +138,11 @@ class JWKSCache:
         entry.attempted_at = self._clock()
         self.fetches += 1
         try:
-            document = await self._fetch(jwks_uri)
-            entry.keys = _import_keys(document)
+            keys = _import_keys(await self._fetch(jwks_uri))
+            thumbprints = frozenset(f"{kid} {key.thumbprint()}" for kid, key in keys.items())
+            if thumbprints != entry.thumbprints:
+                entry.keys, entry.thumbprints = keys, thumbprints
+                entry.generation += 1
             entry.fetched_at = self._clock()
         except (OSError, ValueError, httpx2.HTTPError, JoseError) as error:
             logger.warning(
@@ -147,7 +157,12 @@ class JWKSCache:
 
 
 def _import_keys(document: Mapping[str, Any]) -> dict[str, Key]:
-    """The signing keys of a JWKS document by ``kid``; refuse documents that are not one."""
+    """The usable signing keys of a JWKS document by ``kid``.
+
+    Entries that are not signing keys (encryption keys, private keys published by mistake) or
+    that do not parse are skipped, one by one. A document with no usable key at all is an
+    error, so it never replaces keys that worked.
+    """
     keys = document.get("keys")
     if not isinstance(keys, list):
         raise ValueError("a JWKS document needs a 'keys' array")
@@ -156,10 +171,16 @@ def _import_keys(document: Mapping[str, Any]) -> dict[str, Key]:
     imported: dict[str, Key] = {}
     for index, data in enumerate(keys):
         if not isinstance(data, dict) or data.get("use", "sig") != "sig" or "d" in data:
-            continue  # encryption keys, and private keys published by mistake, are never used
+            continue
+        try:
+            key = KeySet.import_key_set({"keys": [data]}).keys[0]
+        except (JoseError, ValueError, TypeError, KeyError) as error:
+            logger.warning("mcp-guard: JWKS entry %d skipped: %s", index, type(error).__name__)
+            continue
         kid = data.get("kid")
-        key = KeySet.import_key_set({"keys": [data]}).keys[0]
         imported[kid if isinstance(kid, str) else f"#{index}"] = key
+    if not imported:
+        raise ValueError("the JWKS document holds no usable signing key")
     return imported
 
 

@@ -6,7 +6,9 @@ a literal JSON ``true`` for ``active`` counts: ``"true"``, ``1`` or a missing me
 and the scope is parsed strictly. A subject is required, as sessions bind to it: ``sub``, or for
 a client-credentials token without one, the ``client_id`` (as RFC 9068 section 2.2 has it). An answer is cached
 by a digest of the token no longer than ``min(cache_ttl, exp)``; an inactive answer is not
-cached at all. A timeout, an HTTP error or a malformed answer denies the call.
+cached at all. A timeout, an HTTP error or a malformed answer (parsed as strictly as a JWT:
+no duplicate members) denies the call. An answer without ``aud`` is taken to be for this
+resource, as RFC 7662 leaves ``aud`` optional.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from authlib.integrations.httpx_client import AsyncOAuth2Client
 from cachetools import FIFOCache
 
 from mcp_guard.errors import Refused
-from mcp_guard.identity.claims import audience_of, check_times, scope_of, string_claim
+from mcp_guard.identity.claims import audience_of, check_times, json_object, scope_of, string_claim
 from mcp_guard.identity.delegation import actor_chain
 from mcp_guard.identity.rfc8414 import check_fetchable, metadata_endpoint
 from mcp_guard.identity.rfc9068 import MAX_TOKEN_BYTES, TrustedIssuer
@@ -119,12 +121,9 @@ class IntrospectionVerifier:
             logger.warning("mcp-guard: introspection at %s answered %s", self.endpoint, response.status_code)
             raise Refused(ReasonCode.INTROSPECTION_FAILED)
         try:
-            answer = response.json()
+            return json_object(response.content)
         except ValueError:
             raise Refused(ReasonCode.INTROSPECTION_FAILED) from None
-        if not isinstance(answer, dict):
-            raise Refused(ReasonCode.INTROSPECTION_FAILED)
-        return answer
 
 
 def _principal(trusted: TrustedIssuer, answer: Mapping[str, Any], now: float, digest: bytes) -> Principal:

@@ -29,7 +29,7 @@ def check_fetchable(uri: str) -> None:
     """Refuse a URL to fetch keys, metadata or answers from unless it is https (or loopback http)."""
     parts = urlsplit(uri)
     loopback = parts.hostname in ("127.0.0.1", "::1", "localhost")
-    if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
+    if not parts.hostname or (parts.scheme != "https" and not (parts.scheme == "http" and loopback)):
         raise ValueError(f"{uri!r} must be an https URL (plain http only on loopback)")
 
 

@@ -11,27 +11,33 @@ from __future__ import annotations
 
 import binascii
 import hashlib
-import json
+import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
+import anyio
 from cachetools import FIFOCache
 from joserfc.errors import JoseError
 from joserfc.jws import JWSRegistry
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mcp_guard.errors import Refused
-from mcp_guard.identity.claims import audience_of, check_times, scope_of, string_claim
-from mcp_guard.identity.delegation import MAX_DELEGATION_DEPTH, actor_chain
+from mcp_guard.identity.claims import audience_of, check_times, json_object, scope_of, string_claim
+from mcp_guard.identity.delegation import DEPTH_LIMIT, MAX_DELEGATION_DEPTH, actor_chain
 from mcp_guard.identity.jwks import SIGNING_ALGORITHMS, JWKSCache
 from mcp_guard.identity.rfc8414 import check_fetchable, metadata_endpoint
 from mcp_guard.model import Principal
 from mcp_guard.reasons import ReasonCode
 
 __all__ = ["MAX_TOKEN_BYTES", "JWTVerifier", "TrustedIssuer"]
+
+_new = tuple.__new__  # builds the cached record without the NamedTuple's Python-level __new__
+
+DISCOVERY_RETRY = 30.0
+"""Seconds after a failed metadata lookup before an issuer's metadata is asked for again."""
 
 MAX_TOKEN_BYTES = 8192
 """Longest token accepted; anything longer is refused before any parsing or cryptography."""
@@ -63,7 +69,7 @@ class TrustedIssuer(BaseModel):
     accept_scp: bool = False
     leeway: float = Field(default=30.0, ge=0, le=300)
     max_token_age: float | None = Field(default=24 * 3600.0, gt=0)
-    max_delegation_depth: int = Field(default=MAX_DELEGATION_DEPTH, ge=0, le=32)
+    max_delegation_depth: int = Field(default=MAX_DELEGATION_DEPTH, ge=0, le=DEPTH_LIMIT)
 
     @field_validator("algorithms")
     @classmethod
@@ -116,33 +122,35 @@ class JWTVerifier:
         self.jwks = jwks if jwks is not None else JWKSCache()
         self.clock = clock
         self.max_token_bytes = max_token_bytes
-        self._verified: FIFOCache[bytes, Principal] = FIFOCache(maxsize=cache_size)
+        self._verified: FIFOCache[bytes, _Verified] = FIFOCache(maxsize=cache_size)
         self._jwks_uris: dict[str, str] = {i.issuer: i.jwks_uri for i in issuers if i.jwks_uri}
+        self._discovery = _Discovery()
         self._lock = threading.Lock()
 
     async def verify(self, token: str) -> Principal:
-        """The principal a valid access token stands for; raises `Refused` with the reason otherwise."""
+        """The principal a valid access token stands for; raises `Refused` with the reason otherwise.
+
+        A token verified before is answered from the cache while it is within its time limits
+        and its issuer's keys have not changed; otherwise it is verified afresh.
+        """
         if not isinstance(token, str) or len(token) > self.max_token_bytes:
             raise Refused(ReasonCode.TOKEN_TOO_LARGE if isinstance(token, str) else ReasonCode.TOKEN_MALFORMED)
         digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
         now = self.clock()
         cached = self._verified.get(digest)
-        if cached is not None:
-            trusted = self.issuers[cached.issuer]
-            if cached.expires_at is not None and now > cached.expires_at + trusted.leeway:
-                raise Refused(ReasonCode.TOKEN_EXPIRED)
-            return cached
-        principal = await self._verify(token, digest, now)
+        if cached is not None and now <= cached.until and self.jwks.generation(cached.jwks_uri) == cached.generation:
+            return cached.principal
+        verified = await self._verify(token, digest, now)
         with self._lock:
-            self._verified[digest] = principal
-        return principal
+            self._verified[digest] = verified
+        return verified.principal
 
     def forget_tokens(self) -> None:
         """Drop every cached verification (after a key compromise, say); keys stay cached."""
         with self._lock:
             self._verified.clear()
 
-    async def _verify(self, token: str, digest: bytes, now: float) -> Principal:
+    async def _verify(self, token: str, digest: bytes, now: float) -> _Verified:
         header, claims, signing_input, signature = _parts(token)
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in SIGNING_ALGORITHMS:
@@ -163,7 +171,8 @@ class JWTVerifier:
         typ = header.get("typ")
         if not isinstance(typ, str) or _media_type(typ) not in trusted.token_types:
             raise Refused(ReasonCode.TOKEN_TYPE_INVALID)
-        key = await self.jwks.key(await self._jwks_uri(trusted), kid, alg)
+        jwks_uri = await self._jwks_uri(trusted)
+        key, generation = await self.jwks.key(jwks_uri, kid, alg)
         model = JWSRegistry.algorithms[alg]
         try:
             model.check_key(key)
@@ -172,15 +181,66 @@ class JWTVerifier:
             valid = False
         if not valid:
             raise Refused(ReasonCode.SIGNATURE_INVALID)
-        return _principal(trusted, claims, now, digest)  # the signature covers exactly these bytes
+        principal = _principal(trusted, claims, now, digest)  # the signature covers exactly these bytes
+        return _new(_Verified, (principal, _valid_until(trusted, claims), jwks_uri, generation))
 
     async def _jwks_uri(self, trusted: TrustedIssuer) -> str:
-        """The issuer's JWKS URI: configured, or discovered once from its metadata (RFC 8414)."""
+        """The issuer's JWKS URI: configured, or discovered from its metadata (RFC 8414).
+
+        Discovery runs once at a time per issuer, and after a failure not again for
+        `DISCOVERY_RETRY` seconds, so tokens naming a trusted issuer cannot drive fetches.
+        """
         uri = self._jwks_uris.get(trusted.issuer)
         if uri is None:
-            uri = await metadata_endpoint(trusted.issuer, "jwks_uri", ReasonCode.KEYS_UNAVAILABLE)
+            uri = await self._discovery.run(
+                trusted.issuer, lambda: metadata_endpoint(trusted.issuer, "jwks_uri", ReasonCode.KEYS_UNAVAILABLE)
+            )
             self._jwks_uris[trusted.issuer] = uri
         return uri
+
+
+class _Verified(NamedTuple):
+    """A verification, cached: good until ``until``, and while the JWKS is at ``generation``."""
+
+    principal: Principal
+    until: float
+    jwks_uri: str
+    generation: int
+
+
+def _valid_until(trusted: TrustedIssuer, claims: Mapping[str, Any]) -> float:
+    """The last moment the token passes its time checks: the earlier of expiry and maximum age."""
+    until = math.inf
+    if claims.get("exp") is not None:
+        until = claims["exp"] + trusted.leeway
+    if claims.get("iat") is not None and trusted.max_token_age is not None:
+        until = min(until, claims["iat"] + trusted.max_token_age + trusted.leeway)
+    return float(until)
+
+
+class _Discovery:
+    """One metadata lookup in flight per issuer, and a pause after a failure."""
+
+    def __init__(self) -> None:
+        self._in_flight: dict[str, anyio.Event] = {}
+        self._failed_at: dict[str, float] = {}
+
+    async def run(self, issuer: str, lookup: Callable[[], Awaitable[str]]) -> str:
+        if time.monotonic() - self._failed_at.get(issuer, -math.inf) < DISCOVERY_RETRY:
+            raise Refused(ReasonCode.KEYS_UNAVAILABLE)
+        waiting = self._in_flight.get(issuer)
+        if waiting is not None:
+            await waiting.wait()
+            raise Refused(ReasonCode.KEYS_UNAVAILABLE, "The issuer's keys are being looked up: retry.")
+        done = self._in_flight[issuer] = anyio.Event()
+        try:
+            return await lookup()
+        except Refused:
+            self._failed_at[issuer] = time.monotonic()
+            raise
+        finally:
+            del self._in_flight[issuer]
+            done.set()
 
 
 def _principal(trusted: TrustedIssuer, claims: Mapping[str, Any], now: float, digest: bytes) -> Principal:
@@ -237,7 +297,10 @@ def _parts(token: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
     parts = token.split(".")
     if len(parts) != 3:
         raise Refused(ReasonCode.TOKEN_MALFORMED)
-    header, claims = _strict_json(_b64url(parts[0])), _strict_json(_b64url(parts[1]))
+    try:
+        header, claims = json_object(_b64url(parts[0])), json_object(_b64url(parts[1]))
+    except ValueError:
+        raise Refused(ReasonCode.TOKEN_MALFORMED) from None
     return header, claims, f"{parts[0]}.{parts[1]}".encode("ascii"), _b64url(parts[2])
 
 
@@ -252,29 +315,6 @@ def _b64url(segment: str) -> bytes:
         raise Refused(ReasonCode.TOKEN_MALFORMED) from None
 
 
-def _strict_json(data: bytes) -> dict[str, Any]:
-    """A JSON object from UTF-8 bytes: no duplicate member names, no NaN or Infinity."""
-    try:
-        value = _DECODER.decode(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise Refused(ReasonCode.TOKEN_MALFORMED) from None
-    if not isinstance(value, dict):
-        raise Refused(ReasonCode.TOKEN_MALFORMED)
-    return value
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    members = dict(pairs)
-    if len(members) != len(pairs):
-        raise ValueError("duplicate member name")
-    return members
-
-
-def _no_constants(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
-_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
 _FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
 
 

@@ -55,6 +55,7 @@ class WorkloadIdentity:
         self.file = Path(file) if file is not None else None
         self.fallback: Identifier = fallback if fallback is not None else AccessTokenIdentifier()
         self.principal: Principal | None = None
+        self._refreshing = anyio.Lock()
 
     @classmethod
     def from_env(cls, verifier: BearerVerifier, name: str = "MCP_GUARD_TOKEN") -> WorkloadIdentity:
@@ -72,15 +73,22 @@ class WorkloadIdentity:
         return self.principal
 
     async def refresh(self) -> Principal:
-        """Read the token from its source and verify it; keep the last good principal on failure."""
-        try:
-            token = await self._read()
-            self.principal = await self.verifier.verify(token)
-        except Refused as refusal:
-            logger.error("mcp-guard: the workload token was refused (%s); keeping the previous one", refusal.code)
-            if self.principal is None:
-                raise
-        return self.principal
+        """Read the token from its source and verify it; keep the last good principal on failure.
+
+        Refreshes run one at a time, so a slow older one can never overwrite a newer result.
+        """
+        async with self._refreshing:
+            try:
+                self.principal = await self.verifier.verify(await self._read())
+            except Refused as refusal:
+                logger.error("mcp-guard: the workload token was refused (%s); keeping the previous one", refusal.code)
+                if self.principal is None:
+                    raise
+            except Exception:
+                logger.exception("mcp-guard: refreshing the workload token failed; keeping the previous one")
+                if self.principal is None:
+                    raise Refused(ReasonCode.TOKEN_MISSING, "The workload token could not be verified.") from None
+            return self.principal
 
     async def keep_fresh(self, every: float = 60.0) -> None:
         """Refresh forever, every ``every`` seconds; run it in a task for the server's lifetime."""
@@ -88,8 +96,8 @@ class WorkloadIdentity:
             await anyio.sleep(every)
             try:
                 await self.refresh()
-            except Refused:
-                continue
+            except Exception:  # refresh logged why; this loop must outlive any one failure
+                logger.debug("mcp-guard: workload token refresh failed; retrying in %s s", every)
 
     async def _read(self) -> str:
         if self.env is not None:

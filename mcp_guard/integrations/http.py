@@ -3,7 +3,8 @@
     app = GuardHTTP(mcp.streamable_http_app(), guard, verifier, resource="https://mcp.example.com/mcp")
 
 - RFC 9728 protected resource metadata at ``/.well-known/oauth-protected-resource{path}``,
-  whose ``scopes_supported`` lists the scopes the declared tools need, and whose
+  whose ``scopes_supported`` lists the scopes the declared tools need (concealed tools' scopes
+  stay unadvertised), and whose
   ``authorization_servers`` are the verifier's trusted issuers.
 - A real HTTP 403 ``insufficient_scope`` challenge (RFC 6750 section 3.1) when a client names
   the tool in the ``Mcp-Method: tools/call`` and ``Mcp-Name`` headers (MCP 2026-07-28) and its
@@ -19,6 +20,7 @@ from validated scope tokens and configuration, never from request input.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
@@ -33,6 +35,8 @@ from mcp_guard.reasons import ReasonCode
 from mcp_guard.scopes import ScopeHierarchy, format_scope
 
 __all__ = ["GuardHTTP", "resource_metadata_url"]
+
+logger = logging.getLogger("mcp_guard")
 
 _NOT_IN_CHALLENGES = frozenset({"offline_access"})
 
@@ -87,7 +91,7 @@ class GuardHTTP:
 
     def metadata(self) -> dict[str, object]:
         """The RFC 9728 document for this resource."""
-        scopes = set().union(*(spec.usable_scopes for spec in self.guard.tools.values()))
+        scopes = set().union(*(spec.usable_scopes for spec in self.guard.tools.values() if not spec.conceal))
         return {
             "resource": self.resource,
             "authorization_servers": self.authorization_servers,
@@ -108,6 +112,9 @@ class GuardHTTP:
             principal = await self.verifier.verify(token.strip())
         except Refused:
             return None  # the SDK answers 401
+        except Exception:
+            logger.exception("mcp-guard: verifying a bearer token for a step-up challenge failed")
+            return None
         if spec.conceal and not self.guard.policy.visible(principal, spec):
             return None
         hierarchy = getattr(self.guard.policy, "hierarchy", None)

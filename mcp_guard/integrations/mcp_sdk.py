@@ -147,7 +147,7 @@ class GuardTokenVerifier:
             expires_at=int(principal.expires_at) if principal.expires_at is not None else None,
             resource=self.verifier.issuers[principal.issuer].audience,
             subject=principal.subject,
-            claims=dict(principal.claims),
+            claims={**principal.claims, "iss": principal.issuer, "sub": principal.subject},
         )
 
     def _reject(self, token: str, code: str, message: str | None) -> None:

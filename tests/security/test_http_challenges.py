@@ -73,7 +73,7 @@ async def test_protected_resource_metadata_lists_what_the_tools_need(authority: 
     assert response.json() == {
         "resource": resource,
         "authorization_servers": [authority.issuer],
-        "scopes_supported": ["notes:admin", "notes:read", "notes:write"],
+        "scopes_supported": ["notes:read", "notes:write"],  # the concealed tool's scope stays unadvertised
         "bearer_methods_supported": ["header"],
     }
 
@@ -138,3 +138,9 @@ def test_a_resource_that_cannot_be_quoted_safely_is_refused(guard: Guard, author
     verifier = JWTVerifier([TrustedIssuer(issuer=authority.issuer, audience="https://x.test/mcp")])
     with pytest.raises(ValueError, match="quoted"):
         GuardHTTP(lambda *_: None, guard, verifier, resource='https://x.test/mcp"evil')  # type: ignore[arg-type]
+
+
+async def test_absurd_tokens_get_401_never_500(authority: Authority, resource: str) -> None:
+    for token in (authority.mint(aud=resource, exp=10**400), authority.mint(aud=resource, iat=-(10**30))):
+        response = await post(resource, token, "write_note")
+        assert response.status_code == 401

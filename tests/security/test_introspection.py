@@ -14,7 +14,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from authority import RESOURCE, Authority
-from mcp_guard import Guard, Refused, TrustedIssuer
+from mcp_guard import Guard, GuardTokenVerifier, Refused, TrustedIssuer
 from mcp_guard.identity.rfc7662 import IntrospectionVerifier
 from serving import free_port, guarded_notes, serving
 
@@ -204,3 +204,39 @@ async def test_opaque_tokens_through_the_sdk_over_http(authority: Authority, gua
         async with httpx2.AsyncClient() as raw:
             refused = await raw.post(resource, json={}, headers={"Authorization": "Bearer not-active"})
         assert refused.status_code == 401
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b'{"active": false, "active": true, "sub": "a"}', b"[" * 30000 + b"]" * 30000, b'{"active": true, "sub": NaN}'],
+)
+async def test_answers_are_parsed_strictly(authority: Authority, raw: bytes) -> None:
+    token = f"strict-{len(authority.answers)}"
+    authority.answers[token] = raw
+    assert await code_for(introspector(authority), token) == "introspection_failed"
+
+
+async def test_absurd_time_claims_in_answers(authority: Authority) -> None:
+    authority.answers["absurd"] = answer(authority, exp=10**400)
+    assert await code_for(introspector(authority), "absurd") == "claim_invalid"
+    authority.answers["infinite"] = b'{"active": true, "sub": "a", "exp": 1e999}'
+    assert await code_for(introspector(authority), "infinite") == "claim_invalid"
+
+
+async def test_a_minimal_answer_is_usable_end_to_end(authority: Authority, guard: Guard) -> None:
+    """No iss, no client_id, a deep act chain allowed by configuration: verified, and accepted by the guard."""
+    verifier = IntrospectionVerifier(
+        TrustedIssuer(issuer=authority.issuer, audience=RESOURCE, max_delegation_depth=6),
+        endpoint=f"{authority.issuer}/introspect",
+        client_id=authority.client_id,
+        client_secret=authority.client_secret,
+    )
+    chain: dict[str, Any] = {"sub": "a5"}
+    for name in ("a4", "a3", "a2", "a1"):
+        chain = {"sub": name, "act": chain}
+    authority.answers["minimal"] = {"active": True, "sub": "agent-7", "scope": "notes:read", "act": chain}
+    access = await GuardTokenVerifier(verifier, guard).verify_token("minimal")
+    assert access is not None
+    principal = guard.identifier.identify(access)
+    assert (principal.issuer, principal.client_id) == (authority.issuer, "")
+    assert principal.actor_chain == ("a1", "a2", "a3", "a4", "a5")

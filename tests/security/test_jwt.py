@@ -421,3 +421,87 @@ def test_random_claims_signed_with_a_real_key_pass_only_when_valid(
         assert principal.subject == claims["sub"]
 
     anyio.run(check)
+
+
+async def test_a_cached_token_still_ages_out(authority: Authority) -> None:
+    now = [time.time()]
+    issuer = TrustedIssuer(issuer=authority.issuer, audience=RESOURCE, jwks_uri=authority.jwks_uri, max_token_age=3600)
+    clocked = JWTVerifier([issuer], clock=lambda: now[0])
+    token = authority.mint(iat=now[0], exp=now[0] + 30 * 24 * 3600)
+    assert await clocked.verify(token)
+    now[0] += 2 * 3600
+    assert await refused(clocked, token) == "token_too_old"
+
+
+async def test_a_cached_token_dies_with_its_rotated_out_key(authority: Authority) -> None:
+    verifier = verifier_for(authority)
+    old_key = authority.keys["rsa-1"]
+    token = authority.mint()
+    assert await verifier.verify(token)
+    authority.keys["rsa-1"] = RSAKey.generate_key(2048, parameters={"kid": "rsa-1"})  # rotated in place
+    verifier.jwks.min_refresh_interval = 0
+    verifier.jwks.max_age = 0
+    try:
+        assert await verifier.verify(authority.mint(jti="new"))  # a cache miss refreshes the keys
+        assert await refused(verifier, token) == "signature_invalid"  # the cached verification is stale
+    finally:
+        authority.keys["rsa-1"] = old_key
+
+
+@pytest.mark.parametrize("claims", [{"exp": 10**400}, {"iat": -(10**30)}, {"nbf": 10**12}])
+async def test_absurd_time_claims(authority: Authority, verifier: JWTVerifier, claims: dict[str, Any]) -> None:
+    assert await refused(verifier, authority.mint(**claims)) == "claim_invalid"
+
+
+async def test_one_bad_jwks_entry_does_not_spoil_the_rest(authority: Authority) -> None:
+    good = authority.public_jwks()
+    authority.jwks_body = json.dumps(
+        {"keys": [{"kty": ["RSA"]}, {"kty": "AKP", "alg": "ML-DSA-44"}, *good["keys"]]}
+    ).encode()
+    try:
+        assert await verifier_for(authority).verify(authority.mint())
+    finally:
+        authority.jwks_body = None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"keys": []}',
+        b'{"keys": ["junk", 1, null]}',
+        b'{"keys": [{"kty": "RSA", "use": "enc"}]}',
+        b"[" * 30000 + b"]" * 30000,
+        b'{"keys": [], "keys": []}',
+    ],
+)
+async def test_a_useless_jwks_never_replaces_working_keys(authority: Authority, body: bytes) -> None:
+    verifier = verifier_for(authority)
+    assert await verifier.verify(authority.mint())
+    authority.jwks_body = body
+    verifier.jwks.min_refresh_interval = 0
+    verifier.jwks.max_age = 0
+    try:
+        assert await verifier.verify(authority.mint(jti="after"))  # kept the good keys
+        assert await refused(verifier_for(authority), authority.mint()) == "keys_unavailable"
+    finally:
+        authority.jwks_body = None
+
+
+async def test_failed_discovery_is_not_retried_for_every_token(authority: Authority) -> None:
+    authority.metadata_issuer = authority.issuer + "/someone-else"
+    try:
+        discovering = JWTVerifier([TrustedIssuer(issuer=authority.issuer, audience=RESOURCE)])
+        before = authority.metadata_requests
+        codes = {await refused(discovering, authority.mint(jti=f"d{i}")) for i in range(50)}
+        assert codes == {"keys_unavailable"}
+        assert authority.metadata_requests - before == 1
+    finally:
+        authority.metadata_issuer = None
+
+
+def test_fetchable_urls_need_a_host() -> None:
+    from mcp_guard.identity.rfc8414 import check_fetchable
+
+    for url in ("https:evil", "https:///x", "ftp://h/x", "http://example.test/jwks"):
+        with pytest.raises(ValueError, match="https"):
+            check_fetchable(url)
