@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import secrets
 from enum import StrEnum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from opentelemetry.trace import SpanContext
 
@@ -77,6 +77,32 @@ class AuditEvent(NamedTuple):
         return tuple.__new__(
             cls, (kind, event_id, at, principal, session_id, tool, decision, trace_id, span_id, detail)
         )
+
+    def record(self) -> dict[str, Any]:
+        """The event as plain JSON values: what the audit log stores, and what ``query`` reads."""
+        return {
+            "event_id": self.event_id,
+            "at": self.at,
+            "kind": str(self.kind),
+            "issuer": self.issuer,
+            "subject": self.subject,
+            "client_id": self.client_id,
+            "token_id": self.token_id,
+            "actor_chain": list(self.actor_chain),
+            "session_id": self.session_id,
+            "tool": self.tool,
+            "requested_scopes": sorted(self.requested_scopes),
+            "approved_scopes": sorted(self.approved_scopes),
+            "missing_scopes": sorted(self.missing_scopes),
+            "decision": self.outcome,
+            "reasons": list(self.reasons),
+            "rule_ids": list(self.rule_ids),
+            "policy_id": self.policy_id,
+            "policy_version": self.policy_version,
+            "trace_id": self.trace_id,
+            "span_id": self.span_id,
+            "detail": self.detail,
+        }
 
     @property
     def issuer(self) -> str | None:

@@ -1,0 +1,209 @@
+"""The tamper-evident audit log format: JSON lines, each carrying the hash of the one before.
+
+One entry per line, canonical JSON (sorted keys, no spaces, ASCII), hash member last::
+
+    {"alg":"sha256","event":{...},"kind":"call.decided","prev":"<64 hex>","seq":7,"hash":"<64 hex>"}
+
+``hash`` is SHA-256 (or, with a key, HMAC-SHA-256) of the line's bytes without its hash member,
+and ``prev`` is the hash of the entry before, so editing, deleting, reordering or inserting any
+entry breaks the chain at that entry. Each file opens with a ``chain.file`` entry and a rotated
+file ends with ``chain.rotated``; the next file continues the same chain. Without a key anyone
+can recompute a consistent chain, so keep a key (or ship the hashes elsewhere) for integrity
+against someone with write access.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "GENESIS",
+    "ChainState",
+    "Verdict",
+    "anchor_path",
+    "digest",
+    "entry_line",
+    "read_lines",
+    "verify_files",
+    "verify_lines",
+]
+
+GENESIS = "0" * 64
+"""``prev`` of the very first entry of a chain."""
+
+FILE_START = "chain.file"
+FILE_ROTATED = "chain.rotated"
+
+_HASH_MEMBER = ',"hash":"'
+
+
+@dataclass
+class ChainState:
+    """Where a chain stands: the next sequence number and the last entry's hash."""
+
+    seq: int = 0
+    last_hash: str = GENESIS
+
+
+def entry_line(state: ChainState, kind: str, event: Mapping[str, Any], key: bytes | None = None) -> str:
+    """The next line of the chain for ``event``, advancing ``state``; ends with a newline."""
+    body = json.dumps(
+        {
+            "alg": "hmac-sha256" if key else "sha256",
+            "event": event,
+            "kind": kind,
+            "prev": state.last_hash,
+            "seq": state.seq,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=True,
+    )
+    entry_hash = digest(body.encode("ascii"), key)
+    state.seq += 1
+    state.last_hash = entry_hash
+    return f'{body[:-1]}{_HASH_MEMBER}{entry_hash}"}}\n'
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of verifying a chain: intact, or where and how it first breaks."""
+
+    ok: bool
+    entries: int
+    problem: str | None = None
+    file: str | None = None
+    line: int | None = None
+    seq: int | None = None
+    last_seq: int | None = None
+    last_hash: str | None = None
+
+    def __str__(self) -> str:
+        if self.ok:
+            return f"intact: {self.entries} entries, up to entry {self.last_seq}"
+        where = f"{self.file}:{self.line}" if self.file else f"line {self.line}"
+        return f"BROKEN at {where} (entry {self.seq}): {self.problem}"
+
+
+def verify_lines(files: Iterable[tuple[str, Iterable[bytes]]], key: bytes | None = None) -> Verdict:
+    """Verify the lines of one chain, spread over ``files`` in order (name, lines).
+
+    With a key, every entry must be HMAC'd with it; without one, SHA-256 entries verify and
+    HMAC entries are reported as needing the key.
+    """
+    expected_seq, prev, entries, rotated = -1, GENESIS, 0, False
+    for index, (name, lines) in enumerate(files):
+        first = True
+        for number, raw in enumerate(lines, start=1):
+            problem = None
+            try:
+                entry, body, stored = _parse(raw)
+            except ValueError as error:
+                return Verdict(False, entries, f"truncated or corrupt line ({error})", name, number, expected_seq)
+            seq = entry.get("seq")
+            if expected_seq < 0:  # a chain may be verified from any of its files on
+                if entry.get("kind") != FILE_START or not isinstance(seq, int):
+                    problem = "head missing (a log must start with a chain.file entry)"
+                    return Verdict(False, entries, problem, name, number, seq if isinstance(seq, int) else None)
+                expected_seq, prev = seq, str(entry.get("prev"))
+            if entry.get("alg") == "hmac-sha256" and key is None:
+                return Verdict(False, entries, "entry is HMAC'd: verify with its key (--key)", name, number, seq)
+            if key is not None and entry.get("alg") != "hmac-sha256":
+                problem = "entry is not HMAC'd with the key: rewritten or forged"
+            elif not hmac.compare_digest(digest(body, key), stored):
+                problem = "forged (HMAC does not verify)" if key else "edited (hash does not match the entry)"
+            elif not isinstance(seq, int) or seq != expected_seq:
+                problem = _sequence_problem(seq, expected_seq)
+            elif entry.get("prev") != prev:
+                problem = "spliced (does not continue the previous entry)"
+            elif first and entry.get("kind") != FILE_START:
+                problem = "head missing (a file must start with a chain.file entry)"
+            elif first and index > 0 and not rotated:
+                problem = "spliced (the previous file was not rotated into this one)"
+            if problem is not None:
+                return Verdict(False, entries, problem, name, number, seq if isinstance(seq, int) else None)
+            rotated = entry.get("kind") == FILE_ROTATED
+            prev, expected_seq, entries, first = stored, expected_seq + 1, entries + 1, False
+    return Verdict(True, entries, last_seq=expected_seq - 1, last_hash=prev)
+
+
+def verify_files(paths: list[str], key: bytes | None = None) -> Verdict:
+    """Verify log files (in chain order), and the anchor beside the last one when it is there.
+
+    The anchor names the last entry written; a log that ends before it was cut short.
+    """
+    verdict = verify_lines(((path, read_lines(path)) for path in paths), key)
+    anchor = anchor_path(paths[-1]) if paths else None
+    if not verdict.ok or anchor is None or not anchor.exists():
+        return verdict
+    try:
+        document = json.loads(anchor.read_text(encoding="ascii"))
+        body = json.dumps(document["anchor"], sort_keys=True, separators=(",", ":")).encode("ascii")
+        seq, anchored_hash = int(document["anchor"]["seq"]), str(document["anchor"]["hash"])
+        genuine = hmac.compare_digest(digest(body, key), str(document["mac"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return Verdict(False, verdict.entries, f"the anchor {anchor} is unreadable", str(anchor))
+    if not genuine:
+        return Verdict(
+            False, verdict.entries, f"the anchor {anchor} does not verify (edited, or another key)", str(anchor)
+        )
+    last = verdict.last_seq if verdict.last_seq is not None else -1
+    if last < seq:
+        problem = f"truncated (entries {last + 1}..{seq} are missing from the end)"
+        return Verdict(False, verdict.entries, problem, paths[-1], None, last + 1, verdict.last_seq, verdict.last_hash)
+    if last == seq and verdict.last_hash != anchored_hash:
+        return Verdict(
+            False, verdict.entries, "rewritten (the last entry is not the one anchored)", paths[-1], None, seq
+        )
+    return verdict
+
+
+def anchor_path(path: str | os.PathLike[str]) -> Path:
+    """Where the anchor of the log at ``path`` is kept."""
+    return Path(f"{os.fspath(path)}.anchor")
+
+
+def _parse(raw: bytes) -> tuple[dict[str, Any], bytes, str]:
+    """The entry, the bytes its hash covers, and the stored hash, from one raw line."""
+    if not raw.endswith(b"\n"):
+        raise ValueError("no line end")
+    line = raw[:-1]
+    cut = line.rfind(_HASH_MEMBER.encode())
+    if cut < 0 or not line.endswith(b'"}') or len(line) - cut != len(_HASH_MEMBER) + 64 + 2:
+        raise ValueError("no hash member at the end")
+    stored = line[cut + len(_HASH_MEMBER) : -2].decode("ascii", "replace")
+    body = line[:cut] + b"}"
+    entry = json.loads(line)
+    if not isinstance(entry, dict):
+        raise ValueError("not an object")
+    return entry, body, stored
+
+
+def _sequence_problem(seq: object, expected: int) -> str:
+    if not isinstance(seq, int):
+        return "edited (no sequence number)"
+    if seq > expected:
+        return f"deleted (entries {expected}..{seq - 1} are missing)"
+    if seq == expected - 1:
+        return "duplicated (repeats the previous entry)"
+    return f"reordered (entry {seq} appears where {expected} belongs)"
+
+
+def digest(body: bytes, key: bytes | None) -> str:
+    """SHA-256 of ``body``, or HMAC-SHA-256 with ``key``, in hex."""
+    if key:
+        return hmac.new(key, body, hashlib.sha256).hexdigest()
+    return hashlib.sha256(body).hexdigest()
+
+
+def read_lines(path: str) -> Iterator[bytes]:
+    """The raw lines of a log file, each with its line end (a last line without one is truncated)."""
+    with open(path, "rb") as file:
+        yield from file

@@ -1,0 +1,197 @@
+"""The chained audit log on disk: a sink that never blocks the call path.
+
+``emit`` puts the event on a bounded queue; one writer thread serialises, hashes and appends in
+batches, so concurrent callers (tasks and threads) can neither interleave partial lines nor
+fork the chain. After each batch it updates ``<path>.anchor`` with the last entry's sequence
+number and hash, which is how `verify` notices whole entries cut off the end of the log.
+
+When writing fails (a full disk, an unwritable file) or the queue is full, ``failure="deny"``
+(the default) makes ``emit`` raise, so the guard denies new calls rather than serve them
+unrecorded; ``failure="buffer"`` keeps queueing (up to the bound), logs an alarm, and retries.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Literal
+
+from mcp_guard.audit.chain import FILE_ROTATED, FILE_START, GENESIS, ChainState, anchor_path, digest, entry_line
+from mcp_guard.audit.events import AuditEvent
+
+__all__ = ["AuditLogError", "FileAuditSink"]
+
+logger = logging.getLogger("mcp_guard")
+
+Failure = Literal["deny", "buffer"]
+
+
+class AuditLogError(OSError):
+    """The audit log cannot take the event: the call that produced it must not go ahead."""
+
+
+class FileAuditSink:
+    """Appends events to a hash-chained JSON-lines file, rotating at ``max_bytes``.
+
+    Rotated files are renamed ``<stem>.<n>.jsonl`` (n counting up, zero-padded) and the chain
+    continues into the fresh file. Restarting on an existing log continues its chain. ``key``
+    turns the hashes into HMACs; keep it apart from the log.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        key: bytes | None = None,
+        max_bytes: int = 64 * 1024 * 1024,
+        failure: Failure = "deny",
+        queue_size: int = 100_000,
+        flush_interval: float = 0.05,
+    ) -> None:
+        if failure not in ("deny", "buffer"):
+            raise ValueError(f"failure must be 'deny' or 'buffer', not {failure!r}")
+        self.path = Path(path)
+        self.key = key
+        self.max_bytes = max_bytes
+        self.failure = failure
+        self.queue_size = queue_size
+        self.flush_interval = flush_interval
+        self.written = 0
+        self._queue: deque[AuditEvent] = deque()
+        self._wake = threading.Condition()
+        self._error: BaseException | None = None
+        self._closed = False
+        self._state = _resume(self.path, key)
+        self._thread = threading.Thread(target=self._run, name="mcp-guard-audit", daemon=True)
+        self._thread.start()
+
+    def emit(self, event: AuditEvent) -> None:
+        """Queue ``event``; raise `AuditLogError` when the log cannot take it (in deny mode)."""
+        if self.failure == "deny" and self._error is not None:
+            raise AuditLogError(f"the audit log {self.path} is failing: {self._error}")
+        if len(self._queue) >= self.queue_size:
+            if self.failure == "deny":
+                raise AuditLogError(f"the audit log {self.path} is {self.queue_size} events behind")
+            logger.error("mcp-guard: audit log %s is full; dropping an event", self.path)
+            return
+        self._queue.append(event)
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait until everything queued so far is written.
+
+        Raises `AuditLogError` at once when writing fails in deny mode, and when ``timeout``
+        passes first in buffer mode (where the writer keeps retrying).
+        """
+        deadline = time.monotonic() + timeout
+        with self._wake:
+            self._wake.notify()
+        while self._queue:
+            if self._error is not None and self.failure == "deny":
+                raise AuditLogError(f"the audit log {self.path} is failing: {self._error}")
+            if time.monotonic() > deadline:
+                raise AuditLogError(f"the audit log {self.path} did not drain in {timeout} s: {self._error}")
+            time.sleep(0.001)
+        with self._wake:  # the writer may still hold the last batch
+            pass
+
+    def close(self) -> None:
+        """Write what is queued and stop the writer."""
+        self._closed = True
+        with self._wake:
+            self._wake.notify()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                if not self._queue and not self._closed:
+                    self._wake.wait(self.flush_interval)
+                batch = [self._queue.popleft() for _ in range(len(self._queue))]
+                if batch:
+                    self._write_batch(batch)
+            if self._closed and not self._queue:
+                return
+
+    def _write_batch(self, batch: list[AuditEvent]) -> None:
+        """Append a batch; on failure, requeue it in order and remember the error."""
+        try:
+            if self.path.exists() and self.path.stat().st_size >= self.max_bytes:
+                self._rotate()
+            lines = []
+            state = ChainState(self._state.seq, self._state.last_hash)
+            if not self.path.exists() or self.path.stat().st_size == 0:
+                lines.append(entry_line(state, FILE_START, {"file": self.path.name}, self.key))
+            lines.extend(entry_line(state, event.kind, event.record(), self.key) for event in batch)
+            self._append(lines, state)
+            self.written += len(batch)
+            if self._error is not None:
+                logger.warning("mcp-guard: audit log %s is writable again", self.path)
+            self._error = None
+        except OSError as error:
+            if self._error is None:
+                logger.error("mcp-guard: audit log %s failed: %s", self.path, error)
+            self._error = error
+            self._queue.extendleft(reversed(batch))
+            time.sleep(self.flush_interval)
+
+    def _append(self, lines: list[str], state: ChainState) -> None:
+        """Write whole lines durably, then adopt the chain state they lead to."""
+        with open(self.path, "a", encoding="ascii") as file:
+            file.write("".join(lines))
+            file.flush()
+            os.fsync(file.fileno())
+        self._state = state
+        _write_anchor(self.path, state, self.key)
+
+    def _rotate(self) -> None:
+        """Seal the current file and move it aside; the chain continues in a fresh file."""
+        segment = _next_segment(self.path)
+        state = ChainState(self._state.seq, self._state.last_hash)
+        self._append([entry_line(state, FILE_ROTATED, {"next": self.path.name, "as": segment.name}, self.key)], state)
+        os.replace(self.path, segment)
+
+
+def _next_segment(path: Path) -> Path:
+    """``audit.jsonl`` rotates to ``audit.00001.jsonl``, ``audit.00002.jsonl``, ..."""
+    taken = [
+        int(found.suffixes[-2][1:])
+        for found in path.parent.glob(f"{path.stem}.*{path.suffix}")
+        if len(found.suffixes) >= 2 and found.suffixes[-2][1:].isdigit()
+    ]
+    return path.with_name(f"{path.stem}.{max(taken, default=0) + 1:05d}{path.suffix}")
+
+
+def _resume(path: Path, key: bytes | None) -> ChainState:
+    """The chain state after the last entry of an existing log, or a fresh chain.
+
+    A last line left half-written by a crash never completed an entry: it is cut off (and the
+    cut logged), so the chain goes on from the last whole entry.
+    """
+    if not path.exists() or path.stat().st_size == 0:
+        return ChainState(0, GENESIS)
+    data = path.read_bytes()
+    whole = data[: data.rfind(b"\n") + 1]
+    if len(whole) != len(data):
+        logger.warning(
+            "mcp-guard: audit log %s ended in a torn line of %d bytes; cut off", path, len(data) - len(whole)
+        )
+        with open(path, "r+b") as file:
+            file.truncate(len(whole))
+    if not whole:
+        return ChainState(0, GENESIS)
+    last = json.loads(whole[whole.rfind(b"\n", 0, len(whole) - 1) + 1 :])
+    return ChainState(int(last["seq"]) + 1, str(last["hash"]))
+
+
+def _write_anchor(path: Path, state: ChainState, key: bytes | None) -> None:
+    """Record the last entry atomically beside the log, so truncation at a line boundary shows."""
+    body = json.dumps({"hash": state.last_hash, "seq": state.seq - 1}, sort_keys=True, separators=(",", ":"))
+    target = anchor_path(path)
+    temporary = target.with_name(target.name + ".tmp")
+    temporary.write_text(f'{{"anchor":{body},"mac":"{digest(body.encode(), key)}"}}\n', encoding="ascii")
+    os.replace(temporary, target)

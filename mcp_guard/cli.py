@@ -1,0 +1,168 @@
+"""The ``mcp-guard`` command.
+
+    mcp-guard audit verify FILE...        prove the chain intact, or name its first broken entry
+    mcp-guard audit query FILE... [filters] [--format table|jsonl]
+    mcp-guard audit show EVENT_ID FILE...
+
+Files are given in chain order (rotated segments first, the live file last). HMAC'd logs need
+their key: ``--key-file PATH`` or ``--key-env NAME``. ``verify`` exits 0 when the chain is
+intact and 1 when it is not; every command exits 2 on a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import Any
+
+from mcp_guard.audit.chain import read_lines, verify_files
+
+__all__ = ["main"]
+
+_COLUMNS = ("at", "kind", "subject", "client_id", "tool", "decision", "reasons", "session_id")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args))
+    except (OSError, ValueError) as error:
+        print(f"mcp-guard: {error}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mcp-guard", description="Authorization and audit for MCP servers.")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    audit = commands.add_parser("audit", help="verify and search the chained audit log").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+
+    verify = audit.add_parser("verify", help="prove the chain intact, or name its first broken entry")
+    verify.add_argument("files", nargs="+", metavar="FILE")
+    _key_options(verify)
+    verify.set_defaults(run=_verify)
+
+    query = audit.add_parser("query", help="find events")
+    query.add_argument("files", nargs="+", metavar="FILE")
+    for name in ("session", "subject", "client", "tool", "scope", "kind"):
+        query.add_argument(f"--{name}")
+    query.add_argument("--decision", choices=["allowed", "trimmed", "denied"])
+    query.add_argument("--since", type=_instant, help="ISO 8601 time or seconds since the epoch")
+    query.add_argument("--until", type=_instant, help="ISO 8601 time or seconds since the epoch")
+    query.add_argument("--format", choices=["table", "jsonl"], default="table")
+    query.set_defaults(run=_query)
+
+    show = audit.add_parser("show", help="print one event in full")
+    show.add_argument("event_id", metavar="EVENT_ID")
+    show.add_argument("files", nargs="+", metavar="FILE")
+    show.set_defaults(run=_show)
+    return parser
+
+
+def _key_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--key-file", help="file holding the HMAC key")
+    group.add_argument("--key-env", help="environment variable holding the HMAC key")
+
+
+def _key(args: argparse.Namespace) -> bytes | None:
+    if args.key_file:
+        with open(args.key_file, "rb") as file:
+            return file.read().strip()
+    if args.key_env:
+        value = os.environ.get(args.key_env)
+        if not value:
+            raise ValueError(f"the environment variable {args.key_env} holds no key")
+        return value.encode()
+    return None
+
+
+def _verify(args: argparse.Namespace) -> int:
+    verdict = verify_files(list(args.files), _key(args))
+    print(verdict)
+    return 0 if verdict.ok else 1
+
+
+def _events(files: Sequence[str]) -> Iterator[dict[str, Any]]:
+    """The audit events in ``files``, chain bookkeeping entries left out; unreadable lines skipped."""
+    for path in files:
+        for raw in read_lines(path):
+            try:
+                entry = json.loads(raw)
+            except ValueError:
+                continue
+            if (
+                isinstance(entry, dict)
+                and not str(entry.get("kind", "")).startswith("chain.")
+                and isinstance(entry.get("event"), dict)
+            ):
+                yield entry["event"]
+
+
+def _query(args: argparse.Namespace) -> int:
+    wanted = {
+        "session_id": args.session,
+        "subject": args.subject,
+        "client_id": args.client,
+        "tool": args.tool,
+        "kind": args.kind,
+        "decision": args.decision,
+    }
+    found = 0
+    if args.format == "table":
+        print("  ".join(f"{column:<20}" for column in _COLUMNS))
+    for event in _events(args.files):
+        if any(value is not None and event.get(field) != value for field, value in wanted.items()):
+            continue
+        scopes = {
+            *event.get("requested_scopes", []),
+            *event.get("approved_scopes", []),
+            *event.get("missing_scopes", []),
+        }
+        if args.scope is not None and args.scope not in scopes:
+            continue
+        at = event.get("at", 0)
+        if (args.since is not None and at < args.since) or (args.until is not None and at > args.until):
+            continue
+        found += 1
+        if args.format == "jsonl":
+            print(json.dumps(event, sort_keys=True))
+        else:
+            print("  ".join(f"{_cell(column, event.get(column)):<20}" for column in _COLUMNS))
+    if args.format == "table":
+        print(f"{found} events")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    for event in _events(args.files):
+        if event.get("event_id") == args.event_id:
+            print(json.dumps(event, indent=2, sort_keys=True))
+            return 0
+    print(f"mcp-guard: no event {args.event_id!r}", file=sys.stderr)
+    return 1
+
+
+def _cell(column: str, value: object) -> str:
+    if column == "at" and isinstance(value, int | float):
+        return datetime.fromtimestamp(value).isoformat(timespec="seconds")
+    if isinstance(value, list):
+        return ",".join(str(item) for item in value) or "-"
+    return "-" if value is None else str(value)[:40]
+
+
+def _instant(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return datetime.fromisoformat(text).timestamp()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,266 @@
+"""The tamper-evident audit log: written by the guard, verified, searched, and attacked."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from mcp import Client
+
+from mcp_guard import EventKind, Guard, ReasonCode
+from mcp_guard.audit.chain import ChainState, anchor_path, entry_line, verify_files
+from mcp_guard.audit.events import AuditEvent
+from mcp_guard.audit.file import AuditLogError, FileAuditSink
+from mcp_guard.testing import access_token, acting_as
+from support import notes_server
+
+pytestmark = pytest.mark.anyio
+
+ENTRIES = 12
+
+
+def written_log(directory: Path, entries: int = ENTRIES, key: bytes | None = None, name: str = "audit.jsonl") -> Path:
+    """A closed log of ``entries`` events, written by the real sink."""
+    path = directory / name
+    sink = FileAuditSink(path, key=key)
+    for index in range(entries):
+        sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, 1_900_000_000.0 + index, tool=f"tool_{index}"))
+    sink.flush()
+    sink.close()
+    return path
+
+
+def broken_at(path: Path, key: bytes | None = None) -> tuple[int | None, str]:
+    verdict = verify_files([str(path)], key)
+    assert not verdict.ok, "the tampering went unnoticed"
+    return verdict.line, verdict.problem or ""
+
+
+async def test_the_guard_writes_a_chained_log_that_verifies_and_searches(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    sink = FileAuditSink(path)
+    guard = Guard(audit=[sink])
+    credential = access_token("alice", "notes:read", jti="jti-a")
+    with acting_as(credential):
+        async with Client(notes_server(guard)) as client:
+            await client.call_tool("read_note", {"title": "welcome"})
+            with pytest.raises(Exception):  # noqa: B017, PT011 - the denial itself is tested elsewhere
+                await client.call_tool("write_note", {"title": "t", "text": "x"})
+    sink.close()
+    verdict = verify_files([str(path)])
+    assert verdict.ok, verdict
+    events = [json.loads(line)["event"] for line in path.read_text().splitlines()[1:]]
+    decided = [event for event in events if event["kind"] == "call.decided"]
+    assert [(e["tool"], e["decision"], e["reasons"]) for e in decided] == [
+        ("read_note", "allowed", ["allowed"]),
+        ("write_note", "denied", ["insufficient_scope"]),
+    ]
+    assert decided[1]["missing_scopes"] == ["notes:write"]
+    assert decided[0]["token_id"] == "jti-a"
+    assert credential.token not in path.read_text()  # no bearer string in the log
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_editing_any_byte_is_caught_on_its_line(tmp_path: Path, data: st.DataObject) -> None:
+    path = written_log(tmp_path) if not (tmp_path / "audit.jsonl").exists() else tmp_path / "audit.jsonl"
+    original = path.read_bytes()
+    position = data.draw(st.integers(0, len(original) - 1))
+    replacement = data.draw(st.integers(0, 255).filter(lambda byte: byte != original[position]))
+    try:
+        path.write_bytes(original[:position] + bytes([replacement]) + original[position + 1 :])
+        line, _ = broken_at(path)
+        assert line == original[:position].count(b"\n") + 1
+    finally:
+        path.write_bytes(original)
+
+
+@pytest.mark.parametrize("index", [0, 1, 5, ENTRIES - 1, ENTRIES])
+def test_deleting_a_line_is_caught_where_it_was(tmp_path: Path, index: int) -> None:
+    path = written_log(tmp_path)
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:index] + lines[index + 1 :]))
+    line, problem = broken_at(path)
+    if index == len(lines) - 1:
+        assert "truncated" in problem  # only the anchor can tell the last entry is gone
+    else:
+        assert line == index + 1
+        assert ("head missing" if index == 0 else "deleted") in problem
+
+
+@pytest.mark.parametrize("index", [1, 4, ENTRIES])
+def test_duplicating_or_reordering_lines(tmp_path: Path, index: int) -> None:
+    path = written_log(tmp_path)
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join([*lines[: index + 1], lines[index], *lines[index + 1 :]]))
+    assert broken_at(path) == (index + 2, "duplicated (repeats the previous entry)")
+    swapped = [*lines[: index - 1], lines[index], lines[index - 1], *lines[index + 1 :]]
+    path.write_bytes(b"".join(swapped))
+    assert broken_at(path)[0] == index
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_truncating_anywhere_is_caught(tmp_path: Path, data: st.DataObject) -> None:
+    path = written_log(tmp_path) if not (tmp_path / "audit.jsonl").exists() else tmp_path / "audit.jsonl"
+    original = path.read_bytes()
+    cut = data.draw(st.integers(0, len(original) - 1))
+    try:
+        path.write_bytes(original[:cut])
+        _, problem = broken_at(path)
+        assert "truncated" in problem
+    finally:
+        path.write_bytes(original)
+
+
+def test_splicing_two_logs_is_caught(tmp_path: Path) -> None:
+    first = written_log(tmp_path, name="a.jsonl")
+    second = written_log(tmp_path, name="b.jsonl")
+    spliced = tmp_path / "spliced.jsonl"
+    spliced.write_bytes(first.read_bytes() + second.read_bytes())
+    line, _ = broken_at(spliced)
+    assert line == ENTRIES + 2  # the first line of the second log
+    verdict = verify_files([str(first), str(second)])
+    assert not verdict.ok
+    assert verdict.file == str(second)
+
+
+def test_hmac_keyed_logs(tmp_path: Path) -> None:
+    key = b"a key kept somewhere else"
+    path = written_log(tmp_path, key=key)
+    assert verify_files([str(path)], key).ok
+    assert "--key" in broken_at(path)[1]
+    assert "forged" in broken_at(path, b"another key")[1]
+    rewritten = tmp_path / "rewritten.jsonl"  # a forger without the key rebuilds a plain chain
+    state, lines = ChainState(), []
+    for raw in path.read_text().splitlines():
+        entry = json.loads(raw)
+        lines.append(entry_line(state, entry["kind"], entry["event"]))
+    rewritten.write_text("".join(lines))
+    assert "not HMAC'd" in broken_at(rewritten, key)[1]
+
+
+def test_concurrent_writers_never_interleave_or_fork(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    sink = FileAuditSink(path)
+
+    def write(worker: int) -> None:
+        for index in range(400):
+            sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, time.time(), tool=f"w{worker}-{index}"))
+
+    async def tasks() -> None:
+        async def one(index: int) -> None:
+            for round_ in range(20):
+                sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, time.time(), tool=f"task{index}-{round_}"))
+                await anyio.sleep(0)
+
+        async with anyio.create_task_group() as group:
+            for index in range(40):
+                group.start_soon(one, index)
+
+    threads = [threading.Thread(target=write, args=(worker,)) for worker in range(8)]
+    for thread in threads:
+        thread.start()
+    anyio.run(tasks)
+    for thread in threads:
+        thread.join()
+    sink.close()
+    verdict = verify_files([str(path)])
+    assert verdict.ok, verdict
+    assert verdict.entries == 1 + 8 * 400 + 40 * 20
+
+
+async def test_a_full_disk_denies_new_calls_by_default(tmp_path: Path) -> None:
+    sink = FileAuditSink("/dev/full", flush_interval=0.01)
+    guard = Guard(audit=[sink])
+    with acting_as(access_token("alice", "notes:read")):
+        async with Client(notes_server(guard)) as client:
+            await client.call_tool("read_note", {"title": "welcome"})  # queued; the write fails behind it
+            with pytest.raises(AuditLogError):
+                sink.flush(timeout=2)
+            result = await guard.authorize("read_note", {}, access_token("alice", "notes:read"))
+            assert result.decision.reason.code == ReasonCode.GUARD_ERROR
+
+
+def test_buffer_mode_keeps_serving_and_writes_once_it_can(tmp_path: Path) -> None:
+    missing = tmp_path / "not-yet" / "audit.jsonl"
+    sink = FileAuditSink(missing, failure="buffer", flush_interval=0.01)
+    for index in range(5):
+        sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, time.time(), tool=f"t{index}"))
+    time.sleep(0.1)
+    with pytest.raises(AuditLogError):
+        sink.flush(timeout=0.2)
+    missing.parent.mkdir()
+    sink.flush(timeout=5)
+    sink.close()
+    verdict = verify_files([str(missing)])
+    assert verdict.ok
+    assert verdict.entries == 6
+
+
+def test_rotation_keeps_one_chain_across_files(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    sink = FileAuditSink(path, max_bytes=1500)
+    for index in range(20):
+        sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, time.time(), tool=f"t{index}"))
+        sink.flush()
+    sink.close()
+    segments = sorted(str(found) for found in tmp_path.glob("audit.0*.jsonl"))
+    assert len(segments) >= 3
+    assert verify_files([*segments, str(path)]).ok
+    assert verify_files([str(path)]).ok  # the live file alone verifies from its own start
+    assert not verify_files([*reversed(segments), str(path)]).ok
+    assert not verify_files([segments[0], str(path)]).ok  # a segment left out
+
+
+def test_a_torn_last_line_is_cut_off_when_the_log_reopens(tmp_path: Path) -> None:
+    path = written_log(tmp_path)
+    with open(path, "ab") as file:
+        file.write(b'{"alg":"sha256","event":{"half')
+    sink = FileAuditSink(path)
+    sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, time.time(), tool="after-crash"))
+    sink.close()
+    assert verify_files([str(path)]).ok
+
+
+def mcp_guard(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "mcp_guard.cli", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=check)
+
+
+def test_the_cli(tmp_path: Path) -> None:
+    path = written_log(tmp_path)
+    result = mcp_guard("audit", "verify", str(path), check=True)
+    assert result.stdout.startswith("intact: 13 entries")
+    rows = mcp_guard("audit", "query", str(path), "--tool", "tool_3", "--format", "jsonl", check=True).stdout
+    [event] = [json.loads(row) for row in rows.splitlines()]
+    assert event["tool"] == "tool_3"
+    shown = mcp_guard("audit", "show", event["event_id"], str(path), check=True).stdout
+    assert json.loads(shown) == event
+    table = mcp_guard("audit", "query", str(path), "--since", "1900000005", "--until", "1900000007", check=True)
+    assert table.stdout.strip().endswith("3 events")
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:3] + lines[4:]))
+    broken = mcp_guard("audit", "verify", str(path))
+    assert broken.returncode == 1
+    assert "BROKEN" in broken.stdout and ":4 " in broken.stdout
+    assert mcp_guard("audit", "show", "no-such-event", str(path)).returncode == 1
+    assert mcp_guard("audit", "verify", str(tmp_path / "missing.jsonl")).returncode == 2
+
+
+def test_the_anchor_itself_is_checked(tmp_path: Path) -> None:
+    path = written_log(tmp_path)
+    anchor = anchor_path(path)
+    document: dict[str, Any] = json.loads(anchor.read_text())
+    document["anchor"]["seq"] += 5
+    anchor.write_text(json.dumps(document))
+    assert "does not verify" in broken_at(path)[1]
