@@ -9,8 +9,10 @@ from pathlib import Path
 DEMO = Path(__file__).parent.parent / "examples" / "quickstart" / "demo.py"
 
 
-def test_the_quickstart_walkthrough() -> None:
-    result = subprocess.run([sys.executable, str(DEMO)], capture_output=True, text=True, timeout=120, check=True)
+def test_the_quickstart_walkthrough(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(DEMO)], capture_output=True, text=True, timeout=120, check=True, cwd=tmp_path
+    )
     out = result.stdout
     assert "tools/list shows: ['read_note']" in out
     assert "allowed  read_note" in out
@@ -20,4 +22,8 @@ def test_the_quickstart_walkthrough() -> None:
     assert "'reason': 'session_revoked'" in out
     assert "decision=trimmed" in out and "status=ERROR" in out
     assert "session.revoked" in out
-    assert "test-" not in out  # no bearer string anywhere in the output
+    assert "quickstart-audit.jsonl; mcp-guard audit verify says:" in out
+    chained = (tmp_path / "quickstart-audit.jsonl").read_text()
+    for bearer in ("reader-token", "writer-token", "admin-token"):  # what the clients sent
+        assert bearer not in chained
+    assert "intact: " in out

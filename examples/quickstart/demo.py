@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -27,8 +28,13 @@ from opentelemetry.trace import SpanKind
 from server import DEMO_TOKENS, build_guard, build_server
 
 from mcp_guard import EventKind, Guard, MemoryAuditSink
+from mcp_guard.audit.chain import anchor_path
+from mcp_guard.audit.file import FileAuditSink
+from mcp_guard.cli import main as cli
 
 SPANS = InMemorySpanExporter()
+AUDIT_LOG = Path("quickstart-audit.jsonl")
+"""Where the demo writes its chained audit log: the working tree (git ignores *.jsonl)."""
 
 
 def heading(text: str) -> None:
@@ -130,14 +136,21 @@ def main() -> None:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(SPANS))
     trace.set_tracer_provider(provider)
+    AUDIT_LOG.unlink(missing_ok=True)  # a fresh chain for every run
+    anchor_path(AUDIT_LOG).unlink(missing_ok=True)
     print("mcp-guard quickstart: a notes server on 127.0.0.1 with three demo identities")
     for bearer, token in DEMO_TOKENS.items():
         print(f"   {bearer:<13} -> {token.subject} ({token.client_id}) granted: {' '.join(token.scopes)}")
-    guard = build_guard()
+    chained = FileAuditSink(AUDIT_LOG)
+    guard = build_guard(MemoryAuditSink(), chained)
     with serving(guard) as url:
         anyio.run(walkthrough, url, guard)
+    chained.close()
     show_spans()
     show_audit(guard)
+    heading(f"The same trail, hash-chained, in {AUDIT_LOG.resolve()}; mcp-guard audit verify says:")
+    print("   ", end="")
+    cli(["audit", "verify", str(AUDIT_LOG)])
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import MCPServer
 
-from mcp_guard import Guard, GuardMiddleware, Risk, SessionOwners, SessionSettings, current_call
+from mcp_guard import AuditSink, Guard, GuardMiddleware, Risk, SessionOwners, SessionSettings, current_call
+from mcp_guard.audit.file import FileAuditSink
 from mcp_guard.testing import StaticTokenVerifier, access_token
 
 ISSUER = "https://auth.example.test"
@@ -28,9 +29,11 @@ DEMO_TOKENS: dict[str, AccessToken] = {
 """Bearer strings the demo accepts. A real server verifies tokens from its authorization server."""
 
 
-def build_guard() -> Guard:
+def build_guard(*sinks: AuditSink) -> Guard:
+    """The notes guard; decisions go to ``sinks`` (an in-memory log when none are given)."""
     return Guard(
         scope_hierarchy={"notes:write": "notes:read"},
+        audit=sinks or None,
         session_settings=SessionSettings(
             purpose="notes assistant",
             idle_ttl=10 * 60,
@@ -81,7 +84,9 @@ def main() -> None:
     print("Demo bearer tokens:")
     for bearer, token in DEMO_TOKENS.items():
         print(f"  {bearer:<14} {token.subject} / {token.client_id}: {' '.join(token.scopes)}")
-    app = build_server(build_guard()).streamable_http_app()
+    log = FileAuditSink("notes-audit.jsonl")
+    print(f"Audit log: {log.path.resolve()} (check it with: mcp-guard audit verify {log.path})")
+    app = build_server(build_guard(log)).streamable_http_app()
     uvicorn.run(app, host="127.0.0.1", port=8000)
 
 
