@@ -15,7 +15,18 @@ from joserfc.jwk import ECKey, Key, KeySet, RSAKey
 from mcp.server.auth.provider import AccessToken
 from mcp.server.mcpserver import MCPServer
 
-from mcp_guard import Guard, GuardMiddleware, JWKSCache, JWTVerifier, MemoryAuditSink, ToolSpec, TrustedIssuer
+from mcp_guard import (
+    AuditSink,
+    Guard,
+    GuardMiddleware,
+    JWKSCache,
+    JWTVerifier,
+    MemoryAuditSink,
+    ToolSpec,
+    TrustedIssuer,
+)
+from mcp_guard.audit.events import AuditEvent, EventKind
+from mcp_guard.model import Decision, Principal
 from mcp_guard.testing import access_token
 
 T = TypeVar("T")
@@ -55,9 +66,9 @@ def warm(guard: Guard) -> tuple[AccessToken, dict[str, Any]]:
     return token, arguments
 
 
-def notes_server(guarded: bool) -> MCPServer:
-    """A server with one trivial async tool, with or without the guard."""
-    guard = Guard(audit=[MemoryAuditSink(maxlen=1024)])
+def notes_server(guarded: bool, *sinks: AuditSink) -> MCPServer:
+    """A server with one trivial async tool, with or without the guard (recording to ``sinks``)."""
+    guard = Guard(audit=sinks or [MemoryAuditSink(maxlen=1024)])
     server = MCPServer("bench", middleware=[GuardMiddleware(guard)] if guarded else [])
 
     async def echo(text: str) -> str:
@@ -69,6 +80,18 @@ def notes_server(guarded: bool) -> MCPServer:
 
 ISSUER = "https://auth.bench.test"
 RESOURCE = "https://mcp.bench.test/mcp"
+
+
+def decided_events(count: int) -> list[AuditEvent]:
+    """``count`` realistic decision events: a principal with five scopes, a trimmed decision."""
+    principal = Principal(ISSUER, "agent-7", "agent-app", frozenset(SCOPES.split()), (RESOURCE,), token_id="jti-1")
+    decision = Decision(
+        True, principal.scopes, frozenset({"notes:read"}), policy_id="mcp-guard/scopes", policy_version="1"
+    )
+    return [
+        AuditEvent.build(EventKind.CALL_DECIDED, time.time(), principal, "token:abc", "read_note", decision)
+        for _ in range(count)
+    ]
 
 
 def signed_token(alg: str) -> tuple[JWTVerifier, str, Callable[[], None]]:
