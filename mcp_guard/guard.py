@@ -215,7 +215,8 @@ class Guard:
             tool_name = spec.name if spec is not None else _display(tool)
             span = recording_span()
             trace_context = span.get_span_context() if span is not None else None
-            event = AuditEvent.build(kind, now, principal, session_id, tool_name, decision, trace_context)
+            owners = session.owners if session is not None else None
+            event = AuditEvent.build(kind, now, principal, session_id, tool_name, decision, trace_context, None, owners)
             try:
                 for sink in self.sinks:
                     sink.emit(event)
@@ -225,7 +226,9 @@ class Guard:
                 logger.exception("mcp-guard: recording the decision on tool %s failed; denying", tool_name)
                 if decision.allowed:
                     decision = self._refusal(ReasonCode.GUARD_ERROR, _UNRECORDED, principal)
-                    event = AuditEvent.build(kind, now, principal, session_id, tool_name, decision, trace_context)
+                    event = AuditEvent.build(
+                        kind, now, principal, session_id, tool_name, decision, trace_context, None, owners
+                    )
                     self._emit_best_effort(event)
             if span is not None:
                 annotate_span(span, event, decision, transport_session)
@@ -337,7 +340,11 @@ class Guard:
             opening = self.session_settings.open(session_id, principal, now, leeway=self.leeway)
             session, opened = await self.sessions.add(opening)
             if opened:
-                self.record(AuditEvent.build(EventKind.SESSION_OPENED, now, principal, session_id=session_id))
+                self.record(
+                    AuditEvent.build(
+                        EventKind.SESSION_OPENED, now, principal, session_id=session_id, owners=session.owners
+                    )
+                )
         refusal = _session_refusal(session, principal, now)
         if refusal is None:
             return session
@@ -353,6 +360,28 @@ class Guard:
             policy_id=self.policy.id,
             policy_version=self.policy.version,
         )
+
+    def record_completion(self, request: CallRequest, result: str, duration: float, error_type: str | None) -> None:
+        """Record how an admitted call ended: ``ok``, ``tool_error`` or ``error``, and how long it took.
+
+        Best effort: the call has run, so a sink failing now is logged (and, in deny mode, stops
+        the next call), never raised.
+        """
+        span = recording_span()
+        facts = {"result": result, "duration_ms": round(duration * 1000, 3), "error_type": error_type}
+        event = AuditEvent.build(
+            EventKind.CALL_COMPLETED,
+            self.clock(),
+            request.principal,
+            request.session.id,
+            request.tool.name,
+            None,
+            span.get_span_context() if span is not None else None,
+            None,
+            request.session.owners,
+            facts,
+        )
+        self._emit_best_effort(event)
 
     def record(self, event: AuditEvent) -> None:
         """Give an event to every audit sink (integrations record what happens outside `authorize`)."""

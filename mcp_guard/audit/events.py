@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import itertools
 import secrets
+from collections.abc import Mapping
+from dataclasses import asdict
 from enum import StrEnum
 from typing import Any, NamedTuple
 
 from opentelemetry.trace import SpanContext
 
-from mcp_guard.model import Decision, Outcome, Principal
+from mcp_guard.audit.owasp import owasp_tags
+from mcp_guard.model import Decision, Outcome, Principal, SessionOwners
 
 __all__ = ["AuditEvent", "EventKind"]
 
@@ -26,6 +29,7 @@ class EventKind(StrEnum):
     SESSION_REVOKED = "session.revoked"
     TOKEN_REJECTED = "token.rejected"
     CALL_DECIDED = "call.decided"
+    CALL_COMPLETED = "call.completed"
     ACCESS_REVOKED = "access.revoked"
     ACCESS_RESTORED = "access.restored"
 
@@ -53,6 +57,9 @@ class AuditEvent(NamedTuple):
     trace_id: str | None = None
     span_id: str | None = None
     detail: str | None = None
+    owners: SessionOwners | None = None
+    facts: Mapping[str, Any] | None = None
+    """What a lifecycle event adds: for ``call.completed``, its result, duration and error type."""
 
     @classmethod
     def build(
@@ -65,6 +72,8 @@ class AuditEvent(NamedTuple):
         decision: Decision | None = None,
         span: SpanContext | None = None,
         detail: str | None = None,
+        owners: SessionOwners | None = None,
+        facts: Mapping[str, Any] | None = None,
     ) -> AuditEvent:
         """An event with a fresh id, tied to the span ``span`` when given and valid.
 
@@ -72,10 +81,11 @@ class AuditEvent(NamedTuple):
         """
         event_id = _ORIGIN + str(next(_COUNTER))  # unique: a random per-process origin and a counter
         if span is None or not span.is_valid:
-            return tuple.__new__(cls, (kind, event_id, at, principal, session_id, tool, decision, None, None, detail))
-        trace_id, span_id = format(span.trace_id, "032x"), format(span.span_id, "016x")
+            trace_id = span_id = None
+        else:
+            trace_id, span_id = format(span.trace_id, "032x"), format(span.span_id, "016x")
         return tuple.__new__(
-            cls, (kind, event_id, at, principal, session_id, tool, decision, trace_id, span_id, detail)
+            cls, (kind, event_id, at, principal, session_id, tool, decision, trace_id, span_id, detail, owners, facts)
         )
 
     def record(self) -> dict[str, Any]:
@@ -102,7 +112,15 @@ class AuditEvent(NamedTuple):
             "trace_id": self.trace_id,
             "span_id": self.span_id,
             "detail": self.detail,
+            "owners": {key: value for key, value in asdict(self.owners).items() if value} if self.owners else {},
+            "owasp": list(self.owasp),
+            **(dict(self.facts) if self.facts else {}),
         }
+
+    @property
+    def owasp(self) -> tuple[str, ...]:
+        """The OWASP Agentic Top 10 (2026) and MCP Top 10 ids this event bears on."""
+        return owasp_tags(str(self.kind), self.reasons, self.outcome)
 
     @property
     def issuer(self) -> str | None:

@@ -88,16 +88,16 @@ class FileAuditSink:
         passes first in buffer mode (where the writer keeps retrying).
         """
         deadline = time.monotonic() + timeout
-        with self._wake:
-            self._wake.notify()
-        while self._queue:
-            if self._error is not None and self.failure == "deny":
-                raise AuditLogError(f"the audit log {self.path} is failing: {self._error}")
+        while True:
+            with self._wake:  # the writer holds this while a batch is off the queue
+                if not self._queue:
+                    return
+                self._wake.notify()
+                if self._error is not None and self.failure == "deny":
+                    raise AuditLogError(f"the audit log {self.path} is failing: {self._error}")
             if time.monotonic() > deadline:
                 raise AuditLogError(f"the audit log {self.path} did not drain in {timeout} s: {self._error}")
             time.sleep(0.001)
-        with self._wake:  # the writer may still hold the last batch
-            pass
 
     def close(self) -> None:
         """Write what is queued and stop the writer."""

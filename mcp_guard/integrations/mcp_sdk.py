@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -49,8 +50,14 @@ class GuardMiddleware:
 
     _TRIMMED_LIMIT = 4096
 
-    def __init__(self, guard: Guard) -> None:
+    def __init__(self, guard: Guard, *, record_completions: bool = True) -> None:
+        """``record_completions=False`` drops the ``call.completed`` event after each call.
+
+        That event says how an admitted call ended (result, duration, error type); leaving it
+        out saves about 6 us per call, and leaves the trail without those facts.
+        """
         self.guard = guard
+        self.record_completions = record_completions
         self._trimmed: dict[tuple[str | None, frozenset[str]], AuthenticatedUser] = {}
 
     async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
@@ -84,12 +91,20 @@ class GuardMiddleware:
                 trimmed = self._trim(credential, request.principal, decision.approved_scopes)
             user = auth_context_var.set(trimmed)
         admitted = ADMITTED.set(request)
+        started, result, error_type = time.perf_counter(), "error", None
         try:
-            return await call_next(ctx)
+            response = await call_next(ctx)
+            result = "tool_error" if isinstance(response, dict) and response.get("isError") is True else "ok"
+            return response
+        except BaseException as error:
+            error_type = type(error).__name__
+            raise
         finally:
             ADMITTED.reset(admitted)
             if user is not None:
                 auth_context_var.reset(user)
+            if self.record_completions:
+                self.guard.record_completion(request, result, time.perf_counter() - started, error_type)
 
     def _trim(self, credential: AccessToken, principal: Principal, approved: frozenset[str]) -> AuthenticatedUser:
         """The caller as a tool sees it: only the approved scopes, no bearer string.

@@ -1,0 +1,85 @@
+"""What audit events say: how calls ended, who owns the session, which OWASP risks they touch."""
+
+from __future__ import annotations
+
+import pytest
+from mcp import Client, MCPError
+from mcp.server.mcpserver import MCPServer
+
+from mcp_guard import EventKind, Guard, GuardMiddleware, MemoryAuditSink, SessionOwners, SessionSettings, ToolSpec
+from mcp_guard.testing import access_token, acting_as
+
+pytestmark = pytest.mark.anyio
+
+
+def server(guard: Guard) -> MCPServer:
+    mcp = MCPServer("events", middleware=[GuardMiddleware(guard)])
+
+    @mcp.tool()
+    @guard.tool(scopes="x:use")
+    async def fine() -> str:
+        return "fine"
+
+    @mcp.tool()
+    @guard.tool(scopes="x:use")
+    async def broken() -> str:
+        raise ValueError("the tool failed")
+
+    @mcp.tool()
+    @guard.tool(scopes="x:use")
+    async def refusing() -> str:
+        raise MCPError(code=-32001, message="refused by the tool")
+
+    return mcp
+
+
+async def test_every_admitted_call_records_how_it_ended(mode: str) -> None:
+    audit = MemoryAuditSink()
+    owners = SessionOwners(policy_owner="sec@example.test", operator="oncall")
+    guard = Guard(audit=[audit], session_settings=SessionSettings(owners=owners))
+    with acting_as(access_token("alice", "x:use")):
+        async with Client(server(guard), mode=mode) as client:
+            await client.call_tool("fine", {})
+            assert (await client.call_tool("broken", {})).is_error
+            with pytest.raises(MCPError):
+                await client.call_tool("refusing", {})
+    completed = [e for e in audit.events if e.kind == EventKind.CALL_COMPLETED]
+    assert [(e.tool, e.facts["result"], e.facts["error_type"]) for e in completed] == [
+        ("fine", "ok", None),
+        ("broken", "tool_error", None),
+        ("refusing", "error", "MCPError"),
+    ]
+    assert all(e.facts["duration_ms"] >= 0 for e in completed)
+    record = completed[0].record()
+    assert record["result"] == "ok"
+    assert record["owners"] == {"policy_owner": "sec@example.test", "operator": "oncall"}
+    decided = [e for e in audit.events if e.kind == EventKind.CALL_DECIDED]
+    assert decided[0].owners == owners
+    assert decided[0].record()["session_id"] == record["session_id"]
+
+
+async def test_events_are_tagged_with_the_owasp_risks_they_touch() -> None:
+    audit = MemoryAuditSink()
+    guard = Guard(audit=[audit])
+    guard.declare(ToolSpec("use_x", scopes=frozenset({"x:use"})))
+
+    async def tags(tool: str, scopes: str, issuer: str | None = "https://auth.example.test") -> tuple[str, ...]:
+        await guard.authorize(tool, {}, access_token("alice", scopes, issuer=issuer))
+        return audit.events[-1].owasp
+
+    assert {"ASI03", "MCP02"} <= set(await tags("use_x", "other"))
+    assert "MCP03" in await tags("us\u0435_x", "x:use")
+    assert "MCP02" in await tags("use_x", "x:use extra")  # trimmed: contained scope creep
+    assert {"ASI03", "MCP01"} <= set(await tags("use_x", "x:use", issuer=None))
+    assert "owasp" in audit.events[-1].record()
+
+
+async def test_completion_events_can_be_left_out() -> None:
+    audit = MemoryAuditSink()
+    guard = Guard(audit=[audit])
+    mcp = server(guard)
+    mcp.middleware[-1] = GuardMiddleware(guard, record_completions=False)
+    with acting_as(access_token("alice", "x:use")):
+        async with Client(mcp) as client:
+            await client.call_tool("fine", {})
+    assert [e.kind for e in audit.events] == [EventKind.SESSION_OPENED, EventKind.CALL_DECIDED]
