@@ -19,6 +19,7 @@ from typing import Any, NamedTuple, TypeVar, cast
 
 from mcp.server.auth.provider import AccessToken
 
+from mcp_guard.audit.arguments import summarize_arguments
 from mcp_guard.audit.events import AuditEvent, EventKind
 from mcp_guard.audit.sinks import AuditSink, MemoryAuditSink
 from mcp_guard.audit.spans import annotate_span, recording_span
@@ -70,7 +71,8 @@ class Guard:
     Every argument has a safe default: the SDK's verified access token as identity, sessions
     in process memory, the built-in scope policy (with an optional explicit scope hierarchy),
     and an in-memory audit log. ``leeway`` is the grace in seconds after a token's expiry;
-    ``clock`` returns the time in seconds (inject one in tests).
+    ``clock`` returns the time in seconds (inject one in tests). ``record_arguments`` puts each
+    call's arguments (redacted per tool, and bounded) on its span and in its audit event.
     """
 
     def __init__(
@@ -85,6 +87,7 @@ class Guard:
         audit: Sequence[AuditSink] | None = None,
         leeway: float = 30.0,
         clock: Callable[[], float] = time.time,
+        record_arguments: bool = False,
     ) -> None:
         if policy is not None and scope_hierarchy is not None:
             raise ValueError("give scope_hierarchy to your policy, not to both")
@@ -99,6 +102,7 @@ class Guard:
         self.revocations = Revocations()
         self.leeway = leeway
         self.clock = clock
+        self.record_arguments = record_arguments
         self._tools: dict[str, ToolSpec] = {}
 
     # -- the registry -------------------------------------------------------------------------
@@ -128,6 +132,7 @@ class Guard:
         conceal: bool = False,
         delegation: Delegation = "allow",
         actors: Iterable[str] = (),
+        redact: Iterable[str] = (),
     ) -> Callable[[F], F]:
         """Declare a tool's needs; stack it under ``@mcp.tool()``.
 
@@ -150,6 +155,7 @@ class Guard:
                     conceal=conceal,
                     delegation=delegation,
                     actors=frozenset(actors),
+                    redact=frozenset(redact),
                 )
             )
             return _admitted_only(fn, spec.name)
@@ -216,7 +222,12 @@ class Guard:
             span = recording_span()
             trace_context = span.get_span_context() if span is not None else None
             owners = session.owners if session is not None else None
-            event = AuditEvent.build(kind, now, principal, session_id, tool_name, decision, trace_context, None, owners)
+            facts = None
+            if self.record_arguments and request is not None:
+                facts = {"arguments": summarize_arguments(request.arguments, request.tool.redact)}
+            event = AuditEvent.build(
+                kind, now, principal, session_id, tool_name, decision, trace_context, None, owners, facts
+            )
             try:
                 for sink in self.sinks:
                     sink.emit(event)
@@ -227,7 +238,7 @@ class Guard:
                 if decision.allowed:
                     decision = self._refusal(ReasonCode.GUARD_ERROR, _UNRECORDED, principal)
                     event = AuditEvent.build(
-                        kind, now, principal, session_id, tool_name, decision, trace_context, None, owners
+                        kind, now, principal, session_id, tool_name, decision, trace_context, None, owners, facts
                     )
                     self._emit_best_effort(event)
             if span is not None:

@@ -115,6 +115,8 @@ class ToolSpec:
     conceal: bool = False
     delegation: Delegation = "allow"
     actors: frozenset[str] = frozenset()
+    redact: frozenset[str] = frozenset()
+    """Argument names whose values never reach a span or the log, at any depth."""
 
     def __post_init__(self) -> None:
         check_tool_name(self.name)

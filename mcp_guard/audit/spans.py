@@ -51,6 +51,7 @@ def annotate_span(span: Span, event: AuditEvent, decision: Decision, transport_s
         "mcp_guard.token.id": event.token_id,
         "mcp_guard.policy.id": event.policy_id,
         "mcp_guard.policy.version": event.policy_version,
+        "mcp_guard.arguments": event.facts.get("arguments") if event.facts else None,
     }
     attributes.update({key: value for key, value in optional.items() if value is not None})
     span.set_attributes(attributes)

@@ -1,0 +1,59 @@
+"""Tool arguments as they may appear in a span or the audit log: redacted, bounded, never raw.
+
+Arguments are recorded only when a guard opts in (``Guard(record_arguments=True)``). Even then
+the named fields of each tool are redacted at any depth, nesting below ``max_depth`` is cut,
+long strings and lists are shortened, and the whole rendering is capped at ``max_bytes``.
+Huge or hostile arguments can neither bloat a span nor slow the call path unboundedly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["REDACTED", "summarize_arguments"]
+
+REDACTED = "[redacted]"
+_CUT = "[...]"
+
+
+def summarize_arguments(
+    arguments: Mapping[str, Any],
+    redact: frozenset[str] = frozenset(),
+    *,
+    max_bytes: int = 2048,
+    max_depth: int = 6,
+    max_items: int = 32,
+    max_string: int = 256,
+) -> str:
+    """A compact JSON rendering of ``arguments`` within the limits (marked where it was cut)."""
+
+    def shrink(value: Any, depth: int) -> Any:
+        if isinstance(value, str):
+            return value if len(value) <= max_string else value[:max_string] + _CUT
+        if isinstance(value, float) and not math.isfinite(value):
+            return str(value)
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        if depth >= max_depth:
+            return _CUT
+        if isinstance(value, Mapping):
+            items = list(value.items())
+            shown = {
+                str(key)[:max_string]: REDACTED if key in redact else shrink(item, depth + 1)
+                for key, item in items[:max_items]
+            }
+            if len(items) > max_items:
+                shown[_CUT] = f"{len(items) - max_items} more"
+            return shown
+        if isinstance(value, list | tuple):
+            shown_list = [shrink(item, depth + 1) for item in value[:max_items]]
+            if len(value) > max_items:
+                shown_list.append(f"{_CUT} {len(value) - max_items} more")
+            return shown_list
+        return f"<{type(value).__name__}>"
+
+    text = json.dumps(shrink(arguments, 0), ensure_ascii=True, separators=(",", ":"), allow_nan=False, default=str)
+    return text if len(text) <= max_bytes else text[: max_bytes - len(_CUT)] + _CUT
