@@ -27,6 +27,7 @@ class EventKind(StrEnum):
     SESSION_OPENED = "session.opened"
     SESSION_EXPIRED = "session.expired"
     SESSION_REVOKED = "session.revoked"
+    TOKEN_ACCEPTED = "token.accepted"
     TOKEN_REJECTED = "token.rejected"
     CALL_DECIDED = "call.decided"
     CALL_COMPLETED = "call.completed"

@@ -14,17 +14,22 @@ from opentelemetry.util.types import AttributeValue
 from mcp_guard.audit.events import AuditEvent
 from mcp_guard.model import Decision
 
-__all__ = ["annotate_span", "recording_span"]
+__all__ = ["annotate_span", "recording_span", "tracing_configured"]
+
+
+def tracing_configured() -> bool:
+    """Whether a tracer provider is installed; nearly free, and until then nothing can record.
+
+    OpenTelemetry installs its global tracer provider once and keeps it in ``_TRACER_PROVIDER``
+    (None until set). Should a future version rename it, the default below answers True, which
+    is never wrong, only slower.
+    """
+    return getattr(trace, "_TRACER_PROVIDER", trace) is not None
 
 
 def recording_span() -> Span | None:
-    """The current span when it records, else None; nearly free while no tracer provider is set.
-
-    OpenTelemetry installs its global tracer provider once, and until then nothing records.
-    Its module keeps that provider in ``_TRACER_PROVIDER`` (None until set); should a future
-    version rename it, the default below sends every call down the full lookup instead.
-    """
-    if getattr(trace, "_TRACER_PROVIDER", trace) is None:
+    """The current span when it records, else None."""
+    if not tracing_configured():
         return None
     span = trace.get_current_span()
     return span if span.is_recording() else None

@@ -24,8 +24,11 @@ from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.shared.exceptions import MCPError
 from mcp_types import INTERNAL_ERROR
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from opentelemetry import trace
+from opentelemetry.trace import Span, StatusCode
 
 from mcp_guard.audit.events import AuditEvent, EventKind
+from mcp_guard.audit.spans import tracing_configured
 from mcp_guard.context import ADMITTED
 from mcp_guard.errors import Refused
 from mcp_guard.guard import Authorization, Guard
@@ -43,6 +46,7 @@ GUARD_DENIED = -32003
 """The JSON-RPC error code of every guard denial; ``error.data.reason`` says which one."""
 
 _CONNECTION_SESSION = "mcp_guard.session"
+_TRACER = trace.get_tracer("mcp_guard")
 
 
 class GuardMiddleware:
@@ -137,24 +141,48 @@ class GuardTokenVerifier:
 
         MCPServer(..., token_verifier=GuardTokenVerifier(verifier, guard), auth=AuthSettings(...))
 
-    A refused token gets the SDK's 401, and, when a guard is given, a ``token.rejected`` audit
-    event with the precise reason (never the token, only its fingerprint).
+    A refused token gets the SDK's 401. When a guard is given, a refusal is recorded as
+    ``token.rejected`` with the precise reason, and the first acceptance of each token as
+    ``token.accepted`` (never the token, only its fingerprint). When a tracer provider is
+    installed, each verification is timed in a ``mcp-guard verify token`` span.
     """
+
+    _ACCEPTED_LIMIT = 10_000
 
     def __init__(self, verifier: BearerVerifier, guard: Guard | None = None) -> None:
         self.verifier = verifier
         self.guard = guard
+        self._accepted: dict[str | None, None] = {}
 
     async def verify_token(self, token: str) -> AccessToken | None:
+        if not tracing_configured():
+            return await self._verify(token, None)
+        with _TRACER.start_as_current_span("mcp-guard verify token") as span:
+            return await self._verify(token, span)
+
+    async def _verify(self, token: str, span: Span | None) -> AccessToken | None:
         try:
             principal = await self.verifier.verify(token)
         except Refused as refusal:
-            self._reject(token, refusal.code, refusal.message)
+            self._reject(token, refusal.code, refusal.message, span)
             return None
         except Exception:
             logger.exception("mcp-guard: verifying a bearer token failed; refusing it")
-            self._reject(token, ReasonCode.GUARD_ERROR, None)
+            self._reject(token, ReasonCode.GUARD_ERROR, None, span)
             return None
+        if span is not None:
+            span.set_attributes(
+                {
+                    "mcp_guard.reason": "accepted",
+                    "mcp_guard.principal.issuer": principal.issuer,
+                    "mcp_guard.principal.subject": principal.subject,
+                }
+            )
+        if self.guard is not None and principal.token_hash not in self._accepted:
+            if len(self._accepted) >= self._ACCEPTED_LIMIT:
+                self._accepted.clear()
+            self._accepted[principal.token_hash] = None
+            self.guard.record(AuditEvent.build(EventKind.TOKEN_ACCEPTED, self.guard.clock(), principal))
         return AccessToken(
             token=token,
             client_id=principal.client_id,
@@ -165,8 +193,11 @@ class GuardTokenVerifier:
             claims={**principal.claims, "iss": principal.issuer, "sub": principal.subject},
         )
 
-    def _reject(self, token: str, code: str, message: str | None) -> None:
+    def _reject(self, token: str, code: str, message: str | None, span: Span | None) -> None:
         logger.info("mcp-guard: bearer token refused: %s", code)
+        if span is not None:
+            span.set_attribute("mcp_guard.reason", code)
+            span.set_status(StatusCode.ERROR, code)
         if self.guard is not None:
             detail = f"token {token_fingerprint(token)}"
             event = AuditEvent.build(

@@ -8,6 +8,7 @@ import httpx2
 import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from authority import Authority
 from mcp_guard import EventKind, Guard, JWTVerifier, MemoryAuditSink, TrustedIssuer
@@ -90,3 +91,19 @@ async def test_no_raw_token_reaches_a_log_or_a_record(
     everything = caplog.text + repr(audit.events)
     for token in tokens:
         assert token not in everything
+
+
+async def test_first_acceptance_is_recorded_and_verification_is_timed(
+    authority: Authority, served: str, audit: MemoryAuditSink, spans: InMemorySpanExporter, mode: str
+) -> None:
+    token = authority.mint(aud=served, scope="notes:read")
+    async with client(served, token, mode) as session:
+        for _ in range(3):
+            await session.call_tool("read_note", {"title": "welcome"})
+    accepted = [e for e in audit.events if e.kind == EventKind.TOKEN_ACCEPTED]
+    assert len(accepted) == 1
+    assert accepted[0].subject == "agent-7"
+    timed = [s for s in spans.get_finished_spans() if s.name == "mcp-guard verify token"]
+    assert timed
+    assert all((s.attributes or {}).get("mcp_guard.reason") == "accepted" for s in timed)
+    assert token not in repr(timed)
