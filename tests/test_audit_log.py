@@ -142,10 +142,10 @@ def test_hmac_keyed_logs(tmp_path: Path) -> None:
     assert "forged" in broken_at(path, b"another key")[1]
     rewritten = tmp_path / "rewritten.jsonl"  # a forger without the key rebuilds a plain chain
     state, lines = ChainState(), []
-    for raw in path.read_text().splitlines():
+    for raw in path.read_bytes().splitlines():
         entry = json.loads(raw)
         lines.append(entry_line(state, entry["kind"], entry["event"]))
-    rewritten.write_text("".join(lines))
+    rewritten.write_bytes(b"".join(lines))
     assert "not HMAC'd" in broken_at(rewritten, key)[1]
 
 
@@ -264,3 +264,21 @@ def test_the_anchor_itself_is_checked(tmp_path: Path) -> None:
     document["anchor"]["seq"] += 5
     anchor.write_text(json.dumps(document))
     assert "does not verify" in broken_at(path)[1]
+
+
+def test_any_claim_text_is_written_verifiable_and_read_back(tmp_path: Path) -> None:
+    """Non-ASCII text is stored as UTF-8; lone surrogates and NaN (which a token's JSON can carry
+    but UTF-8 cannot) still make a whole, verifiable entry rather than stalling the writer."""
+    path = tmp_path / "audit.jsonl"
+    sink = FileAuditSink(path)
+    details = ["Zoë → 東京", "lone \ud800 surrogate", "plain"]
+    for detail in details:
+        sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, 1_900_000_000.0, tool="t", detail=detail))
+    sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, float("nan"), tool="t"))
+    sink.flush()
+    sink.close()
+    assert verify_files([str(path)]).ok
+    entries = [json.loads(line) for line in path.read_bytes().splitlines()[1:]]
+    assert [entry["event"]["detail"] for entry in entries[:3]] == details
+    assert "Zoë → 東京".encode() in path.read_bytes()
+    assert entries[3]["event"]["at"] is None

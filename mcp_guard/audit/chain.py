@@ -1,10 +1,11 @@
 """The tamper-evident audit log format: JSON lines, each carrying the hash of the one before.
 
-One entry per line, canonical JSON (sorted keys, no spaces, ASCII), hash member last::
+One entry per line, compact UTF-8 JSON, hash member last::
 
     {"alg":"sha256","event":{...},"kind":"call.decided","prev":"<64 hex>","seq":7,"hash":"<64 hex>"}
 
 ``hash`` is SHA-256 (or, with a key, HMAC-SHA-256) of the line's bytes without its hash member,
+exactly as stored: verifying never re-serializes, so key order and escaping are the writer's own
 and ``prev`` is the hash of the entry before, so editing, deleting, reordering or inserting any
 entry breaks the chain at that entry. Each file opens with a ``chain.file`` entry and a rotated
 file ends with ``chain.rotated``; the next file continues the same chain. Without a key anyone
@@ -22,6 +23,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pydantic_core import PydanticSerializationError, to_json
 
 __all__ = [
     "GENESIS",
@@ -42,6 +45,7 @@ FILE_START = "chain.file"
 FILE_ROTATED = "chain.rotated"
 
 _HASH_MEMBER = ',"hash":"'
+_HASH_MEMBER_BYTES = _HASH_MEMBER.encode()
 
 
 @dataclass
@@ -52,24 +56,33 @@ class ChainState:
     last_hash: str = GENESIS
 
 
-def entry_line(state: ChainState, kind: str, event: Mapping[str, Any], key: bytes | None = None) -> str:
+def entry_line(state: ChainState, kind: str, event: Mapping[str, Any], key: bytes | None = None) -> bytes:
     """The next line of the chain for ``event``, advancing ``state``; ends with a newline."""
-    body = json.dumps(
-        {
-            "alg": "hmac-sha256" if key else "sha256",
-            "event": event,
-            "kind": kind,
-            "prev": state.last_hash,
-            "seq": state.seq,
-        },
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=True,
-    )
-    entry_hash = digest(body.encode("ascii"), key)
+    entry = {
+        "alg": "hmac-sha256" if key else "sha256",
+        "event": event,
+        "kind": kind,
+        "prev": state.last_hash,
+        "seq": state.seq,
+    }
+    body = _compact_json(entry)
+    entry_hash = digest(body, key)
     state.seq += 1
     state.last_hash = entry_hash
-    return f'{body[:-1]}{_HASH_MEMBER}{entry_hash}"}}\n'
+    return b'%s%s%s"}\n' % (body[:-1], _HASH_MEMBER_BYTES, entry_hash.encode())
+
+
+def _compact_json(value: Mapping[str, Any]) -> bytes:
+    """``value`` as compact JSON, NaN and infinities as null.
+
+    What the fast encoder refuses (lone surrogates from a token's claims, values that are not
+    JSON) falls back to escaped ASCII, writing a value that is not JSON as its ``str``.
+    """
+    try:
+        return to_json(value, inf_nan_mode="null")
+    except (PydanticSerializationError, ValueError, TypeError):
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=True, default=str)
+        return text.encode("ascii")
 
 
 @dataclass(frozen=True)
@@ -175,7 +188,7 @@ def _parse(raw: bytes) -> tuple[dict[str, Any], bytes, str]:
     if not raw.endswith(b"\n"):
         raise ValueError("no line end")
     line = raw[:-1]
-    cut = line.rfind(_HASH_MEMBER.encode())
+    cut = line.rfind(_HASH_MEMBER_BYTES)
     if cut < 0 or not line.endswith(b'"}') or len(line) - cut != len(_HASH_MEMBER) + 64 + 2:
         raise ValueError("no hash member at the end")
     stored = line[cut + len(_HASH_MEMBER) : -2].decode("ascii", "replace")

@@ -139,10 +139,10 @@ class FileAuditSink:
             self._queue.extendleft(reversed(batch))
             time.sleep(self.flush_interval)
 
-    def _append(self, lines: list[str], state: ChainState) -> None:
+    def _append(self, lines: list[bytes], state: ChainState) -> None:
         """Write whole lines durably, then adopt the chain state they lead to."""
-        with open(self.path, "a", encoding="ascii") as file:
-            file.write("".join(lines))
+        with open(self.path, "ab") as file:
+            file.write(b"".join(lines))
             file.flush()
             os.fsync(file.fileno())
         self._state = state
