@@ -9,6 +9,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from mcp_guard import MemoryAuditSink
+from mcp_guard.policy.scopes import RULE_REQUIRED_SCOPES
 from mcp_guard.testing import access_token, acting_as
 
 pytestmark = pytest.mark.anyio
@@ -38,9 +39,10 @@ async def test_allowed_and_denied_calls_are_on_the_call_span(
     assert allowed["gen_ai.tool.name"] == "read_note"
     assert allowed["mcp_guard.decision"] == "trimmed"
     assert allowed["mcp_guard.reason"] == "allowed"
-    assert allowed["mcp_guard.requested_scopes"] == ("extra", "notes:read")
-    assert allowed["mcp_guard.approved_scopes"] == ("notes:read",)
-    assert allowed["mcp_guard.missing_scopes"] == ()
+    assert allowed["mcp_guard.requested_scopes"] == "extra notes:read"
+    assert allowed["mcp_guard.approved_scopes"] == "notes:read"
+    assert allowed["mcp_guard.missing_scopes"] == ""
+    assert allowed["mcp_guard.rule_ids"] == (RULE_REQUIRED_SCOPES,)
     assert allowed["mcp_guard.principal.issuer"] == "https://auth.example.test"
     assert allowed["mcp_guard.principal.subject"] == "alice"
     assert allowed["mcp_guard.principal.client_id"] == "test-client"
@@ -55,7 +57,7 @@ async def test_allowed_and_denied_calls_are_on_the_call_span(
     assert denied["error.type"]  # the SDK records the JSON-RPC code of the denial
     assert denied["mcp_guard.decision"] == "denied"
     assert denied["mcp_guard.reason"] == "insufficient_scope"
-    assert denied["mcp_guard.missing_scopes"] == ("notes:write",)
+    assert denied["mcp_guard.missing_scopes"] == "notes:write"
 
     decided = [e for e in audit.events if e.kind == "call.decided"]
     assert [e.trace_id is not None and e.span_id is not None for e in decided] == [True, True]

@@ -116,7 +116,7 @@ def show_spans() -> None:
         print(
             f"   {span.name:<24} status={span.status.status_code.name:<5} "
             f"decision={attributes['mcp_guard.decision']:<8} reason={attributes['mcp_guard.reason']:<26} "
-            f"approved={list(attributes['mcp_guard.approved_scopes'])}"  # type: ignore[arg-type]
+            f"approved={attributes['mcp_guard.approved_scopes']!r}"
         )
 
 

@@ -36,14 +36,17 @@ def recording_span() -> Span | None:
 
 
 def annotate_span(span: Span, event: AuditEvent, decision: Decision, transport_session: str | None) -> None:
-    """Put one call's decision on a recording ``span``; a denial marks the span as an error."""
+    """Put one call's decision on a recording ``span``; a denial marks the span as an error.
+
+    Scope sets are space-delimited strings, the OAuth ``scope`` syntax, as the token itself
+    carries them; string attributes are also the cheapest for the SDK to take.
+    """
     attributes: dict[str, AttributeValue] = {
         "mcp_guard.decision": decision.outcome,
         "mcp_guard.reason": decision.reason.code,
-        "mcp_guard.requested_scopes": sorted(decision.requested_scopes),
-        "mcp_guard.approved_scopes": sorted(decision.approved_scopes),
-        "mcp_guard.missing_scopes": sorted(decision.missing_scopes),
-        "mcp_guard.rule_ids": list(decision.rule_ids),
+        "mcp_guard.requested_scopes": " ".join(sorted(decision.requested_scopes)),
+        "mcp_guard.approved_scopes": " ".join(sorted(decision.approved_scopes)),
+        "mcp_guard.missing_scopes": " ".join(sorted(decision.missing_scopes)),
         "mcp_guard.event_id": event.event_id,
     }
     optional = {
@@ -56,6 +59,7 @@ def annotate_span(span: Span, event: AuditEvent, decision: Decision, transport_s
         "mcp_guard.token.id": event.token_id,
         "mcp_guard.policy.id": event.policy_id,
         "mcp_guard.policy.version": event.policy_version,
+        "mcp_guard.rule_ids": list(decision.rule_ids) or None,
         "mcp_guard.arguments": event.facts.get("arguments") if event.facts else None,
     }
     attributes.update({key: value for key, value in optional.items() if value is not None})
