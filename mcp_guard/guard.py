@@ -198,7 +198,11 @@ class Guard:
                 kind = _CALL_DECIDED
                 session_id = self.session_keys.key(principal, transport_session)
                 found = await self.sessions.get(session_id)
-                if found is None or _session_refusal(found, principal, now) is not None:
+                if (
+                    found is None
+                    or found.token_id != (principal.token_id or principal.token_hash)
+                    or _session_refusal(found, principal, now) is not None
+                ):
                     found = await self._bind_session(session_id, principal, found, now)
                 session = found  # only a session this principal may use counts the call
                 if type(tool) is not str:
@@ -340,11 +344,13 @@ class Guard:
                 raise Refused(revoked)
 
     async def _bind_session(self, session_id: str, principal: Principal, found: Session | None, now: float) -> Session:
-        """Open the session ``found`` missing, or raise why ``principal`` may not use it now.
+        """Open the session ``found`` missing and bind ``principal``'s token to it, or raise why
+        ``principal`` may not use it now.
 
-        The common case, an existing usable session, never comes here.
+        The common case, an existing usable session on the token it already has, never comes
+        here. A new token of the same identity (a refreshed one) is recorded as ``session.bound``.
         """
-        session = found
+        session, opened = found, False
         if session is None:
             if self.revocations.session_revoked(session_id):
                 raise Refused(ReasonCode.SESSION_REVOKED)
@@ -358,6 +364,12 @@ class Guard:
                 )
         refusal = _session_refusal(session, principal, now)
         if refusal is None:
+            if await self.sessions.bind_token(session, principal.token_id or principal.token_hash) or opened:
+                self.record(
+                    AuditEvent.build(
+                        EventKind.SESSION_BOUND, now, principal, session_id=session_id, owners=session.owners
+                    )
+                )
             return session
         if refusal in _LIFETIME_ENDS and await self.sessions.end(session_id, SessionState.EXPIRED, refusal) == "ended":
             self.record(AuditEvent.build(EventKind.SESSION_EXPIRED, now, principal, session_id=session_id))

@@ -155,7 +155,8 @@ class Session:
     """A governed session: bound to one principal, bounded in time, revocable.
 
     ``expires_at`` is the absolute deadline; the idle deadline moves with each call.
-    ``end_reason`` says why a session that is no longer active ended. ``retain_until`` is when
+    ``end_reason`` says why a session that is no longer active ended. ``token_id`` is the ``jti``
+    (or fingerprint) of the token last bound to it. ``retain_until`` is when
     no credential that could present this session's key is valid any more: a store must keep
     the session (ended or not) at least until then, or its key could open a fresh one.
     """
@@ -173,6 +174,7 @@ class Session:
     denied_count: int = 0
     state: SessionState = SessionState.ACTIVE
     end_reason: str | None = None
+    token_id: str | None = None
 
 
 class CallRequest(NamedTuple):

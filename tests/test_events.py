@@ -82,4 +82,25 @@ async def test_completion_events_can_be_left_out() -> None:
     with acting_as(access_token("alice", "x:use")):
         async with Client(mcp) as client:
             await client.call_tool("fine", {})
-    assert [e.kind for e in audit.events] == [EventKind.SESSION_OPENED, EventKind.CALL_DECIDED]
+    assert [e.kind for e in audit.events] == [EventKind.SESSION_OPENED, EventKind.SESSION_BOUND, EventKind.CALL_DECIDED]
+
+
+async def test_each_token_bound_to_a_session_is_recorded_once(mode: str) -> None:
+    """The first token acting in a session and each refreshed one get a ``session.bound``;
+    further calls on a token already bound do not."""
+    audit = MemoryAuditSink()
+    guard = Guard(audit=[audit])
+    first, refreshed = access_token("alice", "x:use", jti="t-1"), access_token("alice", "x:use", jti="t-2")
+    async with Client(server(guard), mode=mode) as client:
+        for token in (first, first, refreshed, refreshed, first):
+            with acting_as(token):
+                await client.call_tool("fine", {})
+    bound = [e for e in audit.events if e.kind == EventKind.SESSION_BOUND]
+    opened = [e for e in audit.events if e.kind == EventKind.SESSION_OPENED]
+    assert all(e.subject == "alice" for e in bound)
+    if mode == "legacy":  # one transport session, and the tokens take turns in it
+        assert [e.token_id for e in bound] == ["t-1", "t-2", "t-1"]
+        assert len(opened) == 1 and {e.session_id for e in bound} == {opened[0].session_id}
+    else:  # stateless: each token keys a session of its own
+        assert [e.token_id for e in bound] == ["t-1", "t-2"]
+        assert [e.session_id for e in bound] == [e.session_id for e in opened]

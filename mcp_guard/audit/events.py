@@ -25,6 +25,7 @@ __all__ = ["AuditEvent", "EventKind"]
 
 class EventKind(StrEnum):
     SESSION_OPENED = "session.opened"
+    SESSION_BOUND = "session.bound"
     SESSION_EXPIRED = "session.expired"
     SESSION_REVOKED = "session.revoked"
     TOKEN_ACCEPTED = "token.accepted"

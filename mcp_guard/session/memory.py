@@ -58,6 +58,13 @@ class MemorySessionStore:
             else:
                 session.denied_count += 1
 
+    async def bind_token(self, session: Session, token_id: str | None) -> bool:
+        with self._lock:
+            if session.token_id == token_id:
+                return False
+            session.token_id = token_id
+            return True
+
     async def end(self, session_id: str, state: SessionState, reason: str) -> EndResult:
         with self._lock:
             session = self._sessions.get(session_id)

@@ -32,6 +32,13 @@ class SessionStore(Protocol):
         """Count one call on the session; an allowed call also restarts its idle timer."""
         ...
 
+    async def bind_token(self, session: Session, token_id: str | None) -> bool:
+        """Make ``token_id`` the session's current token; True when it was not already.
+
+        Exactly one of racing callers presenting the same new token sees True.
+        """
+        ...
+
     async def end(self, session_id: str, state: SessionState, reason: str) -> EndResult:
         """Move an active session to ``state`` (revoked or expired) for ``reason``.
 
