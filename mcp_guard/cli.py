@@ -1,6 +1,7 @@
 """The ``mcp-guard`` command.
 
-    mcp-guard audit verify FILE...        prove the chain intact, or name its first broken entry
+    mcp-guard audit verify FILE... [--checkpoint SEQ:HASH]...
+                                          prove the chain intact, or name its first broken entry
     mcp-guard audit query FILE... [filters] [--format table|jsonl]
     mcp-guard audit show EVENT_ID FILE...
 
@@ -19,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from mcp_guard.audit.chain import read_lines, verify_files
+from mcp_guard.audit.chain import Checkpoint, read_lines, verify_files
 
 __all__ = ["main"]
 
@@ -45,6 +46,14 @@ def _parser() -> argparse.ArgumentParser:
 
     verify = audit.add_parser("verify", help="prove the chain intact, or name its first broken entry")
     verify.add_argument("files", nargs="+", metavar="FILE")
+    verify.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        type=Checkpoint.parse,
+        metavar="SEQ:HASH",
+        help="a checkpoint kept elsewhere, which the chain must contain (repeatable)",
+    )
     _key_options(verify)
     verify.set_defaults(run=_verify)
 
@@ -84,7 +93,7 @@ def _key(args: argparse.Namespace) -> bytes | None:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    verdict = verify_files(list(args.files), _key(args))
+    verdict = verify_files(list(args.files), _key(args), args.checkpoint)
     print(verdict)
     return 0 if verdict.ok else 1
 

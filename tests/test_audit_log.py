@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from mcp import Client
 
 from mcp_guard import EventKind, Guard, ReasonCode
-from mcp_guard.audit.chain import ChainState, anchor_path, entry_line, verify_files
+from mcp_guard.audit.chain import ChainState, Checkpoint, anchor_path, entry_line, verify_files
 from mcp_guard.audit.events import AuditEvent
 from mcp_guard.audit.file import AuditLogError, FileAuditSink
 from mcp_guard.testing import access_token, acting_as
@@ -58,7 +58,9 @@ async def test_the_guard_writes_a_chained_log_that_verifies_and_searches(tmp_pat
     sink.close()
     verdict = verify_files([str(path)])
     assert verdict.ok, verdict
-    events = [json.loads(line)["event"] for line in path.read_text().splitlines()[1:]]
+    entries = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [entry["kind"] for entry in entries[:1] + entries[-1:]] == ["chain.file", "chain.checkpoint"]
+    events = [entry["event"] for entry in entries[1:-1]]
     decided = [event for event in events if event["kind"] == "call.decided"]
     assert [(e["tool"], e["decision"], e["reasons"]) for e in decided] == [
         ("read_note", "allowed", ["allowed"]),
@@ -128,7 +130,7 @@ def test_splicing_two_logs_is_caught(tmp_path: Path) -> None:
     spliced = tmp_path / "spliced.jsonl"
     spliced.write_bytes(first.read_bytes() + second.read_bytes())
     line, _ = broken_at(spliced)
-    assert line == ENTRIES + 2  # the first line of the second log
+    assert line == ENTRIES + 3  # the first line of the second log, after the closing checkpoint
     verdict = verify_files([str(first), str(second)])
     assert not verdict.ok
     assert verdict.file == str(second)
@@ -176,7 +178,7 @@ def test_concurrent_writers_never_interleave_or_fork(tmp_path: Path) -> None:
     sink.close()
     verdict = verify_files([str(path)])
     assert verdict.ok, verdict
-    assert verdict.entries == 1 + 8 * 400 + 40 * 20
+    assert verdict.entries == 1 + 8 * 400 + 40 * 20 + 1  # head, events, closing checkpoint
 
 
 async def test_a_full_disk_denies_new_calls_by_default(tmp_path: Path) -> None:
@@ -204,7 +206,7 @@ def test_buffer_mode_keeps_serving_and_writes_once_it_can(tmp_path: Path) -> Non
     sink.close()
     verdict = verify_files([str(missing)])
     assert verdict.ok
-    assert verdict.entries == 6
+    assert verdict.entries == 7  # head, five events, closing checkpoint
 
 
 def test_rotation_keeps_one_chain_across_files(tmp_path: Path) -> None:
@@ -240,7 +242,7 @@ def mcp_guard(*args: str, check: bool = False) -> subprocess.CompletedProcess[st
 def test_the_cli(tmp_path: Path) -> None:
     path = written_log(tmp_path)
     result = mcp_guard("audit", "verify", str(path), check=True)
-    assert result.stdout.startswith("intact: 13 entries")
+    assert result.stdout.startswith("intact: 14 entries")
     rows = mcp_guard("audit", "query", str(path), "--tool", "tool_3", "--format", "jsonl", check=True).stdout
     [event] = [json.loads(row) for row in rows.splitlines()]
     assert event["tool"] == "tool_3"
@@ -282,3 +284,62 @@ def test_any_claim_text_is_written_verifiable_and_read_back(tmp_path: Path) -> N
     assert [entry["event"]["detail"] for entry in entries[:3]] == details
     assert "Zoë → 東京".encode() in path.read_bytes()
     assert entries[3]["event"]["at"] is None
+
+
+def test_checkpoints_held_elsewhere_expose_a_rewritten_or_shortened_chain(tmp_path: Path) -> None:
+    """Without a key anyone can rebuild a consistent chain (and its anchor); a checkpoint the
+    witness kept is what still tells the rebuilt log from the original."""
+    path = tmp_path / "audit.jsonl"
+    held: list[Checkpoint] = []
+    sink = FileAuditSink(path, checkpoint_interval=0, witness=held.append)
+    for index in range(3):
+        sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, 1_900_000_000.0, tool=f"before_{index}"))
+        sink.flush()
+    sink.close()
+    entries = [json.loads(line) for line in path.read_bytes().splitlines()]
+    checkpointed = [(entry["seq"], entry["hash"]) for entry in entries if entry["kind"] == "chain.checkpoint"]
+    assert [(c.seq, c.hash) for c in held] == checkpointed and len(held) == 3
+    assert verify_files([str(path)], checkpoints=held).ok
+
+    state, lines = ChainState(), []  # a forger rebuilds the chain with one entry changed
+    for entry in entries:
+        event = dict(entry["event"], tool="innocent") if entry["event"].get("tool") == "before_1" else entry["event"]
+        lines.append(entry_line(state, entry["kind"], event))
+    path.write_bytes(b"".join(lines))
+    anchor_path(path).unlink()
+    assert verify_files([str(path)]).ok
+    verdict = verify_files([str(path)], checkpoints=held)
+    assert not verdict.ok and "not the one checkpointed" in (verdict.problem or "")
+    assert verdict.seq == held[1].seq
+
+    path.write_bytes(b"".join(lines[: held[-1].seq]))  # or cuts the log short of a checkpoint
+    verdict = verify_files([str(path)], checkpoints=[held[-1]])
+    assert not verdict.ok and "truncated" in (verdict.problem or "")
+
+
+def test_a_failing_witness_never_stops_the_log(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    def witness(checkpoint: Checkpoint) -> None:
+        raise ConnectionError("the witness is down")
+
+    path = tmp_path / "audit.jsonl"
+    sink = FileAuditSink(path, checkpoint_interval=0, witness=witness)
+    sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, time.time(), tool="t"))
+    sink.flush()
+    sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, time.time(), tool="t"))
+    sink.close()
+    assert verify_files([str(path)]).entries == 5
+    assert "witness" in caplog.text and "checkpoint" in caplog.text
+
+
+def test_the_cli_checks_checkpoints(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    held: list[Checkpoint] = []
+    sink = FileAuditSink(path, witness=held.append)  # only the closing checkpoint
+    sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, time.time(), tool="t"))
+    sink.close()
+    [closing] = held
+    assert mcp_guard("audit", "verify", str(path), "--checkpoint", str(closing)).returncode == 0
+    other = Checkpoint(closing.seq, "0" * 64)
+    assert mcp_guard("audit", "verify", str(path), "--checkpoint", str(other)).returncode == 1
+    for malformed in ("7", "x:" + "0" * 64, "1:" + "A" * 64, "1:abc"):
+        assert mcp_guard("audit", "verify", str(path), "--checkpoint", malformed).returncode == 2

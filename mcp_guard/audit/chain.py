@@ -5,12 +5,14 @@ One entry per line, compact UTF-8 JSON, hash member last::
     {"alg":"sha256","event":{...},"kind":"call.decided","prev":"<64 hex>","seq":7,"hash":"<64 hex>"}
 
 ``hash`` is SHA-256 (or, with a key, HMAC-SHA-256) of the line's bytes without its hash member,
-exactly as stored: verifying never re-serializes, so key order and escaping are the writer's own
-and ``prev`` is the hash of the entry before, so editing, deleting, reordering or inserting any
-entry breaks the chain at that entry. Each file opens with a ``chain.file`` entry and a rotated
-file ends with ``chain.rotated``; the next file continues the same chain. Without a key anyone
-can recompute a consistent chain, so keep a key (or ship the hashes elsewhere) for integrity
-against someone with write access.
+exactly as stored (verifying never re-serializes), and ``prev`` is the hash of the entry
+before, so editing, deleting, reordering or inserting any entry breaks the chain at that entry.
+Each file opens with a ``chain.file`` entry and a rotated file ends with ``chain.rotated``; the
+next file continues the same chain. A ``chain.checkpoint`` entry, written periodically, commits
+to everything before it: its sequence number and hash, kept somewhere else, later prove that
+the chain up to it was not rewritten. Without a key anyone can recompute a consistent chain,
+so keep a key, or the checkpoints, apart from the log for integrity against someone with
+write access.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pydantic_core import PydanticSerializationError, to_json
 __all__ = [
     "GENESIS",
     "ChainState",
+    "Checkpoint",
     "Verdict",
     "anchor_path",
     "digest",
@@ -43,6 +46,7 @@ GENESIS = "0" * 64
 
 FILE_START = "chain.file"
 FILE_ROTATED = "chain.rotated"
+CHECKPOINT = "chain.checkpoint"
 
 _HASH_MEMBER = ',"hash":"'
 _HASH_MEMBER_BYTES = _HASH_MEMBER.encode()
@@ -86,6 +90,25 @@ def _compact_json(value: Mapping[str, Any]) -> bytes:
 
 
 @dataclass(frozen=True)
+class Checkpoint:
+    """A chain's entry ``seq`` and its hash: held elsewhere, it pins the chain up to there."""
+
+    seq: int
+    hash: str
+
+    def __str__(self) -> str:
+        return f"{self.seq}:{self.hash}"
+
+    @classmethod
+    def parse(cls, text: str) -> Checkpoint:
+        """``SEQ:HASH``, as ``str`` writes it."""
+        seq, _, entry_hash = text.partition(":")
+        if not seq.isdigit() or len(entry_hash) != 64 or entry_hash.strip("0123456789abcdef"):
+            raise ValueError(f"a checkpoint is SEQ:HASH (64 lowercase hex digits), not {text[:80]!r}")
+        return cls(int(seq), entry_hash)
+
+
+@dataclass(frozen=True)
 class Verdict:
     """The outcome of verifying a chain: intact, or where and how it first breaks."""
 
@@ -101,16 +124,20 @@ class Verdict:
     def __str__(self) -> str:
         if self.ok:
             return f"intact: {self.entries} entries, up to entry {self.last_seq}"
-        where = f"{self.file}:{self.line}" if self.file else f"line {self.line}"
+        where = ":".join(str(part) for part in (self.file, self.line) if part is not None) or "the end"
         return f"BROKEN at {where} (entry {self.seq}): {self.problem}"
 
 
-def verify_lines(files: Iterable[tuple[str, Iterable[bytes]]], key: bytes | None = None) -> Verdict:
+def verify_lines(
+    files: Iterable[tuple[str, Iterable[bytes]]], key: bytes | None = None, checkpoints: Iterable[Checkpoint] = ()
+) -> Verdict:
     """Verify the lines of one chain, spread over ``files`` in order (name, lines).
 
     With a key, every entry must be HMAC'd with it; without one, SHA-256 entries verify and
-    HMAC entries are reported as needing the key.
+    HMAC entries are reported as needing the key. Each of ``checkpoints`` (held elsewhere)
+    must match the entry it names, and the chain must reach it.
     """
+    held = {checkpoint.seq: checkpoint.hash for checkpoint in checkpoints}
     expected_seq, prev, entries, rotated = -1, GENESIS, 0, False
     for index, (name, lines) in enumerate(files):
         first = True
@@ -140,19 +167,26 @@ def verify_lines(files: Iterable[tuple[str, Iterable[bytes]]], key: bytes | None
                 problem = "head missing (a file must start with a chain.file entry)"
             elif first and index > 0 and not rotated:
                 problem = "spliced (the previous file was not rotated into this one)"
+            elif held.get(seq, stored) != stored:
+                problem = f"rewritten (entry {seq} is not the one checkpointed)"
             if problem is not None:
                 return Verdict(False, entries, problem, name, number, seq if isinstance(seq, int) else None)
             rotated = entry.get("kind") == FILE_ROTATED
             prev, expected_seq, entries, first = stored, expected_seq + 1, entries + 1, False
+    beyond = [seq for seq in held if seq >= expected_seq]
+    if beyond:
+        problem = f"truncated (the chain ends before checkpointed entry {min(beyond)})"
+        return Verdict(False, entries, problem, None, None, expected_seq, expected_seq - 1, prev)
     return Verdict(True, entries, last_seq=expected_seq - 1, last_hash=prev)
 
 
-def verify_files(paths: list[str], key: bytes | None = None) -> Verdict:
+def verify_files(paths: list[str], key: bytes | None = None, checkpoints: Iterable[Checkpoint] = ()) -> Verdict:
     """Verify log files (in chain order), and the anchor beside the last one when it is there.
 
     The anchor names the last entry written; a log that ends before it was cut short.
+    ``checkpoints`` are those kept elsewhere (see `verify_lines`).
     """
-    verdict = verify_lines(((path, read_lines(path)) for path in paths), key)
+    verdict = verify_lines(((path, read_lines(path)) for path in paths), key, checkpoints)
     anchor = anchor_path(paths[-1]) if paths else None
     if not verdict.ok or anchor is None or not anchor.exists():
         return verdict

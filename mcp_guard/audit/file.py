@@ -4,6 +4,9 @@
 batches, so concurrent callers (tasks and threads) can neither interleave partial lines nor
 fork the chain. After each batch it updates ``<path>.anchor`` with the last entry's sequence
 number and hash, which is how `verify` notices whole entries cut off the end of the log.
+Every ``checkpoint_interval`` seconds (when anything was written) it appends a
+``chain.checkpoint`` entry and hands it to ``witness`` and the ``mcp_guard`` logger, so a copy
+held elsewhere can later prove the chain up to it was not rewritten.
 
 When writing fails (a full disk, an unwritable file) or the queue is full, ``failure="deny"``
 (the default) makes ``emit`` raise, so the guard denies new calls rather than serve them
@@ -18,10 +21,21 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from mcp_guard.audit.chain import FILE_ROTATED, FILE_START, GENESIS, ChainState, anchor_path, digest, entry_line
+from mcp_guard.audit.chain import (
+    CHECKPOINT,
+    FILE_ROTATED,
+    FILE_START,
+    GENESIS,
+    ChainState,
+    Checkpoint,
+    anchor_path,
+    digest,
+    entry_line,
+)
 from mcp_guard.audit.events import AuditEvent
 
 __all__ = ["AuditLogError", "FileAuditSink"]
@@ -40,7 +54,8 @@ class FileAuditSink:
 
     Rotated files are renamed ``<stem>.<n>.jsonl`` (n counting up, zero-padded) and the chain
     continues into the fresh file. Restarting on an existing log continues its chain. ``key``
-    turns the hashes into HMACs; keep it apart from the log.
+    turns the hashes into HMACs; keep it apart from the log. ``witness`` receives each
+    checkpoint on the writer thread (so it should be quick); its failures are logged.
     """
 
     def __init__(
@@ -52,6 +67,8 @@ class FileAuditSink:
         failure: Failure = "deny",
         queue_size: int = 100_000,
         flush_interval: float = 0.05,
+        checkpoint_interval: float = 60.0,
+        witness: Callable[[Checkpoint], object] | None = None,
     ) -> None:
         if failure not in ("deny", "buffer"):
             raise ValueError(f"failure must be 'deny' or 'buffer', not {failure!r}")
@@ -61,6 +78,10 @@ class FileAuditSink:
         self.failure = failure
         self.queue_size = queue_size
         self.flush_interval = flush_interval
+        self.checkpoint_interval = checkpoint_interval
+        self.witness = witness
+        self._checkpointed_at = time.monotonic()
+        self._unwitnessed = False
         self.written = 0
         self._queue: deque[AuditEvent] = deque()
         self._wake = threading.Condition()
@@ -114,11 +135,14 @@ class FileAuditSink:
                 batch = [self._queue.popleft() for _ in range(len(self._queue))]
                 if batch:
                     self._write_batch(batch)
-            if self._closed and not self._queue:
-                return
+                if self._closed and not self._queue:
+                    if self._unwitnessed:  # the last entries get a checkpoint too
+                        self._write_batch([], checkpoint=True)
+                    return
 
-    def _write_batch(self, batch: list[AuditEvent]) -> None:
-        """Append a batch; on failure, requeue it in order and remember the error."""
+    def _write_batch(self, batch: list[AuditEvent], *, checkpoint: bool = False) -> None:
+        """Append a batch, with a checkpoint when one is due; on failure, requeue the batch in
+        order and remember the error."""
         try:
             if self.path.exists() and self.path.stat().st_size >= self.max_bytes:
                 self._rotate()
@@ -127,7 +151,14 @@ class FileAuditSink:
             if not self.path.exists() or self.path.stat().st_size == 0:
                 lines.append(entry_line(state, FILE_START, {"file": self.path.name}, self.key))
             lines.extend(entry_line(state, event.kind, event.record(), self.key) for event in batch)
+            checkpoint = checkpoint or time.monotonic() - self._checkpointed_at >= self.checkpoint_interval
+            if checkpoint:
+                lines.append(entry_line(state, CHECKPOINT, {"at": time.time(), "file": self.path.name}, self.key))
             self._append(lines, state)
+            self._unwitnessed = not checkpoint
+            if checkpoint:
+                self._checkpointed_at = time.monotonic()
+                self._witness(Checkpoint(state.seq - 1, state.last_hash))
             self.written += len(batch)
             if self._error is not None:
                 logger.warning("mcp-guard: audit log %s is writable again", self.path)
@@ -147,6 +178,17 @@ class FileAuditSink:
             os.fsync(file.fileno())
         self._state = state
         _write_anchor(self.path, state, self.key)
+
+    def _witness(self, checkpoint: Checkpoint) -> None:
+        """Hand a checkpoint written to the log to the logger and the witness, if any."""
+        logger.info("mcp-guard: audit log %s checkpoint %s", self.path, checkpoint)
+        if self.witness is not None:
+            try:
+                self.witness(checkpoint)
+            except Exception:
+                logger.exception(
+                    "mcp-guard: the witness of audit log %s failed on checkpoint %s", self.path, checkpoint
+                )
 
     def _rotate(self) -> None:
         """Seal the current file and move it aside; the chain continues in a fresh file."""
