@@ -193,6 +193,29 @@ async def test_a_full_disk_denies_new_calls_by_default(tmp_path: Path) -> None:
             assert result.decision.reason.code == ReasonCode.GUARD_ERROR
 
 
+def test_an_event_that_cannot_be_written_in_full_is_written_as_a_stand_in(tmp_path: Path) -> None:
+    class Unprintable:
+        def __str__(self) -> str:
+            raise RuntimeError("no text for this")
+
+    path = tmp_path / "audit.jsonl"
+    sink = FileAuditSink(path)
+    odd = AuditEvent.build(EventKind.CALL_DECIDED, 1_900_000_000.0, tool="odd", facts={"value": Unprintable()})
+    sink.emit(odd)
+    sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, 1_900_000_000.0, tool="next"))
+    sink.flush()
+    sink.close()
+    assert verify_files([str(path)]).entries == 4  # head, stand-in, next, closing checkpoint
+    entries = [json.loads(line)["event"] for line in path.read_bytes().splitlines()]
+    assert entries[1] == {
+        "event_id": odd.event_id,
+        "kind": "call.decided",
+        "at": 1_900_000_000.0,
+        "unwritable": "RuntimeError: no text for this",
+    }
+    assert entries[2]["tool"] == "next"
+
+
 def test_buffer_mode_keeps_serving_and_writes_once_it_can(tmp_path: Path) -> None:
     missing = tmp_path / "not-yet" / "audit.jsonl"
     sink = FileAuditSink(missing, failure="buffer", flush_interval=0.01)

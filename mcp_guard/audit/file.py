@@ -142,7 +142,7 @@ class FileAuditSink:
 
     def _write_batch(self, batch: list[AuditEvent], *, checkpoint: bool = False) -> None:
         """Append a batch, with a checkpoint when one is due; on failure, requeue the batch in
-        order and remember the error."""
+        order and remember the error, so the failure mode applies and the writer lives on."""
         try:
             if self.path.exists() and self.path.stat().st_size >= self.max_bytes:
                 self._rotate()
@@ -150,7 +150,7 @@ class FileAuditSink:
             state = ChainState(self._state.seq, self._state.last_hash)
             if not self.path.exists() or self.path.stat().st_size == 0:
                 lines.append(entry_line(state, FILE_START, {"file": self.path.name}, self.key))
-            lines.extend(entry_line(state, event.kind, event.record(), self.key) for event in batch)
+            lines.extend(self._event_line(state, event) for event in batch)
             checkpoint = checkpoint or time.monotonic() - self._checkpointed_at >= self.checkpoint_interval
             if checkpoint:
                 lines.append(entry_line(state, CHECKPOINT, {"at": time.time(), "file": self.path.name}, self.key))
@@ -163,12 +163,26 @@ class FileAuditSink:
             if self._error is not None:
                 logger.warning("mcp-guard: audit log %s is writable again", self.path)
             self._error = None
-        except OSError as error:
+        except Exception as error:  # a disk failure, or anything else: the writer must live on
             if self._error is None:
                 logger.error("mcp-guard: audit log %s failed: %s", self.path, error)
             self._error = error
             self._queue.extendleft(reversed(batch))
             time.sleep(self.flush_interval)
+
+    def _event_line(self, state: ChainState, event: AuditEvent) -> bytes:
+        """The chain entry for ``event``.
+
+        An event with a value that cannot be written at all (one whose ``str`` fails) is not
+        dropped: a stand-in with its id, kind, time and the reason takes its place.
+        """
+        try:
+            return entry_line(state, event.kind, event.record(), self.key)
+        except Exception as error:
+            logger.exception("mcp-guard: audit event %s cannot be written in full", event.event_id)
+            stand_in = {"event_id": event.event_id, "kind": str(event.kind), "at": event.at}
+            stand_in["unwritable"] = f"{type(error).__name__}: {ascii(str(error))[1:-1][:200]}"
+            return entry_line(state, event.kind, stand_in, self.key)
 
     def _append(self, lines: list[bytes], state: ChainState) -> None:
         """Write whole lines durably, then adopt the chain state they lead to."""

@@ -7,6 +7,8 @@ signal (ASI03, MCP01), every look-alike or unknown tool name a possible tool-poi
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from mcp_guard.reasons import ReasonCode
 
 __all__ = ["owasp_tags"]
@@ -35,6 +37,7 @@ _BY_KIND: dict[str, tuple[str, ...]] = {
 }
 
 
+@lru_cache(maxsize=4096)  # few distinct arguments, and every event written asks
 def owasp_tags(kind: str, reasons: tuple[str, ...], outcome: str | None) -> tuple[str, ...]:
     """The OWASP Agentic (ASI..) and MCP (MCP..) ids for an event, sorted, without repeats."""
     tags = set(_BY_KIND.get(kind, ()))
