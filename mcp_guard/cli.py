@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
         "--checkpoint",
         action="append",
         default=[],
-        type=Checkpoint.parse,
+        type=_checkpoint,
         metavar="SEQ:HASH",
         help="a checkpoint kept elsewhere, which the chain must contain (repeatable)",
     )
@@ -72,6 +72,13 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("files", nargs="+", metavar="FILE")
     show.set_defaults(run=_show)
     return parser
+
+
+def _checkpoint(text: str) -> Checkpoint:
+    try:
+        return Checkpoint.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _key_options(parser: argparse.ArgumentParser) -> None:

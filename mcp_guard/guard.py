@@ -200,7 +200,7 @@ class Guard:
                 found = await self.sessions.get(session_id)
                 if (
                     found is None
-                    or found.token_id != (principal.token_id or principal.token_hash)
+                    or (principal.token_id or principal.token_hash) not in found.tokens
                     or _session_refusal(found, principal, now) is not None
                 ):
                     found = await self._bind_session(session_id, principal, found, now)
@@ -347,8 +347,9 @@ class Guard:
         """Open the session ``found`` missing and bind ``principal``'s token to it, or raise why
         ``principal`` may not use it now.
 
-        The common case, an existing usable session on the token it already has, never comes
-        here. A new token of the same identity (a refreshed one) is recorded as ``session.bound``.
+        The common case, an existing usable session and a token already bound to it, never
+        comes here. A new token of the same identity (a refreshed one) is recorded as
+        ``session.bound``.
         """
         session, opened = found, False
         if session is None:
@@ -364,7 +365,7 @@ class Guard:
                 )
         refusal = _session_refusal(session, principal, now)
         if refusal is None:
-            if await self.sessions.bind_token(session, principal.token_id or principal.token_hash) or opened:
+            if opened or await self.sessions.bind_token(session, principal.token_id or principal.token_hash):
                 self.record(
                     AuditEvent.build(
                         EventKind.SESSION_BOUND, now, principal, session_id=session_id, owners=session.owners

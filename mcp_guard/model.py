@@ -20,6 +20,7 @@ from mcp_guard.reasons import ReasonCode, default_message
 from mcp_guard.scopes import scope_set
 
 __all__ = [
+    "MAX_SESSION_TOKENS",
     "Binding",
     "CallRequest",
     "Decision",
@@ -42,6 +43,10 @@ Binding = tuple[str, str, str]
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_.\-/]{1,128}")
+
+MAX_SESSION_TOKENS = 64
+"""Tokens a session remembers as bound; beyond that the oldest is forgotten (and, should it
+come back, recorded as bound again)."""
 
 
 def check_tool_name(name: str) -> str:
@@ -155,8 +160,8 @@ class Session:
     """A governed session: bound to one principal, bounded in time, revocable.
 
     ``expires_at`` is the absolute deadline; the idle deadline moves with each call.
-    ``end_reason`` says why a session that is no longer active ended. ``token_id`` is the ``jti``
-    (or fingerprint) of the token last bound to it. ``retain_until`` is when
+    ``end_reason`` says why a session that is no longer active ended. ``tokens`` holds the ``jti``
+    (or fingerprint) of each token bound to it, oldest first, up to `MAX_SESSION_TOKENS`. ``retain_until`` is when
     no credential that could present this session's key is valid any more: a store must keep
     the session (ended or not) at least until then, or its key could open a fresh one.
     """
@@ -174,7 +179,7 @@ class Session:
     denied_count: int = 0
     state: SessionState = SessionState.ACTIVE
     end_reason: str | None = None
-    token_id: str | None = None
+    tokens: dict[str | None, None] = field(default_factory=dict)
 
 
 class CallRequest(NamedTuple):

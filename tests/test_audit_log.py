@@ -366,3 +366,61 @@ def test_the_cli_checks_checkpoints(tmp_path: Path) -> None:
     assert mcp_guard("audit", "verify", str(path), "--checkpoint", str(other)).returncode == 1
     for malformed in ("7", "x:" + "0" * 64, "1:" + "A" * 64, "1:abc"):
         assert mcp_guard("audit", "verify", str(path), "--checkpoint", malformed).returncode == 2
+
+
+def test_a_checkpoint_outside_the_files_given_is_never_silently_skipped(tmp_path: Path) -> None:
+    """A forger without the key can start a fresh-looking log right after the last checkpoint;
+    a checkpoint before the first entry verified must therefore fail, not pass unchecked."""
+    path = tmp_path / "audit.jsonl"
+    held: list[Checkpoint] = []
+    sink = FileAuditSink(path, checkpoint_interval=0, witness=held.append)
+    sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, 1_900_000_000.0, tool="genuine"))
+    sink.close()
+    [checkpoint] = held
+    state = ChainState(checkpoint.seq + 1, "f" * 64)  # a forged log continuing "after" it
+    forged = [entry_line(state, "chain.file", {"file": path.name})]
+    forged.append(entry_line(state, "call.decided", {"tool": "forged"}))
+    path.write_bytes(b"".join(forged))
+    anchor_path(path).unlink()
+    assert verify_files([str(path)]).ok
+    verdict = verify_files([str(path)], checkpoints=held)
+    assert not verdict.ok and "before the files given" in (verdict.problem or "")
+    twice = [checkpoint, Checkpoint(checkpoint.seq, "0" * 64)]
+    assert "two different checkpoints" in (verify_files([str(path)], checkpoints=twice).problem or "")
+
+
+def test_the_escaped_fallback_writes_strict_json_too(tmp_path: Path) -> None:
+    state = ChainState()
+    line = entry_line(state, "call.decided", {"detail": "lone \ud800", "nested": [{"x": float("inf")}]})
+    assert line.isascii()
+    event = json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))["event"]
+    assert event == {"detail": "lone \ud800", "nested": [{"x": None}]}
+
+
+def test_a_failing_closing_checkpoint_is_retried_and_reported(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    moved = tmp_path / "moved.jsonl"
+    sink = FileAuditSink(path, flush_interval=0.01)
+    sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, time.time(), tool="t"))
+    sink.flush()
+    path.rename(moved)
+    path.mkdir()  # the log cannot be appended to for now
+    with pytest.raises(AuditLogError, match="did not close"):
+        sink.close(timeout=0.3)
+    path.rmdir()
+    moved.rename(path)
+    sink.close()
+    assert [json.loads(line)["kind"] for line in path.read_bytes().splitlines()][-1] == "chain.checkpoint"
+    assert verify_files([str(path)]).ok
+
+
+def test_a_failing_anchor_never_writes_events_twice(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "audit.jsonl"
+    anchor_path(path).mkdir()  # the anchor cannot be replaced
+    sink = FileAuditSink(path, flush_interval=0.01)
+    for index in range(3):
+        sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, time.time(), tool=f"t{index}"))
+        sink.flush()
+    sink.close()
+    assert verify_files([str(path)]).entries == 5  # head, three events, closing checkpoint
+    assert "anchor" in caplog.text

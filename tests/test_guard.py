@@ -24,6 +24,7 @@ from mcp_guard import (
     ToolSpec,
     token_fingerprint,
 )
+from mcp_guard.model import MAX_SESSION_TOKENS
 from mcp_guard.testing import access_token
 from support import Clock, ExplodingPolicy
 
@@ -543,3 +544,18 @@ async def test_a_token_naming_no_client_binds_with_an_empty_client_id(g: Guard) 
     assert result.allowed
     assert result.request is not None
     assert result.request.session.binding == ("https://auth.example.test", "alice", "")
+
+
+async def test_a_session_remembers_a_bounded_number_of_bound_tokens(g: Guard, audit: MemoryAuditSink) -> None:
+    """Tokens of one identity sharing a session (``sid``) are each recorded once as bound; past
+    `MAX_SESSION_TOKENS` the oldest is forgotten, so memory per session stays bounded."""
+    tokens = [token(sid="shared", jti=f"t-{index}") for index in range(MAX_SESSION_TOKENS + 1)]
+    for credential in tokens + tokens[-3:]:
+        assert (await g.authorize("read_note", {}, credential)).allowed
+    bound = events(audit, EventKind.SESSION_BOUND)
+    assert [e.token_id for e in bound] == [f"t-{index}" for index in range(MAX_SESSION_TOKENS + 1)]
+    [session_id] = {e.session_id for e in bound}
+    session = await g.sessions.get(session_id)
+    assert session is not None and len(session.tokens) == MAX_SESSION_TOKENS and "t-0" not in session.tokens
+    assert (await g.authorize("read_note", {}, tokens[0])).allowed  # forgotten, so bound again
+    assert events(audit, EventKind.SESSION_BOUND)[-1].token_id == "t-0"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -85,8 +86,19 @@ def _compact_json(value: Mapping[str, Any]) -> bytes:
     try:
         return to_json(value, inf_nan_mode="null")
     except (PydanticSerializationError, ValueError, TypeError):
-        text = json.dumps(value, separators=(",", ":"), ensure_ascii=True, default=str)
+        text = json.dumps(_finite(value), separators=(",", ":"), ensure_ascii=True, allow_nan=False, default=str)
         return text.encode("ascii")
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities, at any depth, replaced by None (as the fast path does)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
 
 
 @dataclass(frozen=True)
@@ -135,10 +147,15 @@ def verify_lines(
 
     With a key, every entry must be HMAC'd with it; without one, SHA-256 entries verify and
     HMAC entries are reported as needing the key. Each of ``checkpoints`` (held elsewhere)
-    must match the entry it names, and the chain must reach it.
+    must match the entry it names, and that entry must be among those verified: a checkpoint
+    before the first file given is a failure, since a rewritten log could start after it.
     """
-    held = {checkpoint.seq: checkpoint.hash for checkpoint in checkpoints}
+    held: dict[int, str] = {}
+    for checkpoint in checkpoints:
+        if held.setdefault(checkpoint.seq, checkpoint.hash) != checkpoint.hash:
+            return Verdict(False, 0, f"two different checkpoints for entry {checkpoint.seq}", seq=checkpoint.seq)
     expected_seq, prev, entries, rotated = -1, GENESIS, 0, False
+    first_seq: int | None = None
     for index, (name, lines) in enumerate(files):
         first = True
         for number, raw in enumerate(lines, start=1):
@@ -152,7 +169,7 @@ def verify_lines(
                 if entry.get("kind") != FILE_START or not isinstance(seq, int):
                     problem = "head missing (a log must start with a chain.file entry)"
                     return Verdict(False, entries, problem, name, number, seq if isinstance(seq, int) else None)
-                expected_seq, prev = seq, str(entry.get("prev"))
+                expected_seq, prev, first_seq = seq, str(entry.get("prev")), seq
             if entry.get("alg") == "hmac-sha256" and key is None:
                 return Verdict(False, entries, "entry is HMAC'd: verify with its key (--key)", name, number, seq)
             if key is not None and entry.get("alg") != "hmac-sha256":
@@ -173,6 +190,10 @@ def verify_lines(
                 return Verdict(False, entries, problem, name, number, seq if isinstance(seq, int) else None)
             rotated = entry.get("kind") == FILE_ROTATED
             prev, expected_seq, entries, first = stored, expected_seq + 1, entries + 1, False
+    earlier = [seq for seq in held if first_seq is not None and seq < first_seq]
+    if earlier:
+        problem = f"checkpointed entry {min(earlier)} comes before the files given (verify from an earlier file)"
+        return Verdict(False, entries, problem, None, None, min(earlier), expected_seq - 1, prev)
     beyond = [seq for seq in held if seq >= expected_seq]
     if beyond:
         problem = f"truncated (the chain ends before checkpointed entry {min(beyond)})"

@@ -120,12 +120,17 @@ class FileAuditSink:
                 raise AuditLogError(f"the audit log {self.path} did not drain in {timeout} s: {self._error}")
             time.sleep(0.001)
 
-    def close(self) -> None:
-        """Write what is queued and stop the writer."""
+    def close(self, timeout: float = 30.0) -> None:
+        """Write what is queued, and a closing checkpoint, and stop the writer.
+
+        Raises `AuditLogError` when that is not done within ``timeout`` (the log is failing).
+        """
         self._closed = True
         with self._wake:
             self._wake.notify()
-        self._thread.join(timeout=30)
+        self._thread.join(timeout=timeout)
+        if self._thread.is_alive():
+            raise AuditLogError(f"the audit log {self.path} did not close in {timeout} s: {self._error}")
 
     def _run(self) -> None:
         while True:
@@ -136,9 +141,10 @@ class FileAuditSink:
                 if batch:
                     self._write_batch(batch)
                 if self._closed and not self._queue:
-                    if self._unwitnessed:  # the last entries get a checkpoint too
+                    if self._unwitnessed:  # the last entries get a checkpoint too, retried like any write
                         self._write_batch([], checkpoint=True)
-                    return
+                    if not self._unwitnessed:
+                        return
 
     def _write_batch(self, batch: list[AuditEvent], *, checkpoint: bool = False) -> None:
         """Append a batch, with a checkpoint when one is due; on failure, requeue the batch in
@@ -185,13 +191,20 @@ class FileAuditSink:
             return entry_line(state, event.kind, stand_in, self.key)
 
     def _append(self, lines: list[bytes], state: ChainState) -> None:
-        """Write whole lines durably, then adopt the chain state they lead to."""
+        """Write whole lines durably, then adopt the chain state they lead to and anchor it.
+
+        The lines are in the log by then, so a failing anchor is reported, never retried with
+        the batch (which would write its events twice).
+        """
         with open(self.path, "ab") as file:
             file.write(b"".join(lines))
             file.flush()
             os.fsync(file.fileno())
         self._state = state
-        _write_anchor(self.path, state, self.key)
+        try:
+            _write_anchor(self.path, state, self.key)
+        except OSError as error:
+            logger.error("mcp-guard: the anchor of audit log %s could not be written: %s", self.path, error)
 
     def _witness(self, checkpoint: Checkpoint) -> None:
         """Hand a checkpoint written to the log to the logger and the witness, if any."""

@@ -6,7 +6,7 @@ import math
 import threading
 
 from mcp_guard.errors import Refused
-from mcp_guard.model import Session, SessionState
+from mcp_guard.model import MAX_SESSION_TOKENS, Session, SessionState
 from mcp_guard.reasons import ReasonCode
 from mcp_guard.session.store import EndResult
 
@@ -60,9 +60,11 @@ class MemorySessionStore:
 
     async def bind_token(self, session: Session, token_id: str | None) -> bool:
         with self._lock:
-            if session.token_id == token_id:
+            if token_id in session.tokens:
                 return False
-            session.token_id = token_id
+            if len(session.tokens) >= MAX_SESSION_TOKENS:
+                del session.tokens[next(iter(session.tokens))]
+            session.tokens[token_id] = None
             return True
 
     async def end(self, session_id: str, state: SessionState, reason: str) -> EndResult:

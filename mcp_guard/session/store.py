@@ -33,7 +33,7 @@ class SessionStore(Protocol):
         ...
 
     async def bind_token(self, session: Session, token_id: str | None) -> bool:
-        """Make ``token_id`` the session's current token; True when it was not already.
+        """Add ``token_id`` to the session's bound tokens; True when it was not among them.
 
         Exactly one of racing callers presenting the same new token sees True.
         """
