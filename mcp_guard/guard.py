@@ -34,7 +34,7 @@ from mcp_guard.scopes import scope_set
 from mcp_guard.session.keys import SessionKeys
 from mcp_guard.session.memory import MemorySessionStore
 from mcp_guard.session.revocation import Revocations
-from mcp_guard.session.settings import SessionSettings
+from mcp_guard.session.settings import SessionSettings, presentable_until
 from mcp_guard.session.store import SessionStore
 
 __all__ = ["Authorization", "Guard"]
@@ -365,7 +365,8 @@ class Guard:
                 )
         refusal = _session_refusal(session, principal, now)
         if refusal is None:
-            if opened or await self.sessions.bind_token(session, principal.token_id or principal.token_hash):
+            until = presentable_until(principal, self.leeway, session.expires_at)
+            if opened or await self.sessions.bind_token(session, principal.token_id or principal.token_hash, until):
                 self.record(
                     AuditEvent.build(
                         EventKind.SESSION_BOUND, now, principal, session_id=session_id, owners=session.owners

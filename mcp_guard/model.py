@@ -160,10 +160,11 @@ class Session:
     """A governed session: bound to one principal, bounded in time, revocable.
 
     ``expires_at`` is the absolute deadline; the idle deadline moves with each call.
-    ``end_reason`` says why a session that is no longer active ended. ``tokens`` holds the ``jti``
-    (or fingerprint) of each token bound to it, oldest first, up to `MAX_SESSION_TOKENS`. ``retain_until`` is when
-    no credential that could present this session's key is valid any more: a store must keep
-    the session (ended or not) at least until then, or its key could open a fresh one.
+    ``end_reason`` says why a session that is no longer active ended. ``tokens`` holds the
+    ``jti`` (or fingerprint) of each token bound to it, oldest first, up to `MAX_SESSION_TOKENS`.
+    ``retain_until`` is when no credential that could present this session's key is valid any
+    more (each bound token extends it): a store must keep the session (ended or not) at least
+    until then, or its key could open a fresh one.
     """
 
     id: str

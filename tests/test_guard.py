@@ -559,3 +559,19 @@ async def test_a_session_remembers_a_bounded_number_of_bound_tokens(g: Guard, au
     assert session is not None and len(session.tokens) == MAX_SESSION_TOKENS and "t-0" not in session.tokens
     assert (await g.authorize("read_note", {}, tokens[0])).allowed  # forgotten, so bound again
     assert events(audit, EventKind.SESSION_BOUND)[-1].token_id == "t-0"
+
+
+async def test_a_refreshed_token_keeps_its_session_retained(audit: MemoryAuditSink, clock: Clock) -> None:
+    """A later token bound to a session extends its retention: sweeping the store past the
+    opening token's end must not let the later token open the session afresh."""
+    g = make_guard(audit, clock, sessions=MemorySessionStore(max_sessions=2))
+    assert (await g.authorize("read_note", {}, token(sid="s", jti="first", expires_at=NOW + 60))).allowed
+    refreshed = token(sid="s", jti="refreshed", expires_at=NOW + 8 * 3600)
+    assert (await g.authorize("read_note", {}, refreshed)).allowed
+    clock.advance(4 * 3600 + 1)  # past the session's absolute lifetime and the first token's end
+    for index in range(3):  # press the store to sweep
+        await g.authorize("read_note", {}, token(f"filler-{index}", expires_at=clock.now + 600))
+    again = await g.authorize("read_note", {}, refreshed)
+    assert again.decision.reason.code == ReasonCode.SESSION_EXPIRED
+    reopened = [e for e in events(audit, EventKind.SESSION_OPENED) if e.token_id in ("first", "refreshed")]
+    assert len(reopened) == 1  # opened once, never afresh

@@ -58,10 +58,11 @@ class MemorySessionStore:
             else:
                 session.denied_count += 1
 
-    async def bind_token(self, session: Session, token_id: str | None) -> bool:
+    async def bind_token(self, session: Session, token_id: str | None, presentable_until: float) -> bool:
         with self._lock:
             if token_id in session.tokens:
                 return False
+            session.retain_until = max(session.retain_until, presentable_until)
             if len(session.tokens) >= MAX_SESSION_TOKENS:
                 del session.tokens[next(iter(session.tokens))]
             session.tokens[token_id] = None

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from mcp_guard.model import Principal, Session, SessionOwners
 
-__all__ = ["SessionSettings"]
+__all__ = ["SessionSettings", "presentable_until"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +36,7 @@ class SessionSettings:
         presented (its expiry plus ``leeway``), whichever is later.
         """
         expires_at = now + self.absolute_ttl
-        token_end = principal.expires_at + leeway if principal.expires_at is not None else expires_at
+        token_end = presentable_until(principal, leeway, expires_at)
         return Session(
             id=session_id,
             binding=principal.binding,
@@ -49,3 +49,9 @@ class SessionSettings:
             owners=self.owners,
             tokens={principal.token_id or principal.token_hash: None},
         )
+
+
+def presentable_until(principal: Principal, leeway: float, otherwise: float) -> float:
+    """When ``principal``'s token can no longer be presented: its expiry plus ``leeway``, or
+    ``otherwise`` for a token that does not expire."""
+    return principal.expires_at + leeway if principal.expires_at is not None else otherwise

@@ -32,10 +32,11 @@ class SessionStore(Protocol):
         """Count one call on the session; an allowed call also restarts its idle timer."""
         ...
 
-    async def bind_token(self, session: Session, token_id: str | None) -> bool:
+    async def bind_token(self, session: Session, token_id: str | None, presentable_until: float) -> bool:
         """Add ``token_id`` to the session's bound tokens; True when it was not among them.
 
-        Exactly one of racing callers presenting the same new token sees True.
+        The session is then retained at least until ``presentable_until``, when that token can
+        no longer present its key. Exactly one of racing callers with the same new token sees True.
         """
         ...
 
