@@ -39,6 +39,12 @@ def written_log(directory: Path, entries: int = ENTRIES, key: bytes | None = Non
     return path
 
 
+def shared_log(directory: Path) -> Path:
+    """The log written once per test: Hypothesis runs every example in the same directory."""
+    path = directory / "audit.jsonl"
+    return path if path.exists() else written_log(directory)
+
+
 def broken_at(path: Path, key: bytes | None = None) -> tuple[int | None, str]:
     verdict = verify_files([str(path)], key)
     assert not verdict.ok, "the tampering went unnoticed"
@@ -74,7 +80,7 @@ async def test_the_guard_writes_a_chained_log_that_verifies_and_searches(tmp_pat
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.data())
 def test_editing_any_byte_is_caught_on_its_line(tmp_path: Path, data: st.DataObject) -> None:
-    path = written_log(tmp_path) if not (tmp_path / "audit.jsonl").exists() else tmp_path / "audit.jsonl"
+    path = shared_log(tmp_path)
     original = path.read_bytes()
     position = data.draw(st.integers(0, len(original) - 1))
     replacement = data.draw(st.integers(0, 255).filter(lambda byte: byte != original[position]))
@@ -113,7 +119,7 @@ def test_duplicating_or_reordering_lines(tmp_path: Path, index: int) -> None:
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.data())
 def test_truncating_anywhere_is_caught(tmp_path: Path, data: st.DataObject) -> None:
-    path = written_log(tmp_path) if not (tmp_path / "audit.jsonl").exists() else tmp_path / "audit.jsonl"
+    path = shared_log(tmp_path)
     original = path.read_bytes()
     cut = data.draw(st.integers(0, len(original) - 1))
     try:

@@ -10,11 +10,12 @@ import httpx2
 import pytest
 from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
+from starlette.types import ASGIApp
 
 from authority import Authority
 from mcp_guard import Guard, JWTVerifier, MemoryAuditSink, TrustedIssuer
 from mcp_guard.integrations.http import GuardHTTP, resource_metadata_url
-from serving import free_port, guarded_notes, serving
+from serving import serving_jwt_notes
 
 pytestmark = pytest.mark.anyio
 
@@ -23,11 +24,10 @@ MODERN = "2026-07-28"
 
 @pytest.fixture
 def resource(authority: Authority, guard: Guard) -> Iterator[str]:
-    port = free_port()
-    resource = f"http://127.0.0.1:{port}/mcp"
-    verifier = JWTVerifier([TrustedIssuer(issuer=authority.issuer, audience=resource, jwks_uri=authority.jwks_uri)])
-    server = guarded_notes(guard, verifier, authority.issuer, resource)
-    with serving(GuardHTTP(server.streamable_http_app(), guard, verifier, resource=resource), port):
+    def challenging(app: ASGIApp, verifier: JWTVerifier, resource: str) -> ASGIApp:
+        return GuardHTTP(app, guard, verifier, resource=resource)
+
+    with serving_jwt_notes(guard, authority.issuer, authority.jwks_uri, challenging) as resource:
         yield resource
 
 

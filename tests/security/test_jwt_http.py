@@ -11,19 +11,15 @@ from mcp.client.streamable_http import streamable_http_client
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from authority import Authority
-from mcp_guard import EventKind, Guard, JWTVerifier, MemoryAuditSink, TrustedIssuer
-from serving import free_port, guarded_notes, serving
+from mcp_guard import EventKind, Guard, MemoryAuditSink
+from serving import serving_jwt_notes
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
 def served(authority: Authority, guard: Guard) -> Iterator[str]:
-    port = free_port()
-    resource = f"http://127.0.0.1:{port}/mcp"
-    verifier = JWTVerifier([TrustedIssuer(issuer=authority.issuer, audience=resource, jwks_uri=authority.jwks_uri)])
-    server = guarded_notes(guard, verifier, authority.issuer, resource)
-    with serving(server.streamable_http_app(), port):
+    with serving_jwt_notes(guard, authority.issuer, authority.jwks_uri) as resource:
         yield resource
 
 
