@@ -90,7 +90,10 @@ def _key_options(parser: argparse.ArgumentParser) -> None:
 def _key(args: argparse.Namespace) -> bytes | None:
     if args.key_file:
         with open(args.key_file, "rb") as file:
-            return file.read().strip()
+            key = file.read().strip()
+        if not key:
+            raise ValueError(f"the key file {args.key_file} holds no key")
+        return key
     if args.key_env:
         value = os.environ.get(args.key_env)
         if not value:

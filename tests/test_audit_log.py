@@ -430,3 +430,17 @@ def test_a_failing_anchor_never_writes_events_twice(tmp_path: Path, caplog: pyte
     sink.close()
     assert verify_files([str(path)]).entries == 5  # head, three events, closing checkpoint
     assert "anchor" in caplog.text
+
+
+def test_an_emptied_file_or_an_empty_key_is_refused(tmp_path: Path) -> None:
+    first = written_log(tmp_path, name="a.jsonl")
+    emptied = tmp_path / "b.jsonl"
+    emptied.write_bytes(b"")
+    verdict = verify_files([str(first), str(emptied)])
+    assert not verdict.ok and verdict.file == str(emptied) and "truncated to nothing" in (verdict.problem or "")
+    assert "truncated to nothing" in (verify_files([str(emptied)]).problem or "")
+    with pytest.raises(ValueError, match="empty HMAC key"):
+        FileAuditSink(tmp_path / "keyed.jsonl", key=b"")
+    blank = tmp_path / "blank.key"
+    blank.write_bytes(b"\n")
+    assert mcp_guard("audit", "verify", str(first), "--key-file", str(blank)).returncode == 2

@@ -575,3 +575,9 @@ async def test_a_refreshed_token_keeps_its_session_retained(audit: MemoryAuditSi
     assert again.decision.reason.code == ReasonCode.SESSION_EXPIRED
     reopened = [e for e in events(audit, EventKind.SESSION_OPENED) if e.token_id in ("first", "refreshed")]
     assert len(reopened) == 1  # opened once, never afresh
+
+
+@pytest.mark.parametrize(("aud", "code"), [([7], "claim_invalid"), ([], "claim_invalid"), (7, "claim_invalid")])
+async def test_a_malformed_audience_on_a_verified_token_is_refused(g: Guard, aud: Any, code: str) -> None:
+    result = await g.authorize("read_note", {}, token(aud=aud))
+    assert result.decision.reason.code == code

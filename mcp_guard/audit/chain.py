@@ -190,6 +190,10 @@ def verify_lines(
                 return Verdict(False, entries, problem, name, number, seq if isinstance(seq, int) else None)
             rotated = entry.get("kind") == FILE_ROTATED
             prev, expected_seq, entries, first = stored, expected_seq + 1, entries + 1, False
+        if first:
+            return Verdict(
+                False, entries, "truncated to nothing (the file holds no entries)", name, None, max(expected_seq, 0)
+            )
     earlier = [seq for seq in held if first_seq is not None and seq < first_seq]
     if earlier:
         problem = f"checkpointed entry {min(earlier)} comes before the files given (verify from an earlier file)"

@@ -72,6 +72,8 @@ class FileAuditSink:
     ) -> None:
         if failure not in ("deny", "buffer"):
             raise ValueError(f"failure must be 'deny' or 'buffer', not {failure!r}")
+        if key is not None and not key:
+            raise ValueError("an empty HMAC key protects nothing: give a key, or None for plain SHA-256")
         self.path = Path(path)
         self.key = key
         self.max_bytes = max_bytes
@@ -150,11 +152,13 @@ class FileAuditSink:
         """Append a batch, with a checkpoint when one is due; on failure, requeue the batch in
         order and remember the error, so the failure mode applies and the writer lives on."""
         try:
-            if self.path.exists() and self.path.stat().st_size >= self.max_bytes:
+            size = self.path.stat().st_size if self.path.exists() else 0
+            if size >= self.max_bytes:
                 self._rotate()
+                size = 0
             lines = []
             state = ChainState(self._state.seq, self._state.last_hash)
-            if not self.path.exists() or self.path.stat().st_size == 0:
+            if size == 0:
                 lines.append(entry_line(state, FILE_START, {"file": self.path.name}, self.key))
             lines.extend(self._event_line(state, event) for event in batch)
             checkpoint = checkpoint or time.monotonic() - self._checkpointed_at >= self.checkpoint_interval

@@ -19,10 +19,11 @@ from cachetools import FIFOCache
 from mcp.server.auth.provider import AccessToken
 
 from mcp_guard.errors import Refused
+from mcp_guard.identity.claims import audience_of, scope_of
 from mcp_guard.identity.delegation import DEPTH_LIMIT, actor_chain
 from mcp_guard.model import Principal
 from mcp_guard.reasons import ReasonCode
-from mcp_guard.scopes import ScopeError, parse_scope, scope_set
+from mcp_guard.scopes import ScopeError, scope_set
 
 __all__ = ["AccessTokenIdentifier", "Identifier", "token_fingerprint"]
 
@@ -35,11 +36,17 @@ class Identifier(Protocol):
 
 def token_fingerprint(token: str) -> str:
     """A short SHA-256 fingerprint of a bearer token (128 bits, hex): safe to log and to key on."""
-    return _digest(token)[:16].hex()
+    return fingerprint_of(token_digest(token))
 
 
-def _digest(token: str) -> bytes:
+def token_digest(token: str) -> bytes:
+    """SHA-256 of a bearer token: what verified tokens are cached under."""
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+
+def fingerprint_of(digest: bytes) -> str:
+    """The fingerprint of the token whose `token_digest` is ``digest``."""
+    return digest[:16].hex()
 
 
 class AccessTokenIdentifier:
@@ -74,11 +81,11 @@ class AccessTokenIdentifier:
         token = credential.token
         if not token:
             return principal_from_access_token(credential, None)
-        digest = _digest(token)
+        digest = token_digest(token)
         try:
             principal = self._cache[digest]
         except KeyError:
-            principal = principal_from_access_token(credential, digest[:16].hex())
+            principal = principal_from_access_token(credential, fingerprint_of(digest))
             with self._lock:
                 self._cache[digest] = principal
         with self._lock:
@@ -117,14 +124,12 @@ def principal_from_access_token(token: AccessToken, fingerprint: str | None) -> 
 def _requested_scopes(token: AccessToken, claims: Mapping[str, Any]) -> frozenset[str]:
     try:
         listed = scope_set(token.scopes)
-        raw = claims.get("scope")
-        if raw is None:
-            return listed
-        if not isinstance(raw, str):
-            raise ScopeError(f"the 'scope' claim must be a string, not {type(raw).__name__}")
-        parsed = parse_scope(raw)
     except ScopeError as error:
         raise Refused(ReasonCode.SCOPE_MALFORMED, f"The access token's scope is invalid: {error}.") from None
+    raw = claims.get("scope")
+    if raw is None:
+        return listed
+    parsed = scope_of(raw)
     if parsed != listed:
         raise Refused(
             ReasonCode.SCOPE_MALFORMED,
@@ -135,8 +140,4 @@ def _requested_scopes(token: AccessToken, claims: Mapping[str, Any]) -> frozense
 
 def _audience(token: AccessToken, claims: Mapping[str, Any]) -> tuple[str, ...]:
     aud = claims.get("aud", token.resource)
-    if isinstance(aud, str):
-        return (aud,)
-    if isinstance(aud, list):
-        return tuple(item for item in aud if isinstance(item, str))
-    return ()
+    return audience_of(aud) if aud is not None else ()

@@ -13,7 +13,6 @@ resource, as RFC 7662 leaves ``aud`` optional.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -26,6 +25,7 @@ from authlib.integrations.httpx_client import AsyncOAuth2Client
 from cachetools import FIFOCache
 
 from mcp_guard.errors import Refused
+from mcp_guard.identity.access_token import fingerprint_of, token_digest
 from mcp_guard.identity.claims import audience_of, check_times, json_object, scope_of, string_claim
 from mcp_guard.identity.delegation import actor_chain
 from mcp_guard.identity.rfc8414 import check_fetchable, metadata_endpoint
@@ -85,7 +85,7 @@ class IntrospectionVerifier:
         """The principal an active token stands for; raises `Refused` with the reason otherwise."""
         if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_BYTES or not token.isascii():
             raise Refused(ReasonCode.TOKEN_MALFORMED)
-        digest = hashlib.sha256(token.encode("ascii")).digest()
+        digest = token_digest(token)
         now = self.clock()
         cached = self._answers.get(digest)
         if cached is not None and now < cached[1]:
@@ -135,7 +135,7 @@ def _principal(trusted: TrustedIssuer, answer: Mapping[str, Any], now: float, di
     audience = audience_of(answer.get("aud", trusted.audience))
     if trusted.audience not in audience:
         raise Refused(ReasonCode.AUDIENCE_MISMATCH)
-    exp = check_times(answer, now, trusted.leeway)
+    exp = check_times(answer, now, trusted.leeway, trusted.max_token_age)
     client_id = string_claim(answer, "client_id", default="")
     # With no resource owner (client credentials), the client is the subject (RFC 9068, 2.2).
     subject = answer.get("sub", client_id or None)
@@ -151,7 +151,7 @@ def _principal(trusted: TrustedIssuer, answer: Mapping[str, Any], now: float, di
         audience=audience,
         expires_at=exp,
         token_id=token_id if isinstance(token_id, str) and token_id else None,
-        token_hash=digest[:16].hex(),
+        token_hash=fingerprint_of(digest),
         actor_chain=actor_chain(answer.get("act"), trusted.max_delegation_depth),
         claims=MappingProxyType(dict(answer)),
     )

@@ -10,7 +10,6 @@ Each refusal carries its own reason code.
 from __future__ import annotations
 
 import binascii
-import hashlib
 import math
 import threading
 import time
@@ -25,6 +24,7 @@ from joserfc.jws import JWSRegistry
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mcp_guard.errors import Refused
+from mcp_guard.identity.access_token import fingerprint_of, token_digest
 from mcp_guard.identity.claims import audience_of, check_times, json_object, scope_of, string_claim
 from mcp_guard.identity.delegation import DEPTH_LIMIT, MAX_DELEGATION_DEPTH, actor_chain
 from mcp_guard.identity.jwks import SIGNING_ALGORITHMS, JWKSCache
@@ -44,7 +44,6 @@ MAX_TOKEN_BYTES = 8192
 
 _KEY_CARRYING = frozenset({"jku", "jwk", "x5u", "x5c"})
 _DEFAULT_CLAIMS = ("iss", "exp", "aud", "sub", "client_id", "iat", "jti")
-_TIME_CLAIMS = ("exp", "nbf", "iat")
 
 
 class TrustedIssuer(BaseModel):
@@ -123,7 +122,7 @@ class JWTVerifier:
         self.clock = clock
         self.max_token_bytes = max_token_bytes
         self._verified: FIFOCache[bytes, _Verified] = FIFOCache(maxsize=cache_size)
-        self._jwks_uris: dict[str, str] = {i.issuer: i.jwks_uri for i in issuers if i.jwks_uri}
+        self._jwks_uris: dict[str, str] = {i.issuer: i.jwks_uri for i in self.issuers.values() if i.jwks_uri}
         self._discovery = _Discovery()
         self._lock = threading.Lock()
 
@@ -135,7 +134,7 @@ class JWTVerifier:
         """
         if not isinstance(token, str) or len(token) > self.max_token_bytes:
             raise Refused(ReasonCode.TOKEN_TOO_LARGE if isinstance(token, str) else ReasonCode.TOKEN_MALFORMED)
-        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        digest = token_digest(token)
         now = self.clock()
         cached = self._verified.get(digest)
         if cached is not None and now <= cached.until and self.jwks.generation(cached.jwks_uri) == cached.generation:
@@ -264,7 +263,7 @@ def _principal(trusted: TrustedIssuer, claims: Mapping[str, Any], now: float, di
         audience=audience,
         expires_at=exp,
         token_id=token_id,
-        token_hash=digest[:16].hex(),
+        token_hash=fingerprint_of(digest),
         actor_chain=actor_chain(claims.get("act"), trusted.max_delegation_depth),
         claims=MappingProxyType(claims),  # parsed for this token alone: nothing else holds it
     )

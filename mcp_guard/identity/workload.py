@@ -21,7 +21,7 @@ import anyio
 from mcp.server.auth.provider import AccessToken
 
 from mcp_guard.errors import Refused
-from mcp_guard.identity.access_token import AccessTokenIdentifier, Identifier
+from mcp_guard.identity.access_token import AccessTokenIdentifier, Identifier, token_fingerprint
 from mcp_guard.identity.bearer import BearerVerifier
 from mcp_guard.model import Principal
 from mcp_guard.reasons import ReasonCode
@@ -29,6 +29,9 @@ from mcp_guard.reasons import ReasonCode
 __all__ = ["WorkloadIdentity"]
 
 logger = logging.getLogger("mcp_guard")
+
+_RETRYABLE = frozenset({ReasonCode.KEYS_UNAVAILABLE, ReasonCode.INTROSPECTION_FAILED})
+"""Refusals that say nothing about the token itself: the previous principal stays."""
 
 
 class WorkloadIdentity:
@@ -73,17 +76,25 @@ class WorkloadIdentity:
         return self.principal
 
     async def refresh(self) -> Principal:
-        """Read the token from its source and verify it; keep the last good principal on failure.
+        """Read the token from its source and verify it; keep the last good principal on failure,
+        unless it is that very token that is now refused for good (revoked, say).
 
         Refreshes run one at a time, so a slow older one can never overwrite a newer result.
         """
         async with self._refreshing:
+            token: str | None = None
             try:
-                self.principal = await self.verifier.verify(await self._read())
+                token = await self._read()
+                self.principal = await self.verifier.verify(token)
             except Refused as refusal:
-                logger.error("mcp-guard: the workload token was refused (%s); keeping the previous one", refusal.code)
-                if self.principal is None:
+                held = self.principal
+                same = held is not None and token is not None and held.token_hash == token_fingerprint(token)
+                if held is None or (same and refusal.code not in _RETRYABLE):
+                    self.principal = None
+                    logger.error("mcp-guard: the workload token was refused (%s); no workload identity", refusal.code)
                     raise
+                logger.error("mcp-guard: the workload token was refused (%s); keeping the previous one", refusal.code)
+                return held
             except Exception:
                 logger.exception("mcp-guard: refreshing the workload token failed; keeping the previous one")
                 if self.principal is None:

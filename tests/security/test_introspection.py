@@ -97,6 +97,7 @@ async def test_the_cache_never_outlives_the_token_or_its_ttl(authority: Authorit
         ({"exp": 1}, "token_expired"),
         ({"exp": "soon"}, "claim_invalid"),
         ({"nbf": int(time.time()) + 3600}, "token_not_yet_valid"),
+        ({"iat": int(time.time()) - 3 * 24 * 3600, "exp": int(time.time()) + 60}, "token_too_old"),
         ({"sub": None, "client_id": None}, "subject_missing"),
         ({"sub": ""}, "subject_missing"),
         ({"sub": 7}, "subject_missing"),

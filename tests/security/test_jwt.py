@@ -505,3 +505,16 @@ def test_fetchable_urls_need_a_host() -> None:
     for url in ("https:evil", "https:///x", "ftp://h/x", "http://example.test/jwks"):
         with pytest.raises(ValueError, match="https"):
             check_fetchable(url)
+
+
+async def test_issuers_given_as_any_iterable_keep_their_jwks_uri(authority: Authority) -> None:
+    """A generator of issuers is read once; the configured ``jwks_uri`` must still be used, never
+    a metadata lookup in its place (which here would fail)."""
+    authority.metadata_issuer = authority.issuer + "/someone-else"
+    try:
+        issuers = (TrustedIssuer(issuer=authority.issuer, audience=RESOURCE, jwks_uri=authority.jwks_uri) for _ in [1])
+        before = authority.metadata_requests
+        assert (await JWTVerifier(issuers).verify(authority.mint())).subject == "agent-7"
+        assert authority.metadata_requests == before
+    finally:
+        authority.metadata_issuer = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from mcp import Client, MCPError, StdioServerParameters
 from mcp.server.mcpserver import MCPServer
 
 from authority import RESOURCE, Authority
-from mcp_guard import EventKind, Guard, JWTVerifier, MemoryAuditSink, Refused, TrustedIssuer
+from mcp_guard import EventKind, Guard, IntrospectionVerifier, JWTVerifier, MemoryAuditSink, Refused, TrustedIssuer
 from mcp_guard.identity.workload import WorkloadIdentity
 from mcp_guard.testing import access_token, acting_as
 from support import notes_server
@@ -101,3 +102,33 @@ async def test_a_stdio_server_serves_as_its_workload(authority: Authority, mode:
         with pytest.raises(MCPError) as raised:
             await client.call_tool("write_note", {"text": "x"})
         assert raised.value.error.data["reason"] == "insufficient_scope"
+
+
+async def test_the_held_token_refused_for_good_leaves_no_identity(
+    authority: Authority, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bad replacement token keeps the last good one, but the very token held, once the
+    issuer says it is no longer active, stops acting at once; an outage keeps it."""
+    verifier = IntrospectionVerifier(
+        TrustedIssuer(issuer=authority.issuer, audience=RESOURCE),
+        endpoint=f"{authority.issuer}/introspect",
+        client_id=authority.client_id,
+        client_secret=authority.client_secret,
+        cache_ttl=0.000001,
+    )
+    now = int(time.time())
+    authority.answers["workload-held"] = {
+        "active": True, "iss": authority.issuer, "aud": RESOURCE, "sub": "indexer", "client_id": "indexer",
+        "scope": "notes:read", "exp": now + 300, "iat": now,
+    }  # fmt: skip
+    monkeypatch.setenv("MCP_GUARD_TOKEN", "workload-held")
+    workload = WorkloadIdentity.from_env(verifier)
+    assert (await workload.refresh()).subject == "indexer"
+    authority.answers["workload-held"] = 503  # the endpoint fails: nothing is known about the token
+    assert (await workload.refresh()).subject == "indexer"
+    authority.answers["workload-held"] = {"active": False}
+    with pytest.raises(Refused) as raised:
+        await workload.refresh()
+    assert raised.value.code == "token_inactive"
+    with pytest.raises(Refused):
+        workload.identify(None)
