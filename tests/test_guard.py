@@ -581,3 +581,18 @@ async def test_a_refreshed_token_keeps_its_session_retained(audit: MemoryAuditSi
 async def test_a_malformed_audience_on_a_verified_token_is_refused(g: Guard, aud: Any, code: str) -> None:
     result = await g.authorize("read_note", {}, token(aud=aud))
     assert result.decision.reason.code == code
+
+
+async def test_lapsed_revocations_are_dropped(audit: MemoryAuditSink, clock: Clock) -> None:
+    """A revocation with a ttl ends on time, and once every one has ended the per-call check
+    is skipped again and nothing of them is kept."""
+    g = make_guard(audit, clock)
+    await g.revoke(subject="alice", ttl=60)
+    await g.revoke(client_id="test-client", ttl=120)
+    assert (await g.authorize("read_note", {}, token())).decision.reason.code == ReasonCode.SUBJECT_REVOKED
+    clock.advance(61)
+    assert (await g.authorize("read_note", {}, token())).decision.reason.code == ReasonCode.CLIENT_REVOKED
+    assert g.revocations.active
+    clock.advance(60)
+    assert (await g.authorize("read_note", {}, token())).allowed
+    assert not g.revocations.active

@@ -13,6 +13,7 @@ from opentelemetry.util.types import AttributeValue
 
 from mcp_guard.audit.events import AuditEvent
 from mcp_guard.model import Decision
+from mcp_guard.scopes import format_scope
 
 __all__ = ["annotate_span", "recording_span", "tracing_configured"]
 
@@ -44,9 +45,9 @@ def annotate_span(span: Span, event: AuditEvent, decision: Decision, transport_s
     attributes: dict[str, AttributeValue] = {
         "mcp_guard.decision": decision.outcome,
         "mcp_guard.reason": decision.reason.code,
-        "mcp_guard.requested_scopes": " ".join(sorted(decision.requested_scopes)),
-        "mcp_guard.approved_scopes": " ".join(sorted(decision.approved_scopes)),
-        "mcp_guard.missing_scopes": " ".join(sorted(decision.missing_scopes)),
+        "mcp_guard.requested_scopes": format_scope(decision.requested_scopes),
+        "mcp_guard.approved_scopes": format_scope(decision.approved_scopes),
+        "mcp_guard.missing_scopes": format_scope(decision.missing_scopes),
         "mcp_guard.event_id": event.event_id,
     }
     optional = {

@@ -163,6 +163,12 @@ class GuardTokenVerifier:
     async def _verify(self, token: str, span: Span | None) -> AccessToken | None:
         try:
             principal = await self.verifier.verify(token)
+            if self.guard is not None and principal.token_hash not in self._accepted:
+                self.guard.record(AuditEvent.build(EventKind.TOKEN_ACCEPTED, self.guard.clock(), principal))
+                if len(self._accepted) >= self._ACCEPTED_LIMIT:
+                    self._accepted.clear()
+                self._accepted[principal.token_hash] = None  # only once its acceptance is recorded
+            resource = self.verifier.issuers[principal.issuer].audience
         except Refused as refusal:
             self._reject(token, refusal.code, refusal.message, span)
             return None
@@ -178,17 +184,12 @@ class GuardTokenVerifier:
                     "mcp_guard.principal.subject": principal.subject,
                 }
             )
-        if self.guard is not None and principal.token_hash not in self._accepted:
-            if len(self._accepted) >= self._ACCEPTED_LIMIT:
-                self._accepted.clear()
-            self._accepted[principal.token_hash] = None
-            self.guard.record(AuditEvent.build(EventKind.TOKEN_ACCEPTED, self.guard.clock(), principal))
         return AccessToken(
             token=token,
             client_id=principal.client_id,
             scopes=sorted(principal.scopes),
             expires_at=int(principal.expires_at) if principal.expires_at is not None else None,
-            resource=self.verifier.issuers[principal.issuer].audience,
+            resource=resource,
             subject=principal.subject,
             claims={**principal.claims, "iss": principal.issuer, "sub": principal.subject},
         )
@@ -247,10 +248,11 @@ def _trimmed(token: AccessToken, approved: frozenset[str]) -> AccessToken:
 
     The scope claims (``scope``, and ``scp`` that some servers use) are trimmed too.
     """
+    listed = sorted(approved)
     claims = dict(token.claims) if token.claims else None
     if claims is not None:
         if "scope" in claims:
-            claims["scope"] = format_scope(approved)
+            claims["scope"] = format_scope(listed)
         if "scp" in claims:
-            claims["scp"] = sorted(approved)
-    return token.model_copy(update={"token": "", "scopes": sorted(approved), "claims": claims})
+            claims["scp"] = list(listed)
+    return token.model_copy(update={"token": "", "scopes": listed, "claims": claims})

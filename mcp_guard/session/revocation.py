@@ -21,7 +21,8 @@ _Key = tuple[str | None, str]
 
 
 class Revocations:
-    """Token, subject and client revocations. ``active`` is false while none is recorded."""
+    """Token, subject and client revocations. ``active`` is false while none is in force:
+    revocations whose end has passed are dropped by the next check after it."""
 
     def __init__(self) -> None:
         self._sessions: set[str] = set()
@@ -29,6 +30,7 @@ class Revocations:
         self._subjects: dict[_Key, float] = {}
         self._clients: dict[_Key, float] = {}
         self._lock = threading.Lock()
+        self._next_lapse = math.inf
         self.active = False
 
     def revoke_session(self, session_id: str) -> None:
@@ -43,16 +45,19 @@ class Revocations:
         """Revoke by ``jti`` or by token fingerprint (`token_fingerprint`)."""
         with self._lock:
             self._tokens[token_id] = until
+            self._next_lapse = min(self._next_lapse, until)
             self.active = True
 
     def revoke_subject(self, subject: str, issuer: str | None = None, until: float = math.inf) -> None:
         with self._lock:
             self._subjects[(issuer, subject)] = until
+            self._next_lapse = min(self._next_lapse, until)
             self.active = True
 
     def revoke_client(self, client_id: str, issuer: str | None = None, until: float = math.inf) -> None:
         with self._lock:
             self._clients[(issuer, client_id)] = until
+            self._next_lapse = min(self._next_lapse, until)
             self.active = True
 
     def restore(
@@ -71,10 +76,12 @@ class Revocations:
                 self._subjects.pop((issuer, subject), None)
             if client_id is not None:
                 self._clients.pop((issuer, client_id), None)
-            self.active = bool(self._tokens or self._subjects or self._clients)
+            self._settle()
 
     def check(self, principal: Principal, now: float) -> ReasonCode | None:
         """The reason ``principal`` is revoked at ``now``, or None."""
+        if now >= self._next_lapse:
+            self._drop_lapsed(now)
         if self._tokens and (
             (principal.token_id is not None and _active(self._tokens.get(principal.token_id), now))
             or (principal.token_hash is not None and _active(self._tokens.get(principal.token_hash), now))
@@ -91,6 +98,19 @@ class Revocations:
         ):
             return ReasonCode.CLIENT_REVOKED
         return None
+
+    def _drop_lapsed(self, now: float) -> None:
+        with self._lock:
+            for table in (self._tokens, self._subjects, self._clients):
+                for key in [key for key, until in table.items() if until <= now]:
+                    del table[key]  # type: ignore[arg-type]
+            self._settle()
+
+    def _settle(self) -> None:
+        """Recompute ``active`` and the next end time (lock held)."""
+        tables = (self._tokens, self._subjects, self._clients)
+        self._next_lapse = min((until for table in tables for until in table.values()), default=math.inf)
+        self.active = any(tables)
 
 
 def _active(until: float | None, now: float) -> bool:

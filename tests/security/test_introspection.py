@@ -14,7 +14,9 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from authority import RESOURCE, Authority
-from mcp_guard import Guard, GuardTokenVerifier, Refused, TrustedIssuer
+from mcp_guard import EventKind, Guard, GuardTokenVerifier, ReasonCode, Refused, TrustedIssuer
+from mcp_guard.audit.events import AuditEvent
+from mcp_guard.audit.file import AuditLogError
 from mcp_guard.identity.rfc7662 import IntrospectionVerifier
 from serving import free_port, guarded_notes, serving
 
@@ -241,3 +243,29 @@ async def test_a_minimal_answer_is_usable_end_to_end(authority: Authority, guard
     principal = guard.identifier.identify(access)
     assert (principal.issuer, principal.client_id) == (authority.issuer, "")
     assert principal.actor_chain == ("a1", "a2", "a3", "a4", "a5")
+
+
+async def test_an_acceptance_the_audit_log_refuses_is_a_refusal_and_recorded_later(authority: Authority) -> None:
+    """A failing audit sink never turns token verification into a server error, and the
+    token's acceptance is recorded once the log takes it, not skipped as if already seen."""
+
+    class FailingOnce:
+        def __init__(self) -> None:
+            self.events: list[AuditEvent] = []
+
+        def emit(self, event: AuditEvent) -> None:
+            if not self.events and not hasattr(self, "failed"):
+                self.failed = True
+                raise AuditLogError("the audit log is full")
+            self.events.append(event)
+
+    audit = FailingOnce()
+    guard = Guard(audit=[audit])
+    authority.answers["audited"] = answer(authority)
+    verifying = GuardTokenVerifier(introspector(authority), guard)
+    assert await verifying.verify_token("audited") is None
+    assert await verifying.verify_token("audited") is not None
+    assert [(e.kind, e.reasons) for e in audit.events] == [
+        (EventKind.TOKEN_REJECTED, (ReasonCode.GUARD_ERROR,)),
+        (EventKind.TOKEN_ACCEPTED, ()),
+    ]
