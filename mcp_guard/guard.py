@@ -18,6 +18,8 @@ from types import MappingProxyType
 from typing import Any, NamedTuple, TypeVar, cast
 
 from mcp.server.auth.provider import AccessToken
+from mcp.server.mcpserver.utilities.context_injection import find_context_parameter
+from mcp.server.mcpserver.utilities.func_metadata import func_metadata
 
 from mcp_guard.audit.arguments import summarize_arguments
 from mcp_guard.audit.events import AuditEvent, EventKind
@@ -28,6 +30,8 @@ from mcp_guard.errors import Refused
 from mcp_guard.identity.access_token import AccessTokenIdentifier, Identifier
 from mcp_guard.model import CallRequest, Decision, Delegation, Principal, Risk, Session, SessionState, ToolSpec
 from mcp_guard.policy.base import Policy
+from mcp_guard.policy.risk import RiskSettings
+from mcp_guard.policy.shadow import Shadow
 from mcp_guard.policy.scopes import ScopePolicy
 from mcp_guard.reasons import ReasonCode
 from mcp_guard.scopes import scope_set
@@ -44,6 +48,7 @@ logger = logging.getLogger("mcp_guard")
 F = TypeVar("F", bound=Callable[..., Any])
 
 _DISPLAY_LIMIT = 80
+_DETAIL_LIMIT = 300
 
 _LIFETIME_ENDS = (ReasonCode.SESSION_EXPIRED, ReasonCode.SESSION_IDLE_EXPIRED)
 _ACTIVE = SessionState.ACTIVE
@@ -73,6 +78,9 @@ class Guard:
     and an in-memory audit log. ``leeway`` is the grace in seconds after a token's expiry;
     ``clock`` returns the time in seconds (inject one in tests). ``record_arguments`` puts each
     call's arguments (redacted per tool, and bounded) on its span and in its audit event.
+    ``risk`` scores sessions and revokes one that crosses its threshold (a policy loaded from a
+    file brings its own). ``shadow`` is a candidate policy judged beside the enforcing one: it
+    never changes a decision, and each disagreement is recorded as ``policy.disagreed``.
     """
 
     def __init__(
@@ -88,6 +96,8 @@ class Guard:
         leeway: float = 30.0,
         clock: Callable[[], float] = time.time,
         record_arguments: bool = False,
+        risk: RiskSettings | None = None,
+        shadow: Policy | None = None,
     ) -> None:
         if policy is not None and scope_hierarchy is not None:
             raise ValueError("give scope_hierarchy to your policy, not to both")
@@ -103,6 +113,8 @@ class Guard:
         self.leeway = leeway
         self.clock = clock
         self.record_arguments = record_arguments
+        self.risk: RiskSettings | None = risk if risk is not None else getattr(self.policy, "risk", None)
+        self.shadow = Shadow(shadow, self.sinks) if shadow is not None else None
         self._tools: dict[str, ToolSpec] = {}
 
     # -- the registry -------------------------------------------------------------------------
@@ -156,6 +168,7 @@ class Guard:
                     delegation=delegation,
                     actors=frozenset(actors),
                     redact=frozenset(redact),
+                    input_schema=input_schema_of(fn),
                 )
             )
             return _admitted_only(fn, spec.name)
@@ -187,6 +200,7 @@ class Guard:
         try:
             now = self.clock()
             kind = _TOKEN_REJECTED
+            detail: str | None = None
             principal: Principal | None = None
             session_id: str | None = None
             session: Session | None = None
@@ -216,7 +230,13 @@ class Guard:
                 elif type(arguments) is not dict:
                     raise Refused(ReasonCode.ARGUMENTS_INVALID)
                 request = _new(CallRequest, (principal, session, spec, arguments, now, protocol_version, request_id))
-                decision = self.policy.decide(request)
+                try:
+                    verdict = self.policy.decide(request)
+                    decision = verdict if type(verdict) is Decision else await self._settled(verdict)
+                except Exception as error:
+                    logger.exception("mcp-guard: policy %r failed on tool %s; denying", self.policy.id, spec.name)
+                    decision = self._refusal(ReasonCode.POLICY_ERROR, None, principal)
+                    detail = f"{type(error).__name__}: {error}"[:_DETAIL_LIMIT]
             except Refused as refusal:
                 decision = self._refusal(refusal.code, refusal.message, principal)
             except Exception:
@@ -229,22 +249,34 @@ class Guard:
             facts = None
             if self.record_arguments and request is not None:
                 facts = {"arguments": summarize_arguments(request.arguments, request.tool.redact)}
+            risk = self.risk
+            weight = 0.0
+            if risk is not None and session is not None:
+                weight = risk.weight(decision, spec)
+                if decision.allowed and session.risk_score + weight >= risk.threshold:
+                    decision = self._refusal(ReasonCode.SESSION_RISK_EXCEEDED, None, principal)
             event = AuditEvent.build(
-                kind, now, principal, session_id, tool_name, decision, trace_context, None, owners, facts
+                kind, now, principal, session_id, tool_name, decision, trace_context, detail, owners, facts
             )
             try:
                 for sink in self.sinks:
                     sink.emit(event)
                 if session is not None:
-                    await self.sessions.record_call(session, now, allowed=decision.allowed)
+                    score = await self.sessions.record_call(
+                        session, now, allowed=decision.allowed, tool=spec, targets=decision.targets, risk=weight
+                    )
+                    if risk is not None and score >= risk.threshold:
+                        await self._end_risky_session(session, principal, score, risk.threshold, now)
             except Exception:
                 logger.exception("mcp-guard: recording the decision on tool %s failed; denying", tool_name)
                 if decision.allowed:
                     decision = self._refusal(ReasonCode.GUARD_ERROR, _UNRECORDED, principal)
                     event = AuditEvent.build(
-                        kind, now, principal, session_id, tool_name, decision, trace_context, None, owners, facts
+                        kind, now, principal, session_id, tool_name, decision, trace_context, detail, owners, facts
                     )
                     self._emit_best_effort(event)
+            if self.shadow is not None and request is not None:
+                await self.shadow.compare(request, decision, event)
             if span is not None:
                 annotate_span(span, event, decision, transport_session)
             return _new(Authorization, (decision, request))
@@ -377,6 +409,35 @@ class Guard:
             self.record(AuditEvent.build(EventKind.SESSION_EXPIRED, now, principal, session_id=session_id))
         raise Refused(refusal)
 
+    async def _settled(self, verdict: object) -> Decision:
+        """The decision a policy's answer stands for: awaited if it is pending; an abstention denies."""
+        if inspect.isawaitable(verdict):
+            verdict = await verdict
+        if verdict is None:
+            return Decision.deny(
+                ReasonCode.NO_APPLICABLE_RULE, policy_id=self.policy.id, policy_version=self.policy.version
+            )
+        if not isinstance(verdict, Decision):
+            raise TypeError(f"policy {self.policy.id!r} returned {type(verdict).__name__}, not a Decision")
+        return verdict
+
+    async def _end_risky_session(
+        self, session: Session, principal: Principal | None, score: float, threshold: float, now: float
+    ) -> None:
+        """Revoke a session whose risk score reached the threshold, and record why."""
+        self.revocations.revoke_session(session.id)
+        if await self.sessions.end(session.id, SessionState.REVOKED, ReasonCode.SESSION_RISK_EXCEEDED) == "ended":
+            self.record(
+                AuditEvent.build(
+                    EventKind.SESSION_REVOKED,
+                    now,
+                    principal,
+                    session.id,
+                    detail=f"{ReasonCode.SESSION_RISK_EXCEEDED}: risk score {score:g} reached threshold {threshold:g}",
+                    owners=session.owners,
+                )
+            )
+
     def _refusal(self, code: str, message: str | None, principal: Principal | None) -> Decision:
         return Decision.deny(
             code,
@@ -464,6 +525,12 @@ def _describe(targets: Mapping[str, str], issuer: str | None, reason: str) -> st
     if reason:
         parts.append(f"reason={reason!r}")
     return " ".join(parts)
+
+
+def input_schema_of(fn: Callable[..., Any]) -> dict[str, Any]:
+    """The JSON Schema of ``fn``'s arguments, built exactly as the SDK builds a tool's ``inputSchema``."""
+    context = find_context_parameter(fn)
+    return func_metadata(fn, skip_names=[context] if context else []).arg_model.model_json_schema(by_alias=True)
 
 
 def _admitted_only(fn: F, tool: str) -> F:

@@ -22,6 +22,7 @@ from mcp_guard.scopes import scope_set
 __all__ = [
     "MAX_SESSION_TOKENS",
     "Binding",
+    "CallHistory",
     "CallRequest",
     "Decision",
     "Delegation",
@@ -122,6 +123,9 @@ class ToolSpec:
     actors: frozenset[str] = frozenset()
     redact: frozenset[str] = frozenset()
     """Argument names whose values never reach a span or the log, at any depth."""
+    input_schema: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+    """The JSON Schema of the tool's arguments (as ``tools/list`` shows it), when known: what
+    policy engines type arguments by (the Cedar schema is generated from it)."""
 
     def __post_init__(self) -> None:
         check_tool_name(self.name)
@@ -156,6 +160,16 @@ class SessionOwners:
 
 
 @dataclass(slots=True)
+class CallHistory:
+    """What a session has done so far, for rules over sequences: the calls each tool was allowed,
+    the tags of those tools, and the distinct targets each target-counting rule has seen."""
+
+    tools: dict[str, int] = field(default_factory=dict)
+    tags: set[str] = field(default_factory=set)
+    targets: dict[str, set[str]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
 class Session:
     """A governed session: bound to one principal, bounded in time, revocable.
 
@@ -164,7 +178,8 @@ class Session:
     ``jti`` (or fingerprint) of each token bound to it, oldest first, up to `MAX_SESSION_TOKENS`.
     ``retain_until`` is when no credential that could present this session's key is valid any
     more (each bound token extends it): a store must keep the session (ended or not) at least
-    until then, or its key could open a fresh one.
+    until then, or its key could open a fresh one. ``risk_score`` adds up what each call and
+    denial weighs (see `RiskSettings`); ``history`` summarises the calls allowed so far.
     """
 
     id: str
@@ -181,6 +196,8 @@ class Session:
     state: SessionState = SessionState.ACTIVE
     end_reason: str | None = None
     tokens: dict[str | None, None] = field(default_factory=dict)
+    risk_score: float = 0.0
+    history: CallHistory = field(default_factory=CallHistory)
 
 
 class CallRequest(NamedTuple):
@@ -216,7 +233,9 @@ class Decision:
 
     ``requested_scopes`` are the principal's granted scopes, ``approved_scopes`` what the call
     may run with, ``missing_scopes`` what the tool requires and the call lacks. The three are
-    kept apart so the audit trail shows exactly how much was trimmed.
+    kept apart so the audit trail shows exactly how much was trimmed. ``targets`` are the
+    (rule id, target) pairs an allowed call reaches, which the session remembers for rules that
+    count distinct targets.
     """
 
     allowed: bool
@@ -228,6 +247,7 @@ class Decision:
     obligations: tuple[str, ...] = ()
     policy_id: str = ""
     policy_version: str = ""
+    targets: tuple[tuple[str, str], ...] = ()
 
     @property
     def reason(self) -> Reason:

@@ -58,6 +58,18 @@ class ReasonCode(StrEnum):
     DELEGATION_FORBIDDEN = "delegation_forbidden"
     DELEGATION_REQUIRED = "delegation_required"
     ACTOR_NOT_ALLOWED = "actor_not_allowed"
+    # policy rules
+    POLICY_DENIED = "policy_denied"
+    NO_APPLICABLE_RULE = "no_applicable_rule"
+    PRINCIPAL_NOT_ALLOWED = "principal_not_allowed"
+    ARGUMENT_REJECTED = "argument_rejected"
+    SEQUENCE_FORBIDDEN = "sequence_forbidden"
+    TOO_MANY_TARGETS = "too_many_targets"
+    RATE_LIMITED = "rate_limited"
+    BUDGET_EXHAUSTED = "budget_exhausted"
+    OUTSIDE_TIME_WINDOW = "outside_time_window"
+    SESSION_RISK_EXCEEDED = "session_risk_exceeded"
+    POLICY_ERROR = "policy_error"
     # the guard
     GUARD_ERROR = "guard_error"
 
@@ -103,6 +115,17 @@ _MESSAGES: dict[str, str] = {
     ReasonCode.DELEGATION_FORBIDDEN: "This tool may not be called on someone's behalf: use the subject's own token.",
     ReasonCode.DELEGATION_REQUIRED: "This tool may only be called by an agent acting on someone's behalf.",
     ReasonCode.ACTOR_NOT_ALLOWED: "The agent acting on the subject's behalf is not allowed to call this tool.",
+    ReasonCode.POLICY_DENIED: "The call is not allowed by policy.",
+    ReasonCode.NO_APPLICABLE_RULE: "No policy rule allows this call.",
+    ReasonCode.PRINCIPAL_NOT_ALLOWED: "This caller is not allowed to call this tool.",
+    ReasonCode.ARGUMENT_REJECTED: "An argument of this call is outside what the policy allows.",
+    ReasonCode.SEQUENCE_FORBIDDEN: "This tool may not follow the tools already called in this session.",
+    ReasonCode.TOO_MANY_TARGETS: "This session has reached as many distinct targets as the policy allows.",
+    ReasonCode.RATE_LIMITED: "Too many calls: retry later.",
+    ReasonCode.BUDGET_EXHAUSTED: "The call budget is used up: open a new session, or ask the operator.",
+    ReasonCode.OUTSIDE_TIME_WINDOW: "This tool may not be called at this time.",
+    ReasonCode.SESSION_RISK_EXCEEDED: "This session crossed its risk threshold and was revoked: open a new session.",
+    ReasonCode.POLICY_ERROR: "The call was refused because the policy failed to evaluate it.",
     ReasonCode.GUARD_ERROR: "The call was refused because the authorization check failed internally.",
 }
 

@@ -341,20 +341,20 @@ class ExplodingSink:
 
 
 @pytest.mark.parametrize(
-    "options",
+    ("options", "code"),
     [
-        {"policy": ExplodingPolicy()},
-        {"sessions": ExplodingStore()},
+        ({"policy": ExplodingPolicy()}, ReasonCode.POLICY_ERROR),
+        ({"sessions": ExplodingStore()}, ReasonCode.GUARD_ERROR),
     ],
 )
 async def test_a_failing_stage_denies_and_is_recorded(
-    audit: MemoryAuditSink, clock: Clock, options: dict[str, Any], caplog: pytest.LogCaptureFixture
+    audit: MemoryAuditSink, clock: Clock, options: dict[str, Any], code: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     g = Guard(audit=[audit], clock=clock, **options)
     g.declare(ToolSpec("read_note", scopes=frozenset({"notes:read"})))
     result = await g.authorize("read_note", {}, token())
-    assert not result.allowed and result.decision.reason.code == ReasonCode.GUARD_ERROR
-    assert events(audit, EventKind.CALL_DECIDED)[-1].reasons == ("guard_error",)
+    assert not result.allowed and result.decision.reason.code == code
+    assert events(audit, EventKind.CALL_DECIDED)[-1].reasons == (code,)
     assert "denying" in caplog.text
     assert await g.visible_tools(token()) == frozenset()
 

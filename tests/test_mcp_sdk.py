@@ -301,15 +301,17 @@ async def test_the_decorator_leaves_schema_docstring_and_context_alone() -> None
     assert guard.tool(name="other")(summarize).__doc__ == "Summarize a file."
 
 
-async def test_an_exception_inside_the_guard_denies_without_leaking(mode: str, audit: MemoryAuditSink) -> None:
+async def test_a_failing_policy_denies_without_leaking(mode: str, audit: MemoryAuditSink) -> None:
     guard = Guard(policy=ExplodingPolicy(), audit=[audit])
     server = notes_server(guard)
     with acting_as(access_token("alice", "notes:read")):
         async with Client(server, mode=mode) as client:
             error = await denial(client, "read_note", {"title": "welcome"})
-    assert error.data == {"reason": "guard_error"}
+    assert error.data == {"reason": "policy_error"}
     assert "boom" not in error.message
-    assert last_decision(audit).reasons == ("guard_error",)
+    decided = last_decision(audit)
+    assert decided.reasons == ("policy_error",)
+    assert decided.detail == "RuntimeError: policy secret: boom"  # the operator's record names the error
 
 
 def lowlevel_server(guard: Guard) -> Server[Any]:

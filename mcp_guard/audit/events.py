@@ -34,6 +34,7 @@ class EventKind(StrEnum):
     CALL_COMPLETED = "call.completed"
     ACCESS_REVOKED = "access.revoked"
     ACCESS_RESTORED = "access.restored"
+    POLICY_DISAGREED = "policy.disagreed"
 
 
 _ORIGIN = secrets.token_hex(6) + "-"

@@ -28,6 +28,17 @@ _BY_REASON: dict[str, tuple[str, ...]] = {
     ReasonCode.ACTOR_NOT_ALLOWED: ("ASI03",),
     ReasonCode.DELEGATION_TOO_DEEP: ("ASI03",),
     ReasonCode.GUARD_ERROR: ("ASI08",),
+    ReasonCode.POLICY_ERROR: ("ASI08",),
+    ReasonCode.POLICY_DENIED: ("ASI02",),
+    ReasonCode.NO_APPLICABLE_RULE: ("MCP07",),
+    ReasonCode.PRINCIPAL_NOT_ALLOWED: ("ASI03", "MCP07"),
+    ReasonCode.ARGUMENT_REJECTED: ("ASI02", "MCP05"),
+    ReasonCode.SEQUENCE_FORBIDDEN: ("ASI01", "ASI02"),
+    ReasonCode.TOO_MANY_TARGETS: ("ASI02",),
+    ReasonCode.RATE_LIMITED: ("ASI02",),
+    ReasonCode.BUDGET_EXHAUSTED: ("ASI02",),
+    ReasonCode.OUTSIDE_TIME_WINDOW: ("ASI02",),
+    ReasonCode.SESSION_RISK_EXCEEDED: ("ASI10",),
 }
 
 _BY_KIND: dict[str, tuple[str, ...]] = {

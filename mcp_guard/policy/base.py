@@ -1,19 +1,27 @@
-"""The `Policy` protocol: one call in, one decision out."""
+"""The `Policy` protocol: one call in, one decision out, and how a plain function becomes one."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeAlias
 
 from mcp_guard.model import CallRequest, Decision, Principal, ToolSpec
 
-__all__ = ["Policy"]
+__all__ = ["Policy", "PolicyFunction", "Verdict", "as_policy"]
+
+Verdict: TypeAlias = Decision | None
+"""A decision, or None when the policy does not apply to the call (it abstains)."""
+
+PolicyFunction: TypeAlias = Callable[[CallRequest], Verdict | Awaitable[Verdict]]
 
 
 class Policy(Protocol):
     """Decides tool calls, and which tools a principal may see listed.
 
     ``decide`` gets a call whose identity and session are already verified and whose tool is
-    declared; it returns the decision, including the approved (trimmed) scopes. ``visible``
+    declared; it returns the decision, including the approved (trimmed) scopes, or None when it
+    has nothing to say (combinators pass over it; the guard denies with ``no_applicable_rule``).
+    In-process rules answer synchronously; a remote engine may return an awaitable. ``visible``
     answers for ``tools/list``, where there are no arguments yet: it should be true when some
     call to the tool could be allowed. Raising from either denies (the guard fails closed).
     """
@@ -21,6 +29,36 @@ class Policy(Protocol):
     id: str
     version: str
 
-    def decide(self, request: CallRequest) -> Decision: ...
+    def decide(self, request: CallRequest) -> Verdict | Awaitable[Verdict]: ...
 
     def visible(self, principal: Principal, tool: ToolSpec) -> bool: ...
+
+
+class FunctionPolicy:
+    """A policy made of one function; it lists every tool (it cannot judge a call before it is made)."""
+
+    def __init__(self, fn: PolicyFunction, *, id: str, version: str) -> None:
+        self.fn = fn
+        self.id = id
+        self.version = version
+
+    def decide(self, request: CallRequest) -> Verdict | Awaitable[Verdict]:
+        return self.fn(request)
+
+    def visible(self, principal: Principal, tool: ToolSpec) -> bool:
+        return True
+
+    def __repr__(self) -> str:
+        return f"FunctionPolicy({self.id!r})"
+
+
+def as_policy(policy: Policy | PolicyFunction, *, id: str | None = None, version: str = "1") -> Policy:
+    """``policy`` itself when it is a `Policy`; a function (sync or async) wrapped into one.
+
+    A function's policy id defaults to its name, so decisions and audit records name it.
+    """
+    if hasattr(policy, "decide") and hasattr(policy, "visible"):
+        return policy  # type: ignore[return-value]
+    if not callable(policy):
+        raise TypeError(f"a policy is an object with decide() and visible(), or a function; not {policy!r}")
+    return FunctionPolicy(policy, id=id or str(getattr(policy, "__name__", "policy")), version=version)

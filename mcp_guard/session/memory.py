@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Iterable
 
 from mcp_guard.errors import Refused
-from mcp_guard.model import MAX_SESSION_TOKENS, Session, SessionState
+from mcp_guard.model import MAX_SESSION_TOKENS, Session, SessionState, ToolSpec
 from mcp_guard.reasons import ReasonCode
 from mcp_guard.session.store import EndResult
 
@@ -50,13 +51,31 @@ class MemorySessionStore:
             self._sessions[session.id] = session
             return session, True
 
-    async def record_call(self, session: Session, at: float, *, allowed: bool) -> None:
+    async def record_call(
+        self,
+        session: Session,
+        at: float,
+        *,
+        allowed: bool,
+        tool: ToolSpec | None = None,
+        targets: Iterable[tuple[str, str]] = (),
+        risk: float = 0.0,
+    ) -> float:
         with self._lock:
             if allowed:
                 session.call_count += 1
                 session.last_active_at = at
+                history = session.history
+                if tool is not None:
+                    history.tools[tool.name] = history.tools.get(tool.name, 0) + 1
+                    history.tags |= tool.tags
+                for rule_id, target in targets:
+                    history.targets.setdefault(rule_id, set()).add(target)
             else:
                 session.denied_count += 1
+            if risk:
+                session.risk_score += risk
+            return session.risk_score
 
     async def bind_token(self, session: Session, token_id: str | None, presentable_until: float) -> bool:
         with self._lock:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Literal, Protocol
 
-from mcp_guard.model import Session, SessionState
+from collections.abc import Iterable
+
+from mcp_guard.model import Session, SessionState, ToolSpec
 
 __all__ = ["EndResult", "SessionStore"]
 
@@ -28,8 +30,21 @@ class SessionStore(Protocol):
         """
         ...
 
-    async def record_call(self, session: Session, at: float, *, allowed: bool) -> None:
-        """Count one call on the session; an allowed call also restarts its idle timer."""
+    async def record_call(
+        self,
+        session: Session,
+        at: float,
+        *,
+        allowed: bool,
+        tool: ToolSpec | None = None,
+        targets: Iterable[tuple[str, str]] = (),
+        risk: float = 0.0,
+    ) -> float:
+        """Count one call on the session and return its risk score after adding ``risk``.
+
+        An allowed call also restarts the idle timer and enters the history: ``tool`` (its
+        name and tags) and the (rule id, target) pairs in ``targets``.
+        """
         ...
 
     async def bind_token(self, session: Session, token_id: str | None, presentable_until: float) -> bool:

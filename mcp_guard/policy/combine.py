@@ -1,0 +1,204 @@
+"""Combinators: several policies judged as one, with the semantics spelled out.
+
+Each member answers allow, deny or abstain (None). How the answers combine:
+
+- `AllOf` — allowed only when every member allows; the first denial or abstention decides
+  (an abstaining member counts as a denial: "all of" means all of them said yes).
+- `AnyOf` — allowed when some member allows (the first one decides); otherwise denied with
+  every member's reasons, or abstains when every member abstained.
+- `FirstApplicable` — the first member that does not abstain decides; abstains when all do.
+- `DenyOverrides` — every member is asked; any denial denies (with all the denials' reasons);
+  otherwise any allow allows; abstains when all abstain.
+
+An allowed decision approves only the scopes every allowing member approved (the intersection),
+so a combination can never widen what one member trimmed. Its ``rule_ids`` name the rules of
+every member that allowed; a denial names the rules that denied. A member may answer
+asynchronously; the combination then does too, and asks the remaining members in order.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Iterable, Sequence
+from typing import TypeVar
+
+from mcp_guard.model import CallRequest, Decision, Principal, ToolSpec
+from mcp_guard.policy.base import Policy, PolicyFunction, Verdict, as_policy
+from mcp_guard.reasons import ReasonCode
+
+__all__ = ["AllOf", "AnyOf", "DenyOverrides", "FirstApplicable"]
+
+T = TypeVar("T")
+
+
+class _Combination:
+    """The members, the walk over them (sync until one answers asynchronously), and the merge."""
+
+    name = "combination"
+
+    def __init__(self, *policies: Policy | PolicyFunction, id: str | None = None, version: str = "1") -> None:
+        if not policies:
+            raise ValueError(f"{type(self).__name__} needs at least one policy")
+        self.policies: tuple[Policy, ...] = tuple(as_policy(policy) for policy in policies)
+        self.id = id or f"{self.name}({', '.join(policy.id for policy in self.policies)})"
+        self.version = version
+
+    def decide(self, request: CallRequest) -> Verdict | Awaitable[Verdict]:
+        verdicts: list[Verdict] = []
+        for index, policy in enumerate(self.policies):
+            verdict = policy.decide(request)
+            if inspect.isawaitable(verdict):
+                return self._decide_async(request, verdicts, verdict, index)
+            if self._settled(_checked(verdict, policy), verdicts):
+                break
+        return self._merge(request, verdicts)
+
+    async def _decide_async(
+        self, request: CallRequest, verdicts: list[Verdict], pending: Awaitable[Verdict], index: int
+    ) -> Verdict:
+        if not self._settled(_checked(await pending, self.policies[index]), verdicts):
+            for policy in self.policies[index + 1 :]:
+                verdict = policy.decide(request)
+                if inspect.isawaitable(verdict):
+                    verdict = await verdict
+                if self._settled(_checked(verdict, policy), verdicts):
+                    break
+        return self._merge(request, verdicts)
+
+    def _settled(self, verdict: Verdict, verdicts: list[Verdict]) -> bool:
+        """Add ``verdict``; say whether the combination is decided without asking further members."""
+        verdicts.append(verdict)
+        return False
+
+    def _merge(self, request: CallRequest, verdicts: Sequence[Verdict]) -> Verdict:
+        raise NotImplementedError
+
+    def visible(self, principal: Principal, tool: ToolSpec) -> bool:
+        return all(policy.visible(principal, tool) for policy in self.policies)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(map(repr, self.policies))})"
+
+    # -- merging ------------------------------------------------------------------------------
+
+    def _allowed(self, request: CallRequest, allows: Sequence[Decision]) -> Decision:
+        approved = allows[0].approved_scopes
+        for decision in allows[1:]:
+            approved &= decision.approved_scopes
+        return Decision(
+            allowed=True,
+            requested_scopes=request.principal.scopes,
+            approved_scopes=approved,
+            reasons=allows[0].reasons,
+            rule_ids=_joined(decision.rule_ids for decision in allows),
+            policy_id=self.id,
+            policy_version=self.version,
+            targets=tuple(target for decision in allows for target in decision.targets),
+        )
+
+    def _denied(self, request: CallRequest, denials: Sequence[Decision]) -> Decision:
+        if len(denials) == 1 and denials[0].policy_id == self.id:
+            return denials[0]
+        missing: frozenset[str] = frozenset()
+        for decision in denials:
+            missing |= decision.missing_scopes
+        return Decision(
+            allowed=False,
+            requested_scopes=request.principal.scopes,
+            missing_scopes=missing,
+            reasons=_joined(decision.reasons for decision in denials),
+            rule_ids=_joined(decision.rule_ids for decision in denials),
+            policy_id=self.id,
+            policy_version=self.version,
+        )
+
+    def _abstained(self, request: CallRequest, policy: Policy) -> Decision:
+        return Decision.deny(
+            ReasonCode.NO_APPLICABLE_RULE,
+            f"Policy {policy.id!r} has no rule for this call.",
+            requested=request.principal.scopes,
+            policy_id=self.id,
+            policy_version=self.version,
+        )
+
+
+class AllOf(_Combination):
+    """Allowed only when every member allows; the first denial or abstention decides."""
+
+    name = "all_of"
+
+    def _settled(self, verdict: Verdict, verdicts: list[Verdict]) -> bool:
+        verdicts.append(verdict)
+        return verdict is None or not verdict.allowed
+
+    def _merge(self, request: CallRequest, verdicts: Sequence[Verdict]) -> Verdict:
+        last = verdicts[-1]
+        if last is None:
+            return self._abstained(request, self.policies[len(verdicts) - 1])
+        if not last.allowed:
+            return self._denied(request, [last])
+        return self._allowed(request, [verdict for verdict in verdicts if verdict is not None])
+
+
+class AnyOf(_Combination):
+    """Allowed when some member allows (the first that does decides); else every denial's reasons."""
+
+    name = "any_of"
+
+    def _settled(self, verdict: Verdict, verdicts: list[Verdict]) -> bool:
+        verdicts.append(verdict)
+        return verdict is not None and verdict.allowed
+
+    def _merge(self, request: CallRequest, verdicts: Sequence[Verdict]) -> Verdict:
+        last = verdicts[-1]
+        if last is not None and last.allowed:
+            return self._allowed(request, [last])
+        denials = [verdict for verdict in verdicts if verdict is not None]
+        return self._denied(request, denials) if denials else None
+
+    def visible(self, principal: Principal, tool: ToolSpec) -> bool:
+        return any(policy.visible(principal, tool) for policy in self.policies)
+
+
+class FirstApplicable(_Combination):
+    """The first member that does not abstain decides; abstains when all do."""
+
+    name = "first_applicable"
+
+    def _settled(self, verdict: Verdict, verdicts: list[Verdict]) -> bool:
+        verdicts.append(verdict)
+        return verdict is not None
+
+    def _merge(self, request: CallRequest, verdicts: Sequence[Verdict]) -> Verdict:
+        last = verdicts[-1]
+        if last is None:
+            return None
+        return self._allowed(request, [last]) if last.allowed else self._denied(request, [last])
+
+    def visible(self, principal: Principal, tool: ToolSpec) -> bool:
+        return any(policy.visible(principal, tool) for policy in self.policies)
+
+
+class DenyOverrides(_Combination):
+    """Every member is asked; any denial denies; otherwise any allow allows; abstains if all abstain."""
+
+    name = "deny_overrides"
+
+    def _merge(self, request: CallRequest, verdicts: Sequence[Verdict]) -> Verdict:
+        denials = [verdict for verdict in verdicts if verdict is not None and not verdict.allowed]
+        if denials:
+            return self._denied(request, denials)
+        allows = [verdict for verdict in verdicts if verdict is not None]
+        return self._allowed(request, allows) if allows else None
+
+
+def _checked(verdict: object, policy: Policy) -> Verdict:
+    """``verdict`` when it is a decision or None; a policy answering anything else is broken."""
+    if verdict is None or isinstance(verdict, Decision):
+        return verdict
+    raise TypeError(f"policy {policy.id!r} returned {type(verdict).__name__}, not a Decision or None")
+
+
+def _joined(groups: Iterable[tuple[T, ...]]) -> tuple[T, ...]:
+    """The items of ``groups`` in order, each once."""
+    return tuple(dict.fromkeys(item for group in groups for item in group))

@@ -1,0 +1,51 @@
+"""Session risk: what each call and each denial weighs, and the score at which a session ends."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from mcp_guard.model import Decision, Risk, ToolSpec
+
+__all__ = ["RiskSettings"]
+
+
+@dataclass(frozen=True, slots=True)
+class RiskSettings:
+    """How a session's risk score grows, and the ``threshold`` that revokes it automatically.
+
+    Every denial adds ``denial``; every allowed call adds its tool's weight: the tool's own
+    entry in ``tools`` when there is one, else the weight of its risk level (``read``,
+    ``write``, ``admin``). The call that takes the score to the threshold is refused and the
+    session revoked (recorded as ``session.revoked`` with reason ``session_risk_exceeded``).
+    """
+
+    threshold: float
+    denial: float = 10.0
+    read: float = 0.0
+    write: float = 5.0
+    admin: float = 20.0
+    tools: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    _levels: Mapping[Risk, float] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.threshold) and self.threshold > 0):
+            raise ValueError(f"risk threshold must be a positive, finite number, not {self.threshold!r}")
+        weights = {"denial": self.denial, "read": self.read, "write": self.write, "admin": self.admin}
+        weights.update({f"tools.{name}": weight for name, weight in self.tools.items()})
+        for name, weight in weights.items():
+            if not (isinstance(weight, int | float) and math.isfinite(weight) and weight >= 0):
+                raise ValueError(f"risk weight {name} must be a finite number >= 0, not {weight!r}")
+        object.__setattr__(self, "tools", MappingProxyType(dict(self.tools)))
+        object.__setattr__(self, "_levels", {Risk.READ: self.read, Risk.WRITE: self.write, Risk.ADMIN: self.admin})
+
+    def weight(self, decision: Decision, tool: ToolSpec | None) -> float:
+        """What this decided call adds to its session's score."""
+        if not decision.allowed:
+            return self.denial
+        if tool is None:
+            return 0.0
+        weight = self.tools.get(tool.name)
+        return self._levels[tool.risk] if weight is None else weight
