@@ -4,10 +4,19 @@
                                           prove the chain intact, or name its first broken entry
     mcp-guard audit query FILE... [filters] [--format table|jsonl]
     mcp-guard audit show EVENT_ID FILE...
+    mcp-guard policy check FILE...        validate policy files, naming each problem's line
+    mcp-guard policy explain FILE --tool T [--scopes S] [--args JSON] [--claims JSON] ...
+                                          the decision on one call and every rule's answer
+    mcp-guard policy matrix FILE          tools x scopes x risk, and the rules on each tool
+    mcp-guard policy diff LOG...          what a shadow policy would have decided otherwise
+    mcp-guard policy schema               the JSON Schema of policy files
+    mcp-guard policy cedar-schema MODULE:GUARD
+                                          the Cedar schema of a server's registered tools
 
-Files are given in chain order (rotated segments first, the live file last). HMAC'd logs need
-their key: ``--key-file PATH`` or ``--key-env NAME``. ``verify`` exits 0 when the chain is
-intact and 1 when it is not; every command exits 2 on a usage error.
+Audit files are given in chain order (rotated segments first, the live file last). HMAC'd logs
+need their key: ``--key-file PATH`` or ``--key-env NAME``. ``audit verify`` and ``policy
+check`` exit 1 when they find a problem, ``policy explain`` when the call would be denied;
+every command exits 2 on a usage error.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from datetime import datetime
 from typing import Any
 
 from mcp_guard.audit.chain import Checkpoint, read_lines, verify_files
+from mcp_guard.policy.commands import add_policy_commands, instant
 
 __all__ = ["main"]
 
@@ -62,8 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     for name in ("session", "subject", "client", "tool", "scope", "kind"):
         query.add_argument(f"--{name}")
     query.add_argument("--decision", choices=["allowed", "trimmed", "denied"])
-    query.add_argument("--since", type=_instant, help="ISO 8601 time or seconds since the epoch")
-    query.add_argument("--until", type=_instant, help="ISO 8601 time or seconds since the epoch")
+    query.add_argument("--since", type=instant, help="ISO 8601 time or seconds since the epoch")
+    query.add_argument("--until", type=instant, help="ISO 8601 time or seconds since the epoch")
     query.add_argument("--format", choices=["table", "jsonl"], default="table")
     query.set_defaults(run=_query)
 
@@ -71,6 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("event_id", metavar="EVENT_ID")
     show.add_argument("files", nargs="+", metavar="FILE")
     show.set_defaults(run=_show)
+
+    add_policy_commands(commands, _events)
     return parser
 
 
@@ -174,13 +186,6 @@ def _cell(column: str, value: object) -> str:
     if isinstance(value, list):
         return ",".join(str(item) for item in value) or "-"
     return "-" if value is None else str(value)[:40]
-
-
-def _instant(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        return datetime.fromisoformat(text).timestamp()
 
 
 if __name__ == "__main__":

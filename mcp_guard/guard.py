@@ -31,8 +31,8 @@ from mcp_guard.identity.access_token import AccessTokenIdentifier, Identifier
 from mcp_guard.model import CallRequest, Decision, Delegation, Principal, Risk, Session, SessionState, ToolSpec
 from mcp_guard.policy.base import Policy
 from mcp_guard.policy.risk import RiskSettings
-from mcp_guard.policy.shadow import Shadow
 from mcp_guard.policy.scopes import ScopePolicy
+from mcp_guard.policy.shadow import Shadow
 from mcp_guard.reasons import ReasonCode
 from mcp_guard.scopes import scope_set
 from mcp_guard.session.keys import SessionKeys
@@ -113,9 +113,14 @@ class Guard:
         self.leeway = leeway
         self.clock = clock
         self.record_arguments = record_arguments
-        self.risk: RiskSettings | None = risk if risk is not None else getattr(self.policy, "risk", None)
+        self._risk = risk
         self.shadow = Shadow(shadow, self.sinks) if shadow is not None else None
         self._tools: dict[str, ToolSpec] = {}
+
+    @property
+    def risk(self) -> RiskSettings | None:
+        """How sessions' risk is scored: the guard's own settings, else its policy's (which may reload)."""
+        return self._risk if self._risk is not None else getattr(self.policy, "risk", None)
 
     # -- the registry -------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ class RiskSettings:
 
     Every denial adds ``denial``; every allowed call adds its tool's weight: the tool's own
     entry in ``tools`` when there is one, else the weight of its risk level (``read``,
-    ``write``, ``admin``). The call that takes the score to the threshold is refused and the
+    ``write``, ``admin``; the higher of its own and the one in ``levels``). The call that takes the score to the threshold is refused and the
     session revoked (recorded as ``session.revoked`` with reason ``session_risk_exceeded``).
     """
 
@@ -28,6 +28,8 @@ class RiskSettings:
     write: float = 5.0
     admin: float = 20.0
     tools: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    levels: Mapping[str, Risk] = field(default_factory=lambda: MappingProxyType({}))
+    """Risk levels a policy declares for tools; a call weighs as the higher of this and the tool's own."""
     _levels: Mapping[Risk, float] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -39,6 +41,7 @@ class RiskSettings:
             if not (isinstance(weight, int | float) and math.isfinite(weight) and weight >= 0):
                 raise ValueError(f"risk weight {name} must be a finite number >= 0, not {weight!r}")
         object.__setattr__(self, "tools", MappingProxyType(dict(self.tools)))
+        object.__setattr__(self, "levels", MappingProxyType({name: Risk(level) for name, level in self.levels.items()}))
         object.__setattr__(self, "_levels", {Risk.READ: self.read, Risk.WRITE: self.write, Risk.ADMIN: self.admin})
 
     def weight(self, decision: Decision, tool: ToolSpec | None) -> float:
@@ -48,4 +51,8 @@ class RiskSettings:
         if tool is None:
             return 0.0
         weight = self.tools.get(tool.name)
-        return self._levels[tool.risk] if weight is None else weight
+        if weight is not None:
+            return weight
+        declared = self.levels.get(tool.name)
+        level = self._levels[tool.risk]
+        return level if declared is None else max(level, self._levels[declared])

@@ -50,7 +50,7 @@ class ScopePolicy:
         memo = self._memo.get(key)
         if memo is not None and memo[0] is tool:
             return memo[1]
-        decision = self._decide(tool, requested, actor)
+        decision = self.judge(tool, requested, actor)
         if len(self._memo) >= self._MEMO_LIMIT:
             self._memo.clear()
         self._memo[key] = (tool, decision)
@@ -60,7 +60,8 @@ class ScopePolicy:
         actor = principal.actor_chain[0] if principal.actor_chain else None
         return _delegation_refusal(tool, actor) is None and tool.scopes <= self._hierarchy.expand(principal.scopes)
 
-    def _decide(self, tool: ToolSpec, requested: frozenset[str], actor: str | None) -> Decision:
+    def judge(self, tool: ToolSpec, requested: frozenset[str], actor: str | None) -> Decision:
+        """The decision for a call to ``tool`` granted ``requested``, made by ``actor`` (not memoised)."""
         refusal = _delegation_refusal(tool, actor)
         if refusal is not None:
             return Decision.deny(

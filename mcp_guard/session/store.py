@@ -6,9 +6,8 @@ mutation of a session, so counters stay consistent however many tasks or threads
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
-
 from collections.abc import Iterable
+from typing import Literal, Protocol
 
 from mcp_guard.model import Session, SessionState, ToolSpec
 

@@ -3,13 +3,14 @@
 ``access_token(...)`` makes a verified-looking SDK `AccessToken`; ``acting_as(token)`` makes
 an in-process server see it as the caller; ``StaticTokenVerifier`` serves fixed tokens over
 HTTP. None of these verify anything: they stand in for a real `TokenVerifier` in tests and demos.
+``call_request(...)`` builds the `CallRequest` a policy sees, to unit-test a policy directly.
 """
 
 from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -17,9 +18,10 @@ from mcp.server.auth.middleware.auth_context import auth_context_var
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 
+from mcp_guard.model import CallHistory, CallRequest, Principal, Session, ToolSpec
 from mcp_guard.scopes import format_scope, scope_set
 
-__all__ = ["StaticTokenVerifier", "access_token", "acting_as"]
+__all__ = ["StaticTokenVerifier", "access_token", "acting_as", "call_request"]
 
 DEFAULT_ISSUER = "https://auth.example.test"
 
@@ -74,3 +76,51 @@ class StaticTokenVerifier:
 
     async def verify_token(self, token: str) -> AccessToken | None:
         return self._tokens.get(token)
+
+
+def call_request(
+    tool: ToolSpec | str,
+    arguments: Mapping[str, Any] | None = None,
+    *,
+    scopes: str | Iterable[str] = "",
+    subject: str = "agent-1",
+    issuer: str = DEFAULT_ISSUER,
+    client_id: str = "test-client",
+    claims: Mapping[str, Any] | None = None,
+    actor_chain: Iterable[str] = (),
+    earlier: Iterable[ToolSpec] = (),
+    at: float | None = None,
+    session_id: str = "test-session",
+) -> CallRequest:
+    """The `CallRequest` a policy sees for one call, for testing a policy without a server.
+
+    ``earlier`` are tools the session already ran (for sequence rules); ``at`` defaults to now.
+    """
+    now = time.time() if at is None else at
+    principal = Principal(
+        issuer=issuer,
+        subject=subject,
+        client_id=client_id,
+        scopes=scope_set(scopes),
+        expires_at=now + 3600,
+        token_id=f"{session_id}-token",
+        actor_chain=tuple(actor_chain),
+        claims=dict(claims or {}),
+    )
+    history = CallHistory()
+    for spec in earlier:
+        history.tools[spec.name] = history.tools.get(spec.name, 0) + 1
+        history.tags |= spec.tags
+    session = Session(
+        id=session_id,
+        binding=principal.binding,
+        created_at=now,
+        expires_at=now + 3600,
+        idle_timeout=900,
+        last_active_at=now,
+        retain_until=now + 3600,
+        call_count=sum(history.tools.values()),
+        history=history,
+    )
+    spec = tool if isinstance(tool, ToolSpec) else ToolSpec(tool)
+    return CallRequest(principal, session, spec, dict(arguments or {}), now)

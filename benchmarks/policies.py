@@ -1,0 +1,83 @@
+"""Set-up for the policy benchmarks: a policy file with rules for N tools, and a warm caller."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mcp.server.auth.provider import AccessToken
+
+from mcp_guard import Guard, MemoryAuditSink, ToolSpec
+from mcp_guard.policy import RulePolicy, parse_policy
+from mcp_guard.testing import access_token
+from workloads import run_now
+
+RULES_PER_TOOL = """
+[tools.tool_{n}]
+scopes = ["notes:read"]
+risk = "write"
+tags = ["notes", "group-{group}"]
+
+[[rules]]
+id = "tool-{n}-callers"
+tools = ["tool_{n}"]
+allow = {{ claims = {{ groups = ["eng", "ops"] }} }}
+
+[[rules]]
+id = "tool-{n}-arguments"
+tools = ["tool_{n}"]
+arguments = [
+  {{ argument = "title", type = "string", required = true, max_length = 200, pattern = "[A-Za-z0-9 _.-]+" }},
+  {{ argument = "limit", type = "integer", minimum = 1, maximum = 100 }},
+]
+
+[[rules]]
+id = "tool-{n}-rate"
+tools = ["tool_{n}"]
+limit = {{ per = "principal", calls = 1000000000, window = 3600 }}
+"""
+
+SHARED = """
+[[rules]]
+id = "no-egress-after-secrets"
+tags = ["egress"]
+sequence = {{ after_tags = ["secrets"] }}
+
+[[rules]]
+id = "office-hours-for-group-1"
+tags = ["group-1"]
+time_window = {{ start = "00:00", end = "23:59" }}
+
+[risk]
+threshold = 1000000000
+"""
+
+
+def policy_text(tools: int) -> str:
+    """A TOML policy declaring ``tools`` tools, each with a caller, an argument and a rate rule."""
+    header = 'version = 1\nid = "bench"\nrevision = "1"\n'
+    body = "".join(RULES_PER_TOOL.format(n=n, group=n % 10) for n in range(tools))
+    return header + body + SHARED.format()
+
+
+def policy_guard(tools: int) -> tuple[Guard, RulePolicy]:
+    """A guard enforcing the generated policy over ``tools`` registered tools."""
+    policy = parse_policy(policy_text(tools), "toml")
+    guard = Guard(policy=policy, audit=[MemoryAuditSink(maxlen=1024)])
+    for n in range(tools):
+        guard.declare(ToolSpec(f"tool_{n}", scopes=frozenset({"notes:read"})))
+    return guard, policy
+
+
+def warm_policy_caller(guard: Guard) -> tuple[AccessToken, dict[str, Any]]:
+    """A caller in group ``eng`` whose session is open and whose call ``tool_0`` the policy allows."""
+    token = access_token("agent-7", "notes:read mail:send", sid="bench-session", groups=["eng"])
+    arguments = {"title": "weekly notes", "limit": 20}
+    decision = run_now(guard.authorize("tool_0", arguments, token)).decision
+    if not decision.allowed or decision.rule_ids != (
+        "scopes.required",
+        "tool-0-callers",
+        "tool-0-arguments",
+        "tool-0-rate",
+    ):
+        raise RuntimeError(f"the warm-up call was not allowed by every rule as expected: {decision}")
+    return token, arguments

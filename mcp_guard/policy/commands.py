@@ -1,0 +1,183 @@
+"""The ``mcp-guard policy`` commands: check, explain, matrix, diff, schema, cedar-schema."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
+from typing import Any
+
+from mcp_guard.model import ToolSpec
+from mcp_guard.policy.document import policy_json_schema
+from mcp_guard.policy.engine import RulePolicy
+from mcp_guard.policy.files import PolicyFileError, load_policy
+from mcp_guard.policy.report import explanation, matrix, shadow_summary, table
+from mcp_guard.testing import call_request
+
+__all__ = ["add_policy_commands", "instant"]
+
+Events = Callable[[Sequence[str]], Iterator[dict[str, Any]]]
+
+_MATRIX = ("tool", "risk", "requires", "may use", "tags", "rules")
+
+
+def add_policy_commands(commands: Any, events: Events) -> None:
+    """Add ``policy`` and its actions to the ``mcp-guard`` parser; ``events`` reads audit logs."""
+    policy = commands.add_parser("policy", help="check, explain and compare policies").add_subparsers(
+        required=True, metavar="ACTION"
+    )
+    check = policy.add_parser("check", help="validate policy files")
+    check.add_argument("files", nargs="+", metavar="FILE")
+    check.set_defaults(run=_check)
+
+    explain = policy.add_parser("explain", help="the decision on one call, and every rule's answer")
+    explain.add_argument("file", metavar="FILE")
+    explain.add_argument("--tool", required=True)
+    explain.add_argument("--scopes", default="", help="the granted scopes, space-delimited")
+    explain.add_argument("--args", type=_json_object, default={}, help="the call's arguments, a JSON object")
+    explain.add_argument("--claims", type=_json_object, default={}, help="token claims, a JSON object")
+    explain.add_argument("--subject", default="agent-1")
+    explain.add_argument("--client-id", default="test-client")
+    explain.add_argument("--issuer", default="https://auth.example.test")
+    explain.add_argument("--actor", action="append", default=[], help="the acting agent, outermost first")
+    explain.add_argument("--after", action="append", default=[], metavar="TOOL", help="a tool the session ran")
+    explain.add_argument("--at", type=instant, help="when: ISO 8601 or seconds since the epoch (default now)")
+    explain.add_argument("--format", choices=["text", "json"], default="text")
+    explain.set_defaults(run=_explain)
+
+    grid = policy.add_parser("matrix", help="tools x scopes x risk")
+    grid.add_argument("file", metavar="FILE")
+    grid.add_argument("--format", choices=["table", "json"], default="table")
+    grid.set_defaults(run=_matrix)
+
+    diff = policy.add_parser("diff", help="summarise a shadow policy's disagreements in audit logs")
+    diff.add_argument("files", nargs="+", metavar="LOG")
+    diff.add_argument("--format", choices=["text", "json"], default="text")
+    diff.set_defaults(run=lambda args: _diff(args, events))
+
+    schema = policy.add_parser("schema", help="the JSON Schema of policy files")
+    schema.set_defaults(run=lambda args: print(json.dumps(policy_json_schema(), indent=2)))
+
+    cedar = policy.add_parser("cedar-schema", help="the Cedar schema of a server's registered tools")
+    cedar.add_argument("guard", metavar="MODULE:GUARD", help="where the server's Guard is, e.g. server:guard")
+    cedar.add_argument("--namespace", default="McpGuard")
+    cedar.set_defaults(run=_cedar_schema)
+
+
+def _check(args: argparse.Namespace) -> int:
+    failed = 0
+    for path in args.files:
+        try:
+            policy = load_policy(path)
+        except PolicyFileError as error:
+            failed += 1
+            print(error)
+            continue
+        print(
+            f"{path}: ok (policy {policy.id} revision {policy.version}: "
+            f"{len(policy.declared)} tools, {len(policy.rules)} rules)"
+        )
+    return 1 if failed else 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    policy = _load(args.file)
+    tool = policy.declared.get(args.tool) or ToolSpec(args.tool)
+    earlier = [policy.declared.get(name) or ToolSpec(name) for name in args.after]
+    request = call_request(
+        tool,
+        args.args,
+        scopes=args.scopes,
+        subject=args.subject,
+        client_id=args.client_id,
+        issuer=args.issuer,
+        claims=args.claims,
+        actor_chain=args.actor,
+        earlier=earlier,
+        at=args.at,
+    )
+    decision, outcomes = policy.explain(request)
+    report = explanation(decision, outcomes)
+    if args.format == "json":
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"{args.tool}: {report['decision']} by {report['policy']}")
+        for reason in report["reasons"]:
+            print(f"  {reason['code']}: {reason['message']}")
+        for name in ("requested_scopes", "approved_scopes", "missing_scopes"):
+            print(f"  {name.replace('_', ' ')}: {report[name] or '-'}")
+        print(table(report["rules"], ("id", "kind", "result", "why")))
+    return 0 if decision.allowed else 1
+
+
+def _matrix(args: argparse.Namespace) -> int:
+    rows = matrix(_load(args.file))
+    print(json.dumps(rows, indent=2) if args.format == "json" else table(rows, _MATRIX))
+    return 0
+
+
+def _diff(args: argparse.Namespace, events: Events) -> int:
+    summary = shadow_summary(events(args.files))
+    if args.format == "json":
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"{summary['disagreements']} disagreements")
+    for title, key in (
+        ("candidate policy", "candidates"),
+        ("enforced -> candidate", "by_shift"),
+        ("tool", "by_tool"),
+        ("candidate rule", "by_candidate_rule"),
+    ):
+        if summary[key]:
+            rows = [{title: name, "calls": count} for name, count in summary[key].items()]
+            print()
+            print(table(rows, (title, "calls")))
+    for shift, event_id in summary["example_events"].items():
+        print(f"\nexample of {shift}: mcp-guard audit show {event_id} {' '.join(args.files)}")
+    return 0
+
+
+def _cedar_schema(args: argparse.Namespace) -> int:
+    from mcp_guard.guard import Guard
+    from mcp_guard.policy.cedar import cedar_schema
+
+    module_name, _, attribute = args.guard.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"give the guard as MODULE:ATTRIBUTE, not {args.guard!r}")
+    sys.path.insert(0, ".")
+    guard = getattr(importlib.import_module(module_name), attribute, None)
+    if not isinstance(guard, Guard):
+        raise ValueError(f"{args.guard} is not a mcp_guard.Guard")
+    print(json.dumps(cedar_schema(guard.tools.values(), namespace=args.namespace), indent=2))
+    return 0
+
+
+def _load(path: str) -> RulePolicy:
+    try:
+        return load_policy(path)
+    except PolicyFileError as error:
+        raise ValueError(str(error)) from None
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"not JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
+def instant(text: str) -> float:
+    """A time given as ISO 8601 or as seconds since the epoch."""
+    try:
+        return float(text)
+    except ValueError:
+        try:
+            return datetime.fromisoformat(text).timestamp()
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a time: {text!r}") from None

@@ -1,0 +1,241 @@
+"""The rule engine: required scopes, then every rule that applies to the tool, indexed by tool.
+
+`RulePolicy` is what a policy file loads into, and what a server author can build in Python
+from the same rules. A call is allowed when the tool's required scopes are granted and no
+applicable rule refuses (deny overrides); the approved scopes are the grant trimmed to what the
+tool may use. Rules are indexed by tool name and tag when a tool is first seen, so a call runs
+only the rules that apply to its tool however many rules the policy holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Literal, NamedTuple
+
+from mcp_guard.model import CallRequest, Decision, Principal, Reason, Risk, ToolSpec
+from mcp_guard.policy.risk import RiskSettings
+from mcp_guard.policy.rules import Rule, SequenceRule
+from mcp_guard.policy.scopes import RULE_REQUIRED_SCOPES, ScopePolicy
+from mcp_guard.reasons import ReasonCode
+from mcp_guard.scopes import ScopeHierarchy
+
+__all__ = ["RuleOutcome", "RulePolicy"]
+
+_RISK_ORDER = {Risk.READ: 0, Risk.WRITE: 1, Risk.ADMIN: 2}
+_MEMO_LIMIT = 1024
+
+
+class RuleOutcome(NamedTuple):
+    """One rule's answer for one call, as `RulePolicy.explain` reports it."""
+
+    rule_id: str
+    kind: str
+    passed: bool
+    reason: Reason | None
+
+
+@dataclass(slots=True)
+class _ToolRules:
+    """What the engine precomputes for one tool: its merged declaration and the rules that apply."""
+
+    spec: ToolSpec
+    merged: ToolSpec
+    listed: bool
+    rules: tuple[Rule, ...]
+    committing: tuple[Any, ...]
+    listing: tuple[Any, ...]
+    rule_ids: tuple[str, ...]
+    memo: dict[tuple[frozenset[str], str | None], Decision]
+
+
+class RulePolicy:
+    """Required scopes plus rules (deny overrides), indexed by tool.
+
+    ``tools`` declares tools as the policy sees them: a declared tool needs the union of the
+    scopes its decorator and this declaration require, and weighs as the higher of the two risk
+    levels. ``unlisted`` says what happens to a tool ``tools`` does not declare: ``"deny"``
+    (the default when ``tools`` is given) or ``"allow"`` (the default otherwise; its rules and
+    required scopes still apply). ``risk`` scores sessions (see `RiskSettings`).
+    """
+
+    def __init__(
+        self,
+        rules: Iterable[Rule] = (),
+        *,
+        tools: Iterable[ToolSpec] = (),
+        hierarchy: ScopeHierarchy | Mapping[str, str | Iterable[str]] | None = None,
+        unlisted: Literal["deny", "allow"] | None = None,
+        risk: RiskSettings | None = None,
+        id: str = "mcp-guard/rules",
+        version: str = "1",
+    ) -> None:
+        self.id = id
+        self.version = version
+        self.declared: dict[str, ToolSpec] = {}
+        for spec in tools:
+            if spec.name in self.declared:
+                raise ValueError(f"tool {spec.name!r} is declared twice")
+            self.declared[spec.name] = spec
+        self.rules: tuple[Rule, ...] = tuple(self._with_declared_tags(rule) for rule in rules)
+        self.unlisted = unlisted or ("deny" if self.declared else "allow")
+        if self.unlisted not in ("deny", "allow"):
+            raise ValueError(f"unlisted must be 'deny' or 'allow', not {self.unlisted!r}")
+        seen: set[str] = set()
+        for rule in self.rules:
+            if rule.id in seen:
+                raise ValueError(f"rule id {rule.id!r} is used twice")
+            seen.add(rule.id)
+        levels = {name: spec.risk for name, spec in self.declared.items()}
+        self.risk = replace(risk, levels={**levels, **risk.levels}) if risk is not None else None
+        self.scopes = ScopePolicy(hierarchy, id=id, version=version)
+        self._by_tool: dict[str, list[int]] = {}
+        self._by_tag: dict[str, list[int]] = {}
+        self._everywhere: list[int] = []
+        for index, rule in enumerate(self.rules):
+            if not (rule.tools or rule.tags):
+                self._everywhere.append(index)
+            for name in rule.tools:
+                self._by_tool.setdefault(name, []).append(index)
+            for tag in rule.tags:
+                self._by_tag.setdefault(tag, []).append(index)
+        self._compiled: dict[str, _ToolRules] = {}
+
+    def _with_declared_tags(self, rule: Rule) -> Rule:
+        """A sequence rule that also follows the tools this policy tags with its ``after_tags``
+        (a session's history records the tags a tool's decorator gives it, not the policy's)."""
+        if not isinstance(rule, SequenceRule):
+            return rule
+        tagged = {name for name, spec in self.declared.items() if not spec.tags.isdisjoint(rule.after_tags)}
+        return replace(rule, after_tools=rule.after_tools | tagged) if tagged - rule.after_tools else rule
+
+    # -- deciding -------------------------------------------------------------------------------
+
+    def decide(self, request: CallRequest) -> Decision:
+        tool = request.tool
+        compiled = self._compiled.get(tool.name)
+        if compiled is None or compiled.spec is not tool:
+            compiled = self._compile(tool)
+        principal = request.principal
+        if not compiled.listed:
+            return self._unlisted(principal, tool)
+        key = (principal.scopes, principal.actor_chain[0] if principal.actor_chain else None)
+        base = compiled.memo.get(key)
+        if base is None:
+            base = self._judge(compiled, key)
+        if not base.allowed:
+            return base
+        for rule in compiled.rules:
+            reason = rule.check(request)
+            if reason is not None:
+                return Decision(
+                    allowed=False,
+                    requested_scopes=principal.scopes,
+                    reasons=(reason,),
+                    rule_ids=(rule.id,),
+                    policy_id=self.id,
+                    policy_version=self.version,
+                )
+        if compiled.committing:
+            targets = tuple(target for rule in compiled.committing for target in rule.commit(request))
+            if targets:
+                return replace(base, targets=targets)
+        return base
+
+    def visible(self, principal: Principal, tool: ToolSpec) -> bool:
+        compiled = self._compiled.get(tool.name)
+        if compiled is None or compiled.spec is not tool:
+            compiled = self._compile(tool)
+        return (
+            compiled.listed
+            and self.scopes.visible(principal, compiled.merged)
+            and all(rule.admits(principal) for rule in compiled.listing)
+        )
+
+    def explain(self, request: CallRequest) -> tuple[Decision, list[RuleOutcome]]:
+        """The decision for ``request`` and every applicable rule's answer, without counting the call."""
+        compiled = self._compile(request.tool)
+        principal = request.principal
+        if not compiled.listed:
+            decision = self._unlisted(principal, request.tool)
+            return decision, [RuleOutcome("tools.listed", "tools", False, decision.reason)]
+        actor = principal.actor_chain[0] if principal.actor_chain else None
+        base = self._judge(compiled, (principal.scopes, actor))
+        outcomes = [RuleOutcome(RULE_REQUIRED_SCOPES, "scopes", base.allowed, None if base.allowed else base.reason)]
+        for rule in compiled.rules:
+            reason = rule.check(request)
+            outcomes.append(RuleOutcome(rule.id, rule.kind, reason is None, reason))
+        refusals = [outcome for outcome in outcomes[1:] if not outcome.passed]
+        if not base.allowed or not refusals:
+            return base, outcomes
+        decision = Decision(
+            allowed=False,
+            requested_scopes=principal.scopes,
+            reasons=tuple(outcome.reason for outcome in refusals if outcome.reason is not None),
+            rule_ids=tuple(outcome.rule_id for outcome in refusals),
+            policy_id=self.id,
+            policy_version=self.version,
+        )
+        return decision, outcomes
+
+    # -- indexing -------------------------------------------------------------------------------
+
+    def applicable(self, tool: ToolSpec) -> tuple[Rule, ...]:
+        """The rules that apply to ``tool`` (by name, by one of its tags, or to every tool), in order."""
+        indexes = set(self._everywhere)
+        indexes.update(self._by_tool.get(tool.name, ()))
+        for tag in tool.tags:
+            indexes.update(self._by_tag.get(tag, ()))
+        return tuple(self.rules[index] for index in sorted(indexes))
+
+    def merged(self, tool: ToolSpec) -> ToolSpec:
+        """``tool`` as this policy sees it: with what the policy's own declaration of it adds."""
+        declared = self.declared.get(tool.name)
+        if declared is None:
+            return tool
+        scopes = tool.scopes | declared.scopes
+        return replace(
+            tool,
+            scopes=scopes,
+            optional_scopes=(tool.optional_scopes | declared.optional_scopes) - scopes,
+            risk=max(tool.risk, declared.risk, key=_RISK_ORDER.__getitem__),
+            tags=tool.tags | declared.tags,
+            data_classes=tool.data_classes | declared.data_classes,
+            owner=tool.owner or declared.owner,
+        )
+
+    def _compile(self, tool: ToolSpec) -> _ToolRules:
+        merged = self.merged(tool)
+        rules = self.applicable(merged)
+        compiled = _ToolRules(
+            spec=tool,
+            merged=merged,
+            listed=self.unlisted == "allow" or tool.name in self.declared,
+            rules=rules,
+            committing=tuple(rule for rule in rules if hasattr(rule, "commit")),
+            listing=tuple(rule for rule in rules if hasattr(rule, "admits")),
+            rule_ids=(RULE_REQUIRED_SCOPES, *(rule.id for rule in rules)),
+            memo={},
+        )
+        self._compiled[tool.name] = compiled
+        return compiled
+
+    def _judge(self, compiled: _ToolRules, key: tuple[frozenset[str], str | None]) -> Decision:
+        """The scope decision for ``compiled``'s tool, naming every rule that applies when it allows."""
+        decision = self.scopes.judge(compiled.merged, *key)
+        if decision.allowed:
+            decision = replace(decision, rule_ids=compiled.rule_ids)
+        if len(compiled.memo) >= _MEMO_LIMIT:
+            compiled.memo.clear()
+        compiled.memo[key] = decision
+        return decision
+
+    def _unlisted(self, principal: Principal, tool: ToolSpec) -> Decision:
+        return Decision.deny(
+            ReasonCode.NO_APPLICABLE_RULE,
+            f"Policy {self.id!r} does not list tool {tool.name!r}.",
+            requested=principal.scopes,
+            rule_id="tools.listed",
+            policy_id=self.id,
+            policy_version=self.version,
+        )

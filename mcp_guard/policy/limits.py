@@ -1,0 +1,116 @@
+"""Rate limits and budgets: at most so many calls per session, principal, client or tool.
+
+A limit with a ``window`` allows ``calls`` calls in each window, counted from the first call
+after the previous window ended (a fixed window, so a burst of up to twice the limit can
+straddle two windows). A limit without one is a budget for the session's whole life. Counts
+live in this process (a server with several processes counts in each); a call counts only
+once every rule has allowed it.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+from mcp_guard.model import CallRequest, Reason
+from mcp_guard.policy.rules import SelectedRule
+from mcp_guard.reasons import ReasonCode
+
+__all__ = ["Counters", "LimitRule", "Per"]
+
+Per = Literal["session", "principal", "client", "tool"]
+
+
+class Counters:
+    """Call counts by key, each until its window ends; at most ``max_keys`` keys at once.
+
+    When full, counts whose window has ended are swept out; if none has, a new key is refused
+    (the caller is limited) rather than an old count forgotten: forgetting would reset a limit.
+    """
+
+    def __init__(self, *, max_keys: int = 1_000_000) -> None:
+        self.max_keys = max_keys
+        self._counts: dict[Hashable, list[float]] = {}  # key -> [window end, count]
+        self._lock = threading.Lock()
+
+    def used(self, key: Hashable, now: float) -> int | None:
+        """Calls counted for ``key`` in its current window; None when a new key has no room."""
+        entry = self._counts.get(key)
+        if entry is not None and entry[0] > now:
+            return int(entry[1])
+        if entry is None and len(self._counts) >= self.max_keys:
+            with self._lock:
+                self._sweep(now)
+                if len(self._counts) >= self.max_keys:
+                    return None
+        return 0
+
+    def add(self, key: Hashable, now: float, ends_at: float) -> None:
+        """Count one call for ``key``, opening a window until ``ends_at`` if none is open."""
+        with self._lock:
+            entry = self._counts.get(key)
+            if entry is None or entry[0] <= now:
+                self._counts[key] = [ends_at, 1]
+            else:
+                entry[1] += 1
+
+    def _sweep(self, now: float) -> None:
+        for key in [key for key, (ends_at, _) in self._counts.items() if ends_at <= now]:
+            del self._counts[key]
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+
+@dataclass(frozen=True, slots=True)
+class LimitRule(SelectedRule):
+    """At most ``calls`` calls to the selected tools ``per`` session, principal, client or tool,
+    in each ``window`` seconds, or (without a window, per session only) in the session's life."""
+
+    kind: ClassVar[str] = "limit"
+    per: Per = "session"
+    calls: int = 1
+    window: float | None = None
+    counters: Counters = field(default_factory=Counters, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.per not in ("session", "principal", "client", "tool"):
+            raise ValueError(f"rule {self.id!r}: per must be session, principal, client or tool, not {self.per!r}")
+        if isinstance(self.calls, bool) or not isinstance(self.calls, int) or self.calls < 1:
+            raise ValueError(f"rule {self.id!r}: calls must be a whole number of at least 1, not {self.calls!r}")
+        if self.window is None:
+            if self.per != "session":
+                raise ValueError(f"rule {self.id!r}: a limit per {self.per} needs a window (seconds)")
+        elif not (math.isfinite(self.window) and self.window > 0):
+            raise ValueError(f"rule {self.id!r}: window must be a positive number of seconds, not {self.window!r}")
+
+    def check(self, request: CallRequest) -> Reason | None:
+        used = self.counters.used(self._key(request), request.at)
+        if used is None:
+            return self._refuse(ReasonCode.RATE_LIMITED, request, "too many callers are being counted; retry later")
+        if used < self.calls:
+            return None
+        if self.window is None:
+            return self._refuse(
+                ReasonCode.BUDGET_EXHAUSTED, request, f"a session may make {self.calls} such calls in its life"
+            )
+        return self._refuse(
+            ReasonCode.RATE_LIMITED, request, f"at most {self.calls} calls per {self.window:g} s per {self.per}"
+        )
+
+    def commit(self, request: CallRequest) -> Iterable[tuple[str, str]]:
+        ends_at = request.session.expires_at if self.window is None else request.at + self.window
+        self.counters.add(self._key(request), request.at, ends_at)
+        return ()
+
+    def _key(self, request: CallRequest) -> Hashable:
+        if self.per == "session":
+            return (self.id, request.session.id)
+        if self.per == "principal":
+            return (self.id, request.principal.binding)
+        if self.per == "client":
+            return (self.id, request.principal.issuer, request.principal.client_id)
+        return (self.id, request.tool.name)

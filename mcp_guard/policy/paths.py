@@ -1,0 +1,98 @@
+"""File paths confined to directory roots, checked the way the filesystem will read them.
+
+A path is refused on its text alone, before it touches the filesystem, when it is not a
+non-empty string of at most `MAX_PATH_LENGTH` printable characters, or when it holds a
+backslash or a percent-encoded separator or dot (``%2f``, ``%5c``, ``%2e``, encoded again as
+``%252f``, or as overlong UTF-8 such as ``%c0%af``): a tool that decodes it once more must not
+find a different path. Otherwise it is canonicalised with `os.path.realpath`, which resolves
+``..`` and every symlink that exists, and must then lie inside a root, compared component by
+component (``/data/root2`` is not inside ``/data/root``). A relative path is resolved against
+the first root.
+
+The check runs when the call is decided; a symlink created between the decision and the tool's
+own ``open`` is beyond it, so tools that write should still open without following links.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+
+__all__ = ["MAX_PATH_LENGTH", "PathRoots", "excerpt"]
+
+MAX_PATH_LENGTH = 4096
+"""Longest path accepted, in characters (Linux's ``PATH_MAX``)."""
+
+_EXCERPT = 80
+_ENCODED = re.compile(r"%(?:25)*(?:2e|2f|5c|c0|c1|e0%(?:25)*[89]|u[0-9a-f]{4})", re.IGNORECASE)
+"""A percent-encoded dot, slash or backslash, however often re-encoded, or an overlong UTF-8
+lead byte (``%c0``, ``%c1``, ``%e0%80``-``%e0%9f``) or an IIS-style ``%uXXXX`` escape."""
+
+
+def excerpt(value: str) -> str:
+    """At most 80 characters of untrusted text, escaped by `ascii` and bounded, for messages."""
+    shown = ascii(value[:_EXCERPT])
+    if len(shown) > _EXCERPT + 2:
+        shown = shown[: _EXCERPT - 1] + "..."
+    elif len(value) > _EXCERPT:
+        shown += "..."
+    return shown
+
+
+class PathRoots:
+    """Directory roots, canonicalised once; `violation` says why a path is not inside any."""
+
+    __slots__ = ("_roots",)
+
+    def __init__(self, roots: Iterable[str]) -> None:
+        canonical: list[str] = []
+        for root in roots:
+            if not isinstance(root, str):
+                raise ValueError(f"path root is not a string but {type(root).__name__}")
+            problem = _text_problem(root) or (None if os.path.isabs(root) else "is not absolute")
+            if problem is not None:
+                raise ValueError(f"path root {excerpt(root)} {problem}")
+            canonical.append(os.path.realpath(root))
+        if not canonical:
+            raise ValueError("no path roots given")
+        self._roots = tuple(dict.fromkeys(canonical))
+
+    @property
+    def roots(self) -> tuple[str, ...]:
+        """The canonical roots, in the order given (the first resolves relative paths)."""
+        return self._roots
+
+    def violation(self, value: object) -> str | None:
+        """None when ``value`` is a path inside one of the roots, else why not."""
+        if not isinstance(value, str):
+            return f"path is not a string but {type(value).__name__}"
+        problem = _text_problem(value)
+        if problem is not None:
+            return f"path {excerpt(value)} {problem}"
+        try:
+            resolved = os.path.realpath(os.path.join(self._roots[0], value))
+        except (OSError, ValueError):
+            return f"path {excerpt(value)} cannot be resolved"
+        for root in self._roots:
+            if os.path.commonpath((root, resolved)) == root:
+                return None
+        return f"path {excerpt(value)} is outside the allowed roots"
+
+
+def _text_problem(value: str) -> str | None:
+    """Why ``value`` is refused as a path on its text alone, or None."""
+    if not value:
+        return "is empty"
+    if len(value) > MAX_PATH_LENGTH:
+        return f"is longer than {MAX_PATH_LENGTH} characters"
+    if "\x00" in value:
+        return "contains a NUL byte"
+    if not value.isprintable():
+        bad = next(char for char in value if not char.isprintable())
+        return f"contains the control or invisible character U+{ord(bad):04X}"
+    if "\\" in value:
+        return "contains a backslash"
+    if "%" in value and _ENCODED.search(value):
+        return "contains a percent-encoded separator or dot"
+    return None

@@ -1,0 +1,446 @@
+"""Regular expressions that cannot backtrack catastrophically.
+
+Policy authors write the patterns, but callers choose the text they run against. `compile_safe`
+walks the tree of the standard library's own parser (``re._parser``) and refuses every construct
+that lets a backtracking matcher try many ways to match the same text:
+
+- a repeated part that can match empty text, or that holds a repeat of its own and no separator
+  character to fix where one repetition ends (``(a+)+``, ``(a*)*``, ``(.*a){20}``);
+- alternatives inside a repeated part that can start with the same character or match empty
+  text (``(a|ab)*``, ``(a|a)+``, ``(a|b*)+``);
+- repeats of varying count in a row over overlapping characters, with nothing between them
+  that only one side can match (``\\d+\\d+``, ``.*.*``, ``.*x.*``, ``[a-z]{0,9}[a-z]{0,9}``);
+- a lookaround holding a repeat of varying count inside a repeated part, backreferences and
+  conditionals.
+
+The analysis is conservative: it may refuse a pattern that is in fact linear, never the other
+way round, and it refuses any construct it does not know. ``[^/]+(/[^/]+)*`` is accepted because
+each repetition starts with ``/``, which nothing else in it matches. A bounded repeat counts
+like an unbounded one: ``[a-z]{0,255}`` three times in a row is cubic. Matching stays bounded
+too: callers match only strings of at most `MAX_SUBJECT_LENGTH` characters, with
+``Pattern.fullmatch``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, NamedTuple
+
+__all__ = ["MAX_PATTERN_LENGTH", "MAX_SUBJECT_LENGTH", "UnsafePattern", "compile_safe"]
+
+MAX_PATTERN_LENGTH = 1000
+"""Longest pattern accepted, in characters."""
+
+MAX_SUBJECT_LENGTH = 4096
+"""Longest string a compiled pattern may be matched against; longer values are refused unmatched."""
+
+_MAX_NESTING = 40
+_ENUMERABLE = 256
+_RENDERED = 60
+_CHAR_FLAGS = re.IGNORECASE | re.ASCII | re.DOTALL
+
+_parser: Any = importlib.import_module("re._parser")
+_c: Any = importlib.import_module("re._constants")
+
+_CHAR_OPS = frozenset({_c.LITERAL, _c.NOT_LITERAL, _c.ANY, _c.IN})
+_REPEAT_OPS = frozenset({_c.MAX_REPEAT, _c.MIN_REPEAT, _c.POSSESSIVE_REPEAT})
+_LOOKAROUND_OPS = frozenset({_c.ASSERT, _c.ASSERT_NOT})
+_CATEGORIES = {
+    "CATEGORY_DIGIT": "d",
+    "CATEGORY_NOT_DIGIT": "D",
+    "CATEGORY_SPACE": "s",
+    "CATEGORY_NOT_SPACE": "S",
+    "CATEGORY_WORD": "w",
+    "CATEGORY_NOT_WORD": "W",
+}
+_DISJOINT_CATEGORIES = frozenset(
+    frozenset(pair) for pair in ("dD", "wW", "sS", "ds", "ws", "dW")
+)  # under the same ASCII flag, no character is in both
+_ANCHORS = {
+    "AT_BEGINNING": "^",
+    "AT_BEGINNING_STRING": r"\A",
+    "AT_END": "$",
+    "AT_END_STRING": r"\Z",
+    "AT_BOUNDARY": r"\b",
+    "AT_NON_BOUNDARY": r"\B",
+}
+_FLAG_LETTERS = ((re.IGNORECASE, "i"), (re.MULTILINE, "m"), (re.DOTALL, "s"), (re.VERBOSE, "x"), (re.ASCII, "a"))
+_SPECIAL = frozenset(".^$*+?{}[]\\|()")
+_CLASS_SPECIAL = frozenset("\\]^-[")
+
+
+class UnsafePattern(ValueError):
+    """A pattern that is invalid, too long, or can backtrack catastrophically."""
+
+
+def compile_safe(pattern: str) -> re.Pattern[str]:
+    """Compile ``pattern`` for ``fullmatch`` after proving it cannot backtrack catastrophically.
+
+    Raises `UnsafePattern` naming the offending construct (as the parser normalised it) and,
+    when it appears verbatim once in ``pattern``, its offset.
+    """
+    if len(pattern) > MAX_PATTERN_LENGTH:
+        raise UnsafePattern(f"pattern is {len(pattern)} characters long; the limit is {MAX_PATTERN_LENGTH}")
+    try:
+        compiled = re.compile(pattern)
+        tree = _parser.parse(pattern)
+    except re.error as exc:
+        raise UnsafePattern(f"invalid regular expression: {exc}") from exc
+    except RecursionError as exc:
+        raise UnsafePattern("groups are nested too deeply") from exc
+    _Analysis(pattern).sequence(tree.data, tree.state.flags, 0, loop=None)
+    return compiled
+
+
+@dataclass(frozen=True, slots=True)
+class _Atom:
+    """A set of characters in the form needed to decide whether two sets overlap."""
+
+    source: str  # a regular expression matching exactly the characters of the set
+    flags: int
+    points: frozenset[int] | None  # every member, when few and not subject to case folding
+    category: str | None  # the letter of ``\\d``-style escapes when the set is exactly one
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """What the analysis knows about the text a part of a pattern can match."""
+
+    nullable: bool
+    varies: bool  # holds a repeat whose count varies
+    first: tuple[_Atom, ...]  # characters a non-empty match can start with
+    chars: tuple[_Atom, ...]  # characters a match can contain
+    tail: tuple[_Atom, ...]  # characters a repeat of varying count at the end can match
+
+
+_Item = tuple[Any, Any]
+"""A parsed item: its opcode and argument."""
+
+
+class _Part(NamedTuple):
+    op: Any
+    av: Any
+    shape: _Shape
+
+
+_EMPTY = _Shape(nullable=True, varies=False, first=(), chars=(), tail=())
+
+
+class _Analysis:
+    """One walk over one parsed pattern; refusals quote the pattern text."""
+
+    def __init__(self, pattern: str) -> None:
+        self._pattern = pattern
+
+    def sequence(
+        self, items: Sequence[Any], flags: int, depth: int, *, loop: _Item | None
+    ) -> tuple[_Shape, list[_Part]]:
+        """The shape of consecutive items, refusing overlapping repeats in a row among them.
+
+        ``loop`` is the innermost repeated part (repeating more than once) the items are in.
+        """
+        parts = [
+            _Part(op, av, self._item(op, av, item_flags, item_depth, loop=loop))
+            for op, av, item_flags, item_depth in self._flatten(items, flags, depth)
+        ]
+        self._check_runs(parts)
+        return _concat([part.shape for part in parts]), parts
+
+    def _flatten(self, items: Sequence[Any], flags: int, depth: int) -> Iterable[tuple[Any, Any, int, int]]:
+        """Items with plain groups opened up, each with the flags in force where it stands."""
+        if depth > _MAX_NESTING:
+            raise UnsafePattern(f"groups are nested more than {_MAX_NESTING} deep")
+        for op, av in items:
+            if op is _c.SUBPATTERN:
+                _, add, remove, body = av
+                yield from self._flatten(body.data, (flags | add) & ~remove, depth + 1)
+            else:
+                yield op, av, flags, depth
+
+    def _item(self, op: Any, av: Any, flags: int, depth: int, *, loop: _Item | None) -> _Shape:
+        if op in _CHAR_OPS:
+            atoms = _atoms(op, av, flags & _CHAR_FLAGS)
+            return _Shape(nullable=False, varies=False, first=atoms, chars=atoms, tail=())
+        if op is _c.AT:
+            return _EMPTY
+        if op in _REPEAT_OPS:
+            return self._repeat(op, av, flags, depth, loop=loop)
+        if op is _c.BRANCH:
+            return self._branch(av, flags, depth, loop=loop)
+        if op is _c.ATOMIC_GROUP:
+            return self.sequence(av.data, flags, depth + 1, loop=loop)[0]
+        if op in _LOOKAROUND_OPS:
+            inner, _ = self.sequence(av[1].data, flags, depth + 1, loop=None)
+            if loop is not None and inner.varies:
+                raise self._refuse("lookaround with a repeat of varying count runs at every repetition", [(op, av)])
+            return _EMPTY
+        if op is _c.GROUPREF:
+            raise self._refuse("backreference", [(op, av)])
+        if op is _c.GROUPREF_EXISTS:
+            raise self._refuse("conditional group (a backreference)", [(op, av)])
+        raise UnsafePattern(f"unsupported construct {op}")
+
+    def _repeat(self, op: Any, av: Any, flags: int, depth: int, *, loop: _Item | None) -> _Shape:
+        low, high, body_items = av
+        repeats = high > 1
+        body, parts = self.sequence(body_items.data, flags, depth + 1, loop=(op, av) if repeats else loop)
+        if repeats and body.nullable:
+            raise self._refuse("repeated part can match empty text, so repetitions are ambiguous", [(op, av)])
+        if repeats and body.varies and not _delimited(parts):
+            raise self._refuse(
+                "repeated part holds a repeat of its own and no separator character, "
+                "so repetitions can split the same text in many ways",
+                [(op, av)],
+            )
+        if high == 0:
+            return _EMPTY
+        return _Shape(
+            nullable=low == 0 or body.nullable,
+            varies=high > low or body.varies,
+            first=body.first,
+            chars=body.chars,
+            tail=body.chars if high > low else body.tail,
+        )
+
+    def _branch(self, av: Any, flags: int, depth: int, *, loop: _Item | None) -> _Shape:
+        alternatives = [self.sequence(alt.data, flags, depth + 1, loop=loop)[0] for alt in av[1]]
+        if loop is not None and any(
+            alternative.nullable or any(_overlap(alternative.first, other.first) for other in alternatives[:index])
+            for index, alternative in enumerate(alternatives)
+        ):
+            raise self._refuse("alternatives inside a repeated part can match the same text or empty text", [loop])
+        return _Shape(
+            nullable=any(alternative.nullable for alternative in alternatives),
+            varies=any(alternative.varies for alternative in alternatives),
+            first=_union(alternative.first for alternative in alternatives),
+            chars=_union(alternative.chars for alternative in alternatives),
+            tail=_union(alternative.tail for alternative in alternatives),
+        )
+
+    def _check_runs(self, parts: list[_Part]) -> None:
+        """Refuse a repeat of varying count followed by another over the same characters.
+
+        Between the two, parts that can match empty text do not separate them, nor do parts whose
+        characters both repeats can also match (``.*x.*``): the split point could move.
+        """
+        for start, part in enumerate(parts):
+            pumped = part.shape.tail
+            if not pumped:
+                continue
+            between: list[_Shape] = []
+            for end in range(start + 1, len(parts)):
+                shape = parts[end].shape
+                if (
+                    shape.varies
+                    and _overlap(shape.first, pumped)
+                    and all(_overlap(middle.chars, shape.chars) for middle in between)
+                ):
+                    raise self._refuse(
+                        "repeats in a row can match the same text",
+                        [(later.op, later.av) for later in parts[start : end + 1]],
+                    )
+                if shape.nullable:
+                    continue
+                if not _overlap(shape.chars, pumped):
+                    break
+                between.append(shape)
+
+    def _refuse(self, problem: str, items: Sequence[Any]) -> UnsafePattern:
+        text = _render(items)
+        where = f" at offset {self._pattern.find(text)}" if self._pattern.count(text) == 1 else ""
+        if len(text) > _RENDERED:
+            text = text[: _RENDERED - 3] + "..."
+        return UnsafePattern(f"{problem}: '{text}'{where}")
+
+
+def _concat(shapes: Sequence[_Shape]) -> _Shape:
+    first: list[_Atom] = []
+    for shape in shapes:
+        first.extend(shape.first)
+        if not shape.nullable:
+            break
+    tail = [
+        atom
+        for index, shape in enumerate(shapes)
+        if shape.tail and all(later.nullable or _overlap(later.chars, shape.tail) for later in shapes[index + 1 :])
+        for atom in shape.tail
+    ]
+    return _Shape(
+        nullable=all(shape.nullable for shape in shapes),
+        varies=any(shape.varies for shape in shapes),
+        first=tuple(dict.fromkeys(first)),
+        chars=_union(shape.chars for shape in shapes),
+        tail=tuple(dict.fromkeys(tail)),
+    )
+
+
+def _delimited(parts: list[_Part]) -> bool:
+    """Whether a repeated body starts or ends with a character that nothing else in it matches."""
+    consuming = [part for part in parts if part.op not in _LOOKAROUND_OPS and part.op is not _c.AT]
+    if len(consuming) < 2:
+        return False
+    head, *rest = consuming
+    if head.op in _CHAR_OPS and not _overlap(head.shape.chars, _union(part.shape.chars for part in rest)):
+        return True
+    *rest, last = consuming
+    return last.op in _CHAR_OPS and not _overlap(last.shape.chars, _union(part.shape.chars for part in rest))
+
+
+def _union(groups: Iterable[tuple[_Atom, ...]]) -> tuple[_Atom, ...]:
+    return tuple(dict.fromkeys(atom for group in groups for atom in group))
+
+
+def _overlap(left: tuple[_Atom, ...], right: tuple[_Atom, ...]) -> bool:
+    return any(_atoms_overlap(a, b) for a in left for b in right)
+
+
+@lru_cache(maxsize=4096)
+def _atoms_overlap(a: _Atom, b: _Atom) -> bool:
+    """Whether some character is in both sets; true whenever that cannot be ruled out."""
+    if a.points is not None:
+        return any(_member(b, point) for point in a.points)
+    if b.points is not None:
+        return any(_member(a, point) for point in b.points)
+    if a.category and b.category and not (a.flags ^ b.flags) & re.ASCII:
+        return frozenset((a.category, b.category)) not in _DISJOINT_CATEGORIES
+    return True
+
+
+def _member(atom: _Atom, point: int) -> bool:
+    return _class_pattern(atom.source, atom.flags).fullmatch(chr(point)) is not None
+
+
+@lru_cache(maxsize=1024)
+def _class_pattern(source: str, flags: int) -> re.Pattern[str]:
+    return re.compile(source, flags)
+
+
+def _atoms(op: Any, av: Any, flags: int) -> tuple[_Atom, ...]:
+    """The character sets a single-character item matches (a class splits into its parts)."""
+    if op is _c.LITERAL:
+        return (_ranges_atom([(av, av)], flags),)
+    if op is _c.NOT_LITERAL:
+        return (_Atom(f"[^{_class_char(av)}]", flags, None, None),)
+    if op is _c.ANY:
+        return (_Atom(".", flags, None, None),)
+    atoms: list[_Atom] = []
+    ranges: list[tuple[int, int]] = []
+    for item_op, item_av in av:
+        if item_op is _c.LITERAL:
+            ranges.append((item_av, item_av))
+        elif item_op is _c.RANGE:
+            ranges.append(item_av)
+        elif item_op is _c.CATEGORY and str(item_av) in _CATEGORIES:
+            letter = _CATEGORIES[str(item_av)]
+            atoms.append(_Atom("\\" + letter, flags, None, letter))
+        elif item_op is not _c.NEGATE:
+            raise UnsafePattern(f"unsupported character set item {item_op}")
+    if av and av[0][0] is _c.NEGATE:
+        return (_Atom(_render_class(av), flags, None, None),)
+    if ranges:
+        atoms.append(_ranges_atom(ranges, flags))
+    return tuple(atoms)
+
+
+def _ranges_atom(ranges: list[tuple[int, int]], flags: int) -> _Atom:
+    source = (
+        "[" + "".join(_class_char(low) + ("" if low == high else "-" + _class_char(high)) for low, high in ranges) + "]"
+    )
+    points = None
+    if sum(high - low + 1 for low, high in ranges) <= _ENUMERABLE:
+        members = frozenset(point for low, high in ranges for point in range(low, high + 1))
+        folds = flags & re.IGNORECASE and any(point > 127 or chr(point).isalpha() for point in members)
+        points = None if folds else members
+    return _Atom(source, flags, points, None)
+
+
+def _render(items: Sequence[Any]) -> str:
+    """Regex text for parsed items, as the parser normalised them (for messages)."""
+    if len(items) > 1 and items[-1][0] is _c.BRANCH:
+        prefix = list(items[:-1])
+        return "|".join(_render([*prefix, *alternative.data]) for alternative in items[-1][1][1])
+    return "".join(_render_item(op, av, alone=len(items) == 1) for op, av in items)
+
+
+def _render_item(op: Any, av: Any, *, alone: bool) -> str:
+    if op is _c.LITERAL:
+        char = chr(av)
+        return "\\" + char if char in _SPECIAL else _printable(av)
+    if op is _c.NOT_LITERAL:
+        return f"[^{_class_char(av)}]"
+    if op is _c.ANY:
+        return "."
+    if op is _c.IN:
+        return _render_class(av)
+    if op is _c.AT:
+        return _ANCHORS.get(str(av), "")
+    if op is _c.BRANCH:
+        text = "|".join(_render(alternative.data) for alternative in av[1])
+        return text if alone else f"(?:{text})"
+    if op is _c.SUBPATTERN:
+        group, add, remove, body = av
+        on = "".join(letter for flag, letter in _FLAG_LETTERS if add & flag)
+        off = "".join(letter for flag, letter in _FLAG_LETTERS if remove & flag)
+        opening = "(" if group is not None else f"(?{on}{'-' + off if off else ''}:"
+        return opening + _render(body.data) + ")"
+    if op in _REPEAT_OPS:
+        return _render_repeat(op, av)
+    if op is _c.ATOMIC_GROUP:
+        return f"(?>{_render(av.data)})"
+    if op in _LOOKAROUND_OPS:
+        direction, body = av
+        kind = ("=" if op is _c.ASSERT else "!") if direction == 1 else ("<=" if op is _c.ASSERT else "<!")
+        return f"(?{kind}{_render(body.data)})"
+    if op is _c.GROUPREF:
+        return f"\\{av}"
+    if op is _c.GROUPREF_EXISTS:
+        return f"(?({av[0]})...)"
+    return f"<{op}>"
+
+
+def _render_repeat(op: Any, av: Any) -> str:
+    low, high, body = av
+    text = _render(body.data)
+    single = len(body.data) == 1 and (body.data[0][0] in _CHAR_OPS or body.data[0][0] is _c.SUBPATTERN)
+    if not single:
+        text = f"(?:{text})"
+    if high == _c.MAXREPEAT:
+        quantifier = {0: "*", 1: "+"}.get(low, f"{{{low},}}")
+    elif low == high:
+        quantifier = f"{{{low}}}"
+    else:
+        quantifier = "?" if (low, high) == (0, 1) else f"{{{low},{high}}}"
+    suffix = "?" if op is _c.MIN_REPEAT else "+" if op is _c.POSSESSIVE_REPEAT else ""
+    return text + quantifier + suffix
+
+
+def _render_class(items: Sequence[Any]) -> str:
+    if len(items) == 1 and items[0][0] is _c.CATEGORY:
+        return "\\" + _CATEGORIES.get(str(items[0][1]), "?")
+    body = []
+    for op, av in items:
+        if op is _c.NEGATE:
+            body.append("^")
+        elif op is _c.RANGE:
+            body.append(f"{_class_char(av[0])}-{_class_char(av[1])}")
+        elif op is _c.CATEGORY:
+            body.append("\\" + _CATEGORIES.get(str(av), "?"))
+        else:
+            body.append(_class_char(av))
+    return "[" + "".join(body) + "]"
+
+
+def _class_char(point: int) -> str:
+    return "\\" + chr(point) if chr(point) in _CLASS_SPECIAL else _printable(point)
+
+
+def _printable(point: int) -> str:
+    if 0x20 <= point < 0x7F:
+        return chr(point)
+    if point <= 0xFF:
+        return f"\\x{point:02x}"
+    return f"\\u{point:04x}" if point <= 0xFFFF else f"\\U{point:08x}"

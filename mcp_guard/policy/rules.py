@@ -1,0 +1,299 @@
+"""The built-in rules: each checks one thing about a call and says why it refuses.
+
+A rule names the tools it applies to (``tools``, ``tags``; neither means every tool) and
+answers `check` with None (the call passes) or the `Reason` it refuses. The rule engine
+(`RulePolicy`) indexes rules by tool and runs every rule that applies, so a call is allowed
+only when none refuses. A rule that remembers what allowed calls did (targets, counters)
+also has ``commit``, which the engine calls once the call is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, time
+from typing import Any, ClassVar, Literal, Protocol
+from zoneinfo import ZoneInfo
+
+from mcp_guard.model import CallRequest, Delegation, Principal, Reason
+from mcp_guard.policy.arguments import ArgumentConstraint
+from mcp_guard.reasons import ReasonCode
+
+__all__ = [
+    "DAYS",
+    "ArgumentRule",
+    "DelegationRule",
+    "PrincipalRule",
+    "Rule",
+    "SelectedRule",
+    "SequenceRule",
+    "TargetsRule",
+    "TimeWindowRule",
+]
+
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_TARGET_LIMIT = 512
+_TARGETS_PER_CALL = 1000
+
+
+class Rule(Protocol):
+    """One check on calls to the tools it selects (by name or tag; neither: every tool)."""
+
+    kind: ClassVar[str]
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def tools(self) -> frozenset[str]: ...
+
+    @property
+    def tags(self) -> frozenset[str]: ...
+
+    def check(self, request: CallRequest) -> Reason | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SelectedRule:
+    """The fields every built-in rule has: its id and the tools it selects."""
+
+    id: str
+    tools: frozenset[str] = field(default=frozenset(), kw_only=True)
+    tags: frozenset[str] = field(default=frozenset(), kw_only=True)
+
+    def _refuse(self, code: str, request: CallRequest, why: str) -> Reason:
+        return Reason(str(code), f"Rule {self.id!r} refuses tool {request.tool.name!r}: {why}.")
+
+
+@dataclass(frozen=True, slots=True)
+class PrincipalRule(SelectedRule):
+    """Allow only the callers that match (``effect="allow"``), or refuse those that do (``"deny"``).
+
+    A caller matches when every attribute given matches: its issuer, subject and client id are
+    among those listed, and for each claim listed the token's claim (a string or a list of
+    strings, such as ``groups`` or ``roles``) holds one of the values.
+    """
+
+    kind: ClassVar[str] = "principal"
+    effect: Literal["allow", "deny"] = "allow"
+    issuers: frozenset[str] = frozenset()
+    subjects: frozenset[str] = frozenset()
+    client_ids: frozenset[str] = frozenset()
+    claims: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.effect not in ("allow", "deny"):
+            raise ValueError(f"rule {self.id!r}: effect must be 'allow' or 'deny', not {self.effect!r}")
+
+    def matches(self, principal: Principal) -> bool:
+        if self.issuers and principal.issuer not in self.issuers:
+            return False
+        if self.subjects and principal.subject not in self.subjects:
+            return False
+        if self.client_ids and principal.client_id not in self.client_ids:
+            return False
+        return all(_claim_holds(principal.claims.get(name), values) for name, values in self.claims.items())
+
+    def admits(self, principal: Principal) -> bool:
+        """Whether the rule lets ``principal`` call its tools at all (for ``tools/list``)."""
+        return self.matches(principal) == (self.effect == "allow")
+
+    def check(self, request: CallRequest) -> Reason | None:
+        if self.admits(request.principal):
+            return None
+        return self._refuse(ReasonCode.PRINCIPAL_NOT_ALLOWED, request, "this caller may not call it")
+
+
+def _claim_holds(value: object, wanted: frozenset[str]) -> bool:
+    if isinstance(value, str):
+        return value in wanted
+    if isinstance(value, list | tuple):
+        return any(isinstance(item, str) and item in wanted for item in value)
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class DelegationRule(SelectedRule):
+    """Whether calls on someone's behalf (RFC 8693 ``act``) are allowed, forbidden or required,
+    by which current actors, and through how many hops (``max_depth``)."""
+
+    kind: ClassVar[str] = "delegation"
+    mode: Delegation = "allow"
+    actors: frozenset[str] = frozenset()
+    max_depth: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("allow", "forbid", "require"):
+            raise ValueError(f"rule {self.id!r}: mode must be 'allow', 'forbid' or 'require', not {self.mode!r}")
+        if self.mode == "forbid" and (self.actors or self.max_depth is not None):
+            raise ValueError(f"rule {self.id!r} forbids delegation but also limits actors or depth: contradictory")
+        if self.max_depth is not None and self.max_depth < (1 if self.mode == "require" else 0):
+            raise ValueError(f"rule {self.id!r}: max_depth {self.max_depth} leaves no call allowed")
+
+    def admits(self, principal: Principal) -> bool:
+        """Whether the rule lets ``principal`` call its tools at all (for ``tools/list``)."""
+        return self._refusal(principal.actor_chain) is None
+
+    def check(self, request: CallRequest) -> Reason | None:
+        refusal = self._refusal(request.principal.actor_chain)
+        return None if refusal is None else self._refuse(refusal[0], request, refusal[1])
+
+    def _refusal(self, chain: tuple[str, ...]) -> tuple[str, str] | None:
+        if not chain:
+            return (
+                (ReasonCode.DELEGATION_REQUIRED, "only an agent acting for someone may")
+                if self.mode == "require"
+                else None
+            )
+        if self.mode == "forbid":
+            return ReasonCode.DELEGATION_FORBIDDEN, "it may not be called on someone's behalf"
+        if self.actors and chain[0] not in self.actors:
+            return ReasonCode.ACTOR_NOT_ALLOWED, "this acting agent may not call it"
+        if self.max_depth is not None and len(chain) > self.max_depth:
+            return ReasonCode.DELEGATION_TOO_DEEP, f"at most {self.max_depth} delegation hops are allowed"
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class ArgumentRule(SelectedRule):
+    """The call's arguments must meet every constraint (types, ranges, patterns, paths, hosts...)."""
+
+    kind: ClassVar[str] = "arguments"
+    constraints: tuple[ArgumentConstraint, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.constraints:
+            raise ValueError(f"rule {self.id!r} constrains no argument")
+        types: dict[str, str] = {}
+        for constraint in self.constraints:
+            if constraint.type is None:
+                continue
+            known = types.setdefault(constraint.argument, constraint.type)
+            if known != constraint.type:
+                raise ValueError(
+                    f"rule {self.id!r}: argument {constraint.argument!r} cannot be both {known} and "
+                    f"{constraint.type}: contradictory"
+                )
+
+    def check(self, request: CallRequest) -> Reason | None:
+        for constraint in self.constraints:
+            violation = constraint.violation(request.arguments)
+            if violation is not None:
+                return self._refuse(ReasonCode.ARGUMENT_REJECTED, request, violation)
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceRule(SelectedRule):
+    """Once the session has run a tool tagged with one of ``after_tags`` (or named in
+    ``after_tools``), the selected tools are refused for the rest of the session: for example,
+    no tool tagged ``egress`` after any tool tagged ``secrets``."""
+
+    kind: ClassVar[str] = "sequence"
+    after_tags: frozenset[str] = frozenset()
+    after_tools: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if not (self.after_tags or self.after_tools):
+            raise ValueError(f"rule {self.id!r}: a sequence rule needs after_tags or after_tools")
+
+    def check(self, request: CallRequest) -> Reason | None:
+        history = request.session.history
+        if history.tags.isdisjoint(self.after_tags) and history.tools.keys().isdisjoint(self.after_tools):
+            return None
+        earlier = sorted((history.tags & self.after_tags) | (history.tools.keys() & self.after_tools))
+        return self._refuse(
+            ReasonCode.SEQUENCE_FORBIDDEN, request, f"it may not follow {', '.join(earlier)} in this session"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TargetsRule(SelectedRule):
+    """At most ``max_targets`` distinct values of the ``argument`` (a string, or a list of
+    strings) across the session's allowed calls: for example, distinct e-mail recipients."""
+
+    kind: ClassVar[str] = "targets"
+    argument: str = ""
+    max_targets: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.argument:
+            raise ValueError(f"rule {self.id!r}: a targets rule names the argument that holds the target")
+        if self.max_targets < 1:
+            raise ValueError(f"rule {self.id!r}: max_targets must be at least 1, not {self.max_targets!r}")
+
+    def check(self, request: CallRequest) -> Reason | None:
+        targets = self._targets(request.arguments)
+        if targets is None:
+            return self._refuse(
+                ReasonCode.ARGUMENT_REJECTED,
+                request,
+                f"argument {self.argument!r} must be a string, or a list of at most {_TARGETS_PER_CALL} strings, "
+                f"each of 1 to {_TARGET_LIMIT} characters",
+            )
+        seen = request.session.history.targets.get(self.id, set())
+        if len(seen | targets) > self.max_targets:
+            return self._refuse(
+                ReasonCode.TOO_MANY_TARGETS, request, f"this session may reach at most {self.max_targets} targets"
+            )
+        return None
+
+    def commit(self, request: CallRequest) -> Iterable[tuple[str, str]]:
+        return [(self.id, target) for target in self._targets(request.arguments) or ()]
+
+    def _targets(self, arguments: Mapping[str, Any]) -> set[str] | None:
+        """The targets this call names (none when the argument is absent); None when malformed."""
+        value = arguments.get(self.argument)
+        if value is None:
+            return set()
+        values = [value] if isinstance(value, str) else value
+        if not isinstance(values, list) or len(values) > _TARGETS_PER_CALL:
+            return None
+        if not all(isinstance(item, str) and 0 < len(item) <= _TARGET_LIMIT for item in values):
+            return None
+        return set(values)
+
+
+@dataclass(frozen=True, slots=True)
+class TimeWindowRule(SelectedRule):
+    """Calls only on the listed ``days``, from ``start`` to ``end`` local time in ``timezone``
+    (an ``end`` before ``start`` runs past midnight, and counts for the day it started)."""
+
+    kind: ClassVar[str] = "time_window"
+    days: frozenset[str] = frozenset(DAYS)
+    start: time = time(0, 0)
+    end: time = time(23, 59, 59)
+    timezone: str = "UTC"
+    _zone: ZoneInfo = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        unknown = self.days - set(DAYS)
+        if unknown or not self.days:
+            raise ValueError(f"rule {self.id!r}: days must be some of {', '.join(DAYS)}, not {sorted(self.days)}")
+        if self.start == self.end:
+            raise ValueError(f"rule {self.id!r}: the window starts and ends at {self.start}: it is empty")
+        try:
+            object.__setattr__(self, "_zone", ZoneInfo(self.timezone))
+        except (ValueError, LookupError) as error:  # ZoneInfoNotFoundError is a KeyError
+            raise ValueError(f"rule {self.id!r}: unknown timezone {self.timezone!r}") from error
+
+    def check(self, request: CallRequest) -> Reason | None:
+        if not math.isfinite(request.at):
+            return self._refuse(ReasonCode.OUTSIDE_TIME_WINDOW, request, "the time of the call is unknown")
+        local = datetime.fromtimestamp(request.at, self._zone)
+        now, day = local.time(), local.weekday()
+        if self.start < self.end:
+            inside = self.start <= now < self.end and DAYS[day] in self.days
+        elif now >= self.start:
+            inside = DAYS[day] in self.days
+        else:
+            inside = now < self.end and DAYS[day - 1] in self.days
+        if inside:
+            return None
+        return self._refuse(
+            ReasonCode.OUTSIDE_TIME_WINDOW,
+            request,
+            f"it may be called {','.join(day for day in DAYS if day in self.days)} "
+            f"{self.start:%H:%M}-{self.end:%H:%M} {self.timezone}",
+        )

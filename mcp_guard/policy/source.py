@@ -1,0 +1,122 @@
+"""Reading a policy document's text: TOML or YAML into plain data, with the line of every key.
+
+The line map lets each validation error point at the line that caused it. YAML is read with
+PyYAML's safe loader (the ``yaml`` extra); documents with aliases or duplicate keys are refused,
+since an alias can multiply a small file into a huge one and a duplicate key silently drops a
+rule. TOML is read with the standard library.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Iterator
+from typing import Any
+
+__all__ = ["MAX_POLICY_BYTES", "Lines", "SourceError", "parse_source"]
+
+MAX_POLICY_BYTES = 1 << 20
+
+Path = tuple[str | int, ...]
+Lines = dict[Path, int]
+
+
+class SourceError(ValueError):
+    """A policy document that cannot be read as TOML or YAML; ``line`` is 1-based when known."""
+
+    def __init__(self, message: str, line: int | None = None) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+def parse_source(text: str, syntax: str) -> tuple[Any, Lines]:
+    """The data in ``text`` (``syntax`` is ``"toml"`` or ``"yaml"``) and the line of each key path."""
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_POLICY_BYTES:
+        raise SourceError(f"a policy document is at most {MAX_POLICY_BYTES} bytes")
+    if syntax == "toml":
+        try:
+            return tomllib.loads(text), _toml_lines(text)
+        except tomllib.TOMLDecodeError as error:
+            found = re.search(r"line (\d+)", str(error))
+            raise SourceError(f"not valid TOML: {error}", int(found.group(1)) if found else None) from None
+    if syntax == "yaml":
+        return _yaml(text)
+    raise SourceError(f"unknown policy syntax {syntax!r}: use toml or yaml")
+
+
+def _yaml(text: str) -> tuple[Any, Lines]:
+    try:
+        import yaml
+    except ImportError:  # pragma: no cover - the yaml extra is installed with dev
+        raise SourceError("YAML policies need PyYAML: pip install 'mcp-guard[yaml]'") from None
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent):
+                mark = event.start_mark
+                raise SourceError("YAML aliases (*name) are not allowed in a policy", mark.line + 1 if mark else None)
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        raise SourceError(f"not valid YAML: {error}", mark.line + 1 if mark else None) from None
+    if root is None:
+        return None, {}
+    lines: Lines = {}
+    for path, node in _walk(root, ()):
+        lines.setdefault(path, node.start_mark.line + 1)
+    return yaml.safe_load(text), lines
+
+
+def _walk(node: Any, path: Path) -> Iterator[tuple[Path, Any]]:
+    import yaml
+
+    yield path, node
+    if isinstance(node, yaml.MappingNode):
+        keys: set[object] = set()
+        for key, value in node.value:
+            if key.value in keys:
+                raise SourceError(f"duplicate key {key.value!r}", key.start_mark.line + 1)
+            keys.add(key.value)
+            yield (*path, key.value), key
+            yield from _walk(value, (*path, key.value))
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            yield from _walk(item, (*path, index))
+
+
+_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(?:#.*)?$")
+_KEY = re.compile(r"""^\s*((?:"[^"]*"|'[^']*'|[A-Za-z0-9_\-]+)(?:\s*\.\s*(?:"[^"]*"|'[^']*'|[A-Za-z0-9_\-]+))*)\s*=""")
+_PART = re.compile(r""""([^"]*)"|'([^']*)'|([A-Za-z0-9_\-]+)""")
+
+
+def _toml_lines(text: str) -> Lines:
+    """The line of each table header and key, by a line scan (keys inside multi-line values or
+    inline tables are attributed to the line of the key that holds them)."""
+    lines: Lines = {}
+    table: Path = ()
+    counts: dict[Path, int] = {}
+    depth = 0  # open brackets of a multi-line value
+    for number, line in enumerate(text.splitlines(), 1):
+        if depth == 0 and (header := _HEADER.match(line)):
+            parts = _parts(header.group(2))
+            if header.group(1) == "[[":
+                index = counts.get(parts, 0)
+                counts[parts] = index + 1
+                table = (*parts, index)
+            else:
+                table = parts
+            lines.setdefault(table, number)
+            continue
+        if depth == 0 and (key := _KEY.match(line)):
+            lines.setdefault((*table, *_parts(key.group(1))), number)
+        depth = max(0, depth + _brackets(line))
+    return lines
+
+
+def _parts(dotted: str) -> tuple[str, ...]:
+    return tuple(next(group for group in match.groups() if group is not None) for match in _PART.finditer(dotted))
+
+
+def _brackets(line: str) -> int:
+    """How many brackets ``line`` leaves open, ignoring those in strings and comments."""
+    code = re.sub(r'"(?:[^"\\]|\\.)*"|\'[^\']*\'', "", line).split("#", 1)[0]
+    return code.count("[") + code.count("{") - code.count("]") - code.count("}")

@@ -1,0 +1,483 @@
+"""The Cedar adapter: the request mapping, scopes first, fail-closed errors, the schema, and the SDK end to end."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+import pytest
+from mcp import Client, MCPError
+from mcp.server.mcpserver import MCPServer
+from pydantic import BaseModel
+
+from mcp_guard import GUARD_DENIED, EventKind, Guard, GuardMiddleware, MemoryAuditSink, ReasonCode
+from mcp_guard.model import CallRequest, Decision, Principal, Session, ToolSpec
+from mcp_guard.policy.cedar import CedarPolicy, CedarUnavailable, cedar_schema
+from mcp_guard.testing import access_token, acting_as
+
+NOW = 1_900_000_000.0
+ISSUER = "https://auth.example.test"
+
+
+def cedarpy() -> Any:
+    return pytest.importorskip("cedarpy")
+
+
+def tools() -> Mapping[str, ToolSpec]:
+    """Tools declared the way servers declare them, so each carries the SDK's input schema."""
+    guard = Guard(scope_hierarchy={"files:write": "files:read"})
+
+    @guard.tool(scopes="files:read", tags=["files"])
+    def read_file(path: str, limit: int = 10, ratio: float = 1.0, encoding: str | None = None) -> str:
+        return path
+
+    @guard.tool(scopes="files:write", optional_scopes="mail:send", risk="write")
+    def write_file(path: str, text: str) -> str:
+        return path
+
+    return guard.tools
+
+
+def principal(
+    subject: str = "alice",
+    scopes: str = "files:read",
+    *,
+    actors: tuple[str, ...] = (),
+    **claims: Any,
+) -> Principal:
+    return Principal(
+        ISSUER,
+        subject,
+        "app-1",
+        frozenset(scopes.split()),
+        actor_chain=actors,
+        claims=MappingProxyType(claims),
+    )
+
+
+def call(
+    who: Principal,
+    tool: ToolSpec,
+    arguments: Mapping[str, Any] | None = None,
+    *,
+    call_count: int = 0,
+    purpose: str = "",
+) -> CallRequest:
+    session = Session("s-1", who.binding, NOW, NOW + 3600, 900, NOW, NOW + 3600, purpose, call_count=call_count)
+    return CallRequest(who, session, tool, arguments if arguments is not None else {"path": "/docs/a"}, NOW)
+
+
+def decide(policies: str, who: Principal, tool: str = "read_file", arguments: Any = None, **options: Any) -> Decision:
+    cedarpy()
+    return CedarPolicy(policies, **options).decide(call(who, tools()[tool], arguments))
+
+
+PERMIT_ALL = "permit (principal, action, resource);"
+
+
+# -- the request mapping ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("condition", "allowed"),
+    [
+        ('principal.issuer == "https://auth.example.test"', True),
+        ('principal.client_id == "app-1" && principal.subject == "alice"', True),
+        ('principal.scopes.contains("files:read")', True),
+        ('principal.groups.contains("eng")', True),
+        ('principal.groups.contains("ops")', False),
+        ('principal.roles.contains("admin")', False),
+        ("principal.delegated", False),
+        ('principal.actor == ""', True),
+        ('context.tool_risk == "read" && context.tool_tags.contains("files")', True),
+        ("context.time == 1900000000", True),
+        ('resource.purpose == "triage" && resource.call_count == 0 && resource.denied_count == 0', True),
+        ('action == McpGuard::Action::"read_file"', True),
+        ('action == McpGuard::Action::"write_file"', False),
+    ],
+)
+def test_each_fact_of_the_call_reaches_cedar(condition: str, allowed: bool) -> None:
+    cedarpy()
+    who = principal(groups=["eng", "docs"], roles="admin")  # a string is not a list: no roles
+    policy = CedarPolicy(f"permit (principal, action, resource) when {{ {condition} }};")
+    decision = policy.decide(call(who, tools()["read_file"], purpose="triage"))
+    assert decision.allowed is allowed
+    assert decision.policy_id == "cedar"
+
+
+def test_scope_constraints_need_no_entity_data() -> None:
+    policies = 'permit (principal in McpGuard::Principal::"alice", action, resource in McpGuard::Session::"s-1");'
+    assert decide(policies, principal()).allowed
+    assert not decide(policies, principal("bob")).allowed
+
+
+def test_forbid_by_group_wins_over_permit() -> None:
+    policies = (
+        PERMIT_ALL
+        + '\n@id("no-contractors") forbid (principal, action, resource) when { principal.groups.contains("contractors") };'
+    )
+    assert decide(policies, principal(groups=["eng"])).allowed
+    decision = decide(policies, principal(groups=["eng", "contractors"]))
+    assert (decision.allowed, decision.reason.code) == (False, ReasonCode.POLICY_DENIED)
+    assert decision.rule_ids == ("no-contractors",)
+    assert "'no-contractors'" in decision.reason.message
+
+
+def test_delegation_is_visible_to_policies() -> None:
+    policies = """
+    permit (principal, action, resource) when { !principal.delegated };
+    permit (principal, action, resource) when { principal.delegated && principal.actor == "agent-7" };
+    """
+    assert decide(policies, principal()).allowed
+    assert decide(policies, principal(actors=("agent-7", "orchestrator"))).allowed
+    assert not decide(policies, principal(actors=("agent-9",))).allowed
+
+
+def test_nothing_permitted_is_denied_and_says_so() -> None:
+    decision = decide('permit (principal, action == McpGuard::Action::"write_file", resource);', principal())
+    assert (decision.allowed, decision.reason.code, decision.rule_ids) == (False, ReasonCode.POLICY_DENIED, ())
+    assert decision.reason.message == "No Cedar policy permits this call to tool 'read_file'."
+    assert (decision.policy_id, decision.policy_version) == ("cedar", "1")
+
+
+def test_rule_ids_name_the_determining_policies() -> None:
+    policies = '@id("readers") permit (principal, action, resource);\npermit (principal, action, resource);'
+    decision = decide(policies, principal())
+    assert decision.allowed
+    assert decision.rule_ids == ("scopes.required", "policy1", "readers")
+
+
+# -- typed arguments ----------------------------------------------------------------------------
+
+LIMITED = """
+@id("bounded-reads")
+permit (principal, action == McpGuard::Action::"read_file", resource)
+when { context.arguments has limit && context.arguments.limit <= 100 };
+@id("no-secrets")
+forbid (principal, action, resource) when { context.arguments.path like "/secrets/*" };
+"""
+
+
+@pytest.mark.parametrize("schema", [False, True], ids=["no-schema", "schema"])
+@pytest.mark.parametrize(
+    ("arguments", "allowed"),
+    [
+        ({"path": "/docs/a", "limit": 100}, True),
+        ({"path": "/docs/a", "limit": 101}, False),
+        ({"path": "/secrets/key", "limit": 1}, False),
+        ({"path": "/docs/a", "limit": 5, "encoding": None}, True),  # a null is an absent argument
+        ({"path": "/docs/a", "limit": 5, "ratio": 0.5}, True),  # a float-typed argument is not shown
+    ],
+)
+def test_typed_arguments(arguments: dict[str, Any], allowed: bool, schema: bool) -> None:
+    options: dict[str, Any] = {"tools": tools().values()} if schema else {}
+    assert decide(LIMITED, principal(), arguments=arguments, **options).allowed is allowed
+
+
+@pytest.mark.parametrize(
+    ("arguments", "refusal"),
+    [
+        ({"path": "/docs/a", "limit": 5.0}, "Argument 'limit' holds a float"),
+        ({"path": "/docs/a", "limit": "5"}, "Argument 'limit' holds a str where the tool takes an integer"),
+        ({"path": "/docs/a", "limit": True}, "Argument 'limit' holds a bool where the tool takes an integer"),
+        ({"path": ["/docs/a"]}, "Argument 'path' holds a list where the tool takes a string"),
+        ({"path": "/docs/a", "limit": 2**64}, "Argument 'limit' holds an integer beyond"),
+        ({"path": "/a", "tags": ["x", None]}, "Argument 'tags' holds a null inside a list"),
+        (
+            {"path": "/a", "o": {"__entity": {"type": "McpGuard::Principal", "id": "alice"}}},
+            "'o' holds the key '__entity'",
+        ),
+        ({"__extn": {"fn": "ip", "arg": "10.0.0.1"}}, "The arguments hold the key '__extn'"),
+    ],
+)
+def test_values_cedar_cannot_hold_refuse_the_call(arguments: dict[str, Any], refusal: str) -> None:
+    decision = decide(PERMIT_ALL, principal(), arguments=arguments)
+    assert (decision.allowed, decision.reason.code) == (False, ReasonCode.ARGUMENT_REJECTED)
+    assert refusal in decision.reason.message
+
+
+def test_argument_values_are_mapped_to_cedar_types() -> None:
+    cedarpy()
+    tool = ToolSpec("query")  # no input schema: every argument is shown as it is
+    arguments = {"name": "x", "n": -3, "on": True, "ids": [1, 2, 2], "filter": {"tags": ["a"], "depth": {"max": 2}}}
+    condition = (
+        'context.arguments.name == "x" && context.arguments.n == -3 && context.arguments.on && '
+        'context.arguments.ids == [2, 1] && context.arguments.filter.tags.contains("a") && '
+        "context.arguments.filter.depth.max == 2"
+    )
+    policy = CedarPolicy(f"permit (principal, action, resource) when {{ {condition} }};")
+    assert policy.decide(call(principal(), tool, arguments)).allowed
+
+
+# -- scopes first -------------------------------------------------------------------------------
+
+
+def test_scopes_are_trimmed_through_the_adapter() -> None:
+    cedarpy()
+    policy = CedarPolicy(
+        'permit (principal, action, resource) when { context.scopes == ["files:read"] };\n'
+        'permit (principal, action, resource) when { context.scopes == ["files:write", "mail:send"] };',
+        hierarchy={"files:write": "files:read"},
+    )
+    who = principal(scopes="files:write mail:send calendar:read")
+    read = policy.decide(call(who, tools()["read_file"]))
+    assert (read.allowed, read.outcome, read.approved_scopes) == (True, "trimmed", frozenset({"files:read"}))
+    assert read.requested_scopes == who.scopes
+    write = policy.decide(call(who, tools()["write_file"], {"path": "/a", "text": "t"}))
+    assert (write.allowed, write.approved_scopes) == (True, frozenset({"files:write", "mail:send"}))
+
+
+def test_insufficient_scope_never_reaches_cedar(monkeypatch: pytest.MonkeyPatch) -> None:
+    cedarpy()
+    policy = CedarPolicy(PERMIT_ALL)
+    asked: list[object] = []
+    monkeypatch.setattr(policy, "_is_authorized", lambda *args: asked.append(args))
+    decision = policy.decide(call(principal(scopes="mail:send"), tools()["write_file"], {"path": "/a", "text": "t"}))
+    assert (decision.allowed, decision.reason.code) == (False, ReasonCode.INSUFFICIENT_SCOPE)
+    assert decision.missing_scopes == {"files:write"}
+    assert decision.rule_ids == ("scopes.required",) and decision.policy_id == "cedar"
+    assert asked == []
+
+
+def test_the_tools_delegation_rule_still_applies() -> None:
+    cedarpy()
+    tool = ToolSpec("transfer", scopes=frozenset({"files:read"}), delegation="forbid")
+    decision = CedarPolicy(PERMIT_ALL).decide(call(principal(actors=("agent-7",)), tool))
+    assert decision.reason.code == ReasonCode.DELEGATION_FORBIDDEN
+
+
+def test_listing_asks_only_the_scopes() -> None:
+    cedarpy()
+    policy = CedarPolicy("forbid (principal, action, resource);")
+    assert policy.visible(principal(), tools()["read_file"])
+    assert not policy.visible(principal(), tools()["write_file"])
+    assert CedarPolicy(PERMIT_ALL, hierarchy={"files:write": "files:read"}).hierarchy.expand(
+        frozenset({"files:write"})
+    ) == {
+        "files:read",
+        "files:write",
+    }
+
+
+# -- failing closed -----------------------------------------------------------------------------
+
+
+def test_an_evaluation_error_denies_even_when_another_policy_permits() -> None:
+    policies = PERMIT_ALL + "\nforbid (principal, action, resource) when { context.arguments.missing == 1 };"
+    decision = decide(policies, principal())
+    assert (decision.allowed, decision.reason.code) == (False, ReasonCode.POLICY_ERROR)
+    assert "policy1" in decision.reason.message and "missing" in decision.reason.message
+
+
+def test_a_request_the_schema_rejects_is_an_error_without_echoing_arguments() -> None:
+    extra = decide(PERMIT_ALL, principal(), arguments={"path": "/a", "extra": "x"}, tools=tools().values())
+    assert extra.reason.code == ReasonCode.POLICY_ERROR and "`extra` should not exist" in extra.reason.message
+    schema = """
+    namespace McpGuard {
+      entity Principal; entity Session;
+      action "read_file" appliesTo { principal: [Principal], resource: [Session], context: {
+        arguments: {path: Long}, scopes: Set<String>, tool_risk: String, tool_tags: Set<String>, time: Long} };
+    }
+    """
+    mistyped = decide(PERMIT_ALL, principal(), arguments={"path": "/docs/secret-name"}, schema=schema)
+    assert mistyped.reason.code == ReasonCode.POLICY_ERROR
+    assert "context is not valid" in mistyped.reason.message and "secret-name" not in mistyped.reason.message
+
+
+def test_an_exception_from_cedar_denies_with_a_bounded_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    cedarpy()
+    policy = CedarPolicy(PERMIT_ALL)
+
+    def explode(*args: object) -> None:
+        raise RuntimeError("engine exploded " + "x" * 1000)
+
+    monkeypatch.setattr(policy, "_is_authorized", explode)
+    decision = policy.decide(call(principal(), tools()["read_file"]))
+    assert (decision.allowed, decision.reason.code) == (False, ReasonCode.POLICY_ERROR)
+    assert "RuntimeError: engine exploded" in decision.reason.message
+    assert len(decision.reason.message) < 400
+
+
+def test_bad_policy_text_is_refused_at_construction() -> None:
+    cedarpy()
+    with pytest.raises(ValueError, match=r"the Cedar policies do not parse: .*unexpected token"):
+        CedarPolicy("permit (principal, action, resource) when { ;")
+
+
+def test_without_cedarpy_the_adapter_refuses_to_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "cedarpy", None)
+    with pytest.raises(CedarUnavailable, match=r"pip install 'mcp-guard\[cedar\]'") as raised:
+        CedarPolicy(PERMIT_ALL)
+    assert isinstance(raised.value, ImportError)
+
+
+# -- entities reused ----------------------------------------------------------------------------
+
+
+def test_the_principal_entity_is_built_once_per_principal(monkeypatch: pytest.MonkeyPatch) -> None:
+    cedarpy()
+    policy = CedarPolicy('permit (principal, action, resource) when { principal.groups.contains("eng") };')
+    parsed: list[str] = []
+    parse = policy._parse_entities
+
+    def counted(text: str, *rest: Any) -> Any:
+        parsed.append(text)
+        return parse(text, *rest)
+
+    monkeypatch.setattr(policy, "_parse_entities", counted)
+    alice, bob = principal(groups=["eng"]), principal("bob", groups=["eng"])
+    tool = tools()["read_file"]
+    for _ in range(3):
+        assert policy.decide(call(alice, tool)).allowed
+    entities = policy._principals[id(alice)].entities
+    assert policy.decide(call(alice, tool, {"path": "/other"})).allowed
+    assert policy._principals[id(alice)].entities is entities
+    assert len(parsed) == 1 and '"alice"' in parsed[0]
+    assert policy.decide(call(bob, tool)).allowed
+    assert len(parsed) == 2 and len(policy._principals) == 2
+
+
+def test_the_session_is_read_fresh_on_every_call() -> None:
+    cedarpy()
+    policy = CedarPolicy("permit (principal, action, resource) when { resource.call_count < 3 };")
+    who, tool = principal(), tools()["read_file"]
+    assert policy.decide(call(who, tool, call_count=2)).allowed
+    assert not policy.decide(call(who, tool, call_count=3)).allowed
+
+
+# -- the schema ---------------------------------------------------------------------------------
+
+
+def test_the_generated_schema_types_each_tools_arguments() -> None:
+    schema = cedar_schema(tools().values())["McpGuard"]
+    arguments = schema["actions"]["read_file"]["appliesTo"]["context"]["attributes"]["arguments"]
+    assert arguments == {
+        "type": "Record",
+        "attributes": {
+            "path": {"type": "String"},
+            "limit": {"type": "Long", "required": False},
+            "encoding": {"type": "String", "required": False},
+        },
+    }
+    assert set(schema["entityTypes"]) == {"Principal", "Session"}
+
+
+class Point(BaseModel):
+    x: float
+    label: str
+
+
+class Shape(BaseModel):
+    points: list[Point]
+    closed: bool = False
+
+
+def test_nested_models_lists_and_optionals_are_typed() -> None:
+    guard = Guard()
+
+    @guard.tool()
+    def draw(shape: Shape, ids: list[int], scale: Point | None = None, counts: dict[str, int] | None = None) -> str:
+        return ""
+
+    attributes = cedar_schema(guard.tools.values())["McpGuard"]["actions"]["draw"]["appliesTo"]["context"]
+    point = {"type": "Record", "attributes": {"label": {"type": "String"}}}
+    assert attributes["attributes"]["arguments"]["attributes"] == {
+        "shape": {
+            "type": "Record",
+            "attributes": {
+                "points": {"type": "Set", "element": point},
+                "closed": {"type": "Boolean", "required": False},
+            },
+        },
+        "ids": {"type": "Set", "element": {"type": "Long"}},
+        "scale": {**point, "required": False},
+    }
+    cedarpy()
+    policy = CedarPolicy(
+        'permit (principal, action, resource) when { context.arguments.shape.points.contains({label: "a"}) };',
+        tools=guard.tools.values(),
+    )
+    arguments = {"shape": {"points": [{"x": 0.5, "label": "a"}]}, "ids": [1], "counts": {"a": 1.5}}
+    assert policy.decide(call(principal(), guard.tools["draw"], arguments)).allowed
+
+
+def test_the_generated_schema_validates_typed_policies() -> None:
+    cedar = cedarpy()
+    schema = cedar_schema(tools().values())
+    good = """
+    permit (principal, action == McpGuard::Action::"read_file", resource)
+    when { context.arguments has limit && context.arguments.limit <= 100 && principal.groups.contains("eng")
+           && resource.call_count < 10 && context.arguments.path like "/docs/*" };
+    """
+    assert cedar.validate_policies(good, cedar.Schema.from_json_str(json.dumps(schema))).validation_passed
+    wrong = 'permit (principal, action == McpGuard::Action::"read_file", resource) when { context.arguments.path > 3 };'
+    assert not cedar.validate_policies(wrong, schema).validation_passed
+    with pytest.raises(ValueError, match="do not validate against the schema"):
+        CedarPolicy(wrong, tools=tools().values())
+    with pytest.raises(ValueError, match=r"do not validate against the schema: .*ratio"):
+        CedarPolicy("permit (principal, action, resource) when { context.arguments.ratio == 1 };", schema=schema)
+
+
+def test_a_schema_given_as_cedar_text_puts_tools_in_action_groups() -> None:
+    cedarpy()
+    schema = """
+    namespace McpGuard {
+      entity Principal; entity Session;
+      type Context = {arguments: {path: String, text: String}, scopes: Set<String>, tool_risk: String,
+                      tool_tags: Set<String>, time: Long};
+      action "writes";
+      action "write_file" in ["writes"] appliesTo { principal: [Principal], resource: [Session], context: Context };
+    }
+    """
+    policies = PERMIT_ALL + '\nforbid (principal, action in McpGuard::Action::"writes", resource);'
+    decision = decide(
+        policies, principal(scopes="files:write"), "write_file", {"path": "/a", "text": "t"}, schema=schema
+    )
+    assert (decision.allowed, decision.reason.code) == (False, ReasonCode.POLICY_DENIED)
+
+
+def test_schema_options_are_checked() -> None:
+    cedarpy()
+    with pytest.raises(ValueError, match="not both"):
+        CedarPolicy(PERMIT_ALL, tools=tools().values(), schema=cedar_schema(()))
+    with pytest.raises(ValueError, match="the Cedar schema does not parse"):
+        CedarPolicy(PERMIT_ALL, schema="namespace {")
+
+
+# -- end to end through the MCP SDK -------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_end_to_end_through_the_sdk(mode: str) -> None:
+    cedarpy()
+    audit = MemoryAuditSink()
+    policies = """
+    @id("engineers-read")
+    permit (principal, action == McpGuard::Action::"read_file", resource)
+    when { principal.groups.contains("eng") };
+    @id("no-secrets")
+    forbid (principal, action, resource) when { context.arguments.path like "/secrets/*" };
+    """
+    guard = Guard(policy=CedarPolicy(policies), audit=[audit])
+    server = MCPServer("cedar", middleware=[GuardMiddleware(guard)])
+
+    @server.tool()
+    @guard.tool(scopes="files:read")
+    def read_file(path: str) -> str:
+        return f"contents of {path}"
+
+    with acting_as(access_token("alice", "files:read mail:send", groups=["eng"])):
+        async with Client(server, mode=mode) as client:
+            result = await client.call_tool("read_file", {"path": "/docs/a"})
+            assert not result.is_error
+            with pytest.raises(MCPError) as raised:
+                await client.call_tool("read_file", {"path": "/secrets/key"})
+    error = raised.value.error
+    assert error.code == GUARD_DENIED
+    assert error.data == {"reason": "policy_denied"}
+    assert "no-secrets" in error.message
+    decided = [event for event in audit.events if event.kind == EventKind.CALL_DECIDED]
+    assert [event.outcome for event in decided] == ["trimmed", "denied"]

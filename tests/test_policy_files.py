@@ -1,0 +1,239 @@
+"""Policy files: YAML and TOML load into the same rules as Python; mistakes are refused by line."""
+
+from __future__ import annotations
+
+import json
+from datetime import time
+from pathlib import Path
+
+import pytest
+
+from mcp_guard import PolicyFile, PolicyFileError, ReasonCode, RiskSettings, RulePolicy, ToolSpec, load_policy
+from mcp_guard.model import Risk
+from mcp_guard.policy import (
+    ArgumentConstraint,
+    ArgumentRule,
+    DelegationRule,
+    LimitRule,
+    PrincipalRule,
+    SequenceRule,
+    TargetsRule,
+    TimeWindowRule,
+    parse_policy,
+    policy_json_schema,
+)
+from mcp_guard.testing import call_request
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples" / "policies"
+
+HEADER = 'version = 1\nid = "t"\n'
+
+
+def python_policy() -> RulePolicy:
+    """examples/policies/assistant.toml, written in Python."""
+    selected = {
+        "files": frozenset({"read_file"}),
+        "fetch": frozenset({"fetch_page"}),
+        "secret": frozenset({"read_secret"}),
+        "mail": frozenset({"send_mail"}),
+    }
+    return RulePolicy(
+        [
+            ArgumentRule(
+                "files-under-workspace",
+                tools=selected["files"],
+                constraints=(
+                    ArgumentConstraint("path", type="string", required=True, path_roots=("/srv/workspace",)),
+                    ArgumentConstraint("limit", type="integer", minimum=1, maximum=10000),
+                ),
+            ),
+            ArgumentRule(
+                "pages-from-docs-hosts",
+                tools=selected["fetch"],
+                constraints=(
+                    ArgumentConstraint("url", type="string", required=True, hosts=("docs.example.com", "*.python.org")),
+                ),
+            ),
+            PrincipalRule("secrets-for-ops", tools=selected["secret"], claims={"groups": frozenset({"ops"})}),
+            DelegationRule("secrets-not-delegated", tools=selected["secret"], mode="forbid"),
+            SequenceRule("no-egress-after-secrets", tags=frozenset({"egress"}), after_tags=frozenset({"secrets"})),
+            TargetsRule("few-recipients", tools=selected["mail"], argument="to", max_targets=3),
+            LimitRule("mail-rate", tools=selected["mail"], per="principal", calls=20, window=3600),
+            TimeWindowRule(
+                "secrets-in-office-hours",
+                tools=selected["secret"],
+                days=frozenset({"mon", "tue", "wed", "thu", "fri"}),
+                start=time(8),
+                end=time(18),
+                timezone="Europe/Berlin",
+            ),
+        ],
+        tools=[
+            ToolSpec("read_file", scopes=frozenset({"files:read"}), tags=frozenset({"files"})),
+            ToolSpec("fetch_page", scopes=frozenset({"web:fetch"}), tags=frozenset({"egress"})),
+            ToolSpec("read_secret", scopes=frozenset({"secrets:read"}), risk=Risk.ADMIN, tags=frozenset({"secrets"})),
+            ToolSpec("send_mail", scopes=frozenset({"mail:send"}), risk=Risk.WRITE, tags=frozenset({"egress"})),
+        ],
+        hierarchy={"files:write": ["files:read"]},
+        risk=RiskSettings(threshold=100, denial=15, write=5, admin=25),
+        id="assistant",
+        version="2026-11-21",
+    )
+
+
+@pytest.mark.parametrize("name", ["assistant.toml", "assistant.yaml"])
+def test_a_file_loads_into_the_same_policy_as_python(name: str) -> None:
+    loaded, written = load_policy(EXAMPLES / name), python_policy()
+    assert loaded.rules == written.rules
+    assert loaded.declared == written.declared
+    assert loaded.risk == written.risk
+    assert (loaded.id, loaded.version, loaded.unlisted) == ("assistant", "2026-11-21", "deny")
+    assert loaded.scopes.hierarchy.expand(frozenset({"files:write"})) == {"files:write", "files:read"}
+    request = call_request(ToolSpec("read_file"), {"path": "/etc/passwd"}, scopes="files:read")
+    assert loaded.decide(request) == written.decide(request)
+    assert loaded.decide(request).rule_ids == ("files-under-workspace",)
+
+
+def problems(text: str, syntax: str = "toml") -> list[str]:
+    with pytest.raises(PolicyFileError) as caught:
+        parse_policy(text, syntax, source="p")
+    return [str(problem) for problem in caught.value.problems]
+
+
+def test_unknown_keys_and_wrong_types_are_refused_with_their_line() -> None:
+    found = problems(
+        HEADER
+        + '[tools.read]\nscopes = ["a"]\nrisk = "huge"\n\n[[rules]]\nid = "r1"\ntool = ["read"]\nallow = { subject = ["x"] }\n'
+        + '\n[[rules]]\nid = "r2"\ntools = ["read"]\nlimit = { calls = "5" }\n'
+    )
+    assert found == [
+        "line 5: tools.read.risk: Input should be 'read', 'write' or 'admin'",
+        "line 9: rules.0.tool: unknown key (not in the policy schema; check its spelling)",
+        "line 15: rules.1.limit.calls: Input should be a valid integer, not str '5'",
+    ]
+
+
+def test_yaml_errors_point_at_lines_too() -> None:
+    text = (
+        "version: 1\nrules:\n  - id: r1\n    tools: [a]\n    allow: {subject: [x]}\n    sequence: {after_tags: [s]}\n"
+    )
+    assert problems(text, "yaml") == [
+        "line 3: rules.0: Value error, a rule has exactly one of allow, deny, arguments, sequence, targets, limit, "
+        "time_window, delegation (found allow, sequence)"
+    ]
+    assert problems("version: 1\nid: a\nid: b\n", "yaml") == ["line 3: duplicate key 'id'"]
+    bomb = "version: 1\nx: &a [1, 2]\ny: [*a, *a]\n"
+    assert problems(bomb, "yaml") == ["line 3: YAML aliases (*name) are not allowed in a policy"]
+    assert problems("version: [1\n", "yaml")[0].startswith("line 2: not valid YAML")
+
+
+def test_syntax_errors_and_missing_versions() -> None:
+    assert problems('version = 1\nid = "a\n')[0].startswith("line 2: not valid TOML")
+    assert problems('id = "a"\n') == ["document: version: Field required"]
+    assert problems("version = 2\n") == ["line 1: version: Input should be 1"]
+    with pytest.raises(PolicyFileError, match=r"\.toml, \.yaml or \.yml"):
+        load_policy("policy.json")
+    with pytest.raises(PolicyFileError, match="cannot read"):
+        load_policy("/nonexistent/policy.toml")
+
+
+def test_bad_rules_are_refused_with_precise_messages() -> None:
+    text = (
+        HEADER
+        + '[[rules]]\nid = "re"\narguments = [{ argument = "q", pattern = "(a+)+$" }]\n'
+        + '[[rules]]\nid = "range"\narguments = [{ argument = "n", minimum = 5, maximum = 1 }]\n'
+        + '[[rules]]\nid = "win"\ntime_window = { start = "09:00", end = "09:00" }\n'
+        + '[[rules]]\nid = "deleg"\ndelegation = { mode = "forbid", actors = ["a"] }\n'
+        + '[[rules]]\nid = "zone"\ntime_window = { start = "09:00", end = "10:00", timezone = "Nowhere/Else" }\n'
+    )
+    found = problems(text)
+    assert [line.split(":")[0] for line in found] == ["line 5", "line 8", "line 11", "line 14", "line 17"]
+    assert "rules.0.arguments.0" in found[0]
+    assert "contradictory" in found[3] and "unknown timezone" in found[4]
+
+
+def test_contradictory_and_unreachable_rules_are_refused() -> None:
+    text = (
+        HEADER
+        + '[tools.a]\n[tools.b]\ntags = ["t"]\n'
+        + '[[rules]]\nid = "stop"\ntools = ["a"]\ndeny = {}\n'
+        + '[[rules]]\nid = "after-stop"\ntools = ["a"]\nallow = { subject = ["x"] }\n'
+        + '[[rules]]\nid = "ghost"\ntools = ["c"]\nallow = { subject = ["x"] }\n'
+        + '[[rules]]\nid = "allow-x"\ntools = ["b"]\nallow = { client_id = ["x"] }\n'
+        + '[[rules]]\nid = "deny-x"\ntools = ["b"]\ndeny = { client_id = ["x"] }\n'
+        + '[[rules]]\nid = "allow-y"\ntools = ["b"]\nallow = { client_id = ["y"] }\n'
+        + '[[rules]]\nid = "nothing"\ntools = []\nallow = { subject = ["x"] }\n'
+        + '[[rules]]\nid = "never"\ntags = ["t"]\nsequence = { after_tags = ["nope"] }\n'
+        + '[[rules]]\nid = "typed-1"\ntools = ["b"]\narguments = [{ argument = "n", type = "integer" }]\n'
+        + '[[rules]]\nid = "typed-2"\ntools = ["b"]\narguments = [{ argument = "n", type = "string" }]\n'
+        + '[[rules]]\nid = "req"\ntools = ["b"]\ndelegation = { mode = "require" }\n'
+        + '[[rules]]\nid = "forbid"\ntools = ["b"]\ndelegation = { mode = "forbid" }\n'
+    )
+    found = "\n".join(problems(text))
+    for expected in (
+        "rule 'after-stop' can never change a decision on tool 'a': rule 'stop' before it already denies",
+        "rule 'ghost' names tool 'c', which the policy does not declare",
+        "rule 'deny-x' denys exactly the callers rule 'allow-x' allows",
+        "admit disjoint client_ids: no caller can pass them all",
+        "rule 'nothing' selects no tool",
+        "rule 'never' follows tools the policy never allows",
+        "rule 'typed-2' types argument 'n' of tool 'b' as string, rule 'typed-1' as integer",
+        "rule 'forbid' requires delegation" if False else "requires delegation on tool 'b' that rule 'forbid'",
+    ):
+        assert expected in found, expected
+    assert "line 10: rules.1:" in found
+
+
+def test_duplicate_ids_and_huge_files_are_refused() -> None:
+    twice = (
+        HEADER + '[[rules]]\nid = "a"\ndeny = { subject = ["x"] }\n[[rules]]\nid = "a"\ndeny = { subject = ["y"] }\n'
+    )
+    assert problems(twice) == ["document: rule id 'a' is used twice"]
+    assert "at most" in problems("# " + "x" * (1 << 20))[0]
+
+
+def test_the_exported_json_schema_is_current() -> None:
+    committed = json.loads((ROOT / "docs" / "policy.schema.json").read_text())
+    assert committed == policy_json_schema()
+    assert committed["properties"]["version"] == {"const": 1, "title": "Version", "type": "integer"}
+
+
+def write(path: Path, revision: str, subject: str) -> None:
+    path.write_text(
+        HEADER + f'revision = "{revision}"\n[[rules]]\nid = "only"\nallow = {{ subject = ["{subject}"] }}\n'
+    )
+
+
+def test_reload_swaps_atomically_and_keeps_a_good_policy_over_a_bad_one(tmp_path: Path) -> None:
+    path = tmp_path / "policy.toml"
+    write(path, "1", "alice")
+    policy = PolicyFile(path)
+    tool = ToolSpec("fetch")
+    assert policy.decide(call_request(tool, subject="alice")).allowed
+    assert not policy.reload_if_changed()
+    write(path, "2", "bob")
+    assert policy.reload_if_changed() and policy.version == "2"
+    assert policy.decide(call_request(tool, subject="bob")).allowed
+    assert not policy.decide(call_request(tool, subject="alice")).allowed
+    path.write_text(HEADER + "[[rules]]\nid = 5\n")
+    with pytest.raises(PolicyFileError, match="line 4"):
+        policy.reload_if_changed()
+    assert policy.version == "2" and policy.decide(call_request(tool, subject="bob")).allowed
+    path.unlink()
+    with pytest.raises(PolicyFileError, match="cannot read"):
+        policy.reload()
+    assert policy.version == "2"
+
+
+def test_rate_limit_counts_survive_a_reload(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text("version: 1\nrules:\n  - {id: rate, limit: {per: principal, calls: 1, window: 60}}\n")
+    policy = PolicyFile(path)
+    tool = ToolSpec("fetch")
+    assert policy.decide(call_request(tool, at=0)).allowed
+    path.write_text(
+        "version: 1\nrevision: '2'\nrules:\n  - {id: rate, limit: {per: principal, calls: 1, window: 60}}\n"
+    )
+    policy.reload()
+    assert policy.decide(call_request(tool, at=1)).reason.code == ReasonCode.RATE_LIMITED

@@ -1,0 +1,150 @@
+"""Policies through a real MCP server and client, in both protocol generations; shadow mode."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp.client import Client
+
+from mcp_guard import EventKind, Guard, GuardMiddleware, MemoryAuditSink, PolicyFile, ReasonCode, ScopePolicy
+from mcp_guard.audit.file import FileAuditSink
+from mcp_guard.cli import main
+from mcp_guard.model import CallRequest, Decision
+from mcp_guard.policy import Verdict
+from mcp_guard.testing import access_token, acting_as
+
+pytestmark = pytest.mark.anyio
+
+POLICY = """
+version = 1
+id = "mail"
+revision = "7"
+
+[tools.read_secret]
+scopes = ["secrets:read"]
+risk = "admin"
+tags = ["secrets"]
+
+[tools.send_mail]
+scopes = ["mail:send"]
+risk = "write"
+tags = ["egress"]
+
+[[rules]]
+id = "no-egress-after-secrets"
+tags = ["egress"]
+sequence = { after_tags = ["secrets"] }
+
+[[rules]]
+id = "internal-recipients"
+tools = ["send_mail"]
+arguments = [{ argument = "to", type = "string", pattern = "[a-z.]{1,40}@example\\\\.com" }]
+
+[risk]
+threshold = 60
+denial = 20
+write = 0
+admin = 10
+"""
+
+
+def mail_server(guard: Guard) -> Any:
+    from mcp.server.mcpserver import MCPServer
+
+    mcp = MCPServer("mail", middleware=[GuardMiddleware(guard)])
+
+    @mcp.tool()
+    @guard.tool(scopes="secrets:read")
+    async def read_secret(name: str) -> str:
+        return f"secret {name}"
+
+    @mcp.tool()
+    @guard.tool(scopes="mail:send")
+    def send_mail(to: str, body: str) -> str:
+        return f"sent to {to}"
+
+    return mcp
+
+
+async def error_of(client: Client, tool: str, arguments: dict[str, Any]) -> Any:
+    from mcp.shared.exceptions import MCPError
+
+    with pytest.raises(MCPError) as caught:
+        await client.call_tool(tool, arguments)
+    return caught.value.error
+
+
+async def test_a_policy_file_governs_a_real_server(tmp_path: Path, mode: str, audit: MemoryAuditSink) -> None:
+    path = tmp_path / "policy.toml"
+    path.write_text(POLICY)
+    guard = Guard(policy=PolicyFile(path), audit=[audit])
+    server = mail_server(guard)
+    token = access_token("alice", "secrets:read mail:send", sid="one")
+    with acting_as(token):
+        async with Client(server, mode=mode) as client:
+            assert (await client.call_tool("send_mail", {"to": "bob@example.com", "body": "hi"})).content
+            outside = await error_of(client, "send_mail", {"to": "eve@evil.test", "body": "hi"})
+            assert outside.data["reason"] == ReasonCode.ARGUMENT_REJECTED
+            assert "internal-recipients" in outside.message
+            assert (await client.call_tool("read_secret", {"name": "db"})).content
+            after = await error_of(client, "send_mail", {"to": "bob@example.com", "body": "the secret"})
+            assert after.data["reason"] == ReasonCode.SEQUENCE_FORBIDDEN
+            ended = await error_of(client, "read_secret", {"name": "db"})  # 0 + 20 + 10 + 20, and 10 more is 60
+            assert ended.data["reason"] == ReasonCode.SESSION_RISK_EXCEEDED
+    decided = [event for event in audit.events if event.kind == EventKind.CALL_DECIDED]
+    assert {(event.policy_id, event.policy_version) for event in decided} == {("mail", "7")}
+    assert decided[1].rule_ids == ("internal-recipients",)
+    assert [event.detail for event in audit.events if event.kind == EventKind.SESSION_REVOKED] == [
+        "session_risk_exceeded: risk score 60 reached threshold 60"
+    ]
+
+
+def strict_candidate(request: CallRequest) -> Verdict:
+    """A candidate that would stop all mail, and grant nothing but what mail needs."""
+    if request.tool.name == "send_mail":
+        return Decision.deny(ReasonCode.POLICY_DENIED, "no mail", requested=request.principal.scopes, rule_id="stop")
+    return None
+
+
+async def test_shadow_mode_records_disagreements_and_never_decides(
+    tmp_path: Path, mode: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = tmp_path / "audit.jsonl"
+    sink = FileAuditSink(log)
+    guard = Guard(policy=ScopePolicy(), shadow=strict_candidate, audit=[sink])
+    server = mail_server(guard)
+    with acting_as(access_token("alice", "secrets:read mail:send")):
+        async with Client(server, mode=mode) as client:
+            assert (await client.call_tool("send_mail", {"to": "bob@example.com", "body": "hi"})).content
+            assert (await client.call_tool("send_mail", {"to": "bob@example.com", "body": "hi"})).content
+            assert (await client.call_tool("read_secret", {"name": "db"})).content
+    sink.close()
+    assert guard.shadow is not None
+    assert guard.shadow.disagreements == {"trimmed -> denied": 3}
+    assert main(["policy", "diff", str(log), "--format", "json"]) == 0
+    import json
+
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["disagreements"] == 3
+    assert summary["by_tool"] == {"send_mail": 2, "read_secret": 1}
+    assert summary["by_candidate_rule"] == {"stop": 2, "-": 1}
+    assert summary["candidates"] == {"strict_candidate 1": 3}
+    assert main(["policy", "diff", str(log)]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("3 disagreements") and "mcp-guard audit show" in text
+
+
+async def test_a_failing_candidate_counts_as_a_denial_and_never_breaks_the_call(audit: MemoryAuditSink) -> None:
+    def broken(request: CallRequest) -> Verdict:
+        raise RuntimeError("candidate bug")
+
+    guard = Guard(shadow=broken, audit=[audit])
+    from mcp_guard import ToolSpec
+
+    guard.declare(ToolSpec("ping"))
+    assert (await guard.authorize("ping", {}, access_token("alice"))).allowed
+    disagreed = [event for event in audit.events if event.kind == EventKind.POLICY_DISAGREED]
+    assert len(disagreed) == 1 and disagreed[0].detail == "RuntimeError: candidate bug"
+    assert disagreed[0].facts is not None and disagreed[0].facts["candidate_reasons"] == ["policy_error"]

@@ -1,0 +1,155 @@
+"""Patterns that can backtrack catastrophically are refused when compiled; common safe ones are not."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mcp_guard.policy.regex import MAX_PATTERN_LENGTH, MAX_SUBJECT_LENGTH, UnsafePattern, compile_safe
+
+OWASP_REDOS = [
+    r"(a+)+$",
+    r"([a-zA-Z]+)*",
+    r"(a|aa)+",
+    r"(a|a?)+",
+    r"(.*a){20}",
+    r"^(([a-z])+.)+[A-Z]([a-z])+$",
+]
+
+UNSAFE = [
+    r"(a+)+",  # nested unbounded quantifiers
+    r"(a*)*",
+    r"(?:a|b*)+",
+    r"(a+){2,5}",  # a bounded outer repeat is still polynomial
+    r"(a|ab)*",  # alternatives in a repeated group that match the same text
+    r"(a|a)+",
+    r"(ab|a)+",
+    r"(.|a)*",
+    r"(\w+\s?)*",
+    r"(a?){20}",  # the classic (a?){n}a{n}
+    r"\d+\d+",  # overlapping repeats in a row
+    r".*.*",
+    r"\d+\d*",
+    r".*x.*",  # the middle can shift
+    r"\S+@\S+",
+    r"\d+(-\d+)?\d+",  # an optional middle does not separate
+    r"[a-z]{0,255}[a-z]{0,255}",  # bounded repeats multiply too
+    r"(/[^/]+)*(/[a-z]+)*",
+    r"(?i)a+A+",  # case-insensitively the same letter
+    r"(?:(?!.*x).)*",  # a lookaround that runs at every repetition
+]
+
+SAFE = {
+    r"[a-z0-9_-]{1,64}": (["abc_1-2"], ["", "ABC", "a" * 65]),
+    r"^\d{4}-\d{2}-\d{2}$": (["2024-01-31"], ["2024-1-31", "2024-01-31\n"]),
+    r"(foo|bar)": (["foo", "bar"], ["foobar", "baz"]),
+    r"[^/]+(/[^/]+)*": (["a", "a/b/c"], ["/a", "a//b", "a/"]),
+    r"[a-z]+(-[a-z]+)*": (["my-slug"], ["my--slug", "-x"]),
+    r"[\w.+-]+@[\w-]+(\.[\w-]+)+": (["a.b+c@example.co.uk"], ["a@b", "@example.com"]),
+    r"(\d{1,3}\.){3}\d{1,3}": (["192.168.0.1"], ["1.2.3", "1234.1.1.1"]),
+    r"https://[a-z0-9.-]+(/.*)?": (["https://example.com/x?y"], ["http://example.com"]),
+    r"\w+\s+\w+": (["hello world"], ["hello"]),
+    r"(?i)[a-z]+(-[a-z]+)*": (["Hello-World"], ["hello_world"]),
+    r"^(?!.*\.\.)[a-z.]+$": (["a.b.c"], ["a..b"]),
+    r"(ab|cd)+": (["abcdab"], ["abc"]),
+    r"(,\d+)*,\d+": ([",1,2,3"], [",1,", "1"]),
+    r"(?:(?!--).)*": (["a-b-c"], ["a--b"]),
+    r"\d+\.\d+": (["3.14"], ["3.", ".5"]),
+    r"[a-z]{1,10}[0-9]{0,5}": (["abc123"], ["123"]),
+}
+
+
+@pytest.mark.parametrize("pattern", OWASP_REDOS + UNSAFE)
+def test_refuses_patterns_that_backtrack_catastrophically(pattern: str) -> None:
+    with pytest.raises(UnsafePattern):
+        compile_safe(pattern)
+
+
+@pytest.mark.parametrize("pattern", sorted(SAFE))
+def test_accepts_common_safe_patterns(pattern: str) -> None:
+    compiled = compile_safe(pattern)
+    matching, other = SAFE[pattern]
+    assert all(compiled.fullmatch(text) for text in matching)
+    assert not any(compiled.fullmatch(text) for text in other)
+
+
+def test_messages_name_the_construct_and_its_offset() -> None:
+    with pytest.raises(UnsafePattern, match=r"no separator character.*'\(a\+\)\+' at offset 3"):
+        compile_safe(r"^x-(a+)+$")
+    with pytest.raises(UnsafePattern, match=r"in a row.*'\\d\+\\d\+' at offset 0"):
+        compile_safe(r"\d+\d+")
+    with pytest.raises(UnsafePattern, match=r"alternatives.*'\(a\|ab\)\*'"):
+        compile_safe(r"(a|ab)*")
+
+
+@pytest.mark.parametrize("pattern", [r"(a)\1", r"(?P<x>a)(?P=x)", r"(a)?(?(1)b|c)"])
+def test_refuses_backreferences(pattern: str) -> None:
+    with pytest.raises(UnsafePattern, match="backreference"):
+        compile_safe(pattern)
+
+
+def test_refuses_invalid_and_overlong_patterns() -> None:
+    with pytest.raises(UnsafePattern, match=r"invalid regular expression: missing \), unterminated subpattern"):
+        compile_safe("(ab")
+    with pytest.raises(UnsafePattern, match="nested too deeply|nested more than"):
+        compile_safe("(" * 400 + ")" * 400)
+    with pytest.raises(UnsafePattern, match=f"the limit is {MAX_PATTERN_LENGTH}"):
+        compile_safe("a" * (MAX_PATTERN_LENGTH + 1))
+    assert compile_safe("a" * MAX_PATTERN_LENGTH).fullmatch("a" * MAX_PATTERN_LENGTH)
+    assert issubclass(UnsafePattern, ValueError)
+
+
+@pytest.mark.parametrize("pattern", [r"\d+\s+", r"\w+\s+", r"\d+\D+", r"\w+\W+", r"\s+\S+", r"\d+\W+"])
+def test_disjoint_character_classes_separate_repeats(pattern: str) -> None:
+    compile_safe(pattern)
+
+
+def test_the_disjoint_classes_share_no_character_in_the_bmp() -> None:
+    classes = {name: re.compile(rf"\{name}") for name in "dDwWsS"}
+    ascii_classes = {name: re.compile(rf"\{name}", re.ASCII) for name in "dDwWsS"}
+    for table in (classes, ascii_classes):
+        for first, second in ("dD", "wW", "sS", "ds", "ws", "dW"):
+            both = [c for c in map(chr, range(0x10000)) if table[first].match(c) and table[second].match(c)]
+            assert both == [], (first, second)
+
+
+_atoms = st.sampled_from(["a", "b", ".", r"\d", r"\w", "[ab]", "[^a]", "x", "-", "/", "[^/]", r"\b", "(?!b)"])
+_quantifiers = st.sampled_from(["", "", "*", "+", "?", "{2,5}", "{3}", "{0,40}", "*?", "+?"])
+
+
+def _grouped(parts: list[str], quantifier: str, alternation: bool) -> str:
+    return "(?:" + ("|" if alternation else "").join(parts) + ")" + quantifier
+
+
+_patterns = st.recursive(
+    _atoms,
+    lambda inner: st.builds(_grouped, st.lists(inner, min_size=1, max_size=3), _quantifiers, st.booleans()),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_patterns, st.sampled_from(["a", "ab", "1", "a-", "x", "/a", "ba"]), st.sampled_from(["", "!", "\n"]))
+def test_accepted_patterns_match_worst_case_subjects_quickly(pattern: str, unit: str, end: str) -> None:
+    try:
+        compiled = compile_safe(pattern)
+    except UnsafePattern:
+        return
+    subject = (unit * MAX_SUBJECT_LENGTH)[: MAX_SUBJECT_LENGTH - len(end)] + end
+    started = time.perf_counter()
+    compiled.fullmatch(subject)
+    assert time.perf_counter() - started < 0.25, pattern
+
+
+@given(st.text(max_size=60))
+def test_any_text_compiles_or_is_refused(pattern: str) -> None:
+    try:
+        compiled = compile_safe(pattern)
+    except UnsafePattern as error:
+        assert str(error)
+    else:
+        assert isinstance(compiled, re.Pattern)

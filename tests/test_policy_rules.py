@@ -1,0 +1,340 @@
+"""The built-in rules and the engine that indexes them, alone and through the guard."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mcp_guard import EventKind, Guard, MemoryAuditSink, ReasonCode, RiskSettings, RulePolicy, ToolSpec
+from mcp_guard.model import Decision, Risk
+from mcp_guard.policy import (
+    ArgumentConstraint,
+    ArgumentRule,
+    DelegationRule,
+    LimitRule,
+    PrincipalRule,
+    SequenceRule,
+    TargetsRule,
+    TimeWindowRule,
+)
+from mcp_guard.testing import access_token, call_request
+from support import Clock
+
+pytestmark = pytest.mark.anyio
+
+READ = ToolSpec("read_secret", scopes=frozenset({"secrets:read"}), risk=Risk.ADMIN, tags=frozenset({"secrets"}))
+MAIL = ToolSpec("send_mail", scopes=frozenset({"mail:send"}), risk=Risk.WRITE, tags=frozenset({"egress"}))
+FETCH = ToolSpec("fetch", tags=frozenset({"egress"}))
+MONDAY_NOON = datetime(2026, 11, 23, 11, 0, tzinfo=UTC).timestamp()  # 12:00 in Berlin
+
+
+def decide(policy: RulePolicy, tool: ToolSpec, arguments: dict[str, Any] | None = None, **kw: Any) -> Decision:
+    kw.setdefault("scopes", " ".join(sorted(tool.scopes)) or "")
+    return policy.decide(call_request(tool, arguments, **kw))
+
+
+def test_principal_rules_allow_or_deny_by_issuer_subject_client_and_claims() -> None:
+    policy = RulePolicy(
+        [
+            PrincipalRule("ops-only", tools=frozenset({"read_secret"}), claims={"groups": frozenset({"ops"})}),
+            PrincipalRule("no-bots", effect="deny", client_ids=frozenset({"bot"})),
+        ]
+    )
+    allowed = decide(policy, READ, claims={"groups": ["dev", "ops"]})
+    assert allowed.allowed and allowed.rule_ids == ("scopes.required", "ops-only", "no-bots")
+    for claims in ({"groups": ["dev"]}, {"groups": "dev"}, {}, {"groups": [1, None]}):
+        refused = decide(policy, READ, claims=claims)
+        assert refused.reason.code == ReasonCode.PRINCIPAL_NOT_ALLOWED and refused.rule_ids == ("ops-only",)
+    assert decide(policy, READ, claims={"groups": "ops"}).allowed
+    bot = decide(policy, MAIL, client_id="bot")
+    assert bot.rule_ids == ("no-bots",) and "send_mail" in bot.reason.message
+    assert not policy.visible(call_request(MAIL, client_id="bot", scopes="mail:send").principal, MAIL)
+    assert policy.visible(call_request(MAIL, scopes="mail:send").principal, MAIL)
+
+
+def test_required_scopes_come_first_and_trim_the_grant() -> None:
+    policy = RulePolicy([PrincipalRule("anyone", effect="deny", subjects=frozenset({"mallory"}))])
+    missing = decide(policy, MAIL, scopes="mail:read")
+    assert missing.reason.code == ReasonCode.INSUFFICIENT_SCOPE and missing.missing_scopes == {"mail:send"}
+    trimmed = decide(policy, MAIL, scopes="mail:send admin")
+    assert trimmed.outcome == "trimmed" and trimmed.approved_scopes == {"mail:send"}
+
+
+def test_argument_rules_check_every_constraint(tmp_path: Path) -> None:
+    inside = tmp_path / "work"
+    inside.mkdir()
+    (inside / "link").symlink_to(tmp_path)
+    rule = ArgumentRule(
+        "paths",
+        constraints=(
+            ArgumentConstraint("path", type="string", required=True, path_roots=(str(inside),)),
+            ArgumentConstraint("limit", type="integer", minimum=1, maximum=100),
+        ),
+    )
+    policy = RulePolicy([rule])
+    tool = ToolSpec("read_file")
+    assert decide(policy, tool, {"path": str(inside / "a.txt"), "limit": 5}).allowed
+    for arguments in (
+        {"path": str(inside / ".." / "escape")},
+        {"path": str(inside / "link" / "x")},
+        {"path": str(inside / "a\x00b")},
+        {"path": str(inside).replace("/", "%2f")},
+        {"path": str(inside / "a"), "limit": 1000},
+        {"path": str(inside / "a"), "limit": True},
+        {},
+        {"path": "x" * 10_000_000},
+    ):
+        refused = decide(policy, tool, arguments)
+        assert refused.reason.code == ReasonCode.ARGUMENT_REJECTED, arguments
+        assert refused.rule_ids == ("paths",) and len(refused.reason.message) < 400
+
+
+def test_sequence_rules_refuse_egress_after_secrets() -> None:
+    policy = RulePolicy([SequenceRule("no-egress-after-secrets", tags=frozenset({"egress"}), after_tags={"secrets"})])
+    assert decide(policy, MAIL).allowed
+    refused = decide(policy, MAIL, earlier=[READ])
+    assert refused.reason.code == ReasonCode.SEQUENCE_FORBIDDEN and "secrets" in refused.reason.message
+    assert decide(policy, READ, earlier=[READ]).allowed  # the rule selects egress tools only
+    by_name = RulePolicy([SequenceRule("after-read", tools=frozenset({"fetch"}), after_tools={"read_secret"})])
+    assert not decide(by_name, FETCH, earlier=[READ]).allowed
+
+
+def test_delegation_rules_bound_actors_and_depth() -> None:
+    policy = RulePolicy([DelegationRule("agents", mode="require", actors=frozenset({"agent-a"}), max_depth=2)])
+    assert decide(policy, FETCH).reason.code == ReasonCode.DELEGATION_REQUIRED
+    assert decide(policy, FETCH, actor_chain=["agent-a", "agent-b"]).allowed
+    assert decide(policy, FETCH, actor_chain=["agent-b"]).reason.code == ReasonCode.ACTOR_NOT_ALLOWED
+    deep = decide(policy, FETCH, actor_chain=["agent-a", "x", "y"])
+    assert deep.reason.code == ReasonCode.DELEGATION_TOO_DEEP
+    forbid = RulePolicy([DelegationRule("own", mode="forbid")])
+    assert decide(forbid, FETCH, actor_chain=["a"]).reason.code == ReasonCode.DELEGATION_FORBIDDEN
+    with pytest.raises(ValueError, match="contradictory"):
+        DelegationRule("x", mode="forbid", actors=frozenset({"a"}))
+
+
+def test_time_windows_follow_the_local_clock() -> None:
+    rule = TimeWindowRule(
+        "office", days=frozenset({"mon", "tue", "wed", "thu", "fri"}), start=_t("08:00"), end=_t("18:00")
+    )
+    policy = RulePolicy([rule])
+    berlin = RulePolicy([TimeWindowRule("office", start=_t("08:00"), end=_t("12:30"), timezone="Europe/Berlin")])
+    assert decide(policy, FETCH, at=MONDAY_NOON).allowed
+    assert decide(berlin, FETCH, at=MONDAY_NOON).allowed
+    assert decide(berlin, FETCH, at=MONDAY_NOON + 3600).reason.code == ReasonCode.OUTSIDE_TIME_WINDOW
+    saturday = decide(policy, FETCH, at=MONDAY_NOON - 2 * 86400)
+    assert saturday.reason.code == ReasonCode.OUTSIDE_TIME_WINDOW and "mon,tue,wed,thu,fri 08:00-18:00" in (
+        saturday.reason.message
+    )
+    night = RulePolicy([TimeWindowRule("night", days=frozenset({"fri"}), start=_t("22:00"), end=_t("02:00"))])
+    friday_late = datetime(2026, 11, 27, 23, 0, tzinfo=UTC).timestamp()
+    assert decide(night, FETCH, at=friday_late).allowed
+    assert decide(night, FETCH, at=friday_late + 2 * 3600).allowed  # Saturday 01:00 still counts for Friday
+    assert not decide(night, FETCH, at=friday_late + 4 * 3600).allowed
+    assert not decide(night, FETCH, at=friday_late - 86400).allowed
+    with pytest.raises(ValueError, match="empty"):
+        TimeWindowRule("x", start=_t("09:00"), end=_t("09:00"))
+    with pytest.raises(ValueError, match="unknown timezone"):
+        TimeWindowRule("x", start=_t("09:00"), end=_t("10:00"), timezone="Mars/Olympus")
+
+
+def _t(text: str) -> Any:
+    from datetime import time
+
+    return time.fromisoformat(text)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock(time.time())  # the test tokens expire an hour from now
+
+
+def guarded(policy: Any, audit: MemoryAuditSink, clock: Clock, **options: Any) -> Guard:
+    guard = Guard(policy=policy, audit=[audit], clock=clock, **options)
+    for spec in (READ, MAIL, FETCH):
+        guard.declare(spec)
+    return guard
+
+
+async def test_sequence_history_comes_from_the_session(audit: MemoryAuditSink, clock: Clock) -> None:
+    guard = guarded(
+        RulePolicy([SequenceRule("no-egress-after-secrets", tags=frozenset({"egress"}), after_tags={"secrets"})]),
+        audit,
+        clock,
+    )
+    token = access_token("alice", "secrets:read mail:send", sid="s1")
+    assert (await guard.authorize("send_mail", {}, token)).allowed
+    assert (await guard.authorize("read_secret", {}, token)).allowed
+    refused = (await guard.authorize("fetch", {}, token)).decision
+    assert refused.reason.code == ReasonCode.SEQUENCE_FORBIDDEN
+    other = access_token("alice", "secrets:read mail:send", sid="s2")  # another session starts clean
+    assert (await guard.authorize("fetch", {}, other)).allowed
+
+
+async def test_denied_calls_do_not_enter_the_history(audit: MemoryAuditSink, clock: Clock) -> None:
+    guard = guarded(
+        RulePolicy([SequenceRule("no-egress-after-secrets", tags=frozenset({"egress"}), after_tags={"secrets"})]),
+        audit,
+        clock,
+    )
+    token = access_token("alice", "mail:send", sid="s1")
+    assert not (await guard.authorize("read_secret", {}, token)).allowed  # lacks secrets:read
+    assert (await guard.authorize("send_mail", {}, token)).allowed
+
+
+async def test_targets_are_counted_across_the_session(audit: MemoryAuditSink, clock: Clock) -> None:
+    guard = guarded(
+        RulePolicy([TargetsRule("recipients", tools=frozenset({"send_mail"}), argument="to", max_targets=2)]),
+        audit,
+        clock,
+    )
+    token = access_token("alice", "mail:send", sid="s1")
+    for to in ("a@x.test", ["a@x.test", "b@x.test"], "b@x.test"):
+        assert (await guard.authorize("send_mail", {"to": to}, token)).allowed, to
+    refused = (await guard.authorize("send_mail", {"to": "c@x.test"}, token)).decision
+    assert refused.reason.code == ReasonCode.TOO_MANY_TARGETS
+    assert (await guard.authorize("send_mail", {"to": "a@x.test"}, token)).allowed
+    for bad in (5, ["a@x.test", 5], [""], ["x" * 600]):
+        assert (await guard.authorize("send_mail", {"to": bad}, token)).decision.reason.code == (
+            ReasonCode.ARGUMENT_REJECTED
+        )
+    lots = [f"{n}@x.test" for n in range(5000)]
+    assert not (await guard.authorize("send_mail", {"to": lots}, token)).allowed
+
+
+async def test_rate_limits_and_budgets_count_only_allowed_calls(audit: MemoryAuditSink, clock: Clock) -> None:
+    policy = RulePolicy(
+        [
+            PrincipalRule("no-mallory", effect="deny", subjects=frozenset({"mallory"})),
+            LimitRule("mail-rate", tools=frozenset({"send_mail"}), per="principal", calls=2, window=60),
+            LimitRule("fetch-budget", tools=frozenset({"fetch"}), per="session", calls=3),
+        ]
+    )
+    guard = guarded(policy, audit, clock)
+    alice = access_token("alice", "mail:send", sid="s1")
+    assert (await guard.authorize("send_mail", {}, alice)).allowed
+    assert (await guard.authorize("send_mail", {}, access_token("alice", "mail:send", sid="s2"))).allowed
+    limited = (await guard.authorize("send_mail", {}, alice)).decision
+    assert limited.reason.code == ReasonCode.RATE_LIMITED and "2 calls per 60 s per principal" in limited.reason.message
+    assert (await guard.authorize("send_mail", {}, access_token("bob", "mail:send"))).allowed
+    for _ in range(3):
+        assert not (await guard.authorize("send_mail", {}, access_token("mallory", "mail:send"))).allowed
+    clock.advance(61)
+    assert (await guard.authorize("send_mail", {}, alice)).allowed
+    for _ in range(3):
+        assert (await guard.authorize("fetch", {}, alice)).allowed
+    assert (await guard.authorize("fetch", {}, alice)).decision.reason.code == ReasonCode.BUDGET_EXHAUSTED
+    with pytest.raises(ValueError, match="needs a window"):
+        LimitRule("x", per="principal", calls=1)
+    with pytest.raises(ValueError, match="at least 1"):
+        LimitRule("x", calls=0)
+
+
+def test_a_full_counter_refuses_new_callers_rather_than_forgetting() -> None:
+    from mcp_guard.policy import Counters
+
+    counters = Counters(max_keys=2)
+    policy = RulePolicy([LimitRule("rate", per="principal", calls=5, window=60, counters=counters)])
+    assert decide(policy, FETCH, subject="a", at=0).allowed
+    assert decide(policy, FETCH, subject="b", at=0).allowed
+    assert decide(policy, FETCH, subject="c", at=0).reason.code == ReasonCode.RATE_LIMITED
+    assert decide(policy, FETCH, subject="a", at=1).allowed
+    assert decide(policy, FETCH, subject="c", at=61).allowed  # the old windows ended and were swept
+
+
+async def test_crossing_the_risk_threshold_revokes_the_session(audit: MemoryAuditSink, clock: Clock) -> None:
+    risk = RiskSettings(threshold=50, denial=15, admin=25)
+    guard = guarded(
+        RulePolicy(
+            [PrincipalRule("ops", tools=frozenset({"read_secret"}), claims={"groups": frozenset({"ops"})})], risk=risk
+        ),
+        audit,
+        clock,
+    )
+    ops = access_token("alice", "secrets:read", sid="s1", groups=["ops"])
+    assert (await guard.authorize("read_secret", {}, ops)).allowed  # 25
+    assert not (await guard.authorize("missing", {}, ops)).allowed  # 40: probing for tools counts
+    refused = (await guard.authorize("read_secret", {}, ops)).decision  # would be 65
+    assert refused.reason.code == ReasonCode.SESSION_RISK_EXCEEDED
+    revoked = [event for event in audit.events if event.kind == EventKind.SESSION_REVOKED]
+    assert len(revoked) == 1 and "risk score 65 reached threshold 50" in (revoked[0].detail or "")
+    assert revoked[0].subject == "alice"
+    after = (await guard.authorize("send_mail", {}, ops)).decision
+    assert after.reason.code == ReasonCode.SESSION_RISK_EXCEEDED  # the session stays ended
+    assert (
+        await guard.authorize("read_secret", {}, access_token("alice", "secrets:read", sid="s2", groups=["ops"]))
+    ).allowed
+
+
+async def test_denials_alone_can_end_a_session(audit: MemoryAuditSink, clock: Clock) -> None:
+    guard = guarded(RulePolicy(), audit, clock, risk=RiskSettings(threshold=30, denial=10))
+    token = access_token("mallory", "", sid="probe")
+    codes = [(await guard.authorize("read_secret", {}, token)).decision.reason.code for _ in range(4)]
+    assert codes == [ReasonCode.INSUFFICIENT_SCOPE] * 3 + [ReasonCode.SESSION_RISK_EXCEEDED]
+    assert guard.risk is not None and guard.risk.threshold == 30
+
+
+def test_risk_settings_refuse_nonsense() -> None:
+    for bad in ({"threshold": 0}, {"threshold": float("inf")}, {"threshold": 5, "denial": -1}):
+        with pytest.raises(ValueError, match="risk"):
+            RiskSettings(**bad)
+    settings = RiskSettings(threshold=10, tools={"fetch": 7}, levels={"read_secret": "write"})
+    allowed = Decision(allowed=True)
+    assert settings.weight(allowed, FETCH) == 7
+    assert settings.weight(allowed, READ) == 20  # its own level (admin) is higher than the declared one
+    assert settings.weight(Decision(allowed=False), None) == 10
+
+
+def test_rules_are_indexed_by_tool_and_tag() -> None:
+    rules = [PrincipalRule(f"r{n}", tools=frozenset({f"tool_{n}"}), subjects=frozenset({"alice"})) for n in range(5000)]
+    rules.append(SequenceRule("seq", tags=frozenset({"egress"}), after_tags={"secrets"}))
+    rules.append(PrincipalRule("everyone", effect="deny", subjects=frozenset({"mallory"})))
+    policy = RulePolicy(rules)
+    assert [rule.id for rule in policy.applicable(ToolSpec("tool_42"))] == ["r42", "everyone"]
+    assert [rule.id for rule in policy.applicable(MAIL)] == ["seq", "everyone"]
+    assert decide(policy, ToolSpec("tool_42"), subject="alice").rule_ids == ("scopes.required", "r42", "everyone")
+
+
+def test_unlisted_tools_are_denied_when_the_policy_declares_tools() -> None:
+    policy = RulePolicy(tools=[ToolSpec("send_mail", scopes=frozenset({"mail:send", "mail:audit"}))])
+    assert policy.unlisted == "deny"
+    refused = decide(policy, FETCH)
+    assert refused.reason.code == ReasonCode.NO_APPLICABLE_RULE and refused.rule_ids == ("tools.listed",)
+    assert not policy.visible(call_request(FETCH).principal, FETCH)
+    needs_both = decide(policy, MAIL, scopes="mail:send")
+    assert needs_both.missing_scopes == {"mail:audit"}  # the policy's declaration adds to the decorator's
+    assert decide(policy, MAIL, scopes="mail:send mail:audit").allowed
+    assert RulePolicy().unlisted == "allow"
+
+
+def test_explain_reports_every_rule_without_counting() -> None:
+    limit = LimitRule("once", per="session", calls=1)
+    policy = RulePolicy(
+        [
+            PrincipalRule("ops", claims={"groups": frozenset({"ops"})}),
+            limit,
+            SequenceRule("seq", after_tags={"secrets"}),
+        ]
+    )
+    request = call_request(FETCH, earlier=[READ])
+    decision, outcomes = policy.explain(request)
+    assert not decision.allowed and decision.rule_ids == ("ops", "seq")
+    assert [(o.rule_id, o.kind, o.passed) for o in outcomes] == [
+        ("scopes.required", "scopes", True),
+        ("ops", "principal", False),
+        ("once", "limit", True),
+        ("seq", "sequence", False),
+    ]
+    assert len(limit.counters) == 0
+    assert policy.explain(call_request(FETCH, claims={"groups": ["ops"]}))[0].allowed
+    assert len(limit.counters) == 0
+
+
+def test_duplicate_rule_ids_and_tools_are_refused() -> None:
+    with pytest.raises(ValueError, match="used twice"):
+        RulePolicy([PrincipalRule("a"), PrincipalRule("a")])
+    with pytest.raises(ValueError, match="declared twice"):
+        RulePolicy(tools=[FETCH, FETCH])
