@@ -29,6 +29,8 @@ from mcp_guard import AuditSink, Refused
 from mcp_guard.audit.chain import verify_files
 from mcp_guard.audit.file import FileAuditSink
 from mcp_guard.testing import access_token, acting_as
+from policies import policy_guard, same_policy_both_ways, warm_policy_caller
+from test_cedar import cedar_ratio
 from workloads import ISSUER, decided_events, guard_with_tools, notes_server, run_now, signed_token, warm
 
 
@@ -51,6 +53,30 @@ def decision_medians(tool_counts: tuple[int, ...], rounds: int = 41, calls: int 
         for count, run in runners.items():
             samples[count].append(per_call_us(run, calls))
     return {count: statistics.median(values) for count, values in samples.items()}
+
+
+def policy_decision_medians(tool_counts: tuple[int, ...], rounds: int = 41, calls: int = 2000) -> dict[int, float]:
+    """Median per-call time of a warm decision under a policy file with rules for each tool count."""
+    runners = {}
+    for count in tool_counts:
+        guard, _ = policy_guard(count)
+        token, arguments = warm_policy_caller(guard)
+        runners[count] = lambda g=guard, t=token, a=arguments: run_now(g.authorize("tool_0", a, t))
+    samples: dict[int, list[float]] = {count: [] for count in tool_counts}
+    for _ in range(rounds):
+        for count, run in runners.items():
+            samples[count].append(per_call_us(run, calls))
+    return {count: statistics.median(values) for count, values in samples.items()}
+
+
+def same_policy_medians(rounds: int = 41, calls: int = 1000) -> tuple[float, float]:
+    """Median per-call time of one policy decided by the built-in engine and by bare cedarpy."""
+    builtin, cedar = same_policy_both_ways()
+    samples: dict[str, list[float]] = {"builtin": [], "cedar": []}
+    for _ in range(rounds):
+        samples["builtin"].append(per_call_us(builtin, calls))
+        samples["cedar"].append(per_call_us(cedar, calls))
+    return statistics.median(samples["builtin"]), statistics.median(samples["cedar"])
 
 
 def token_medians(alg: str, rounds: int = 21) -> tuple[float, float, float]:
@@ -158,6 +184,23 @@ def main() -> int:
         print(f"  {count:>6} tools: median {median:.3f} us")
     report("median at 50 tools", medians[50], 5.0, "us")
     report("10,000 tools / 10 tools", medians[10_000] / medians[10], 1.2, "x")
+
+    print("Policy file: a tool's caller, argument and rate rules, plus tag rules (guard.authorize, warm)")
+    policy_medians = policy_decision_medians((10, 50, 10_000))
+    for count, median in policy_medians.items():
+        print(f"  {count:>6} tools ({3 * count + 2} rules): median {median:.3f} us")
+    report("median at 50 tools", policy_medians[50], 10.0, "us")
+    report("10,000 tools / 10 tools", policy_medians[10_000] / policy_medians[10], 1.3, "x")
+
+    print("Cedar: the adapter against a bare cedarpy.is_authorized with pre-parsed policies")
+    for reads_session in (False, True):
+        bare, adapter, ratio = cedar_ratio(reads_session=reads_session)
+        label = "policies reading the session" if reads_session else "principal and arguments"
+        print(f"  {label}: bare {bare:.1f} us, CedarPolicy.decide {adapter:.1f} us")
+        report(f"adapter / bare ({label})", ratio, 1.2, "x")
+    builtin, cedar = same_policy_medians()
+    print(f"  the same policy: built-in engine {builtin:.2f} us, bare cedarpy {cedar:.1f} us")
+    report("bare cedarpy / built-in engine", cedar / builtin, 5.0, "x", at_least=True)
 
     print("JWT access tokens (keys cached): a token seen before, and cold verification vs bare cryptography")
     for alg in ("ES256", "RS256"):

@@ -190,7 +190,7 @@ def test_duplicate_ids_and_huge_files_are_refused() -> None:
         HEADER + '[[rules]]\nid = "a"\ndeny = { subject = ["x"] }\n[[rules]]\nid = "a"\ndeny = { subject = ["y"] }\n'
     )
     assert problems(twice) == ["document: rule id 'a' is used twice"]
-    assert "at most" in problems("# " + "x" * (1 << 20))[0]
+    assert "at most" in problems("# " + "x" * (32 << 20))[0]
 
 
 def test_the_exported_json_schema_is_current() -> None:

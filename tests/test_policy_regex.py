@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 
@@ -95,8 +96,10 @@ def test_refuses_backreferences(pattern: str) -> None:
 def test_refuses_invalid_and_overlong_patterns() -> None:
     with pytest.raises(UnsafePattern, match=r"invalid regular expression: missing \), unterminated subpattern"):
         compile_safe("(ab")
-    with pytest.raises(UnsafePattern, match="nested too deeply|nested more than"):
+    with pytest.raises(UnsafePattern, match=r"nested more than \d+ deep"):
         compile_safe("(" * 400 + ")" * 400)
+    with pytest.raises(UnsafePattern, match="nested too deeply"):
+        compile_safe("(" * 499 + ")" * 499)
     with pytest.raises(UnsafePattern, match=f"the limit is {MAX_PATTERN_LENGTH}"):
         compile_safe("a" * (MAX_PATTERN_LENGTH + 1))
     assert compile_safe("a" * MAX_PATTERN_LENGTH).fullmatch("a" * MAX_PATTERN_LENGTH)
@@ -147,9 +150,5 @@ def test_accepted_patterns_match_worst_case_subjects_quickly(pattern: str, unit:
 
 @given(st.text(max_size=60))
 def test_any_text_compiles_or_is_refused(pattern: str) -> None:
-    try:
-        compiled = compile_safe(pattern)
-    except UnsafePattern as error:
-        assert str(error)
-    else:
-        assert isinstance(compiled, re.Pattern)
+    with contextlib.suppress(UnsafePattern):
+        assert isinstance(compile_safe(pattern), re.Pattern)

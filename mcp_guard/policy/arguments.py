@@ -37,15 +37,17 @@ _CHOICES = 120
 _MAX_INT_BITS = 14_000  # narrower ints stay under Python's 4300-digit limit on int-to-text conversion
 _MISSING: Final[Any] = object()
 
-_KINDS: dict[str, frozenset[type]] = {
-    "string": frozenset({str}),
-    "integer": frozenset({int}),
-    "number": frozenset({int, float}),
-    "boolean": frozenset({bool}),
-    "array": frozenset({list}),
-    "object": frozenset({dict}),
-    "null": frozenset({type(None)}),
+_JSON_TYPES: dict[type, str] = {
+    str: "string",
+    int: "integer",
+    float: "number",
+    bool: "boolean",
+    list: "array",
+    dict: "object",
+    type(None): "null",
 }
+_KINDS: dict[str, _Kinds] = {name: frozenset({kind}) for kind, name in _JSON_TYPES.items()}
+_KINDS["number"] = frozenset({int, float})
 _ARTICLED: dict[str | None, str] = {
     "string": "a string",
     "integer": "an integer",
@@ -54,15 +56,6 @@ _ARTICLED: dict[str | None, str] = {
     "array": "an array",
     "object": "an object",
     "null": "null",
-}
-_TYPE_NAMES: dict[type, str] = {
-    str: "a string",
-    int: "an integer",
-    float: "a number",
-    bool: "a boolean",
-    list: "an array",
-    dict: "an object",
-    type(None): "null",
 }
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 _NUMBERS = frozenset({"integer", "number"})
@@ -418,4 +411,4 @@ def _show(value: EnumValue) -> str:
 
 
 def _kind_name(kind: type) -> str:
-    return _TYPE_NAMES.get(kind) or kind.__name__[:40]
+    return _ARTICLED.get(_JSON_TYPES.get(kind)) or kind.__name__[:40]

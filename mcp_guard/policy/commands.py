@@ -59,7 +59,7 @@ def add_policy_commands(commands: Any, events: Events) -> None:
     diff.set_defaults(run=lambda args: _diff(args, events))
 
     schema = policy.add_parser("schema", help="the JSON Schema of policy files")
-    schema.set_defaults(run=lambda args: print(json.dumps(policy_json_schema(), indent=2)))
+    schema.set_defaults(run=_schema)
 
     cedar = policy.add_parser("cedar-schema", help="the Cedar schema of a server's registered tools")
     cedar.add_argument("guard", metavar="MODULE:GUARD", help="where the server's Guard is, e.g. server:guard")
@@ -137,6 +137,11 @@ def _diff(args: argparse.Namespace, events: Events) -> int:
             print(table(rows, (title, "calls")))
     for shift, event_id in summary["example_events"].items():
         print(f"\nexample of {shift}: mcp-guard audit show {event_id} {' '.join(args.files)}")
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    print(json.dumps(policy_json_schema(), indent=2))
     return 0
 
 

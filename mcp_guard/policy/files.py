@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import time
 from pathlib import Path
@@ -290,8 +290,9 @@ class _Consistency:
                 self.builder.problem(
                     (*path, "sequence"), f"rule {rule.id!r} follows tools the policy never allows: it never fires"
                 )
+        index_of = {rule.id: index for index, rule in enumerate(self.policy.rules)}
         for tool in self._tools():
-            self._check_tool(tool)
+            self._check_tool(tool, index_of)
 
     def _tools(self) -> Iterator[ToolSpec]:
         """Every tool the rules could meet: the declared ones, and those the rules name."""
@@ -300,9 +301,8 @@ class _Consistency:
         for name in sorted(named - self.policy.declared.keys()):
             yield ToolSpec(name)
 
-    def _check_tool(self, tool: ToolSpec) -> None:
+    def _check_tool(self, tool: ToolSpec, index_of: Mapping[str, int]) -> None:
         rules = self.policy.applicable(self.policy.merged(tool))
-        index_of = {rule.id: index for index, rule in enumerate(self.policy.rules)}
         principal_rules = [rule for rule in rules if isinstance(rule, PrincipalRule)]
         for earlier, rule in _pairs(rules):
             if _denies_everyone(earlier):

@@ -149,7 +149,7 @@ def _text_problem(value: str) -> str | None:
     if len(value) > MAX_URL_LENGTH:
         return f"is longer than {MAX_URL_LENGTH} characters"
     if not value.isprintable() or " " in value:
-        return "contains whitespace or a control character"
+        return "contains whitespace or a control or invisible character"
     if "\\" in value:
         return "contains a backslash"
     return None

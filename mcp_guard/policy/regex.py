@@ -13,8 +13,8 @@ that lets a backtracking matcher try many ways to match the same text:
 - a lookaround holding a repeat of varying count inside a repeated part, backreferences and
   conditionals.
 
-The analysis is conservative: it may refuse a pattern that is in fact linear, never the other
-way round, and it refuses any construct it does not know. ``[^/]+(/[^/]+)*`` is accepted because
+The analysis is conservative: where it cannot tell, it refuses, so some linear patterns are
+refused too, and so is any construct it does not know. ``[^/]+(/[^/]+)*`` is accepted because
 each repetition starts with ``/``, which nothing else in it matches. A bounded repeat counts
 like an unbounded one: ``[a-z]{0,255}`` three times in a row is cubic. Matching stays bounded
 too: callers match only strings of at most `MAX_SUBJECT_LENGTH` characters, with
@@ -57,9 +57,8 @@ _CATEGORIES = {
     "CATEGORY_WORD": "w",
     "CATEGORY_NOT_WORD": "W",
 }
-_DISJOINT_CATEGORIES = frozenset(
-    frozenset(pair) for pair in ("dD", "wW", "sS", "ds", "ws", "dW")
-)  # under the same ASCII flag, no character is in both
+_DISJOINT_CATEGORIES = frozenset(frozenset(pair) for pair in ("dD", "wW", "sS", "ds", "ws", "dW"))
+"""Pairs of escapes no character matches both of, under the same ASCII flag."""
 _ANCHORS = {
     "AT_BEGINNING": "^",
     "AT_BEGINNING_STRING": r"\A",
@@ -78,7 +77,7 @@ class UnsafePattern(ValueError):
 
 
 def compile_safe(pattern: str) -> re.Pattern[str]:
-    """Compile ``pattern`` for ``fullmatch`` after proving it cannot backtrack catastrophically.
+    """Compile ``pattern`` for ``fullmatch`` once its parse tree shows it cannot backtrack catastrophically.
 
     Raises `UnsafePattern` naming the offending construct (as the parser normalised it) and,
     when it appears verbatim once in ``pattern``, its offset.
@@ -347,9 +346,8 @@ def _atoms(op: Any, av: Any, flags: int) -> tuple[_Atom, ...]:
 
 
 def _ranges_atom(ranges: list[tuple[int, int]], flags: int) -> _Atom:
-    source = (
-        "[" + "".join(_class_char(low) + ("" if low == high else "-" + _class_char(high)) for low, high in ranges) + "]"
-    )
+    spans = (_class_char(low) if low == high else f"{_class_char(low)}-{_class_char(high)}" for low, high in ranges)
+    source = "[" + "".join(spans) + "]"
     points = None
     if sum(high - low + 1 for low, high in ranges) <= _ENUMERABLE:
         members = frozenset(point for low, high in ranges for point in range(low, high + 1))

@@ -202,9 +202,10 @@ class SequenceRule(SelectedRule):
         history = request.session.history
         if history.tags.isdisjoint(self.after_tags) and history.tools.keys().isdisjoint(self.after_tools):
             return None
-        earlier = sorted((history.tags & self.after_tags) | (history.tools.keys() & self.after_tools))
+        earlier = [f"tool {name}" for name in sorted(history.tools.keys() & self.after_tools)]
+        earlier += [f"a tool tagged {tag}" for tag in sorted(history.tags & self.after_tags)]
         return self._refuse(
-            ReasonCode.SEQUENCE_FORBIDDEN, request, f"it may not follow {', '.join(earlier)} in this session"
+            ReasonCode.SEQUENCE_FORBIDDEN, request, f"it may not run after {' or '.join(earlier)} in this session"
         )
 
 

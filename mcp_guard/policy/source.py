@@ -15,7 +15,8 @@ from typing import Any
 
 __all__ = ["MAX_POLICY_BYTES", "Lines", "SourceError", "parse_source"]
 
-MAX_POLICY_BYTES = 1 << 20
+MAX_POLICY_BYTES = 32 << 20
+"""Largest policy document read: room for tens of thousands of rules, and a bound on a mistake."""
 
 Path = tuple[str | int, ...]
 Lines = dict[Path, int]

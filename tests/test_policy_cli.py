@@ -1,0 +1,113 @@
+"""The ``mcp-guard policy`` commands, run as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mcp_guard.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+ASSISTANT = str(ROOT / "examples" / "policies" / "assistant.toml")
+
+
+def mcp_guard(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "mcp_guard.cli", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False, cwd=cwd)
+
+
+def test_check_validates_files_and_names_each_problem(tmp_path: Path) -> None:
+    good = mcp_guard("policy", "check", ASSISTANT, ASSISTANT.replace(".toml", ".yaml"))
+    assert good.returncode == 0
+    assert good.stdout.splitlines()[0].endswith("ok (policy assistant revision 2026-11-21: 4 tools, 8 rules)")
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        'version = 1\n[[rules]]\nid = "x"\ntools = ["a"]\narguments = [{ argument = "q", pattern = "(a|ab)*" }]\n'
+    )
+    refused = mcp_guard("policy", "check", ASSISTANT, str(bad))
+    assert refused.returncode == 1
+    assert f"{bad}: line 5: rules.0.arguments.0:" in refused.stdout
+    assert "ok" in refused.stdout.splitlines()[0]
+
+
+def test_explain_prints_the_decision_and_every_rule(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["policy", "explain", ASSISTANT, "--tool", "read_secret", "--scopes", "secrets:read mail:send"]
+    args += ["--claims", '{"groups": ["dev"]}', "--actor", "agent-9", "--at", "2026-11-23T10:00:00+00:00"]
+    assert main(args) == 1
+    text = capsys.readouterr().out
+    assert text.startswith("read_secret: denied by assistant 2026-11-21")
+    assert "approved scopes: -" in text
+    rows = [line.split(maxsplit=3) for line in text.splitlines() if line.startswith(("scopes.", "secrets-"))]
+    assert [row[:3] for row in rows] == [
+        ["scopes.required", "scopes", "pass"],
+        ["secrets-for-ops", "principal", "refuse"],
+        ["secrets-not-delegated", "delegation", "refuse"],
+        ["secrets-in-office-hours", "time_window", "pass"],
+    ]
+    assert rows[1][3] == "Rule 'secrets-for-ops' refuses tool 'read_secret': this caller may not call it."
+    allowed = ["policy", "explain", ASSISTANT, "--tool", "send_mail", "--scopes", "mail:send files:read"]
+    assert main([*allowed, "--args", '{"to": ["a@example.com"]}', "--format", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["decision"] == "trimmed" and report["approved_scopes"] == "mail:send"
+    assert [rule["id"] for rule in report["rules"]] == [
+        "scopes.required",
+        "no-egress-after-secrets",
+        "few-recipients",
+        "mail-rate",
+    ]
+    assert main([*allowed, "--after", "read_secret"]) == 1
+    assert "it may not run after tool read_secret or a tool tagged secrets in this session" in capsys.readouterr().out
+
+
+def test_explain_refuses_bad_input_as_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    for extra in (["--args", "[1, 2]"], ["--claims", "{nope"], ["--at", "yesterday"]):
+        with pytest.raises(SystemExit) as caught:
+            main(["policy", "explain", ASSISTANT, "--tool", "read_file", *extra])
+        assert caught.value.code == 2
+    assert main(["policy", "explain", str(ROOT / "missing.toml"), "--tool", "x"]) == 2
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_matrix_lists_tools_scopes_risk_and_rules(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["policy", "matrix", ASSISTANT]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["tool", "risk", "requires", "may", "use", "tags", "rules"]
+    assert lines[3].split() == [
+        "read_secret",
+        "admin",
+        "secrets:read",
+        "-",
+        "secrets",
+        "secrets-for-ops,secrets-not-delegated,secrets-in-office-hours",
+    ]
+    assert main(["policy", "matrix", ASSISTANT, "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [row["tool"] for row in rows] == ["fetch_page", "read_file", "read_secret", "send_mail"]
+
+
+def test_schema_prints_the_committed_json_schema(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["policy", "schema"]) == 0
+    assert json.loads(capsys.readouterr().out) == json.loads((ROOT / "docs" / "policy.schema.json").read_text())
+
+
+def test_cedar_schema_comes_from_a_servers_registered_tools(tmp_path: Path) -> None:
+    pytest.importorskip("cedarpy")
+    (tmp_path / "files_server.py").write_text(
+        "from mcp_guard import Guard\n"
+        "guard = Guard()\n"
+        "@guard.tool(scopes='files:read')\n"
+        "def read_file(path: str, limit: int = 10) -> str:\n"
+        "    return path\n"
+    )
+    result = mcp_guard("policy", "cedar-schema", "files_server:guard", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    schema = json.loads(result.stdout)
+    context = schema["McpGuard"]["actions"]["read_file"]["appliesTo"]["context"]
+    assert context["attributes"]["arguments"]["attributes"]["limit"]["type"] == "Long"
+    assert context["attributes"]["arguments"]["attributes"]["path"] == {"type": "String"}
+    assert mcp_guard("policy", "cedar-schema", "files_server", cwd=tmp_path).returncode == 2
+    assert mcp_guard("policy", "cedar-schema", "files_server:nothing", cwd=tmp_path).returncode == 2
