@@ -103,7 +103,7 @@ class Guard:
             raise ValueError("give scope_hierarchy to your policy, not to both")
         if not (math.isfinite(leeway) and 0 <= leeway <= 300):
             raise ValueError(f"leeway must be between 0 and 300 seconds, not {leeway!r}")
-        self.policy: Policy = policy if policy is not None else ScopePolicy(scope_hierarchy)
+        self.policy = policy if policy is not None else ScopePolicy(scope_hierarchy)
         self.identifier: Identifier = identifier if identifier is not None else AccessTokenIdentifier()
         self.sessions: SessionStore = sessions if sessions is not None else MemorySessionStore()
         self.session_settings = session_settings if session_settings is not None else SessionSettings()
@@ -118,9 +118,19 @@ class Guard:
         self._tools: dict[str, ToolSpec] = {}
 
     @property
+    def policy(self) -> Policy:
+        """The policy deciding calls (replaceable at any time)."""
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: Policy) -> None:
+        self._policy = policy
+        self._policy_scores_risk = hasattr(policy, "risk")
+
+    @property
     def risk(self) -> RiskSettings | None:
         """How sessions' risk is scored: the guard's own settings, else its policy's (which may reload)."""
-        return self._risk if self._risk is not None else getattr(self.policy, "risk", None)
+        return self._risk if self._risk is not None else getattr(self._policy, "risk", None)
 
     # -- the registry -------------------------------------------------------------------------
 
@@ -227,7 +237,7 @@ class Guard:
                 if type(tool) is not str:
                     raise Refused(ReasonCode.REQUEST_MALFORMED)
                 spec = self._tools.get(tool)
-                if spec is None or (spec.conceal and not self.policy.visible(principal, spec)):
+                if spec is None or (spec.conceal and not self._policy.visible(principal, spec)):
                     spec = None
                     raise Refused(ReasonCode.TOOL_NOT_FOUND, f"Unknown tool '{_display(tool)}'.")
                 if arguments is None:
@@ -236,7 +246,7 @@ class Guard:
                     raise Refused(ReasonCode.ARGUMENTS_INVALID)
                 request = _new(CallRequest, (principal, session, spec, arguments, now, protocol_version, request_id))
                 try:
-                    verdict = self.policy.decide(request)
+                    verdict = self._policy.decide(request)
                     decision = verdict if type(verdict) is Decision else await self._settled(verdict)
                 except Exception as error:
                     logger.exception("mcp-guard: policy %r failed on tool %s; denying", self.policy.id, spec.name)
@@ -254,7 +264,9 @@ class Guard:
             facts = None
             if self.record_arguments and request is not None:
                 facts = {"arguments": summarize_arguments(request.arguments, request.tool.redact)}
-            risk = self.risk
+            risk = self._risk
+            if risk is None and self._policy_scores_risk:
+                risk = getattr(self._policy, "risk", None)
             weight = 0.0
             if risk is not None and session is not None:
                 weight = risk.weight(decision, spec)

@@ -161,10 +161,10 @@ class SessionOwners:
 
 @dataclass(slots=True)
 class CallHistory:
-    """What a session has done so far, for rules over sequences: the calls each tool was allowed,
-    the tags of those tools, and the distinct targets each target-counting rule has seen."""
+    """What a session has done so far, for rules over sequences: the tools it was allowed to
+    call, their tags, and the distinct targets each target-counting rule has seen."""
 
-    tools: dict[str, int] = field(default_factory=dict)
+    tools: set[str] = field(default_factory=set)
     tags: set[str] = field(default_factory=set)
     targets: dict[str, set[str]] = field(default_factory=dict)
 

@@ -200,9 +200,9 @@ class SequenceRule(SelectedRule):
 
     def check(self, request: CallRequest) -> Reason | None:
         history = request.session.history
-        if history.tags.isdisjoint(self.after_tags) and history.tools.keys().isdisjoint(self.after_tools):
+        if history.tags.isdisjoint(self.after_tags) and history.tools.isdisjoint(self.after_tools):
             return None
-        earlier = [f"tool {name}" for name in sorted(history.tools.keys() & self.after_tools)]
+        earlier = [f"tool {name}" for name in sorted(history.tools & self.after_tools)]
         earlier += [f"a tool tagged {tag}" for tag in sorted(history.tags & self.after_tags)]
         return self._refuse(
             ReasonCode.SEQUENCE_FORBIDDEN, request, f"it may not run after {' or '.join(earlier)} in this session"

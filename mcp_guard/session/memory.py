@@ -65,12 +65,13 @@ class MemorySessionStore:
             if allowed:
                 session.call_count += 1
                 session.last_active_at = at
-                history = session.history
                 if tool is not None:
-                    history.tools[tool.name] = history.tools.get(tool.name, 0) + 1
-                    history.tags |= tool.tags
-                for rule_id, target in targets:
-                    history.targets.setdefault(rule_id, set()).add(target)
+                    session.history.tools.add(tool.name)
+                    if tool.tags:
+                        session.history.tags |= tool.tags
+                if targets:
+                    for rule_id, target in targets:
+                        session.history.targets.setdefault(rule_id, set()).add(target)
             else:
                 session.denied_count += 1
             if risk:

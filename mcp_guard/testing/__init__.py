@@ -109,7 +109,7 @@ def call_request(
     )
     history = CallHistory()
     for spec in earlier:
-        history.tools[spec.name] = history.tools.get(spec.name, 0) + 1
+        history.tools.add(spec.name)
         history.tags |= spec.tags
     session = Session(
         id=session_id,
@@ -119,7 +119,7 @@ def call_request(
         idle_timeout=900,
         last_active_at=now,
         retain_until=now + 3600,
-        call_count=sum(history.tools.values()),
+        call_count=len(history.tools),
         history=history,
     )
     spec = tool if isinstance(tool, ToolSpec) else ToolSpec(tool)
