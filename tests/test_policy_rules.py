@@ -338,3 +338,35 @@ def test_duplicate_rule_ids_and_tools_are_refused() -> None:
         RulePolicy([PrincipalRule("a"), PrincipalRule("a")])
     with pytest.raises(ValueError, match="declared twice"):
         RulePolicy(tools=[FETCH, FETCH])
+
+
+async def test_hostile_arguments_are_refused_without_hanging(audit: MemoryAuditSink, clock: Clock) -> None:
+    rule = ArgumentRule(
+        "fetch-args",
+        tools=frozenset({"fetch"}),
+        constraints=(
+            ArgumentConstraint("url", type="string", required=True, hosts=("docs.example.com",)),
+            ArgumentConstraint("options", type="object", max_bytes=4096),
+            ArgumentConstraint("query", pattern="[a-z ]{1,100}"),
+        ),
+    )
+    guard = guarded(RulePolicy([rule]), audit, clock)
+    token = access_token("alice", "")
+    deep: Any = {}
+    for _ in range(100_000):
+        deep = {"a": deep}
+    ok = "https://docs.example.com/x"
+    for arguments in (
+        {"url": "https://docs.еxample.com/x"},  # Cyrillic е
+        {"url": "https://docs.example.com.evil.test/x"},
+        {"url": "https://docs.example.com@evil.test/x"},
+        {"url": "https://docs.example.com\uff0fx"},
+        {"url": ok, "options": deep},
+        {"url": ok, "options": {"blob": "x" * 10_000_000}},
+        {"url": ok, "options": {"items": list(range(1_000_000))}},
+        {"url": ok, "query": "a" * 50_000 + "!"},
+        {"url": ok, "query": float("nan")},
+    ):
+        decision = (await guard.authorize("fetch", arguments, token)).decision
+        assert decision.reason.code == ReasonCode.ARGUMENT_REJECTED, arguments.keys()
+    assert (await guard.authorize("fetch", {"url": ok, "options": {"depth": 2}, "query": "hello"}, token)).allowed
