@@ -35,10 +35,10 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from mcp_guard.model import CallRequest, Decision, Principal, Reason, ToolSpec
+from mcp_guard.policy.cedar_schema import NAMESPACE, UNDECLARED, Shape, arguments_type, cedar_schema
 from mcp_guard.policy.scopes import ScopePolicy
 from mcp_guard.reasons import ReasonCode
 from mcp_guard.scopes import ScopeHierarchy
@@ -47,9 +47,6 @@ if TYPE_CHECKING:
     import cedarpy
 
 __all__ = ["NAMESPACE", "CedarPolicy", "CedarUnavailable", "cedar_schema"]
-
-NAMESPACE = "McpGuard"
-"""The Cedar namespace `CedarPolicy` maps calls into."""
 
 _PRINCIPAL = f"{NAMESPACE}::Principal"
 _ACTION = f"{NAMESPACE}::Action"
@@ -65,9 +62,7 @@ _quote = json.JSONEncoder().encode
 _CONTEXT_DUMP = re.compile(r"context `.*` is not valid", re.DOTALL)
 """Cedar's request-validation error quotes the whole context, argument values included."""
 
-_SCALARS = {"string": "String", "integer": "Long", "boolean": "Boolean"}
 _LONG = (-(2**63), 2**63 - 1)
-_MAX_DEPTH = 16
 _CACHE_LIMIT = 4096
 _MESSAGE_LIMIT = 300
 
@@ -75,20 +70,6 @@ _MESSAGE_LIMIT = 300
 class CedarUnavailable(ImportError):
     """``cedarpy`` is not installed: `CedarPolicy` refuses to start rather than decide without Cedar."""
 
-
-class _Shape(NamedTuple):
-    """What a tool's input schema says an argument value is, to check and convert it by."""
-
-    kind: str | None
-    """The Cedar type (``String``, ``Long``, ``Boolean``, ``Set``, ``Record``); None: not declared."""
-    element: _Shape | None = None
-    """A Set's element."""
-    members: Mapping[str, _Shape | None] = MappingProxyType({})
-    """A Record's declared properties; None for one Cedar cannot type (left out of the context)."""
-
-
-_ANY = _Shape(None)
-"""A value the input schema does not declare: shown as sent, whatever its JSON type."""
 
 _EXPECTED = {"String": "a string", "Long": "an integer", "Boolean": "a boolean", "Set": "a list", "Record": "an object"}
 
@@ -111,7 +92,7 @@ class _Known(NamedTuple):
 class _Tool(NamedTuple):
     spec: ToolSpec
     action: dict[str, str]
-    shape: _Shape
+    shape: Shape
     entity: str
     """The action's entity as JSON when the schema puts it in action groups, else ``""``."""
 
@@ -316,7 +297,7 @@ class CedarPolicy:
         entity = ""
         if parents:
             entity = json.dumps({"uid": {"type": _ACTION, "id": spec.name}, "attrs": {}, "parents": parents})
-        tool = _Tool(spec, {"type": _ACTION, "id": spec.name}, _arguments_type(spec.input_schema)[1], entity)
+        tool = _Tool(spec, {"type": _ACTION, "id": spec.name}, arguments_type(spec.input_schema)[1], entity)
         _remember(self._tools, id(spec), tool)
         return tool
 
@@ -328,50 +309,6 @@ class CedarPolicy:
         fixed = _Scoped(scoped, context, {})
         _remember(self._scoped, id(scoped), fixed)
         return fixed
-
-
-def cedar_schema(tools: Iterable[ToolSpec], namespace: str = NAMESPACE) -> dict[str, Any]:
-    """A Cedar JSON schema for ``tools``: the principal and session types, and one action per tool.
-
-    Each action's ``context.arguments`` is typed from the tool's input schema: string, integer,
-    boolean, arrays of those and objects with properties (``$ref`` and Optional followed). An
-    argument Cedar cannot type (a number, a map, a tuple, anything untyped) is left out, so a
-    policy that names it fails validation; an optional or nullable one is not required.
-    """
-    strings = {"type": "Set", "element": {"type": "String"}}
-    actions = {}
-    for tool in tools:
-        context = {
-            "arguments": _arguments_type(tool.input_schema)[0],
-            "scopes": strings,
-            "tool_risk": {"type": "String"},
-            "tool_tags": strings,
-            "time": {"type": "Long"},
-        }
-        actions[tool.name] = {
-            "appliesTo": {
-                "principalTypes": ["Principal"],
-                "resourceTypes": ["Session"],
-                "context": {"type": "Record", "attributes": context},
-            }
-        }
-    principal = {
-        **{name: {"type": "String"} for name in ("issuer", "subject", "client_id", "actor")},
-        "scopes": strings,
-        "delegated": {"type": "Boolean"},
-        "groups": strings,
-        "roles": strings,
-    }
-    session = {"call_count": {"type": "Long"}, "denied_count": {"type": "Long"}, "purpose": {"type": "String"}}
-    return {
-        namespace: {
-            "entityTypes": {
-                "Principal": {"shape": {"type": "Record", "attributes": principal}},
-                "Session": {"shape": {"type": "Record", "attributes": session}},
-            },
-            "actions": actions,
-        }
-    }
 
 
 def _parse_schema(schema: str | Mapping[str, Any]) -> cedarpy.Schema:
@@ -423,14 +360,14 @@ def _remember(cache: dict[Any, Any], key: object, value: object) -> None:
 # -- arguments --------------------------------------------------------------------------------
 
 
-def _record(values: Mapping[str, object], shape: _Shape) -> str:
+def _record(values: Mapping[str, object], shape: Shape) -> str:
     """An argument Record as Cedar JSON: nulls and properties Cedar cannot type left out."""
     members = []
     declared = shape.members
     for name, value in values.items():
         if not isinstance(name, str) or name in _RESERVED:
             raise _Unrepresentable(f"the key {name!r}, which Cedar reserves")
-        inner = declared.get(name, _ANY)
+        inner = declared.get(name, UNDECLARED)
         if inner is None or value is None:
             continue
         try:
@@ -441,7 +378,7 @@ def _record(values: Mapping[str, object], shape: _Shape) -> str:
     return "{" + ",".join(members) + "}"
 
 
-def _value(value: object, shape: _Shape) -> str:
+def _value(value: object, shape: Shape) -> str:
     """One argument value as Cedar JSON, when its JSON type is the one the tool declares (if any).
 
     A value of another type is refused rather than shown: the SDK may coerce it (``"5"`` to 5),
@@ -466,82 +403,8 @@ def _value(value: object, shape: _Shape) -> str:
         if kind is None or kind == "Set":
             if any(item is None for item in value):
                 raise _Unrepresentable("a null inside a list, which Cedar cannot represent")
-            element = shape.element or _ANY
+            element = shape.element or UNDECLARED
             return "[" + ",".join([_value(item, element) for item in value]) + "]"
     else:
         raise _Unrepresentable(f"a {type(value).__name__}, which Cedar cannot represent")
     raise _Unrepresentable(f"a {type(value).__name__} where the tool takes {_EXPECTED[str(kind)]}")
-
-
-# -- JSON Schema to Cedar types ---------------------------------------------------------------
-
-
-def _arguments_type(input_schema: Mapping[str, Any] | None) -> tuple[dict[str, Any], _Shape]:
-    """The Cedar Record type of a tool's arguments, and their shape (nothing declared without a schema)."""
-    typed = _type(input_schema, input_schema, 0) if input_schema is not None else None
-    if typed is None or typed[1].kind != "Record":
-        return {"type": "Record", "attributes": {}}, _ANY
-    return typed
-
-
-def _type(node: object, root: Mapping[str, Any], depth: int) -> tuple[dict[str, Any], _Shape] | None:
-    """The Cedar type and shape of one JSON Schema node; None when Cedar cannot type it."""
-    if depth > _MAX_DEPTH or not isinstance(node, Mapping):
-        return None
-    reference = node.get("$ref")
-    if reference is not None:
-        return _type(_definition(reference, root), root, depth + 1)
-    for combinator in ("allOf", "anyOf", "oneOf"):
-        options = node.get(combinator)
-        if options is not None:
-            return _type(options[0], root, depth + 1) if isinstance(options, list) and len(options) == 1 else None
-    kind = node.get("type")
-    if isinstance(kind, str) and kind in _SCALARS:
-        return {"type": _SCALARS[kind]}, _Shape(_SCALARS[kind])
-    if kind == "array":
-        element = _type(node.get("items"), root, depth + 1)
-        return None if element is None else ({"type": "Set", "element": element[0]}, _Shape("Set", element[1]))
-    properties = node.get("properties")
-    if kind != "object" or not isinstance(properties, Mapping):
-        return None
-    required = node.get("required")
-    required = set(required) if isinstance(required, list) else set()
-    attributes: dict[str, Any] = {}
-    members: dict[str, _Shape | None] = {}
-    for name, schema in properties.items():
-        schema, nullable = _without_null(schema)
-        typed = _type(schema, root, depth + 1)
-        if typed is None:
-            members[name] = None
-            continue
-        attributes[name] = typed[0] if name in required and not nullable else {**typed[0], "required": False}
-        members[name] = typed[1]
-    return {"type": "Record", "attributes": attributes}, _Shape("Record", members=members)
-
-
-def _definition(reference: object, root: Mapping[str, Any]) -> object:
-    """The schema a local ``$ref`` (``#/$defs/Name`` or ``#/definitions/Name``) points at, else None."""
-    if not isinstance(reference, str):
-        return None
-    for prefix in ("#/$defs/", "#/definitions/"):
-        if reference.startswith(prefix):
-            definitions = root.get(prefix[2:-1])
-            return definitions.get(reference[len(prefix) :]) if isinstance(definitions, Mapping) else None
-    return None
-
-
-def _without_null(schema: object) -> tuple[object, bool]:
-    """A property's schema with a ``null`` alternative removed, and whether there was one."""
-    if not isinstance(schema, Mapping):
-        return schema, False
-    kind = schema.get("type")
-    if isinstance(kind, list) and "null" in kind:
-        rest = [k for k in kind if k != "null"]
-        return ({**schema, "type": rest[0]} if len(rest) == 1 else schema), len(rest) == 1
-    for combinator in ("anyOf", "oneOf"):
-        options = schema.get(combinator)
-        if isinstance(options, list):
-            rest = [o for o in options if not (isinstance(o, Mapping) and o.get("type") == "null")]
-            if len(rest) == 1 and len(options) > 1:
-                return rest[0], True
-    return schema, False
