@@ -137,7 +137,11 @@ class RulePolicy:
                     policy_version=self.version,
                 )
         if compiled.committing:
-            targets = tuple(target for rule in compiled.committing for target in rule.commit(request))
+            targets: tuple[tuple[str, str], ...] = ()
+            for rule in compiled.committing:
+                reached = rule.commit(request)
+                if reached:
+                    targets += tuple(reached)
             if targets:
                 return replace(base, targets=targets)
         return base

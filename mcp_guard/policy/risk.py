@@ -18,8 +18,10 @@ class RiskSettings:
 
     Every denial adds ``denial``; every allowed call adds its tool's weight: the tool's own
     entry in ``tools`` when there is one, else the weight of its risk level (``read``,
-    ``write``, ``admin``; the higher of its own and the one in ``levels``). The call that takes the score to the threshold is refused and the
-    session revoked (recorded as ``session.revoked`` with reason ``session_risk_exceeded``).
+    ``write``, ``admin``; the higher of its own and the one in ``levels``). The call that takes
+    the score to the threshold is refused and the session revoked (recorded as
+    ``session.revoked`` with reason ``session_risk_exceeded``). Each tool's weight is worked out
+    once and remembered.
     """
 
     threshold: float
@@ -31,6 +33,7 @@ class RiskSettings:
     levels: Mapping[str, Risk] = field(default_factory=lambda: MappingProxyType({}))
     """Risk levels a policy declares for tools; a call weighs as the higher of this and the tool's own."""
     _levels: Mapping[Risk, float] = field(init=False, repr=False, compare=False)
+    _weights: dict[str, tuple[ToolSpec, float]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.threshold) and self.threshold > 0):
@@ -43,6 +46,7 @@ class RiskSettings:
         object.__setattr__(self, "tools", MappingProxyType(dict(self.tools)))
         object.__setattr__(self, "levels", MappingProxyType({name: Risk(level) for name, level in self.levels.items()}))
         object.__setattr__(self, "_levels", {Risk.READ: self.read, Risk.WRITE: self.write, Risk.ADMIN: self.admin})
+        object.__setattr__(self, "_weights", {})
 
     def weight(self, decision: Decision, tool: ToolSpec | None) -> float:
         """What this decided call adds to its session's score."""
@@ -50,9 +54,14 @@ class RiskSettings:
             return self.denial
         if tool is None:
             return 0.0
+        known = self._weights.get(tool.name)
+        if known is not None and known[0] is tool:
+            return known[1]
         weight = self.tools.get(tool.name)
-        if weight is not None:
-            return weight
-        declared = self.levels.get(tool.name)
-        level = self._levels[tool.risk]
-        return level if declared is None else max(level, self._levels[declared])
+        if weight is None:
+            declared = self.levels.get(tool.name)
+            weight = self._levels[tool.risk]
+            if declared is not None:
+                weight = max(weight, self._levels[declared])
+        self._weights[tool.name] = (tool, weight)
+        return weight

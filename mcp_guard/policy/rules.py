@@ -93,24 +93,30 @@ class PrincipalRule(SelectedRule):
             return False
         if self.client_ids and principal.client_id not in self.client_ids:
             return False
-        return all(_claim_holds(principal.claims.get(name), values) for name, values in self.claims.items())
+        claims = principal.claims
+        for name, wanted in self.claims.items():
+            value = claims.get(name)
+            if type(value) is str:
+                if value not in wanted:
+                    return False
+            elif type(value) is list or type(value) is tuple:
+                for item in value:
+                    if type(item) is str and item in wanted:
+                        break
+                else:
+                    return False
+            else:
+                return False
+        return True
 
     def admits(self, principal: Principal) -> bool:
         """Whether the rule lets ``principal`` call its tools at all (for ``tools/list``)."""
-        return self.matches(principal) == (self.effect == "allow")
+        return self.matches(principal) is (self.effect == "allow")
 
     def check(self, request: CallRequest) -> Reason | None:
-        if self.admits(request.principal):
+        if self.matches(request.principal) is (self.effect == "allow"):
             return None
         return self._refuse(ReasonCode.PRINCIPAL_NOT_ALLOWED, request, "this caller may not call it")
-
-
-def _claim_holds(value: object, wanted: frozenset[str]) -> bool:
-    if isinstance(value, str):
-        return value in wanted
-    if isinstance(value, list | tuple):
-        return any(isinstance(item, str) and item in wanted for item in value)
-    return False
 
 
 @dataclass(frozen=True, slots=True)
