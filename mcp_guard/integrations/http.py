@@ -91,7 +91,8 @@ class GuardHTTP:
 
     def metadata(self) -> dict[str, object]:
         """The RFC 9728 document for this resource."""
-        scopes = set().union(*(spec.usable_scopes for spec in self.guard.tools.values() if not spec.conceal))
+        specs = (self._as_policy_sees(spec) for spec in self.guard.tools.values() if not spec.conceal)
+        scopes = set().union(*(spec.usable_scopes for spec in specs))
         return {
             "resource": self.resource,
             "authorization_servers": self.authorization_servers,
@@ -104,6 +105,7 @@ class GuardHTTP:
         if headers.get(b"mcp-method") != b"tools/call":
             return None
         spec = self.guard.tools.get(headers.get(b"mcp-name", b"").decode("latin-1"))
+        spec = self._as_policy_sees(spec) if spec is not None else None
         authorization = headers.get(b"authorization", b"").decode("latin-1")
         scheme, _, token = authorization.partition(" ")
         if spec is None or scheme.lower() != "bearer" or not token:
@@ -141,6 +143,11 @@ class GuardHTTP:
             )
         )
         return self._insufficient_scope(spec)
+
+    def _as_policy_sees(self, spec: ToolSpec) -> ToolSpec:
+        """``spec`` with what the guard's policy adds to it (a policy file can require more scopes)."""
+        merged = getattr(self.guard.policy, "merged", None)
+        return merged(spec) if callable(merged) else spec
 
     def _insufficient_scope(self, spec: ToolSpec) -> str:
         scope = format_scope(spec.scopes - _NOT_IN_CHALLENGES)

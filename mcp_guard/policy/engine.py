@@ -109,6 +109,11 @@ class RulePolicy:
         tagged = {name for name, spec in self.declared.items() if not spec.tags.isdisjoint(rule.after_tags)}
         return replace(rule, after_tools=rule.after_tools | tagged) if tagged - rule.after_tools else rule
 
+    @property
+    def hierarchy(self) -> ScopeHierarchy:
+        """The scope hierarchy the policy widens grants by."""
+        return self.scopes.hierarchy
+
     # -- deciding -------------------------------------------------------------------------------
 
     def decide(self, request: CallRequest) -> Decision:

@@ -36,6 +36,7 @@ from mcp_guard.policy.rules import (
     TimeWindowRule,
 )
 from mcp_guard.policy.source import MAX_POLICY_BYTES, Lines, SourceError, parse_source
+from mcp_guard.scopes import ScopeHierarchy
 
 __all__ = ["PolicyFile", "PolicyFileError", "Problem", "load_policy", "parse_policy"]
 
@@ -422,6 +423,13 @@ class PolicyFile:
     @property
     def risk(self) -> RiskSettings | None:
         return self.current.risk
+
+    @property
+    def hierarchy(self) -> ScopeHierarchy:
+        return self.current.hierarchy
+
+    def merged(self, tool: ToolSpec) -> ToolSpec:
+        return self.current.merged(tool)
 
     def decide(self, request: CallRequest) -> Decision:
         return self.current.decide(request)

@@ -13,7 +13,7 @@ from mcp.client.streamable_http import streamable_http_client
 from starlette.types import ASGIApp
 
 from authority import Authority
-from mcp_guard import Guard, JWTVerifier, MemoryAuditSink, TrustedIssuer
+from mcp_guard import Guard, JWTVerifier, MemoryAuditSink, RulePolicy, ToolSpec, TrustedIssuer
 from mcp_guard.integrations.http import GuardHTTP, resource_metadata_url
 from serving import serving_jwt_notes
 
@@ -144,3 +144,21 @@ async def test_absurd_tokens_get_401_never_500(authority: Authority, resource: s
     for token in (authority.mint(aud=resource, exp=10**400), authority.mint(aud=resource, iat=-(10**30))):
         response = await post(resource, token, "write_note")
         assert response.status_code == 401
+
+
+async def test_challenges_and_metadata_follow_the_policy_file(
+    authority: Authority, resource: str, guard: Guard
+) -> None:
+    guard.policy = RulePolicy(
+        tools=[ToolSpec("write_note", scopes=frozenset({"notes:write", "notes:audit"}))],
+        hierarchy={"notes:write": "notes:read"},
+        unlisted="allow",
+    )
+    async with httpx2.AsyncClient() as http:
+        metadata = (await http.get(resource_metadata_url(resource))).json()
+    assert metadata["scopes_supported"] == ["notes:audit", "notes:read", "notes:write"]
+    writer = authority.mint(aud=resource, scope="notes:write")
+    refused = await post(resource, writer, "write_note")
+    assert refused.status_code == 403
+    assert challenge(refused)["scope"] == "notes:audit notes:write"  # every scope the call needs
+    assert (await post(resource, writer, "read_note")).status_code == 200  # the policy's hierarchy applies
