@@ -29,7 +29,7 @@ from mcp_guard.context import ADMITTED, refuse_unguarded
 from mcp_guard.errors import Refused
 from mcp_guard.identity.access_token import AccessTokenIdentifier, Identifier
 from mcp_guard.model import CallRequest, Decision, Delegation, Principal, Risk, Session, SessionState, ToolSpec
-from mcp_guard.policy.base import Policy
+from mcp_guard.policy.base import Policy, PolicyFunction
 from mcp_guard.policy.risk import RiskSettings
 from mcp_guard.policy.scopes import ScopePolicy
 from mcp_guard.policy.shadow import Shadow
@@ -80,7 +80,8 @@ class Guard:
     call's arguments (redacted per tool, and bounded) on its span and in its audit event.
     ``risk`` scores sessions and revokes one that crosses its threshold (a policy loaded from a
     file brings its own). ``shadow`` is a candidate policy judged beside the enforcing one: it
-    never changes a decision, and each disagreement is recorded as ``policy.disagreed``.
+    never changes a decision, each disagreement is recorded as ``policy.disagreed``, and an
+    asynchronous candidate gets at most ``shadow_timeout`` seconds per call.
     """
 
     def __init__(
@@ -97,7 +98,8 @@ class Guard:
         clock: Callable[[], float] = time.time,
         record_arguments: bool = False,
         risk: RiskSettings | None = None,
-        shadow: Policy | None = None,
+        shadow: Policy | PolicyFunction | None = None,
+        shadow_timeout: float = 0.5,
     ) -> None:
         if policy is not None and scope_hierarchy is not None:
             raise ValueError("give scope_hierarchy to your policy, not to both")
@@ -114,8 +116,9 @@ class Guard:
         self.clock = clock
         self.record_arguments = record_arguments
         self._risk = risk
-        self.shadow = Shadow(shadow, self.sinks) if shadow is not None else None
+        self.shadow = Shadow(shadow, self.sinks, timeout=shadow_timeout) if shadow is not None else None
         self._tools: dict[str, ToolSpec] = {}
+        self._json_arguments: dict[str, JsonArguments] = {}
 
     @property
     def policy(self) -> Policy:
@@ -170,6 +173,7 @@ class Guard:
         """
 
         def decorator(fn: F) -> F:
+            input_schema, json_arguments = signature_of(fn)
             spec = self.declare(
                 ToolSpec(
                     name=name or fn.__name__,
@@ -183,9 +187,11 @@ class Guard:
                     delegation=delegation,
                     actors=frozenset(actors),
                     redact=frozenset(redact),
-                    input_schema=input_schema_of(fn),
+                    input_schema=input_schema,
                 )
             )
+            if json_arguments is not None:
+                self._json_arguments[spec.name] = json_arguments
             return _admitted_only(fn, spec.name)
 
         return decorator
@@ -244,6 +250,9 @@ class Guard:
                     arguments = {}
                 elif type(arguments) is not dict:
                     raise Refused(ReasonCode.ARGUMENTS_INVALID)
+                parsing = self._json_arguments.get(tool)
+                if parsing is not None:
+                    arguments = parsing.apply(arguments)
                 request = _new(CallRequest, (principal, session, spec, arguments, now, protocol_version, request_id))
                 try:
                     verdict = self._policy.decide(request)
@@ -278,12 +287,17 @@ class Guard:
             try:
                 for sink in self.sinks:
                     sink.emit(event)
+                if self.shadow is not None and request is not None:
+                    await self.shadow.compare(request, decision, event)  # on the session this call saw
                 if session is not None:
                     score = await self.sessions.record_call(
                         session, now, allowed=decision.allowed, tool=spec, targets=decision.targets, risk=weight
                     )
                     if risk is not None and score >= risk.threshold:
                         await self._end_risky_session(session, principal, score, risk.threshold, now)
+                if decision.allowed:
+                    for effect in decision.on_allow:
+                        effect()
             except Exception:
                 logger.exception("mcp-guard: recording the decision on tool %s failed; denying", tool_name)
                 if decision.allowed:
@@ -292,8 +306,6 @@ class Guard:
                         kind, now, principal, session_id, tool_name, decision, trace_context, detail, owners, facts
                     )
                     self._emit_best_effort(event)
-            if self.shadow is not None and request is not None:
-                await self.shadow.compare(request, decision, event)
             if span is not None:
                 annotate_span(span, event, decision, transport_session)
             return _new(Authorization, (decision, request))
@@ -544,10 +556,32 @@ def _describe(targets: Mapping[str, str], issuer: str | None, reason: str) -> st
     return " ".join(parts)
 
 
-def input_schema_of(fn: Callable[..., Any]) -> dict[str, Any]:
-    """The JSON Schema of ``fn``'s arguments, built exactly as the SDK builds a tool's ``inputSchema``."""
+class JsonArguments(NamedTuple):
+    """The arguments of a tool the SDK parses from JSON text before the tool sees them.
+
+    The SDK turns a string sent for a parameter not annotated ``str`` into the list, object,
+    boolean or null it encodes (some clients send every value as text). Policies must judge
+    what the tool will receive, so the guard parses them the same way, with the SDK's own code.
+    """
+
+    keys: frozenset[str]
+    parse: Callable[[dict[str, Any]], dict[str, Any]]
+
+    def apply(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        for key in self.keys:
+            if type(arguments.get(key)) is str:
+                return self.parse(arguments)
+        return arguments
+
+
+def signature_of(fn: Callable[..., Any]) -> tuple[dict[str, Any], JsonArguments | None]:
+    """The JSON Schema of ``fn``'s arguments, built exactly as the SDK builds a tool's
+    ``inputSchema``, and which of them the SDK parses from JSON text."""
     context = find_context_parameter(fn)
-    return func_metadata(fn, skip_names=[context] if context else []).arg_model.model_json_schema(by_alias=True)
+    model = func_metadata(fn, skip_names=[context] if context else [])
+    fields = model.arg_model.model_fields.items()
+    keys = frozenset(key for name, info in fields if info.annotation is not str for key in (name, info.alias) if key)
+    return model.arg_model.model_json_schema(by_alias=True), JsonArguments(keys, model.pre_parse_json) if keys else None
 
 
 def _admitted_only(fn: F, tool: str) -> F:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -148,3 +149,62 @@ async def test_a_failing_candidate_counts_as_a_denial_and_never_breaks_the_call(
     disagreed = [event for event in audit.events if event.kind == EventKind.POLICY_DISAGREED]
     assert len(disagreed) == 1 and disagreed[0].detail == "RuntimeError: candidate bug"
     assert disagreed[0].facts is not None and disagreed[0].facts["candidate_reasons"] == ["policy_error"]
+
+
+async def test_policies_judge_arguments_as_the_tool_will_receive_them(mode: str, audit: MemoryAuditSink) -> None:
+    """The SDK parses JSON text sent for a non-string parameter; the rule must count what it parses."""
+    from mcp.server.mcpserver import MCPServer
+
+    from mcp_guard import RulePolicy
+    from mcp_guard.policy import TargetsRule
+
+    guard = Guard(policy=RulePolicy([TargetsRule("few", argument="to", max_targets=2)]), audit=[audit])
+    mcp = MCPServer("mail", middleware=[GuardMiddleware(guard)])
+    reached: list[str] = []
+
+    @mcp.tool()
+    @guard.tool()
+    def send_mail(to: list[str], body: str) -> str:
+        reached.extend(to)
+        return "sent"
+
+    many = json.dumps([f"u{n}@example.com" for n in range(50)])
+    with acting_as(access_token("alice", "")):
+        async with Client(mcp, mode=mode) as client:
+            refused = await error_of(client, "send_mail", {"to": many, "body": "hi"})
+            assert refused.data["reason"] == ReasonCode.TOO_MANY_TARGETS
+            assert (await client.call_tool("send_mail", {"to": '["a@example.com"]', "body": "[1, 2]"})).content
+    assert reached == ["a@example.com"]
+    assert audit.events[-1].kind == EventKind.CALL_COMPLETED
+
+
+async def test_the_candidate_sees_the_session_as_the_enforcing_policy_did(audit: MemoryAuditSink) -> None:
+    from mcp_guard import RulePolicy, ToolSpec
+    from mcp_guard.policy import SequenceRule
+
+    once = RulePolicy([SequenceRule("one-secret", tools=frozenset({"read_secret"}), after_tools={"read_secret"})])
+    guard = Guard(policy=once, shadow=once, audit=[audit])
+    guard.declare(ToolSpec("read_secret"))
+    token = access_token("alice", "", sid="s")
+    assert (await guard.authorize("read_secret", {}, token)).allowed
+    assert not (await guard.authorize("read_secret", {}, token)).allowed
+    assert guard.shadow is not None and not guard.shadow.disagreements  # the same policy always agrees
+
+
+async def test_a_slow_candidate_is_cut_off_and_counts_as_a_denial(audit: MemoryAuditSink) -> None:
+    import anyio
+
+    from mcp_guard import ToolSpec
+
+    async def stalls(request: CallRequest) -> Verdict:
+        await anyio.sleep(3600)
+        return None
+
+    guard = Guard(shadow=stalls, shadow_timeout=0.05, audit=[audit])
+    guard.declare(ToolSpec("ping"))
+    with anyio.fail_after(5):
+        assert (await guard.authorize("ping", {}, access_token("alice"))).allowed
+    [disagreed] = [event for event in audit.events if event.kind == EventKind.POLICY_DISAGREED]
+    assert disagreed.detail == "no answer within 0.05 s"
+    with pytest.raises(ValueError, match="shadow timeout"):
+        Guard(shadow=stalls, shadow_timeout=0)

@@ -33,8 +33,12 @@ MONDAY_NOON = datetime(2026, 11, 23, 11, 0, tzinfo=UTC).timestamp()  # 12:00 in 
 
 
 def decide(policy: RulePolicy, tool: ToolSpec, arguments: dict[str, Any] | None = None, **kw: Any) -> Decision:
+    """The policy's decision, counted (as the guard counts it) when it allows."""
     kw.setdefault("scopes", " ".join(sorted(tool.scopes)) or "")
-    return policy.decide(call_request(tool, arguments, **kw))
+    decision = policy.decide(call_request(tool, arguments, **kw))
+    for effect in decision.on_allow if decision.allowed else ():
+        effect()
+    return decision
 
 
 def test_principal_rules_allow_or_deny_by_issuer_subject_client_and_claims() -> None:
@@ -370,3 +374,27 @@ async def test_hostile_arguments_are_refused_without_hanging(audit: MemoryAuditS
         decision = (await guard.authorize("fetch", arguments, token)).decision
         assert decision.reason.code == ReasonCode.ARGUMENT_REJECTED, arguments.keys()
     assert (await guard.authorize("fetch", {"url": ok, "options": {"depth": 2}, "query": "hello"}, token)).allowed
+
+
+async def test_only_calls_finally_allowed_count_against_limits(audit: MemoryAuditSink, clock: Clock) -> None:
+    from mcp_guard import AllOf
+
+    gate = {"open": False}
+
+    def gatekeeper(request: Any) -> Decision:
+        return Decision(allowed=gate["open"], requested_scopes=request.principal.scopes, rule_ids=("gate",))
+
+    budget = LimitRule("budget", per="session", calls=3)
+    risk = RiskSettings(threshold=40, denial=0, write=15)
+    guard = guarded(AllOf(RulePolicy([budget]), gatekeeper), audit, clock, risk=risk)
+    token = access_token("alice", "mail:send", sid="s1")
+    for _ in range(3):
+        assert not (await guard.authorize("send_mail", {}, token)).allowed  # another policy refused
+    assert len(budget.counters) == 0
+    gate["open"] = True
+    assert (await guard.authorize("send_mail", {}, token)).allowed  # risk 15
+    assert (await guard.authorize("send_mail", {}, token)).allowed  # risk 30
+    refused = (await guard.authorize("send_mail", {}, token)).decision  # the budget allows; risk 45 does not
+    assert refused.reason.code == ReasonCode.SESSION_RISK_EXCEEDED
+    [opened] = [event for event in audit.events if event.kind == EventKind.SESSION_OPENED]
+    assert budget.counters.used(("budget", opened.session_id), clock()) == 2

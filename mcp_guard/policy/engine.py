@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, Literal, NamedTuple
 
 from mcp_guard.model import CallRequest, Decision, Principal, Reason, Risk, ToolSpec
@@ -43,7 +44,8 @@ class _ToolRules:
     merged: ToolSpec
     listed: bool
     rules: tuple[Rule, ...]
-    committing: tuple[Any, ...]
+    reaching: tuple[Any, ...]
+    counting: tuple[Any, ...]
     listing: tuple[Any, ...]
     rule_ids: tuple[str, ...]
     memo: dict[tuple[frozenset[str], str | None], Decision]
@@ -141,15 +143,25 @@ class RulePolicy:
                     policy_id=self.id,
                     policy_version=self.version,
                 )
-        if compiled.committing:
-            targets: tuple[tuple[str, str], ...] = ()
-            for rule in compiled.committing:
-                reached = rule.commit(request)
-                if reached:
-                    targets += tuple(reached)
-            if targets:
-                return replace(base, targets=targets)
-        return base
+        if not (compiled.reaching or compiled.counting):
+            return base
+        targets: tuple[tuple[str, str], ...] = ()
+        for rule in compiled.reaching:
+            targets += tuple(rule.reached(request))
+        counts = tuple([partial(rule.count, request) for rule in compiled.counting])
+        return Decision(
+            True,
+            base.requested_scopes,
+            base.approved_scopes,
+            base.missing_scopes,
+            base.reasons,
+            base.rule_ids,
+            base.obligations,
+            base.policy_id,
+            base.policy_version,
+            targets,
+            counts,
+        )
 
     def visible(self, principal: Principal, tool: ToolSpec) -> bool:
         compiled = self._compiled.get(tool.name)
@@ -221,7 +233,8 @@ class RulePolicy:
             merged=merged,
             listed=self.unlisted == "allow" or tool.name in self.declared,
             rules=rules,
-            committing=tuple(rule for rule in rules if hasattr(rule, "commit")),
+            reaching=tuple(rule for rule in rules if hasattr(rule, "reached")),
+            counting=tuple(rule for rule in rules if hasattr(rule, "count")),
             listing=tuple(rule for rule in rules if hasattr(rule, "admits")),
             rule_ids=(RULE_REQUIRED_SCOPES, *(rule.id for rule in rules)),
             memo={},

@@ -4,14 +4,15 @@ A limit with a ``window`` allows ``calls`` calls in each window, counted from th
 after the previous window ended (a fixed window, so a burst of up to twice the limit can
 straddle two windows). A limit without one is a budget for the session's whole life. Counts
 live in this process (a server with several processes counts in each); a call counts only
-once every rule has allowed it.
+once it is finally allowed: by every rule, every other policy combined with this one, and the
+guard's risk check.
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
@@ -101,10 +102,10 @@ class LimitRule(SelectedRule):
             ReasonCode.RATE_LIMITED, request, f"at most {self.calls} calls per {self.window:g} s per {self.per}"
         )
 
-    def commit(self, request: CallRequest) -> Iterable[tuple[str, str]]:
+    def count(self, request: CallRequest) -> None:
+        """Count ``request`` (the engine defers this until the call is finally allowed)."""
         ends_at = request.session.expires_at if self.window is None else request.at + self.window
         self.counters.add(self._key(request), request.at, ends_at)
-        return ()
 
     def _key(self, request: CallRequest) -> Hashable:
         if self.per == "session":

@@ -3,14 +3,15 @@
 A rule names the tools it applies to (``tools``, ``tags``; neither means every tool) and
 answers `check` with None (the call passes) or the `Reason` it refuses. The rule engine
 (`RulePolicy`) indexes rules by tool and runs every rule that applies, so a call is allowed
-only when none refuses. A rule that remembers what allowed calls did (targets, counters)
-also has ``commit``, which the engine calls once the call is allowed.
+only when none refuses. A rule that remembers what allowed calls did also says what to
+remember: ``reached`` names the targets the session records, and ``count`` (rate limits)
+runs once the call is finally allowed.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, time
 from typing import Any, ClassVar, Literal, Protocol
@@ -246,7 +247,8 @@ class TargetsRule(SelectedRule):
             )
         return None
 
-    def commit(self, request: CallRequest) -> Iterable[tuple[str, str]]:
+    def reached(self, request: CallRequest) -> list[tuple[str, str]]:
+        """The (rule id, target) pairs an allowed ``request`` adds to its session's history."""
         return [(self.id, target) for target in self._targets(request.arguments) or ()]
 
     def _targets(self, arguments: Mapping[str, Any]) -> set[str] | None:

@@ -3,16 +3,21 @@
 The enforcing decision always stands. Where the candidate would decide otherwise (allow where
 the enforcing policy denied, deny where it allowed, or approve other scopes), the disagreement
 is counted and recorded as a ``policy.disagreed`` audit event that `mcp-guard policy diff`
-summarises. A candidate that fails or abstains counts as a denial, as it would if it enforced.
+summarises. A candidate that fails, abstains or (asynchronously) takes longer than its timeout
+counts as a denial, as it would if it enforced. The candidate judges each call on the session as
+the enforcing policy saw it, before the call is recorded, and counts (rate limits) only what it
+would itself have allowed.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+import math
 from collections import Counter
 from collections.abc import Sequence
 
+import anyio
 from opentelemetry import metrics
 
 from mcp_guard.audit.events import AuditEvent, EventKind
@@ -36,9 +41,12 @@ class Shadow:
     goes to the OpenTelemetry counter ``mcp_guard.policy.disagreements``.
     """
 
-    def __init__(self, candidate: Policy | PolicyFunction, sinks: Sequence[AuditSink]) -> None:
+    def __init__(self, candidate: Policy | PolicyFunction, sinks: Sequence[AuditSink], *, timeout: float = 0.5) -> None:
+        if not (math.isfinite(timeout) and timeout > 0):
+            raise ValueError(f"the shadow timeout must be a positive number of seconds, not {timeout!r}")
         self.candidate = as_policy(candidate)
         self.sinks = tuple(sinks)
+        self.timeout = timeout
         self.disagreements: Counter[str] = Counter()
         self._counter = metrics.get_meter("mcp_guard").create_counter(
             "mcp_guard.policy.disagreements", description="Calls the shadow policy would have decided otherwise"
@@ -48,6 +56,9 @@ class Shadow:
         """Judge ``request`` with the candidate; record a disagreement with ``enforced``. Never raises."""
         try:
             candidate, detail = await self._judge(request)
+            if candidate.allowed:
+                for effect in candidate.on_allow:  # the candidate counts what it would have allowed
+                    effect()
             if candidate.allowed == enforced.allowed and (
                 not enforced.allowed or candidate.approved_scopes == enforced.approved_scopes
             ):
@@ -85,7 +96,10 @@ class Shadow:
         try:
             verdict = self.candidate.decide(request)
             if inspect.isawaitable(verdict):
-                verdict = await verdict
+                with anyio.move_on_after(self.timeout) as waiting:
+                    verdict = await verdict
+                if waiting.cancelled_caught:
+                    return self._refusal(request, ReasonCode.POLICY_ERROR), f"no answer within {self.timeout:g} s"
         except Exception as error:
             return self._refusal(request, ReasonCode.POLICY_ERROR), f"{type(error).__name__}: {error}"[:_DETAIL_LIMIT]
         if verdict is None:
