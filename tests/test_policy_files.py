@@ -239,3 +239,39 @@ def test_rate_limit_counts_survive_a_reload(tmp_path: Path) -> None:
     )
     policy.reload()
     assert policy.decide(call_request(tool, at=1)).reason.code == ReasonCode.RATE_LIMITED
+
+
+def test_lines_follow_strings_sub_tables_and_nested_arrays_of_tables() -> None:
+    in_string = (
+        'version = 1\ndescription = """\nlooks like\n[[rules]]\n"""\n\n[[rules]]\nid = "a"\nlimit = { calls = "5" }\n'
+    )
+    assert problems(in_string) == ["line 9: rules.0.limit.calls: Input should be a valid integer, not str '5'"]
+    sub_table = 'version = 1\n\n[[rules]]\nid = "a"\ntools = ["x"]\n\n[rules.limit]\ncalls = "5"\n'
+    assert problems(sub_table) == ["line 8: rules.0.limit.calls: Input should be a valid integer, not str '5'"]
+    nested = (
+        'version = 1\n[[rules]]\nid = "a"\n[[rules.arguments]]\nargument = "p"\n'
+        '[[rules]]\nid = "b"\n[[rules.arguments]]\nargument = "q"\nwhat = 1\n'
+    )
+    assert problems(nested) == [
+        "line 10: rules.1.arguments.0.what: unknown key (not in the policy schema; check its spelling)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "syntax"),
+    [
+        ("version = 1\nx = " + "[" * 2000 + "]" * 2000 + "\n", "toml"),
+        ("version = 1\nx = " + "[" * 40 + "]" * 40 + "\n", "toml"),
+        ("version: 1\nx: " + "[" * 100_000 + "]" * 100_000 + "\n", "yaml"),
+        ("version: 1\nx: " + "{a: " * 50 + "1" + "}" * 50 + "\n", "yaml"),
+    ],
+    ids=["toml-deep", "toml-nested", "yaml-deep", "yaml-nested"],
+)
+def test_deeply_nested_documents_are_refused_quickly(text: str, syntax: str) -> None:
+    [found] = problems(text, syntax)
+    assert "deeper than 32 levels" in found
+
+
+def test_header_like_text_in_a_string_is_scanned_in_linear_time() -> None:
+    text = 'version = 1\ndescription = """\n[' + " " * 100_000 + 'x\n"""\n'
+    assert problems(text) == ["line 2: description: String should have at most 1024 characters"]

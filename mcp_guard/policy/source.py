@@ -13,10 +13,15 @@ import tomllib
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["MAX_POLICY_BYTES", "Lines", "SourceError", "parse_source"]
+__all__ = ["MAX_NESTING", "MAX_POLICY_BYTES", "Lines", "SourceError", "parse_source"]
 
 MAX_POLICY_BYTES = 32 << 20
 """Largest policy document read: room for tens of thousands of rules, and a bound on a mistake."""
+
+MAX_NESTING = 32
+"""Deepest nesting of tables and arrays in a policy document (the schema needs six)."""
+
+_TOO_DEEP = f"the document nests tables or arrays deeper than {MAX_NESTING} levels"
 
 Path = tuple[str | int, ...]
 Lines = dict[Path, int]
@@ -36,13 +41,30 @@ def parse_source(text: str, syntax: str) -> tuple[Any, Lines]:
         raise SourceError(f"a policy document is at most {MAX_POLICY_BYTES} bytes")
     if syntax == "toml":
         try:
-            return tomllib.loads(text), _toml_lines(text)
+            data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as error:
             found = re.search(r"line (\d+)", str(error))
             raise SourceError(f"not valid TOML: {error}", int(found.group(1)) if found else None) from None
+        except RecursionError:
+            raise SourceError(_TOO_DEEP) from None
+        _check_depth(data)
+        return data, _toml_lines(text)
     if syntax == "yaml":
         return _yaml(text)
     raise SourceError(f"unknown policy syntax {syntax!r}: use toml or yaml")
+
+
+def _check_depth(data: object) -> None:
+    """Refuse data nested deeper than a policy ever needs (walked without recursion)."""
+    pending = [(data, 0)]
+    while pending:
+        value, depth = pending.pop()
+        if depth > MAX_NESTING:
+            raise SourceError(_TOO_DEEP)
+        if isinstance(value, dict):
+            pending.extend((item, depth + 1) for item in value.values())
+        elif isinstance(value, list):
+            pending.extend((item, depth + 1) for item in value)
 
 
 def _yaml(text: str) -> tuple[Any, Lines]:
@@ -51,10 +73,17 @@ def _yaml(text: str) -> tuple[Any, Lines]:
     except ImportError:  # pragma: no cover - the yaml extra is installed with dev
         raise SourceError("YAML policies need PyYAML: pip install 'mcp-guard[yaml]'") from None
     try:
+        depth = 0
         for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            mark = event.start_mark
             if isinstance(event, yaml.AliasEvent):
-                mark = event.start_mark
                 raise SourceError("YAML aliases (*name) are not allowed in a policy", mark.line + 1 if mark else None)
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_NESTING:
+                    raise SourceError(_TOO_DEEP, mark.line + 1 if mark else None)
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
@@ -84,40 +113,61 @@ def _walk(node: Any, path: Path) -> Iterator[tuple[Path, Any]]:
             yield from _walk(item, (*path, index))
 
 
-_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(?:#.*)?$")
+_HEADER = re.compile(r"\s*\[(\[?)([^\[\]]*)\]")
 _KEY = re.compile(r"""^\s*((?:"[^"]*"|'[^']*'|[A-Za-z0-9_\-]+)(?:\s*\.\s*(?:"[^"]*"|'[^']*'|[A-Za-z0-9_\-]+))*)\s*=""")
 _PART = re.compile(r""""([^"]*)"|'([^']*)'|([A-Za-z0-9_\-]+)""")
+_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"|\'[^\']*\'')
 
 
 def _toml_lines(text: str) -> Lines:
-    """The line of each table header and key, by a line scan (keys inside multi-line values or
-    inline tables are attributed to the line of the key that holds them)."""
+    """The line of each table header and key, by a line scan.
+
+    Sub-tables and arrays of tables inside an array of tables (``[rules.limit]``,
+    ``[[rules.arguments]]``) belong to its latest entry. Lines inside multi-line strings are
+    skipped; keys inside multi-line values or inline tables are attributed to the line of the
+    key that holds them.
+    """
     lines: Lines = {}
     table: Path = ()
-    counts: dict[Path, int] = {}
-    depth = 0  # open brackets of a multi-line value
+    latest: dict[Path, int] = {}  # each array of tables, by resolved path: its latest index
+    depth = 0  # brackets a multi-line value leaves open
+    quote: str | None = None  # the delimiter of an open multi-line string
     for number, line in enumerate(text.splitlines(), 1):
-        if depth == 0 and (header := _HEADER.match(line)):
+        if quote is not None:
+            if line.count(quote) % 2:
+                quote = None
+            continue
+        header = _HEADER.match(line) if depth == 0 else None
+        if header:
             parts = _parts(header.group(2))
-            if header.group(1) == "[[":
-                index = counts.get(parts, 0)
-                counts[parts] = index + 1
-                table = (*parts, index)
+            if header.group(1):
+                array = (*_resolved(parts[:-1], latest), *parts[-1:])
+                latest[array] = latest.get(array, -1) + 1
+                table = (*array, latest[array])
             else:
-                table = parts
+                table = _resolved(parts, latest)
             lines.setdefault(table, number)
             continue
         if depth == 0 and (key := _KEY.match(line)):
             lines.setdefault((*table, *_parts(key.group(1))), number)
-        depth = max(0, depth + _brackets(line))
+        code = _STRINGS.sub("", line.split("#", 1)[0]) if '"""' not in line and "'''" not in line else line
+        for delimiter in ('"""', "'''"):
+            if line.count(delimiter) % 2:
+                quote = delimiter
+                code = line.split(delimiter, 1)[0]
+        depth = max(0, depth + code.count("[") + code.count("{") - code.count("]") - code.count("}"))
     return lines
+
+
+def _resolved(parts: tuple[str, ...], latest: dict[Path, int]) -> Path:
+    """A dotted table name as a path, each array of tables it passes through at its latest entry."""
+    path: Path = ()
+    for part in parts:
+        path = (*path, part)
+        if path in latest:
+            path = (*path, latest[path])
+    return path
 
 
 def _parts(dotted: str) -> tuple[str, ...]:
     return tuple(next(group for group in match.groups() if group is not None) for match in _PART.finditer(dotted))
-
-
-def _brackets(line: str) -> int:
-    """How many brackets ``line`` leaves open, ignoring those in strings and comments."""
-    code = re.sub(r'"(?:[^"\\]|\\.)*"|\'[^\']*\'', "", line).split("#", 1)[0]
-    return code.count("[") + code.count("{") - code.count("]") - code.count("}")
