@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -481,3 +483,27 @@ async def test_end_to_end_through_the_sdk(mode: str) -> None:
     assert "no-secrets" in error.message
     decided = [event for event in audit.events if event.kind == EventKind.CALL_DECIDED]
     assert [event.outcome for event in decided] == ["trimmed", "denied"]
+
+
+DOCUMENTED = re.search(
+    r'POLICIES = """\n(.*?)"""', (Path(__file__).parent.parent / "docs" / "cedar.md").read_text(), re.S
+)
+
+
+@pytest.mark.anyio
+async def test_the_documented_example_refuses_parent_directories() -> None:
+    cedarpy()
+    assert DOCUMENTED is not None
+    guard = Guard()
+
+    @guard.tool(scopes="files:read")
+    def read_file(path: str, limit: int = 10) -> str:
+        return path
+
+    guard.policy = CedarPolicy(DOCUMENTED.group(1), tools=guard.tools.values())
+    token = access_token("alice", "files:read", groups=["eng"])
+    codes = {
+        path: (await guard.authorize("read_file", {"path": path}, token)).decision.reason.code
+        for path in ("/docs/a.md", "/etc/passwd", "/docs/../etc/passwd")
+    }
+    assert codes == {"/docs/a.md": "allowed", "/etc/passwd": "policy_denied", "/docs/../etc/passwd": "policy_denied"}

@@ -42,6 +42,10 @@ UNSAFE = [
     r"(/[^/]+)*(/[a-z]+)*",
     r"(?i)a+A+",  # case-insensitively the same letter
     r"(?:(?!.*x).)*",  # a lookaround that runs at every repetition
+    "(?:a|)" * 24 + "a" * 24,  # an alternative that matches empty text is an optional part
+    "(?:a|aa)" * 20 + "b",  # alternatives that start alike end at different places
+    r"[a-z]*(?=[a-z]*(?=[a-z]*!))",  # a lookaround after a varying part runs at every step back
+    r"x+(?:(?=x*y)z|w)",
 ]
 
 SAFE = {
@@ -57,6 +61,8 @@ SAFE = {
     r"(?i)[a-z]+(-[a-z]+)*": (["Hello-World"], ["hello_world"]),
     r"^(?!.*\.\.)[a-z.]+$": (["a.b.c"], ["a..b"]),
     r"(ab|cd)+": (["abcdab"], ["abc"]),
+    r"(GET|POST|PUT) /[a-z]+": (["PUT /x"], ["PATCH /x"]),
+    r"(?:https?)?x": (["httpsx", "x"], ["httpx1"]),
     r"(,\d+)*,\d+": ([",1,2,3"], [",1,", "1"]),
     r"(?:(?!--).)*": (["a-b-c"], ["a--b"]),
     r"\d+\.\d+": (["3.14"], ["3.", ".5"]),

@@ -10,8 +10,12 @@ that lets a backtracking matcher try many ways to match the same text:
   text (``(a|ab)*``, ``(a|a)+``, ``(a|b*)+``);
 - repeats of varying count in a row over overlapping characters, with nothing between them
   that only one side can match (``\\d+\\d+``, ``.*.*``, ``.*x.*``, ``[a-z]{0,9}[a-z]{0,9}``);
-- a lookaround holding a repeat of varying count inside a repeated part, backreferences and
-  conditionals.
+- an alternation that can match empty text or whose alternatives can start alike counts as a
+  repeat of varying count (``(?:a|)`` is ``a?``), so several in a row over the same characters
+  are refused (``(?:a|)(?:a|)a``);
+- a lookaround holding a repeat of varying count inside a repeated part or after a part of
+  varying length (it runs again at every backtracking step: ``[a-z]*(?=[a-z]*!)``; at the start,
+  ``^(?!.*\\.\\.)``, it runs once), backreferences and conditionals.
 
 The analysis is conservative: where it cannot tell, it refuses, so some linear patterns are
 refused too, and so is any construct it does not know. ``[^/]+(/[^/]+)*`` is accepted because
@@ -114,6 +118,7 @@ class _Shape:
     first: tuple[_Atom, ...]  # characters a non-empty match can start with
     chars: tuple[_Atom, ...]  # characters a match can contain
     tail: tuple[_Atom, ...]  # characters a repeat of varying count at the end can match
+    looks: bool = False  # holds a lookaround with a repeat of varying count
 
 
 _Item = tuple[Any, Any]
@@ -132,6 +137,8 @@ _EMPTY = _Shape(nullable=True, varies=False, first=(), chars=(), tail=())
 class _Analysis:
     """One walk over one parsed pattern; refusals quote the pattern text."""
 
+    _LOOKAROUND = "lookaround with a repeat of varying count runs again at every backtracking step before it"
+
     def __init__(self, pattern: str) -> None:
         self._pattern = pattern
 
@@ -147,6 +154,9 @@ class _Analysis:
             for op, av, item_flags, item_depth in self._flatten(items, flags, depth)
         ]
         self._check_runs(parts)
+        for index, part in enumerate(parts):
+            if part.shape.looks and any(earlier.shape.varies for earlier in parts[:index]):
+                raise self._refuse(self._LOOKAROUND, [(part.op, part.av)])
         return _concat([part.shape for part in parts]), parts
 
     def _flatten(self, items: Sequence[Any], flags: int, depth: int) -> Iterable[tuple[Any, Any, int, int]]:
@@ -174,9 +184,11 @@ class _Analysis:
             return self.sequence(av.data, flags, depth + 1, loop=loop)[0]
         if op in _LOOKAROUND_OPS:
             inner, _ = self.sequence(av[1].data, flags, depth + 1, loop=None)
-            if loop is not None and inner.varies:
-                raise self._refuse("lookaround with a repeat of varying count runs at every repetition", [(op, av)])
-            return _EMPTY
+            if not inner.varies:
+                return _EMPTY
+            if loop is not None:
+                raise self._refuse(self._LOOKAROUND, [(op, av)])
+            return _Shape(nullable=True, varies=False, first=(), chars=(), tail=(), looks=True)
         if op is _c.GROUPREF:
             raise self._refuse("backreference", [(op, av)])
         if op is _c.GROUPREF_EXISTS:
@@ -203,6 +215,7 @@ class _Analysis:
             first=body.first,
             chars=body.chars,
             tail=body.chars if high > low else body.tail,
+            looks=body.looks,
         )
 
     def _branch(self, av: Any, flags: int, depth: int, *, loop: _Item | None) -> _Shape:
@@ -212,12 +225,21 @@ class _Analysis:
             for index, alternative in enumerate(alternatives)
         ):
             raise self._refuse("alternatives inside a repeated part can match the same text or empty text", [loop])
+        chars = _union(alternative.chars for alternative in alternatives)
+        # An alternative that can match empty text makes the branch optional (``(?:a|)`` is
+        # ``a?``); alternatives that can start alike may match text of different lengths
+        # (``(?:a|aa)``). Either way, where the branch ends can move, as after a repeat.
+        ambiguous = any(
+            alternative.nullable or any(_overlap(alternative.first, other.first) for other in alternatives[:index])
+            for index, alternative in enumerate(alternatives)
+        )
         return _Shape(
             nullable=any(alternative.nullable for alternative in alternatives),
-            varies=any(alternative.varies for alternative in alternatives),
+            varies=ambiguous or any(alternative.varies for alternative in alternatives),
             first=_union(alternative.first for alternative in alternatives),
-            chars=_union(alternative.chars for alternative in alternatives),
-            tail=_union(alternative.tail for alternative in alternatives),
+            chars=chars,
+            tail=chars if ambiguous else _union(alternative.tail for alternative in alternatives),
+            looks=any(alternative.looks for alternative in alternatives),
         )
 
     def _check_runs(self, parts: list[_Part]) -> None:
@@ -274,6 +296,7 @@ def _concat(shapes: Sequence[_Shape]) -> _Shape:
         first=tuple(dict.fromkeys(first)),
         chars=_union(shape.chars for shape in shapes),
         tail=tuple(dict.fromkeys(tail)),
+        looks=any(shape.looks for shape in shapes),
     )
 
 
