@@ -296,8 +296,8 @@ class Guard:
                     if risk is not None and score >= risk.threshold:
                         await self._end_risky_session(session, principal, score, risk.threshold, now)
                 if decision.allowed:
-                    for effect in decision.on_allow:
-                        effect()
+                    for hook in decision.on_allow:
+                        hook.on_allow(request)  # type: ignore[arg-type]  # allowed: the policy judged it
             except Exception:
                 logger.exception("mcp-guard: recording the decision on tool %s failed; denying", tool_name)
                 if decision.allowed:

@@ -231,9 +231,10 @@ def test_rate_limit_counts_survive_a_reload(tmp_path: Path) -> None:
     path.write_text("version: 1\nrules:\n  - {id: rate, limit: {per: principal, calls: 1, window: 60}}\n")
     policy = PolicyFile(path)
     tool = ToolSpec("fetch")
-    first = policy.decide(call_request(tool, at=0))
+    request = call_request(tool, at=0)
+    first = policy.decide(request)
     assert first.allowed and len(first.on_allow) == 1
-    first.on_allow[0]()  # the guard counts the call once it is finally allowed
+    first.on_allow[0].on_allow(request)  # the guard counts the call once it is finally allowed
     path.write_text(
         "version: 1\nrevision: '2'\nrules:\n  - {id: rate, limit: {per: principal, calls: 1, window: 60}}\n"
     )

@@ -35,9 +35,10 @@ MONDAY_NOON = datetime(2026, 11, 23, 11, 0, tzinfo=UTC).timestamp()  # 12:00 in 
 def decide(policy: RulePolicy, tool: ToolSpec, arguments: dict[str, Any] | None = None, **kw: Any) -> Decision:
     """The policy's decision, counted (as the guard counts it) when it allows."""
     kw.setdefault("scopes", " ".join(sorted(tool.scopes)) or "")
-    decision = policy.decide(call_request(tool, arguments, **kw))
-    for effect in decision.on_allow if decision.allowed else ():
-        effect()
+    request = call_request(tool, arguments, **kw)
+    decision = policy.decide(request)
+    for hook in decision.on_allow if decision.allowed else ():
+        hook.on_allow(request)
     return decision
 
 

@@ -94,7 +94,7 @@ class _Combination:
             policy_id=self.id,
             policy_version=self.version,
             targets=tuple(target for decision in allows for target in decision.targets),
-            on_allow=tuple(effect for decision in allows for effect in decision.on_allow),
+            on_allow=tuple(hook for decision in allows for hook in decision.on_allow),
         )
 
     def _denied(self, request: CallRequest, denials: Sequence[Decision]) -> Decision:

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from functools import partial
 from typing import Any, Literal, NamedTuple
 
-from mcp_guard.model import CallRequest, Decision, Principal, Reason, Risk, ToolSpec
+from mcp_guard.model import AllowHook, CallRequest, Decision, Principal, Reason, Risk, ToolSpec
 from mcp_guard.policy.risk import RiskSettings
 from mcp_guard.policy.rules import Rule, SequenceRule
 from mcp_guard.policy.scopes import RULE_REQUIRED_SCOPES, ScopePolicy
@@ -45,7 +44,7 @@ class _ToolRules:
     listed: bool
     rules: tuple[Rule, ...]
     reaching: tuple[Any, ...]
-    counting: tuple[Any, ...]
+    hooks: tuple[AllowHook, ...]
     listing: tuple[Any, ...]
     rule_ids: tuple[str, ...]
     memo: dict[tuple[frozenset[str], str | None], Decision]
@@ -143,12 +142,11 @@ class RulePolicy:
                     policy_id=self.id,
                     policy_version=self.version,
                 )
-        if not (compiled.reaching or compiled.counting):
+        if not compiled.reaching:
             return base
         targets: tuple[tuple[str, str], ...] = ()
         for rule in compiled.reaching:
             targets += tuple(rule.reached(request))
-        counts = tuple([partial(rule.count, request) for rule in compiled.counting])
         return Decision(
             True,
             base.requested_scopes,
@@ -160,7 +158,7 @@ class RulePolicy:
             base.policy_id,
             base.policy_version,
             targets,
-            counts,
+            base.on_allow,
         )
 
     def visible(self, principal: Principal, tool: ToolSpec) -> bool:
@@ -234,7 +232,7 @@ class RulePolicy:
             listed=self.unlisted == "allow" or tool.name in self.declared,
             rules=rules,
             reaching=tuple(rule for rule in rules if hasattr(rule, "reached")),
-            counting=tuple(rule for rule in rules if hasattr(rule, "count")),
+            hooks=tuple(rule for rule in rules if isinstance(rule, AllowHook)),
             listing=tuple(rule for rule in rules if hasattr(rule, "admits")),
             rule_ids=(RULE_REQUIRED_SCOPES, *(rule.id for rule in rules)),
             memo={},
@@ -246,7 +244,7 @@ class RulePolicy:
         """The scope decision for ``compiled``'s tool, naming every rule that applies when it allows."""
         decision = self.scopes.judge(compiled.merged, *key)
         if decision.allowed:
-            decision = replace(decision, rule_ids=compiled.rule_ids)
+            decision = replace(decision, rule_ids=compiled.rule_ids, on_allow=compiled.hooks)
         if len(compiled.memo) >= _MEMO_LIMIT:
             compiled.memo.clear()
         compiled.memo[key] = decision

@@ -102,8 +102,8 @@ class LimitRule(SelectedRule):
             ReasonCode.RATE_LIMITED, request, f"at most {self.calls} calls per {self.window:g} s per {self.per}"
         )
 
-    def count(self, request: CallRequest) -> None:
-        """Count ``request`` (the engine defers this until the call is finally allowed)."""
+    def on_allow(self, request: CallRequest) -> None:
+        """Count ``request``, once it is finally allowed."""
         ends_at = request.session.expires_at if self.window is None else request.at + self.window
         self.counters.add(self._key(request), request.at, ends_at)
 

@@ -4,8 +4,8 @@ A rule names the tools it applies to (``tools``, ``tags``; neither means every t
 answers `check` with None (the call passes) or the `Reason` it refuses. The rule engine
 (`RulePolicy`) indexes rules by tool and runs every rule that applies, so a call is allowed
 only when none refuses. A rule that remembers what allowed calls did also says what to
-remember: ``reached`` names the targets the session records, and ``count`` (rate limits)
-runs once the call is finally allowed.
+remember: ``reached`` names the targets the session records, and ``on_allow`` (rate limits)
+hears of each call once it is finally allowed.
 """
 
 from __future__ import annotations

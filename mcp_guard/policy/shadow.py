@@ -57,8 +57,8 @@ class Shadow:
         try:
             candidate, detail = await self._judge(request)
             if candidate.allowed:
-                for effect in candidate.on_allow:  # the candidate counts what it would have allowed
-                    effect()
+                for hook in candidate.on_allow:  # the candidate counts what it would have allowed
+                    hook.on_allow(request)
             if candidate.allowed == enforced.allowed and (
                 not enforced.allowed or candidate.approved_scopes == enforced.approved_scopes
             ):
