@@ -18,8 +18,6 @@ from types import MappingProxyType
 from typing import Any, NamedTuple, TypeVar, cast
 
 from mcp.server.auth.provider import AccessToken
-from mcp.server.mcpserver.utilities.context_injection import find_context_parameter
-from mcp.server.mcpserver.utilities.func_metadata import func_metadata
 
 from mcp_guard.audit.arguments import summarize_arguments
 from mcp_guard.audit.events import AuditEvent, EventKind
@@ -40,6 +38,7 @@ from mcp_guard.session.memory import MemorySessionStore
 from mcp_guard.session.revocation import Revocations
 from mcp_guard.session.settings import SessionSettings, presentable_until
 from mcp_guard.session.store import SessionStore
+from mcp_guard.signature import JsonArguments, signature_of
 
 __all__ = ["Authorization", "Guard"]
 
@@ -256,9 +255,9 @@ class Guard:
                 request = _new(CallRequest, (principal, session, spec, arguments, now, protocol_version, request_id))
                 try:
                     verdict = self._policy.decide(request)
-                    decision = verdict if type(verdict) is Decision else await self._settled(verdict)
+                    decision = verdict if type(verdict) is Decision else await self._settled(verdict, principal)
                 except Exception as error:
-                    logger.exception("mcp-guard: policy %r failed on tool %s; denying", self.policy.id, spec.name)
+                    logger.exception("mcp-guard: policy %r failed on tool %s; denying", self._policy.id, spec.name)
                     decision = self._refusal(ReasonCode.POLICY_ERROR, None, principal)
                     detail = f"{type(error).__name__}: {error}"[:_DETAIL_LIMIT]
             except Refused as refusal:
@@ -295,9 +294,9 @@ class Guard:
                     )
                     if risk is not None and score >= risk.threshold:
                         await self._end_risky_session(session, principal, score, risk.threshold, now)
-                if decision.allowed:
+                if decision.allowed and request is not None:
                     for hook in decision.on_allow:
-                        hook.on_allow(request)  # type: ignore[arg-type]  # allowed: the policy judged it
+                        hook.on_allow(request)
             except Exception:
                 logger.exception("mcp-guard: recording the decision on tool %s failed; denying", tool_name)
                 if decision.allowed:
@@ -438,16 +437,14 @@ class Guard:
             self.record(AuditEvent.build(EventKind.SESSION_EXPIRED, now, principal, session_id=session_id))
         raise Refused(refusal)
 
-    async def _settled(self, verdict: object) -> Decision:
+    async def _settled(self, verdict: object, principal: Principal) -> Decision:
         """The decision a policy's answer stands for: awaited if it is pending; an abstention denies."""
         if inspect.isawaitable(verdict):
             verdict = await verdict
         if verdict is None:
-            return Decision.deny(
-                ReasonCode.NO_APPLICABLE_RULE, policy_id=self.policy.id, policy_version=self.policy.version
-            )
+            return self._refusal(ReasonCode.NO_APPLICABLE_RULE, None, principal)
         if not isinstance(verdict, Decision):
-            raise TypeError(f"policy {self.policy.id!r} returned {type(verdict).__name__}, not a Decision")
+            raise TypeError(f"policy {self._policy.id!r} returned {type(verdict).__name__}, not a Decision")
         return verdict
 
     async def _end_risky_session(
@@ -554,34 +551,6 @@ def _describe(targets: Mapping[str, str], issuer: str | None, reason: str) -> st
     if reason:
         parts.append(f"reason={reason!r}")
     return " ".join(parts)
-
-
-class JsonArguments(NamedTuple):
-    """The arguments of a tool the SDK parses from JSON text before the tool sees them.
-
-    The SDK turns a string sent for a parameter not annotated ``str`` into the list, object,
-    boolean or null it encodes (some clients send every value as text). Policies must judge
-    what the tool will receive, so the guard parses them the same way, with the SDK's own code.
-    """
-
-    keys: frozenset[str]
-    parse: Callable[[dict[str, Any]], dict[str, Any]]
-
-    def apply(self, arguments: dict[str, Any]) -> dict[str, Any]:
-        for key in self.keys:
-            if type(arguments.get(key)) is str:
-                return self.parse(arguments)
-        return arguments
-
-
-def signature_of(fn: Callable[..., Any]) -> tuple[dict[str, Any], JsonArguments | None]:
-    """The JSON Schema of ``fn``'s arguments, built exactly as the SDK builds a tool's
-    ``inputSchema``, and which of them the SDK parses from JSON text."""
-    context = find_context_parameter(fn)
-    model = func_metadata(fn, skip_names=[context] if context else [])
-    fields = model.arg_model.model_fields.items()
-    keys = frozenset(key for name, info in fields if info.annotation is not str for key in (name, info.alias) if key)
-    return model.arg_model.model_json_schema(by_alias=True), JsonArguments(keys, model.pre_parse_json) if keys else None
 
 
 def _admitted_only(fn: F, tool: str) -> F:
