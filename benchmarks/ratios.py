@@ -15,17 +15,19 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 from joserfc import jwt
 from joserfc.jwk import ECKey
 from mcp import Client
+from mcp.server.auth.provider import AccessToken
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from mcp_guard import AuditSink, Refused
+from mcp_guard import AuditSink, Guard, Refused
 from mcp_guard.audit.chain import verify_files
 from mcp_guard.audit.file import FileAuditSink
 from mcp_guard.testing import access_token, acting_as
@@ -41,12 +43,19 @@ def per_call_us(fn: Callable[[], object], calls: int) -> float:
     return (time.perf_counter() - start) / calls * 1e6
 
 
-def decision_medians(tool_counts: tuple[int, ...], rounds: int = 41, calls: int = 2000) -> dict[int, float]:
-    """Median per-call time of a warm decision for each tool count, rounds interleaved."""
+def decision_medians(
+    tool_counts: tuple[int, ...],
+    warmed: Callable[[int], tuple[Guard, AccessToken, dict[str, Any]]],
+    rounds: int = 41,
+    calls: int = 2000,
+) -> dict[int, float]:
+    """Median per-call time of a warm ``guard.authorize`` for each tool count, rounds interleaved.
+
+    ``warmed(count)`` builds the guard with ``count`` tools and a caller it has already seen.
+    """
     runners = {}
     for count in tool_counts:
-        guard = guard_with_tools(count)
-        token, arguments = warm(guard)
+        guard, token, arguments = warmed(count)
         runners[count] = lambda g=guard, t=token, a=arguments: run_now(g.authorize("tool_0", a, t))
     samples: dict[int, list[float]] = {count: [] for count in tool_counts}
     for _ in range(rounds):
@@ -55,18 +64,14 @@ def decision_medians(tool_counts: tuple[int, ...], rounds: int = 41, calls: int 
     return {count: statistics.median(values) for count, values in samples.items()}
 
 
-def policy_decision_medians(tool_counts: tuple[int, ...], rounds: int = 41, calls: int = 2000) -> dict[int, float]:
-    """Median per-call time of a warm decision under a policy file with rules for each tool count."""
-    runners = {}
-    for count in tool_counts:
-        guard, _ = policy_guard(count)
-        token, arguments = warm_policy_caller(guard)
-        runners[count] = lambda g=guard, t=token, a=arguments: run_now(g.authorize("tool_0", a, t))
-    samples: dict[int, list[float]] = {count: [] for count in tool_counts}
-    for _ in range(rounds):
-        for count, run in runners.items():
-            samples[count].append(per_call_us(run, calls))
-    return {count: statistics.median(values) for count, values in samples.items()}
+def scope_guard(count: int) -> tuple[Guard, AccessToken, dict[str, Any]]:
+    guard = guard_with_tools(count)
+    return (guard, *warm(guard))
+
+
+def policy_file_guard(count: int) -> tuple[Guard, AccessToken, dict[str, Any]]:
+    guard, _ = policy_guard(count)
+    return (guard, *warm_policy_caller(guard))
 
 
 def same_policy_medians(rounds: int = 41, calls: int = 1000) -> tuple[float, float]:
@@ -179,14 +184,14 @@ def main() -> int:
             failures.append(label)
 
     print("Warm decision: guard.authorize, 5 scopes, in-memory session, built-in rules")
-    medians = decision_medians((10, 50, 10_000))
+    medians = decision_medians((10, 50, 10_000), scope_guard)
     for count, median in medians.items():
         print(f"  {count:>6} tools: median {median:.3f} us")
     report("median at 50 tools", medians[50], 5.0, "us")
     report("10,000 tools / 10 tools", medians[10_000] / medians[10], 1.2, "x")
 
     print("Policy file: a tool's caller, argument and rate rules, plus tag rules (guard.authorize, warm)")
-    policy_medians = policy_decision_medians((10, 50, 10_000))
+    policy_medians = decision_medians((10, 50, 10_000), policy_file_guard)
     for count, median in policy_medians.items():
         print(f"  {count:>6} tools ({3 * count + 2} rules): median {median:.3f} us")
     report("median at 50 tools", policy_medians[50], 10.0, "us")
