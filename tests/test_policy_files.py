@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from datetime import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mcp_guard import PolicyFile, PolicyFileError, ReasonCode, RiskSettings, RulePolicy, ToolSpec, load_policy
-from mcp_guard.model import Risk
+from mcp_guard.model import Decision, Risk
 from mcp_guard.policy import (
     ArgumentConstraint,
     ArgumentRule,
@@ -276,3 +279,37 @@ def test_deeply_nested_documents_are_refused_quickly(text: str, syntax: str) -> 
 def test_header_like_text_in_a_string_is_scanned_in_linear_time() -> None:
     text = 'version = 1\ndescription = """\n[' + " " * 100_000 + 'x\n"""\n'
     assert problems(text) == ["line 2: description: String should have at most 1024 characters"]
+
+
+@functools.cache
+def example_policy() -> RulePolicy:
+    return load_policy(EXAMPLES / "assistant.toml")
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=40),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    tool=st.sampled_from(["read_file", "fetch_page", "read_secret", "send_mail", "other"]),
+    arguments=st.dictionaries(st.sampled_from(["path", "url", "to", "limit", "x"]) | st.text(max_size=6), _json),
+    claims=st.dictionaries(st.sampled_from(["groups", "roles", "x"]), _json),
+    actors=st.lists(st.text(max_size=6), max_size=3),
+)
+def test_the_example_policy_decides_any_call_without_raising(
+    tool: str, arguments: dict[str, object], claims: dict[str, object], actors: list[str]
+) -> None:
+    policy = example_policy()
+    spec = policy.declared.get(tool) or ToolSpec(tool)
+    request = call_request(
+        spec, arguments, scopes="files:read web:fetch secrets:read mail:send", claims=claims, actor_chain=actors
+    )
+    decision = policy.decide(request)
+    assert isinstance(decision, Decision)
+    assert decision.allowed or decision.reasons
+    explained, outcomes = policy.explain(request)
+    assert explained.allowed == decision.allowed and outcomes
