@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from datetime import time
 from pathlib import Path
 
@@ -313,3 +314,16 @@ def test_the_example_policy_decides_any_call_without_raising(
     assert decision.allowed or decision.reasons
     explained, outcomes = policy.explain(request)
     assert explained.allowed == decision.allowed and outcomes
+
+
+def test_the_quickstart_policy_loads_and_keeps_mail_internal() -> None:
+    quickstart = (ROOT / "docs" / "quickstart.md").read_text()
+    found = re.search(r"```toml\n# policy.toml\n(.*?)```", quickstart, re.S)
+    assert found is not None
+    policy = parse_policy(found.group(1), "toml")
+    tool = policy.declared["send_mail"]
+    refused = policy.decide(call_request(tool, {"to": "eve@evil.test"}, scopes="mail:send"))
+    assert refused.reason.code == ReasonCode.ARGUMENT_REJECTED
+    assert policy.decide(call_request(tool, {"to": "bob@example.com"}, scopes="mail:send")).allowed
+    after = call_request(tool, {"to": "bob@example.com"}, scopes="mail:send", earlier=[policy.declared["read_secret"]])
+    assert policy.decide(after).reason.code == ReasonCode.SEQUENCE_FORBIDDEN
