@@ -27,6 +27,7 @@ def test_the_quickstart_walkthrough(tmp_path: Path) -> None:
     assert "DENIED   write_note: [-32003]" in out and "'missing_scopes': ['notes:write']" in out
     assert "Unknown tool 'wipe_notes'." in out and "Unknown tool 're\\u0430d_note'." in out
     assert "with scopes [notes:write]" in out  # trimmed from three granted scopes
+    assert "'reason': 'argument_rejected'" in out and "plain-titles" in out
     assert "'reason': 'session_revoked'" in out
     assert "decision=trimmed" in out and "status=ERROR" in out
     assert "session.revoked" in out

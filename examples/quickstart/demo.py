@@ -91,6 +91,8 @@ async def walkthrough(url: str, guard: Guard) -> None:
     heading("editor-agent holds notes:write mail:send calendar:read: the tool runs with notes:write only")
     async with client(url, "writer-token") as writer:
         await attempt(writer, "write_note", {"title": "plan", "text": "ship it"})
+        heading("a policy rule refuses a title that is not a plain name, whatever the scopes")
+        await attempt(writer, "write_note", {"title": "../../etc/passwd", "text": "x"})
 
     heading("a legacy (2025-11-25) session is revoked by the operator mid-way")
     async with client(url, "writer-token", mode="legacy") as legacy:

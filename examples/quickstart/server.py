@@ -15,6 +15,7 @@ from mcp.server.mcpserver import MCPServer
 
 from mcp_guard import AuditSink, Guard, GuardMiddleware, Risk, SessionOwners, SessionSettings, current_call
 from mcp_guard.audit.file import FileAuditSink
+from mcp_guard.policy import ArgumentConstraint, ArgumentRule, RulePolicy
 from mcp_guard.testing import StaticTokenVerifier, access_token
 
 ISSUER = "https://auth.example.test"
@@ -29,10 +30,25 @@ DEMO_TOKENS: dict[str, AccessToken] = {
 """Bearer strings the demo accepts. A real server verifies tokens from its authorization server."""
 
 
+NOTES_POLICY = RulePolicy(
+    [
+        ArgumentRule(
+            "plain-titles",
+            tools=frozenset({"write_note"}),
+            constraints=(ArgumentConstraint("title", type="string", required=True, pattern="[A-Za-z0-9 _-]{1,40}"),),
+        )
+    ],
+    hierarchy={"notes:write": "notes:read"},
+    id="notes",
+    version="2026-11",
+)
+"""Scopes first (writing implies reading), then one rule: note titles are short and plain."""
+
+
 def build_guard(*sinks: AuditSink) -> Guard:
     """The notes guard; decisions go to ``sinks`` (an in-memory log when none are given)."""
     return Guard(
-        scope_hierarchy={"notes:write": "notes:read"},
+        policy=NOTES_POLICY,
         audit=sinks or None,
         session_settings=SessionSettings(
             purpose="notes assistant",
