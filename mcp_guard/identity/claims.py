@@ -7,6 +7,7 @@ are held to the same rules here, each refusal with its own reason code.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -51,11 +52,14 @@ _DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no
 def check_times(claims: Mapping[str, Any], now: float, leeway: float, max_age: float | None = None) -> float | None:
     """Refuse a token outside its ``nbf``..``exp`` window (with ``leeway``), or older than ``max_age``.
 
-    Returns ``exp`` (None when absent).
+    Returns ``exp`` (None when absent). A time claim that is present must be a number: a
+    ``null`` ``exp`` is not a token that never expires.
     """
     for name in ("exp", "nbf", "iat"):
-        value = claims.get(name)
-        if value is not None and (type(value) not in (int, float) or not -_TIME_BOUND < value < _TIME_BOUND):
+        if name not in claims:
+            continue
+        value = claims[name]
+        if type(value) not in (int, float) or not -_TIME_BOUND < value < _TIME_BOUND:
             raise Refused(ReasonCode.CLAIM_INVALID, f"The token's '{name}' claim must be a number of seconds.")
     exp, nbf, iat = claims.get("exp"), claims.get("nbf"), claims.get("iat")
     if exp is not None and now > exp + leeway:
@@ -65,6 +69,16 @@ def check_times(claims: Mapping[str, Any], now: float, leeway: float, max_age: f
     if iat is not None and max_age is not None and now - iat > max_age + leeway:
         raise Refused(ReasonCode.TOKEN_TOO_OLD)
     return float(exp) if exp is not None else None
+
+
+def valid_until(claims: Mapping[str, Any], leeway: float, max_age: float | None) -> float:
+    """The last moment a token passes `check_times`: the earlier of expiry and maximum age."""
+    until = math.inf
+    if claims.get("exp") is not None:
+        until = claims["exp"] + leeway
+    if claims.get("iat") is not None and max_age is not None:
+        until = min(until, claims["iat"] + max_age + leeway)
+    return float(until)
 
 
 def audience_of(aud: object) -> tuple[str, ...]:

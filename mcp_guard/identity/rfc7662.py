@@ -26,7 +26,7 @@ from cachetools import FIFOCache
 
 from mcp_guard.errors import Refused
 from mcp_guard.identity.access_token import fingerprint_of, token_digest
-from mcp_guard.identity.claims import audience_of, check_times, json_object, scope_of, string_claim
+from mcp_guard.identity.claims import audience_of, check_times, json_object, scope_of, string_claim, valid_until
 from mcp_guard.identity.delegation import actor_chain
 from mcp_guard.identity.rfc8414 import check_fetchable, metadata_endpoint
 from mcp_guard.identity.rfc9068 import MAX_TOKEN_BYTES, TrustedIssuer
@@ -90,10 +90,9 @@ class IntrospectionVerifier:
         cached = self._answers.get(digest)
         if cached is not None and now < cached[1]:
             return cached[0]
-        principal = _principal(self.trusted, await self._introspect(token), now, digest)
-        until = now + self.cache_ttl
-        if principal.expires_at is not None:
-            until = min(until, principal.expires_at)
+        answer = await self._introspect(token)
+        principal = _principal(self.trusted, answer, now, digest)
+        until = min(now + self.cache_ttl, valid_until(answer, self.trusted.leeway, self.trusted.max_token_age))
         with self._lock:
             self._answers[digest] = (principal, until)
         return principal

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mcp_guard.errors import Refused
 from mcp_guard.identity.access_token import fingerprint_of, token_digest
-from mcp_guard.identity.claims import audience_of, check_times, json_object, scope_of, string_claim
+from mcp_guard.identity.claims import audience_of, check_times, json_object, scope_of, string_claim, valid_until
 from mcp_guard.identity.delegation import DEPTH_LIMIT, MAX_DELEGATION_DEPTH, actor_chain
 from mcp_guard.identity.jwks import SIGNING_ALGORITHMS, JWKSCache
 from mcp_guard.identity.rfc8414 import check_fetchable, metadata_endpoint
@@ -181,7 +181,9 @@ class JWTVerifier:
         if not valid:
             raise Refused(ReasonCode.SIGNATURE_INVALID)
         principal = _principal(trusted, claims, now, digest)  # the signature covers exactly these bytes
-        return _new(_Verified, (principal, _valid_until(trusted, claims), jwks_uri, generation))
+        return _new(
+            _Verified, (principal, valid_until(claims, trusted.leeway, trusted.max_token_age), jwks_uri, generation)
+        )
 
     async def _jwks_uri(self, trusted: TrustedIssuer) -> str:
         """The issuer's JWKS URI: configured, or discovered from its metadata (RFC 8414).
@@ -205,16 +207,6 @@ class _Verified(NamedTuple):
     until: float
     jwks_uri: str
     generation: int
-
-
-def _valid_until(trusted: TrustedIssuer, claims: Mapping[str, Any]) -> float:
-    """The last moment the token passes its time checks: the earlier of expiry and maximum age."""
-    until = math.inf
-    if claims.get("exp") is not None:
-        until = claims["exp"] + trusted.leeway
-    if claims.get("iat") is not None and trusted.max_token_age is not None:
-        until = min(until, claims["iat"] + trusted.max_token_age + trusted.leeway)
-    return float(until)
 
 
 class _Discovery:
@@ -244,10 +236,8 @@ class _Discovery:
 
 def _principal(trusted: TrustedIssuer, claims: Mapping[str, Any], now: float, digest: bytes) -> Principal:
     for name in trusted.required_claims:
-        if name not in claims:
+        if claims.get(name) is None:
             raise Refused(ReasonCode.CLAIM_MISSING, f"The token lacks the '{name}' claim this server requires.")
-    if claims.get("iss") != trusted.issuer:
-        raise Refused(ReasonCode.ISSUER_UNTRUSTED)
     exp = check_times(claims, now, trusted.leeway, trusted.max_token_age)
     audience = audience_of(claims.get("aud"))
     if trusted.audience not in audience:

@@ -269,3 +269,19 @@ async def test_an_acceptance_the_audit_log_refuses_is_a_refusal_and_recorded_lat
         (EventKind.TOKEN_REJECTED, (ReasonCode.GUARD_ERROR,)),
         (EventKind.TOKEN_ACCEPTED, ()),
     ]
+
+
+async def test_the_cache_never_outlives_the_maximum_token_age(authority: Authority) -> None:
+    now = [time.time()]
+    authority.answers["aging"] = answer(authority, iat=int(now[0]), exp=int(now[0]) + 30 * 24 * 3600)
+    verifier = IntrospectionVerifier(
+        TrustedIssuer(issuer=authority.issuer, audience=RESOURCE, max_token_age=3600),
+        endpoint=f"{authority.issuer}/introspect",
+        client_id=authority.client_id,
+        client_secret=authority.client_secret,
+        cache_ttl=7200,
+        clock=lambda: now[0],
+    )
+    await verifier.verify("aging")
+    now[0] += 3600 + 31  # past the maximum age and its leeway, inside the cache ttl
+    assert await code_for(verifier, "aging") == "token_too_old"

@@ -13,7 +13,7 @@ import anyio
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from joserfc import jws
+from joserfc import jws, jwt
 from joserfc.jwk import RSAKey
 from pydantic import ValidationError
 
@@ -518,3 +518,17 @@ async def test_issuers_given_as_any_iterable_keep_their_jwks_uri(authority: Auth
         assert authority.metadata_requests == before
     finally:
         authority.metadata_issuer = None
+
+
+@pytest.mark.parametrize(
+    ("name", "code"), [("exp", "claim_missing"), ("jti", "claim_missing"), ("nbf", "claim_invalid")]
+)
+async def test_a_null_claim_is_not_an_absent_limit(
+    verifier: JWTVerifier, authority: Authority, name: str, code: str
+) -> None:
+    """``"exp": null`` must not make a token that never expires, nor a null ``jti`` a required claim."""
+    claims = {**authority.claims(), name: None}
+    token = jwt.encode(
+        {"alg": "RS256", "kid": "rsa-1", "typ": "at+jwt"}, claims, authority.keys["rsa-1"], algorithms=["RS256"]
+    )
+    assert await refused(verifier, token) == code
