@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mcp import Client
 
-from mcp_guard import EventKind, Guard, ReasonCode
+from mcp_guard import EventKind, Guard, ReasonCode, ToolSpec
 from mcp_guard.audit.chain import ChainState, Checkpoint, anchor_path, entry_line, verify_files
 from mcp_guard.audit.events import AuditEvent
 from mcp_guard.audit.file import AuditLogError, FileAuditSink
@@ -444,3 +444,19 @@ def test_an_emptied_file_or_an_empty_key_is_refused(tmp_path: Path) -> None:
     blank = tmp_path / "blank.key"
     blank.write_bytes(b"\n")
     assert mcp_guard("audit", "verify", str(first), "--key-file", str(blank)).returncode == 2
+
+
+async def test_a_closed_log_refuses_in_deny_mode_and_drops_in_buffer_mode(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    denying = FileAuditSink(tmp_path / "deny.jsonl")
+    guard = Guard(audit=[denying])
+    guard.declare(ToolSpec("ping"))
+    assert (await guard.authorize("ping", {}, access_token("alice"))).allowed
+    denying.close()
+    result = await guard.authorize("ping", {}, access_token("alice"))
+    assert result.decision.reason.code == ReasonCode.GUARD_ERROR  # never served unrecorded
+    buffering = FileAuditSink(tmp_path / "buffer.jsonl", failure="buffer")
+    buffering.close()
+    buffering.emit(AuditEvent.build(EventKind.CALL_DECIDED, 1_900_000_000.0, tool="late"))
+    assert "buffer.jsonl is closed; dropping an event" in caplog.text

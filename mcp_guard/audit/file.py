@@ -94,9 +94,17 @@ class FileAuditSink:
         self._thread.start()
 
     def emit(self, event: AuditEvent) -> None:
-        """Queue ``event``; raise `AuditLogError` when the log cannot take it (in deny mode)."""
-        if self.failure == "deny" and self._error is not None:
-            raise AuditLogError(f"the audit log {self.path} is failing: {self._error}")
+        """Queue ``event``; raise `AuditLogError` when the log cannot take it (in deny mode).
+
+        A closed log takes nothing more: its writer has stopped.
+        """
+        if self.failure == "deny" and (self._error is not None or self._closed):
+            raise AuditLogError(
+                f"the audit log {self.path} is {'closed' if self._closed else 'failing'}: {self._error}"
+            )
+        if self._closed:
+            logger.error("mcp-guard: audit log %s is closed; dropping an event", self.path)
+            return
         if len(self._queue) >= self.queue_size:
             if self.failure == "deny":
                 raise AuditLogError(f"the audit log {self.path} is {self.queue_size} events behind")
