@@ -8,6 +8,7 @@ Each stage is a small protocol (`Identifier`, `SessionStore` with `SessionKeys`,
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import logging
@@ -26,7 +27,17 @@ from mcp_guard.audit.spans import annotate_span, recording_span
 from mcp_guard.context import ADMITTED, refuse_unguarded
 from mcp_guard.errors import Refused
 from mcp_guard.identity.access_token import AccessTokenIdentifier, Identifier
-from mcp_guard.model import CallRequest, Decision, Delegation, Principal, Risk, Session, SessionState, ToolSpec
+from mcp_guard.model import (
+    CallHistory,
+    CallRequest,
+    Decision,
+    Delegation,
+    Principal,
+    Risk,
+    Session,
+    SessionState,
+    ToolSpec,
+)
 from mcp_guard.policy.base import Policy, PolicyFunction
 from mcp_guard.policy.risk import RiskSettings
 from mcp_guard.policy.scopes import ScopePolicy
@@ -286,17 +297,18 @@ class Guard:
             try:
                 for sink in self.sinks:
                     sink.emit(event)
-                if self.shadow is not None and request is not None:
-                    await self.shadow.compare(request, decision, event)  # on the session this call saw
+                if decision.allowed and request is not None:
+                    for hook in decision.on_allow:  # before any await: no call decided meanwhile misses this count
+                        hook.on_allow(request)
+                seen = _as_seen(request) if self.shadow is not None and request is not None else None
                 if session is not None:
                     score = await self.sessions.record_call(
                         session, now, allowed=decision.allowed, tool=spec, targets=decision.targets, risk=weight
                     )
                     if risk is not None and score >= risk.threshold:
                         await self._end_risky_session(session, principal, score, risk.threshold, now)
-                if decision.allowed and request is not None:
-                    for hook in decision.on_allow:
-                        hook.on_allow(request)
+                if self.shadow is not None and seen is not None:
+                    await self.shadow.compare(seen, decision, event)
             except Exception:
                 logger.exception("mcp-guard: recording the decision on tool %s failed; denying", tool_name)
                 if decision.allowed:
@@ -507,6 +519,15 @@ class Guard:
                 sink.emit(event)
             except Exception:
                 logger.exception("mcp-guard: audit sink %r failed", sink)
+
+
+def _as_seen(request: CallRequest) -> CallRequest:
+    """``request`` with its session as the policy saw it, kept apart from what recording the call changes."""
+    session, history = request.session, request.session.history
+    before = CallHistory(
+        set(history.tools), set(history.tags), {rule: set(seen) for rule, seen in history.targets.items()}
+    )
+    return request._replace(session=dataclasses.replace(session, history=before, tokens=dict(session.tokens)))
 
 
 def _session_refusal(session: Session, principal: Principal, now: float) -> str | None:

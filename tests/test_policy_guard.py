@@ -208,3 +208,39 @@ async def test_a_slow_candidate_is_cut_off_and_counts_as_a_denial(audit: MemoryA
     assert disagreed.detail == "no answer within 0.05 s"
     with pytest.raises(ValueError, match="shadow timeout"):
         Guard(shadow=stalls, shadow_timeout=0)
+
+
+async def test_a_rate_limit_holds_under_concurrent_calls_while_a_shadow_candidate_waits(audit: MemoryAuditSink) -> None:
+    import anyio
+
+    from mcp_guard import RulePolicy, ToolSpec
+    from mcp_guard.policy import LimitRule
+
+    async def thoughtful(request: CallRequest) -> Verdict:
+        await anyio.sleep(0.01)
+        return None
+
+    once = RulePolicy([LimitRule("once", per="client", calls=1, window=60)])
+    guard = Guard(policy=once, shadow=thoughtful, audit=[audit])
+    guard.declare(ToolSpec("ping"))
+    token = access_token("alice", "")
+    allowed: list[bool] = []
+
+    async def call() -> None:
+        allowed.append((await guard.authorize("ping", {}, token)).allowed)
+
+    async with anyio.create_task_group() as group:
+        for _ in range(5):
+            group.start_soon(call)
+    assert sorted(allowed) == [False, False, False, False, True]
+
+
+async def test_a_combined_policy_keeps_its_risk_threshold(audit: MemoryAuditSink) -> None:
+    from mcp_guard import AllOf, RiskSettings, RulePolicy, ScopePolicy, ToolSpec
+
+    scored = RulePolicy(risk=RiskSettings(threshold=10, write=6))
+    guard = Guard(policy=AllOf(scored, ScopePolicy()), audit=[audit])
+    guard.declare(ToolSpec("write", risk="write"))
+    token = access_token("alice", "", sid="s")
+    assert guard.risk is scored.risk
+    assert [(await guard.authorize("write", {}, token)).allowed for _ in range(3)] == [True, False, False]

@@ -24,6 +24,7 @@ from typing import TypeVar
 
 from mcp_guard.model import CallRequest, Decision, Principal, ToolSpec
 from mcp_guard.policy.base import Policy, PolicyFunction, Verdict, as_policy
+from mcp_guard.policy.risk import RiskSettings
 from mcp_guard.reasons import ReasonCode
 
 __all__ = ["AllOf", "AnyOf", "DenyOverrides", "FirstApplicable"]
@@ -75,6 +76,16 @@ class _Combination:
 
     def visible(self, principal: Principal, tool: ToolSpec) -> bool:
         return all(policy.visible(principal, tool) for policy in self.policies)
+
+    @property
+    def risk(self) -> RiskSettings | None:
+        """The risk settings of the first member that carries any (a policy file's), so combining
+        a policy never drops its risk threshold."""
+        for policy in self.policies:
+            risk = getattr(policy, "risk", None)
+            if risk is not None:
+                return risk  # type: ignore[no-any-return]
+        return None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(map(repr, self.policies))})"
