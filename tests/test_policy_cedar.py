@@ -171,12 +171,23 @@ forbid (principal, action, resource) when { context.arguments.path like "/secret
         ({"path": "/docs/a", "limit": 101}, False),
         ({"path": "/secrets/key", "limit": 1}, False),
         ({"path": "/docs/a", "limit": 5, "encoding": None}, True),  # a null is an absent argument
-        ({"path": "/docs/a", "limit": 5, "ratio": 0.5}, True),  # a float-typed argument is not shown
     ],
 )
 def test_typed_arguments(arguments: dict[str, Any], allowed: bool, schema: bool) -> None:
     options: dict[str, Any] = {"tools": tools().values()} if schema else {}
     assert decide(LIMITED, principal(), arguments=arguments, **options).allowed is allowed
+
+
+def test_an_argument_cedar_cannot_type_is_left_out_only_under_the_generated_schema() -> None:
+    """Validated against the tools' own schema, no policy can name a float-typed argument, so it is
+    left out; without that schema a policy could test it with ``has``, so its value refuses the call."""
+    arguments = {"path": "/docs/a", "limit": 5, "ratio": 0.5}
+    assert decide(LIMITED, principal(), arguments=arguments, tools=tools().values()).allowed
+    refused = decide(LIMITED, principal(), arguments=arguments)
+    assert refused.reason.code == ReasonCode.ARGUMENT_REJECTED
+    assert "Argument 'ratio' holds a float" in refused.reason.message
+    forbidding = 'permit (principal, action, resource);\n@id("no-ratio") forbid (principal, action, resource) when { context.arguments has ratio };'
+    assert decide(forbidding, principal(), arguments={"path": "/a", "ratio": 1}).rule_ids == ("no-ratio",)
 
 
 @pytest.mark.parametrize(

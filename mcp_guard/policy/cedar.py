@@ -17,9 +17,10 @@ shown to Cedar in the ``McpGuard`` namespace:
   ``tool_tags`` (Set<String>) and ``time`` (Long, epoch seconds).
 
 Arguments map str to String, int to Long, bool to Boolean, lists to Sets and objects to
-Records. Cedar has no float or null: a null is left out (an absent optional argument), as is
-every argument the tool's input schema types as something Cedar cannot (a number, a map, a
-tuple: `cedar_schema` leaves those out too, so no validated policy can name them). Any other
+Records. Cedar has no float or null: a null is left out (an absent optional argument). Under the
+schema generated from the tools (``tools=``), so is every argument the tool's input schema types
+as something Cedar cannot (a number, a map, a tuple): that schema leaves them out too, so no
+validated policy can name them; without it they are shown as sent. Any other
 value Cedar cannot hold (a float where the schema promises an integer, an integer beyond 64
 bits, a null inside a list, an object with a key Cedar reserves such as ``__entity``) refuses
 the call (``argument_rejected``): dropping it could step around a ``forbid`` that tests ``has``.
@@ -151,6 +152,7 @@ class CedarPolicy:
         if tools:
             schema = cedar_schema(tools)
         self._schema = _parse_schema(schema) if schema is not None else None
+        self._generated = bool(tools)  # the policies were validated against these tools' own types
         self._action_parents: dict[str, list[Any]] = {}
         if self._schema is not None:
             _validate(policies, self._schema)
@@ -297,7 +299,8 @@ class CedarPolicy:
         entity = ""
         if parents:
             entity = json.dumps({"uid": {"type": _ACTION, "id": spec.name}, "attrs": {}, "parents": parents})
-        tool = _Tool(spec, {"type": _ACTION, "id": spec.name}, arguments_type(spec.input_schema)[1], entity)
+        shape = arguments_type(spec.input_schema)[1]
+        tool = _Tool(spec, {"type": _ACTION, "id": spec.name}, shape if self._generated else _shown(shape), entity)
         _remember(self._tools, id(spec), tool)
         return tool
 
@@ -355,6 +358,21 @@ def _remember(cache: dict[Any, Any], key: object, value: object) -> None:
     if len(cache) >= _CACHE_LIMIT:
         cache.clear()
     cache[key] = value
+
+
+def _shown(shape: Shape) -> Shape:
+    """``shape`` with the members Cedar cannot type shown as sent rather than left out.
+
+    Leaving them out is safe only when the policies were validated against the schema generated
+    from the same tools (no policy can name them). Otherwise a ``forbid ... when { context.arguments
+    has amount }`` would never see ``amount``; shown as sent, a value Cedar cannot hold refuses the call.
+    """
+    if not shape.members and shape.element is None:
+        return shape
+    return shape._replace(
+        element=_shown(shape.element) if shape.element is not None else None,
+        members={name: UNDECLARED if member is None else _shown(member) for name, member in shape.members.items()},
+    )
 
 
 # -- arguments --------------------------------------------------------------------------------
