@@ -104,11 +104,10 @@ class GuardHTTP:
         """The ``WWW-Authenticate`` value when the named tool needs scopes the token lacks."""
         if headers.get(b"mcp-method") != b"tools/call":
             return None
-        spec = self.guard.tools.get(headers.get(b"mcp-name", b"").decode("latin-1"))
-        spec = self._as_policy_sees(spec) if spec is not None else None
+        declared = self.guard.tools.get(headers.get(b"mcp-name", b"").decode("latin-1"))
         authorization = headers.get(b"authorization", b"").decode("latin-1")
         scheme, _, token = authorization.partition(" ")
-        if spec is None or scheme.lower() != "bearer" or not token:
+        if declared is None or scheme.lower() != "bearer" or not token:
             return None
         try:
             principal = await self.verifier.verify(token.strip())
@@ -117,8 +116,9 @@ class GuardHTTP:
         except Exception:
             logger.exception("mcp-guard: verifying a bearer token for a step-up challenge failed")
             return None
-        if spec.conceal and not self.guard.policy.visible(principal, spec):
+        if declared.conceal and not self.guard.policy.visible(principal, declared):
             return None
+        spec = self._as_policy_sees(declared)
         hierarchy = getattr(self.guard.policy, "hierarchy", None)
         granted = hierarchy.expand(principal.scopes) if isinstance(hierarchy, ScopeHierarchy) else principal.scopes
         missing = spec.scopes - granted

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from mcp_guard.model import ToolSpec
+from mcp_guard.policy.cedar_schema import NAMESPACE
 from mcp_guard.policy.document import policy_json_schema
 from mcp_guard.policy.engine import RulePolicy
 from mcp_guard.policy.files import PolicyFileError, load_policy
@@ -63,7 +64,7 @@ def add_policy_commands(commands: Any, events: Events) -> None:
 
     cedar = policy.add_parser("cedar-schema", help="the Cedar schema of a server's registered tools")
     cedar.add_argument("guard", metavar="MODULE:GUARD", help="where the server's Guard is, e.g. server:guard")
-    cedar.add_argument("--namespace", default="McpGuard")
+    cedar.add_argument("--namespace", default=NAMESPACE)
     cedar.set_defaults(run=_cedar_schema)
 
 

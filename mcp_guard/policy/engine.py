@@ -162,9 +162,7 @@ class RulePolicy:
         )
 
     def visible(self, principal: Principal, tool: ToolSpec) -> bool:
-        compiled = self._compiled.get(tool.name)
-        if compiled is None or compiled.spec is not tool:
-            compiled = self._compile(tool)
+        compiled = self._compiled_for(tool)
         return (
             compiled.listed
             and self.scopes.visible(principal, compiled.merged)
@@ -173,7 +171,7 @@ class RulePolicy:
 
     def explain(self, request: CallRequest) -> tuple[Decision, list[RuleOutcome]]:
         """The decision for ``request`` and every applicable rule's answer, without counting the call."""
-        compiled = self._compile(request.tool)
+        compiled = self._compiled_for(request.tool)
         principal = request.principal
         if not compiled.listed:
             decision = self._unlisted(principal, request.tool)
@@ -222,6 +220,11 @@ class RulePolicy:
             data_classes=tool.data_classes | declared.data_classes,
             owner=tool.owner or declared.owner,
         )
+
+    def _compiled_for(self, tool: ToolSpec) -> _ToolRules:
+        """What was precomputed for ``tool``, computed now if this spec is new (``decide`` inlines this)."""
+        compiled = self._compiled.get(tool.name)
+        return compiled if compiled is not None and compiled.spec is tool else self._compile(tool)
 
     def _compile(self, tool: ToolSpec) -> _ToolRules:
         merged = self.merged(tool)

@@ -409,8 +409,9 @@ class PolicyFile:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._counters = Counters()
+        self.current: RulePolicy
         self._digest = ""
-        self.current: RulePolicy = self._load()
+        self._put_in_force(*_read(self.path))
 
     @property
     def id(self) -> str:
@@ -439,21 +440,19 @@ class PolicyFile:
 
     def reload(self) -> RulePolicy:
         """Load the file again and put it in force; on any problem keep the current policy and raise."""
-        with self._lock:
-            self.current = self._load()
-            logger.info("mcp-guard: policy %s revision %s loaded from %s", self.id, self.version, self.path)
-            return self.current
+        self._put_in_force(*_read(self.path))
+        return self.current
 
     def reload_if_changed(self) -> bool:
         """Reload when the file's contents changed since the last load; say whether it did."""
-        text, _ = _read(self.path)
+        text, syntax = _read(self.path)
         if hashlib.sha256(text.encode()).hexdigest() == self._digest:
             return False
-        self.reload()
+        self._put_in_force(text, syntax)
         return True
 
-    def _load(self) -> RulePolicy:
-        text, syntax = _read(self.path)
+    def _put_in_force(self, text: str, syntax: str) -> None:
         policy = parse_policy(text, syntax, source=str(self.path), counters=self._counters)
-        self._digest = hashlib.sha256(text.encode()).hexdigest()
-        return policy
+        with self._lock:
+            self.current, self._digest = policy, hashlib.sha256(text.encode()).hexdigest()
+        logger.info("mcp-guard: policy %s revision %s loaded from %s", policy.id, policy.version, self.path)

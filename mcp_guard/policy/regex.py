@@ -220,19 +220,17 @@ class _Analysis:
 
     def _branch(self, av: Any, flags: int, depth: int, *, loop: _Item | None) -> _Shape:
         alternatives = [self.sequence(alt.data, flags, depth + 1, loop=loop)[0] for alt in av[1]]
-        if loop is not None and any(
-            alternative.nullable or any(_overlap(alternative.first, other.first) for other in alternatives[:index])
-            for index, alternative in enumerate(alternatives)
-        ):
-            raise self._refuse("alternatives inside a repeated part can match the same text or empty text", [loop])
-        chars = _union(alternative.chars for alternative in alternatives)
         # An alternative that can match empty text makes the branch optional (``(?:a|)`` is
         # ``a?``); alternatives that can start alike may match text of different lengths
-        # (``(?:a|aa)``). Either way, where the branch ends can move, as after a repeat.
+        # (``(?:a|aa)``). Either way, where the branch ends can move, as after a repeat; inside a
+        # repeated part, repetitions could split the same text in many ways.
         ambiguous = any(
             alternative.nullable or any(_overlap(alternative.first, other.first) for other in alternatives[:index])
             for index, alternative in enumerate(alternatives)
         )
+        if loop is not None and ambiguous:
+            raise self._refuse("alternatives inside a repeated part can match the same text or empty text", [loop])
+        chars = _union(alternative.chars for alternative in alternatives)
         return _Shape(
             nullable=any(alternative.nullable for alternative in alternatives),
             varies=ambiguous or any(alternative.varies for alternative in alternatives),

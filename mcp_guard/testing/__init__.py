@@ -18,8 +18,9 @@ from mcp.server.auth.middleware.auth_context import auth_context_var
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 
-from mcp_guard.model import CallHistory, CallRequest, Principal, Session, ToolSpec
+from mcp_guard.model import CallHistory, CallRequest, Principal, ToolSpec
 from mcp_guard.scopes import format_scope, scope_set
+from mcp_guard.session.settings import SessionSettings
 
 __all__ = ["StaticTokenVerifier", "access_token", "acting_as", "call_request"]
 
@@ -111,16 +112,7 @@ def call_request(
     for spec in earlier:
         history.tools.add(spec.name)
         history.tags |= spec.tags
-    session = Session(
-        id=session_id,
-        binding=principal.binding,
-        created_at=now,
-        expires_at=now + 3600,
-        idle_timeout=900,
-        last_active_at=now,
-        retain_until=now + 3600,
-        call_count=len(history.tools),
-        history=history,
-    )
+    session = SessionSettings().open(session_id, principal, now)
+    session.history, session.call_count = history, len(history.tools)
     spec = tool if isinstance(tool, ToolSpec) else ToolSpec(tool)
     return CallRequest(principal, session, spec, dict(arguments or {}), now)
