@@ -132,4 +132,4 @@ _MESSAGES: dict[str, str] = {
 
 def default_message(code: str) -> str:
     """The caller-facing message for ``code`` (custom codes get a generic one)."""
-    return _MESSAGES.get(code, "The call is not allowed by policy.")
+    return _MESSAGES.get(code, _MESSAGES[ReasonCode.POLICY_DENIED])

@@ -8,6 +8,7 @@ Huge or hostile arguments can neither bloat a span nor slow the call path unboun
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Mapping
@@ -40,13 +41,12 @@ def summarize_arguments(
         if depth >= max_depth:
             return _CUT
         if isinstance(value, Mapping):
-            items = list(value.items())
             shown = {
                 str(key)[:max_string]: REDACTED if key in redact else shrink(item, depth + 1)
-                for key, item in items[:max_items]
+                for key, item in itertools.islice(value.items(), max_items)
             }
-            if len(items) > max_items:
-                shown[_CUT] = f"{len(items) - max_items} more"
+            if len(value) > max_items:
+                shown[_CUT] = f"{len(value) - max_items} more"
             return shown
         if isinstance(value, list | tuple):
             shown_list = [shrink(item, depth + 1) for item in value[:max_items]]

@@ -217,9 +217,8 @@ def verify_files(paths: list[str], key: bytes | None = None, checkpoints: Iterab
         return verdict
     try:
         document = json.loads(anchor.read_text(encoding="ascii"))
-        body = json.dumps(document["anchor"], sort_keys=True, separators=(",", ":")).encode("ascii")
         seq, anchored_hash = int(document["anchor"]["seq"]), str(document["anchor"]["hash"])
-        genuine = hmac.compare_digest(digest(body, key), str(document["mac"]))
+        genuine = hmac.compare_digest(digest(anchor_body(seq, anchored_hash), key), str(document["mac"]))
     except (OSError, ValueError, KeyError, TypeError):
         return Verdict(False, verdict.entries, f"the anchor {anchor} is unreadable", str(anchor))
     if not genuine:
@@ -235,6 +234,11 @@ def verify_files(paths: list[str], key: bytes | None = None, checkpoints: Iterab
             False, verdict.entries, "rewritten (the last entry is not the one anchored)", paths[-1], None, seq
         )
     return verdict
+
+
+def anchor_body(seq: int, last_hash: str) -> bytes:
+    """The anchor's signed body: the sequence number and hash of the last entry written."""
+    return json.dumps({"hash": last_hash, "seq": seq}, sort_keys=True, separators=(",", ":")).encode("ascii")
 
 
 def anchor_path(path: str | os.PathLike[str]) -> Path:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import secrets
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import fields
 from enum import StrEnum
 from typing import Any, NamedTuple
 
@@ -40,6 +40,16 @@ class EventKind(StrEnum):
 _ORIGIN = secrets.token_hex(6) + "-"
 _COUNTER = itertools.count(1)
 _NO_SCOPES: frozenset[str] = frozenset()
+
+
+_OWNER_ROLES = tuple(field.name for field in fields(SessionOwners))
+
+
+def _named_owners(owners: SessionOwners | None) -> dict[str, str]:
+    """The owners a session names, by role (roles left empty are left out)."""
+    if owners is None:
+        return {}
+    return {role: name for role in _OWNER_ROLES if (name := getattr(owners, role))}
 
 
 class AuditEvent(NamedTuple):
@@ -93,6 +103,8 @@ class AuditEvent(NamedTuple):
 
     def record(self) -> dict[str, Any]:
         """The event as plain JSON values: what the audit log stores, and what ``query`` reads."""
+        reasons = self.reasons
+        outcome = self.outcome
         return {
             "event_id": self.event_id,
             "at": self.at,
@@ -107,16 +119,16 @@ class AuditEvent(NamedTuple):
             "requested_scopes": sorted(self.requested_scopes),
             "approved_scopes": sorted(self.approved_scopes),
             "missing_scopes": sorted(self.missing_scopes),
-            "decision": self.outcome,
-            "reasons": list(self.reasons),
+            "decision": outcome,
+            "reasons": list(reasons),
             "rule_ids": list(self.rule_ids),
             "policy_id": self.policy_id,
             "policy_version": self.policy_version,
             "trace_id": self.trace_id,
             "span_id": self.span_id,
             "detail": self.detail,
-            "owners": {key: value for key, value in asdict(self.owners).items() if value} if self.owners else {},
-            "owasp": list(self.owasp),
+            "owners": _named_owners(self.owners),
+            "owasp": list(owasp_tags(str(self.kind), reasons, outcome)),
             **(dict(self.facts) if self.facts else {}),
         }
 

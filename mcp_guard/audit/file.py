@@ -32,6 +32,7 @@ from mcp_guard.audit.chain import (
     GENESIS,
     ChainState,
     Checkpoint,
+    anchor_body,
     anchor_path,
     digest,
     entry_line,
@@ -271,8 +272,8 @@ def _resume(path: Path, key: bytes | None) -> ChainState:
 
 def _write_anchor(path: Path, state: ChainState, key: bytes | None) -> None:
     """Record the last entry atomically beside the log, so truncation at a line boundary shows."""
-    body = json.dumps({"hash": state.last_hash, "seq": state.seq - 1}, sort_keys=True, separators=(",", ":"))
+    body = anchor_body(state.seq - 1, state.last_hash)
     target = anchor_path(path)
     temporary = target.with_name(target.name + ".tmp")
-    temporary.write_text(f'{{"anchor":{body},"mac":"{digest(body.encode(), key)}"}}\n', encoding="ascii")
+    temporary.write_bytes(b'{"anchor":' + body + b',"mac":"' + digest(body, key).encode() + b'"}\n')
     os.replace(temporary, target)
