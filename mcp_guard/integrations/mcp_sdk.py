@@ -152,7 +152,7 @@ class GuardTokenVerifier:
     def __init__(self, verifier: BearerVerifier, guard: Guard | None = None) -> None:
         self.verifier = verifier
         self.guard = guard
-        self._accepted: dict[str | None, None] = {}
+        self._accepted: dict[str | None, AccessToken] = {}
 
     async def verify_token(self, token: str) -> AccessToken | None:
         if not tracing_configured():
@@ -161,14 +161,18 @@ class GuardTokenVerifier:
             return await self._verify(token, span)
 
     async def _verify(self, token: str, span: Span | None) -> AccessToken | None:
+        """The SDK's view of a verified token: built once per token and handed out again, so the
+        guard's identifier recognises the very object on the next request."""
         try:
             principal = await self.verifier.verify(token)
-            if self.guard is not None and principal.token_hash not in self._accepted:
-                self.guard.record(AuditEvent.build(EventKind.TOKEN_ACCEPTED, self.guard.clock(), principal))
+            accepted = self._accepted.get(principal.token_hash)
+            if accepted is None or accepted.token != token:
+                accepted = self._access_token(token, principal)
+                if self.guard is not None:
+                    self.guard.record(AuditEvent.build(EventKind.TOKEN_ACCEPTED, self.guard.clock(), principal))
                 if len(self._accepted) >= self._ACCEPTED_LIMIT:
                     self._accepted.clear()
-                self._accepted[principal.token_hash] = None  # only once its acceptance is recorded
-            resource = self.verifier.issuers[principal.issuer].audience
+                self._accepted[principal.token_hash] = accepted  # only once its acceptance is recorded
         except Refused as refusal:
             self._reject(token, refusal.code, refusal.message, span)
             return None
@@ -184,12 +188,15 @@ class GuardTokenVerifier:
                     "mcp_guard.principal.subject": principal.subject,
                 }
             )
+        return accepted
+
+    def _access_token(self, token: str, principal: Principal) -> AccessToken:
         return AccessToken(
             token=token,
             client_id=principal.client_id,
             scopes=sorted(principal.scopes),
             expires_at=int(principal.expires_at) if principal.expires_at is not None else None,
-            resource=resource,
+            resource=self.verifier.issuers[principal.issuer].audience,
             subject=principal.subject,
             claims={**principal.claims, "iss": principal.issuer, "sub": principal.subject},
         )

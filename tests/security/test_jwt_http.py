@@ -10,8 +10,8 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from authority import Authority
-from mcp_guard import EventKind, Guard, MemoryAuditSink
+from authority import RESOURCE, Authority
+from mcp_guard import EventKind, Guard, GuardTokenVerifier, JWTVerifier, MemoryAuditSink, TrustedIssuer
 from serving import serving_jwt_notes
 
 pytestmark = pytest.mark.anyio
@@ -103,3 +103,16 @@ async def test_first_acceptance_is_recorded_and_verification_is_timed(
     assert timed
     assert all((s.attributes or {}).get("mcp_guard.reason") == "accepted" for s in timed)
     assert token not in repr(timed)
+
+
+async def test_a_verified_token_is_handed_out_as_one_object(authority: Authority, guard: Guard) -> None:
+    """The SDK gets the same AccessToken for every request with one token, so the guard's
+    identifier recognises it without deriving the principal again."""
+    verifier = GuardTokenVerifier(
+        JWTVerifier([TrustedIssuer(issuer=authority.issuer, audience=RESOURCE, jwks_uri=authority.jwks_uri)]), guard
+    )
+    token = authority.mint()
+    first, second = await verifier.verify_token(token), await verifier.verify_token(token)
+    assert first is not None and first is second
+    other = await verifier.verify_token(authority.mint(jti="other"))
+    assert other is not None and other is not first and other.token != first.token
