@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 
 from mcp_guard.model import CallRequest, Delegation, Principal, Reason
 from mcp_guard.policy.arguments import ArgumentConstraint
+from mcp_guard.policy.scopes import delegation_refusal
 from mcp_guard.reasons import ReasonCode
 
 __all__ = [
@@ -33,6 +34,11 @@ __all__ = [
     "TimeWindowRule",
 ]
 
+_DELEGATION_WHY = {
+    ReasonCode.DELEGATION_REQUIRED: "only an agent acting for someone may",
+    ReasonCode.DELEGATION_FORBIDDEN: "it may not be called on someone's behalf",
+    ReasonCode.ACTOR_NOT_ALLOWED: "this acting agent may not call it",
+}
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _TARGET_LIMIT = 512
 _TARGETS_PER_CALL = 1000
@@ -147,16 +153,9 @@ class DelegationRule(SelectedRule):
         return None if refusal is None else self._refuse(refusal[0], request, refusal[1])
 
     def _refusal(self, chain: tuple[str, ...]) -> tuple[str, str] | None:
-        if not chain:
-            return (
-                (ReasonCode.DELEGATION_REQUIRED, "only an agent acting for someone may")
-                if self.mode == "require"
-                else None
-            )
-        if self.mode == "forbid":
-            return ReasonCode.DELEGATION_FORBIDDEN, "it may not be called on someone's behalf"
-        if self.actors and chain[0] not in self.actors:
-            return ReasonCode.ACTOR_NOT_ALLOWED, "this acting agent may not call it"
+        code = delegation_refusal(self.mode, self.actors, chain[0] if chain else None)
+        if code is not None:
+            return code, _DELEGATION_WHY[code]
         if self.max_depth is not None and len(chain) > self.max_depth:
             return ReasonCode.DELEGATION_TOO_DEEP, f"at most {self.max_depth} delegation hops are allowed"
         return None

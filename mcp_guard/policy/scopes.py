@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from mcp_guard.model import CallRequest, Decision, Principal, Reason, ToolSpec
+from mcp_guard.model import CallRequest, Decision, Delegation, Principal, Reason, ToolSpec
 from mcp_guard.reasons import ReasonCode
 from mcp_guard.scopes import ScopeHierarchy, format_scope
 
@@ -58,11 +58,13 @@ class ScopePolicy:
 
     def visible(self, principal: Principal, tool: ToolSpec) -> bool:
         actor = principal.actor_chain[0] if principal.actor_chain else None
-        return _delegation_refusal(tool, actor) is None and tool.scopes <= self._hierarchy.expand(principal.scopes)
+        return delegation_refusal(
+            tool.delegation, tool.actors, actor
+        ) is None and tool.scopes <= self._hierarchy.expand(principal.scopes)
 
     def judge(self, tool: ToolSpec, requested: frozenset[str], actor: str | None) -> Decision:
         """The decision for a call to ``tool`` granted ``requested``, made by ``actor`` (not memoised)."""
-        refusal = _delegation_refusal(tool, actor)
+        refusal = delegation_refusal(tool.delegation, tool.actors, actor)
         if refusal is not None:
             return Decision.deny(
                 refusal, requested=requested, rule_id=RULE_DELEGATION, policy_id=self.id, policy_version=self.version
@@ -95,12 +97,13 @@ class ScopePolicy:
         )
 
 
-def _delegation_refusal(tool: ToolSpec, actor: str | None) -> ReasonCode | None:
-    """Why ``tool`` refuses a call with this current actor (None: the subject acts itself)."""
+def delegation_refusal(mode: Delegation, actors: frozenset[str], actor: str | None) -> ReasonCode | None:
+    """Why delegation ``mode`` (with its allowed ``actors``) refuses a call made by the current
+    ``actor`` (None: the subject acts itself), or None when it does not."""
     if actor is None:
-        return ReasonCode.DELEGATION_REQUIRED if tool.delegation == "require" else None
-    if tool.delegation == "forbid":
+        return ReasonCode.DELEGATION_REQUIRED if mode == "require" else None
+    if mode == "forbid":
         return ReasonCode.DELEGATION_FORBIDDEN
-    if tool.actors and actor not in tool.actors:
+    if actors and actor not in actors:
         return ReasonCode.ACTOR_NOT_ALLOWED
     return None
