@@ -31,6 +31,7 @@ from typing import Any
 
 from mcp_guard.audit.chain import Checkpoint, read_lines, verify_files
 from mcp_guard.policy.commands import add_policy_commands, instant
+from mcp_guard.policy.report import table
 
 __all__ = ["main"]
 
@@ -145,29 +146,24 @@ def _query(args: argparse.Namespace) -> int:
         "kind": args.kind,
         "decision": args.decision,
     }
-    found = 0
-    if args.format == "table":
-        print("  ".join(f"{column:<20}" for column in _COLUMNS))
+    rows = []
     for event in _events(args.files):
         if any(value is not None and event.get(field) != value for field, value in wanted.items()):
             continue
-        scopes = {
-            *event.get("requested_scopes", []),
-            *event.get("approved_scopes", []),
-            *event.get("missing_scopes", []),
-        }
-        if args.scope is not None and args.scope not in scopes:
+        if args.scope is not None and not any(
+            args.scope in event.get(name, []) for name in ("requested_scopes", "approved_scopes", "missing_scopes")
+        ):
             continue
         at = event.get("at", 0)
         if (args.since is not None and at < args.since) or (args.until is not None and at > args.until):
             continue
-        found += 1
         if args.format == "jsonl":
             print(json.dumps(event, sort_keys=True))
         else:
-            print("  ".join(f"{_cell(column, event.get(column)):<20}" for column in _COLUMNS))
+            rows.append({column: _cell(column, event.get(column)) for column in _COLUMNS})
     if args.format == "table":
-        print(f"{found} events")
+        print(table(rows, _COLUMNS))
+        print(f"{len(rows)} events")
     return 0
 
 
