@@ -26,6 +26,7 @@ from mcp_guard.model import CallRequest, Decision, Principal, ToolSpec
 from mcp_guard.policy.base import Policy, PolicyFunction, Verdict, as_policy
 from mcp_guard.policy.risk import RiskSettings
 from mcp_guard.reasons import ReasonCode
+from mcp_guard.scopes import ScopeHierarchy
 
 __all__ = ["AllOf", "AnyOf", "DenyOverrides", "FirstApplicable"]
 
@@ -76,6 +77,23 @@ class _Combination:
 
     def visible(self, principal: Principal, tool: ToolSpec) -> bool:
         return all(policy.visible(principal, tool) for policy in self.policies)
+
+    @property
+    def hierarchy(self) -> ScopeHierarchy | None:
+        """The scope hierarchy of the first member that has one (for HTTP step-up challenges)."""
+        for policy in self.policies:
+            hierarchy = getattr(policy, "hierarchy", None)
+            if isinstance(hierarchy, ScopeHierarchy):
+                return hierarchy
+        return None
+
+    def merged(self, tool: ToolSpec) -> ToolSpec:
+        """``tool`` with what each member's own declaration of it adds (a policy file's scopes)."""
+        for policy in self.policies:
+            merged = getattr(policy, "merged", None)
+            if callable(merged):
+                tool = merged(tool)
+        return tool
 
     @property
     def risk(self) -> RiskSettings | None:

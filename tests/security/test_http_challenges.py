@@ -13,7 +13,7 @@ from mcp.client.streamable_http import streamable_http_client
 from starlette.types import ASGIApp
 
 from authority import Authority
-from mcp_guard import Guard, JWTVerifier, MemoryAuditSink, RulePolicy, ToolSpec, TrustedIssuer
+from mcp_guard import AllOf, Guard, JWTVerifier, MemoryAuditSink, RulePolicy, ScopePolicy, ToolSpec, TrustedIssuer
 from mcp_guard.integrations.http import GuardHTTP, resource_metadata_url
 from serving import serving_jwt_notes
 
@@ -146,14 +146,16 @@ async def test_absurd_tokens_get_401_never_500(authority: Authority, resource: s
         assert response.status_code == 401
 
 
+@pytest.mark.parametrize("combined", [False, True], ids=["alone", "combined"])
 async def test_challenges_and_metadata_follow_the_policy_file(
-    authority: Authority, resource: str, guard: Guard
+    authority: Authority, resource: str, guard: Guard, combined: bool
 ) -> None:
-    guard.policy = RulePolicy(
+    rules = RulePolicy(
         tools=[ToolSpec("write_note", scopes=frozenset({"notes:write", "notes:audit"}))],
         hierarchy={"notes:write": "notes:read"},
         unlisted="allow",
     )
+    guard.policy = AllOf(ScopePolicy(rules.hierarchy), rules) if combined else rules
     async with httpx2.AsyncClient() as http:
         metadata = (await http.get(resource_metadata_url(resource))).json()
     assert metadata["scopes_supported"] == ["notes:audit", "notes:read", "notes:write"]
