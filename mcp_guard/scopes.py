@@ -61,8 +61,12 @@ def parse_scope(value: str) -> frozenset[str]:
     """Parse a space-delimited scope string strictly.
 
     The empty string is no scopes (some authorization servers send ``scope: ""``). Leading,
-    trailing or doubled spaces are errors, as is any other whitespace.
+    trailing or doubled spaces are errors, as is any other whitespace. Every token a client
+    holds carries the same few scope strings, so valid ones are remembered (a bounded set).
     """
+    parsed = _PARSED.get(value) if type(value) is str else None
+    if parsed is not None:
+        return parsed
     if not isinstance(value, str):
         raise ScopeError(f"a scope value must be a string, not {type(value).__name__}")
     if not value:
@@ -75,7 +79,15 @@ def parse_scope(value: str) -> frozenset[str]:
             if not token:
                 raise ScopeError("scopes must be separated by exactly one space, with none at either end")
             check_scope_token(token)
-    return frozenset(tokens)
+    parsed = frozenset(tokens)
+    if len(_PARSED) >= _PARSED_LIMIT:
+        _PARSED.clear()
+    _PARSED[value] = parsed
+    return parsed
+
+
+_PARSED: dict[str, frozenset[str]] = {}
+_PARSED_LIMIT = 1024
 
 
 def scope_set(scopes: str | Iterable[str] | None) -> frozenset[str]:

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mcp_guard import scopes
 from mcp_guard.scopes import (
     MAX_SCOPE_TOKEN_LENGTH,
     MAX_SCOPES,
@@ -116,3 +117,15 @@ def test_hierarchy_tolerates_cycles_and_validates_its_map() -> None:
         ScopeHierarchy({"files write": "files:read"})
     with pytest.raises(ScopeError):
         ScopeHierarchy({"files:write": "files:read\tx"})
+
+
+def test_valid_scope_strings_are_remembered_and_invalid_ones_never() -> None:
+    first = parse_scope("files:read notes:read")
+    assert parse_scope("files:read notes:read") is first
+    for _ in range(2):
+        with pytest.raises(ScopeError):
+            parse_scope("files:read  notes:read")
+    for index in range(3000):
+        assert parse_scope(f"s{index} t{index}") == {f"s{index}", f"t{index}"}
+    assert len(scopes._PARSED) <= scopes._PARSED_LIMIT
+    assert parse_scope("files:read notes:read") == first

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from mcp_guard.errors import Refused
@@ -26,10 +26,16 @@ def json_object(data: bytes) -> dict[str, Any]:
 
     Raises `ValueError` for anything else, including nesting too deep to parse.
     """
+    text = data.decode("utf-8")
+    start = len(text) - len(text.lstrip(_WHITESPACE)) if text[:1] in _WHITESPACE else 0
     try:
-        value = _DECODER.decode(data.decode("utf-8"))
+        value, end = _scan(text, start)  # the decoder's own scanner, without its Python-level wrappers
+    except StopIteration:
+        raise ValueError("not JSON") from None
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
+    if end != len(text) and text[end:].strip(_WHITESPACE):
+        raise ValueError("data after the JSON value")
     if not isinstance(value, dict):
         raise ValueError("not a JSON object")
     return value
@@ -47,6 +53,8 @@ def _no_constants(name: str) -> None:
 
 
 _DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+_scan: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]  # not in the stubs
+_WHITESPACE = " \t\n\r"
 
 
 def check_times(claims: Mapping[str, Any], now: float, leeway: float, max_age: float | None = None) -> float | None:

@@ -125,6 +125,7 @@ class JWTVerifier:
         self._jwks_uris: dict[str, str] = {i.issuer: i.jwks_uri for i in self.issuers.values() if i.jwks_uri}
         self._discovery = _Discovery()
         self._lock = threading.Lock()
+        self._headers: dict[str, _Header] = {}
 
     async def verify(self, token: str) -> Principal:
         """The principal a valid access token stands for; raises `Refused` with the reason otherwise.
@@ -150,28 +151,20 @@ class JWTVerifier:
             self._verified.clear()
 
     async def _verify(self, token: str, digest: bytes, now: float) -> _Verified:
-        header, claims, signing_input, signature = _parts(token)
-        alg = header.get("alg")
-        if not isinstance(alg, str) or alg not in SIGNING_ALGORITHMS:
-            raise Refused(ReasonCode.ALGORITHM_FORBIDDEN)
-        if _KEY_CARRYING & header.keys():
-            raise Refused(ReasonCode.HEADER_FORBIDDEN)
-        if "crit" in header:
-            raise Refused(ReasonCode.CRIT_UNSUPPORTED)
-        kid = header.get("kid")
-        if kid is not None and (not isinstance(kid, str) or not 0 < len(kid) <= 256):
-            raise Refused(ReasonCode.TOKEN_MALFORMED, "The token header's 'kid' must be a short string.")
+        header, claims, signing_input, signature = _parts(token, self._headers)
+        if header.refusal is not None:
+            raise Refused(*header.refusal)  # a fresh exception: a remembered one would grow its traceback
         issuer = claims.get("iss")
         trusted = self.issuers.get(issuer) if isinstance(issuer, str) else None
         if trusted is None:
             raise Refused(ReasonCode.ISSUER_UNTRUSTED)
+        alg = header.alg
         if alg not in trusted.algorithms:
             raise Refused(ReasonCode.ALGORITHM_FORBIDDEN)
-        typ = header.get("typ")
-        if not isinstance(typ, str) or _media_type(typ) not in trusted.token_types:
+        if header.typ not in trusted.token_types:
             raise Refused(ReasonCode.TOKEN_TYPE_INVALID)
         jwks_uri = await self._jwks_uri(trusted)
-        key, generation = await self.jwks.key(jwks_uri, kid, alg)
+        key, generation = await self.jwks.key(jwks_uri, header.kid, alg)
         model = JWSRegistry.algorithms[alg]
         try:
             model.check_key(key)
@@ -198,6 +191,37 @@ class JWTVerifier:
             )
             self._jwks_uris[trusted.issuer] = uri
         return uri
+
+
+class _Header(NamedTuple):
+    """What verification needs of a JWS header, and why the header alone refuses the token."""
+
+    alg: str
+    kid: str | None
+    typ: str | None
+    """The ``typ`` member compared the RFC 7515 way (lowercase, ``application/`` dropped)."""
+    refusal: tuple[str, str | None] | None
+    """The reason code and message of the first rule the header breaks."""
+
+
+def _header(members: Mapping[str, Any]) -> _Header:
+    """Read a parsed header: its algorithm, key id and type, or the first rule it breaks."""
+    alg, kid, typ = members.get("alg"), members.get("kid"), members.get("typ")
+    refusal: tuple[str, str | None] | None = None
+    if not isinstance(alg, str) or alg not in SIGNING_ALGORITHMS:
+        refusal = (ReasonCode.ALGORITHM_FORBIDDEN, None)
+    elif _KEY_CARRYING & members.keys():
+        refusal = (ReasonCode.HEADER_FORBIDDEN, None)
+    elif "crit" in members:
+        refusal = (ReasonCode.CRIT_UNSUPPORTED, None)
+    elif kid is not None and (not isinstance(kid, str) or not 0 < len(kid) <= 256):
+        refusal = (ReasonCode.TOKEN_MALFORMED, "The token header's 'kid' must be a short string.")
+    return _Header(
+        alg if isinstance(alg, str) else "",
+        kid if isinstance(kid, str) else None,
+        _media_type(typ) if isinstance(typ, str) else None,
+        refusal,
+    )
 
 
 class _Verified(NamedTuple):
@@ -276,21 +300,32 @@ def _scopes(trusted: TrustedIssuer, claims: Mapping[str, Any]) -> frozenset[str]
     return scope_of(scp)
 
 
-def _parts(token: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
+def _parts(token: str, headers: dict[str, _Header]) -> tuple[_Header, dict[str, Any], bytes, bytes]:
     """Header, claims, signing input and signature of a compact JWS, parsed strictly, once.
 
-    Nothing here is trusted until the signature over the signing input verifies.
+    Nothing here is trusted until the signature over the signing input verifies. An issuer
+    signs every token with one of a few headers, so each header read is remembered in
+    ``headers`` (bounded) under its encoded form.
     """
     if not token.isascii():
         raise Refused(ReasonCode.TOKEN_MALFORMED)
     parts = token.split(".")
     if len(parts) != 3:
         raise Refused(ReasonCode.TOKEN_MALFORMED)
+    header = headers.get(parts[0])
     try:
-        header, claims = json_object(_b64url(parts[0])), json_object(_b64url(parts[1]))
+        if header is None:
+            header = _header(json_object(_b64url(parts[0])))
+            if len(headers) >= _HEADERS_LIMIT:
+                headers.clear()
+            headers[parts[0]] = header
+        claims = json_object(_b64url(parts[1]))
     except ValueError:
         raise Refused(ReasonCode.TOKEN_MALFORMED) from None
     return header, claims, f"{parts[0]}.{parts[1]}".encode("ascii"), _b64url(parts[2])
+
+
+_HEADERS_LIMIT = 256
 
 
 def _b64url(segment: str) -> bytes:

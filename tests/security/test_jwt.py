@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from authority import RESOURCE, Authority
 from mcp_guard import Refused
+from mcp_guard.identity.claims import json_object
 from mcp_guard.identity.jwks import JWKSCache
 from mcp_guard.identity.rfc9068 import JWTVerifier, TrustedIssuer
 
@@ -191,6 +192,37 @@ async def test_duplicate_members_in_header_or_claims(authority: Authority, verif
     good_header = json.dumps({"alg": "RS256", "kid": "rsa-1", "typ": "at+jwt"})
     signed = jws.serialize_compact(json.loads(good_header), duplicated, authority.keys["rsa-1"], algorithms=["RS256"])
     assert await refused(verifier, signed) == "token_malformed"
+
+
+async def test_a_remembered_header_refuses_every_token_that_carries_it(
+    authority: Authority, verifier: JWTVerifier
+) -> None:
+    header = json.dumps({"alg": "RS256", "kid": "rsa-1", "typ": "at+jwt", "jku": "https://evil.test/jwks"})
+    refusals = []
+    for _ in range(3):
+        with pytest.raises(Refused) as raised:
+            await verifier.verify(forged(header, json.dumps(authority.claims())))
+        refusals.append(raised.value)
+    assert [refusal.code for refusal in refusals] == ["header_forbidden"] * 3
+    assert len({id(refusal) for refusal in refusals}) == 3  # fresh each time: no traceback keeps growing
+    untrusted = forged(header, json.dumps(authority.claims(iss="https://evil.test")))
+    assert await refused(verifier, untrusted) == "header_forbidden"  # the header's own rules still come first
+
+
+async def test_a_header_with_a_bad_type_still_loses_to_an_untrusted_issuer_first(
+    authority: Authority, verifier: JWTVerifier
+) -> None:
+    header = json.dumps({"alg": "RS256", "kid": "rsa-1", "typ": "id+jwt"})
+    assert await refused(verifier, forged(header, json.dumps(authority.claims()))) == "token_type_invalid"
+    stranger = forged(header, json.dumps(authority.claims(iss="https://evil.test")))
+    assert await refused(verifier, stranger) == "issuer_untrusted"
+
+
+async def test_many_distinct_headers_keep_verifying(authority: Authority, verifier: JWTVerifier) -> None:
+    for index in range(600):  # beyond what is remembered: older headers are forgotten, never wrong
+        header = json.dumps({"alg": "RS256", "kid": f"k{index}", "typ": "at+jwt"})
+        assert await refused(verifier, forged(header, json.dumps(authority.claims()))) == "key_unknown"
+    assert (await verifier.verify(authority.mint())).subject == "agent-7"
 
 
 async def test_tampered_payloads_fail_the_signature(authority: Authority, verifier: JWTVerifier) -> None:
@@ -532,3 +564,20 @@ async def test_a_null_claim_is_not_an_absent_limit(
         {"alg": "RS256", "kid": "rsa-1", "typ": "at+jwt"}, claims, authority.keys["rsa-1"], algorithms=["RS256"]
     )
     assert await refused(verifier, token) == code
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [(b'{"a":1}', {"a": 1}), (b' \r\n\t{"a":[1,{"b":2}]}\n ', {"a": [1, {"b": 2}]}), (b"{}", {})],
+)
+def test_json_objects_with_whitespace_around_them(text: bytes, value: dict[str, Any]) -> None:
+    assert json_object(text) == value
+
+
+@pytest.mark.parametrize(
+    "text",
+    [b"", b"  ", b"[1]", b'"a"', b'{"a":1}x', b'{"a":1} {}', b'{"a":1,"a":2}', b'{"a":NaN}', b"\x0c{}", b'{"a":'],
+)
+def test_anything_but_one_strict_json_object_is_refused(text: bytes) -> None:
+    with pytest.raises(ValueError, match=r"JSON|object|duplicate|Expecting|after"):
+        json_object(text)
