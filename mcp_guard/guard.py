@@ -70,10 +70,12 @@ _TOKEN_REJECTED = EventKind.TOKEN_REJECTED
 
 
 class Authorization(NamedTuple):
-    """What `Guard.authorize` returns: the decision, and the call it judged (None if refused early)."""
+    """What `Guard.authorize` returns: the decision, the call it judged (None if refused early),
+    and the ``call.decided`` event recorded for it (what `Guard.record_completion` follows up)."""
 
     decision: Decision
     request: CallRequest | None = None
+    event: AuditEvent | None = None
 
     @property
     def allowed(self) -> bool:
@@ -319,7 +321,7 @@ class Guard:
                     self._emit_best_effort(event)
             if span is not None:
                 annotate_span(span, event, decision, transport_session)
-            return _new(Authorization, (decision, request))
+            return _new(Authorization, (decision, request, event))
         except Exception:
             logger.exception("mcp-guard: authorizing a call failed outside any stage; denying")
             return Authorization(_FAILED)
@@ -485,27 +487,14 @@ class Guard:
             policy_version=self.policy.version,
         )
 
-    def record_completion(self, request: CallRequest, result: str, duration: float, error_type: str | None) -> None:
+    def record_completion(self, decided: AuditEvent, result: str, duration: float, error_type: str | None) -> None:
         """Record how an admitted call ended: ``ok``, ``tool_error`` or ``error``, and how long it took.
 
-        Best effort: the call has run, so a sink failing now is logged (and, in deny mode, stops
-        the next call), never raised.
+        ``decided`` is the call's ``call.decided`` event (`Authorization.event`). Best effort: the
+        call has run, so a sink failing now is logged (and, in deny mode, stops the next call),
+        never raised.
         """
-        span = recording_span()
-        facts = {"result": result, "duration_ms": round(duration * 1000, 3), "error_type": error_type}
-        event = AuditEvent.build(
-            EventKind.CALL_COMPLETED,
-            self.clock(),
-            request.principal,
-            request.session.id,
-            request.tool.name,
-            None,
-            span.get_span_context() if span is not None else None,
-            None,
-            request.session.owners,
-            facts,
-        )
-        self._emit_best_effort(event)
+        self._emit_best_effort(decided.completion(result, duration, error_type))
 
     def record(self, event: AuditEvent) -> None:
         """Give an event to every audit sink (integrations record what happens outside `authorize`)."""

@@ -56,6 +56,15 @@ async def test_every_admitted_call_records_how_it_ended(mode: str) -> None:
     decided = [e for e in audit.events if e.kind == EventKind.CALL_DECIDED]
     assert decided[0].owners == owners
     assert decided[0].record()["session_id"] == record["session_id"]
+    for decision, completion in zip(decided, completed, strict=True):  # each follows its own decision
+        assert (completion.principal, completion.session_id, completion.tool) == (
+            decision.principal,
+            decision.session_id,
+            decision.tool,
+        )
+        assert (completion.trace_id, completion.span_id) == (decision.trace_id, decision.span_id)
+        assert completion.at == pytest.approx(decision.at + completion.facts["duration_ms"] / 1000, abs=1e-5)
+        assert completion.event_id != decision.event_id
 
 
 async def test_events_are_tagged_with_the_owasp_risks_they_touch() -> None:

@@ -76,3 +76,24 @@ async def test_refused_identity_is_visible_too(server: MCPServer, mode: str, spa
     assert span["status"] is StatusCode.ERROR
     assert span["mcp_guard.reason"] == "token_missing"
     assert span["gen_ai.tool.name"] == "read_note"
+
+
+async def test_repeated_decisions_share_their_attributes_but_not_their_call_facts(
+    server: MCPServer, mode: str, spans: InMemorySpanExporter, audit: MemoryAuditSink
+) -> None:
+    for scopes in ("notes:read", "notes:read", "notes:read extra"):
+        with acting_as(access_token("alice", scopes)):
+            async with Client(server, mode=mode) as client:
+                await client.call_tool("read_note", {"title": "welcome"})
+    first, second, wider = call_spans(spans)
+    decided = [e for e in audit.events if e.kind == "call.decided"]
+    assert [first["mcp_guard.event_id"], second["mcp_guard.event_id"], wider["mcp_guard.event_id"]] == [
+        e.event_id for e in decided
+    ]
+    assert (first["mcp_guard.decision"], second["mcp_guard.decision"], wider["mcp_guard.decision"]) == (
+        "allowed",
+        "allowed",
+        "trimmed",
+    )
+    assert wider["mcp_guard.requested_scopes"] == "extra notes:read"
+    assert first["mcp_guard.requested_scopes"] == second["mcp_guard.requested_scopes"] == "notes:read"

@@ -101,6 +101,32 @@ class AuditEvent(NamedTuple):
             cls, (kind, event_id, at, principal, session_id, tool, decision, trace_id, span_id, detail, owners, facts)
         )
 
+    def completion(self, result: str, duration: float, error_type: str | None) -> AuditEvent:
+        """The ``call.completed`` event of the call this ``call.decided`` event admitted.
+
+        Who, which session, tool, owners and span are the decision's. The time is the decision's
+        plus ``duration`` (in seconds), read on the same clock without reading it again.
+        """
+        facts = {"result": result, "duration_ms": int(duration * 1e6) / 1000, "error_type": error_type}
+        event_id = _ORIGIN + str(next(_COUNTER))
+        return tuple.__new__(
+            AuditEvent,
+            (
+                EventKind.CALL_COMPLETED,
+                event_id,
+                self.at + duration,
+                self.principal,
+                self.session_id,
+                self.tool,
+                None,
+                self.trace_id,
+                self.span_id,
+                None,
+                self.owners,
+                facts,
+            ),
+        )
+
     def record(self) -> dict[str, Any]:
         """The event as plain JSON values: what the audit log stores, and what ``query`` reads."""
         reasons = self.reasons

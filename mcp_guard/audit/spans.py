@@ -42,29 +42,58 @@ def annotate_span(span: Span, event: AuditEvent, decision: Decision, transport_s
     Scope sets are space-delimited strings, the OAuth ``scope`` syntax, as the token itself
     carries them; string attributes are also the cheapest for the SDK to take.
     """
+    attributes = dict(_decision_attributes(decision))
+    attributes["mcp_guard.event_id"] = event.event_id
+    principal = event.principal
+    if principal is not None:
+        attributes["mcp_guard.principal.issuer"] = principal.issuer
+        attributes["mcp_guard.principal.subject"] = principal.subject
+        attributes["mcp_guard.principal.client_id"] = principal.client_id
+        token_id = principal.token_id or principal.token_hash
+        if token_id is not None:
+            attributes["mcp_guard.token.id"] = token_id
+    optional = (
+        ("gen_ai.tool.name", event.tool),
+        ("mcp.session.id", transport_session),
+        ("mcp_guard.session.id", event.session_id),
+        ("mcp_guard.arguments", event.facts.get("arguments") if event.facts else None),
+    )
+    for key, value in optional:
+        if value is not None:
+            attributes[key] = value
+    span.set_attributes(attributes)
+    if not decision.allowed:
+        span.set_attribute("error.type", decision.reason.code)
+        span.set_status(StatusCode.ERROR, decision.reason.message)
+
+
+def _decision_attributes(decision: Decision) -> dict[str, AttributeValue]:
+    """The attributes that depend on the decision alone, worked out once per decision object.
+
+    Policies hand out the same decision for the same kind of call, so this is one lookup on a
+    warm call. Remembered decisions are held (bounded), so an id is never reused meanwhile.
+    """
+    seen = _BY_DECISION.get(id(decision))
+    if seen is not None and seen[0] is decision:
+        return seen[1]
     attributes: dict[str, AttributeValue] = {
         "mcp_guard.decision": decision.outcome,
         "mcp_guard.reason": decision.reason.code,
         "mcp_guard.requested_scopes": format_scope(decision.requested_scopes),
         "mcp_guard.approved_scopes": format_scope(decision.approved_scopes),
         "mcp_guard.missing_scopes": format_scope(decision.missing_scopes),
-        "mcp_guard.event_id": event.event_id,
     }
-    optional = {
-        "gen_ai.tool.name": event.tool,
-        "mcp.session.id": transport_session,
-        "mcp_guard.session.id": event.session_id,
-        "mcp_guard.principal.issuer": event.issuer,
-        "mcp_guard.principal.subject": event.subject,
-        "mcp_guard.principal.client_id": event.client_id,
-        "mcp_guard.token.id": event.token_id,
-        "mcp_guard.policy.id": event.policy_id,
-        "mcp_guard.policy.version": event.policy_version,
-        "mcp_guard.rule_ids": list(decision.rule_ids) or None,
-        "mcp_guard.arguments": event.facts.get("arguments") if event.facts else None,
-    }
-    attributes.update({key: value for key, value in optional.items() if value is not None})
-    span.set_attributes(attributes)
-    if not decision.allowed:
-        span.set_attribute("error.type", decision.reason.code)
-        span.set_status(StatusCode.ERROR, decision.reason.message)
+    if decision.policy_id:
+        attributes["mcp_guard.policy.id"] = decision.policy_id
+    if decision.policy_version:
+        attributes["mcp_guard.policy.version"] = decision.policy_version
+    if decision.rule_ids:
+        attributes["mcp_guard.rule_ids"] = list(decision.rule_ids)
+    if len(_BY_DECISION) >= _DECISIONS_LIMIT:
+        _BY_DECISION.clear()
+    _BY_DECISION[id(decision)] = (decision, attributes)
+    return attributes
+
+
+_BY_DECISION: dict[int, tuple[Decision, dict[str, AttributeValue]]] = {}
+_DECISIONS_LIMIT = 1024

@@ -85,8 +85,8 @@ class GuardMiddleware:
             transport_session=None if version in MODERN_PROTOCOL_VERSIONS else transport_session(ctx),
             request_id=ctx.request_id,
         )
-        decision, request = authorization
-        if request is None or not decision.allowed:
+        decision, request, decided = authorization
+        if request is None or decided is None or not decision.allowed:
             raise denial_error(authorization)
         user = None
         if credential is not None:
@@ -108,7 +108,7 @@ class GuardMiddleware:
             if user is not None:
                 auth_context_var.reset(user)
             if self.record_completions:
-                self.guard.record_completion(request, result, time.perf_counter() - started, error_type)
+                self.guard.record_completion(decided, result, time.perf_counter() - started, error_type)
 
     def _trim(self, credential: AccessToken, principal: Principal, approved: frozenset[str]) -> AuthenticatedUser:
         """The caller as a tool sees it: only the approved scopes, no bearer string.
