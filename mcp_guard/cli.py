@@ -29,7 +29,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from mcp_guard.audit.chain import Checkpoint, read_lines, verify_files
+from mcp_guard.audit.chain import Checkpoint, read_entry, read_lines, verify_files
 from mcp_guard.policy.commands import add_policy_commands, instant
 from mcp_guard.policy.report import table
 
@@ -126,7 +126,7 @@ def _events(files: Sequence[str]) -> Iterator[dict[str, Any]]:
     for path in files:
         for raw in read_lines(path):
             try:
-                entry = json.loads(raw)
+                entry = read_entry(raw)
             except ValueError:
                 continue
             if (

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from mcp import Client
 
 from mcp_guard import EventKind, Guard, ReasonCode, ToolSpec
-from mcp_guard.audit.chain import ChainState, Checkpoint, anchor_path, entry_line, verify_files
+from mcp_guard.audit.chain import ChainState, Checkpoint, anchor_path, entry_line, read_entry, verify_files
 from mcp_guard.audit.events import AuditEvent
 from mcp_guard.audit.file import AuditLogError, FileAuditSink
 from mcp_guard.testing import access_token, acting_as
@@ -460,3 +460,22 @@ async def test_a_closed_log_refuses_in_deny_mode_and_drops_in_buffer_mode(
     buffering.close()
     buffering.emit(AuditEvent.build(EventKind.CALL_DECIDED, 1_900_000_000.0, tool="late"))
     assert "buffer.jsonl is closed; dropping an event" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"a":1,"b":[true,null,"x"]}',
+        b'{"detail":"lone \\ud800"}',
+        b'{"at":NaN}',
+        b'{"n":123456789012345678901234567890}',
+    ],
+)
+def test_log_lines_read_the_same_as_the_standard_parser_reads_them(line: bytes) -> None:
+    assert repr(read_entry(line)) == repr(json.loads(line))
+
+
+@pytest.mark.parametrize("line", [b"", b"{", b'{"a":1} x', b"\xff", b'{"a":"\xff"}'])
+def test_unreadable_log_lines_are_refused(line: bytes) -> None:
+    with pytest.raises(ValueError, match=r"."):
+        read_entry(line)
