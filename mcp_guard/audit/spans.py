@@ -88,7 +88,7 @@ def _decision_attributes(decision: Decision) -> dict[str, AttributeValue]:
     if decision.policy_version:
         attributes["mcp_guard.policy.version"] = decision.policy_version
     if decision.rule_ids:
-        attributes["mcp_guard.rule_ids"] = list(decision.rule_ids)
+        attributes["mcp_guard.rule_ids"] = decision.rule_ids  # a tuple: shared safely by every span
     if len(_BY_DECISION) >= _DECISIONS_LIMIT:
         _BY_DECISION.clear()
     _BY_DECISION[id(decision)] = (decision, attributes)
