@@ -494,7 +494,7 @@ class Guard:
         call has run, so a sink failing now is logged (and, in deny mode, stops the next call),
         never raised.
         """
-        self._emit_best_effort(decided.completion(result, duration, error_type))
+        self._emit_best_effort(decided.completion(self.clock(), result, duration, error_type))
 
     def record(self, event: AuditEvent) -> None:
         """Give an event to every audit sink (integrations record what happens outside `authorize`)."""

@@ -80,14 +80,17 @@ def parse_scope(value: str) -> frozenset[str]:
                 raise ScopeError("scopes must be separated by exactly one space, with none at either end")
             check_scope_token(token)
     parsed = frozenset(tokens)
-    if len(_PARSED) >= _PARSED_LIMIT:
-        _PARSED.clear()
-    _PARSED[value] = parsed
+    if type(value) is str and len(value) <= _REMEMBERED_LENGTH:  # a subclass could answer for other strings
+        if len(_PARSED) >= _PARSED_LIMIT:
+            _PARSED.clear()
+        _PARSED[value] = parsed
     return parsed
 
 
 _PARSED: dict[str, frozenset[str]] = {}
 _PARSED_LIMIT = 1024
+_REMEMBERED_LENGTH = 512
+"""Longest scope string remembered: real ones are short, and the bound caps the memo's memory."""
 
 
 def scope_set(scopes: str | Iterable[str] | None) -> frozenset[str]:

@@ -479,3 +479,24 @@ def test_log_lines_read_the_same_as_the_standard_parser_reads_them(line: bytes) 
 def test_unreadable_log_lines_are_refused(line: bytes) -> None:
     with pytest.raises(ValueError, match=r"."):
         read_entry(line)
+
+
+def test_a_line_nested_too_deeply_is_a_corrupt_line_not_a_crash(tmp_path: Path) -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    with pytest.raises(ValueError, match="nested too deeply"):
+        read_entry(deep)
+    path = tmp_path / "audit.jsonl"
+    sink = FileAuditSink(path)
+    sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, 1_900_000_000.0, tool="t"))
+    sink.close()
+    with open(path, "ab") as file:
+        file.write(b'{"event":' + deep + b',"hash":"' + b"0" * 64 + b'"}\n')
+    verdict = verify_files([str(path)])
+    assert not verdict.ok and "corrupt" in (verdict.problem or "")
+
+
+def test_resuming_a_log_whose_last_line_is_nested_too_deeply_refuses_clearly(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    path.write_bytes(b"[" * 100_000 + b"]" * 100_000 + b"\n")
+    with pytest.raises(ValueError, match="nested too deeply"):
+        FileAuditSink(path)

@@ -129,3 +129,21 @@ def test_valid_scope_strings_are_remembered_and_invalid_ones_never() -> None:
         assert parse_scope(f"s{index} t{index}") == {f"s{index}", f"t{index}"}
     assert len(scopes._PARSED) <= scopes._PARSED_LIMIT
     assert parse_scope("files:read notes:read") == first
+
+
+def test_only_plain_short_scope_strings_are_remembered() -> None:
+    class Folded(str):
+        __slots__ = ()
+
+        def __hash__(self) -> int:
+            return hash(self.lower())
+
+        def __eq__(self, other: object) -> bool:
+            return isinstance(other, str) and self.lower() == other.lower()
+
+    assert parse_scope(Folded("Files:Admin")) == {"Files:Admin"}
+    assert parse_scope("files:admin") == {"files:admin"}  # never answered by the look-alike
+    long = " ".join(f"scope-{index:04d}" for index in range(60))
+    assert len(long) > scopes._REMEMBERED_LENGTH
+    assert len(parse_scope(long)) == 60
+    assert long not in scopes._PARSED

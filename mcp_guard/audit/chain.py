@@ -284,12 +284,17 @@ def read_entry(line: bytes) -> Any:
     """The JSON value of one log line, read by the fast parser.
 
     What only the standard parser takes falls back to it: an escaped lone surrogate (written
-    for a token claim that held one) or a bare ``NaN``. Raises `ValueError` for anything else.
+    for a token claim that held one) or a bare ``NaN``. Raises `ValueError` for anything else,
+    including nesting too deep to read.
     """
     try:
         return from_json(line, allow_inf_nan=False, cache_strings=False)
     except ValueError:
+        pass
+    try:
         return json.loads(line)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def read_lines(path: str) -> Iterator[bytes]:

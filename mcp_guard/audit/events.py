@@ -101,20 +101,20 @@ class AuditEvent(NamedTuple):
             cls, (kind, event_id, at, principal, session_id, tool, decision, trace_id, span_id, detail, owners, facts)
         )
 
-    def completion(self, result: str, duration: float, error_type: str | None) -> AuditEvent:
-        """The ``call.completed`` event of the call this ``call.decided`` event admitted.
+    def completion(self, at: float, result: str, duration: float, error_type: str | None) -> AuditEvent:
+        """The ``call.completed`` event, at ``at``, of the call this ``call.decided`` event admitted.
 
-        Who, which session, tool, owners and span are the decision's. The time is the decision's
-        plus ``duration`` (in seconds), read on the same clock without reading it again.
+        Who, which session, tool, owners and span are the decision's, so the current span is
+        not looked up again. ``duration`` is in seconds.
         """
-        facts = {"result": result, "duration_ms": int(duration * 1e6) / 1000, "error_type": error_type}
+        facts = {"result": result, "duration_ms": round(duration * 1000, 3), "error_type": error_type}
         event_id = _ORIGIN + str(next(_COUNTER))
         return tuple.__new__(
             AuditEvent,
             (
                 EventKind.CALL_COMPLETED,
                 event_id,
-                self.at + duration,
+                at,
                 self.principal,
                 self.session_id,
                 self.tool,

@@ -15,7 +15,6 @@ unrecorded; ``failure="buffer"`` keeps queueing (up to the bound), logs an alarm
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -36,6 +35,7 @@ from mcp_guard.audit.chain import (
     anchor_path,
     digest,
     entry_line,
+    read_entry,
 )
 from mcp_guard.audit.events import AuditEvent
 
@@ -266,7 +266,7 @@ def _resume(path: Path, key: bytes | None) -> ChainState:
             file.truncate(len(whole))
     if not whole:
         return ChainState(0, GENESIS)
-    last = json.loads(whole[whole.rfind(b"\n", 0, len(whole) - 1) + 1 :])
+    last = read_entry(whole[whole.rfind(b"\n", 0, len(whole) - 1) + 1 :])
     return ChainState(int(last["seq"]) + 1, str(last["hash"]))
 
 
