@@ -107,7 +107,8 @@ class AuditEvent(NamedTuple):
         Who, which session, tool, owners and span are the decision's, so the current span is
         not looked up again. ``duration`` is in seconds.
         """
-        facts = {"result": result, "duration_ms": round(duration * 1000, 3), "error_type": error_type}
+        milliseconds = int(duration * 1e6 + 0.5) / 1000  # to the microsecond, without round()'s slow float path
+        facts = {"result": result, "duration_ms": milliseconds, "error_type": error_type}
         event_id = _ORIGIN + str(next(_COUNTER))
         return tuple.__new__(
             AuditEvent,
