@@ -9,7 +9,16 @@ import pytest
 from mcp import Client, MCPError
 from mcp.server.mcpserver import MCPServer
 
-from mcp_guard import EventKind, Guard, GuardMiddleware, MemoryAuditSink, SessionOwners, SessionSettings, ToolSpec
+from mcp_guard import (
+    AuditEvent,
+    EventKind,
+    Guard,
+    GuardMiddleware,
+    MemoryAuditSink,
+    SessionOwners,
+    SessionSettings,
+    ToolSpec,
+)
 from mcp_guard.testing import access_token, acting_as
 
 pytestmark = pytest.mark.anyio
@@ -117,3 +126,16 @@ async def test_each_token_bound_to_a_session_is_recorded_once(mode: str) -> None
     else:  # stateless: each token keys a session of its own
         assert [e.token_id for e in bound] == ["t-1", "t-2"]
         assert [e.session_id for e in bound] == [e.session_id for e in opened]
+
+
+def test_a_completion_follows_its_decision_with_the_duration_rounded_to_the_microsecond() -> None:
+    decided = AuditEvent.build(EventKind.CALL_DECIDED, 1_900_000_000.0, tool="t", session_id="s")
+    completed = decided.completion(1_900_000_001.0, "ok", 0.0222756, None)
+    assert (completed.kind, completed.at, completed.tool, completed.session_id) == (
+        EventKind.CALL_COMPLETED,
+        1_900_000_001.0,
+        "t",
+        "s",
+    )
+    assert completed.facts == {"result": "ok", "duration_ms": 22.276, "error_type": None}
+    assert decided.completion(0.0, "error", 0.0222754, "ValueError").facts["duration_ms"] == 22.275
