@@ -6,7 +6,8 @@ a literal JSON ``true`` for ``active`` counts: ``"true"``, ``1`` or a missing me
 and the scope is parsed strictly. A subject is required, as sessions bind to it: ``sub``, or for
 a client-credentials token without one, the ``client_id`` (as RFC 9068 section 2.2 has it). An answer is cached
 by a digest of the token no longer than ``min(cache_ttl, exp)``; an inactive answer is not
-cached at all. A timeout, an HTTP error or a malformed answer (parsed as strictly as a JWT:
+cached at all. Concurrent calls with a token not in the cache share one question to the
+server, and its answer or refusal. A timeout, an HTTP error or a malformed answer (parsed as strictly as a JWT:
 no duplicate members) denies the call. An answer without ``aud`` is taken to be for this
 resource, as RFC 7662 leaves ``aud`` optional.
 """
@@ -20,6 +21,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
+import anyio
 import httpx2
 from authlib.integrations.httpx_client import AsyncOAuth2Client
 from cachetools import FIFOCache
@@ -72,6 +74,7 @@ class IntrospectionVerifier:
         self.clock = clock
         self._answers: FIFOCache[bytes, tuple[Principal, float]] = FIFOCache(maxsize=cache_size)
         self._lock = threading.Lock()
+        self._asking: dict[bytes, _Question] = {}
 
     @classmethod
     async def discover(
@@ -90,17 +93,36 @@ class IntrospectionVerifier:
         cached = self._answers.get(digest)
         if cached is not None and now < cached[1]:
             return cached[0]
+        while (asked := self._asking.get(digest)) is not None:  # another call is asking: share its outcome
+            await asked.done.wait()
+            if asked.principal is not None:
+                return asked.principal
+            if asked.refusal is not None:
+                raise Refused(*asked.refusal)
+        asked = self._asking[digest] = _Question()  # one that ended without an outcome (cancelled) is asked anew
+        try:
+            asked.principal = await self._verify(token, digest, now)
+            return asked.principal
+        except Refused as refusal:
+            asked.refusal = (refusal.code, refusal.message)
+            raise
+        finally:
+            if self._asking.get(digest) is asked:
+                del self._asking[digest]
+            asked.done.set()
+
+    def forget_tokens(self) -> None:
+        """Drop every cached answer, so the next call of each token asks the server again."""
+        with self._lock:
+            self._answers.clear()
+
+    async def _verify(self, token: str, digest: bytes, now: float) -> Principal:
         answer = await self._introspect(token)
         principal = _principal(self.trusted, answer, now, digest)
         until = min(now + self.cache_ttl, valid_until(answer, self.trusted.leeway, self.trusted.max_token_age))
         with self._lock:
             self._answers[digest] = (principal, until)
         return principal
-
-    def forget_tokens(self) -> None:
-        """Drop every cached answer, so the next call of each token asks the server again."""
-        with self._lock:
-            self._answers.clear()
 
     async def _introspect(self, token: str) -> Mapping[str, Any]:
         try:
@@ -123,6 +145,17 @@ class IntrospectionVerifier:
             return json_object(response.content)
         except ValueError:
             raise Refused(ReasonCode.INTROSPECTION_FAILED) from None
+
+
+class _Question:
+    """One introspection in flight, and its outcome for the calls that waited on it."""
+
+    __slots__ = ("done", "principal", "refusal")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.principal: Principal | None = None
+        self.refusal: tuple[str, str] | None = None
 
 
 def _principal(trusted: TrustedIssuer, answer: Mapping[str, Any], now: float, digest: bytes) -> Principal:

@@ -132,6 +132,68 @@ async def test_a_wrong_client_secret_or_a_timeout_denies(authority: Authority) -
         authority.introspection_delay = 0.0
 
 
+async def concurrently(verifier: IntrospectionVerifier, token: str, calls: int) -> list[str]:
+    """Verify ``token`` in ``calls`` concurrent tasks: each one's subject, or its refusal's code."""
+    outcomes: list[str] = []
+
+    async def one() -> None:
+        try:
+            outcomes.append((await verifier.verify(token)).subject)
+        except Refused as refusal:
+            outcomes.append(refusal.code)
+
+    async with anyio.create_task_group() as tasks:
+        for _ in range(calls):
+            tasks.start_soon(one)
+    return outcomes
+
+
+@pytest.mark.parametrize(("token", "outcome"), [("shared-active", "agent-7"), ("shared-inactive", "token_inactive")])
+async def test_concurrent_calls_with_a_new_token_share_one_question(
+    authority: Authority, token: str, outcome: str
+) -> None:
+    if token == "shared-active":
+        authority.answers[token] = answer(authority)
+    verifier = introspector(authority)
+    authority.introspection_delay = 0.2
+    before = authority.introspections
+    try:
+        outcomes = await concurrently(verifier, token, 50)
+    finally:
+        authority.introspection_delay = 0.0
+    assert outcomes == [outcome] * 50
+    assert authority.introspections - before == 1
+
+
+async def test_a_cancelled_question_leaves_the_others_to_ask_again(authority: Authority) -> None:
+    authority.answers["cancelled-first"] = answer(authority)
+    verifier = introspector(authority)
+    authority.introspection_delay = 0.3
+    before = authority.introspections
+    try:
+        async with anyio.create_task_group() as tasks:
+            first = anyio.CancelScope()
+
+            async def asker() -> None:
+                with first:
+                    await verifier.verify("cancelled-first")
+
+            outcomes: list[str] = []
+
+            async def waiter() -> None:
+                outcomes.append((await verifier.verify("cancelled-first")).subject)
+
+            tasks.start_soon(asker)
+            await anyio.sleep(0.05)
+            tasks.start_soon(waiter)  # waits on the first question
+            await anyio.sleep(0.05)
+            first.cancel()
+    finally:
+        authority.introspection_delay = 0.0
+    assert outcomes == ["agent-7"]
+    assert authority.introspections - before == 2
+
+
 async def test_an_unreachable_endpoint_denies(authority: Authority) -> None:
     unreachable = IntrospectionVerifier(
         TrustedIssuer(issuer=authority.issuer, audience=RESOURCE),
