@@ -263,6 +263,34 @@ def test_a_torn_last_line_is_cut_off_when_the_log_reopens(tmp_path: Path) -> Non
     assert verify_files([str(path)]).ok
 
 
+def test_a_log_of_long_lines_reopens_from_its_last_whole_entry(tmp_path: Path) -> None:
+    """Reopening reads only the end of the log, widening until it holds the last whole line."""
+    path = tmp_path / "audit.jsonl"
+    sink = FileAuditSink(path)
+    for index in range(3):
+        sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, 1_900_000_000.0, tool="t", detail=f"{index}" * 150_000))
+    sink.close()
+    with open(path, "ab") as file:
+        file.write(b'{"alg":"sha256","event":{"detail":"' + b"x" * 200_000)  # torn, and longer than a line
+    sink = FileAuditSink(path)
+    sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, 1_900_000_001.0, tool="after-crash"))
+    sink.close()
+    assert verify_files([str(path)]).ok
+    entries = [json.loads(line) for line in path.read_bytes().splitlines()]
+    assert [entry["seq"] for entry in entries] == list(range(len(entries)))
+    assert entries[-2]["event"]["tool"] == "after-crash"
+
+
+def test_a_log_that_is_one_torn_line_starts_a_fresh_chain(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    path.write_bytes(b'{"alg":"sha256","ev')
+    sink = FileAuditSink(path)
+    sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, 1_900_000_000.0, tool="t"))
+    sink.close()
+    assert verify_files([str(path)]).ok
+    assert json.loads(path.read_bytes().splitlines()[0])["seq"] == 0
+
+
 def mcp_guard(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "mcp_guard.cli", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=60, check=check)

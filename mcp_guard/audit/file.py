@@ -90,7 +90,7 @@ class FileAuditSink:
         self._wake = threading.Condition()
         self._error: BaseException | None = None
         self._closed = False
-        self._state = _resume(self.path, key)
+        self._state = _resume(self.path)
         self._thread = threading.Thread(target=self._run, name="mcp-guard-audit", daemon=True)
         self._thread.start()
 
@@ -248,26 +248,38 @@ def _next_segment(path: Path) -> Path:
     return path.with_name(f"{path.stem}.{max(taken, default=0) + 1:05d}{path.suffix}")
 
 
-def _resume(path: Path, key: bytes | None) -> ChainState:
+def _resume(path: Path) -> ChainState:
     """The chain state after the last entry of an existing log, or a fresh chain.
 
-    A last line left half-written by a crash never completed an entry: it is cut off (and the
-    cut logged), so the chain goes on from the last whole entry.
+    Only the end of the file is read, however long the log. A last line left half-written by a
+    crash never completed an entry: it is cut off (and the cut logged), so the chain goes on
+    from the last whole entry.
     """
     if not path.exists() or path.stat().st_size == 0:
         return ChainState(0, GENESIS)
-    data = path.read_bytes()
-    whole = data[: data.rfind(b"\n") + 1]
-    if len(whole) != len(data):
-        logger.warning(
-            "mcp-guard: audit log %s ended in a torn line of %d bytes; cut off", path, len(data) - len(whole)
-        )
-        with open(path, "r+b") as file:
-            file.truncate(len(whole))
-    if not whole:
+    with open(path, "r+b") as file:
+        size = file.seek(0, os.SEEK_END)
+        span = _TAIL_BYTES
+        while True:  # widen until the tail holds the last whole line, or the file is read whole
+            start = max(0, size - span)
+            file.seek(start)
+            tail = file.read(size - start)
+            line_end = tail.rfind(b"\n")
+            line_start = tail.rfind(b"\n", 0, max(line_end, 0)) + 1
+            if start == 0 or line_start > 0:
+                break
+            span *= 2
+        whole = start + line_end + 1
+        if whole != size:
+            logger.warning("mcp-guard: audit log %s ended in a torn line of %d bytes; cut off", path, size - whole)
+            file.truncate(whole)
+    if whole == 0:
         return ChainState(0, GENESIS)
-    last = read_entry(whole[whole.rfind(b"\n", 0, len(whole) - 1) + 1 :])
+    last = read_entry(tail[line_start : line_end + 1])
     return ChainState(int(last["seq"]) + 1, str(last["hash"]))
+
+
+_TAIL_BYTES = 64 * 1024
 
 
 def _write_anchor(path: Path, state: ChainState, key: bytes | None) -> None:
