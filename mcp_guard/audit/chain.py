@@ -36,6 +36,7 @@ __all__ = [
     "Verdict",
     "anchor_path",
     "digest",
+    "encoded_entry_line",
     "entry_line",
     "read_entry",
     "read_lines",
@@ -71,7 +72,27 @@ def entry_line(state: ChainState, kind: str, event: Mapping[str, Any], key: byte
         "prev": state.last_hash,
         "seq": state.seq,
     }
-    body = _compact_json(entry)
+    return _sealed(state, _compact_json(entry), key)
+
+
+def encoded_entry_line(state: ChainState, kind: str, event: bytes, key: bytes | None = None) -> bytes:
+    """`entry_line` for an event already written as compact JSON, byte for byte the same.
+
+    ``kind`` must need no escaping (an `EventKind` value).
+    """
+    alg = b"hmac-sha256" if key else b"sha256"
+    body = b'{"alg":"%s","event":%s,"kind":"%s","prev":"%s","seq":%d}' % (
+        alg,
+        event,
+        kind.encode("ascii"),
+        state.last_hash.encode("ascii"),
+        state.seq,
+    )
+    return _sealed(state, body, key)
+
+
+def _sealed(state: ChainState, body: bytes, key: bytes | None) -> bytes:
+    """``body`` with its hash member appended, as a line; advances ``state`` past it."""
     entry_hash = digest(body, key)
     state.seq += 1
     state.last_hash = entry_hash

@@ -37,6 +37,7 @@ from mcp_guard.audit.chain import (
     entry_line,
     read_entry,
 )
+from mcp_guard.audit.encoding import event_line
 from mcp_guard.audit.events import AuditEvent
 
 __all__ = ["AuditLogError", "FileAuditSink"]
@@ -196,7 +197,7 @@ class FileAuditSink:
         dropped: a stand-in with its id, kind, time and the reason takes its place.
         """
         try:
-            return entry_line(state, event.kind, event.record(), self.key)
+            return event_line(state, event, self.key)
         except Exception as error:
             logger.exception("mcp-guard: audit event %s cannot be written in full", event.event_id)
             stand_in = {"event_id": event.event_id, "kind": str(event.kind), "at": event.at}
