@@ -24,7 +24,7 @@ __all__ = ["event_line"]
 
 _LIMIT = 1024
 _UNWRITABLE = (PydanticSerializationError, ValueError, TypeError)
-_MEMBERS = frozenset(AuditEvent.build(EventKind.CALL_DECIDED, 0.0).record())
+_MEMBERS = frozenset(AuditEvent(EventKind.CALL_DECIDED, "", 0.0).record())
 """The members `AuditEvent.record` writes; facts named like one of them overwrite it there."""
 
 
