@@ -4,12 +4,13 @@ The call goes through authlib's OAuth 2.0 client, authenticated as this resource
 a literal JSON ``true`` for ``active`` counts: ``"true"``, ``1`` or a missing member do not.
 ``iss``, ``aud``, ``exp``, ``nbf`` and ``iat`` are still checked when the answer carries them,
 and the scope is parsed strictly. A subject is required, as sessions bind to it: ``sub``, or for
-a client-credentials token without one, the ``client_id`` (as RFC 9068 section 2.2 has it). An answer is cached
-by a digest of the token no longer than ``min(cache_ttl, exp)``; an inactive answer is not
-cached at all. Concurrent calls with a token not in the cache share one question to the
-server, and its answer or refusal. A timeout, an HTTP error or a malformed answer (parsed as strictly as a JWT:
-no duplicate members) denies the call. An answer without ``aud`` is taken to be for this
-resource, as RFC 7662 leaves ``aud`` optional.
+a client-credentials token without one, the ``client_id`` (as RFC 9068 section 2.2 has it).
+
+An answer is cached by a digest of the token no longer than ``min(cache_ttl, exp)``; an
+inactive answer is not cached at all. Concurrent calls with a token not in the cache share one
+question to the server, and its answer or refusal. A timeout, an HTTP error or a malformed
+answer (parsed as strictly as a JWT: no duplicate members) denies the call. An answer without
+``aud`` is taken to be for this resource, as RFC 7662 leaves ``aud`` optional.
 """
 
 from __future__ import annotations
