@@ -2,11 +2,11 @@
 
 The writer thread serialises every event under the GIL, so its cost is paid by the calls being
 served. Most of an event is its principal and its decision, shared by every call of one token
-and one kind of call: their JSON is written once and remembered (bounded, keyed by the object,
-which is held so its id is never reused meanwhile). The line is byte for byte the one
-`entry_line` writes from `AuditEvent.record`; whatever the parts cannot express exactly (a
-value only the escaped fallback can write, facts that shadow a member, a kind that is not an
-`EventKind`) takes that path.
+and one kind of call: their members are read off `AuditEvent.record` once and remembered as
+JSON (bounded, keyed by the object, which is held so its id is never reused meanwhile). The
+line is byte for byte the one `entry_line` writes from `AuditEvent.record`; whatever the parts
+cannot express exactly (a value only the escaped fallback can write, facts that shadow a
+member, a kind that is not an `EventKind`) takes that path.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from typing import Any
 from pydantic_core import PydanticSerializationError, to_json
 
 from mcp_guard.audit.chain import ChainState, encoded_entry_line, entry_line
-from mcp_guard.audit.events import AuditEvent, EventKind, named_owners
-from mcp_guard.audit.owasp import owasp_tags
+from mcp_guard.audit.events import AuditEvent, EventKind
 from mcp_guard.model import Decision, Principal, SessionOwners
 
 __all__ = ["event_line"]
@@ -42,7 +41,7 @@ def event_line(state: ChainState, event: AuditEvent, key: bytes | None = None) -
 
 
 def _encoded(event: AuditEvent) -> bytes:
-    kind = str(event.kind)
+    kind = str(event.kind)  # a plain string: it hashes in C, where the enum member hashes in Python
     decided, owasp = _decision_parts(kind, event.decision)
     parts = [
         _json({"event_id": event.event_id, "at": event.at, "kind": kind}),
@@ -67,15 +66,8 @@ def _principal_part(principal: Principal | None) -> bytes:
     seen = _PRINCIPALS.get(id(principal))
     if seen is not None and seen[0] is principal:
         return seen[1]
-    part = _json(
-        {
-            "issuer": principal.issuer if principal else None,
-            "subject": principal.subject if principal else None,
-            "client_id": principal.client_id if principal else None,
-            "token_id": (principal.token_id or principal.token_hash) if principal else None,
-            "actor_chain": list(principal.actor_chain) if principal else [],
-        }
-    )
+    record = AuditEvent(EventKind.CALL_DECIDED, "", 0.0, principal).record()
+    part = _json({name: record[name] for name in _PRINCIPAL_MEMBERS})
     _remember(_PRINCIPALS, id(principal), (principal, part))
     return part
 
@@ -85,21 +77,9 @@ def _decision_parts(kind: str, decision: Decision | None) -> tuple[bytes, bytes]
     seen = _DECISIONS.get((kind, id(decision)))
     if seen is not None and seen[0] is decision:
         return seen[1], seen[2]
-    reasons = tuple(reason.code for reason in decision.reasons) if decision else ()
-    outcome = decision.outcome if decision else None
-    part = _json(
-        {
-            "requested_scopes": sorted(decision.requested_scopes) if decision else [],
-            "approved_scopes": sorted(decision.approved_scopes) if decision else [],
-            "missing_scopes": sorted(decision.missing_scopes) if decision else [],
-            "decision": outcome,
-            "reasons": list(reasons),
-            "rule_ids": list(decision.rule_ids) if decision else [],
-            "policy_id": (decision.policy_id or None) if decision else None,
-            "policy_version": (decision.policy_version or None) if decision else None,
-        }
-    )
-    owasp = _json({"owasp": list(owasp_tags(kind, reasons, outcome))})
+    record = AuditEvent(EventKind(kind), "", 0.0, decision=decision).record()
+    part = _json({name: record[name] for name in _DECISION_MEMBERS})
+    owasp = _json({"owasp": record["owasp"]})
     _remember(_DECISIONS, (kind, id(decision)), (decision, part, owasp))
     return part, owasp
 
@@ -108,7 +88,7 @@ def _owners_part(owners: SessionOwners | None) -> bytes:
     seen = _OWNERS.get(id(owners))
     if seen is not None and seen[0] is owners:
         return seen[1]
-    part = _json({"owners": named_owners(owners)})
+    part = _json({"owners": AuditEvent(EventKind.CALL_DECIDED, "", 0.0, owners=owners).record()["owners"]})
     _remember(_OWNERS, id(owners), (owners, part))
     return part
 
@@ -119,6 +99,17 @@ def _remember(memo: dict[Any, Any], key: object, value: object) -> None:
     memo[key] = value
 
 
+_PRINCIPAL_MEMBERS = ("issuer", "subject", "client_id", "token_id", "actor_chain")
+_DECISION_MEMBERS = (
+    "requested_scopes",
+    "approved_scopes",
+    "missing_scopes",
+    "decision",
+    "reasons",
+    "rule_ids",
+    "policy_id",
+    "policy_version",
+)
 _PRINCIPALS: dict[int, tuple[Principal | None, bytes]] = {}
 _DECISIONS: dict[tuple[str, int], tuple[Decision | None, bytes, bytes]] = {}
 _OWNERS: dict[int, tuple[SessionOwners | None, bytes]] = {}

@@ -20,7 +20,7 @@ from opentelemetry.trace import SpanContext
 from mcp_guard.audit.owasp import owasp_tags
 from mcp_guard.model import Decision, Outcome, Principal, SessionOwners
 
-__all__ = ["AuditEvent", "EventKind", "named_owners"]
+__all__ = ["AuditEvent", "EventKind"]
 
 
 class EventKind(StrEnum):
@@ -45,7 +45,7 @@ _NO_SCOPES: frozenset[str] = frozenset()
 _OWNER_ROLES = tuple(field.name for field in fields(SessionOwners))
 
 
-def named_owners(owners: SessionOwners | None) -> dict[str, str]:
+def _named_owners(owners: SessionOwners | None) -> dict[str, str]:
     """The owners a session names, by role (roles left empty are left out)."""
     if owners is None:
         return {}
@@ -154,7 +154,7 @@ class AuditEvent(NamedTuple):
             "trace_id": self.trace_id,
             "span_id": self.span_id,
             "detail": self.detail,
-            "owners": named_owners(self.owners),
+            "owners": _named_owners(self.owners),
             "owasp": list(owasp_tags(str(self.kind), reasons, outcome)),
             **(dict(self.facts) if self.facts else {}),
         }
