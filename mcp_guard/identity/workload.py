@@ -21,7 +21,7 @@ import anyio
 from mcp.server.auth.provider import AccessToken
 
 from mcp_guard.errors import Refused
-from mcp_guard.identity.access_token import AccessTokenIdentifier, Identifier, token_fingerprint
+from mcp_guard.identity.access_token import AccessTokenIdentifier, Identifier
 from mcp_guard.identity.bearer import BearerVerifier
 from mcp_guard.model import Principal
 from mcp_guard.reasons import ReasonCode
@@ -58,6 +58,7 @@ class WorkloadIdentity:
         self.file = Path(file) if file is not None else None
         self.fallback: Identifier = fallback if fallback is not None else AccessTokenIdentifier()
         self.principal: Principal | None = None
+        self._token: str | None = None
         self._refreshing = anyio.Lock()
 
     @classmethod
@@ -77,29 +78,47 @@ class WorkloadIdentity:
 
     async def refresh(self) -> Principal:
         """Read the token from its source and verify it; keep the last good principal on failure,
-        unless it is that very token that is now refused for good (revoked, say).
+        unless the held token is itself now refused for good (revoked, say).
 
-        Refreshes run one at a time, so a slow older one can never overwrite a newer result.
+        When the source yields nothing usable, the held token is verified again, so a token its
+        issuer revoked is not kept just because its replacement is missing or bad. Refreshes run
+        one at a time, so a slow older one can never overwrite a newer result.
         """
         async with self._refreshing:
             token: str | None = None
             try:
                 token = await self._read()
                 self.principal = await self.verifier.verify(token)
+                self._token = token
+                return self.principal
             except Refused as refusal:
-                held = self.principal
-                same = held is not None and token is not None and held.token_hash == token_fingerprint(token)
-                if held is None or (same and refusal.code not in _RETRYABLE):
-                    self.principal = None
-                    logger.error("mcp-guard: the workload token was refused (%s); no workload identity", refusal.code)
-                    raise
-                logger.error("mcp-guard: the workload token was refused (%s); keeping the previous one", refusal.code)
-                return held
+                new: Refused = refusal
             except Exception:
-                logger.exception("mcp-guard: refreshing the workload token failed; keeping the previous one")
-                if self.principal is None:
-                    raise Refused(ReasonCode.TOKEN_MISSING, "The workload token could not be verified.") from None
-            return self.principal
+                logger.exception("mcp-guard: refreshing the workload token failed")
+                new = Refused(ReasonCode.TOKEN_MISSING, "The workload token could not be verified.")
+            held = self.principal
+            held_for_good = new.code not in _RETRYABLE and token is not None and token == self._token
+            failure = new if held is None or held_for_good else await self._held_refusal()
+            if held is None or failure is not None:
+                self.principal = self._token = None
+                failure = failure or new
+                logger.error("mcp-guard: the workload token was refused (%s); no workload identity", failure.code)
+                raise failure
+            logger.error("mcp-guard: the new workload token was refused (%s); keeping the previous one", new.code)
+            return held
+
+    async def _held_refusal(self) -> Refused | None:
+        """Why the token held now is refused for good, asked again; None while it stands (or
+        while only its issuer is unreachable)."""
+        if self._token is None:
+            return None
+        try:
+            await self.verifier.verify(self._token)
+        except Refused as refusal:
+            return refusal if refusal.code not in _RETRYABLE else None
+        except Exception:
+            logger.exception("mcp-guard: verifying the held workload token again failed")
+        return None
 
     async def keep_fresh(self, every: float = 60.0) -> None:
         """Refresh forever, every ``every`` seconds; run it in a task for the server's lifetime."""

@@ -132,3 +132,31 @@ async def test_the_held_token_refused_for_good_leaves_no_identity(
     assert raised.value.code == "token_inactive"
     with pytest.raises(Refused):
         workload.identify(None)
+
+
+@pytest.mark.parametrize("replacement", [None, "not-a-valid-token"])
+async def test_a_held_token_its_issuer_revoked_is_dropped_when_no_good_replacement_comes(
+    authority: Authority, monkeypatch: pytest.MonkeyPatch, replacement: str | None
+) -> None:
+    verifier = IntrospectionVerifier(
+        TrustedIssuer(issuer=authority.issuer, audience=RESOURCE),
+        endpoint=f"{authority.issuer}/introspect",
+        client_id=authority.client_id,
+        client_secret=authority.client_secret,
+        cache_ttl=0.000001,
+    )
+    authority.answers["held-workload"] = {"active": True, "sub": "indexer", "client_id": "indexer"}  # no exp
+    monkeypatch.setenv("MCP_GUARD_TOKEN", "held-workload")
+    workload = WorkloadIdentity.from_env(verifier)
+    assert (await workload.refresh()).subject == "indexer"
+    if replacement is None:
+        monkeypatch.delenv("MCP_GUARD_TOKEN")
+    else:
+        monkeypatch.setenv("MCP_GUARD_TOKEN", replacement)
+    assert (await workload.refresh()).subject == "indexer"  # still active: the held one is kept
+    authority.answers["held-workload"] = {"active": False}  # the issuer revokes it
+    with pytest.raises(Refused) as raised:
+        await workload.refresh()
+    assert raised.value.code == "token_inactive"
+    with pytest.raises(Refused):
+        workload.identify(None)
