@@ -57,8 +57,9 @@ class AccessTokenIdentifier:
     and must agree with the verifier's list, so a verifier that split on odd whitespace cannot
     widen the grant.
 
-    Principals are cached by SHA-256 of the token, bounded, oldest evicted first: an OAuth
-    token's claims never change, and expiry is checked by the guard on every call. A FIFO
+    Principals are cached by SHA-256 of the token, bounded, oldest evicted first, and used
+    only while the verified token still says the same (client, expiry, scopes, claims): a
+    verifier that asks the authorization server again may narrow a token. A FIFO
     cache's reads do not reorder it, so they need no lock; writes take one. In front of it, a
     small map from the `AccessToken` object itself (held by weak reference, so no token is
     kept alive) answers the common case of one credential object serving many calls (stdio,
@@ -82,9 +83,8 @@ class AccessTokenIdentifier:
         if not token:
             return principal_from_access_token(credential, None)
         digest = token_digest(token)
-        try:
-            principal = self._cache[digest]
-        except KeyError:
+        principal = self._cache.get(digest)
+        if principal is None or not _describes(principal, credential):  # unseen, or verified anew differently
             principal = principal_from_access_token(credential, fingerprint_of(digest))
             with self._lock:
                 self._cache[digest] = principal
@@ -118,6 +118,22 @@ def principal_from_access_token(token: AccessToken, fingerprint: str | None) -> 
         token_hash=fingerprint,
         actor_chain=actor_chain(claims.get("act"), DEPTH_LIMIT),
         claims=MappingProxyType(dict(claims)),
+    )
+
+
+def _describes(principal: Principal, token: AccessToken) -> bool:
+    """Whether ``principal`` was built from a verification that said what ``token`` says.
+
+    A verifier that asks the authorization server again (introspection, after its cache time)
+    may hand over the same token with fewer scopes or a new expiry: it must not be served
+    the principal built from the earlier answer.
+    """
+    expires_at = float(token.expires_at) if token.expires_at is not None else None
+    return (
+        principal.client_id == token.client_id
+        and principal.expires_at == expires_at
+        and principal.scopes == frozenset(token.scopes)
+        and principal.claims == (token.claims or {})
     )
 
 

@@ -142,8 +142,8 @@ class GuardTokenVerifier:
         MCPServer(..., token_verifier=GuardTokenVerifier(verifier, guard), auth=AuthSettings(...))
 
     A refused token gets the SDK's 401. When a guard is given, a refusal is recorded as
-    ``token.rejected`` with the precise reason, and the first acceptance of each token as
-    ``token.accepted`` (never the token, only its fingerprint). When a tracer provider is
+    ``token.rejected`` with the precise reason, and the first acceptance of each token (and of
+    each different answer for it) as ``token.accepted`` (never the token, only its fingerprint). When a tracer provider is
     installed, each verification is timed in a ``mcp-guard verify token`` span.
     """
 
@@ -152,7 +152,7 @@ class GuardTokenVerifier:
     def __init__(self, verifier: BearerVerifier, guard: Guard | None = None) -> None:
         self.verifier = verifier
         self.guard = guard
-        self._accepted: dict[str | None, AccessToken] = {}
+        self._accepted: dict[str | None, tuple[Principal, AccessToken]] = {}
 
     async def verify_token(self, token: str) -> AccessToken | None:
         if not tracing_configured():
@@ -161,18 +161,21 @@ class GuardTokenVerifier:
             return await self._verify(token, span)
 
     async def _verify(self, token: str, span: Span | None) -> AccessToken | None:
-        """The SDK's view of a verified token: built once per token and handed out again, so the
-        guard's identifier recognises the very object on the next request."""
+        """The SDK's view of a verified token: built once per verification and handed out again,
+        so the guard's identifier recognises the very object on the next request. A token
+        verified anew with a different answer (fewer scopes, say) gets a new view."""
         try:
             principal = await self.verifier.verify(token)
-            accepted = self._accepted.get(principal.token_hash)
-            if accepted is None or accepted.token != token:
+            seen = self._accepted.get(principal.token_hash)
+            if seen is not None and seen[1].token == token and _same_answer(seen[0], principal):
+                accepted = seen[1]
+            else:
                 accepted = self._access_token(token, principal)
                 if self.guard is not None:
                     self.guard.record(AuditEvent.build(EventKind.TOKEN_ACCEPTED, self.guard.clock(), principal))
                 if len(self._accepted) >= self._ACCEPTED_LIMIT:
                     self._accepted.clear()
-                self._accepted[principal.token_hash] = accepted  # only once its acceptance is recorded
+                self._accepted[principal.token_hash] = (principal, accepted)  # once its acceptance is recorded
         except Refused as refusal:
             self._reject(token, refusal.code, refusal.message, span)
             return None
@@ -212,6 +215,11 @@ class GuardTokenVerifier:
                 EventKind.TOKEN_REJECTED, self.guard.clock(), decision=Decision.deny(code, message), detail=detail
             )
             self.guard.record(event)
+
+
+def _same_answer(before: Principal, now: Principal) -> bool:
+    """Whether two verifications of one token said the same (the same object, on a cache hit)."""
+    return before is now or (before == now and before.claims == now.claims)
 
 
 def transport_session(ctx: ServerRequestContext[Any, Any]) -> str | None:

@@ -14,7 +14,16 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from authority import RESOURCE, Authority
-from mcp_guard import EventKind, Guard, GuardTokenVerifier, ReasonCode, Refused, TrustedIssuer
+from mcp_guard import (
+    EventKind,
+    Guard,
+    GuardTokenVerifier,
+    MemoryAuditSink,
+    ReasonCode,
+    Refused,
+    ToolSpec,
+    TrustedIssuer,
+)
 from mcp_guard.audit.events import AuditEvent
 from mcp_guard.audit.file import AuditLogError
 from mcp_guard.identity.rfc7662 import IntrospectionVerifier
@@ -347,3 +356,27 @@ async def test_the_cache_never_outlives_the_maximum_token_age(authority: Authori
     await verifier.verify("aging")
     now[0] += 3600 + 31  # past the maximum age and its leeway, inside the cache ttl
     assert await code_for(verifier, "aging") == "token_too_old"
+
+
+async def test_a_token_the_server_narrows_is_served_with_its_new_scopes(authority: Authority) -> None:
+    authority.answers["narrowed"] = answer(authority, scope="notes:read notes:admin")
+    introspection = introspector(authority)
+    audit = MemoryAuditSink()
+    guard = Guard(audit=[audit])
+    guard.declare(ToolSpec("purge", scopes=frozenset({"notes:admin"})))
+    verifier = GuardTokenVerifier(introspection, guard)
+    before = await verifier.verify_token("narrowed")
+    assert before is not None and (await guard.authorize("purge", {}, before)).allowed
+    authority.answers["narrowed"] = answer(authority, scope="notes:read")  # the server takes admin away
+    introspection.forget_tokens()  # as its cache time passing would
+    after = await verifier.verify_token("narrowed")
+    assert after is not None and after.scopes == ["notes:read"]
+    refused = await guard.authorize("purge", {}, after)
+    assert refused.decision.reason.code == "insufficient_scope"
+    fresh = after.model_copy()  # another view of the same token, as a different verifier would hand over
+    assert (await guard.authorize("purge", {}, fresh)).decision.reason.code == "insufficient_scope"
+    accepted = [e for e in audit.events if e.kind == EventKind.TOKEN_ACCEPTED]
+    assert [sorted(e.principal.scopes) for e in accepted if e.principal] == [
+        ["notes:admin", "notes:read"],
+        ["notes:read"],
+    ]
