@@ -315,6 +315,20 @@ async def test_revoke_by_token_fingerprint_and_with_a_ttl(g: Guard, clock: Clock
     assert (await g.authorize("read_note", {}, t)).allowed
 
 
+async def test_a_shorter_revocation_never_cuts_a_longer_one_short(g: Guard, clock: Clock) -> None:
+    t = token()
+    await g.revoke(subject="alice")  # until restored
+    await g.revoke(subject="alice", ttl=60)
+    await g.revoke(client_id="test-client", ttl=600)
+    await g.revoke(client_id="test-client", ttl=30)
+    clock.advance(61)
+    assert (await g.authorize("read_note", {}, t)).decision.reason.code == ReasonCode.SUBJECT_REVOKED
+    await g.restore(subject="alice")
+    assert (await g.authorize("read_note", {}, t)).decision.reason.code == ReasonCode.CLIENT_REVOKED
+    clock.advance(540)
+    assert (await g.authorize("read_note", {}, t)).allowed
+
+
 async def test_revoking_a_session(g: Guard, audit: MemoryAuditSink) -> None:
     t = token(sid="s")
     assert (await g.authorize("read_note", {}, t)).allowed

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import threading
+from typing import Any
 
 from mcp_guard.model import Principal
 from mcp_guard.reasons import ReasonCode
@@ -43,20 +44,19 @@ class Revocations:
 
     def revoke_token(self, token_id: str, until: float = math.inf) -> None:
         """Revoke by ``jti`` or by token fingerprint (`token_fingerprint`)."""
-        with self._lock:
-            self._tokens[token_id] = until
-            self._next_lapse = min(self._next_lapse, until)
-            self.active = True
+        self._revoke(self._tokens, token_id, until)
 
     def revoke_subject(self, subject: str, issuer: str | None = None, until: float = math.inf) -> None:
-        with self._lock:
-            self._subjects[(issuer, subject)] = until
-            self._next_lapse = min(self._next_lapse, until)
-            self.active = True
+        self._revoke(self._subjects, (issuer, subject), until)
 
     def revoke_client(self, client_id: str, issuer: str | None = None, until: float = math.inf) -> None:
+        self._revoke(self._clients, (issuer, client_id), until)
+
+    def _revoke(self, table: dict[Any, float], key: object, until: float) -> None:
+        """Revoke ``key`` until ``until`` at least: a shorter revocation never cuts a longer one
+        short (only `restore` lifts one)."""
         with self._lock:
-            self._clients[(issuer, client_id)] = until
+            table[key] = max(table.get(key, until), until)
             self._next_lapse = min(self._next_lapse, until)
             self.active = True
 
