@@ -10,6 +10,7 @@ refused (fail closed).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -100,6 +101,7 @@ class JWKSCache:
         self.min_refresh_interval = min_refresh_interval
         self._clock = clock
         self._sets: LRUCache[str, _KeySetEntry] = LRUCache(maxsize=max_sets)
+        self._generations = itertools.count(1)
         self.fetches = 0
         """How many fetches were attempted (for operators and tests)."""
 
@@ -142,7 +144,7 @@ class JWKSCache:
             thumbprints = frozenset(f"{kid} {key.thumbprint()}" for kid, key in keys.items())
             if thumbprints != entry.thumbprints:
                 entry.keys, entry.thumbprints = keys, thumbprints
-                entry.generation += 1
+                entry.generation = next(self._generations)  # never one an evicted entry had
             entry.fetched_at = self._clock()
         except (OSError, ValueError, httpx2.HTTPError, JoseError) as error:
             logger.warning(

@@ -17,7 +17,7 @@ from joserfc import jws, jwt
 from joserfc.jwk import RSAKey
 from pydantic import ValidationError
 
-from authority import RESOURCE, Authority
+from authority import RESOURCE, Authority, serve_authority
 from mcp_guard import Refused
 from mcp_guard.identity.claims import json_object
 from mcp_guard.identity.jwks import JWKSCache
@@ -581,3 +581,22 @@ def test_json_objects_with_whitespace_around_them(text: bytes, value: dict[str, 
 def test_anything_but_one_strict_json_object_is_refused(text: bytes) -> None:
     with pytest.raises(ValueError, match=r"JSON|object|duplicate|Expecting|after"):
         json_object(text)
+
+
+async def test_a_key_set_pushed_out_of_the_cache_never_revives_verifications_under_old_keys(
+    authority: Authority,
+) -> None:
+    with serve_authority() as other:
+        jwks = JWKSCache(max_sets=1, min_refresh_interval=0)
+        issuers = [TrustedIssuer(issuer=i.issuer, audience=RESOURCE, jwks_uri=i.jwks_uri) for i in (authority, other)]
+        verifier = JWTVerifier(issuers, jwks=jwks)
+        old = authority.mint()  # signed by rsa-1
+        await verifier.verify(old)
+        keys = authority.keys
+        authority.keys = {"rsa-2": RSAKey.generate_key(2048, parameters={"kid": "rsa-2"})}  # rsa-1 withdrawn
+        try:
+            await verifier.verify(other.mint())  # pushes the first issuer's keys out of the cache
+            await verifier.verify(authority.mint(kid="rsa-2"))  # its keys fetched again: rsa-2 only
+            assert await refused(verifier, old) == "key_unknown"
+        finally:
+            authority.keys = keys
