@@ -241,7 +241,7 @@ class Guard:
             request: CallRequest | None = None
             try:
                 principal = self.identifier.identify(credential)
-                self._check_principal(principal, now)
+                self.check_principal(principal, now)
                 kind = _CALL_DECIDED
                 session_id = self.session_keys.key(principal, transport_session)
                 found = await self.sessions.get(session_id)
@@ -336,7 +336,7 @@ class Guard:
         try:
             now = self.clock()
             principal = self.identifier.identify(credential)
-            self._check_principal(principal, now)
+            self.check_principal(principal, now)
             session = await self.sessions.get(self.session_keys.key(principal, transport_session))
             if session is not None and _session_refusal(session, principal, now) is not None:
                 return frozenset()
@@ -408,8 +408,8 @@ class Guard:
 
     # -- stages -------------------------------------------------------------------------------
 
-    def _check_principal(self, principal: Principal, now: float) -> None:
-        """Refuse an expired (beyond the leeway) or revoked principal."""
+    def check_principal(self, principal: Principal, now: float) -> None:
+        """Raise `Refused` for a principal expired at ``now`` (beyond the leeway) or revoked."""
         if principal.expires_at is not None and now > principal.expires_at + self.leeway:
             raise Refused(ReasonCode.TOKEN_EXPIRED)
         if self.revocations.active:

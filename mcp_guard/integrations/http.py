@@ -104,19 +104,20 @@ class GuardHTTP:
         """The ``WWW-Authenticate`` value when the named tool needs scopes the token lacks."""
         if headers.get(b"mcp-method") != b"tools/call":
             return None
-        declared = self.guard.tools.get(headers.get(b"mcp-name", b"").decode("latin-1"))
         authorization = headers.get(b"authorization", b"").decode("latin-1")
         scheme, _, token = authorization.partition(" ")
-        if declared is None or scheme.lower() != "bearer" or not token:
+        if scheme.lower() != "bearer" or not token:
             return None
-        try:
+        try:  # before the name is looked up, so the work done never tells which tools exist
             principal = await self.verifier.verify(token.strip())
+            self.guard.check_principal(principal, self.guard.clock())
         except Refused:
-            return None  # the SDK answers 401
+            return None  # the SDK answers 401, or the guard its in-band refusal
         except Exception:
             logger.exception("mcp-guard: verifying a bearer token for a step-up challenge failed")
             return None
-        if declared.conceal and not self.guard.policy.visible(principal, declared):
+        declared = self.guard.tools.get(headers.get(b"mcp-name", b"").decode("latin-1"))
+        if declared is None or (declared.conceal and not self.guard.policy.visible(principal, declared)):
             return None
         spec = self._as_policy_sees(declared)
         hierarchy = getattr(self.guard.policy, "hierarchy", None)
@@ -131,17 +132,20 @@ class GuardHTTP:
             reasons=(Reason.of(ReasonCode.INSUFFICIENT_SCOPE),),
             rule_ids=("http.step_up",),
         )
-        self.guard.record(
-            AuditEvent.build(
-                EventKind.CALL_DECIDED,
-                self.guard.clock(),
-                principal,
-                None,
-                spec.name,
-                decision,
-                detail="HTTP 403 step-up challenge",
-            )
+        event = AuditEvent.build(
+            EventKind.CALL_DECIDED,
+            self.guard.clock(),
+            principal,
+            None,
+            spec.name,
+            decision,
+            detail="HTTP 403 step-up challenge",
         )
+        try:
+            self.guard.record(event)
+        except Exception:  # unrecorded, the challenge is not given: the guard refuses the call in band
+            logger.exception("mcp-guard: recording a step-up challenge failed")
+            return None
         return self._insufficient_scope(spec)
 
     def _as_policy_sees(self, spec: ToolSpec) -> ToolSpec:

@@ -214,7 +214,10 @@ class GuardTokenVerifier:
             event = AuditEvent.build(
                 EventKind.TOKEN_REJECTED, self.guard.clock(), decision=Decision.deny(code, message), detail=detail
             )
-            self.guard.record(event)
+            try:
+                self.guard.record(event)
+            except Exception:  # the token is refused either way: a failing log must not turn 401 into 500
+                logger.exception("mcp-guard: recording a refused bearer token failed")
 
 
 def _same_answer(before: Principal, now: Principal) -> bool:

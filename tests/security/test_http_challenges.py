@@ -164,3 +164,54 @@ async def test_challenges_and_metadata_follow_the_policy_file(
     assert refused.status_code == 403
     assert challenge(refused)["scope"] == "notes:audit notes:write"  # every scope the call needs
     assert (await post(resource, writer, "read_note")).status_code == 200  # the policy's hierarchy applies
+
+
+async def test_a_revoked_subject_gets_no_challenge_but_the_guards_refusal(
+    authority: Authority, guard: Guard, resource: str
+) -> None:
+    token = authority.mint(aud=resource, scope="notes:read")
+    await guard.revoke(subject="agent-7")
+    try:
+        response = await post(resource, token, "write_note")
+    finally:
+        await guard.restore(subject="agent-7")
+    assert response.status_code != 403
+    assert "subject_revoked" in response.text
+
+
+@pytest.mark.parametrize("name", ["purge_notes", "no_such_tool"])
+async def test_the_work_done_for_a_bad_token_never_tells_which_tools_exist(
+    authority: Authority, guard: Guard, name: str
+) -> None:
+    asked: list[str] = []
+
+    def counting(app: ASGIApp, verifier: JWTVerifier, resource: str) -> ASGIApp:
+        original = verifier.verify
+
+        async def verify(token: str) -> Any:
+            asked.append(token)
+            return await original(token)
+
+        verifier.verify = verify  # type: ignore[method-assign]
+        return GuardHTTP(app, guard, verifier, resource=resource)
+
+    with serving_jwt_notes(guard, authority.issuer, authority.jwks_uri, counting) as resource:
+        response = await post(resource, "garbage", name)
+    assert response.status_code == 401
+    assert len(asked) == 2  # once for the step-up check and once by the SDK, concealed tool or none
+
+
+async def test_a_failing_audit_log_refuses_tokens_with_401_never_500(authority: Authority) -> None:
+    class Failing:
+        def emit(self, event: object) -> None:
+            raise OSError("disk full")
+
+    guard = Guard(audit=[Failing()])
+
+    def challenging(app: ASGIApp, verifier: JWTVerifier, resource: str) -> ASGIApp:
+        return GuardHTTP(app, guard, verifier, resource=resource)
+
+    with serving_jwt_notes(guard, authority.issuer, authority.jwks_uri, challenging) as resource:
+        for token in ("garbage", authority.mint(aud=resource, scope="notes:read")):
+            for name in ("read_note", "write_note"):
+                assert (await post(resource, token, name)).status_code == 401
