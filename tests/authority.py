@@ -103,9 +103,9 @@ class Authority:
             if request.headers.get("authorization") != expected:
                 return JSONResponse({"error": "invalid_client"}, status_code=401)
             form = await request.form()
+            answer = self.answers.get(str(form.get("token")), {"active": False})  # as of the request's arrival
             if self.introspection_delay:
                 await anyio.sleep(self.introspection_delay)
-            answer = self.answers.get(str(form.get("token")), {"active": False})
             if isinstance(answer, bytes):
                 return Response(answer, media_type="application/json")
             if isinstance(answer, int) and not isinstance(answer, bool):

@@ -76,6 +76,8 @@ class IntrospectionVerifier:
         self._answers: FIFOCache[bytes, tuple[Principal, float]] = FIFOCache(maxsize=cache_size)
         self._lock = threading.Lock()
         self._asking: dict[bytes, _Question] = {}
+        self._forgotten = 0
+        """How often `forget_tokens` ran: an answer asked for before the latest one is not kept."""
 
     @classmethod
     async def discover(
@@ -102,7 +104,7 @@ class IntrospectionVerifier:
                 raise Refused(*asked.refusal)
         asked = self._asking[digest] = _Question()  # one that ended without an outcome (cancelled) is asked anew
         try:
-            asked.principal = await self._verify(token, digest, now)
+            asked.principal = await self._verify(token, digest, now, self._forgotten)
             return asked.principal
         except Refused as refusal:
             asked.refusal = (refusal.code, refusal.message)
@@ -113,16 +115,20 @@ class IntrospectionVerifier:
             asked.done.set()
 
     def forget_tokens(self) -> None:
-        """Drop every cached answer, so the next call of each token asks the server again."""
+        """Drop every cached answer, so the next call of each token asks the server again; a
+        question already under way is neither joined nor kept."""
         with self._lock:
             self._answers.clear()
+            self._asking.clear()
+            self._forgotten += 1
 
-    async def _verify(self, token: str, digest: bytes, now: float) -> Principal:
+    async def _verify(self, token: str, digest: bytes, now: float, forgotten: int) -> Principal:
         answer = await self._introspect(token)
         principal = _principal(self.trusted, answer, now, digest)
         until = min(now + self.cache_ttl, valid_until(answer, self.trusted.leeway, self.trusted.max_token_age))
         with self._lock:
-            self._answers[digest] = (principal, until)
+            if self._forgotten == forgotten:
+                self._answers[digest] = (principal, until)
         return principal
 
     async def _introspect(self, token: str) -> Mapping[str, Any]:

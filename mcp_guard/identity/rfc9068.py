@@ -126,6 +126,7 @@ class JWTVerifier:
         self._discovery = _Discovery()
         self._lock = threading.Lock()
         self._headers: dict[str, _Header] = {}
+        self._forgotten = 0
 
     async def verify(self, token: str) -> Principal:
         """The principal a valid access token stands for; raises `Refused` with the reason otherwise.
@@ -140,15 +141,18 @@ class JWTVerifier:
         cached = self._verified.get(digest)
         if cached is not None and now <= cached.until and self.jwks.generation(cached.jwks_uri) == cached.generation:
             return cached.principal
+        forgotten = self._forgotten
         verified = await self._verify(token, digest, now)
         with self._lock:
-            self._verified[digest] = verified
+            if self._forgotten == forgotten:  # not a verification begun before `forget_tokens`
+                self._verified[digest] = verified
         return verified.principal
 
     def forget_tokens(self) -> None:
         """Drop every cached verification (after a key compromise, say); keys stay cached."""
         with self._lock:
             self._verified.clear()
+            self._forgotten += 1
 
     async def _verify(self, token: str, digest: bytes, now: float) -> _Verified:
         header, claims, signing_input, signature = _parts(token, self._headers)

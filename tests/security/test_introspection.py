@@ -380,3 +380,30 @@ async def test_a_token_the_server_narrows_is_served_with_its_new_scopes(authorit
         ["notes:admin", "notes:read"],
         ["notes:read"],
     ]
+
+
+async def test_forgetting_tokens_reaches_a_question_already_under_way(authority: Authority) -> None:
+    authority.answers["forgotten"] = answer(authority)
+    verifier = introspector(authority, cache_ttl=60)
+    outcomes: dict[str, str] = {}
+
+    async def call(label: str) -> None:
+        try:
+            outcomes[label] = (await verifier.verify("forgotten")).subject
+        except Refused as refusal:
+            outcomes[label] = refusal.code
+
+    authority.introspection_delay = 0.3
+    try:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(call, "asked before")
+            await anyio.sleep(0.1)
+            authority.answers["forgotten"] = {"active": False}  # revoked at the server...
+            verifier.forget_tokens()  # ...and this server told so
+            tasks.start_soon(call, "asked after")
+    finally:
+        authority.introspection_delay = 0.0
+    before = authority.introspections
+    await call("later")
+    assert outcomes == {"asked before": "agent-7", "asked after": "token_inactive", "later": "token_inactive"}
+    assert authority.introspections - before == 1  # the answer from before was not kept
