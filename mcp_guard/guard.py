@@ -464,8 +464,16 @@ class Guard:
     async def _end_risky_session(
         self, session: Session, principal: Principal | None, score: float, threshold: float, now: float
     ) -> None:
-        """Revoke a session whose risk score reached the threshold, and record why."""
+        """Revoke a session whose risk score reached the threshold, and the token that drove it
+        there until the token expires (a new connection must not start a fresh budget), and
+        record why."""
         self.revocations.revoke_session(session.id)
+        token_id = principal.token_id or principal.token_hash if principal is not None else None
+        if principal is not None and token_id is not None:
+            expires_at = principal.expires_at
+            self.revocations.revoke_token(token_id, math.inf if expires_at is None else expires_at + self.leeway)
+            detail = f"token_id={token_id!r} reason='session {session.id} reached its risk threshold'"
+            self.record(AuditEvent.build(EventKind.ACCESS_REVOKED, now, principal, session.id, detail=detail))
         if await self.sessions.end(session.id, SessionState.REVOKED, ReasonCode.SESSION_RISK_EXCEEDED) == "ended":
             self.record(
                 AuditEvent.build(

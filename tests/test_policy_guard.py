@@ -94,6 +94,9 @@ async def test_a_policy_file_governs_a_real_server(tmp_path: Path, mode: str, au
             assert after.data["reason"] == ReasonCode.SEQUENCE_FORBIDDEN
             ended = await error_of(client, "read_secret", {"name": "db"})  # 0 + 20 + 10 + 20, and 10 more is 60
             assert ended.data["reason"] == ReasonCode.SESSION_RISK_EXCEEDED
+        async with Client(server, mode=mode) as client:  # a new connection does not start a fresh budget
+            again = await error_of(client, "send_mail", {"to": "bob@example.com", "body": "hi"})
+            assert again.data["reason"] in (ReasonCode.TOKEN_REVOKED, ReasonCode.SESSION_RISK_EXCEEDED)
     decided = [event for event in audit.events if event.kind == EventKind.CALL_DECIDED]
     assert {(event.policy_id, event.policy_version) for event in decided} == {("mail", "7")}
     assert decided[1].rule_ids == ("internal-recipients",)

@@ -268,7 +268,9 @@ async def test_crossing_the_risk_threshold_revokes_the_session(audit: MemoryAudi
     assert len(revoked) == 1 and "risk score 65 reached threshold 50" in (revoked[0].detail or "")
     assert revoked[0].subject == "alice"
     after = (await guard.authorize("send_mail", {}, ops)).decision
-    assert after.reason.code == ReasonCode.SESSION_RISK_EXCEEDED  # the session stays ended
+    assert after.reason.code == ReasonCode.TOKEN_REVOKED  # and its token, so no new session starts afresh
+    [token_revoked] = [event for event in audit.events if event.kind == EventKind.ACCESS_REVOKED]
+    assert "risk threshold" in (token_revoked.detail or "") and token_revoked.subject == "alice"
     assert (
         await guard.authorize("read_secret", {}, access_token("alice", "secrets:read", sid="s2", groups=["ops"]))
     ).allowed
@@ -278,7 +280,7 @@ async def test_denials_alone_can_end_a_session(audit: MemoryAuditSink, clock: Cl
     guard = guarded(RulePolicy(), audit, clock, risk=RiskSettings(threshold=30, denial=10))
     token = access_token("mallory", "", sid="probe")
     codes = [(await guard.authorize("read_secret", {}, token)).decision.reason.code for _ in range(4)]
-    assert codes == [ReasonCode.INSUFFICIENT_SCOPE] * 3 + [ReasonCode.SESSION_RISK_EXCEEDED]
+    assert codes == [ReasonCode.INSUFFICIENT_SCOPE] * 3 + [ReasonCode.TOKEN_REVOKED]
     assert guard.risk is not None and guard.risk.threshold == 30
 
 
