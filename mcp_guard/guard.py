@@ -266,13 +266,17 @@ class Guard:
                 if parsing is not None:
                     arguments = parsing.apply(arguments)
                 request = _new(CallRequest, (principal, session, spec, arguments, now, protocol_version, request_id))
+                awaited = False
                 try:
                     verdict = self._policy.decide(request)
-                    decision = verdict if type(verdict) is Decision else await self._settled(verdict, principal)
+                    awaited = type(verdict) is not Decision
+                    decision = await self._settled(verdict, principal) if awaited else cast(Decision, verdict)
                 except Exception as error:
                     logger.exception("mcp-guard: policy %r failed on tool %s; denying", self._policy.id, spec.name)
                     decision = self._refusal(ReasonCode.POLICY_ERROR, None, principal)
                     detail = f"{type(error).__name__}: {error}"[:_DETAIL_LIMIT]
+                if awaited and decision.allowed:  # revoked or ended while a remote policy was deciding?
+                    self._check_still_usable(principal, session, now)
             except Refused as refusal:
                 decision = self._refusal(refusal.code, refusal.message, principal)
             except Exception:
@@ -450,6 +454,15 @@ class Guard:
         if refusal in _LIFETIME_ENDS and await self.sessions.end(session_id, SessionState.EXPIRED, refusal) == "ended":
             self.record(AuditEvent.build(EventKind.SESSION_EXPIRED, now, principal, session_id=session_id))
         raise Refused(refusal)
+
+    def _check_still_usable(self, principal: Principal, session: Session, now: float) -> None:
+        """Raise `Refused` when ``principal`` or ``session`` was revoked or ended since the call began."""
+        self.check_principal(principal, now)
+        refusal = _session_refusal(session, principal, now)
+        if refusal is None and self.revocations.session_revoked(session.id):
+            refusal = ReasonCode.SESSION_REVOKED
+        if refusal is not None:
+            raise Refused(refusal)
 
     async def _settled(self, verdict: object, principal: Principal) -> Decision:
         """The decision a policy's answer stands for: awaited if it is pending; an abstention denies."""

@@ -6,13 +6,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from mcp.client import Client
 
 from mcp_guard import EventKind, Guard, GuardMiddleware, MemoryAuditSink, PolicyFile, ReasonCode, ScopePolicy
 from mcp_guard.audit.file import FileAuditSink
 from mcp_guard.cli import main
-from mcp_guard.model import CallRequest, Decision
+from mcp_guard.model import CallRequest, Decision, ToolSpec
 from mcp_guard.policy import Verdict
 from mcp_guard.testing import access_token, acting_as
 
@@ -247,3 +248,39 @@ async def test_a_combined_policy_keeps_its_risk_threshold(audit: MemoryAuditSink
     token = access_token("alice", "", sid="s")
     assert guard.risk is scored.risk
     assert [(await guard.authorize("write", {}, token)).allowed for _ in range(3)] == [True, False, False]
+
+
+@pytest.mark.parametrize("revoke", ["subject", "session"])
+async def test_a_revocation_while_a_remote_policy_decides_stops_that_call(revoke: str) -> None:
+    gate = anyio.Event()
+
+    class Remote:
+        id, version = "remote", "1"
+
+        def __init__(self) -> None:
+            self.scopes = ScopePolicy()
+
+        def visible(self, principal: Any, tool: Any) -> bool:
+            return True
+
+        async def decide(self, request: CallRequest) -> Decision:
+            await gate.wait()  # an external decision point taking its time
+            return self.scopes.decide(request)
+
+    guard = Guard(policy=Remote(), audit=[MemoryAuditSink()])
+    guard.declare(ToolSpec("wire_money", scopes=frozenset({"pay"})))
+    token = access_token("mallory", "pay")
+    outcome: list[str] = []
+
+    async def call() -> None:
+        outcome.append((await guard.authorize("wire_money", {}, token, transport_session="s")).decision.reason.code)
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(call)
+        await anyio.sleep(0.01)
+        if revoke == "subject":
+            await guard.revoke(subject="mallory")
+        else:
+            await guard.revoke(session_id="mcp:s")
+        gate.set()
+    assert outcome == ["subject_revoked" if revoke == "subject" else "session_revoked"]
