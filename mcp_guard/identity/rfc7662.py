@@ -3,7 +3,8 @@
 The call goes through authlib's OAuth 2.0 client, authenticated as this resource server. Only
 a literal JSON ``true`` for ``active`` counts: ``"true"``, ``1`` or a missing member do not.
 ``iss``, ``aud``, ``exp``, ``nbf`` and ``iat`` are still checked when the answer carries them,
-and the scope is parsed strictly. A subject is required, as sessions bind to it: ``sub``, or for
+and the scope is parsed strictly. A ``token_type``, when given, must say a bearer access token
+(a refresh token is refused). A subject is required, as sessions bind to it: ``sub``, or for
 a client-credentials token without one, the ``client_id`` (as RFC 9068 section 2.2 has it).
 
 An answer is cached by a digest of the token no longer than ``min(cache_ttl, exp)``; an
@@ -41,6 +42,11 @@ __all__ = ["IntrospectionVerifier"]
 logger = logging.getLogger("mcp_guard")
 
 MAX_ANSWER_BYTES = 64 * 1024
+
+_ACCESS_TOKEN_TYPES = frozenset({"bearer", "access_token"})
+"""``token_type`` values that mean a bearer access token: the RFC 6749 type, or the token type
+hint some servers answer with. A refresh token, or a proof-of-possession token this server
+cannot check the binding of, is refused."""
 
 
 class IntrospectionVerifier:
@@ -168,6 +174,9 @@ class _Question:
 def _principal(trusted: TrustedIssuer, answer: Mapping[str, Any], now: float, digest: bytes) -> Principal:
     if answer.get("active") is not True:
         raise Refused(ReasonCode.TOKEN_INACTIVE)
+    token_type = answer.get("token_type")
+    if token_type is not None and (not isinstance(token_type, str) or token_type.lower() not in _ACCESS_TOKEN_TYPES):
+        raise Refused(ReasonCode.TOKEN_TYPE_INVALID, "The authorization server says this is not a bearer access token.")
     issuer = answer.get("iss", trusted.issuer)
     if issuer != trusted.issuer:
         raise Refused(ReasonCode.ISSUER_UNTRUSTED)

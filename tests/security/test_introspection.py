@@ -116,6 +116,9 @@ async def test_the_cache_never_outlives_the_token_or_its_ttl(authority: Authorit
         ({"scope": "notes:read\tnotes:write"}, "scope_malformed"),
         ({"scope": ["notes:read"]}, "scope_malformed"),
         ({"act": {"no": "sub"}}, "claim_invalid"),
+        ({"token_type": "refresh_token"}, "token_type_invalid"),
+        ({"token_type": "DPoP"}, "token_type_invalid"),
+        ({"token_type": 7}, "token_type_invalid"),
     ],
 )
 async def test_answers_of_every_shape(authority: Authority, overrides: dict[str, Any], code: str) -> None:
@@ -407,3 +410,9 @@ async def test_forgetting_tokens_reaches_a_question_already_under_way(authority:
     await call("later")
     assert outcomes == {"asked before": "agent-7", "asked after": "token_inactive", "later": "token_inactive"}
     assert authority.introspections - before == 1  # the answer from before was not kept
+
+
+@pytest.mark.parametrize("token_type", ["Bearer", "bearer", "access_token"])
+async def test_bearer_access_token_types_are_accepted(authority: Authority, token_type: str) -> None:
+    authority.answers[f"typed-{token_type}"] = answer(authority, token_type=token_type)
+    assert (await introspector(authority).verify(f"typed-{token_type}")).subject == "agent-7"
