@@ -46,12 +46,15 @@ def notes_server(guard: Guard, **options: Any) -> MCPServer:
         """Read one note by title."""
         token = get_access_token()
         call = current_call()
+        request = ctx.request_context.request  # the HTTP request, when there is one
         return {
             "text": notes.get(title, ""),
             "scopes": token.scopes if token else None,
             "bearer": token.token if token else None,
             "session": call.session.id if call else None,
             "has_context": ctx is not None,
+            "request_authorization": request.headers.get("authorization") if request is not None else None,
+            "request_scopes": sorted(request.auth.scopes) if request is not None else None,
         }
 
     @mcp.tool()

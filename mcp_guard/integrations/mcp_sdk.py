@@ -6,7 +6,8 @@
 It sees every ``tools/call`` before params validation and refuses what the guard denies with
 an `MCPError` (code `GUARD_DENIED`), and it filters ``tools/list`` down to what the caller may
 call. While an admitted tool runs, ``get_access_token()`` returns the caller's token trimmed to
-the approved scopes, with the raw bearer string withheld (tools must not pass it through).
+the approved scopes, with the raw bearer string withheld (tools must not pass it through); over
+HTTP, the request the tool can reach has no ``Authorization`` header and the trimmed caller.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 import secrets
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from mcp.server.auth.middleware.auth_context import auth_context_var, get_access_token
@@ -26,6 +28,8 @@ from mcp_types import INTERNAL_ERROR
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from opentelemetry import trace
 from opentelemetry.trace import Span, StatusCode
+from starlette.authentication import AuthCredentials
+from starlette.requests import Request
 
 from mcp_guard.audit.events import AuditEvent, EventKind
 from mcp_guard.audit.spans import tracing_configured
@@ -94,6 +98,8 @@ class GuardMiddleware:
             if trimmed is None:
                 trimmed = self._trim(credential, request.principal, decision.approved_scopes)
             user = auth_context_var.set(trimmed)
+            if ctx.request is not None:  # over HTTP, the tool's view of the request is trimmed as well
+                ctx = replace(ctx, request=_request_as_seen(ctx.request, trimmed))
         admitted = ADMITTED.set(request)
         started, result, error_type = time.perf_counter(), "error", None
         try:
@@ -259,6 +265,17 @@ def denial_error(authorization: Authorization) -> MCPError:
     if reason.code == ReasonCode.INSUFFICIENT_SCOPE and authorization.request is not None:
         data["required_scopes"] = sorted(authorization.request.tool.scopes)
     return MCPError(code=GUARD_DENIED, message=reason.message, data=data)
+
+
+def _request_as_seen(request: Any, user: AuthenticatedUser) -> Any:
+    """The HTTP request as a tool may see it: no ``Authorization`` header, and the trimmed
+    caller as its ``user`` and ``auth`` (what Starlette's authentication set on it)."""
+    if not isinstance(request, Request):
+        return request
+    scope = dict(request.scope)
+    scope["headers"] = [(name, value) for name, value in scope.get("headers", ()) if name.lower() != b"authorization"]
+    scope["user"], scope["auth"] = user, AuthCredentials(user.scopes)
+    return Request(scope, request.receive)
 
 
 def _trimmed(token: AccessToken, approved: frozenset[str]) -> AccessToken:

@@ -34,7 +34,10 @@ async def test_a_verified_jwt_runs_trimmed_and_its_delegation_is_recorded(
     token = authority.mint(aud=served, scope="notes:read mail:send", act={"sub": "planner-agent"})
     async with client(served, token, mode) as session:
         result = await session.call_tool("read_note", {"title": "welcome"})
-    assert (result.structured_content or {})["scopes"] == ["notes:read"]
+    seen = result.structured_content or {}
+    assert seen["scopes"] == ["notes:read"]
+    assert seen["request_authorization"] is None  # the raw request a tool can reach is trimmed too
+    assert seen["request_scopes"] == ["notes:read"]
     decided = [e for e in audit.events if e.kind == EventKind.CALL_DECIDED][-1]
     assert decided.actor_chain == ("planner-agent",)
     assert decided.issuer == authority.issuer
