@@ -149,8 +149,9 @@ class GuardTokenVerifier:
 
     A refused token gets the SDK's 401. When a guard is given, a refusal is recorded as
     ``token.rejected`` with the precise reason, and the first acceptance of each token (and of
-    each different answer for it) as ``token.accepted`` (never the token, only its fingerprint). When a tracer provider is
-    installed, each verification is timed in a ``mcp-guard verify token`` span.
+    each different answer for it) as ``token.accepted`` (never the token, only its
+    fingerprint). When a tracer provider is installed, each verification is timed in a
+    ``mcp-guard verify token`` span.
     """
 
     _ACCEPTED_LIMIT = 10_000
