@@ -55,6 +55,7 @@ def notes_server(guard: Guard, **options: Any) -> MCPServer:
             "has_context": ctx is not None,
             "request_authorization": request.headers.get("authorization") if request is not None else None,
             "request_scopes": sorted(request.auth.scopes) if request is not None else None,
+            "request_body": len(await request.body()) if request is not None else None,
         }
 
     @mcp.tool()

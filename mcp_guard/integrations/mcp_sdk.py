@@ -276,7 +276,11 @@ def _request_as_seen(request: Any, user: AuthenticatedUser) -> Any:
     scope = dict(request.scope)
     scope["headers"] = [(name, value) for name, value in scope.get("headers", ()) if name.lower() != b"authorization"]
     scope["user"], scope["auth"] = user, AuthCredentials(user.scopes)
-    return Request(scope, request.receive)
+    seen = Request(scope, request.receive)
+    body = getattr(request, "_body", None)
+    if isinstance(body, bytes):  # what the SDK already read: reading it again must not wait on the socket
+        seen._body = body
+    return seen
 
 
 def _trimmed(token: AccessToken, approved: frozenset[str]) -> AccessToken:

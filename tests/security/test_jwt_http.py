@@ -38,6 +38,7 @@ async def test_a_verified_jwt_runs_trimmed_and_its_delegation_is_recorded(
     assert seen["scopes"] == ["notes:read"]
     assert seen["request_authorization"] is None  # the raw request a tool can reach is trimmed too
     assert seen["request_scopes"] == ["notes:read"]
+    assert seen["request_body"] > 0  # the body the SDK read is still there to read
     decided = [e for e in audit.events if e.kind == EventKind.CALL_DECIDED][-1]
     assert decided.actor_chain == ("planner-agent",)
     assert decided.issuer == authority.issuer
