@@ -169,16 +169,23 @@ class ArgumentConstraint:
             return f"must be at least {_number_text(self.minimum)}"
         if self.maximum is not None and value > self.maximum:
             return f"must be at most {_number_text(self.maximum)}"
+        problem = self._scalar_problem(value)
+        if problem is not None:
+            return problem
+        if self.max_bytes is not None:
+            size = _number_size(value)
+            if size is None or size > self.max_bytes:
+                return f"is larger than {self.max_bytes} bytes as JSON"
+        return None
+
+    def _scalar_problem(self, value: float | bool | None) -> str | None:
+        """What a number, boolean or null breaks: a length or text rule, or the enumeration."""
         if self._measured:
             return "must be a string, an array or an object to have a length"
         if self._textual:
             return "must be a string"
         if self._members is not None and (type(value), value) not in self._members:
             return f"must be one of {self._choices}"
-        if self.max_bytes is not None:
-            size = _number_size(value)
-            if size is None or size > self.max_bytes:
-                return f"is larger than {self.max_bytes} bytes as JSON"
         return None
 
     def _string_problem(self, value: str) -> str | None:
@@ -222,12 +229,9 @@ class ArgumentConstraint:
     def _literal_problem(self, value: bool | None) -> str | None:
         if self._ranged:
             return "must be a number"
-        if self._measured:
-            return "must be a string, an array or an object to have a length"
-        if self._textual:
-            return "must be a string"
-        if self._members is not None and (type(value), value) not in self._members:
-            return f"must be one of {self._choices}"
+        problem = self._scalar_problem(value)
+        if problem is not None:
+            return problem
         if self.max_bytes is not None and (5 if value is False else 4) > self.max_bytes:
             return f"is larger than {self.max_bytes} bytes as JSON"
         return None
