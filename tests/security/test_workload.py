@@ -104,18 +104,23 @@ async def test_a_stdio_server_serves_as_its_workload(authority: Authority, mode:
         assert raised.value.error.data["reason"] == "insufficient_scope"
 
 
-async def test_the_held_token_refused_for_good_leaves_no_identity(
-    authority: Authority, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A bad replacement token keeps the last good one, but the very token held, once the
-    issuer says it is no longer active, stops acting at once; an outage keeps it."""
-    verifier = IntrospectionVerifier(
+def asking_every_time(authority: Authority) -> IntrospectionVerifier:
+    """An introspection verifier that keeps no answer, so each refresh asks the issuer again."""
+    return IntrospectionVerifier(
         TrustedIssuer(issuer=authority.issuer, audience=RESOURCE),
         endpoint=f"{authority.issuer}/introspect",
         client_id=authority.client_id,
         client_secret=authority.client_secret,
         cache_ttl=0.000001,
     )
+
+
+async def test_the_held_token_refused_for_good_leaves_no_identity(
+    authority: Authority, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bad replacement token keeps the last good one, but the very token held, once the
+    issuer says it is no longer active, stops acting at once; an outage keeps it."""
+    verifier = asking_every_time(authority)
     now = int(time.time())
     authority.answers["workload-held"] = {
         "active": True, "iss": authority.issuer, "aud": RESOURCE, "sub": "indexer", "client_id": "indexer",
@@ -138,13 +143,7 @@ async def test_the_held_token_refused_for_good_leaves_no_identity(
 async def test_a_held_token_its_issuer_revoked_is_dropped_when_no_good_replacement_comes(
     authority: Authority, monkeypatch: pytest.MonkeyPatch, replacement: str | None
 ) -> None:
-    verifier = IntrospectionVerifier(
-        TrustedIssuer(issuer=authority.issuer, audience=RESOURCE),
-        endpoint=f"{authority.issuer}/introspect",
-        client_id=authority.client_id,
-        client_secret=authority.client_secret,
-        cache_ttl=0.000001,
-    )
+    verifier = asking_every_time(authority)
     authority.answers["held-workload"] = {"active": True, "sub": "indexer", "client_id": "indexer"}  # no exp
     monkeypatch.setenv("MCP_GUARD_TOKEN", "held-workload")
     workload = WorkloadIdentity.from_env(verifier)
