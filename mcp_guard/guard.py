@@ -481,8 +481,7 @@ class Guard:
         there until the token expires (a new connection must not start a fresh budget), and
         record why."""
         self.revocations.revoke_session(session.id)
-        token_id = principal.token_id or principal.token_hash if principal is not None else None
-        if principal is not None and token_id is not None:
+        if principal is not None and (token_id := principal.token_id or principal.token_hash) is not None:
             expires_at = principal.expires_at
             self.revocations.revoke_token(token_id, math.inf if expires_at is None else expires_at + self.leeway)
             detail = f"token_id={token_id!r} reason='session {session.id} reached its risk threshold'"
