@@ -109,7 +109,7 @@ class WorkloadIdentity:
 
     async def _held_refusal(self) -> Refused | None:
         """Why the token held now is refused for good, asked again; None while it stands (or
-        while only its issuer is unreachable)."""
+        while only its issuer is unreachable). A verifier that fails otherwise refuses it."""
         if self._token is None:
             return None
         try:
@@ -118,6 +118,7 @@ class WorkloadIdentity:
             return refusal if refusal.code not in _RETRYABLE else None
         except Exception:
             logger.exception("mcp-guard: verifying the held workload token again failed")
+            return Refused(ReasonCode.GUARD_ERROR, "The held workload token could not be verified again.")
         return None
 
     async def keep_fresh(self, every: float = 60.0) -> None:

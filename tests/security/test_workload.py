@@ -6,6 +6,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mcp import Client, MCPError, StdioServerParameters
@@ -157,5 +158,32 @@ async def test_a_held_token_its_issuer_revoked_is_dropped_when_no_good_replaceme
     with pytest.raises(Refused) as raised:
         await workload.refresh()
     assert raised.value.code == "token_inactive"
+    with pytest.raises(Refused):
+        workload.identify(None)
+
+
+async def test_a_verifier_that_breaks_on_the_held_token_leaves_no_identity(
+    verifier: JWTVerifier, authority: Authority, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Breaking:
+        """The real verifier, until it starts failing with something other than a refusal."""
+
+        issuers = verifier.issuers
+        broken = False
+
+        async def verify(self, token: str) -> Any:
+            if self.broken:
+                raise RuntimeError("verifier bug")
+            return await verifier.verify(token)
+
+    breaking = Breaking()
+    monkeypatch.setenv("MCP_GUARD_TOKEN", authority.mint(sub="indexer"))
+    workload = WorkloadIdentity.from_env(breaking)
+    assert (await workload.refresh()).subject == "indexer"
+    monkeypatch.delenv("MCP_GUARD_TOKEN")
+    breaking.broken = True
+    with pytest.raises(Refused) as raised:
+        await workload.refresh()
+    assert raised.value.code == "guard_error"
     with pytest.raises(Refused):
         workload.identify(None)
