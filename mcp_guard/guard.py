@@ -297,15 +297,16 @@ class Guard:
                 weight = risk.weight(decision, spec)
                 if decision.allowed and session.risk_score + weight >= risk.threshold:
                     decision = self._refusal(ReasonCode.SESSION_RISK_EXCEEDED, None, principal)
+            if decision.allowed and request is not None and decision.on_allow:  # last: only allowed calls count
+                decision = self._counted(decision, request, principal)
+                if not decision.allowed and risk is not None and session is not None:
+                    weight = risk.weight(decision, spec)  # weighed as the refusal it became
             event = AuditEvent.build(
                 kind, now, principal, session_id, tool_name, decision, trace_context, detail, owners, facts
             )
             try:
                 for sink in self.sinks:
                     sink.emit(event)
-                if decision.allowed and request is not None:
-                    for hook in decision.on_allow:  # before any await: no call decided meanwhile misses this count
-                        hook.on_allow(request)
                 seen = _as_seen(request) if self.shadow is not None and request is not None else None
                 if session is not None:
                     score = await self.sessions.record_call(
@@ -454,6 +455,23 @@ class Guard:
         if refusal in _LIFETIME_ENDS and await self.sessions.end(session_id, SessionState.EXPIRED, refusal) == "ended":
             self.record(AuditEvent.build(EventKind.SESSION_EXPIRED, now, principal, session_id=session_id))
         raise Refused(refusal)
+
+    def _counted(self, decision: Decision, request: CallRequest, principal: Principal | None) -> Decision:
+        """``decision`` once the rules that count allowed calls (rate limits) have counted this one.
+
+        Each counts only while its limit still has room, in one step, so calls decided at the
+        same time cannot all pass a limit one of them fills; the one that finds no room is
+        refused with that rule's reason. A rule that fails denies the call.
+        """
+        try:
+            for hook in decision.on_allow:
+                hook.on_allow(request)
+        except Refused as refusal:
+            return self._refusal(refusal.code, refusal.message, principal)
+        except Exception:
+            logger.exception("mcp-guard: counting the call on tool %s failed; denying", request.tool.name)
+            return self._refusal(ReasonCode.GUARD_ERROR, None, principal)
+        return decision
 
     def _check_still_usable(self, principal: Principal, session: Session, now: float) -> None:
         """Raise `Refused` when ``principal`` or ``session`` was revoked or ended since the call began."""

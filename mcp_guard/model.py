@@ -203,7 +203,11 @@ class Session:
 
 @runtime_checkable
 class AllowHook(Protocol):
-    """A rule that must hear about each call it judged that was finally allowed."""
+    """A rule that must hear about each call it judged that was finally allowed.
+
+    ``on_allow`` may raise `Refused` to refuse the call after all: a rate limit that another
+    call, decided at the same time, has filled meanwhile.
+    """
 
     def on_allow(self, request: CallRequest) -> None: ...
 

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from mcp_guard import EventKind, Guard, MemoryAuditSink, ReasonCode, RiskSettings, RulePolicy, ToolSpec
@@ -401,3 +402,30 @@ async def test_only_calls_finally_allowed_count_against_limits(audit: MemoryAudi
     assert refused.reason.code == ReasonCode.SESSION_RISK_EXCEEDED
     [opened] = [event for event in audit.events if event.kind == EventKind.SESSION_OPENED]
     assert budget.counters.used(("budget", opened.session_id), clock()) == 2
+
+
+async def test_calls_decided_at_once_never_pass_a_limit_together(audit: MemoryAuditSink, clock: Clock) -> None:
+    from mcp_guard import AllOf, ScopePolicy
+
+    scopes = ScopePolicy()
+
+    async def remote(request: Any) -> Decision:
+        await anyio.sleep(0.01)  # every call passes the limit's check before any is counted
+        return scopes.decide(request)
+
+    limit = LimitRule("two", per="principal", calls=2, window=60)
+    guard = guarded(AllOf(RulePolicy([limit]), remote), audit, clock)
+    token = access_token("alice", "mail:send")
+    codes: list[str] = []
+
+    async def call() -> None:
+        codes.append((await guard.authorize("send_mail", {}, token)).decision.reason.code)
+
+    async with anyio.create_task_group() as tasks:
+        for _ in range(6):
+            tasks.start_soon(call)
+    assert sorted(codes) == ["allowed"] * 2 + [ReasonCode.RATE_LIMITED] * 4
+    refused = [e for e in audit.events if e.kind == EventKind.CALL_DECIDED and e.outcome == "denied"]
+    assert [e.reasons for e in refused] == [(ReasonCode.RATE_LIMITED,)] * 4  # recorded as the refusals they were
+    principal = refused[0].principal
+    assert principal is not None and limit.counters.used(("two", principal.binding), clock()) == 2

@@ -5,7 +5,8 @@ after the previous window ended (a fixed window, so a burst of up to twice the l
 straddle two windows). A limit without one is a budget for the session's whole life. Counts
 live in this process (a server with several processes counts in each); a call counts only
 once it is finally allowed: by every rule, every other policy combined with this one, and the
-guard's risk check.
+guard's risk check. Counting checks the limit again in the same step, so calls decided at once
+cannot all pass it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
+from mcp_guard.errors import Refused
 from mcp_guard.model import CallRequest, Reason
 from mcp_guard.policy.rules import SelectedRule
 from mcp_guard.reasons import ReasonCode
@@ -49,14 +51,23 @@ class Counters:
                     return None
         return 0
 
-    def add(self, key: Hashable, now: float, ends_at: float) -> None:
-        """Count one call for ``key``, opening a window until ``ends_at`` if none is open."""
+    def take(self, key: Hashable, now: float, ends_at: float, limit: int) -> bool:
+        """Count one call for ``key`` if fewer than ``limit`` are counted, opening a window until
+        ``ends_at`` if none is open; in one step, so two callers cannot both take the last one.
+        False when there is no room (the limit is reached, or a new key does not fit)."""
         with self._lock:
             entry = self._counts.get(key)
-            if entry is None or entry[0] <= now:
-                self._counts[key] = [ends_at, 1]
-            else:
+            if entry is not None and entry[0] > now:
+                if entry[1] >= limit:
+                    return False
                 entry[1] += 1
+                return True
+            if entry is None and len(self._counts) >= self.max_keys:
+                self._sweep(now)
+                if len(self._counts) >= self.max_keys:
+                    return False
+            self._counts[key] = [ends_at, 1]
+            return True
 
     def _sweep(self, now: float) -> None:
         for key in [key for key, (ends_at, _) in self._counts.items() if ends_at <= now]:
@@ -92,8 +103,17 @@ class LimitRule(SelectedRule):
         used = self.counters.used(self._key(request), request.at)
         if used is None:
             return self._refuse(ReasonCode.RATE_LIMITED, request, "too many callers are being counted; retry later")
-        if used < self.calls:
-            return None
+        return None if used < self.calls else self._exhausted(request)
+
+    def on_allow(self, request: CallRequest) -> None:
+        """Count ``request``, once it is finally allowed; refuse it if calls decided meanwhile
+        have used up the limit."""
+        ends_at = request.session.expires_at if self.window is None else request.at + self.window
+        if not self.counters.take(self._key(request), request.at, ends_at, self.calls):
+            reason = self._exhausted(request)
+            raise Refused(reason.code, reason.message)
+
+    def _exhausted(self, request: CallRequest) -> Reason:
         if self.window is None:
             return self._refuse(
                 ReasonCode.BUDGET_EXHAUSTED, request, f"a session may make {self.calls} such calls in its life"
@@ -101,11 +121,6 @@ class LimitRule(SelectedRule):
         return self._refuse(
             ReasonCode.RATE_LIMITED, request, f"at most {self.calls} calls per {self.window:g} s per {self.per}"
         )
-
-    def on_allow(self, request: CallRequest) -> None:
-        """Count ``request``, once it is finally allowed."""
-        ends_at = request.session.expires_at if self.window is None else request.at + self.window
-        self.counters.add(self._key(request), request.at, ends_at)
 
     def _key(self, request: CallRequest) -> Hashable:
         if self.per == "session":

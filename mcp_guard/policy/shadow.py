@@ -22,6 +22,7 @@ from opentelemetry import metrics
 
 from mcp_guard.audit.events import AuditEvent, EventKind
 from mcp_guard.audit.sinks import AuditSink
+from mcp_guard.errors import Refused
 from mcp_guard.model import CallRequest, Decision
 from mcp_guard.policy.base import Policy, PolicyFunction, as_policy
 from mcp_guard.reasons import ReasonCode
@@ -57,8 +58,11 @@ class Shadow:
         try:
             candidate, detail = await self._judge(request)
             if candidate.allowed:
-                for hook in candidate.on_allow:  # the candidate counts what it would have allowed
-                    hook.on_allow(request)
+                try:
+                    for hook in candidate.on_allow:  # the candidate counts what it would have allowed
+                        hook.on_allow(request)
+                except Refused as refusal:  # its own limit, filled meanwhile
+                    candidate = Decision.deny(refusal.code, refusal.message, requested=candidate.requested_scopes)
             if candidate.allowed == enforced.allowed and (
                 not enforced.allowed or candidate.approved_scopes == enforced.approved_scopes
             ):
