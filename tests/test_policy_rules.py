@@ -211,6 +211,22 @@ async def test_targets_are_counted_across_the_session(audit: MemoryAuditSink, cl
     assert not (await guard.authorize("send_mail", {"to": lots}, token)).allowed
 
 
+async def test_targets_can_sit_inside_an_object_argument(audit: MemoryAuditSink, clock: Clock) -> None:
+    rule = TargetsRule("recipients", tools=frozenset({"send_mail"}), argument="message.to", max_targets=1)
+    guard = guarded(RulePolicy([rule]), audit, clock)
+    token = access_token("alice", "mail:send", sid="nested")
+    assert (await guard.authorize("send_mail", {"message": {"to": "a@x.test"}}, token)).allowed
+    many = {"message": {"to": ["a@x.test", "b@x.test", "c@x.test"]}}
+    assert (await guard.authorize("send_mail", many, token)).decision.reason.code == ReasonCode.TOO_MANY_TARGETS
+    through_text = {"message": "to everyone"}  # a path through a string is refused, never taken as absent
+    assert (await guard.authorize("send_mail", through_text, token)).decision.reason.code == (
+        ReasonCode.ARGUMENT_REJECTED
+    )
+    assert (await guard.authorize("send_mail", {}, token)).allowed  # no message names no target
+    with pytest.raises(ValueError, match="empty segment"):
+        TargetsRule("bad", argument="message..to")
+
+
 async def test_rate_limits_and_budgets_count_only_allowed_calls(audit: MemoryAuditSink, clock: Clock) -> None:
     policy = RulePolicy(
         [

@@ -22,7 +22,7 @@ from mcp_guard.policy.hosts import HostAllowlist
 from mcp_guard.policy.paths import PathRoots, excerpt
 from mcp_guard.policy.regex import MAX_SUBJECT_LENGTH, compile_safe
 
-__all__ = ["MAX_DEPTH", "ArgumentConstraint", "EnumValue", "JsonType"]
+__all__ = ["MAX_DEPTH", "MISSING", "ArgumentConstraint", "ArgumentPath", "EnumValue", "JsonType"]
 
 JsonType = Literal["string", "integer", "number", "boolean", "array", "object", "null"]
 EnumValue = str | int | float | bool | None
@@ -35,7 +35,8 @@ MAX_DEPTH = 64
 _MAX_PATH = 256
 _CHOICES = 120
 _MAX_INT_BITS = 14_000  # narrower ints stay under Python's 4300-digit limit on int-to-text conversion
-_MISSING: Final[Any] = object()
+MISSING: Final[Any] = object()
+"""What `ArgumentPath.find` answers for an argument the call does not give."""
 
 _JSON_TYPES: dict[type, str] = {
     str: "string",
@@ -61,6 +62,33 @@ _SCALARS = frozenset({str, int, float, bool, type(None)})
 _NUMBERS = frozenset({"integer", "number"})
 _SIZED = frozenset({"string", "array", "object"})
 _TEXT = frozenset({"string"})
+
+
+class ArgumentPath:
+    """A dotted path into a call's arguments (``message.to``), split and checked once.
+
+    `find` answers the value there, `MISSING` when some key on the way is absent, or raises
+    `ValueError` naming the part that is not an object (so a path through a string is refused,
+    never silently taken as absent).
+    """
+
+    __slots__ = ("_key", "_nested", "text")
+
+    def __init__(self, text: str) -> None:
+        segments = _segments(text)
+        self.text = text
+        self._key = segments[0]
+        self._nested = tuple((".".join(segments[:i]), segments[i]) for i in range(1, len(segments)))
+
+    def find(self, arguments: Mapping[str, Any]) -> Any:
+        value = arguments.get(self._key, MISSING)
+        for parent, key in self._nested:
+            if value is MISSING:
+                break
+            if type(value) is not dict:
+                raise ValueError(f"{parent!r} must be an object")
+            value = value.get(key, MISSING)
+        return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,8 +118,7 @@ class ArgumentConstraint:
     hosts: tuple[str, ...] = ()
     schemes: tuple[str, ...] = ("https",)
 
-    _key: str = field(init=False, repr=False, compare=False)
-    _nested: tuple[tuple[str, str], ...] = field(init=False, repr=False, compare=False)
+    _path: ArgumentPath = field(init=False, repr=False, compare=False)
     _kinds: _Kinds | None = field(init=False, repr=False, compare=False)
     _ranged: bool = field(init=False, repr=False, compare=False)
     _measured: bool = field(init=False, repr=False, compare=False)
@@ -104,7 +131,7 @@ class ArgumentConstraint:
     _choices: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        segments = _segments(self.argument)
+        path = ArgumentPath(self.argument)
         for name in ("path_roots", "hosts", "schemes"):
             values = getattr(self, name)
             if isinstance(values, str):
@@ -116,8 +143,7 @@ class ArgumentConstraint:
         self._check_sizes()
         self._check_compatible()
         setting = object.__setattr__
-        setting(self, "_key", segments[0])
-        setting(self, "_nested", tuple((".".join(segments[:i]), segments[i]) for i in range(1, len(segments))))
+        setting(self, "_path", path)
         setting(self, "_kinds", None if self.type is None else _KINDS[self.type])
         setting(self, "_ranged", self.minimum is not None or self.maximum is not None)
         setting(self, "_measured", self.min_length is not None or self.max_length is not None)
@@ -133,17 +159,12 @@ class ArgumentConstraint:
     def violation(self, arguments: Mapping[str, Any]) -> str | None:
         """None when the call's arguments satisfy the constraint, else a short reason naming the argument."""
         try:
-            value = arguments.get(self._key, _MISSING)
+            value = self._path.find(arguments)
+        except ValueError as error:
+            return f"argument {self.argument!r}: {error}"
         except Exception:  # a mapping type of the caller's own that fails to read is refused, not raised
             return f"argument {self.argument!r}: the arguments could not be read"
-        if self._nested:
-            for parent, key in self._nested:
-                if value is _MISSING:
-                    break
-                if type(value) is not dict:
-                    return f"argument {self.argument!r}: {parent!r} must be an object"
-                value = value.get(key, _MISSING)
-        if value is _MISSING:
+        if value is MISSING:
             return f"argument {self.argument!r} is required" if self.required else None
         problem = self._problem(value)
         return None if problem is None else f"argument {self.argument!r}: {problem}"

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Literal, Protocol
 from zoneinfo import ZoneInfo
 
 from mcp_guard.model import CallRequest, Delegation, Principal, Reason
-from mcp_guard.policy.arguments import ArgumentConstraint
+from mcp_guard.policy.arguments import MISSING, ArgumentConstraint, ArgumentPath
 from mcp_guard.policy.scopes import delegation_refusal
 from mcp_guard.reasons import ReasonCode
 
@@ -222,11 +222,18 @@ class TargetsRule(SelectedRule):
 
     kind: ClassVar[str] = "targets"
     argument: str = ""
+    """The argument holding the targets; a dotted path (``message.to``) reaches into objects."""
     max_targets: int = 1
+
+    _path: ArgumentPath = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.argument:
             raise ValueError(f"rule {self.id!r}: a targets rule names the argument that holds the target")
+        try:
+            object.__setattr__(self, "_path", ArgumentPath(self.argument))
+        except ValueError as error:
+            raise ValueError(f"rule {self.id!r}: {error}") from None
         if self.max_targets < 1:
             raise ValueError(f"rule {self.id!r}: max_targets must be at least 1, not {self.max_targets!r}")
 
@@ -252,8 +259,11 @@ class TargetsRule(SelectedRule):
 
     def _targets(self, arguments: Mapping[str, Any]) -> set[str] | None:
         """The targets this call names (none when the argument is absent); None when malformed."""
-        value = arguments.get(self.argument)
-        if value is None:
+        try:
+            value = self._path.find(arguments)
+        except ValueError:
+            return None
+        if value is MISSING or value is None:
             return set()
         values = [value] if isinstance(value, str) else value
         if not isinstance(values, list) or len(values) > _TARGETS_PER_CALL:
