@@ -26,8 +26,6 @@ __all__ = [
     "policy_json_schema",
 ]
 
-SCHEMA_VERSION = 1
-
 Name = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:/\-]+$")]
 ScopeToken = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[\x21\x23-\x5B\x5D-\x7E]+$")]
 Text = Annotated[str, Field(max_length=1024)]
