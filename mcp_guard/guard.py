@@ -141,6 +141,8 @@ class Guard:
     def policy(self, policy: Policy) -> None:
         self._policy = policy
         self._policy_scores_risk = hasattr(policy, "risk")
+        merged = getattr(policy, "merged", None)
+        self._merged: Callable[[ToolSpec], ToolSpec] | None = merged if callable(merged) else None
 
     @property
     def risk(self) -> RiskSettings | None:
@@ -153,6 +155,12 @@ class Guard:
     def tools(self) -> Mapping[str, ToolSpec]:
         """The declared tools by name (read-only)."""
         return MappingProxyType(self._tools)
+
+    def as_policy_sees(self, spec: ToolSpec) -> ToolSpec:
+        """``spec`` with what the policy's own declaration of the tool adds (a policy file's
+        scopes, tags and risk level): the declaration that decides, lists, weighs and enters the
+        session's history, whichever member of a combination declared it."""
+        return spec if self._merged is None else self._merged(spec)
 
     def declare(self, spec: ToolSpec) -> ToolSpec:
         """Register what a tool needs. A name can be declared once."""
@@ -255,6 +263,8 @@ class Guard:
                 if type(tool) is not str:
                     raise Refused(ReasonCode.REQUEST_MALFORMED)
                 spec = self._tools.get(tool)
+                if spec is not None and self._merged is not None:
+                    spec = self._merged(spec)
                 if spec is None or (spec.conceal and not self._policy.visible(principal, spec)):
                     spec = None
                     raise Refused(ReasonCode.TOOL_NOT_FOUND, f"Unknown tool '{_display(tool)}'.")
@@ -345,7 +355,9 @@ class Guard:
             session = await self.sessions.get(self.session_keys.key(principal, transport_session))
             if session is not None and _session_refusal(session, principal, now) is not None:
                 return frozenset()
-            return frozenset(name for name, spec in self._tools.items() if self.policy.visible(principal, spec))
+            return frozenset(
+                name for name, spec in self._tools.items() if self.policy.visible(principal, self.as_policy_sees(spec))
+            )
         except Refused:
             return frozenset()
         except Exception:

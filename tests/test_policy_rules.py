@@ -13,6 +13,7 @@ import pytest
 from mcp_guard import EventKind, Guard, MemoryAuditSink, ReasonCode, RiskSettings, RulePolicy, ToolSpec
 from mcp_guard.model import Decision, Risk
 from mcp_guard.policy import (
+    AllOf,
     ArgumentConstraint,
     ArgumentRule,
     DelegationRule,
@@ -180,6 +181,38 @@ async def test_sequence_history_comes_from_the_session(audit: MemoryAuditSink, c
     assert (await guard.authorize("fetch", {}, other)).allowed
 
 
+async def test_a_tag_one_member_declares_counts_for_every_member(audit: MemoryAuditSink, clock: Clock) -> None:
+    """The session's history records a tool as the whole policy declares it, so a sequence
+    rule in one member follows the tags another member gives the tool."""
+    plain = ToolSpec("lookup")
+    tagging = RulePolicy(tools=[ToolSpec("lookup", tags=frozenset({"secrets"})), MAIL], id="tags")
+    sequence = RulePolicy(
+        [SequenceRule("no-egress-after-secrets", tags=frozenset({"egress"}), after_tags={"secrets"})], id="rules"
+    )
+    guard = Guard(policy=AllOf(tagging, sequence), audit=[audit], clock=clock)
+    guard.declare(plain)
+    guard.declare(MAIL)
+    assert guard.as_policy_sees(plain).tags == {"secrets"}
+    assert guard.as_policy_sees(plain) is guard.as_policy_sees(plain)  # worked out once
+    token = access_token("alice", "mail:send", sid="s1")
+    assert (await guard.authorize("send_mail", {}, token)).allowed
+    assert (await guard.authorize("lookup", {}, token)).allowed
+    refused = (await guard.authorize("send_mail", {}, token)).decision
+    assert refused.reason.code == ReasonCode.SEQUENCE_FORBIDDEN and refused.rule_ids == ("no-egress-after-secrets",)
+
+
+async def test_the_guards_risk_weighs_a_tool_at_the_level_its_policy_declares(
+    audit: MemoryAuditSink, clock: Clock
+) -> None:
+    lookup = ToolSpec("lookup")  # read, by its decorator
+    policy = RulePolicy(tools=[ToolSpec("lookup", risk=Risk.ADMIN)])
+    guard = Guard(policy=policy, audit=[audit], clock=clock, risk=RiskSettings(threshold=50, admin=20))
+    guard.declare(lookup)
+    token = access_token("alice", "", sid="s1")
+    codes = [(await guard.authorize("lookup", {}, token)).decision.reason.code for _ in range(3)]
+    assert codes == ["allowed", "allowed", ReasonCode.SESSION_RISK_EXCEEDED]
+
+
 async def test_denied_calls_do_not_enter_the_history(audit: MemoryAuditSink, clock: Clock) -> None:
     guard = guarded(
         RulePolicy([SequenceRule("no-egress-after-secrets", tags=frozenset({"egress"}), after_tags={"secrets"})]),
@@ -305,10 +338,10 @@ def test_risk_settings_refuse_nonsense() -> None:
     for bad in ({"threshold": 0}, {"threshold": float("inf")}, {"threshold": 5, "denial": -1}):
         with pytest.raises(ValueError, match="risk"):
             RiskSettings(**bad)
-    settings = RiskSettings(threshold=10, tools={"fetch": 7}, levels={"read_secret": "write"})
+    settings = RiskSettings(threshold=10, tools={"fetch": 7})
     allowed = Decision(allowed=True)
     assert settings.weight(allowed, FETCH) == 7
-    assert settings.weight(allowed, READ) == 20  # its own level (admin) is higher than the declared one
+    assert settings.weight(allowed, READ) == 20  # admin
     assert settings.weight(Decision(allowed=False), None) == 10
 
 

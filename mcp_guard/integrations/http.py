@@ -91,7 +91,7 @@ class GuardHTTP:
 
     def metadata(self) -> dict[str, object]:
         """The RFC 9728 document for this resource."""
-        specs = (self._as_policy_sees(spec) for spec in self.guard.tools.values() if not spec.conceal)
+        specs = (self.guard.as_policy_sees(spec) for spec in self.guard.tools.values() if not spec.conceal)
         scopes = set().union(*(spec.usable_scopes for spec in specs))
         return {
             "resource": self.resource,
@@ -117,9 +117,11 @@ class GuardHTTP:
             logger.exception("mcp-guard: verifying a bearer token for a step-up challenge failed")
             return None
         declared = self.guard.tools.get(headers.get(b"mcp-name", b"").decode("latin-1"))
-        if declared is None or (declared.conceal and not self.guard.policy.visible(principal, declared)):
+        if declared is None:
             return None
-        spec = self._as_policy_sees(declared)
+        spec = self.guard.as_policy_sees(declared)
+        if spec.conceal and not self.guard.policy.visible(principal, spec):
+            return None
         hierarchy = getattr(self.guard.policy, "hierarchy", None)
         granted = hierarchy.expand(principal.scopes) if isinstance(hierarchy, ScopeHierarchy) else principal.scopes
         missing = spec.scopes - granted
@@ -147,11 +149,6 @@ class GuardHTTP:
             logger.exception("mcp-guard: recording a step-up challenge failed")
             return None
         return self._insufficient_scope(spec)
-
-    def _as_policy_sees(self, spec: ToolSpec) -> ToolSpec:
-        """``spec`` with what the guard's policy adds to it (a policy file can require more scopes)."""
-        merged = getattr(self.guard.policy, "merged", None)
-        return merged(spec) if callable(merged) else spec
 
     def _insufficient_scope(self, spec: ToolSpec) -> str:
         scope = format_scope(spec.scopes - _NOT_IN_CHALLENGES)

@@ -19,8 +19,10 @@ class Policy(Protocol):
     """Decides tool calls, and which tools a principal may see listed.
 
     ``decide`` gets a call whose identity and session are already verified and whose tool is
-    declared; it returns the decision, including the approved (trimmed) scopes, or None when it
-    has nothing to say (combinators pass over it; the guard denies with ``no_applicable_rule``).
+    declared (``request.tool`` is the declaration as the whole policy sees it, see
+    `Guard.as_policy_sees`); it returns the decision, including the approved (trimmed) scopes,
+    or None when it has nothing to say (combinators pass over it; the guard denies with
+    ``no_applicable_rule``).
     In-process rules answer synchronously; a remote engine may return an awaitable. ``visible``
     answers for ``tools/list``, where there are no arguments yet: it should be true when some
     call to the tool could be allowed. Raising from either denies (the guard fails closed).

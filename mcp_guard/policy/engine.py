@@ -15,7 +15,7 @@ from typing import Any, Literal, NamedTuple
 
 from mcp_guard.model import AllowHook, CallRequest, Decision, Principal, Reason, Risk, ToolSpec
 from mcp_guard.policy.risk import RiskSettings
-from mcp_guard.policy.rules import Rule, SequenceRule
+from mcp_guard.policy.rules import Rule
 from mcp_guard.policy.scopes import RULE_REQUIRED_SCOPES, ScopePolicy
 from mcp_guard.reasons import ReasonCode
 from mcp_guard.scopes import ScopeHierarchy
@@ -78,7 +78,7 @@ class RulePolicy:
             if spec.name in self.declared:
                 raise ValueError(f"tool {spec.name!r} is declared twice")
             self.declared[spec.name] = spec
-        self.rules: tuple[Rule, ...] = tuple(self._with_declared_tags(rule) for rule in rules)
+        self.rules: tuple[Rule, ...] = tuple(rules)
         self.unlisted = unlisted or ("deny" if self.declared else "allow")
         if self.unlisted not in ("deny", "allow"):
             raise ValueError(f"unlisted must be 'deny' or 'allow', not {self.unlisted!r}")
@@ -87,8 +87,7 @@ class RulePolicy:
             if rule.id in seen:
                 raise ValueError(f"rule id {rule.id!r} is used twice")
             seen.add(rule.id)
-        levels = {name: spec.risk for name, spec in self.declared.items()}
-        self.risk = replace(risk, levels={**levels, **risk.levels}) if risk is not None else None
+        self.risk = risk
         self.scopes = ScopePolicy(hierarchy, id=id, version=version)
         self._by_tool: dict[str, list[int]] = {}
         self._by_tag: dict[str, list[int]] = {}
@@ -101,14 +100,7 @@ class RulePolicy:
             for tag in rule.tags:
                 self._by_tag.setdefault(tag, []).append(index)
         self._compiled: dict[str, _ToolRules] = {}
-
-    def _with_declared_tags(self, rule: Rule) -> Rule:
-        """A sequence rule that also follows the tools this policy tags with its ``after_tags``
-        (a session's history records the tags a tool's decorator gives it, not the policy's)."""
-        if not isinstance(rule, SequenceRule):
-            return rule
-        tagged = {name for name, spec in self.declared.items() if not spec.tags.isdisjoint(rule.after_tags)}
-        return replace(rule, after_tools=rule.after_tools | tagged) if tagged - rule.after_tools else rule
+        self._merged: dict[str, tuple[ToolSpec, ToolSpec]] = {}
 
     @property
     def hierarchy(self) -> ScopeHierarchy:
@@ -206,12 +198,20 @@ class RulePolicy:
         return tuple(self.rules[index] for index in sorted(indexes))
 
     def merged(self, tool: ToolSpec) -> ToolSpec:
-        """``tool`` as this policy sees it: with what the policy's own declaration of it adds."""
+        """``tool`` as this policy sees it: with what the policy's own declaration of it adds.
+
+        The same ``tool`` always gives back the same object, and a tool that already carries
+        the declaration is its own merge, so what is worked out for a merged declaration (by
+        this policy, a combination, or the guard's risk weights) is worked out once.
+        """
         declared = self.declared.get(tool.name)
         if declared is None:
             return tool
+        known = self._merged.get(tool.name)
+        if known is not None and known[0] is tool:
+            return known[1]
         scopes = tool.scopes | declared.scopes
-        return replace(
+        merged = replace(
             tool,
             scopes=scopes,
             optional_scopes=(tool.optional_scopes | declared.optional_scopes) - scopes,
@@ -220,6 +220,10 @@ class RulePolicy:
             data_classes=tool.data_classes | declared.data_classes,
             owner=tool.owner or declared.owner,
         )
+        if merged == tool:
+            return tool
+        self._merged[tool.name] = (tool, merged)
+        return merged
 
     def _compiled_for(self, tool: ToolSpec) -> _ToolRules:
         """What was precomputed for ``tool``, computed now if this spec is new (``decide`` inlines this)."""

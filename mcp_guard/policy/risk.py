@@ -18,7 +18,7 @@ class RiskSettings:
 
     Every denial adds ``denial``; every allowed call adds its tool's weight: the tool's own
     entry in ``tools`` when there is one, else the weight of its risk level (``read``,
-    ``write``, ``admin``; the higher of its own and the one in ``levels``). The call that takes
+    ``write``, ``admin``; as the policy declares the tool, when it does). The call that takes
     the score to the threshold is refused and the session revoked (recorded as
     ``session.revoked`` with reason ``session_risk_exceeded``). Each tool's weight is worked out
     once and remembered.
@@ -30,8 +30,6 @@ class RiskSettings:
     write: float = 5.0
     admin: float = 20.0
     tools: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
-    levels: Mapping[str, Risk] = field(default_factory=lambda: MappingProxyType({}))
-    """Risk levels a policy declares for tools; a call weighs as the higher of this and the tool's own."""
     _levels: Mapping[Risk, float] = field(init=False, repr=False, compare=False)
     _weights: dict[str, tuple[ToolSpec, float]] = field(init=False, repr=False, compare=False)
 
@@ -44,7 +42,6 @@ class RiskSettings:
             if not (isinstance(weight, int | float) and math.isfinite(weight) and weight >= 0):
                 raise ValueError(f"risk weight {name} must be a finite number >= 0, not {weight!r}")
         object.__setattr__(self, "tools", MappingProxyType(dict(self.tools)))
-        object.__setattr__(self, "levels", MappingProxyType({name: Risk(level) for name, level in self.levels.items()}))
         object.__setattr__(self, "_levels", {Risk.READ: self.read, Risk.WRITE: self.write, Risk.ADMIN: self.admin})
         object.__setattr__(self, "_weights", {})
 
@@ -59,9 +56,6 @@ class RiskSettings:
             return known[1]
         weight = self.tools.get(tool.name)
         if weight is None:
-            declared = self.levels.get(tool.name)
             weight = self._levels[tool.risk]
-            if declared is not None:
-                weight = max(weight, self._levels[declared])
         self._weights[tool.name] = (tool, weight)
         return weight
