@@ -299,6 +299,7 @@ class Guard:
             facts = None
             if self.record_arguments and request is not None:
                 facts = {"arguments": summarize_arguments(request.arguments, request.tool.redact)}
+            seen = _as_seen(request) if self.shadow is not None and request is not None else None
             risk = self._risk
             if risk is None and self._policy_scores_risk:
                 risk = getattr(self._policy, "risk", None)
@@ -317,7 +318,6 @@ class Guard:
             try:
                 for sink in self.sinks:
                     sink.emit(event)
-                seen = _as_seen(request) if self.shadow is not None and request is not None else None
                 if session is not None:
                     score = await self.sessions.record_call(
                         session, now, allowed=decision.allowed, tool=spec, targets=decision.targets, risk=weight

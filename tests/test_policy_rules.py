@@ -478,3 +478,30 @@ async def test_calls_decided_at_once_never_pass_a_limit_together(audit: MemoryAu
     assert [e.reasons for e in refused] == [(ReasonCode.RATE_LIMITED,)] * 4  # recorded as the refusals they were
     principal = refused[0].principal
     assert principal is not None and limit.counters.used(("two", principal.binding), clock()) == 2
+
+
+async def test_calls_decided_at_once_never_pass_a_targets_rule_together(audit: MemoryAuditSink, clock: Clock) -> None:
+    from mcp_guard import ScopePolicy
+
+    scopes = ScopePolicy()
+
+    async def remote(request: Any) -> Decision:
+        await anyio.sleep(0.01)  # every call passes the rule's check before any is recorded
+        return scopes.decide(request)
+
+    recipients = TargetsRule("recipients", tools=frozenset({"send_mail"}), argument="to", max_targets=2)
+    guard = guarded(AllOf(RulePolicy([recipients]), remote), audit, clock)
+    token = access_token("alice", "mail:send", sid="s1")
+    codes: dict[str, str] = {}
+
+    async def call(to: str) -> None:
+        codes[to] = (await guard.authorize("send_mail", {"to": to}, token)).decision.reason.code
+
+    async with anyio.create_task_group() as tasks:
+        for n in range(5):
+            tasks.start_soon(call, f"r{n}@example.com")
+    allowed = sorted(to for to, code in codes.items() if code == "allowed")
+    assert len(allowed) == 2 and sorted(codes.values()) == ["allowed"] * 2 + [ReasonCode.TOO_MANY_TARGETS] * 3
+    session = await guard.sessions.get(audit.events[-1].session_id or "")
+    assert session is not None and sorted(session.history.targets["recipients"]) == allowed
+    assert (await guard.authorize("send_mail", {"to": allowed[0]}, token)).allowed  # a known target still passes

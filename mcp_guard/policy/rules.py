@@ -17,6 +17,7 @@ from datetime import datetime, time
 from typing import Any, ClassVar, Literal, Protocol
 from zoneinfo import ZoneInfo
 
+from mcp_guard.errors import Refused
 from mcp_guard.model import CallRequest, Delegation, Principal, Reason
 from mcp_guard.policy.arguments import MISSING, ArgumentConstraint, ArgumentPath
 from mcp_guard.policy.scopes import delegation_refusal
@@ -247,11 +248,26 @@ class TargetsRule(SelectedRule):
                 f"each of 1 to {_TARGET_LIMIT} characters",
             )
         seen = request.session.history.targets.get(self.id, set())
+        return self._too_many(request) if len(seen | targets) > self.max_targets else None
+
+    def _too_many(self, request: CallRequest) -> Reason:
+        return self._refuse(
+            ReasonCode.TOO_MANY_TARGETS, request, f"this session may reach at most {self.max_targets} targets"
+        )
+
+    def on_allow(self, request: CallRequest) -> None:
+        """Take this call's targets into its session's history once it is finally allowed; refuse
+        it if calls allowed meanwhile (while an asynchronous policy decided) took the room.
+
+        The history at hand is the session's own, so the next call sees the targets at once;
+        the session store records them as well (`reached`), for a store that keeps copies.
+        """
+        seen = request.session.history.targets.setdefault(self.id, set())
+        targets = self._targets(request.arguments) or set()
         if len(seen | targets) > self.max_targets:
-            return self._refuse(
-                ReasonCode.TOO_MANY_TARGETS, request, f"this session may reach at most {self.max_targets} targets"
-            )
-        return None
+            reason = self._too_many(request)
+            raise Refused(reason.code, reason.message)
+        seen |= targets
 
     def reached(self, request: CallRequest) -> list[tuple[str, str]]:
         """The (rule id, target) pairs an allowed ``request`` adds to its session's history."""
