@@ -258,7 +258,7 @@ class Guard:
                     or (principal.token_id or principal.token_hash) not in found.tokens
                     or _session_refusal(found, principal, now) is not None
                 ):
-                    found = await self._bind_session(session_id, principal, found, now)
+                    found = await self._bind_session(session_id, principal, found, now, transport_session is None)
                 session = found  # only a session this principal may use counts the call
                 if type(tool) is not str:
                     raise Refused(ReasonCode.REQUEST_MALFORMED)
@@ -434,9 +434,12 @@ class Guard:
             if revoked is not None:
                 raise Refused(revoked)
 
-    async def _bind_session(self, session_id: str, principal: Principal, found: Session | None, now: float) -> Session:
+    async def _bind_session(
+        self, session_id: str, principal: Principal, found: Session | None, now: float, from_credential: bool
+    ) -> Session:
         """Open the session ``found`` missing and bind ``principal``'s token to it, or raise why
-        ``principal`` may not use it now.
+        ``principal`` may not use it now. ``from_credential`` says the key came from the token,
+        not the transport (see `SessionSettings.open`).
 
         The common case, an existing usable session and a token already bound to it, never
         comes here. A new token of the same identity (a refreshed one) is recorded as
@@ -446,7 +449,9 @@ class Guard:
         if session is None:
             if self.revocations.session_revoked(session_id):
                 raise Refused(ReasonCode.SESSION_REVOKED)
-            opening = self.session_settings.open(session_id, principal, now, leeway=self.leeway)
+            opening = self.session_settings.open(
+                session_id, principal, now, leeway=self.leeway, from_credential=from_credential
+            )
             session, opened = await self.sessions.add(opening)
             if opened:
                 self.record(
@@ -456,7 +461,7 @@ class Guard:
                 )
         refusal = _session_refusal(session, principal, now)
         if refusal is None:
-            until = presentable_until(principal, self.leeway, session.expires_at)
+            until = presentable_until(principal, self.leeway, math.inf if from_credential else session.expires_at)
             if opened or await self.sessions.bind_token(session, principal.token_id or principal.token_hash, until):
                 self.record(
                     AuditEvent.build(

@@ -442,6 +442,41 @@ async def test_a_full_store_refuses_new_sessions_rather_than_forget_live_ones(
         MemorySessionStore(max_sessions=0)
 
 
+async def test_one_principal_cannot_fill_the_store_for_everyone(audit: MemoryAuditSink, clock: Clock) -> None:
+    store = MemorySessionStore(max_sessions=10, max_sessions_per_principal=2)
+    g = make_guard(audit, clock, sessions=store)
+    assert (await g.authorize("read_note", {}, token(sid="a1"))).allowed
+    assert (await g.authorize("read_note", {}, token(sid="a2"))).allowed
+    third = (await g.authorize("read_note", {}, token(sid="a3"))).decision
+    assert third.reason.code == ReasonCode.SESSION_UNAVAILABLE and "This identity" in third.reason.message
+    assert (await g.authorize("read_note", {}, token("bob", sid="b1"))).allowed
+    assert (await g.authorize("read_note", {}, token(sid="a1"))).allowed  # its open sessions still serve it
+    clock.advance(4 * 3600 + 1)  # alice's sessions are past their retention: sweeping them makes room
+    assert (await g.authorize("read_note", {}, token(sid="a3", expires_at=clock.now + 600))).allowed
+    assert len(store) == 1 and MemorySessionStore(max_sessions=100).max_sessions_per_principal == 10
+    with pytest.raises(ValueError, match="max_sessions_per_principal"):
+        MemorySessionStore(max_sessions_per_principal=0)
+
+
+async def test_a_session_keyed_by_a_token_that_never_expires_is_never_forgotten(
+    audit: MemoryAuditSink, clock: Clock
+) -> None:
+    """Swept, its key would open a fresh session and the token would outlive every session
+    lifetime; a transport's key is the transport's, and a legacy client reconnects anyway."""
+    settings = SessionSettings(absolute_ttl=60, idle_ttl=60)
+    store = MemorySessionStore(max_sessions=2, max_sessions_per_principal=2)
+    g = make_guard(audit, clock, sessions=store, session_settings=settings)
+    forever = access_token("alice", "notes:read", expires_in=None)
+    assert (await g.authorize("read_note", {}, forever)).allowed
+    assert (await g.authorize("read_note", {}, forever, transport_session="legacy-1")).allowed
+    clock.advance(120)
+    bob = await g.authorize("read_note", {}, token("bob", expires_at=clock.now + 600))
+    carol = await g.authorize("read_note", {}, token("carol", expires_at=clock.now + 600))
+    assert bob.allowed  # the legacy session was swept to make room
+    assert carol.decision.reason.code == ReasonCode.SESSION_UNAVAILABLE and len(store) == 2
+    assert (await g.authorize("read_note", {}, forever)).decision.reason.code == ReasonCode.SESSION_EXPIRED
+
+
 async def test_sessions_are_retained_while_their_token_can_still_be_presented(
     audit: MemoryAuditSink, clock: Clock
 ) -> None:

@@ -15,23 +15,32 @@ __all__ = ["MemorySessionStore"]
 
 
 class MemorySessionStore:
-    """Sessions in process memory, at most ``max_sessions`` of them.
+    """Sessions in process memory, at most ``max_sessions`` of them, and at most
+    ``max_sessions_per_principal`` (a tenth of them unless given) bound to any one principal.
 
     A session is kept until its ``retain_until`` has passed, ended or not, so an ended
     session's key stays refused and a live session is never silently reset. When the store is
     full, sessions past that point are swept out. If none is, opening a new session is refused
-    (``session_unavailable``) rather than forgetting one that still matters: fail closed.
+    (``session_unavailable``) rather than forgetting one that still matters: fail closed. The
+    per-principal bound keeps one identity opening session after session (a connection each)
+    from filling the store for everyone else.
 
     Safe across tasks (no method awaits while touching state) and threads: a read is one dict
     lookup, and changes take a lock. A plain dict, not a cachetools cache: a cachetools read is
     a Python call on every tool call, and eviction here is by retention, not by recency.
     """
 
-    def __init__(self, *, max_sessions: int = 100_000) -> None:
+    def __init__(self, *, max_sessions: int = 100_000, max_sessions_per_principal: int | None = None) -> None:
         if max_sessions < 1:
             raise ValueError(f"max_sessions must be at least 1, not {max_sessions!r}")
+        if max_sessions_per_principal is None:
+            max_sessions_per_principal = max(1, max_sessions // 10)
+        if max_sessions_per_principal < 1:
+            raise ValueError(f"max_sessions_per_principal must be at least 1, not {max_sessions_per_principal!r}")
         self.max_sessions = max_sessions
+        self.max_sessions_per_principal = max_sessions_per_principal
         self._sessions: dict[str, Session] = {}
+        self._held: dict[tuple[str, str, str], int] = {}
         self._lock = threading.Lock()
         self._next_sweep = -math.inf
 
@@ -43,12 +52,21 @@ class MemorySessionStore:
             stored = self._sessions.get(session.id)
             if stored is not None:
                 return stored, False
-            if len(self._sessions) >= self.max_sessions and not self._sweep(session.created_at):
+            binding, now = session.binding, session.created_at
+            if self._held.get(binding, 0) >= self.max_sessions_per_principal and not (
+                self._sweep(now) and self._held.get(binding, 0) < self.max_sessions_per_principal
+            ):
+                raise Refused(
+                    ReasonCode.SESSION_UNAVAILABLE,
+                    "This identity holds as many governed sessions as it may: retry once some have ended.",
+                )
+            if len(self._sessions) >= self.max_sessions and not self._sweep(now):
                 raise Refused(
                     ReasonCode.SESSION_UNAVAILABLE,
                     "The server holds as many governed sessions as it may: retry later.",
                 )
             self._sessions[session.id] = session
+            self._held[binding] = self._held.get(binding, 0) + 1
             return session, True
 
     async def record_call(
@@ -112,7 +130,10 @@ class MemorySessionStore:
             return False
         expired = [key for key, session in self._sessions.items() if session.retain_until <= now]
         for key in expired:
-            del self._sessions[key]
+            binding = self._sessions.pop(key).binding
+            self._held[binding] -= 1
+            if not self._held[binding]:
+                del self._held[binding]
         if not expired:
             self._next_sweep = min(session.retain_until for session in self._sessions.values())
         return bool(expired)

@@ -29,14 +29,19 @@ class SessionSettings:
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a positive, finite number of seconds, not {value!r}")
 
-    def open(self, session_id: str, principal: Principal, now: float, *, leeway: float = 0.0) -> Session:
+    def open(
+        self, session_id: str, principal: Principal, now: float, *, leeway: float = 0.0, from_credential: bool = False
+    ) -> Session:
         """A new active session with id ``session_id``, bound to ``principal``.
 
         It is retained until its absolute deadline or until the opening token can no longer be
-        presented (its expiry plus ``leeway``), whichever is later.
+        presented (its expiry plus ``leeway``), whichever is later. A key derived
+        ``from_credential`` (MCP 2026-07-28) can be presented as long as its token: one that never
+        expires keeps its session for good, so the session's end can never be forgotten and
+        reopened.
         """
         expires_at = now + self.absolute_ttl
-        token_end = presentable_until(principal, leeway, expires_at)
+        token_end = presentable_until(principal, leeway, math.inf if from_credential else expires_at)
         return Session(
             id=session_id,
             binding=principal.binding,
