@@ -380,6 +380,61 @@ async def test_the_tool_sees_no_scope_beyond_the_approved_set(mode: str, credent
     assert "billing:write" not in repr(claims)
 
 
+async def test_no_tool_can_change_what_the_next_call_sees(mode: str) -> None:
+    """The trimmed caller is shared by a token's calls, so it refuses every change."""
+    guard = Guard()
+    server = MCPServer("tamper", middleware=[GuardMiddleware(guard)])
+    refusals: list[str] = []
+
+    @server.tool()
+    @guard.tool(scopes="notes:read")
+    async def tamper() -> list[str]:
+        token = get_access_token()
+        assert token is not None and token.claims is not None
+        changes = (
+            lambda: token.scopes.append("admin"),
+            lambda: token.scopes.__setitem__(0, "admin"),
+            lambda: token.claims.__setitem__("scope", "admin"),  # type: ignore[union-attr]
+            lambda: token.claims["act"].update(sub="mallory"),  # type: ignore[index]
+            lambda: setattr(token, "scopes", ["admin"]),
+        )
+        for change in changes:
+            try:
+                change()
+            except (TypeError, AttributeError, ValueError) as error:
+                refusals.append(type(error).__name__)
+        return list(token.scopes)
+
+    credential = access_token("alice", "notes:read admin", act={"sub": "agent"})
+    with acting_as(credential):
+        async with Client(server, mode=mode) as client:
+            first = (await client.call_tool("tamper", {})).structured_content
+            second = (await client.call_tool("tamper", {})).structured_content
+    assert first == second == {"result": ["notes:read"]}
+    assert len(refusals) == 10  # every change, on both calls
+
+
+def test_read_only_values_copy_as_plain_ones() -> None:
+    import copy
+    import pickle
+
+    from mcp_guard.integrations.read_only import ReadOnlyAccessToken, ReadOnlyUser, read_only
+
+    token = ReadOnlyAccessToken.of(access_token("alice", "a b", act={"sub": "agent"}), token="")
+    assert token.model_dump()["claims"]["act"] == {"sub": "agent"} and '"scopes":["a","b"]' in token.model_dump_json()
+    for duplicate in (copy.copy(token.scopes), copy.deepcopy(token.scopes), pickle.loads(pickle.dumps(token.scopes))):  # noqa: S301 (our own bytes)
+        assert type(duplicate) is list and duplicate == ["a", "b"]
+        duplicate.append("c")  # a copy is the tool's own
+    claims = copy.deepcopy(token.claims)
+    assert type(claims) is dict and type(claims["act"]) is dict
+    assert type(copy.deepcopy(token).claims) is dict  # model_copy(deep=True) as well
+    user = ReadOnlyUser(token)
+    with pytest.raises(AttributeError, match="read-only"):
+        user.access_token = access_token("mallory", "admin")
+    with pytest.raises(TypeError, match="read-only"):
+        read_only({"n": [{"x": 1}]})["n"][0]["x"] = 2
+
+
 @pytest.mark.parametrize(
     ("advance", "code"),
     [(16 * 60, "session_idle_expired"), (None, "session_expired")],

@@ -38,6 +38,7 @@ from mcp_guard.errors import Refused
 from mcp_guard.guard import Authorization, Guard
 from mcp_guard.identity.access_token import token_fingerprint
 from mcp_guard.identity.bearer import BearerVerifier
+from mcp_guard.integrations.read_only import ReadOnlyAccessToken, ReadOnlyUser
 from mcp_guard.model import Decision, Principal
 from mcp_guard.reasons import ReasonCode
 from mcp_guard.scopes import format_scope
@@ -119,10 +120,10 @@ class GuardMiddleware:
     def _trim(self, credential: AccessToken, principal: Principal, approved: frozenset[str]) -> AuthenticatedUser:
         """The caller as a tool sees it: only the approved scopes, no bearer string.
 
-        Memoised per token and approved set (the object is shared: tools must treat it as
-        read-only). A credential without a token fingerprint is trimmed afresh every call.
+        Memoised per token and approved set: the object is shared, so it is read-only
+        (`read_only`). A credential without a token fingerprint is trimmed afresh every call.
         """
-        user = AuthenticatedUser(_trimmed(credential, approved))
+        user = ReadOnlyUser(_trimmed(credential, approved))
         if principal.token_hash is not None:
             if len(self._trimmed) >= self._TRIMMED_LIMIT:
                 self._trimmed.clear()
@@ -283,7 +284,7 @@ def _request_as_seen(request: Any, user: AuthenticatedUser) -> Any:
     return seen
 
 
-def _trimmed(token: AccessToken, approved: frozenset[str]) -> AccessToken:
+def _trimmed(token: AccessToken, approved: frozenset[str]) -> ReadOnlyAccessToken:
     """The caller's token as a tool may see it: only the approved scopes, no bearer string.
 
     The scope claims (``scope``, and ``scp`` that some servers use) are trimmed too.
@@ -294,5 +295,5 @@ def _trimmed(token: AccessToken, approved: frozenset[str]) -> AccessToken:
         if "scope" in claims:
             claims["scope"] = format_scope(listed)
         if "scp" in claims:
-            claims["scp"] = list(listed)
-    return token.model_copy(update={"token": "", "scopes": listed, "claims": claims})
+            claims["scp"] = listed
+    return ReadOnlyAccessToken.of(token, token="", scopes=listed, claims=claims)

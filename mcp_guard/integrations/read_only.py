@@ -1,0 +1,100 @@
+"""The caller as a tool sees it, read-only.
+
+One trimmed token (and the user holding it) serves every call a token makes with the same
+approved scopes, so no tool may change what the next call's tool sees: the token is a frozen
+model, its scope list and claims (nested values too) refuse changes, and the user refuses new
+attributes. Copies (``copy``, ``deepcopy``, pickling) are plain, mutable lists and dicts: a
+tool that wants to change its copy may.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, NoReturn
+
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
+from pydantic import ConfigDict
+
+__all__ = ["ReadOnlyAccessToken", "ReadOnlyUser", "read_only"]
+
+_LIST_CHANGES = ("append", "extend", "insert", "remove", "pop", "clear", "sort", "reverse")
+_DICT_CHANGES = ("pop", "popitem", "clear", "setdefault", "update")
+_IN_PLACE = ("__setitem__", "__delitem__", "__iadd__", "__imul__", "__ior__")
+
+
+def _refuse(self: object, *args: object, **kwargs: object) -> NoReturn:
+    raise TypeError(f"the caller's {type(self).__name__} a tool sees is read-only")
+
+
+class ReadOnlyList(list[Any]):
+    """A list that refuses changes; it copies, deep-copies and pickles as a plain list."""
+
+    __slots__ = ()
+
+    def __copy__(self) -> list[Any]:
+        return list(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> list[Any]:
+        return copy.deepcopy(list(self), memo)
+
+    def __reduce__(self) -> tuple[type[list[Any]], tuple[list[Any]]]:
+        return list, (list(self),)
+
+
+class ReadOnlyDict(dict[str, Any]):
+    """A dict that refuses changes; it copies, deep-copies and pickles as a plain dict."""
+
+    __slots__ = ()
+
+    def __copy__(self) -> dict[str, Any]:
+        return dict(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:
+        return copy.deepcopy(dict(self), memo)
+
+    def __reduce__(self) -> tuple[type[dict[str, Any]], tuple[dict[str, Any]]]:
+        return dict, (dict(self),)
+
+
+for _name in (*_LIST_CHANGES, *_IN_PLACE):
+    setattr(ReadOnlyList, _name, _refuse)
+for _name in (*_DICT_CHANGES, *_IN_PLACE):
+    setattr(ReadOnlyDict, _name, _refuse)
+
+
+def read_only(value: Any) -> Any:
+    """``value`` with every list and dict in it (at any depth) made read-only."""
+    if isinstance(value, list | tuple):
+        return ReadOnlyList(read_only(item) for item in value)
+    if isinstance(value, dict):
+        return ReadOnlyDict((key, read_only(item)) for key, item in value.items())
+    return value
+
+
+class ReadOnlyAccessToken(AccessToken):
+    """An access token whose fields cannot be reassigned (its lists and dicts are read-only too)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    @classmethod
+    def of(cls, original: AccessToken, /, **fields: Any) -> ReadOnlyAccessToken:
+        """``original`` with ``fields`` replaced, read-only through and through."""
+        values = {**dict(original), **fields}
+        return cls.model_construct(**{name: read_only(value) for name, value in values.items()})
+
+
+class ReadOnlyUser(AuthenticatedUser):
+    """The authenticated user holding a read-only token; its attributes cannot be reassigned."""
+
+    def __init__(self, token: ReadOnlyAccessToken) -> None:
+        super().__init__(token)
+        self.__dict__["_sealed"] = True
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if self.__dict__.get("_sealed"):
+            raise AttributeError(f"the caller a tool sees is read-only: {name!r} cannot be set")
+        super().__setattr__(name, value)
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"the caller a tool sees is read-only: {name!r} cannot be deleted")
