@@ -10,8 +10,12 @@ a client-credentials token without one, the ``client_id`` (as RFC 9068 section 2
 An answer is cached by a digest of the token no longer than ``min(cache_ttl, exp)``; an
 inactive answer is not cached at all. Concurrent calls with a token not in the cache share one
 question to the server, and its answer or refusal. A timeout, an HTTP error or a malformed
-answer (parsed as strictly as a JWT: no duplicate members) denies the call. An answer without
-``aud`` is taken to be for this resource, as RFC 7662 leaves ``aud`` optional.
+answer (parsed as strictly as a JWT: no duplicate members) denies the call.
+
+RFC 7662 leaves ``aud`` optional, but MCP asks a resource server to check that a token was
+issued for it: an answer without ``aud`` is refused while the issuer's ``required_claims``
+hold ``aud`` (the default). Leave ``aud`` out of them only for an authorization server that
+answers for this resource alone.
 """
 
 from __future__ import annotations
@@ -180,6 +184,8 @@ def _principal(trusted: TrustedIssuer, answer: Mapping[str, Any], now: float, di
     issuer = answer.get("iss", trusted.issuer)
     if issuer != trusted.issuer:
         raise Refused(ReasonCode.ISSUER_UNTRUSTED)
+    if "aud" not in answer and "aud" in trusted.required_claims:
+        raise Refused(ReasonCode.CLAIM_MISSING, "The introspection answer does not say whom the token is for (aud).")
     audience = audience_of(answer.get("aud", trusted.audience))
     if trusted.audience not in audience:
         raise Refused(ReasonCode.AUDIENCE_MISMATCH)

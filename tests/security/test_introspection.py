@@ -253,7 +253,7 @@ def test_random_answers_pass_only_when_valid(authority: Authority, overrides: di
             return
         assert body["active"] is True
         assert body.get("iss", authority.issuer) == authority.issuer
-        aud = body.get("aud", RESOURCE)
+        aud = body["aud"]
         assert aud == RESOURCE or (isinstance(aud, list) and RESOURCE in aud)
         assert principal.subject == body.get("sub", body.get("client_id"))
         assert isinstance(principal.subject, str) and principal.subject
@@ -296,7 +296,7 @@ async def test_answers_are_parsed_strictly(authority: Authority, raw: bytes) -> 
 async def test_absurd_time_claims_in_answers(authority: Authority) -> None:
     authority.answers["absurd"] = answer(authority, exp=10**400)
     assert await code_for(introspector(authority), "absurd") == "claim_invalid"
-    authority.answers["infinite"] = b'{"active": true, "sub": "a", "exp": 1e999}'
+    authority.answers["infinite"] = b'{"active": true, "sub": "a", "aud": "%s", "exp": 1e999}' % RESOURCE.encode()
     assert await code_for(introspector(authority), "infinite") == "claim_invalid"
 
 
@@ -311,12 +311,32 @@ async def test_a_minimal_answer_is_usable_end_to_end(authority: Authority, guard
     chain: dict[str, Any] = {"sub": "a5"}
     for name in ("a4", "a3", "a2", "a1"):
         chain = {"sub": name, "act": chain}
-    authority.answers["minimal"] = {"active": True, "sub": "agent-7", "scope": "notes:read", "act": chain}
+    minimal = {"active": True, "sub": "agent-7", "aud": RESOURCE, "scope": "notes:read", "act": chain}
+    authority.answers["minimal"] = minimal
     access = await GuardTokenVerifier(verifier, guard).verify_token("minimal")
     assert access is not None
     principal = guard.identifier.identify(access)
     assert (principal.issuer, principal.client_id) == (authority.issuer, "")
     assert principal.actor_chain == ("a1", "a2", "a3", "a4", "a5")
+
+
+async def test_an_answer_must_say_whom_the_token_is_for_unless_configured_otherwise(authority: Authority) -> None:
+    """MCP asks a resource server to check a token was issued for it; RFC 7662 makes ``aud``
+    optional, so an answer without it is refused unless the issuer's required claims leave it out."""
+    authority.answers["no-aud"] = answer(authority, aud=None)
+    assert await code_for(introspector(authority), "no-aud") == "claim_missing"
+    lenient = IntrospectionVerifier(
+        TrustedIssuer(
+            issuer=authority.issuer, audience=RESOURCE, required_claims=("iss", "sub", "exp", "client_id", "iat")
+        ),
+        endpoint=f"{authority.issuer}/introspect",
+        client_id=authority.client_id,
+        client_secret=authority.client_secret,
+    )
+    principal = await lenient.verify("no-aud")
+    assert principal.audience == (RESOURCE,)
+    authority.answers["elsewhere"] = answer(authority, aud="https://other.test/mcp")
+    assert await code_for(lenient, "elsewhere") == "audience_mismatch"  # present, it is still checked
 
 
 async def test_an_acceptance_the_audit_log_refuses_is_a_refusal_and_recorded_later(authority: Authority) -> None:

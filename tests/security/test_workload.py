@@ -145,7 +145,12 @@ async def test_a_held_token_its_issuer_revoked_is_dropped_when_no_good_replaceme
     authority: Authority, monkeypatch: pytest.MonkeyPatch, replacement: str | None
 ) -> None:
     verifier = asking_every_time(authority)
-    authority.answers["held-workload"] = {"active": True, "sub": "indexer", "client_id": "indexer"}  # no exp
+    authority.answers["held-workload"] = {
+        "active": True,
+        "sub": "indexer",
+        "client_id": "indexer",
+        "aud": RESOURCE,
+    }  # no exp
     monkeypatch.setenv("MCP_GUARD_TOKEN", "held-workload")
     workload = WorkloadIdentity.from_env(verifier)
     assert (await workload.refresh()).subject == "indexer"
