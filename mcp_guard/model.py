@@ -21,6 +21,7 @@ from mcp_guard.scopes import scope_set
 
 __all__ = [
     "MAX_SESSION_TOKENS",
+    "TOOL_NAME_PATTERN",
     "AllowHook",
     "Binding",
     "CallHistory",
@@ -44,7 +45,10 @@ Binding = tuple[str, str, str]
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
-_TOOL_NAME = re.compile(r"[A-Za-z0-9_.\-/]{1,128}")
+TOOL_NAME_PATTERN = r"[A-Za-z0-9_.\-/]{1,128}"
+"""What a declared tool name is: 1-128 ASCII letters, digits, ``_ - . /``."""
+
+_TOOL_NAME = re.compile(TOOL_NAME_PATTERN)
 
 MAX_SESSION_TOKENS = 64
 """Tokens a session remembers as bound; beyond that the oldest is forgotten (and, should it

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 __all__ = [
     "MAX_SCOPES",
     "MAX_SCOPE_TOKEN_LENGTH",
+    "SCOPE_TOKEN_PATTERN",
     "ScopeError",
     "ScopeHierarchy",
     "check_scope_token",
@@ -32,8 +33,11 @@ MAX_SCOPE_TOKEN_LENGTH = 256
 MAX_SCOPES = 256
 """Most scope tokens accepted in one scope value."""
 
-_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
-_SCOPE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+(?: [\x21\x23-\x5b\x5d-\x7e]+)*")
+SCOPE_TOKEN_PATTERN = r"[\x21\x23-\x5b\x5d-\x7e]+"
+"""RFC 6749 ``scope-token = 1*( %x21 / %x23-5B / %x5D-7E )``, as a regular expression."""
+
+_SCOPE_TOKEN = re.compile(SCOPE_TOKEN_PATTERN)
+_SCOPE = re.compile(f"{SCOPE_TOKEN_PATTERN}(?: {SCOPE_TOKEN_PATTERN})*")
 
 
 class ScopeError(ValueError):

@@ -118,6 +118,21 @@ def test_unknown_keys_and_wrong_types_are_refused_with_their_line() -> None:
     ]
 
 
+def test_tool_names_and_scopes_follow_the_guards_own_grammar() -> None:
+    """A name no tool can be declared under, or a scope RFC 6749 does not allow, is an error,
+    never a rule that silently matches nothing."""
+    found = problems(
+        HEADER
+        + '[tools."notes:read"]\nscopes = ["ok", "bad\\\\scope"]\n'
+        + '[[rules]]\nid = "r"\ntools = ["re\u0430d"]\ndeny = {}\n'
+    )
+    assert [line.split(": ")[:2] for line in found] == [
+        ["line 3", "tools.notes:read.[key]"],
+        ["line 4", "tools.notes:read.scopes.1"],
+        ["line 7", "rules.0.tools.0"],
+    ]
+
+
 def test_yaml_errors_point_at_lines_too() -> None:
     text = (
         "version: 1\nrules:\n  - id: r1\n    tools: [a]\n    allow: {subject: [x]}\n    sequence: {after_tags: [s]}\n"

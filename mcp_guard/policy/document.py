@@ -11,6 +11,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mcp_guard.model import TOOL_NAME_PATTERN, Delegation
+from mcp_guard.scopes import MAX_SCOPE_TOKEN_LENGTH, SCOPE_TOKEN_PATTERN
+
 __all__ = [
     "ConstraintModel",
     "DelegationModel",
@@ -27,7 +30,8 @@ __all__ = [
 ]
 
 Name = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:/\-]+$")]
-ScopeToken = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[\x21\x23-\x5B\x5D-\x7E]+$")]
+ToolName = Annotated[str, Field(pattern=f"^{TOOL_NAME_PATTERN}$")]
+ScopeToken = Annotated[str, Field(max_length=MAX_SCOPE_TOKEN_LENGTH, pattern=f"^{SCOPE_TOKEN_PATTERN}$")]
 Text = Annotated[str, Field(max_length=1024)]
 Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 ClockTime = Annotated[str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")]
@@ -81,7 +85,7 @@ class SequenceModel(_Strict):
     """Refuse the rule's tools once the session ran a tool with one of these tags or names."""
 
     after_tags: list[Name] = []
-    after_tools: list[Name] = []
+    after_tools: list[ToolName] = []
 
 
 class TargetsModel(_Strict):
@@ -111,7 +115,7 @@ class TimeWindowModel(_Strict):
 class DelegationModel(_Strict):
     """Calls on someone's behalf: allowed, forbidden or required; by which actors; how deep."""
 
-    mode: Literal["allow", "forbid", "require"] = "allow"
+    mode: Delegation = "allow"
     actors: list[Text] = []
     max_depth: Annotated[int, Field(ge=0)] | None = None
 
@@ -121,7 +125,7 @@ class RuleModel(_Strict):
 
     id: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
     description: Text = ""
-    tools: list[Name] | None = None
+    tools: list[ToolName] | None = None
     tags: list[Name] | None = None
     allow: MatchModel | None = None
     deny: MatchModel | None = None
@@ -153,7 +157,7 @@ class RiskModel(_Strict):
     read: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0
     write: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 5
     admin: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 20
-    tools: dict[Name, Annotated[float, Field(ge=0, allow_inf_nan=False)]] = {}
+    tools: dict[ToolName, Annotated[float, Field(ge=0, allow_inf_nan=False)]] = {}
 
 
 class PolicyDocument(_Strict):
@@ -166,7 +170,7 @@ class PolicyDocument(_Strict):
     description: Text = ""
     unlisted: Literal["deny", "allow"] | None = None
     scope_hierarchy: dict[ScopeToken, list[ScopeToken]] = {}
-    tools: dict[Name, ToolModel] = {}
+    tools: dict[ToolName, ToolModel] = {}
     rules: list[RuleModel] = []
     risk: RiskModel | None = None
 
