@@ -15,6 +15,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 
+from mcp_guard.memo import remember
+
 __all__ = [
     "MAX_SCOPES",
     "MAX_SCOPE_TOKEN_LENGTH",
@@ -85,9 +87,7 @@ def parse_scope(value: str) -> frozenset[str]:
             check_scope_token(token)
     parsed = frozenset(tokens)
     if type(value) is str and len(value) <= _REMEMBERED_LENGTH:  # a subclass could answer for other strings
-        if len(_PARSED) >= _PARSED_LIMIT:
-            _PARSED.clear()
-        _PARSED[value] = parsed
+        remember(_PARSED, value, parsed, _PARSED_LIMIT)
     return parsed
 
 
@@ -140,9 +140,7 @@ class ScopeHierarchy:
         expanded = self._memo.get(granted)
         if expanded is None:
             expanded = granted.union(*(self._closure.get(scope, ()) for scope in granted))
-            if len(self._memo) >= self._MEMO_LIMIT:
-                self._memo.clear()
-            self._memo[granted] = expanded
+            remember(self._memo, granted, expanded, self._MEMO_LIMIT)
         return expanded
 
 

@@ -17,6 +17,7 @@ from pydantic_core import PydanticSerializationError, to_json
 
 from mcp_guard.audit.chain import ChainState, encoded_entry_line, entry_line
 from mcp_guard.audit.events import AuditEvent, EventKind
+from mcp_guard.memo import remember
 from mcp_guard.model import Decision, Principal, SessionOwners
 
 __all__ = ["event_line"]
@@ -68,7 +69,7 @@ def _principal_part(principal: Principal | None) -> bytes:
         return seen[1]
     record = AuditEvent(EventKind.CALL_DECIDED, "", 0.0, principal).record()
     part = _json({name: record[name] for name in _PRINCIPAL_MEMBERS})
-    _remember(_PRINCIPALS, id(principal), (principal, part))
+    remember(_PRINCIPALS, id(principal), (principal, part), _LIMIT)
     return part
 
 
@@ -80,7 +81,7 @@ def _decision_parts(kind: str, decision: Decision | None) -> tuple[bytes, bytes]
     record = AuditEvent(EventKind(kind), "", 0.0, decision=decision).record()
     part = _json({name: record[name] for name in _DECISION_MEMBERS})
     owasp = _json({"owasp": record["owasp"]})
-    _remember(_DECISIONS, (kind, id(decision)), (decision, part, owasp))
+    remember(_DECISIONS, (kind, id(decision)), (decision, part, owasp), _LIMIT)
     return part, owasp
 
 
@@ -89,14 +90,8 @@ def _owners_part(owners: SessionOwners | None) -> bytes:
     if seen is not None and seen[0] is owners:
         return seen[1]
     part = _json({"owners": AuditEvent(EventKind.CALL_DECIDED, "", 0.0, owners=owners).record()["owners"]})
-    _remember(_OWNERS, id(owners), (owners, part))
+    remember(_OWNERS, id(owners), (owners, part), _LIMIT)
     return part
-
-
-def _remember(memo: dict[Any, Any], key: object, value: object) -> None:
-    if len(memo) >= _LIMIT:
-        memo.clear()
-    memo[key] = value
 
 
 _PRINCIPAL_MEMBERS = ("issuer", "subject", "client_id", "token_id", "actor_chain")

@@ -12,6 +12,7 @@ from opentelemetry.trace import Span, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from mcp_guard.audit.events import AuditEvent
+from mcp_guard.memo import remember
 from mcp_guard.model import Decision
 from mcp_guard.scopes import format_scope
 
@@ -89,9 +90,7 @@ def _decision_attributes(decision: Decision) -> dict[str, AttributeValue]:
         attributes["mcp_guard.policy.version"] = decision.policy_version
     if decision.rule_ids:
         attributes["mcp_guard.rule_ids"] = decision.rule_ids  # a tuple: shared safely by every span
-    if len(_BY_DECISION) >= _DECISIONS_LIMIT:
-        _BY_DECISION.clear()
-    _BY_DECISION[id(decision)] = (decision, attributes)
+    remember(_BY_DECISION, id(decision), (decision, attributes), _DECISIONS_LIMIT)
     return attributes
 
 

@@ -21,6 +21,7 @@ from mcp.server.auth.provider import AccessToken
 from mcp_guard.errors import Refused
 from mcp_guard.identity.claims import audience_of, scope_of
 from mcp_guard.identity.delegation import DEPTH_LIMIT, actor_chain
+from mcp_guard.memo import remember
 from mcp_guard.model import Principal
 from mcp_guard.reasons import ReasonCode
 from mcp_guard.scopes import ScopeError, scope_set
@@ -89,9 +90,7 @@ class AccessTokenIdentifier:
             with self._lock:
                 self._cache[digest] = principal
         with self._lock:
-            if len(self._seen) >= self._SEEN_LIMIT:
-                self._seen.clear()
-            self._seen[id(credential)] = (weakref.ref(credential), principal)
+            remember(self._seen, id(credential), (weakref.ref(credential), principal), self._SEEN_LIMIT)
         return principal
 
 

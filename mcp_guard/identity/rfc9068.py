@@ -29,6 +29,7 @@ from mcp_guard.identity.claims import audience_of, check_times, json_object, sco
 from mcp_guard.identity.delegation import DEPTH_LIMIT, MAX_DELEGATION_DEPTH, actor_chain
 from mcp_guard.identity.jwks import SIGNING_ALGORITHMS, JWKSCache
 from mcp_guard.identity.rfc8414 import check_fetchable, metadata_endpoint
+from mcp_guard.memo import remember
 from mcp_guard.model import Principal
 from mcp_guard.reasons import ReasonCode
 
@@ -319,10 +320,7 @@ def _parts(token: str, headers: dict[str, _Header]) -> tuple[_Header, dict[str, 
     header = headers.get(parts[0])
     try:
         if header is None:
-            header = _header(json_object(_b64url(parts[0])))
-            if len(headers) >= _HEADERS_LIMIT:
-                headers.clear()
-            headers[parts[0]] = header
+            header = remember(headers, parts[0], _header(json_object(_b64url(parts[0]))), _HEADERS_LIMIT)
         claims = json_object(_b64url(parts[1]))
     except ValueError:
         raise Refused(ReasonCode.TOKEN_MALFORMED) from None

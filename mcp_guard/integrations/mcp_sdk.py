@@ -39,6 +39,7 @@ from mcp_guard.guard import Authorization, Guard
 from mcp_guard.identity.access_token import token_fingerprint
 from mcp_guard.identity.bearer import BearerVerifier
 from mcp_guard.integrations.read_only import ReadOnlyAccessToken, ReadOnlyUser
+from mcp_guard.memo import remember
 from mcp_guard.model import Decision, Principal
 from mcp_guard.reasons import ReasonCode
 from mcp_guard.scopes import format_scope
@@ -125,9 +126,7 @@ class GuardMiddleware:
         """
         user = ReadOnlyUser(_trimmed(credential, approved))
         if principal.token_hash is not None:
-            if len(self._trimmed) >= self._TRIMMED_LIMIT:
-                self._trimmed.clear()
-            self._trimmed[(principal.token_hash, approved)] = user
+            remember(self._trimmed, (principal.token_hash, approved), user, self._TRIMMED_LIMIT)
         return user
 
     async def _list_tools(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:

@@ -38,6 +38,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from mcp_guard.memo import remember
 from mcp_guard.model import CallRequest, Decision, Principal, Reason, ToolSpec
 from mcp_guard.policy.cedar_schema import NAMESPACE, UNDECLARED, Shape, arguments_type, cedar_schema
 from mcp_guard.policy.scopes import ScopePolicy
@@ -243,7 +244,7 @@ class CedarPolicy:
                     policy_id=self.id,
                     policy_version=self.version,
                 )
-                _remember(fixed.allowed, rules, decision)
+                remember(fixed.allowed, rules, decision, _CACHE_LIMIT)
             return decision
         if len(rules) == 1:
             message = f"Cedar policy {rules[0]!r} forbids this call."
@@ -290,7 +291,7 @@ class CedarPolicy:
             }
             entities = self._parse_entities(json.dumps([{"uid": uid, "attrs": attributes, "parents": []}]))
         known = _Known(principal, entities, uid)
-        _remember(self._principals, id(principal), known)
+        remember(self._principals, id(principal), known, _CACHE_LIMIT)
         return known
 
     def _tool(self, spec: ToolSpec) -> _Tool:
@@ -301,7 +302,7 @@ class CedarPolicy:
             entity = json.dumps({"uid": {"type": _ACTION, "id": spec.name}, "attrs": {}, "parents": parents})
         shape = arguments_type(spec.input_schema)[1]
         tool = _Tool(spec, {"type": _ACTION, "id": spec.name}, shape if self._generated else _shown(shape), entity)
-        _remember(self._tools, id(spec), tool)
+        remember(self._tools, id(spec), tool, _CACHE_LIMIT)
         return tool
 
     def _remember_scoped(self, scoped: Decision, spec: ToolSpec) -> _Scoped:
@@ -310,7 +311,7 @@ class CedarPolicy:
             f',"tool_tags":{json.dumps(sorted(spec.tags))}}}'
         )
         fixed = _Scoped(scoped, context, {})
-        _remember(self._scoped, id(scoped), fixed)
+        remember(self._scoped, id(scoped), fixed, _CACHE_LIMIT)
         return fixed
 
 
@@ -351,13 +352,6 @@ def _strings(claim: object) -> list[str]:
     if isinstance(claim, list | tuple) and all(isinstance(item, str) for item in claim):
         return sorted(set(claim))
     return []
-
-
-def _remember(cache: dict[Any, Any], key: object, value: object) -> None:
-    """Store in a bounded cache, emptying it when full (entries are cheap to rebuild)."""
-    if len(cache) >= _CACHE_LIMIT:
-        cache.clear()
-    cache[key] = value
 
 
 def _shown(shape: Shape) -> Shape:

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal, NamedTuple
 
+from mcp_guard.memo import remember
 from mcp_guard.model import AllowHook, CallRequest, Decision, Principal, Reason, Risk, ToolSpec
 from mcp_guard.policy.risk import RiskSettings
 from mcp_guard.policy.rules import Rule
@@ -252,10 +253,7 @@ class RulePolicy:
         decision = self.scopes.judge(compiled.merged, *key)
         if decision.allowed:
             decision = replace(decision, rule_ids=compiled.rule_ids, on_allow=compiled.hooks)
-        if len(compiled.memo) >= _MEMO_LIMIT:
-            compiled.memo.clear()
-        compiled.memo[key] = decision
-        return decision
+        return remember(compiled.memo, key, decision, _MEMO_LIMIT)
 
     def _unlisted(self, principal: Principal, tool: ToolSpec) -> Decision:
         return Decision.deny(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from mcp_guard.memo import remember
 from mcp_guard.model import CallRequest, Decision, Delegation, Principal, Reason, ToolSpec
 from mcp_guard.reasons import ReasonCode
 from mcp_guard.scopes import ScopeHierarchy, format_scope
@@ -51,9 +52,7 @@ class ScopePolicy:
         if memo is not None and memo[0] is tool:
             return memo[1]
         decision = self.judge(tool, requested, actor)
-        if len(self._memo) >= self._MEMO_LIMIT:
-            self._memo.clear()
-        self._memo[key] = (tool, decision)
+        remember(self._memo, key, (tool, decision), self._MEMO_LIMIT)
         return decision
 
     def visible(self, principal: Principal, tool: ToolSpec) -> bool:

@@ -10,6 +10,7 @@ the principal. Keys are prefixed by their source so the sources never collide.
 from __future__ import annotations
 
 from mcp_guard.errors import Refused
+from mcp_guard.memo import remember
 from mcp_guard.model import Principal
 from mcp_guard.reasons import ReasonCode
 
@@ -41,10 +42,7 @@ class SessionKeys:
             return self._from_credential(principal)
         key = self._by_token.get(token_hash)
         if key is None:
-            key = self._from_credential(principal)
-            if len(self._by_token) >= self._MEMO_LIMIT:
-                self._by_token.clear()
-            self._by_token[token_hash] = key
+            key = remember(self._by_token, token_hash, self._from_credential(principal), self._MEMO_LIMIT)
         return key
 
     def _from_credential(self, principal: Principal) -> str:
