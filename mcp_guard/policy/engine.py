@@ -127,14 +127,7 @@ class RulePolicy:
         for rule in compiled.rules:
             reason = rule.check(request)
             if reason is not None:
-                return Decision(
-                    allowed=False,
-                    requested_scopes=principal.scopes,
-                    reasons=(reason,),
-                    rule_ids=(rule.id,),
-                    policy_id=self.id,
-                    policy_version=self.version,
-                )
+                return self._refused(principal, (reason,), (rule.id,))
         if not compiled.reaching:
             return base
         targets: tuple[tuple[str, str], ...] = ()
@@ -178,15 +171,8 @@ class RulePolicy:
         refusals = [outcome for outcome in outcomes[1:] if not outcome.passed]
         if not base.allowed or not refusals:
             return base, outcomes
-        decision = Decision(
-            allowed=False,
-            requested_scopes=principal.scopes,
-            reasons=tuple(outcome.reason for outcome in refusals if outcome.reason is not None),
-            rule_ids=tuple(outcome.rule_id for outcome in refusals),
-            policy_id=self.id,
-            policy_version=self.version,
-        )
-        return decision, outcomes
+        reasons = tuple(outcome.reason for outcome in refusals if outcome.reason is not None)
+        return self._refused(principal, reasons, tuple(outcome.rule_id for outcome in refusals)), outcomes
 
     # -- indexing -------------------------------------------------------------------------------
 
@@ -254,6 +240,17 @@ class RulePolicy:
         if decision.allowed:
             decision = replace(decision, rule_ids=compiled.rule_ids, on_allow=compiled.hooks)
         return remember(compiled.memo, key, decision, _MEMO_LIMIT)
+
+    def _refused(self, principal: Principal, reasons: tuple[Reason, ...], rule_ids: tuple[str, ...]) -> Decision:
+        """The denial by the rules named in ``rule_ids``, for the ``reasons`` they gave."""
+        return Decision(
+            allowed=False,
+            requested_scopes=principal.scopes,
+            reasons=reasons,
+            rule_ids=rule_ids,
+            policy_id=self.id,
+            policy_version=self.version,
+        )
 
     def _unlisted(self, principal: Principal, tool: ToolSpec) -> Decision:
         return Decision.deny(
