@@ -101,7 +101,12 @@ class GuardHTTP:
         }
 
     async def _challenge(self, headers: dict[bytes, bytes]) -> str | None:
-        """The ``WWW-Authenticate`` value when the named tool needs scopes the token lacks."""
+        """The ``WWW-Authenticate`` value when the named tool needs scopes the token lacks.
+
+        Only when the policy itself would refuse every call to the tool (`Policy.visible` is
+        false): a policy that could allow it without those scopes (a function, `AnyOf`) decides
+        the call in band instead of being pre-empted here.
+        """
         if headers.get(b"mcp-method") != b"tools/call":
             return None
         authorization = headers.get(b"authorization", b"").decode("latin-1")
@@ -120,7 +125,13 @@ class GuardHTTP:
         if declared is None:
             return None
         spec = self.guard.as_policy_sees(declared)
-        if spec.conceal and not self.guard.policy.visible(principal, spec):
+        try:  # a policy that would allow some call to the tool (a function, AnyOf) decides in band
+            if self.guard.policy.visible(principal, spec):
+                return None
+        except Exception:
+            logger.exception("mcp-guard: the policy failed to say whether tool %s is callable", spec.name)
+            return None
+        if spec.conceal:
             return None
         hierarchy = getattr(self.guard.policy, "hierarchy", None)
         granted = hierarchy.expand(principal.scopes) if isinstance(hierarchy, ScopeHierarchy) else principal.scopes

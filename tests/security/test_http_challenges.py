@@ -13,8 +13,20 @@ from mcp.client.streamable_http import streamable_http_client
 from starlette.types import ASGIApp
 
 from authority import Authority
-from mcp_guard import AllOf, Guard, JWTVerifier, MemoryAuditSink, RulePolicy, ScopePolicy, ToolSpec, TrustedIssuer
+from mcp_guard import (
+    AllOf,
+    AnyOf,
+    Decision,
+    Guard,
+    JWTVerifier,
+    MemoryAuditSink,
+    RulePolicy,
+    ScopePolicy,
+    ToolSpec,
+    TrustedIssuer,
+)
 from mcp_guard.integrations.http import GuardHTTP, resource_metadata_url
+from mcp_guard.policy import PrincipalRule, as_policy
 from serving import serving_jwt_notes
 
 pytestmark = pytest.mark.anyio
@@ -164,6 +176,25 @@ async def test_challenges_and_metadata_follow_the_policy_file(
     assert refused.status_code == 403
     assert challenge(refused)["scope"] == "notes:audit notes:write"  # every scope the call needs
     assert (await post(resource, writer, "read_note")).status_code == 200  # the policy's hierarchy applies
+
+
+async def test_a_policy_that_could_allow_the_call_decides_it_in_band(
+    authority: Authority, resource: str, guard: Guard
+) -> None:
+    """No 403 pre-empts a policy that does not insist on the declared scopes."""
+    reader = authority.mint(aud=resource, scope="notes:read")
+    assert (await post(resource, reader, "write_note")).status_code == 403  # the scope policy insists
+
+    def lenient(request: Any) -> Decision:
+        return Decision(allowed=True, requested_scopes=request.principal.scopes)
+
+    guard.policy = as_policy(lenient)
+    assert (await post(resource, reader, "write_note")).status_code == 200
+    strict = RulePolicy(hierarchy={"notes:write": "notes:read"})
+    guard.policy = AnyOf(strict, RulePolicy([PrincipalRule("agent", subjects=frozenset({"agent-7"}))]))
+    assert (await post(resource, reader, "write_note")).status_code == 403  # no member would allow it
+    guard.policy = AnyOf(strict, lenient)
+    assert (await post(resource, reader, "write_note")).status_code == 200
 
 
 async def test_a_revoked_subject_gets_no_challenge_but_the_guards_refusal(
