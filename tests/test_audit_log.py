@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -438,11 +439,12 @@ def test_a_failing_closing_checkpoint_is_retried_and_reported(tmp_path: Path) ->
     sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, time.time(), tool="t"))
     sink.flush()
     path.rename(moved)
-    path.mkdir()  # the log cannot be appended to for now
+    (tmp_path / "directory").mkdir()
+    path.symlink_to(tmp_path / "directory")  # the log cannot be appended to for now
     with pytest.raises(AuditLogError, match="did not close"):
         sink.close(timeout=0.3)
-    path.rmdir()
-    moved.rename(path)
+    (tmp_path / "restored").symlink_to(moved)
+    os.replace(tmp_path / "restored", path)  # in one step: the retrying writer never finds no file
     sink.close()
     assert [json.loads(line)["kind"] for line in path.read_bytes().splitlines()][-1] == "chain.checkpoint"
     assert verify_files([str(path)]).ok
