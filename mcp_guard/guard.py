@@ -39,6 +39,7 @@ from mcp_guard.model import (
     ToolSpec,
 )
 from mcp_guard.policy.base import Policy, PolicyFunction
+from mcp_guard.policy.gaps import policy_gaps
 from mcp_guard.policy.risk import RiskSettings
 from mcp_guard.policy.scopes import ScopePolicy
 from mcp_guard.policy.shadow import Shadow
@@ -161,6 +162,12 @@ class Guard:
         scopes, tags and risk level): the declaration that decides, lists, weighs and enters the
         session's history, whichever member of a combination declared it."""
         return spec if self._merged is None else self._merged(spec)
+
+    def policy_gaps(self) -> list[str]:
+        """Names the policy's rules use that no declared tool has (a tool, a tag, an argument):
+        rules that can never apply, one sentence each. Call it once every tool is declared, in a
+        test (``assert guard.policy_gaps() == []``) or at start-up."""
+        return policy_gaps(self._policy, {name: self.as_policy_sees(spec) for name, spec in self._tools.items()})
 
     def declare(self, spec: ToolSpec) -> ToolSpec:
         """Register what a tool needs. A name can be declared once."""

@@ -80,6 +80,11 @@ class ArgumentPath:
         self._key = segments[0]
         self._nested = tuple((".".join(segments[:i]), segments[i]) for i in range(1, len(segments)))
 
+    @property
+    def root(self) -> str:
+        """The top-level argument the path starts at."""
+        return self._key
+
     def find(self, arguments: Mapping[str, Any]) -> Any:
         value = arguments.get(self._key, MISSING)
         for parent, key in self._nested:
