@@ -18,13 +18,13 @@ from pydantic import ConfigDict
 
 __all__ = ["ReadOnlyAccessToken", "ReadOnlyUser", "read_only"]
 
-_LIST_CHANGES = ("append", "extend", "insert", "remove", "pop", "clear", "sort", "reverse")
-_DICT_CHANGES = ("pop", "popitem", "clear", "setdefault", "update")
-_IN_PLACE = ("__setitem__", "__delitem__", "__iadd__", "__imul__", "__ior__")
+_ITEM_CHANGES = ("__setitem__", "__delitem__", "pop", "clear")
+_LIST_CHANGES = (*_ITEM_CHANGES, "append", "extend", "insert", "remove", "sort", "reverse", "__iadd__", "__imul__")
+_DICT_CHANGES = (*_ITEM_CHANGES, "popitem", "setdefault", "update", "__ior__")
 
 
 def _refuse(self: object, *args: object, **kwargs: object) -> NoReturn:
-    raise TypeError(f"the caller's {type(self).__name__} a tool sees is read-only")
+    raise TypeError(f"the caller a tool sees is read-only ({type(self).__name__})")
 
 
 class ReadOnlyList(list[Any]):
@@ -57,9 +57,9 @@ class ReadOnlyDict(dict[str, Any]):
         return dict, (dict(self),)
 
 
-for _name in (*_LIST_CHANGES, *_IN_PLACE):
+for _name in _LIST_CHANGES:
     setattr(ReadOnlyList, _name, _refuse)
-for _name in (*_DICT_CHANGES, *_IN_PLACE):
+for _name in _DICT_CHANGES:
     setattr(ReadOnlyDict, _name, _refuse)
 
 
