@@ -51,6 +51,7 @@ from mcp_guard.session.revocation import Revocations
 from mcp_guard.session.settings import SessionSettings, presentable_until
 from mcp_guard.session.store import SessionStore
 from mcp_guard.signature import JsonArguments, signature_of
+from mcp_guard.text import escaped
 
 __all__ = ["Authorization", "Guard"]
 
@@ -58,7 +59,6 @@ logger = logging.getLogger("mcp_guard")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_DISPLAY_LIMIT = 80
 _DETAIL_LIMIT = 300
 
 _LIFETIME_ENDS = (ReasonCode.SESSION_EXPIRED, ReasonCode.SESSION_IDLE_EXPIRED)
@@ -595,14 +595,8 @@ def _session_refusal(session: Session, principal: Principal, now: float) -> str 
 
 
 def _display(value: object) -> str:
-    """A bounded rendering of a requested tool name with non-ASCII and control characters escaped.
-
-    A declared name shows as itself; a look-alike shows its disguise (``re\\u0430d``).
-    """
-    if not isinstance(value, str):
-        return f"<{type(value).__name__}>"
-    text = ascii(value)[1:-1]
-    return text if len(text) <= _DISPLAY_LIMIT else text[: _DISPLAY_LIMIT - 3] + "..."
+    """A requested tool name as records show it: `escaped`, or its type when it is not a string."""
+    return escaped(value) if isinstance(value, str) else f"<{type(value).__name__}>"
 
 
 def _one_target(targets: Mapping[str, str | None], issuer: str | None) -> dict[str, str]:

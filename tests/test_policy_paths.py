@@ -9,7 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mcp_guard.policy.paths import MAX_PATH_LENGTH, PathRoots, excerpt
+from mcp_guard.policy.paths import MAX_PATH_LENGTH, PathRoots
+from mcp_guard.text import excerpt
 
 
 @pytest.fixture

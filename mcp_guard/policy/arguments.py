@@ -19,8 +19,9 @@ from json.encoder import encode_basestring_ascii
 from typing import Any, Final, Literal, TypeAlias
 
 from mcp_guard.policy.hosts import HostAllowlist
-from mcp_guard.policy.paths import PathRoots, excerpt
+from mcp_guard.policy.paths import PathRoots
 from mcp_guard.policy.regex import MAX_SUBJECT_LENGTH, compile_safe
+from mcp_guard.text import excerpt
 
 __all__ = ["MAX_DEPTH", "MISSING", "ArgumentConstraint", "ArgumentPath", "EnumValue", "JsonType"]
 

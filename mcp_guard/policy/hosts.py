@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from encodings import idna
 from urllib.parse import urlsplit
 
-from mcp_guard.policy.paths import excerpt
+from mcp_guard.text import excerpt
 
 __all__ = ["MAX_URL_LENGTH", "HostAllowlist"]
 

@@ -19,25 +19,16 @@ import os
 import re
 from collections.abc import Iterable
 
-__all__ = ["MAX_PATH_LENGTH", "PathRoots", "excerpt"]
+from mcp_guard.text import excerpt
+
+__all__ = ["MAX_PATH_LENGTH", "PathRoots"]
 
 MAX_PATH_LENGTH = 4096
 """Longest path accepted, in characters (Linux's ``PATH_MAX``)."""
 
-_EXCERPT = 80
 _ENCODED = re.compile(r"%(?:25)*(?:2e|2f|5c|c0|c1|e0%(?:25)*[89]|u[0-9a-f]{4})", re.IGNORECASE)
 """A percent-encoded dot, slash or backslash, however often re-encoded, or an overlong UTF-8
 lead byte (``%c0``, ``%c1``, ``%e0%80``-``%e0%9f``) or an IIS-style ``%uXXXX`` escape."""
-
-
-def excerpt(value: str) -> str:
-    """At most 80 characters of untrusted text, escaped by `ascii` and bounded, for messages."""
-    shown = ascii(value[:_EXCERPT])
-    if len(shown) > _EXCERPT + 2:
-        shown = shown[: _EXCERPT - 1] + "..."
-    elif len(value) > _EXCERPT:
-        shown += "..."
-    return shown
 
 
 class PathRoots:
