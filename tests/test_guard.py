@@ -458,6 +458,22 @@ async def test_one_principal_cannot_fill_the_store_for_everyone(audit: MemoryAud
         MemorySessionStore(max_sessions_per_principal=0)
 
 
+async def test_sessions_opened_after_a_fruitless_sweep_are_swept_when_they_end(
+    audit: MemoryAuditSink, clock: Clock
+) -> None:
+    store = MemorySessionStore(max_sessions=4, max_sessions_per_principal=1)
+    g = make_guard(audit, clock, sessions=store)
+    day = clock.now + 24 * 3600
+    assert (await g.authorize("read_note", {}, token(expires_at=day), transport_session="a1")).allowed
+    second = await g.authorize("read_note", {}, token(expires_at=day), transport_session="a2")
+    assert second.decision.reason.code == ReasonCode.SESSION_UNAVAILABLE  # a sweep that freed nothing
+    for name in ("bob", "carol", "dave"):  # retained to their absolute deadline, 4 h from now
+        assert (await g.authorize("read_note", {}, token(name), transport_session=name)).allowed
+    clock.advance(5 * 3600)
+    late = await g.authorize("read_note", {}, token("eve", expires_at=clock.now + 600), transport_session="eve")
+    assert late.allowed and len(store) == 2
+
+
 async def test_a_session_keyed_by_a_token_that_never_expires_is_never_forgotten(
     audit: MemoryAuditSink, clock: Clock
 ) -> None:

@@ -67,6 +67,7 @@ class MemorySessionStore:
                 )
             self._sessions[session.id] = session
             self._held[binding] = self._held.get(binding, 0) + 1
+            self._next_sweep = min(self._next_sweep, session.retain_until)
             return session, True
 
     async def record_call(
@@ -123,8 +124,9 @@ class MemorySessionStore:
     def _sweep(self, now: float) -> bool:
         """Drop every session past its retention; say whether any room was made (lock held).
 
-        A sweep that frees nothing notes when the earliest retention ends, and until then the
-        next full store refuses at once instead of scanning again.
+        A sweep that frees nothing notes when the earliest retention ends (a session added
+        later lowers it), and until then the next full store refuses at once instead of
+        scanning again.
         """
         if now < self._next_sweep:
             return False
