@@ -60,7 +60,7 @@ def test_explain_prints_the_decision_and_every_rule(capsys: pytest.CaptureFixtur
         "mail-rate",
     ]
     assert main([*allowed, "--after", "read_secret"]) == 1
-    assert "it may not run after a tool tagged secrets in this session" in capsys.readouterr().out
+    assert "it may not run after tool read_secret or a tool tagged secrets in this session" in capsys.readouterr().out
 
 
 def test_explain_refuses_bad_input_as_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,10 +10,11 @@ from typing import Any
 import anyio
 import pytest
 
-from mcp_guard import EventKind, Guard, MemoryAuditSink, ReasonCode, RiskSettings, RulePolicy, ToolSpec
+from mcp_guard import EventKind, Guard, MemoryAuditSink, ReasonCode, RiskSettings, RulePolicy, ScopePolicy, ToolSpec
 from mcp_guard.model import Decision, Risk
 from mcp_guard.policy import (
     AllOf,
+    AnyOf,
     ArgumentConstraint,
     ArgumentRule,
     DelegationRule,
@@ -199,6 +200,61 @@ async def test_a_tag_one_member_declares_counts_for_every_member(audit: MemoryAu
     assert (await guard.authorize("lookup", {}, token)).allowed
     refused = (await guard.authorize("send_mail", {}, token)).decision
     assert refused.reason.code == ReasonCode.SEQUENCE_FORBIDDEN and refused.rule_ids == ("no-egress-after-secrets",)
+
+
+async def test_a_sequence_follows_the_tools_its_policy_tags_even_where_the_guard_cannot_see_them(
+    audit: MemoryAuditSink, clock: Clock
+) -> None:
+    """Wrapped in a policy without ``merged``, the rule policy's own tags never reach the
+    session's history; its sequence rule follows those tools by name all the same."""
+
+    class Logged:
+        def __init__(self, inner: RulePolicy) -> None:
+            self.inner, self.id, self.version = inner, inner.id, inner.version
+
+        def decide(self, request: Any) -> Decision:
+            return self.inner.decide(request)
+
+        def visible(self, principal: Any, tool: ToolSpec) -> bool:
+            return self.inner.visible(principal, tool)
+
+    tagging = [ToolSpec("read_secret", tags=frozenset({"secrets"})), ToolSpec("send_mail")]
+    rule = SequenceRule("no-egress-after-secrets", tools=frozenset({"send_mail"}), after_tags={"secrets"})
+    guard = Guard(policy=Logged(RulePolicy([rule], tools=tagging)), audit=[audit], clock=clock)
+    guard.declare(ToolSpec("read_secret"))
+    guard.declare(ToolSpec("send_mail"))
+    token = access_token("alice", "", sid="s1")
+    assert (await guard.authorize("read_secret", {}, token)).allowed
+    refused = (await guard.authorize("send_mail", {}, token)).decision
+    assert refused.reason.code == ReasonCode.SEQUENCE_FORBIDDEN
+
+
+async def test_alternatives_share_what_describes_a_tool_but_not_what_it_requires(
+    audit: MemoryAuditSink, clock: Clock
+) -> None:
+    strict = RulePolicy(tools=[ToolSpec("report", scopes=frozenset({"reports:admin"}), risk=Risk.ADMIN)], id="strict")
+    report = ToolSpec("report", scopes=frozenset({"reports:read"}))
+    guard = Guard(policy=AnyOf(strict, ScopePolicy(id="lenient")), audit=[audit], clock=clock)
+    guard.declare(report)
+    seen = guard.as_policy_sees(report)
+    assert (seen.scopes, seen.risk) == ({"reports:read"}, Risk.ADMIN) and guard.as_policy_sees(report) is seen
+    token = access_token("alice", "reports:read", sid="s1")
+    assert await guard.visible_tools(token) == {"report"}
+    allowed = (await guard.authorize("report", {}, token)).decision
+    assert allowed.allowed and allowed.policy_id == "any_of(strict, lenient)"
+    both = Guard(policy=AllOf(strict, ScopePolicy(id="lenient")), audit=[audit], clock=clock)
+    both.declare(report)
+    assert both.as_policy_sees(report).scopes == {"reports:read", "reports:admin"}  # every member must allow
+    assert (await both.authorize("report", {}, token)).decision.missing_scopes == {"reports:admin"}
+
+
+def test_a_declaration_that_adds_nothing_gives_back_the_tool_itself() -> None:
+    report = ToolSpec("report", scopes=frozenset({"reports:read"}))
+    policy = RulePolicy(tools=[ToolSpec("report", scopes=frozenset({"reports:read"}))])
+    assert policy.merged(report) is report
+    wider = RulePolicy(tools=[ToolSpec("report", tags=frozenset({"finance"}))])
+    merged = wider.merged(report)
+    assert merged.tags == {"finance"} and wider.merged(report) is merged and wider.merged(merged) is merged
 
 
 async def test_the_guards_risk_weighs_a_tool_at_the_level_its_policy_declares(

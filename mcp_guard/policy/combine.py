@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Iterable, Sequence
+from dataclasses import replace
 from typing import TypeVar
 
 from mcp_guard.model import CallRequest, Decision, Principal, ToolSpec
@@ -37,6 +38,10 @@ class _Combination:
     """The members, the walk over them (sync until one answers asynchronously), and the merge."""
 
     name = "combination"
+    binds_every_member = True
+    """Whether every member must allow (`AllOf`, `DenyOverrides`), so the scopes one member
+    requires bind the others too; alternatives (`AnyOf`, `FirstApplicable`) share only what
+    describes a tool."""
 
     def __init__(self, *policies: Policy | PolicyFunction, id: str | None = None, version: str = "1") -> None:
         if not policies:
@@ -44,6 +49,7 @@ class _Combination:
         self.policies: tuple[Policy, ...] = tuple(as_policy(policy) for policy in policies)
         self.id = id or f"{self.name}({', '.join(policy.id for policy in self.policies)})"
         self.version = version
+        self._described: dict[str, tuple[ToolSpec, ToolSpec, ToolSpec]] = {}
 
     def decide(self, request: CallRequest) -> Verdict | Awaitable[Verdict]:
         verdicts: list[Verdict] = []
@@ -88,12 +94,26 @@ class _Combination:
         return None
 
     def merged(self, tool: ToolSpec) -> ToolSpec:
-        """``tool`` with what each member's own declaration of it adds (a policy file's scopes)."""
+        """``tool`` with what each member's own declaration of it adds: its tags, risk level and
+        data classes always, its required scopes only when every member must allow.
+
+        The same ``tool`` gives back the same object while the members' declarations stay.
+        """
+        merged = tool
         for policy in self.policies:
-            merged = getattr(policy, "merged", None)
-            if callable(merged):
-                tool = merged(tool)
-        return tool
+            merge = getattr(policy, "merged", None)
+            if callable(merge):
+                merged = merge(merged)
+        if merged is tool or self.binds_every_member:
+            return merged
+        known = self._described.get(tool.name)
+        if known is not None and known[0] is tool and known[1] is merged:
+            return known[2]
+        described = replace(merged, scopes=tool.scopes, optional_scopes=tool.optional_scopes)
+        if described == tool:
+            described = tool
+        self._described[tool.name] = (tool, merged, described)
+        return described
 
     @property
     def risk(self) -> RiskSettings | None:
@@ -174,6 +194,7 @@ class AnyOf(_Combination):
     """Allowed when some member allows (the first that does decides); else every denial's reasons."""
 
     name = "any_of"
+    binds_every_member = False
 
     def _settled(self, verdict: Verdict, verdicts: list[Verdict]) -> bool:
         verdicts.append(verdict)
@@ -194,6 +215,7 @@ class FirstApplicable(_Combination):
     """The first member that does not abstain decides; abstains when all do."""
 
     name = "first_applicable"
+    binds_every_member = False
 
     def _settled(self, verdict: Verdict, verdicts: list[Verdict]) -> bool:
         verdicts.append(verdict)

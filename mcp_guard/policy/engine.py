@@ -16,7 +16,7 @@ from typing import Any, Literal, NamedTuple
 from mcp_guard.memo import remember
 from mcp_guard.model import AllowHook, CallRequest, Decision, Principal, Reason, Risk, ToolSpec
 from mcp_guard.policy.risk import RiskSettings
-from mcp_guard.policy.rules import Rule
+from mcp_guard.policy.rules import Rule, SequenceRule
 from mcp_guard.policy.scopes import RULE_REQUIRED_SCOPES, ScopePolicy
 from mcp_guard.reasons import ReasonCode
 from mcp_guard.scopes import ScopeHierarchy
@@ -25,6 +25,9 @@ __all__ = ["RuleOutcome", "RulePolicy"]
 
 _RISK_ORDER = {Risk.READ: 0, Risk.WRITE: 1, Risk.ADMIN: 2}
 _MEMO_LIMIT = 1024
+_MERGES_KEPT = 4
+"""Merges remembered per declared tool: the decorator's spec, and the few specs a combination
+or the guard hands over already merged (each gives back itself)."""
 
 
 class RuleOutcome(NamedTuple):
@@ -79,7 +82,7 @@ class RulePolicy:
             if spec.name in self.declared:
                 raise ValueError(f"tool {spec.name!r} is declared twice")
             self.declared[spec.name] = spec
-        self.rules: tuple[Rule, ...] = tuple(rules)
+        self.rules: tuple[Rule, ...] = tuple(self._with_declared_tags(rule) for rule in rules)
         self.unlisted = unlisted or ("deny" if self.declared else "allow")
         if self.unlisted not in ("deny", "allow"):
             raise ValueError(f"unlisted must be 'deny' or 'allow', not {self.unlisted!r}")
@@ -101,7 +104,16 @@ class RulePolicy:
             for tag in rule.tags:
                 self._by_tag.setdefault(tag, []).append(index)
         self._compiled: dict[str, _ToolRules] = {}
-        self._merged: dict[str, tuple[ToolSpec, ToolSpec]] = {}
+        self._merged: dict[str, tuple[tuple[ToolSpec, ToolSpec], ...]] = {}
+
+    def _with_declared_tags(self, rule: Rule) -> Rule:
+        """A sequence rule that also follows the tools this policy tags with its ``after_tags``
+        by name: a session's history holds the tags the guard saw a tool with, which miss this
+        policy's when the policy is wrapped, reloaded, or judged as a shadow."""
+        if not isinstance(rule, SequenceRule):
+            return rule
+        tagged = {name for name, spec in self.declared.items() if not spec.tags.isdisjoint(rule.after_tags)}
+        return replace(rule, after_tools=rule.after_tools | tagged) if tagged - rule.after_tools else rule
 
     @property
     def hierarchy(self) -> ScopeHierarchy:
@@ -194,9 +206,10 @@ class RulePolicy:
         declared = self.declared.get(tool.name)
         if declared is None:
             return tool
-        known = self._merged.get(tool.name)
-        if known is not None and known[0] is tool:
-            return known[1]
+        remembered = self._merged.get(tool.name, ())
+        for given, merged in remembered:
+            if given is tool:
+                return merged
         scopes = tool.scopes | declared.scopes
         merged = replace(
             tool,
@@ -208,8 +221,8 @@ class RulePolicy:
             owner=tool.owner or declared.owner,
         )
         if merged == tool:
-            return tool
-        self._merged[tool.name] = (tool, merged)
+            merged = tool
+        self._merged[tool.name] = ((tool, merged), *remembered[: _MERGES_KEPT - 1])
         return merged
 
     def _compiled_for(self, tool: ToolSpec) -> _ToolRules:
