@@ -37,6 +37,7 @@ from mcp_guard.model import (
     Session,
     SessionState,
     ToolSpec,
+    tell_allowed,
 )
 from mcp_guard.policy.base import Policy, PolicyFunction
 from mcp_guard.policy.gaps import policy_gaps
@@ -485,11 +486,11 @@ class Guard:
 
         Each counts only while its limit still has room, in one step, so calls decided at the
         same time cannot all pass a limit one of them fills; the one that finds no room is
-        refused with that rule's reason. A rule that fails denies the call.
+        refused with that rule's reason, and the rules that counted it before give it back. A
+        rule that fails denies the call.
         """
         try:
-            for hook in decision.on_allow:
-                hook.on_allow(request)
+            tell_allowed(decision.on_allow, request)
         except Refused as refusal:
             return self._refusal(refusal.code, refusal.message, principal)
         except Exception:

@@ -10,7 +10,7 @@ NamedTuple: as immutable, and five times cheaper to build (0.3 us against 1.4 us
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
@@ -36,6 +36,7 @@ __all__ = [
     "SessionState",
     "ToolSpec",
     "check_tool_name",
+    "tell_allowed",
 ]
 
 Delegation = Literal["allow", "forbid", "require"]
@@ -209,11 +210,27 @@ class Session:
 class AllowHook(Protocol):
     """A rule that must hear about each call it judged that was finally allowed.
 
-    ``on_allow`` may raise `Refused` to refuse the call after all: a rate limit that another
-    call, decided at the same time, has filled meanwhile.
+    ``on_allow`` takes what the call uses (a count, a target) and returns how to give it back,
+    or None when it took nothing. It may raise `Refused` to refuse the call after all: a rate
+    limit that another call, decided at the same time, has filled meanwhile.
     """
 
-    def on_allow(self, request: CallRequest) -> None: ...
+    def on_allow(self, request: CallRequest) -> Callable[[], None] | None: ...
+
+
+def tell_allowed(hooks: Iterable[AllowHook], request: CallRequest) -> None:
+    """Tell every hook that ``request`` is finally allowed, all or nothing: when one refuses (or
+    fails), those before it give back what they took, and its `Refused` (or error) is raised."""
+    taken: list[Callable[[], None]] = []
+    try:
+        for hook in hooks:
+            give_back = hook.on_allow(request)
+            if give_back is not None:
+                taken.append(give_back)
+    except BaseException:
+        for give_back in reversed(taken):
+            give_back()
+        raise
 
 
 class CallRequest(NamedTuple):

@@ -561,3 +561,60 @@ async def test_calls_decided_at_once_never_pass_a_targets_rule_together(audit: M
     session = await guard.sessions.get(audit.events[-1].session_id or "")
     assert session is not None and sorted(session.history.targets["recipients"]) == allowed
     assert (await guard.authorize("send_mail", {"to": allowed[0]}, token)).allowed  # a known target still passes
+
+
+async def decided_at_once(guard: Guard, token: Any, *recipients: str) -> dict[str, str]:
+    """Each recipient's call, all decided at once; what each one's decision said."""
+    codes: dict[str, str] = {}
+
+    async def call(to: str) -> None:
+        codes[to] = (await guard.authorize("send_mail", {"to": to}, token)).decision.reason.code
+
+    async with anyio.create_task_group() as tasks:
+        for to in recipients:
+            tasks.start_soon(call, to)
+    return codes
+
+
+def slow_scopes() -> Any:
+    from mcp_guard import ScopePolicy
+
+    scopes = ScopePolicy()
+
+    async def remote(request: Any) -> Decision:
+        await anyio.sleep(0.01)  # every call passes every check before any is counted
+        return scopes.decide(request)
+
+    return remote
+
+
+async def two_mails_at_once(audit: MemoryAuditSink, clock: Clock, rules: list[Any]) -> tuple[Guard, Any, Any, Any]:
+    """A guard with ``rules`` and a slow policy, after two mails to two recipients decided at
+    once: the guard, the token, each recipient's reason code, and the session."""
+    guard = guarded(AllOf(RulePolicy(rules), slow_scopes()), audit, clock)
+    token = access_token("alice", "mail:send", sid="s1")
+    codes = await decided_at_once(guard, token, "a@example.com", "b@example.com")
+    session = await guard.sessions.get(audit.events[-1].session_id or "")
+    assert session is not None
+    return guard, token, codes, session
+
+
+async def test_a_call_a_targets_rule_refuses_is_given_back_to_the_limit(audit: MemoryAuditSink, clock: Clock) -> None:
+    budget = LimitRule("budget", tools=frozenset({"send_mail"}), per="session", calls=2)
+    recipients = TargetsRule("recipients", tools=frozenset({"send_mail"}), argument="to", max_targets=1)
+    guard, token, codes, session = await two_mails_at_once(audit, clock, [budget, recipients])
+    assert sorted(codes.values()) == ["allowed", ReasonCode.TOO_MANY_TARGETS]
+    [reached] = [to for to, code in codes.items() if code == "allowed"]
+    assert budget.counters.used(("budget", session.id), clock()) == 1
+    assert (await guard.authorize("send_mail", {"to": reached}, token)).allowed  # the budget's second call
+    assert (await guard.authorize("send_mail", {"to": reached}, token)).decision.reason.code == "budget_exhausted"
+
+
+async def test_a_call_a_limit_refuses_gives_back_its_targets(audit: MemoryAuditSink, clock: Clock) -> None:
+    recipients = TargetsRule("recipients", tools=frozenset({"send_mail"}), argument="to", max_targets=2)
+    once = LimitRule("once", tools=frozenset({"send_mail"}), per="session", calls=1, window=60)
+    guard, token, codes, session = await two_mails_at_once(audit, clock, [recipients, once])
+    assert sorted(codes.values()) == ["allowed", ReasonCode.RATE_LIMITED]
+    assert session.history.targets["recipients"] == {to for to, code in codes.items() if code == "allowed"}
+    clock.advance(61)
+    assert (await guard.authorize("send_mail", {"to": "c@example.com"}, token)).allowed  # the second target

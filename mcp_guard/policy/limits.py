@@ -11,9 +11,10 @@ cannot all pass it.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
@@ -69,6 +70,13 @@ class Counters:
             self._counts[key] = [ends_at, 1]
             return True
 
+    def give_back(self, key: Hashable) -> None:
+        """Uncount one call for ``key`` (one a later rule refused after this one counted it)."""
+        with self._lock:
+            entry = self._counts.get(key)
+            if entry is not None and entry[1] > 0:
+                entry[1] -= 1
+
     def _sweep(self, now: float) -> None:
         for key in [key for key, (ends_at, _) in self._counts.items() if ends_at <= now]:
             del self._counts[key]
@@ -105,13 +113,15 @@ class LimitRule(SelectedRule):
             return self._refuse(ReasonCode.RATE_LIMITED, request, "too many callers are being counted; retry later")
         return None if used < self.calls else self._exhausted(request)
 
-    def on_allow(self, request: CallRequest) -> None:
+    def on_allow(self, request: CallRequest) -> Callable[[], None]:
         """Count ``request``, once it is finally allowed; refuse it if calls decided meanwhile
-        have used up the limit."""
+        have used up the limit. Returns how to give the count back."""
+        key = self._key(request)
         ends_at = request.session.expires_at if self.window is None else request.at + self.window
-        if not self.counters.take(self._key(request), request.at, ends_at, self.calls):
+        if not self.counters.take(key, request.at, ends_at, self.calls):
             reason = self._exhausted(request)
             raise Refused(reason.code, reason.message)
+        return functools.partial(self.counters.give_back, key)
 
     def _exhausted(self, request: CallRequest) -> Reason:
         if self.window is None:

@@ -10,8 +10,9 @@ hears of each call once it is finally allowed.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, time
 from typing import Any, ClassVar, Literal, Protocol
@@ -255,19 +256,21 @@ class TargetsRule(SelectedRule):
             ReasonCode.TOO_MANY_TARGETS, request, f"this session may reach at most {self.max_targets} targets"
         )
 
-    def on_allow(self, request: CallRequest) -> None:
+    def on_allow(self, request: CallRequest) -> Callable[[], None] | None:
         """Take this call's targets into its session's history once it is finally allowed; refuse
         it if calls allowed meanwhile (while an asynchronous policy decided) took the room.
+        Returns how to give back the targets it added.
 
         The history at hand is the session's own, so the next call sees the targets at once;
         the session store records them as well (`reached`), for a store that keeps copies.
         """
         seen = request.session.history.targets.setdefault(self.id, set())
-        targets = self._targets(request.arguments) or set()
-        if len(seen | targets) > self.max_targets:
+        added = (self._targets(request.arguments) or set()) - seen
+        if len(seen) + len(added) > self.max_targets:
             reason = self._too_many(request)
             raise Refused(reason.code, reason.message)
-        seen |= targets
+        seen |= added
+        return functools.partial(seen.difference_update, added) if added else None
 
     def reached(self, request: CallRequest) -> list[tuple[str, str]]:
         """The (rule id, target) pairs an allowed ``request`` adds to its session's history."""

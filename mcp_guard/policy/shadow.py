@@ -23,7 +23,7 @@ from opentelemetry import metrics
 from mcp_guard.audit.events import AuditEvent, EventKind
 from mcp_guard.audit.sinks import AuditSink
 from mcp_guard.errors import Refused
-from mcp_guard.model import CallRequest, Decision
+from mcp_guard.model import CallRequest, Decision, tell_allowed
 from mcp_guard.policy.base import Policy, PolicyFunction, as_policy
 from mcp_guard.reasons import ReasonCode
 from mcp_guard.scopes import format_scope
@@ -58,9 +58,8 @@ class Shadow:
         try:
             candidate, detail = await self._judge(request)
             if candidate.allowed:
-                try:
-                    for hook in candidate.on_allow:  # the candidate counts what it would have allowed
-                        hook.on_allow(request)
+                try:  # the candidate counts what it would have allowed
+                    tell_allowed(candidate.on_allow, request)
                 except Refused as refusal:  # its own limit, filled meanwhile
                     candidate = Decision.deny(refusal.code, refusal.message, requested=candidate.requested_scopes)
             if candidate.allowed == enforced.allowed and (
