@@ -418,9 +418,9 @@ def test_read_only_values_copy_as_plain_ones() -> None:
     import copy
     import pickle
 
-    from mcp_guard.integrations.read_only import ReadOnlyAccessToken, ReadOnlyUser, read_only
+    from mcp_guard.integrations.read_only import ReadOnlyUser, read_only, read_only_token
 
-    token = ReadOnlyAccessToken.of(access_token("alice", "a b", act={"sub": "agent"}), token="")
+    token = read_only_token(access_token("alice", "a b", act={"sub": "agent"}), token="")
     assert token.model_dump()["claims"]["act"] == {"sub": "agent"} and '"scopes":["a","b"]' in token.model_dump_json()
     for duplicate in (copy.copy(token.scopes), copy.deepcopy(token.scopes), pickle.loads(pickle.dumps(token.scopes))):  # noqa: S301 (our own bytes)
         assert type(duplicate) is list and duplicate == ["a", "b"]
@@ -433,6 +433,22 @@ def test_read_only_values_copy_as_plain_ones() -> None:
         user.access_token = access_token("mallory", "admin")
     with pytest.raises(TypeError, match="read-only"):
         read_only({"n": [{"x": 1}]})["n"][0]["x"] = 2
+    with pytest.raises(TypeError, match="read-only"):
+        token.scopes.__init__(["admin"])  # type: ignore[misc]
+
+
+def test_the_read_only_token_keeps_its_verifiers_class_and_fields() -> None:
+    from mcp_guard.integrations.read_only import read_only_token
+
+    class TenantToken(AccessToken):
+        tenant: str = ""
+
+    custom = TenantToken(**dict(access_token("alice", "a")), tenant="acme")
+    seen = read_only_token(custom, token="")
+    assert isinstance(seen, TenantToken) and seen.tenant == "acme" and seen.token == ""
+    assert type(read_only_token(custom)) is type(seen)  # one frozen class per verifier class
+    with pytest.raises(ValueError, match="frozen"):
+        seen.tenant = "evil"
 
 
 @pytest.mark.parametrize(

@@ -38,6 +38,7 @@ def test_every_name_no_tool_has_is_reported() -> None:
             ArgumentRule("recipients", tools=frozenset({"send_mail"}), constraints=(ArgumentConstraint("too"),)),
             TargetsRule("nested", tools=frozenset({"send_mail"}), argument="message.to", max_targets=3),
             SequenceRule("after", tags=frozenset({"egress"}), after_tools=frozenset({"read_secrets"})),
+            SequenceRule("after-tag", tags=frozenset({"egress"}), after_tags=frozenset({"secret", "egress"})),
             PrincipalRule("tagged", tags=frozenset({"egres"}), subjects=frozenset({"alice"})),
             ArgumentRule("everywhere", constraints=(ArgumentConstraint("name", type="string"),)),  # read_secret's
         ],
@@ -48,6 +49,7 @@ def test_every_name_no_tool_has_is_reported() -> None:
         "rule 'recipients' reads argument 'too', which no tool it applies to takes (send_mail)",
         "rule 'nested' reads argument 'message', which no tool it applies to takes (send_mail)",
         "rule 'after' follows tool 'read_secrets', which the server does not declare",
+        "rule 'after-tag' follows tag 'secret', which no declared tool has",
         "rule 'tagged' selects tags no declared tool has: it never applies",
     ]
     raw_too = RulePolicy([ArgumentRule("anywhere", constraints=(ArgumentConstraint("nobody_takes"),))])

@@ -157,7 +157,6 @@ class FileAuditSink:
                         self._write_batch([], checkpoint=True)
                     if not self._unwitnessed:
                         return
-                    self._wake.wait(self.flush_interval)  # the log is failing: retry at the flush pace
 
     def _write_batch(self, batch: list[AuditEvent], *, checkpoint: bool = False) -> None:
         """Append a batch, with a checkpoint when one is due; on failure, requeue the batch in

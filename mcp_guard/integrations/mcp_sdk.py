@@ -38,7 +38,7 @@ from mcp_guard.errors import Refused
 from mcp_guard.guard import Authorization, Guard
 from mcp_guard.identity.access_token import token_fingerprint
 from mcp_guard.identity.bearer import BearerVerifier
-from mcp_guard.integrations.read_only import ReadOnlyAccessToken, ReadOnlyUser
+from mcp_guard.integrations.read_only import ReadOnlyUser, read_only_token
 from mcp_guard.memo import remember
 from mcp_guard.model import Decision, Principal
 from mcp_guard.reasons import ReasonCode
@@ -283,7 +283,7 @@ def _request_as_seen(request: Any, user: AuthenticatedUser) -> Any:
     return seen
 
 
-def _trimmed(token: AccessToken, approved: frozenset[str]) -> ReadOnlyAccessToken:
+def _trimmed(token: AccessToken, approved: frozenset[str]) -> AccessToken:
     """The caller's token as a tool may see it: only the approved scopes, no bearer string.
 
     The scope claims (``scope``, and ``scp`` that some servers use) are trimmed too.
@@ -295,4 +295,4 @@ def _trimmed(token: AccessToken, approved: frozenset[str]) -> ReadOnlyAccessToke
             claims["scope"] = format_scope(listed)
         if "scp" in claims:
             claims["scp"] = listed
-    return ReadOnlyAccessToken.of(token, token="", scopes=listed, claims=claims)
+    return read_only_token(token, token="", scopes=listed, claims=claims)

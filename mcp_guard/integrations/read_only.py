@@ -16,9 +16,9 @@ from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from pydantic import ConfigDict
 
-__all__ = ["ReadOnlyAccessToken", "ReadOnlyUser", "read_only"]
+__all__ = ["ReadOnlyAccessToken", "ReadOnlyUser", "read_only", "read_only_token"]
 
-_ITEM_CHANGES = ("__setitem__", "__delitem__", "pop", "clear")
+_ITEM_CHANGES = ("__init__", "__setitem__", "__delitem__", "pop", "clear")
 _LIST_CHANGES = (*_ITEM_CHANGES, "append", "extend", "insert", "remove", "sort", "reverse", "__iadd__", "__imul__")
 _DICT_CHANGES = (*_ITEM_CHANGES, "popitem", "setdefault", "update", "__ior__")
 
@@ -66,9 +66,13 @@ for _name in _DICT_CHANGES:
 def read_only(value: Any) -> Any:
     """``value`` with every list and dict in it (at any depth) made read-only."""
     if isinstance(value, list | tuple):
-        return ReadOnlyList(read_only(item) for item in value)
+        items = ReadOnlyList.__new__(ReadOnlyList)
+        list.extend(items, (read_only(item) for item in value))  # its own methods refuse
+        return items
     if isinstance(value, dict):
-        return ReadOnlyDict((key, read_only(item)) for key, item in value.items())
+        members = ReadOnlyDict.__new__(ReadOnlyDict)
+        dict.update(members, ((key, read_only(item)) for key, item in value.items()))
+        return members
     return value
 
 
@@ -77,17 +81,26 @@ class ReadOnlyAccessToken(AccessToken):
 
     model_config = ConfigDict(frozen=True)
 
-    @classmethod
-    def of(cls, original: AccessToken, /, **fields: Any) -> ReadOnlyAccessToken:
-        """``original`` with ``fields`` replaced, read-only through and through."""
-        values = {**dict(original), **fields}
-        return cls.model_construct(**{name: read_only(value) for name, value in values.items()})
+
+_READ_ONLY: dict[type[AccessToken], type[AccessToken]] = {AccessToken: ReadOnlyAccessToken}
+
+
+def read_only_token(original: AccessToken, /, **fields: Any) -> AccessToken:
+    """``original`` with ``fields`` replaced, read-only through and through, and still of its
+    verifier's own class (a frozen subclass of it), with every field that class adds."""
+    cls = _READ_ONLY.get(type(original))
+    if cls is None:
+        cls = _READ_ONLY[type(original)] = type(
+            f"ReadOnly{type(original).__name__}", (type(original),), {"model_config": ConfigDict(frozen=True)}
+        )
+    values = {**dict(original), **fields}
+    return cls.model_construct(**{name: read_only(value) for name, value in values.items()})
 
 
 class ReadOnlyUser(AuthenticatedUser):
     """The authenticated user holding a read-only token; its attributes cannot be reassigned."""
 
-    def __init__(self, token: ReadOnlyAccessToken) -> None:
+    def __init__(self, token: AccessToken) -> None:
         super().__init__(token)
         self.__dict__["_sealed"] = True
 

@@ -43,6 +43,10 @@ def policy_gaps(policy: Policy, tools: Mapping[str, ToolSpec]) -> list[str]:
                     f"rule {rule.id!r} follows tool {name!r}, which the server does not declare"
                     for name in sorted(rule.after_tools - tools.keys())
                 ]
+                gaps += [
+                    f"rule {rule.id!r} follows tag {tag!r}, which no declared tool has"
+                    for tag in sorted(rule.after_tags - tags)
+                ]
             arguments = _arguments(rule)
             if arguments:
                 gaps += _unknown_arguments(rules, rule, arguments, tools)
