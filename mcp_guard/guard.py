@@ -307,7 +307,7 @@ class Guard:
             facts = None
             if self.record_arguments and request is not None:
                 facts = {"arguments": summarize_arguments(request.arguments, request.tool.redact)}
-            seen = _as_seen(request) if self.shadow is not None and request is not None else None
+            asked = self.shadow.ask(_as_seen(request)) if self.shadow is not None and request is not None else None
             risk = self._risk
             if risk is None and self._policy_scores_risk:
                 risk = getattr(self._policy, "risk", None)
@@ -332,10 +332,13 @@ class Guard:
                     )
                     if risk is not None and score >= risk.threshold:
                         await self._end_risky_session(session, principal, score, risk.threshold, now)
-                if self.shadow is not None and seen is not None:
-                    await self.shadow.compare(seen, decision, event)
+                if self.shadow is not None and asked is not None:
+                    await self.shadow.compare(asked, decision, event, self._policy)
+                    asked = None
             except Exception:
                 logger.exception("mcp-guard: recording the decision on tool %s failed; denying", tool_name)
+                if asked is not None:
+                    asked.close()
                 if decision.allowed:
                     decision = self._refusal(ReasonCode.GUARD_ERROR, _UNRECORDED, principal)
                     event = AuditEvent.build(

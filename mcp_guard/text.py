@@ -13,8 +13,10 @@ LIMIT = 80
 
 
 def escaped(value: str, limit: int = LIMIT) -> str:
-    """At most ``limit`` characters of ``value``, escaped by `ascii`, with ``...`` marking a cut."""
-    shown = ascii(value[:limit])[1:-1]
+    """At most ``limit`` characters of ``value``, escaped by `ascii` (a ``'`` included, so quoted
+    text cannot seem to end early), with ``...`` marking a cut."""
+    shown = ascii(value[:limit])
+    shown = shown[1:-1] if shown[0] == "'" else shown[1:-1].replace("'", "\\'")
     if len(shown) > limit or len(value) > limit:
         shown = shown[: limit - 3] + "..."
     return shown

@@ -473,3 +473,27 @@ async def test_ended_sessions_refuse_the_next_call(
                 clock.advance(advance)
             assert (await denial(client, "read_note", {"title": "welcome"})).data == {"reason": code}
     assert [e.kind for e in audit.events].count(EventKind.SESSION_EXPIRED) == 1
+
+
+def test_a_read_only_token_pickles_as_a_plain_one_and_odd_classes_fall_back() -> None:
+    import pickle
+
+    from mcp_guard.integrations.read_only import ReadOnlyAccessToken, read_only_token
+
+    seen = read_only_token(Issued(**dict(access_token("alice", "a")), tenant="acme"), token="")
+    plain = pickle.loads(pickle.dumps(seen))  # noqa: S301 (our own bytes)
+    assert type(plain) is Issued and plain.tenant == "acme" and type(plain.scopes) is list
+
+    class Registered(AccessToken):
+        def __init_subclass__(cls, *, kind: str, **kwargs: Any) -> None:
+            super().__init_subclass__(**kwargs)
+
+    class Odd(Registered, kind="odd"):
+        pass
+
+    fallback = read_only_token(Odd(**dict(access_token("alice", "a"))), token="")
+    assert type(fallback) is ReadOnlyAccessToken and fallback.scopes == ["a"]
+
+
+class Issued(AccessToken):
+    tenant: str = ""

@@ -175,3 +175,37 @@ async def test_the_guard_awaits_async_policies_and_denies_abstentions(audit: Mem
     assert decision.reason.code == ReasonCode.POLICY_ERROR
     last = [event for event in audit.events if event.kind == EventKind.CALL_DECIDED][-1]
     assert last.detail == "TypeError: policy 'confused' returned str, not a Decision"
+
+
+async def test_every_member_of_a_nested_all_of_requires_the_members_scopes() -> None:
+    """An AllOf inside an alternative still shares its members' scopes: the tool keeps every
+    scope the policy file lets it use."""
+    from mcp_guard import RulePolicy
+
+    file = RulePolicy(
+        tools=[
+            ToolSpec("send", scopes=frozenset({"mail:send", "mail:audit"}), optional_scopes=frozenset({"mail:attach"}))
+        ],
+        id="file",
+    )
+    guard = Guard(policy=AnyOf(AllOf(file, ScopePolicy(id="scopes")), as_policy(deny("never"))))
+    guard.declare(ToolSpec("send", scopes=frozenset({"mail:send"})))
+    token = access_token("alice", "mail:send mail:audit mail:attach")
+    decision = (await guard.authorize("send", {}, token)).decision
+    assert decision.allowed and decision.approved_scopes == {"mail:send", "mail:audit", "mail:attach"}
+    assert await guard.visible_tools(token) == {"send"}
+    assert not (await guard.authorize("send", {}, access_token("bob", "mail:send"))).allowed
+
+
+async def test_a_rule_reached_through_two_members_counts_a_call_once() -> None:
+    from mcp_guard import RulePolicy
+    from mcp_guard.policy import LimitRule
+
+    limit = LimitRule("four", per="principal", calls=4, window=60)
+    rules = RulePolicy([limit], id="rules")
+    for policy in (AllOf(rules, AnyOf(rules, ScopePolicy())), DenyOverrides(rules, AllOf(rules))):
+        guard = Guard(policy=policy)
+        guard.declare(TOOL)
+        token = access_token(f"user-{id(policy)}", "mail:send")
+        outcomes = [(await guard.authorize("send", {}, token)).allowed for _ in range(6)]
+        assert outcomes == [True] * 4 + [False] * 2

@@ -284,3 +284,20 @@ async def test_a_revocation_while_a_remote_policy_decides_stops_that_call(revoke
             await guard.revoke(session_id="mcp:s")
         gate.set()
     assert outcome == ["subject_revoked" if revoke == "subject" else "session_revoked"]
+
+
+@pytest.mark.parametrize("candidate", ["the enforcing policy", "it plus a rule"])
+async def test_a_shadow_that_shares_the_enforcing_rules_neither_counts_again_nor_disagrees(
+    audit: MemoryAuditSink, candidate: str
+) -> None:
+    from mcp_guard import AllOf, RulePolicy
+    from mcp_guard.policy import LimitRule
+
+    enforcing = RulePolicy([LimitRule("four", per="principal", calls=4, window=60)])
+    shadow = enforcing if candidate == "the enforcing policy" else AllOf(enforcing, RulePolicy())
+    guard = Guard(policy=enforcing, shadow=shadow, audit=[audit])
+    guard.declare(ToolSpec("send"))
+    token = access_token("alice", "")
+    outcomes = [(await guard.authorize("send", {}, token)).allowed for _ in range(6)]
+    assert outcomes == [True] * 4 + [False] * 2  # the limit, as if there were no shadow
+    assert guard.shadow is not None and not guard.shadow.disagreements

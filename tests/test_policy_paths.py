@@ -127,6 +127,8 @@ def test_messages_are_short_and_escaped(root: Path) -> None:
         assert message is not None and message.isascii() and len(message) < 160, message[:200]
     assert excerpt("\U0001f600" * 200).isascii() and len(excerpt("\U0001f600" * 200)) <= 82
     assert excerpt("short") == "'short'"
+    assert excerpt("x' is allowed; y 'z") == "'x\\' is allowed; y \\'z'"  # cannot seem to end early
+    assert excerpt('say "hi"') == "'say \"hi\"'" and excerpt("a'b\"c") == "'a\\'b\"c'"
 
 
 @pytest.mark.parametrize("roots", [[], ["relative/dir"], [""], ["/srv/\x00"], [7]])

@@ -618,3 +618,58 @@ async def test_a_call_a_limit_refuses_gives_back_its_targets(audit: MemoryAuditS
     assert session.history.targets["recipients"] == {to for to, code in codes.items() if code == "allowed"}
     clock.advance(61)
     assert (await guard.authorize("send_mail", {"to": "c@example.com"}, token)).allowed  # the second target
+
+
+def test_a_give_back_never_touches_a_window_opened_since(clock: Clock) -> None:
+    from mcp_guard.policy import Counters
+
+    counters = Counters()
+    first = counters.take("k", clock(), clock() + 10, limit=2)
+    assert first is not None
+    clock.advance(11)  # another call opens the next window
+    assert counters.take("k", clock(), clock() + 10, limit=2) is not None
+    counters.give_back("k", first)
+    assert counters.used("k", clock()) == 1
+
+
+def test_giving_back_survives_a_give_back_that_fails(caplog: pytest.LogCaptureFixture) -> None:
+    from mcp_guard.errors import Refused
+    from mcp_guard.model import tell_allowed
+
+    given_back: list[str] = []
+
+    class Hook:
+        def __init__(self, name: str, answer: Any) -> None:
+            self.name, self.answer = name, answer
+
+        def on_allow(self, request: Any) -> Any:
+            if self.answer == "refuse":
+                raise Refused(ReasonCode.RATE_LIMITED)
+            return self.answer
+
+    def failing() -> None:
+        raise RuntimeError("broken")
+
+    hooks = [Hook("a", lambda: given_back.append("a")), Hook("b", failing), Hook("c", True), Hook("d", "refuse")]
+    with pytest.raises(Refused):
+        tell_allowed(hooks, call_request(MAIL))  # type: ignore[arg-type]
+    assert given_back == ["a"] and "giving back" in caplog.text  # "c" answered no give-back it could run
+
+
+def test_guards_sharing_a_policy_compile_each_tool_once_each(audit: MemoryAuditSink, clock: Clock) -> None:
+    policy = RulePolicy([PrincipalRule("alice-only", subjects=frozenset({"alice"}))], tools=[MAIL])
+    compiled: list[str] = []
+    applicable = policy.applicable
+    policy.applicable = lambda tool: compiled.append(tool.name) or applicable(tool)  # type: ignore[method-assign]
+    guards = [Guard(policy=policy, audit=[audit], clock=clock) for _ in range(3)]
+    for guard in guards:  # each server declares its own spec of the tool
+        guard.declare(ToolSpec("send_mail", scopes=frozenset({"mail:send"})))
+    token = access_token("alice", "mail:send", sid="s1")
+
+    async def calls() -> None:
+        for _ in range(5):
+            for guard in guards:
+                assert (await guard.authorize("send_mail", {}, token)).allowed
+
+    anyio.run(calls)
+    assert compiled == ["send_mail"] * 3

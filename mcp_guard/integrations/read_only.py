@@ -10,13 +10,16 @@ tool that wants to change its copy may.
 from __future__ import annotations
 
 import copy
-from typing import Any, NoReturn
+import logging
+from typing import Any, NoReturn, cast
 
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from pydantic import ConfigDict
 
 __all__ = ["ReadOnlyAccessToken", "ReadOnlyUser", "read_only", "read_only_token"]
+
+logger = logging.getLogger("mcp_guard")
 
 _ITEM_CHANGES = ("__init__", "__setitem__", "__delitem__", "pop", "clear")
 _LIST_CHANGES = (*_ITEM_CHANGES, "append", "extend", "insert", "remove", "sort", "reverse", "__iadd__", "__imul__")
@@ -76,10 +79,20 @@ def read_only(value: Any) -> Any:
     return value
 
 
+def _rebuilt(cls: type[AccessToken], values: dict[str, Any]) -> AccessToken:
+    return cls.model_construct(**values)
+
+
+def _as_plain(self: AccessToken) -> tuple[Any, ...]:
+    """Pickle a read-only token as a plain, mutable one of its verifier's own class."""
+    return _rebuilt, (type(self).__mro__[1], copy.deepcopy(dict(self)))
+
+
 class ReadOnlyAccessToken(AccessToken):
     """An access token whose fields cannot be reassigned (its lists and dicts are read-only too)."""
 
     model_config = ConfigDict(frozen=True)
+    __reduce__ = _as_plain
 
 
 _READ_ONLY: dict[type[AccessToken], type[AccessToken]] = {AccessToken: ReadOnlyAccessToken}
@@ -87,14 +100,29 @@ _READ_ONLY: dict[type[AccessToken], type[AccessToken]] = {AccessToken: ReadOnlyA
 
 def read_only_token(original: AccessToken, /, **fields: Any) -> AccessToken:
     """``original`` with ``fields`` replaced, read-only through and through, and still of its
-    verifier's own class (a frozen subclass of it), with every field that class adds."""
+    verifier's own class (a frozen subclass of it), with every field that class adds.
+
+    Private attributes are not carried over: a verifier may keep the raw token in one. A class
+    that cannot be subclassed plainly gives a `ReadOnlyAccessToken` with the standard fields.
+    """
     cls = _READ_ONLY.get(type(original))
     if cls is None:
-        cls = _READ_ONLY[type(original)] = type(
-            f"ReadOnly{type(original).__name__}", (type(original),), {"model_config": ConfigDict(frozen=True)}
-        )
+        cls = _READ_ONLY[type(original)] = _read_only_class(type(original))
     values = {**dict(original), **fields}
+    if cls is ReadOnlyAccessToken:
+        values = {name: values[name] for name in AccessToken.model_fields}
     return cls.model_construct(**{name: read_only(value) for name, value in values.items()})
+
+
+def _read_only_class(verifier_class: type[AccessToken]) -> type[AccessToken]:
+    namespace = {"model_config": ConfigDict(frozen=True), "__reduce__": _as_plain}
+    try:
+        return cast(type[AccessToken], type(f"ReadOnly{verifier_class.__name__}", (verifier_class,), namespace))
+    except Exception:
+        logger.exception(
+            "mcp-guard: token class %s cannot be made read-only; tools see its standard fields", verifier_class
+        )
+        return ReadOnlyAccessToken
 
 
 class ReadOnlyUser(AuthenticatedUser):

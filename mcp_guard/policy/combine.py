@@ -52,6 +52,10 @@ class _Combination:
         self._described: dict[str, tuple[ToolSpec, ToolSpec, ToolSpec]] = {}
 
     def decide(self, request: CallRequest) -> Verdict | Awaitable[Verdict]:
+        if self.binds_every_member:  # nested in an alternative, the tool comes without the members' scopes
+            tool = self.merged(request.tool)
+            if tool is not request.tool:
+                request = request._replace(tool=tool)
         verdicts: list[Verdict] = []
         for index, policy in enumerate(self.policies):
             verdict = policy.decide(request)
@@ -82,6 +86,7 @@ class _Combination:
         raise NotImplementedError
 
     def visible(self, principal: Principal, tool: ToolSpec) -> bool:
+        tool = self.merged(tool)
         return all(policy.visible(principal, tool) for policy in self.policies)
 
     @property
@@ -143,7 +148,7 @@ class _Combination:
             policy_id=self.id,
             policy_version=self.version,
             targets=tuple(target for decision in allows for target in decision.targets),
-            on_allow=tuple(hook for decision in allows for hook in decision.on_allow),
+            on_allow=tuple({id(hook): hook for decision in allows for hook in decision.on_allow}.values()),
         )
 
     def _denied(self, request: CallRequest, denials: Sequence[Decision]) -> Decision:

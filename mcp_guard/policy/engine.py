@@ -9,7 +9,7 @@ only the rules that apply to its tool however many rules the policy holds.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal, NamedTuple
 
@@ -21,13 +21,15 @@ from mcp_guard.policy.scopes import RULE_REQUIRED_SCOPES, ScopePolicy
 from mcp_guard.reasons import ReasonCode
 from mcp_guard.scopes import ScopeHierarchy
 
-__all__ = ["RuleOutcome", "RulePolicy"]
+__all__ = ["RuleOutcome", "RulePolicy", "rule_policies"]
 
 _RISK_ORDER = {Risk.READ: 0, Risk.WRITE: 1, Risk.ADMIN: 2}
 _MEMO_LIMIT = 1024
-_MERGES_KEPT = 4
-"""Merges remembered per declared tool: the decorator's spec, and the few specs a combination
-or the guard hands over already merged (each gives back itself)."""
+_MERGES_PER_TOOL = 16
+"""Merges remembered per declared tool: each guard's decorator spec, and the specs a combination
+or the guard hands back already merged (each gives back itself)."""
+_ASIDE_PER_TOOL = 4
+"""Compiled entries kept aside per tool for further guards sharing the policy."""
 
 
 class RuleOutcome(NamedTuple):
@@ -104,7 +106,8 @@ class RulePolicy:
             for tag in rule.tags:
                 self._by_tag.setdefault(tag, []).append(index)
         self._compiled: dict[str, _ToolRules] = {}
-        self._merged: dict[str, tuple[tuple[ToolSpec, ToolSpec], ...]] = {}
+        self._aside: dict[int, _ToolRules] = {}
+        self._merged: dict[int, tuple[ToolSpec, ToolSpec]] = {}
 
     def _with_declared_tags(self, rule: Rule) -> Rule:
         """A sequence rule that also follows the tools this policy tags with its ``after_tags``
@@ -206,10 +209,9 @@ class RulePolicy:
         declared = self.declared.get(tool.name)
         if declared is None:
             return tool
-        remembered = self._merged.get(tool.name, ())
-        for given, merged in remembered:
-            if given is tool:
-                return merged
+        known = self._merged.get(id(tool))
+        if known is not None and known[0] is tool:
+            return known[1]
         scopes = tool.scopes | declared.scopes
         merged = replace(
             tool,
@@ -222,8 +224,7 @@ class RulePolicy:
         )
         if merged == tool:
             merged = tool
-        self._merged[tool.name] = ((tool, merged), *remembered[: _MERGES_KEPT - 1])
-        return merged
+        return remember(self._merged, id(tool), (tool, merged), _MERGES_PER_TOOL * len(self.declared))[1]
 
     def _compiled_for(self, tool: ToolSpec) -> _ToolRules:
         """What was precomputed for ``tool``, computed now if this spec is new (``decide`` inlines this)."""
@@ -231,6 +232,16 @@ class RulePolicy:
         return compiled if compiled is not None and compiled.spec is tool else self._compile(tool)
 
     def _compile(self, tool: ToolSpec) -> _ToolRules:
+        """What ``tool`` needs precomputed, made the entry for its name. An entry displaced by
+        another spec of the same name (a second guard sharing this policy) is kept aside, so
+        guards that take turns swap entries instead of compiling again."""
+        aside = self._aside.get(id(tool))
+        current = self._compiled.get(tool.name)
+        if current is not None:
+            remember(self._aside, id(current.spec), current, _ASIDE_PER_TOOL * len(self._compiled) + _MEMO_LIMIT)
+        if aside is not None and aside.spec is tool:
+            self._compiled[tool.name] = aside
+            return aside
         merged = self.merged(tool)
         rules = self.applicable(merged)
         compiled = _ToolRules(
@@ -274,3 +285,14 @@ class RulePolicy:
             policy_id=self.id,
             policy_version=self.version,
         )
+
+
+def rule_policies(policy: object) -> Iterator[RulePolicy]:
+    """The rule policies in ``policy``: itself, a policy file's current one, a combination's members."""
+    if isinstance(policy, RulePolicy):
+        yield policy
+    current = getattr(policy, "current", None)
+    if isinstance(current, RulePolicy):
+        yield current
+    for member in getattr(policy, "policies", ()):
+        yield from rule_policies(member)

@@ -10,12 +10,12 @@ one cannot know the server's tools, so the guard checks them against its registr
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 from mcp_guard.model import ToolSpec
 from mcp_guard.policy.arguments import ArgumentPath
 from mcp_guard.policy.base import Policy
-from mcp_guard.policy.engine import RulePolicy
+from mcp_guard.policy.engine import RulePolicy, rule_policies
 from mcp_guard.policy.rules import ArgumentRule, Rule, SequenceRule, TargetsRule
 
 __all__ = ["policy_gaps"]
@@ -26,7 +26,7 @@ def policy_gaps(policy: Policy, tools: Mapping[str, ToolSpec]) -> list[str]:
     them) do not have, one sentence each; empty when everything meets."""
     tags = {tag for spec in tools.values() for tag in spec.tags}
     gaps: list[str] = []
-    for rules in _rule_policies(policy):
+    for rules in rule_policies(policy):
         gaps += [
             f"policy {rules.id!r} declares tool {name!r}, which the server does not"
             for name in sorted(rules.declared.keys() - tools.keys())
@@ -41,7 +41,7 @@ def policy_gaps(policy: Policy, tools: Mapping[str, ToolSpec]) -> list[str]:
             if isinstance(rule, SequenceRule):
                 gaps += [
                     f"rule {rule.id!r} follows tool {name!r}, which the server does not declare"
-                    for name in sorted(rule.after_tools - tools.keys())
+                    for name in sorted(rule.after_tools - tools.keys() - rules.declared.keys())  # said above
                 ]
                 gaps += [
                     f"rule {rule.id!r} follows tag {tag!r}, which no declared tool has"
@@ -51,17 +51,6 @@ def policy_gaps(policy: Policy, tools: Mapping[str, ToolSpec]) -> list[str]:
             if arguments:
                 gaps += _unknown_arguments(rules, rule, arguments, tools)
     return gaps
-
-
-def _rule_policies(policy: object) -> Iterator[RulePolicy]:
-    """The rule policies in ``policy``: itself, a policy file's current one, a combination's members."""
-    if isinstance(policy, RulePolicy):
-        yield policy
-    current = getattr(policy, "current", None)
-    if isinstance(current, RulePolicy):
-        yield current
-    for member in getattr(policy, "policies", ()):
-        yield from _rule_policies(member)
 
 
 def _arguments(rule: Rule) -> tuple[str, ...]:

@@ -52,30 +52,31 @@ class Counters:
                     return None
         return 0
 
-    def take(self, key: Hashable, now: float, ends_at: float, limit: int) -> bool:
+    def take(self, key: Hashable, now: float, ends_at: float, limit: int) -> list[float] | None:
         """Count one call for ``key`` if fewer than ``limit`` are counted, opening a window until
         ``ends_at`` if none is open; in one step, so two callers cannot both take the last one.
-        False when there is no room (the limit is reached, or a new key does not fit)."""
+        The window counted in (for `give_back`), or None when there is no room (the limit is
+        reached, or a new key does not fit)."""
         with self._lock:
             entry = self._counts.get(key)
             if entry is not None and entry[0] > now:
                 if entry[1] >= limit:
-                    return False
+                    return None
                 entry[1] += 1
-                return True
+                return entry
             if entry is None and len(self._counts) >= self.max_keys:
                 self._sweep(now)
                 if len(self._counts) >= self.max_keys:
-                    return False
-            self._counts[key] = [ends_at, 1]
-            return True
+                    return None
+            entry = self._counts[key] = [ends_at, 1]
+            return entry
 
-    def give_back(self, key: Hashable) -> None:
-        """Uncount one call for ``key`` (one a later rule refused after this one counted it)."""
+    def give_back(self, key: Hashable, window: list[float]) -> None:
+        """Uncount one call counted in ``window`` for ``key`` (one a later rule refused); nothing
+        once that window has given way to another."""
         with self._lock:
-            entry = self._counts.get(key)
-            if entry is not None and entry[1] > 0:
-                entry[1] -= 1
+            if self._counts.get(key) is window and window[1] > 0:
+                window[1] -= 1
 
     def _sweep(self, now: float) -> None:
         for key in [key for key, (ends_at, _) in self._counts.items() if ends_at <= now]:
@@ -118,10 +119,11 @@ class LimitRule(SelectedRule):
         have used up the limit. Returns how to give the count back."""
         key = self._key(request)
         ends_at = request.session.expires_at if self.window is None else request.at + self.window
-        if not self.counters.take(key, request.at, ends_at, self.calls):
+        window = self.counters.take(key, request.at, ends_at, self.calls)
+        if window is None:
             reason = self._exhausted(request)
             raise Refused(reason.code, reason.message)
-        return functools.partial(self.counters.give_back, key)
+        return functools.partial(self.counters.give_back, key, window)
 
     def _exhausted(self, request: CallRequest) -> Reason:
         if self.window is None:

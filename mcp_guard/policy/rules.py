@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, time
@@ -264,13 +265,15 @@ class TargetsRule(SelectedRule):
         The history at hand is the session's own, so the next call sees the targets at once;
         the session store records them as well (`reached`), for a store that keeps copies.
         """
-        seen = request.session.history.targets.setdefault(self.id, set())
-        added = (self._targets(request.arguments) or set()) - seen
-        if len(seen) + len(added) > self.max_targets:
-            reason = self._too_many(request)
-            raise Refused(reason.code, reason.message)
-        seen |= added
-        return functools.partial(seen.difference_update, added) if added else None
+        targets = self._targets(request.arguments) or set()
+        with _TAKING:
+            seen = request.session.history.targets.setdefault(self.id, set())
+            added = targets - seen
+            if len(seen) + len(added) > self.max_targets:
+                reason = self._too_many(request)
+                raise Refused(reason.code, reason.message)
+            seen |= added
+        return functools.partial(_give_back, seen, added) if added else None
 
     def reached(self, request: CallRequest) -> list[tuple[str, str]]:
         """The (rule id, target) pairs an allowed ``request`` adds to its session's history."""
@@ -290,6 +293,16 @@ class TargetsRule(SelectedRule):
         if not all(isinstance(item, str) and 0 < len(item) <= _TARGET_LIMIT for item in values):
             return None
         return set(values)
+
+
+_TAKING = threading.Lock()
+"""Held while a targets rule checks and takes, or gives back, a call's targets (threads may
+share a session)."""
+
+
+def _give_back(seen: set[str], added: set[str]) -> None:
+    with _TAKING:
+        seen.difference_update(added)
 
 
 @dataclass(frozen=True, slots=True)

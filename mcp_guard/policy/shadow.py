@@ -16,6 +16,7 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import anyio
 from opentelemetry import metrics
@@ -23,16 +24,30 @@ from opentelemetry import metrics
 from mcp_guard.audit.events import AuditEvent, EventKind
 from mcp_guard.audit.sinks import AuditSink
 from mcp_guard.errors import Refused
-from mcp_guard.model import CallRequest, Decision, tell_allowed
+from mcp_guard.model import AllowHook, CallRequest, Decision, tell_allowed
 from mcp_guard.policy.base import Policy, PolicyFunction, as_policy
+from mcp_guard.policy.engine import RulePolicy, rule_policies
 from mcp_guard.reasons import ReasonCode
 from mcp_guard.scopes import format_scope
 
-__all__ = ["Shadow"]
+__all__ = ["Asked", "Shadow"]
 
 logger = logging.getLogger("mcp_guard")
 
 _DETAIL_LIMIT = 300
+
+
+class Asked(NamedTuple):
+    """A call put to the candidate: its answer (perhaps still pending), or why it failed."""
+
+    request: CallRequest
+    verdict: object
+    error: str | None = None
+
+    def close(self) -> None:
+        """Drop an answer still pending (the call was refused before it could be compared)."""
+        if inspect.iscoroutine(self.verdict):
+            self.verdict.close()
 
 
 class Shadow:
@@ -49,17 +64,29 @@ class Shadow:
         self.sinks = tuple(sinks)
         self.timeout = timeout
         self.disagreements: Counter[str] = Counter()
+        self._enforcing: tuple[RulePolicy, ...] = ()
+        self._shared: frozenset[int] = frozenset()
         self._counter = metrics.get_meter("mcp_guard").create_counter(
             "mcp_guard.policy.disagreements", description="Calls the shadow policy would have decided otherwise"
         )
 
-    async def compare(self, request: CallRequest, enforced: Decision, event: AuditEvent) -> None:
-        """Judge ``request`` with the candidate; record a disagreement with ``enforced``. Never raises."""
+    def ask(self, request: CallRequest) -> Asked:
+        """Put ``request`` to the candidate now, before the enforcing policy counts the call, so
+        a limit both hold is judged on the same count; `compare` settles the answer."""
         try:
-            candidate, detail = await self._judge(request)
+            return Asked(request, self.candidate.decide(request))
+        except Exception as error:
+            return Asked(request, None, f"{type(error).__name__}: {error}"[:_DETAIL_LIMIT])
+
+    async def compare(self, asked: Asked, enforced: Decision, event: AuditEvent, enforcing: Policy) -> None:
+        """Settle the candidate's answer to ``asked``; record a disagreement with ``enforced``,
+        which ``enforcing`` decided. Never raises."""
+        request = asked.request
+        try:
+            candidate, detail = await self._judge(asked)
             if candidate.allowed:
-                try:  # the candidate counts what it would have allowed
-                    tell_allowed(candidate.on_allow, request)
+                try:  # the candidate counts what it would have allowed, with the rules it does not share
+                    tell_allowed(self._own(candidate.on_allow, enforcing), request)
                 except Refused as refusal:  # its own limit, filled meanwhile
                     candidate = Decision.deny(refusal.code, refusal.message, requested=candidate.requested_scopes)
             if candidate.allowed == enforced.allowed and (
@@ -94,10 +121,22 @@ class Shadow:
         except Exception:
             logger.exception("mcp-guard: recording a shadow policy disagreement failed")
 
-    async def _judge(self, request: CallRequest) -> tuple[Decision, str | None]:
+    def _own(self, hooks: Sequence[AllowHook], enforcing: Policy) -> list[AllowHook]:
+        """The ``hooks`` that are the candidate's own. A rule the enforcing policy holds too (a
+        candidate that adds rules to it, say) counted the call already, or must not count a call
+        the enforcing policy refused."""
+        policies = tuple(rule_policies(enforcing))
+        if policies != self._enforcing:  # rule policies compare by identity: a reload is a new one
+            self._enforcing = policies
+            self._shared = frozenset(id(rule) for policy in policies for rule in policy.rules)
+        return [hook for hook in hooks if id(hook) not in self._shared]
+
+    async def _judge(self, asked: Asked) -> tuple[Decision, str | None]:
         """The candidate's decision, with what went wrong when it failed to give one."""
+        request, verdict = asked.request, asked.verdict
+        if asked.error is not None:
+            return self._refusal(request, ReasonCode.POLICY_ERROR), asked.error
         try:
-            verdict = self.candidate.decide(request)
             if inspect.isawaitable(verdict):
                 with anyio.move_on_after(self.timeout) as waiting:
                     verdict = await verdict
