@@ -22,6 +22,12 @@ OWASP_REDOS = [
 ]
 
 UNSAFE = [
+    r"[a-z](?:(?=[a-z])?[a-z])*",  # an optional lookaround inside a repeat: exponential
+    r"(?=x)??",
+    r"(?=x){0,1}a",
+    r"(?<!x)?a",
+    r"(?:(?=a)(?!b))?a",
+    r"(?:a(?=a)?)+",
     r"(a+)+",  # nested unbounded quantifiers
     r"(a*)*",
     r"(?:a|b*)+",

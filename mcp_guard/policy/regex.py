@@ -199,6 +199,8 @@ class _Analysis:
         low, high, body_items = av
         repeats = high > 1
         body, parts = self.sequence(body_items.data, flags, depth + 1, loop=(op, av) if repeats else loop)
+        if high > low and not body.chars:  # ``(?=x)?``: an optional nothing the engine still tries both ways
+            raise self._refuse("a lookaround, anchor or empty group is quantified; it matches no text", [(op, av)])
         if repeats and body.nullable:
             raise self._refuse("repeated part can match empty text, so repetitions are ambiguous", [(op, av)])
         if repeats and body.varies and not _delimited(parts):
