@@ -66,6 +66,7 @@ _LIFETIME_ENDS = (ReasonCode.SESSION_EXPIRED, ReasonCode.SESSION_IDLE_EXPIRED)
 _ACTIVE = SessionState.ACTIVE
 _FAILED = Decision.deny(ReasonCode.GUARD_ERROR)
 _UNRECORDED = "The call was refused because its audit record could not be written."
+_LATE = "refused after it was allowed and recorded: revoked or ended while the call was being recorded"
 _new = tuple.__new__
 _CALL_DECIDED = EventKind.CALL_DECIDED
 _TOKEN_REJECTED = EventKind.TOKEN_REJECTED
@@ -343,6 +344,20 @@ class Guard:
                     decision = self._refusal(ReasonCode.GUARD_ERROR, _UNRECORDED, principal)
                     event = AuditEvent.build(
                         kind, now, principal, session_id, tool_name, decision, trace_context, detail, owners, facts
+                    )
+                    self._emit_best_effort(event)
+            if (
+                decision.allowed
+                and session is not None
+                and principal is not None
+                and (self.shadow is not None or type(self.sessions) is not MemorySessionStore)
+            ):
+                try:  # the shadow or the session store may have waited: revoked or ended meanwhile?
+                    self._check_still_usable(principal, session, now)
+                except Refused as refusal:
+                    decision = self._refusal(refusal.code, refusal.message, principal)
+                    event = AuditEvent.build(
+                        kind, now, principal, session_id, tool_name, decision, trace_context, _LATE, owners, facts
                     )
                     self._emit_best_effort(event)
             if span is not None:

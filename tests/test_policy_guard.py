@@ -301,3 +301,29 @@ async def test_a_shadow_that_shares_the_enforcing_rules_neither_counts_again_nor
     outcomes = [(await guard.authorize("send", {}, token)).allowed for _ in range(6)]
     assert outcomes == [True] * 4 + [False] * 2  # the limit, as if there were no shadow
     assert guard.shadow is not None and not guard.shadow.disagreements
+
+
+@pytest.mark.parametrize("target", ["session", "subject", "token"])
+async def test_a_revocation_while_the_shadow_deliberates_refuses_the_call(audit: MemoryAuditSink, target: str) -> None:
+    async def slow_candidate(request: CallRequest) -> Verdict:
+        await anyio.sleep(0.2)  # within the shadow timeout
+        return None
+
+    guard = Guard(policy=ScopePolicy(), shadow=slow_candidate, audit=[audit])
+    guard.declare(ToolSpec("act"))
+    token = access_token("alice", "", jti="jti-1", sid="s1")
+    assert (await guard.authorize("act", {}, token)).allowed
+    session_id = audit.events[0].session_id
+    decisions: list[Decision] = []
+
+    async def call() -> None:
+        decisions.append((await guard.authorize("act", {}, token)).decision)
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(call)
+        await anyio.sleep(0.05)
+        arguments = {"session": {"session_id": session_id}, "subject": {"subject": "alice"}}
+        await guard.revoke(**arguments.get(target, {"token_id": "jti-1"}))
+    assert not decisions[0].allowed
+    late = [e for e in audit.events if e.kind == EventKind.CALL_DECIDED][-1]
+    assert late.outcome == "denied" and "while the call was being recorded" in (late.detail or "")

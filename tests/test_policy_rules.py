@@ -673,3 +673,29 @@ def test_guards_sharing_a_policy_compile_each_tool_once_each(audit: MemoryAuditS
 
     anyio.run(calls)
     assert compiled == ["send_mail"] * 3
+
+
+async def test_a_sequence_is_judged_again_once_the_call_is_finally_allowed(
+    audit: MemoryAuditSink, clock: Clock
+) -> None:
+    from mcp_guard import ScopePolicy
+
+    scopes = ScopePolicy()
+
+    async def remote(request: Any) -> Decision:
+        await anyio.sleep(0.2 if request.tool.name == "send_mail" else 0.01)  # the mail is decided last
+        return scopes.decide(request)
+
+    rule = SequenceRule("no-egress-after-secrets", tags=frozenset({"egress"}), after_tags={"secrets"})
+    guard = guarded(AllOf(RulePolicy([rule]), remote), audit, clock)
+    token = access_token("alice", "secrets:read mail:send", sid="s1")
+    codes: dict[str, str] = {}
+
+    async def call(tool: str) -> None:
+        codes[tool] = (await guard.authorize(tool, {}, token)).decision.reason.code
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(call, "send_mail")  # passes the rule: nothing secret has run yet
+        await anyio.sleep(0.05)
+        tasks.start_soon(call, "read_secret")  # runs while the mail is still being decided
+    assert codes == {"read_secret": "allowed", "send_mail": ReasonCode.SEQUENCE_FORBIDDEN}

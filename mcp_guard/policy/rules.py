@@ -217,6 +217,14 @@ class SequenceRule(SelectedRule):
             ReasonCode.SEQUENCE_FORBIDDEN, request, f"it may not run after {' or '.join(earlier)} in this session"
         )
 
+    def on_allow(self, request: CallRequest) -> None:
+        """Judge ``request`` again on the session's history as it is now that the call is
+        finally allowed: a call allowed meanwhile (while an asynchronous policy decided) may
+        have run a tool this rule follows."""
+        reason = self.check(request)
+        if reason is not None:
+            raise Refused(reason.code, reason.message)
+
 
 @dataclass(frozen=True, slots=True)
 class TargetsRule(SelectedRule):
