@@ -8,15 +8,30 @@ from typing import NoReturn
 from mcp_guard.errors import UnguardedCallError
 from mcp_guard.model import CallRequest
 
-__all__ = ["ADMITTED", "current_call", "refuse_unguarded"]
+__all__ = ["ADMITTED", "Admission", "current_call", "refuse_unguarded"]
 
-ADMITTED: ContextVar[CallRequest | None] = ContextVar("mcp_guard.current_call", default=None)
-"""The admitted call; an integration sets it around the tool it admitted, and resets it after."""
+
+class Admission:
+    """One admitted call, while it runs. The integration ends it when the call returns, so a
+    task the tool spawned (which inherits the context) cannot run a guarded tool on it later."""
+
+    __slots__ = ("request",)
+
+    def __init__(self, request: CallRequest) -> None:
+        self.request: CallRequest | None = request
+
+    def end(self) -> None:
+        self.request = None
+
+
+ADMITTED: ContextVar[Admission | None] = ContextVar("mcp_guard.current_call", default=None)
+"""The admitted call; an integration sets it around the tool it admitted, and ends and resets it after."""
 
 
 def current_call() -> CallRequest | None:
     """The admitted call being served (principal, session, tool, arguments), or None outside one."""
-    return ADMITTED.get()
+    admission = ADMITTED.get()
+    return admission.request if admission is not None else None
 
 
 def refuse_unguarded(tool: str) -> NoReturn:

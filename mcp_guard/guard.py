@@ -645,7 +645,8 @@ def _admitted_only(fn: F, tool: str) -> F:
 
         @functools.wraps(fn)
         async def guarded_async(*args: Any, **kwargs: Any) -> Any:
-            call = ADMITTED.get()
+            admission = ADMITTED.get()
+            call = admission.request if admission is not None else None
             if call is None or call.tool.name != tool:
                 refuse_unguarded(tool)
             return await coroutine_fn(*args, **kwargs)
@@ -654,7 +655,8 @@ def _admitted_only(fn: F, tool: str) -> F:
 
     @functools.wraps(fn)
     def guarded(*args: Any, **kwargs: Any) -> Any:
-        call = ADMITTED.get()
+        admission = ADMITTED.get()
+        call = admission.request if admission is not None else None
         if call is None or call.tool.name != tool:
             refuse_unguarded(tool)
         return fn(*args, **kwargs)

@@ -497,3 +497,33 @@ def test_a_read_only_token_pickles_as_a_plain_one_and_odd_classes_fall_back() ->
 
 class Issued(AccessToken):
     tenant: str = ""
+
+
+async def test_a_task_a_tool_spawns_cannot_run_guarded_tools_once_the_call_ends(mode: str) -> None:
+    import asyncio
+
+    from mcp_guard.errors import UnguardedCallError
+
+    guard = Guard()
+    server = MCPServer("spawner", middleware=[GuardMiddleware(guard)])
+    call_over = asyncio.Event()
+    later: list[asyncio.Task[Any]] = []
+
+    @server.tool()
+    @guard.tool(scopes="pay")
+    async def payout(amount: int) -> str:
+        if amount == 1:  # inherits this call's context, admission included
+
+            async def again() -> str:
+                await call_over.wait()
+                return await payout(5000)
+
+            later.append(asyncio.get_running_loop().create_task(again()))
+        return f"paid {amount}"
+
+    with acting_as(access_token("alice", "pay")):
+        async with Client(server, mode=mode) as client:
+            assert (await client.call_tool("payout", {"amount": 1})).structured_content == {"result": "paid 1"}
+    call_over.set()
+    with pytest.raises(UnguardedCallError):
+        await later[0]

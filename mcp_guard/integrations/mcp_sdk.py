@@ -33,7 +33,7 @@ from starlette.requests import Request
 
 from mcp_guard.audit.events import AuditEvent, EventKind
 from mcp_guard.audit.spans import tracing_configured
-from mcp_guard.context import ADMITTED
+from mcp_guard.context import ADMITTED, Admission
 from mcp_guard.errors import Refused
 from mcp_guard.guard import Authorization, Guard
 from mcp_guard.identity.access_token import token_fingerprint
@@ -102,7 +102,8 @@ class GuardMiddleware:
             user = auth_context_var.set(trimmed)
             if ctx.request is not None:  # over HTTP, the tool's view of the request is trimmed as well
                 ctx = replace(ctx, request=_request_as_seen(ctx.request, trimmed))
-        admitted = ADMITTED.set(request)
+        admission = Admission(request)
+        admitted = ADMITTED.set(admission)
         started, result, error_type = time.perf_counter(), "error", None
         try:
             response = await call_next(ctx)
@@ -112,6 +113,7 @@ class GuardMiddleware:
             error_type = type(error).__name__
             raise
         finally:
+            admission.end()
             ADMITTED.reset(admitted)
             if user is not None:
                 auth_context_var.reset(user)
