@@ -80,6 +80,22 @@ def test_huge_and_deep_arguments_are_capped() -> None:
         assert len(parsed["blob"]) < 300
 
 
+async def test_a_denial_with_an_unrenderable_argument_is_still_recorded() -> None:
+    """An integer past Python's 4,300-digit limit (possible in process, never over the wire)
+    once made the denial go unrecorded and uncounted."""
+    from mcp_guard import Guard, MemoryAuditSink, ToolSpec
+    from mcp_guard.testing import access_token
+
+    audit = MemoryAuditSink()
+    guard = Guard(audit=[audit], record_arguments=True)
+    guard.declare(ToolSpec("count", scopes=frozenset({"n:write"})))
+    decision = (await guard.authorize("count", {"n": 10**5000}, access_token("alice", "n:read"))).decision
+    assert decision.reason.code == "insufficient_scope"
+    [decided] = [event for event in audit.events if event.kind == "call.decided"]
+    assert decided.facts == {"arguments": '{"n":"<int of 16610 bits>"}'}
+    assert summarize_arguments({"n": 2**256}) == '{"n":"<int of 257 bits>"}'
+
+
 @given(
     st.recursive(
         st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=50),

@@ -18,6 +18,9 @@ __all__ = ["REDACTED", "summarize_arguments"]
 
 REDACTED = "[redacted]"
 _CUT = "[...]"
+_LONGEST_INT_BITS = 256
+"""Integers longer than this are shown by their size: rendering one costs time quadratic in its
+digits, and past 4,300 digits Python refuses."""
 
 
 def summarize_arguments(
@@ -36,6 +39,8 @@ def summarize_arguments(
             return value if len(value) <= max_string else value[:max_string] + _CUT
         if isinstance(value, float) and not math.isfinite(value):
             return str(value)
+        if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > _LONGEST_INT_BITS:
+            return f"<int of {value.bit_length()} bits>"
         if value is None or isinstance(value, bool | int | float):
             return value
         if depth >= max_depth:
@@ -55,5 +60,8 @@ def summarize_arguments(
             return shown_list
         return f"<{type(value).__name__}>"
 
-    text = json.dumps(shrink(arguments, 0), ensure_ascii=True, separators=(",", ":"), allow_nan=False, default=str)
+    try:
+        text = json.dumps(shrink(arguments, 0), ensure_ascii=True, separators=(",", ":"), allow_nan=False, default=str)
+    except Exception as error:  # a value no rendering survives: say so rather than lose the record
+        return json.dumps(f"[arguments not recordable: {type(error).__name__}]")
     return text if len(text) <= max_bytes else text[: max_bytes - len(_CUT)] + _CUT
