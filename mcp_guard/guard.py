@@ -51,7 +51,7 @@ from mcp_guard.session.memory import MemorySessionStore
 from mcp_guard.session.revocation import Revocations
 from mcp_guard.session.settings import SessionSettings, presentable_until
 from mcp_guard.session.store import SessionStore
-from mcp_guard.signature import JsonArguments, signature_of
+from mcp_guard.signature import ToolArguments, signature_of
 from mcp_guard.text import escaped
 
 __all__ = ["Authorization", "Guard"]
@@ -133,7 +133,7 @@ class Guard:
         self._risk = risk
         self.shadow = Shadow(shadow, self.sinks, timeout=shadow_timeout) if shadow is not None else None
         self._tools: dict[str, ToolSpec] = {}
-        self._json_arguments: dict[str, JsonArguments] = {}
+        self._arguments: dict[str, ToolArguments] = {}
 
     @property
     def policy(self) -> Policy:
@@ -202,7 +202,7 @@ class Guard:
         """
 
         def decorator(fn: F) -> F:
-            input_schema, json_arguments = signature_of(fn)
+            input_schema, arguments = signature_of(fn)
             spec = self.declare(
                 ToolSpec(
                     name=name or fn.__name__,
@@ -219,8 +219,7 @@ class Guard:
                     input_schema=input_schema,
                 )
             )
-            if json_arguments is not None:
-                self._json_arguments[spec.name] = json_arguments
+            self._arguments[spec.name] = arguments
             return _admitted_only(fn, spec.name)
 
         return decorator
@@ -281,9 +280,9 @@ class Guard:
                     arguments = {}
                 elif type(arguments) is not dict:
                     raise Refused(ReasonCode.ARGUMENTS_INVALID)
-                parsing = self._json_arguments.get(tool)
-                if parsing is not None:
-                    arguments = parsing.apply(arguments)
+                reading = self._arguments.get(tool)
+                if reading is not None:  # as the tool will receive them
+                    arguments = reading.apply(arguments)
                 request = _new(CallRequest, (principal, session, spec, arguments, now, protocol_version, request_id))
                 awaited = False
                 try:

@@ -1,40 +1,95 @@
-"""What the guard learns from a tool function's signature: its arguments' JSON Schema, and
-which arguments the MCP SDK parses from JSON text before the tool sees them."""
+"""What the guard learns from a tool function's signature: its arguments' JSON Schema, and how
+the arguments a client sends become the ones the tool receives.
+
+Policies must judge what the tool will receive, so the guard reads a call's arguments the way
+the MCP SDK does, with the SDK's own metadata: text sent for a parameter not annotated ``str``
+is parsed from JSON, a parameter the SDK also accepts under another name (pydantic
+``AliasChoices``) is judged under its schema name whichever name the client used, and keys the
+SDK never hands on are dropped: unknown ones, and parameters a resolver fills (``Resolve``:
+elicitation, sampling, roots), which no argument rule can see before the tool runs.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from mcp.server.mcpserver.resolve import find_resolved_parameters
 from mcp.server.mcpserver.utilities.context_injection import find_context_parameter
 from mcp.server.mcpserver.utilities.func_metadata import func_metadata
+from pydantic import AliasChoices
+from pydantic.fields import FieldInfo
 
-__all__ = ["JsonArguments", "signature_of"]
+__all__ = ["ToolArguments", "signature_of"]
 
 
-class JsonArguments(NamedTuple):
-    """The arguments of a tool the SDK parses from JSON text before the tool sees them.
+class ToolArguments(NamedTuple):
+    """How one tool's arguments reach it.
 
-    The SDK turns a string sent for a parameter not annotated ``str`` into the list, object,
-    boolean or null it encodes (some clients send every value as text). Policies must judge
-    what the tool will receive, so the guard parses them the same way, with the SDK's own code.
+    ``accepted`` are the keys the SDK reads; ``aliases`` pairs each schema name with every key
+    the SDK accepts for it, in the order it tries them; ``json_keys`` are the keys whose text it
+    parses from JSON, with ``parse`` (the SDK's own).
     """
 
-    keys: frozenset[str]
+    accepted: frozenset[str]
+    aliases: tuple[tuple[str, tuple[str, ...]], ...]
+    json_keys: frozenset[str]
     parse: Callable[[dict[str, Any]], dict[str, Any]]
 
     def apply(self, arguments: dict[str, Any]) -> dict[str, Any]:
-        for key in self.keys:
+        """``arguments`` as the tool will receive them, keyed by schema name."""
+        for key in self.json_keys:
             if type(arguments.get(key)) is str:
-                return self.parse(arguments)
+                arguments = self.parse(arguments)
+                break
+        if self.aliases or not arguments.keys() <= self.accepted:
+            arguments = self._received(arguments)
         return arguments
 
+    def _received(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        received = {key: value for key, value in arguments.items() if key in self.accepted}
+        for name, keys in self.aliases:
+            given = next((key for key in keys if key in arguments), None)
+            for key in keys:
+                received.pop(key, None)
+            if given is not None:
+                received[name] = arguments[given]
+        return received
 
-def signature_of(fn: Callable[..., Any]) -> tuple[dict[str, Any], JsonArguments | None]:
+
+def signature_of(fn: Callable[..., Any]) -> tuple[dict[str, Any], ToolArguments]:
     """The JSON Schema of ``fn``'s arguments, built exactly as the SDK builds a tool's
-    ``inputSchema``, and which of them the SDK parses from JSON text."""
+    ``inputSchema`` (without the ``Context`` and resolved parameters it fills itself), and how
+    a call's arguments reach ``fn``.
+
+    Raises `ValueError` for a parameter read through an alias path (``AliasPath``): the guard
+    could not tell which value the tool receives.
+    """
     context = find_context_parameter(fn)
-    model = func_metadata(fn, skip_names=[context] if context else [])
-    fields = model.arg_model.model_fields.items()
-    keys = frozenset(key for name, info in fields if info.annotation is not str for key in (name, info.alias) if key)
-    return model.arg_model.model_json_schema(by_alias=True), JsonArguments(keys, model.pre_parse_json) if keys else None
+    model = func_metadata(fn, skip_names=[*([context] if context else []), *find_resolved_parameters(fn)])
+    accepted: set[str] = set()
+    aliases: list[tuple[str, tuple[str, ...]]] = []
+    json_keys: set[str] = set()
+    for name, info in model.arg_model.model_fields.items():
+        keys = _accepted_keys(fn, name, info)
+        accepted.update(keys)
+        if len(keys) > 1:
+            aliases.append((keys[0], keys))
+        if info.annotation is not str:  # the keys the SDK's own parsing looks at
+            json_keys.update(key for key in (name, info.alias) if key)
+    arguments = ToolArguments(frozenset(accepted), tuple(aliases), frozenset(json_keys), model.pre_parse_json)
+    return model.arg_model.model_json_schema(by_alias=True), arguments
+
+
+def _accepted_keys(fn: Callable[..., Any], name: str, info: FieldInfo) -> tuple[str, ...]:
+    """The keys the SDK reads ``name`` from, in the order it tries them (its schema name first)."""
+    alias = info.validation_alias if info.validation_alias is not None else info.alias
+    if alias is None:
+        return (name,)
+    choices = alias.choices if isinstance(alias, AliasChoices) else [alias]
+    if not all(isinstance(choice, str) for choice in choices):
+        raise ValueError(
+            f"parameter {name!r} of tool {getattr(fn, '__name__', fn)!r} is read through an alias path; "
+            "mcp-guard judges arguments by name: give it a plain alias"
+        )
+    return tuple(dict.fromkeys(str(choice) for choice in choices))

@@ -1,0 +1,80 @@
+"""A call's arguments are judged as the tool will receive them, read the way the MCP SDK reads them."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import pytest
+from mcp.server.mcpserver.resolve import Elicit, Resolve
+from pydantic import AliasChoices, AliasPath, BaseModel, Field
+
+from mcp_guard import Guard, MemoryAuditSink, RulePolicy
+from mcp_guard.policy import ArgumentConstraint, ArgumentRule, TargetsRule
+from mcp_guard.testing import access_token
+
+pytestmark = pytest.mark.anyio
+
+MANY = [f"u{n}@example.com" for n in range(50)]
+
+
+class Recipient(BaseModel):
+    email: str
+
+
+def ask() -> Elicit[Recipient]:
+    return Elicit("Who should receive a copy?", Recipient)
+
+
+def mail_guard() -> Guard:
+    rules = [
+        TargetsRule("few", tools=frozenset({"send"}), argument="to", max_targets=2),
+        ArgumentRule(
+            "cc-inside",
+            tools=frozenset({"send"}),
+            constraints=(ArgumentConstraint("cc", pattern=r"[a-z]+@corp\.example"),),
+        ),
+    ]
+    guard = Guard(policy=RulePolicy(rules), audit=[MemoryAuditSink()])
+
+    @guard.tool(scopes="mail")
+    async def send(
+        to: Annotated[list[str], Field(validation_alias=AliasChoices("to", "recipients"))],
+        cc: Annotated[Recipient, Resolve(ask)],
+    ) -> str:
+        return "sent"
+
+    return guard
+
+
+@pytest.mark.parametrize(
+    ("arguments", "code"),
+    [
+        ({"to": MANY}, "too_many_targets"),
+        ({"recipients": MANY}, "too_many_targets"),  # the other name the SDK accepts
+        ({"to": MANY[:1], "recipients": MANY}, "allowed"),  # the SDK takes "to", the first it tries
+        ({"to": MANY, "recipients": MANY[:1]}, "too_many_targets"),
+    ],
+)
+async def test_a_parameter_is_judged_under_whichever_name_the_client_used(
+    arguments: dict[str, object], code: str
+) -> None:
+    decision = (await mail_guard().authorize("send", arguments, access_token("alice", "mail"))).decision
+    assert decision.reason.code == code
+
+
+async def test_keys_the_tool_never_receives_are_not_arguments() -> None:
+    guard = mail_guard()
+    arguments = {"recipients": MANY[:1], "cc": "x@evil.test", "junk": 1}
+    judged = (await guard.authorize("send", arguments, access_token("alice", "mail"))).request
+    assert judged is not None and judged.arguments == {"to": MANY[:1]}
+    assert list(guard.tools["send"].input_schema["properties"]) == ["to"]  # a resolver fills cc
+    assert guard.policy_gaps() == ["rule 'cc-inside' reads argument 'cc', which no tool it applies to takes (send)"]
+
+
+def test_a_parameter_read_through_an_alias_path_is_refused_at_declaration() -> None:
+    guard = Guard()
+    with pytest.raises(ValueError, match="alias path"):
+
+        @guard.tool()
+        def send(to: Annotated[str, Field(validation_alias=AliasPath("message", "to"))]) -> str:
+            return to
