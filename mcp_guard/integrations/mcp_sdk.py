@@ -170,21 +170,19 @@ class GuardTokenVerifier:
             return await self._verify(token, span)
 
     async def _verify(self, token: str, span: Span | None) -> AccessToken | None:
-        """The SDK's view of a verified token: built once per verification and handed out again,
-        so the guard's identifier recognises the very object on the next request. A token
-        verified anew with a different answer (fewer scopes, say) gets a new view."""
+        """The SDK's view of a verified token. Its fields are built once per verification and
+        remembered without the bearer string (no raw token outlives its request here); each
+        request gets them with the token it presented. A token verified anew with a different
+        answer (fewer scopes, say) gets new fields, and its acceptance is recorded again."""
         try:
             principal = await self.verifier.verify(token)
             seen = self._accepted.get(principal.token_hash)
-            if seen is not None and seen[1].token == token and _same_answer(seen[0], principal):
-                accepted = seen[1]
-            else:
-                accepted = self._access_token(token, principal)
+            if seen is None or not _same_answer(seen[0], principal):
+                seen = (principal, self._access_token(principal))
                 if self.guard is not None:
                     self.guard.record(AuditEvent.build(EventKind.TOKEN_ACCEPTED, self.guard.clock(), principal))
-                if len(self._accepted) >= self._ACCEPTED_LIMIT:
-                    self._accepted.clear()
-                self._accepted[principal.token_hash] = (principal, accepted)  # once its acceptance is recorded
+                remember(self._accepted, principal.token_hash, seen, self._ACCEPTED_LIMIT)  # once it is recorded
+            accepted = seen[1].model_copy(update={"token": token})
         except Refused as refusal:
             self._reject(token, refusal.code, refusal.message, span)
             return None
@@ -202,9 +200,9 @@ class GuardTokenVerifier:
             )
         return accepted
 
-    def _access_token(self, token: str, principal: Principal) -> AccessToken:
+    def _access_token(self, principal: Principal) -> AccessToken:
         return AccessToken(
-            token=token,
+            token="",
             client_id=principal.client_id,
             scopes=sorted(principal.scopes),
             expires_at=int(principal.expires_at) if principal.expires_at is not None else None,

@@ -436,3 +436,17 @@ async def test_forgetting_tokens_reaches_a_question_already_under_way(authority:
 async def test_bearer_access_token_types_are_accepted(authority: Authority, token_type: str) -> None:
     authority.answers[f"typed-{token_type}"] = answer(authority, token_type=token_type)
     assert (await introspector(authority).verify(f"typed-{token_type}")).subject == "agent-7"
+
+
+async def test_no_raw_token_outlives_its_request_in_the_sdk_verifier(authority: Authority, guard: Guard) -> None:
+    verifying = GuardTokenVerifier(introspector(authority), guard)
+    tokens = [f"opaque-secret-{n}" for n in range(3)]
+    for number, token in enumerate(tokens):
+        authority.answers[token] = answer(authority, sub=f"agent-{number}")
+        for _ in range(2):
+            access = await verifying.verify_token(token)
+            assert access is not None and access.token == token  # the request still carries it
+            assert guard.identifier.identify(access).subject == f"agent-{number}"
+    assert not any(token in repr(vars(verifying)) for token in tokens)
+    accepted = [event for event in guard.sinks[0].events if event.kind == EventKind.TOKEN_ACCEPTED]  # type: ignore[attr-defined]
+    assert len(accepted) == 3  # recorded once per token, not per request

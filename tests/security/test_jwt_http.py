@@ -109,14 +109,18 @@ async def test_first_acceptance_is_recorded_and_verification_is_timed(
     assert token not in repr(timed)
 
 
-async def test_a_verified_token_is_handed_out_as_one_object(authority: Authority, guard: Guard) -> None:
-    """The SDK gets the same AccessToken for every request with one token, so the guard's
-    identifier recognises it without deriving the principal again."""
+async def test_a_verified_token_is_described_once_and_its_bearer_string_not_kept(
+    authority: Authority, guard: Guard
+) -> None:
+    """Each request gets the token it presented, with fields built once per verification; the
+    guard's identifier finds the same principal for every request with one token."""
     verifier = GuardTokenVerifier(
         JWTVerifier([TrustedIssuer(issuer=authority.issuer, audience=RESOURCE, jwks_uri=authority.jwks_uri)]), guard
     )
     token = authority.mint()
     first, second = await verifier.verify_token(token), await verifier.verify_token(token)
-    assert first is not None and first is second
+    assert first is not None and second is not None and first.token == second.token == token
+    assert guard.identifier.identify(first) is guard.identifier.identify(second)
     other = await verifier.verify_token(authority.mint(jti="other"))
-    assert other is not None and other is not first and other.token != first.token
+    assert other is not None and other.token != first.token
+    assert token not in repr(vars(verifier))
