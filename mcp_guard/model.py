@@ -276,8 +276,8 @@ class Decision:
     kept apart so the audit trail shows exactly how much was trimmed. ``targets`` are the
     (rule id, target) pairs an allowed call reaches, which the session remembers for rules that
     count distinct targets. ``on_allow`` are the rules to tell once the call is finally allowed,
-    after every policy, the risk check and the audit record agreed (rate limits count it then):
-    a call refused at any point never counts.
+    after every policy and the risk check agreed, just before the audit record is written (rate
+    limits count it then, all or nothing: see `tell_allowed`).
     """
 
     allowed: bool

@@ -193,7 +193,9 @@ def verify_lines(
                     return Verdict(False, entries, problem, name, number, seq if isinstance(seq, int) else None)
                 expected_seq, prev, first_seq = seq, str(entry.get("prev")), seq
             if entry.get("alg") == "hmac-sha256" and key is None:
-                return Verdict(False, entries, "entry is HMAC'd: verify with its key (--key)", name, number, seq)
+                return Verdict(
+                    False, entries, "entry is HMAC'd: verify with its key (--key-file or --key-env)", name, number, seq
+                )
             if key is not None and entry.get("alg") != "hmac-sha256":
                 problem = "entry is not HMAC'd with the key: rewritten or forged"
             elif not hmac.compare_digest(digest(body, key), stored):
