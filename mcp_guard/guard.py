@@ -294,7 +294,7 @@ class Guard:
                     decision = self._refusal(ReasonCode.POLICY_ERROR, None, principal)
                     detail = f"{type(error).__name__}: {error}"[:_DETAIL_LIMIT]
                 if awaited and decision.allowed:  # revoked or ended while a remote policy was deciding?
-                    self._check_still_usable(principal, session, now)
+                    await self._check_still_usable(principal, session, now)
             except Refused as refusal:
                 decision = self._refusal(refusal.code, refusal.message, principal)
             except Exception:
@@ -352,7 +352,7 @@ class Guard:
                 and (self.shadow is not None or type(self.sessions) is not MemorySessionStore)
             ):
                 try:  # the shadow or the session store may have waited: revoked or ended meanwhile?
-                    self._check_still_usable(principal, session, now)
+                    await self._check_still_usable(principal, session, now)
                 except Refused as refusal:
                     decision = self._refusal(refusal.code, refusal.message, principal)
                     event = AuditEvent.build(
@@ -515,9 +515,15 @@ class Guard:
             return self._refusal(ReasonCode.GUARD_ERROR, None, principal)
         return decision
 
-    def _check_still_usable(self, principal: Principal, session: Session, now: float) -> None:
-        """Raise `Refused` when ``principal`` or ``session`` was revoked or ended since the call began."""
+    async def _check_still_usable(self, principal: Principal, session: Session, now: float) -> None:
+        """Raise `Refused` when ``principal`` or ``session`` was revoked or ended since the call
+        began (read again from a store outside process memory, which another replica may change)."""
         self.check_principal(principal, now)
+        if type(self.sessions) is not MemorySessionStore:
+            stored = await self.sessions.get(session.id)
+            if stored is None:
+                raise Refused(ReasonCode.SESSION_REVOKED)
+            session = stored
         refusal = _session_refusal(session, principal, now)
         if refusal is None and self.revocations.session_revoked(session.id):
             refusal = ReasonCode.SESSION_REVOKED

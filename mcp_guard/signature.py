@@ -26,13 +26,15 @@ __all__ = ["ToolArguments", "signature_of"]
 class ToolArguments(NamedTuple):
     """How one tool's arguments reach it.
 
-    ``accepted`` are the keys the SDK reads; ``aliases`` pairs each schema name with every key
-    the SDK accepts for it, in the order it tries them; ``json_keys`` are the keys whose text it
-    parses from JSON, with ``parse`` (the SDK's own).
+    ``fields`` pairs each parameter's schema name with the keys the SDK reads it from, in the
+    order it tries them; ``accepted`` are all those keys; ``renamed`` says whether any parameter
+    is read from a key other than its schema name; ``json_keys`` are the keys whose text the SDK
+    parses from JSON, with ``parse`` (its own code).
     """
 
+    fields: tuple[tuple[str, tuple[str, ...]], ...]
     accepted: frozenset[str]
-    aliases: tuple[tuple[str, tuple[str, ...]], ...]
+    renamed: bool
     json_keys: frozenset[str]
     parse: Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -42,16 +44,15 @@ class ToolArguments(NamedTuple):
             if type(arguments.get(key)) is str:
                 arguments = self.parse(arguments)
                 break
-        if self.aliases or not arguments.keys() <= self.accepted:
+        if self.renamed or not arguments.keys() <= self.accepted:
             arguments = self._received(arguments)
         return arguments
 
     def _received(self, arguments: dict[str, Any]) -> dict[str, Any]:
-        received = {key: value for key, value in arguments.items() if key in self.accepted}
-        for name, keys in self.aliases:
+        """Each parameter from the first of its keys the call holds (a key may feed several)."""
+        received = {}
+        for name, keys in self.fields:
             given = next((key for key in keys if key in arguments), None)
-            for key in keys:
-                received.pop(key, None)
             if given is not None:
                 received[name] = arguments[given]
         return received
@@ -67,21 +68,22 @@ def signature_of(fn: Callable[..., Any]) -> tuple[dict[str, Any], ToolArguments]
     """
     context = find_context_parameter(fn)
     model = func_metadata(fn, skip_names=[*([context] if context else []), *find_resolved_parameters(fn)])
-    accepted: set[str] = set()
-    aliases: list[tuple[str, tuple[str, ...]]] = []
-    json_keys: set[str] = set()
-    for name, info in model.arg_model.model_fields.items():
-        keys = _accepted_keys(fn, name, info)
-        accepted.update(keys)
-        if len(keys) > 1:
-            aliases.append((keys[0], keys))
-        if info.annotation is not str:  # the keys the SDK's own parsing looks at
-            json_keys.update(key for key in (name, info.alias) if key)
-    arguments = ToolArguments(frozenset(accepted), tuple(aliases), frozenset(json_keys), model.pre_parse_json)
+    parameters = model.arg_model.model_fields.items()
+    fields = tuple((keys[0], keys) for keys in (_keys(fn, name, info) for name, info in parameters))
+    json_keys = frozenset(
+        key  # the keys the SDK's own parsing looks at
+        for name, info in parameters
+        if info.annotation is not str
+        for key in (name, info.alias)
+        if key
+    )
+    accepted = frozenset(key for _, keys in fields for key in keys)
+    renamed = any(keys != (name,) for name, keys in fields)
+    arguments = ToolArguments(fields, accepted, renamed, json_keys, model.pre_parse_json)
     return model.arg_model.model_json_schema(by_alias=True), arguments
 
 
-def _accepted_keys(fn: Callable[..., Any], name: str, info: FieldInfo) -> tuple[str, ...]:
+def _keys(fn: Callable[..., Any], name: str, info: FieldInfo) -> tuple[str, ...]:
     """The keys the SDK reads ``name`` from, in the order it tries them (its schema name first)."""
     alias = info.validation_alias if info.validation_alias is not None else info.alias
     if alias is None:

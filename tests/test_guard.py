@@ -661,3 +661,41 @@ async def test_lapsed_revocations_are_dropped(audit: MemoryAuditSink, clock: Clo
     clock.advance(60)
     assert (await g.authorize("read_note", {}, token())).allowed
     assert not g.revocations.active
+
+
+class SharedStore(MemorySessionStore):
+    """A store other replicas share, as Redis would be: each read is a copy, and recording a
+    call waits on the network (``during_record`` runs meanwhile)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.during_record: Any = None
+
+    async def get(self, session_id: str) -> Any:
+        import copy
+
+        found = await super().get(session_id)
+        return copy.deepcopy(found) if found is not None else None
+
+    async def record_call(self, session: Any, at: float, **details: Any) -> float:
+        if self.during_record is not None:
+            waiting, self.during_record = self.during_record, None
+            await waiting()
+        return await super().record_call(self._sessions[session.id], at, **details)
+
+
+async def test_a_session_another_replica_ends_meanwhile_refuses_the_call() -> None:
+    store = SharedStore()
+    here, there = Guard(sessions=store), Guard(sessions=store)
+    for replica in (here, there):
+        replica.declare(ToolSpec("act"))
+    credential = token(sid="s1")
+    first = await here.authorize("act", {}, credential)
+    assert first.request is not None
+    session_id = first.request.session.id
+
+    async def revoke_there() -> None:
+        await there.revoke(session_id=session_id)
+
+    store.during_record = revoke_there
+    assert (await here.authorize("act", {}, credential)).decision.reason.code == ReasonCode.SESSION_REVOKED

@@ -28,6 +28,9 @@ UNSAFE = [
     r"(?<!x)?a",
     r"(?:(?=a)(?!b))?a",
     r"(?:a(?=a)?)+",
+    r"(?:\b|)" * 27 + "[a-z]b",  # the same optional nothing, written as alternatives
+    r"(?:(?=a)|)a",
+    r"(?:^|)a",
     r"(a+)+",  # nested unbounded quantifiers
     r"(a*)*",
     r"(?:a|b*)+",

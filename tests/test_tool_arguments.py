@@ -78,3 +78,30 @@ def test_a_parameter_read_through_an_alias_path_is_refused_at_declaration() -> N
         @guard.tool()
         def send(to: Annotated[str, Field(validation_alias=AliasPath("message", "to"))]) -> str:
             return to
+
+
+def copy_guard() -> Guard:
+    guard = Guard(
+        policy=RulePolicy(
+            [ArgumentRule("in-tmp", constraints=(ArgumentConstraint("target", path_roots=("/srv/share",)),))]
+        )
+    )
+
+    @guard.tool()
+    def copy(
+        source: Annotated[str, Field(validation_alias=AliasChoices("source", "target"))] = "/srv/share/a",
+        target: str = "/srv/share/default",
+    ) -> str:
+        return target
+
+    return guard
+
+
+@pytest.mark.parametrize(
+    "arguments", [{"source": "/srv/share/a", "target": "/etc/cron.d/x"}, {"target": "/etc/cron.d/x"}]
+)
+async def test_a_key_that_feeds_two_parameters_is_judged_for_both(arguments: dict[str, object]) -> None:
+    """``target`` is both a parameter and another one's alias: the tool receives it in each."""
+    authorization = await copy_guard().authorize("copy", arguments, access_token("alice", ""))
+    assert authorization.decision.reason.code == "argument_rejected"
+    assert authorization.request is not None and authorization.request.arguments["target"] == "/etc/cron.d/x"

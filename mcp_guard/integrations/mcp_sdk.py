@@ -182,7 +182,7 @@ class GuardTokenVerifier:
                 if self.guard is not None:
                     self.guard.record(AuditEvent.build(EventKind.TOKEN_ACCEPTED, self.guard.clock(), principal))
                 remember(self._accepted, principal.token_hash, seen, self._ACCEPTED_LIMIT)  # once it is recorded
-            accepted = seen[1].model_copy(update={"token": token})
+            accepted = seen[1].model_copy(update={"token": token}, deep=True)  # its own lists and dicts
         except Refused as refusal:
             self._reject(token, refusal.code, refusal.message, span)
             return None

@@ -233,6 +233,8 @@ class _Analysis:
         if loop is not None and ambiguous:
             raise self._refuse("alternatives inside a repeated part can match the same text or empty text", [loop])
         chars = _union(alternative.chars for alternative in alternatives)
+        if ambiguous and not chars:  # ``(?:\b|)``: ``(?=x)?`` written as alternatives
+            raise self._refuse("alternatives that match no text (a lookaround or anchor, or nothing)", [(_c.BRANCH, av)])
         return _Shape(
             nullable=any(alternative.nullable for alternative in alternatives),
             varies=ambiguous or any(alternative.varies for alternative in alternatives),

@@ -121,6 +121,8 @@ async def test_a_verified_token_is_described_once_and_its_bearer_string_not_kept
     first, second = await verifier.verify_token(token), await verifier.verify_token(token)
     assert first is not None and second is not None and first.token == second.token == token
     assert guard.identifier.identify(first) is guard.identifier.identify(second)
+    first.scopes.append("notes:admin")  # code outside a guarded tool changing its request's token
+    assert "notes:admin" not in (await verifier.verify_token(token) or first).scopes
     other = await verifier.verify_token(authority.mint(jti="other"))
     assert other is not None and other.token != first.token
     assert token not in repr(vars(verifier))
