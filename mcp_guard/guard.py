@@ -169,7 +169,8 @@ class Guard:
         """Names the policy's rules use that no declared tool has (a tool, a tag, an argument):
         rules that can never apply, one sentence each. Call it once every tool is declared, in a
         test (``assert guard.policy_gaps() == []``) or at start-up."""
-        return policy_gaps(self._policy, {name: self.as_policy_sees(spec) for name, spec in self._tools.items()})
+        tools = {name: self.as_policy_sees(spec) for name, spec in self._tools.items()}
+        return policy_gaps(self._policy, tools, {name: reading.loose for name, reading in self._arguments.items()})
 
     def declare(self, spec: ToolSpec) -> ToolSpec:
         """Register what a tool needs. A name can be declared once."""

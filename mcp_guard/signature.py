@@ -12,12 +12,12 @@ elicitation, sampling, roots), which no argument rule can see before the tool ru
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, get_args
 
 from mcp.server.mcpserver.resolve import find_resolved_parameters
 from mcp.server.mcpserver.utilities.context_injection import find_context_parameter
 from mcp.server.mcpserver.utilities.func_metadata import func_metadata
-from pydantic import AliasChoices
+from pydantic import AliasChoices, BaseModel
 from pydantic.fields import FieldInfo
 
 __all__ = ["ToolArguments", "signature_of"]
@@ -37,6 +37,9 @@ class ToolArguments(NamedTuple):
     renamed: bool
     json_keys: frozenset[str]
     parse: Callable[[dict[str, Any]], dict[str, Any]]
+    loose: frozenset[str] = frozenset()
+    """Parameters holding a model that takes some field under a name its schema does not show
+    (an alias and its field name, or alias choices): a dotted path into them can miss a value."""
 
     def apply(self, arguments: dict[str, Any]) -> dict[str, Any]:
         """``arguments`` as the tool will receive them, keyed by schema name."""
@@ -79,7 +82,10 @@ def signature_of(fn: Callable[..., Any]) -> tuple[dict[str, Any], ToolArguments]
     )
     accepted = frozenset(key for _, keys in fields for key in keys)
     renamed = any(keys != (name,) for name, keys in fields)
-    arguments = ToolArguments(fields, accepted, renamed, json_keys, model.pre_parse_json)
+    loose = frozenset(
+        keys[0] for (_, keys), (_, info) in zip(fields, parameters, strict=True) if _loose(info.annotation, set())
+    )
+    arguments = ToolArguments(fields, accepted, renamed, json_keys, model.pre_parse_json, loose)
     return model.arg_model.model_json_schema(by_alias=True), arguments
 
 
@@ -95,3 +101,23 @@ def _keys(fn: Callable[..., Any], name: str, info: FieldInfo) -> tuple[str, ...]
             "mcp-guard judges arguments by name: give it a plain alias"
         )
     return tuple(dict.fromkeys(str(choice) for choice in choices))
+
+
+def _loose(annotation: Any, seen: set[type]) -> bool:
+    """Whether ``annotation`` holds a pydantic model taking some field under more than one name."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        if annotation in seen:
+            return False
+        seen.add(annotation)
+        config = annotation.model_config
+        by_name = bool(config.get("populate_by_name") or config.get("validate_by_name"))
+        for info in annotation.model_fields.values():
+            alias = info.validation_alias if info.validation_alias is not None else info.alias
+            if isinstance(alias, AliasChoices) and len(alias.choices) > 1:
+                return True
+            if alias is not None and (by_name or not isinstance(alias, str)):
+                return True
+            if _loose(info.annotation, seen):
+                return True
+        return False
+    return any(_loose(argument, seen) for argument in get_args(annotation))

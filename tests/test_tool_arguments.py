@@ -6,7 +6,7 @@ from typing import Annotated
 
 import pytest
 from mcp.server.mcpserver.resolve import Elicit, Resolve
-from pydantic import AliasChoices, AliasPath, BaseModel, Field
+from pydantic import AliasChoices, AliasPath, BaseModel, ConfigDict, Field
 
 from mcp_guard import Guard, MemoryAuditSink, RulePolicy
 from mcp_guard.policy import ArgumentConstraint, ArgumentRule, TargetsRule
@@ -105,3 +105,27 @@ async def test_a_key_that_feeds_two_parameters_is_judged_for_both(arguments: dic
     authorization = await copy_guard().authorize("copy", arguments, access_token("alice", ""))
     assert authorization.decision.reason.code == "argument_rejected"
     assert authorization.request is not None and authorization.request.arguments["target"] == "/etc/cron.d/x"
+
+
+class Target(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    file_path: str = Field(alias="filePath")  # the schema says filePath; file_path is taken too
+
+
+def test_a_dotted_path_into_a_model_with_several_names_per_field_is_named_a_gap() -> None:
+    rule = ArgumentRule("in-share", constraints=(ArgumentConstraint("target.filePath", path_roots=("/srv/share",)),))
+    guard = Guard(policy=RulePolicy([rule]))
+
+    @guard.tool()
+    def write(target: Target, text: str) -> str:
+        return text
+
+    [gap] = guard.policy_gaps()
+    assert gap.startswith("rule 'in-share' reads 'target.filePath' inside parameter 'target' of tool 'write'")
+    plain = Guard(policy=RulePolicy([ArgumentRule("text", constraints=(ArgumentConstraint("text", max_length=9),))]))
+
+    @plain.tool()
+    def note(target: Target, text: str) -> str:
+        return text
+
+    assert plain.policy_gaps() == []  # only a path into the model can miss a value

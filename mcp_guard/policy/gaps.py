@@ -21,9 +21,13 @@ from mcp_guard.policy.rules import ArgumentRule, Rule, SequenceRule, TargetsRule
 __all__ = ["policy_gaps"]
 
 
-def policy_gaps(policy: Policy, tools: Mapping[str, ToolSpec]) -> list[str]:
+def policy_gaps(
+    policy: Policy, tools: Mapping[str, ToolSpec], loose: Mapping[str, frozenset[str]] | None = None
+) -> list[str]:
     """Every name the rule policies inside ``policy`` use that ``tools`` (as the policy sees
-    them) do not have, one sentence each; empty when everything meets."""
+    them) do not have, one sentence each; empty when everything meets. ``loose`` names, per
+    tool, the parameters whose models take some field under several names: a dotted path into
+    one can miss a value sent under another name."""
     tags = {tag for spec in tools.values() for tag in spec.tags}
     gaps: list[str] = []
     for rules in rule_policies(policy):
@@ -50,16 +54,36 @@ def policy_gaps(policy: Policy, tools: Mapping[str, ToolSpec]) -> list[str]:
             arguments = _arguments(rule)
             if arguments:
                 gaps += _unknown_arguments(rules, rule, arguments, tools)
+                gaps += _loose_paths(rules, rule, tools, loose or {})
     return gaps
+
+
+def _paths(rule: Rule) -> tuple[str, ...]:
+    """The argument paths ``rule`` reads."""
+    if isinstance(rule, ArgumentRule):
+        return tuple(constraint.argument for constraint in rule.constraints)
+    if isinstance(rule, TargetsRule):
+        return (rule.argument,)
+    return ()
 
 
 def _arguments(rule: Rule) -> tuple[str, ...]:
     """The top-level argument names ``rule`` reads."""
-    if isinstance(rule, ArgumentRule):
-        return tuple(ArgumentPath(constraint.argument).root for constraint in rule.constraints)
-    if isinstance(rule, TargetsRule):
-        return (ArgumentPath(rule.argument).root,)
-    return ()
+    return tuple(ArgumentPath(path).root for path in _paths(rule))
+
+
+def _loose_paths(
+    policy: RulePolicy, rule: Rule, tools: Mapping[str, ToolSpec], loose: Mapping[str, frozenset[str]]
+) -> list[str]:
+    """The dotted paths ``rule`` reads into a parameter whose model also takes other names."""
+    return [
+        f"rule {rule.id!r} reads {path!r} inside parameter {ArgumentPath(path).root!r} of tool {name!r}, whose "
+        "model also takes some of its fields under other names: a value sent under one of those escapes the rule"
+        for name, spec in tools.items()
+        if loose.get(name) and rule in policy.applicable(spec)
+        for path in _paths(rule)
+        if "." in path and ArgumentPath(path).root in loose[name]
+    ]
 
 
 def _unknown_arguments(

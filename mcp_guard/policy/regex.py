@@ -234,7 +234,9 @@ class _Analysis:
             raise self._refuse("alternatives inside a repeated part can match the same text or empty text", [loop])
         chars = _union(alternative.chars for alternative in alternatives)
         if ambiguous and not chars:  # ``(?:\b|)``: ``(?=x)?`` written as alternatives
-            raise self._refuse("alternatives that match no text (a lookaround or anchor, or nothing)", [(_c.BRANCH, av)])
+            raise self._refuse(
+                "alternatives that match no text (a lookaround or anchor, or nothing)", [(_c.BRANCH, av)]
+            )
         return _Shape(
             nullable=any(alternative.nullable for alternative in alternatives),
             varies=ambiguous or any(alternative.varies for alternative in alternatives),
