@@ -354,8 +354,12 @@ class Guard:
             ):
                 try:  # the shadow or the session store may have waited: revoked or ended meanwhile?
                     await self._check_still_usable(principal, session, now)
-                except Refused as refusal:
-                    decision = self._refusal(refusal.code, refusal.message, principal)
+                except Exception as error:
+                    if isinstance(error, Refused):
+                        decision = self._refusal(error.code, error.message, principal)
+                    else:
+                        logger.exception("mcp-guard: checking the session again on tool %s failed; denying", tool_name)
+                        decision = self._refusal(ReasonCode.GUARD_ERROR, None, principal)
                     event = AuditEvent.build(
                         kind, now, principal, session_id, tool_name, decision, trace_context, _LATE, owners, facts
                     )
@@ -523,7 +527,7 @@ class Guard:
         if type(self.sessions) is not MemorySessionStore:
             stored = await self.sessions.get(session.id)
             if stored is None:
-                raise Refused(ReasonCode.SESSION_REVOKED)
+                raise Refused(ReasonCode.SESSION_UNAVAILABLE, "The session could not be read again: retry.")
             session = stored
         refusal = _session_refusal(session, principal, now)
         if refusal is None and self.revocations.session_revoked(session.id):

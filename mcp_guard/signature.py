@@ -12,12 +12,12 @@ elicitation, sampling, roots), which no argument rule can see before the tool ru
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple, get_args
+from typing import Any, NamedTuple
 
 from mcp.server.mcpserver.resolve import find_resolved_parameters
 from mcp.server.mcpserver.utilities.context_injection import find_context_parameter
 from mcp.server.mcpserver.utilities.func_metadata import func_metadata
-from pydantic import AliasChoices, BaseModel
+from pydantic import AliasChoices, TypeAdapter
 from pydantic.fields import FieldInfo
 
 __all__ = ["ToolArguments", "signature_of"]
@@ -66,13 +66,19 @@ def signature_of(fn: Callable[..., Any]) -> tuple[dict[str, Any], ToolArguments]
     ``inputSchema`` (without the ``Context`` and resolved parameters it fills itself), and how
     a call's arguments reach ``fn``.
 
-    Raises `ValueError` for a parameter read through an alias path (``AliasPath``): the guard
-    could not tell which value the tool receives.
+    Raises `ValueError` for a parameter read through an alias path (``AliasPath``), or two
+    under one schema name: the guard could not tell which value the tool receives.
     """
     context = find_context_parameter(fn)
     model = func_metadata(fn, skip_names=[*([context] if context else []), *find_resolved_parameters(fn)])
     parameters = model.arg_model.model_fields.items()
     fields = tuple((keys[0], keys) for keys in (_keys(fn, name, info) for name, info in parameters))
+    shared = {name for name, _ in fields if sum(other == name for other, _ in fields) > 1}
+    if shared:
+        raise ValueError(
+            f"tool {getattr(fn, '__name__', fn)!r} has several parameters named {sorted(shared)} in its schema; "
+            "mcp-guard judges arguments by name: give each its own"
+        )
     json_keys = frozenset(
         key  # the keys the SDK's own parsing looks at
         for name, info in parameters
@@ -83,7 +89,7 @@ def signature_of(fn: Callable[..., Any]) -> tuple[dict[str, Any], ToolArguments]
     accepted = frozenset(key for _, keys in fields for key in keys)
     renamed = any(keys != (name,) for name, keys in fields)
     loose = frozenset(
-        keys[0] for (_, keys), (_, info) in zip(fields, parameters, strict=True) if _loose(info.annotation, set())
+        keys[0] for (_, keys), (_, info) in zip(fields, parameters, strict=True) if _loose(info.annotation)
     )
     arguments = ToolArguments(fields, accepted, renamed, json_keys, model.pre_parse_json, loose)
     return model.arg_model.model_json_schema(by_alias=True), arguments
@@ -103,21 +109,32 @@ def _keys(fn: Callable[..., Any], name: str, info: FieldInfo) -> tuple[str, ...]
     return tuple(dict.fromkeys(str(choice) for choice in choices))
 
 
-def _loose(annotation: Any, seen: set[type]) -> bool:
-    """Whether ``annotation`` holds a pydantic model taking some field under more than one name."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        if annotation in seen:
-            return False
-        seen.add(annotation)
-        config = annotation.model_config
-        by_name = bool(config.get("populate_by_name") or config.get("validate_by_name"))
-        for info in annotation.model_fields.values():
-            alias = info.validation_alias if info.validation_alias is not None else info.alias
-            if isinstance(alias, AliasChoices) and len(alias.choices) > 1:
-                return True
-            if alias is not None and (by_name or not isinstance(alias, str)):
-                return True
-            if _loose(info.annotation, seen):
-                return True
+def _loose(annotation: Any) -> bool:
+    """Whether ``annotation`` holds a model, typed dict or dataclass taking some field under
+    more than one name (an alias and, by configuration, its field name; or alias choices)."""
+    try:
+        schema = TypeAdapter(annotation).core_schema
+    except Exception:  # a class pydantic checks by isinstance alone has no fields to alias
         return False
-    return any(_loose(argument, seen) for argument in get_args(annotation))
+    return _loose_schema(schema, by_name=False)
+
+
+def _loose_schema(node: object, *, by_name: bool) -> bool:
+    """Walk a pydantic core schema for a field read under several names."""
+    if isinstance(node, list):
+        return any(_loose_schema(item, by_name=by_name) for item in node)
+    if not isinstance(node, dict):
+        return False
+    config = node.get("config")
+    if isinstance(config, dict) and config.get("validate_by_name"):
+        by_name = True
+    if node.get("type") in _FIELD_KINDS:
+        alias = node.get("validation_alias")
+        if isinstance(alias, list) and (len(alias) > 1 or (alias and isinstance(alias[0], list) and len(alias[0]) > 1)):
+            return True
+        if alias is not None and by_name:
+            return True
+    return any(_loose_schema(value, by_name=by_name) for value in node.values())
+
+
+_FIELD_KINDS = frozenset({"model-field", "typed-dict-field", "dataclass-field"})

@@ -699,3 +699,30 @@ async def test_a_session_another_replica_ends_meanwhile_refuses_the_call() -> No
 
     store.during_record = revoke_there
     assert (await here.authorize("act", {}, credential)).decision.reason.code == ReasonCode.SESSION_REVOKED
+
+
+@pytest.mark.parametrize(
+    ("fault", "code"), [("raise", ReasonCode.GUARD_ERROR), ("none", ReasonCode.SESSION_UNAVAILABLE)]
+)
+async def test_a_session_that_cannot_be_read_again_refuses_the_call_and_says_so(
+    audit: MemoryAuditSink, fault: str, code: str
+) -> None:
+    class Flaky(SharedStore):
+        async def get(self, session_id: str) -> Any:
+            if self.during_record == "failing":
+                self.during_record = None
+                if fault == "raise":
+                    raise ConnectionError("the store went away")
+                return None
+            return await super().get(session_id)
+
+        async def record_call(self, session: Any, at: float, **details: Any) -> float:
+            score = await super().record_call(session, at, **details)
+            self.during_record = "failing"  # the next read, the check after recording, fails
+            return score
+
+    g = Guard(sessions=Flaky(), audit=[audit])
+    g.declare(ToolSpec("act"))
+    assert (await g.authorize("act", {}, token(sid="s1"))).decision.reason.code == code
+    decided = [event.outcome for event in audit.events if event.kind == EventKind.CALL_DECIDED]
+    assert decided == ["trimmed", "denied"]  # the refusal is on the record after the allowance

@@ -31,6 +31,11 @@ UNSAFE = [
     r"(?:\b|)" * 27 + "[a-z]b",  # the same optional nothing, written as alternatives
     r"(?:(?=a)|)a",
     r"(?:^|)a",
+    "".join(rf"(?:\b|{chr(c)}?)" for c in range(0x3B1, 0x3B1 + 24)) + "z!",  # empty two ways, in a chain
+    r"(?:\b|x)?a",
+    r"(?:x?)?a",
+    r"(?:|x?)a",
+    r"(?:(?=\w)|x{0,1})a",
     r"(a+)+",  # nested unbounded quantifiers
     r"(a*)*",
     r"(?:a|b*)+",

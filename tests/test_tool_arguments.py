@@ -7,6 +7,7 @@ from typing import Annotated
 import pytest
 from mcp.server.mcpserver.resolve import Elicit, Resolve
 from pydantic import AliasChoices, AliasPath, BaseModel, ConfigDict, Field
+from typing_extensions import TypedDict
 
 from mcp_guard import Guard, MemoryAuditSink, RulePolicy
 from mcp_guard.policy import ArgumentConstraint, ArgumentRule, TargetsRule
@@ -129,3 +130,30 @@ def test_a_dotted_path_into_a_model_with_several_names_per_field_is_named_a_gap(
         return text
 
     assert plain.policy_gaps() == []  # only a path into the model can miss a value
+
+
+class TargetDict(TypedDict):
+    filePath: Annotated[str, Field(validation_alias=AliasChoices("filePath", "file_path"))]
+
+
+def test_typed_dicts_with_several_names_per_field_are_named_a_gap_too() -> None:
+    rule = ArgumentRule("in-share", constraints=(ArgumentConstraint("target.filePath", path_roots=("/srv/share",)),))
+    guard = Guard(policy=RulePolicy([rule]))
+
+    @guard.tool()
+    def write(target: TargetDict) -> str:
+        return "written"
+
+    assert len(guard.policy_gaps()) == 1
+
+
+def test_two_parameters_under_one_schema_name_are_refused_at_declaration() -> None:
+    guard = Guard()
+    with pytest.raises(ValueError, match="several parameters named \\['path'\\]"):
+
+        @guard.tool()
+        def copy_file(
+            src: Annotated[str, Field(validation_alias=AliasChoices("path", "src"))],
+            dst: Annotated[str, Field(validation_alias=AliasChoices("path", "dst"))],
+        ) -> str:
+            return dst

@@ -199,8 +199,8 @@ class _Analysis:
         low, high, body_items = av
         repeats = high > 1
         body, parts = self.sequence(body_items.data, flags, depth + 1, loop=(op, av) if repeats else loop)
-        if high > low and not body.chars:  # ``(?=x)?``: an optional nothing the engine still tries both ways
-            raise self._refuse("a lookaround, anchor or empty group is quantified; it matches no text", [(op, av)])
+        if high > low and body.nullable and not repeats:  # ``(?=x)?``, ``(?:a?)?``: two ways to match nothing
+            raise self._refuse("optional part can match empty text itself, so it matches nothing two ways", [(op, av)])
         if repeats and body.nullable:
             raise self._refuse("repeated part can match empty text, so repetitions are ambiguous", [(op, av)])
         if repeats and body.varies and not _delimited(parts):
@@ -232,11 +232,9 @@ class _Analysis:
         )
         if loop is not None and ambiguous:
             raise self._refuse("alternatives inside a repeated part can match the same text or empty text", [loop])
+        if sum(alternative.nullable for alternative in alternatives) > 1:  # ``(?:\b|)``, ``(?:|a?)``
+            raise self._refuse("several alternatives can match empty text", [(_c.BRANCH, av)])
         chars = _union(alternative.chars for alternative in alternatives)
-        if ambiguous and not chars:  # ``(?:\b|)``: ``(?=x)?`` written as alternatives
-            raise self._refuse(
-                "alternatives that match no text (a lookaround or anchor, or nothing)", [(_c.BRANCH, av)]
-            )
         return _Shape(
             nullable=any(alternative.nullable for alternative in alternatives),
             varies=ambiguous or any(alternative.varies for alternative in alternatives),
