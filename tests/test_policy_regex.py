@@ -36,6 +36,9 @@ UNSAFE = [
     r"(?:x?)?a",
     r"(?:|x?)a",
     r"(?:(?=\w)|x{0,1})a",
+    r".*(?=(?=.*x))",  # a lookaround inside a lookaround hides its repeat
+    r"(?:a(?=(?=.*b)))*b",
+    r"[ab]*(?<=(?=[ab]*x)a)",
     r"(a+)+",  # nested unbounded quantifiers
     r"(a*)*",
     r"(?:a|b*)+",

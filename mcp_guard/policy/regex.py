@@ -184,7 +184,7 @@ class _Analysis:
             return self.sequence(av.data, flags, depth + 1, loop=loop)[0]
         if op in _LOOKAROUND_OPS:
             inner, _ = self.sequence(av[1].data, flags, depth + 1, loop=None)
-            if not inner.varies:
+            if not (inner.varies or inner.looks):  # a lookaround within one looks as far as it does
                 return _EMPTY
             if loop is not None:
                 raise self._refuse(self._LOOKAROUND, [(op, av)])
