@@ -699,3 +699,25 @@ async def test_a_sequence_is_judged_again_once_the_call_is_finally_allowed(
         await anyio.sleep(0.05)
         tasks.start_soon(call, "read_secret")  # runs while the mail is still being decided
     assert codes == {"read_secret": "allowed", "send_mail": ReasonCode.SEQUENCE_FORBIDDEN}
+
+
+def test_guards_sharing_an_alternative_compile_each_tool_once_each(audit: MemoryAuditSink, clock: Clock) -> None:
+    from mcp_guard import ScopePolicy
+
+    file = RulePolicy(tools=[ToolSpec("send_mail", scopes=frozenset({"mail:audit"}), tags=frozenset({"egress"}))])
+    compiled: list[str] = []
+    applicable = file.applicable
+    file.applicable = lambda tool: compiled.append(tool.name) or applicable(tool)  # type: ignore[method-assign]
+    policy = AnyOf(file, ScopePolicy())
+    guards = [Guard(policy=policy, audit=[audit], clock=clock) for _ in range(2)]
+    for guard in guards:
+        guard.declare(ToolSpec("send_mail", scopes=frozenset({"mail:send"})))
+    token = access_token("alice", "mail:send mail:audit", sid="s1")
+
+    async def calls() -> None:
+        for _ in range(5):
+            for guard in guards:
+                assert (await guard.authorize("send_mail", {}, token)).allowed
+
+    anyio.run(calls)
+    assert compiled == ["send_mail"] * 2

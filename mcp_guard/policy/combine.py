@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import replace
 from typing import TypeVar
 
+from mcp_guard.memo import remember
 from mcp_guard.model import CallRequest, Decision, Principal, ToolSpec
 from mcp_guard.policy.base import Policy, PolicyFunction, Verdict, as_policy
 from mcp_guard.policy.risk import RiskSettings
@@ -32,6 +33,9 @@ from mcp_guard.scopes import ScopeHierarchy
 __all__ = ["AllOf", "AnyOf", "DenyOverrides", "FirstApplicable"]
 
 T = TypeVar("T")
+
+_DESCRIBED_LIMIT = 16_384
+"""Described specs remembered, by the spec they describe (one per tool and guard sharing the policy)."""
 
 
 class _Combination:
@@ -49,7 +53,7 @@ class _Combination:
         self.policies: tuple[Policy, ...] = tuple(as_policy(policy) for policy in policies)
         self.id = id or f"{self.name}({', '.join(policy.id for policy in self.policies)})"
         self.version = version
-        self._described: dict[str, tuple[ToolSpec, ToolSpec, ToolSpec]] = {}
+        self._described: dict[int, tuple[ToolSpec, ToolSpec, ToolSpec]] = {}
 
     def decide(self, request: CallRequest) -> Verdict | Awaitable[Verdict]:
         if self.binds_every_member:  # nested in an alternative, the tool comes without the members' scopes
@@ -111,14 +115,13 @@ class _Combination:
                 merged = merge(merged)
         if merged is tool or self.binds_every_member:
             return merged
-        known = self._described.get(tool.name)
+        known = self._described.get(id(tool))
         if known is not None and known[0] is tool and known[1] is merged:
             return known[2]
         described = replace(merged, scopes=tool.scopes, optional_scopes=tool.optional_scopes)
         if described == tool:
             described = tool
-        self._described[tool.name] = (tool, merged, described)
-        return described
+        return remember(self._described, id(tool), (tool, merged, described), _DESCRIBED_LIMIT)[2]
 
     @property
     def risk(self) -> RiskSettings | None:
