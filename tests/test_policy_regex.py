@@ -63,6 +63,15 @@ UNSAFE = [
     "(?:a|aa)" * 20 + "b",  # alternatives that start alike end at different places
     r"[a-z]*(?=[a-z]*(?=[a-z]*!))",  # a lookaround after a varying part runs at every step back
     r"x+(?:(?=x*y)z|w)",
+    r"[A-Z][a-z]*(?: [A-Z]?[a-zA-Z][a-z]*)*",  # the middle shifts between repeats sharing no character
+    r"(?:,[a-z]*[a-z0-9][0-9]*)*",
+    r"(?:,[ab]*b[ab]a*)*",  # bba: a shift hands each part's character to the part after it
+    "a?[ab]b?," * 30,  # no repeated group, but 2**30 ways to fail
+    r"(?:,(?:[A-Z]?[a-zA-Z]|\d)[a-z]*)*",  # the same shift out of an alternative's end
+    r"(?s)(?:[xa]{0,255}\.?[.-][+-]+_){2,}",
+    r"[ab]*[ab]{500}",  # a long fixed count reruns at every step back
+    r"[ab]*(?=(?:a|bc){4096})",
+    r"(?:a(?!(?:a(?!(?:a|bc){4096})|bc){4096}))*",
 ]
 
 SAFE = {
@@ -84,6 +93,10 @@ SAFE = {
     r"(?:(?!--).)*": (["a-b-c"], ["a--b"]),
     r"\d+\.\d+": (["3.14"], ["3.", ".5"]),
     r"[a-z]{1,10}[0-9]{0,5}": (["abc123"], ["123"]),
+    r"[a-z0-9]*[a-z][0-9]*": (["ab12"], ["12"]),
+    r"[a-z]*@[a-z]*": (["a@b"], ["a@b@c"]),
+    r"sha256:[0-9a-f]{64}": (["sha256:" + "0" * 64], ["sha256:" + "0" * 63]),
+    r"[a-z]+-[0-9a-f]{64}": (["k-" + "a" * 64], ["k-" + "a" * 65]),
 }
 
 

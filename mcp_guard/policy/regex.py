@@ -8,8 +8,12 @@ that lets a backtracking matcher try many ways to match the same text:
   character to fix where one repetition ends (``(a+)+``, ``(a*)*``, ``(.*a){20}``);
 - alternatives inside a repeated part that can start with the same character or match empty
   text (``(a|ab)*``, ``(a|a)+``, ``(a|b*)+``);
-- repeats of varying count in a row over overlapping characters, with nothing between them
-  that only one side can match (``\\d+\\d+``, ``.*.*``, ``.*x.*``, ``[a-z]{0,9}[a-z]{0,9}``);
+- repeats of varying count in a row where the split between them can move: every part between
+  them can take a character from the parts before it and hand one to the parts after it
+  (``\\d+\\d+``, ``.*.*``, ``.*x.*``, ``[a-z]{0,9}[a-z]{0,9}``, and ``[A-Z]?[a-zA-Z][a-z]*``, which
+  splits ``Ab`` two ways);
+- a fixed-count repeat that can match more than 64 characters counts as one of varying count:
+  after a varying part it reruns at every backtracking step (``[ab]*[ab]{500}``);
 - an alternation that can match empty text or whose alternatives can start alike counts as a
   repeat of varying count (``(?:a|)`` is ``a?``), so several in a row over the same characters
   are refused (``(?:a|)(?:a|)a``);
@@ -43,6 +47,9 @@ MAX_SUBJECT_LENGTH = 4096
 """Longest string a compiled pattern may be matched against; longer values are refused unmatched."""
 
 _MAX_NESTING = 40
+_LONG_FIXED = 64
+"""Longest match of a fixed-count repeat that still counts as constant; longer ones cost each backtracking step."""
+_UNBOUNDED = 1 << 30
 _ENUMERABLE = 256
 _RENDERED = 60
 _CHAR_FLAGS = re.IGNORECASE | re.ASCII | re.DOTALL
@@ -119,6 +126,7 @@ class _Shape:
     chars: tuple[_Atom, ...]  # characters a match can contain
     tail: tuple[_Atom, ...]  # characters a repeat of varying count at the end can match
     looks: bool = False  # holds a lookaround with a repeat of varying count
+    longest: int = 0  # most characters a match can take, capped at _UNBOUNDED
 
 
 _Item = tuple[Any, Any]
@@ -137,7 +145,7 @@ _EMPTY = _Shape(nullable=True, varies=False, first=(), chars=(), tail=())
 class _Analysis:
     """One walk over one parsed pattern; refusals quote the pattern text."""
 
-    _LOOKAROUND = "lookaround with a repeat of varying count runs again at every backtracking step before it"
+    _LOOKAROUND = "lookaround with a long or varying repeat runs again at every backtracking step before it"
 
     def __init__(self, pattern: str) -> None:
         self._pattern = pattern
@@ -173,7 +181,7 @@ class _Analysis:
     def _item(self, op: Any, av: Any, flags: int, depth: int, *, loop: _Item | None) -> _Shape:
         if op in _CHAR_OPS:
             atoms = _atoms(op, av, flags & _CHAR_FLAGS)
-            return _Shape(nullable=False, varies=False, first=atoms, chars=atoms, tail=())
+            return _Shape(nullable=False, varies=False, first=atoms, chars=atoms, tail=(), longest=1)
         if op is _c.AT:
             return _EMPTY
         if op in _REPEAT_OPS:
@@ -211,13 +219,15 @@ class _Analysis:
             )
         if high == 0:
             return _EMPTY
+        longest = min(high * body.longest, _UNBOUNDED)
         return _Shape(
             nullable=low == 0 or body.nullable,
-            varies=high > low or body.varies,
+            varies=high > low or body.varies or longest > _LONG_FIXED,
             first=body.first,
             chars=body.chars,
             tail=body.chars if high > low else body.tail,
             looks=body.looks,
+            longest=longest,
         )
 
     def _branch(self, av: Any, flags: int, depth: int, *, loop: _Item | None) -> _Shape:
@@ -242,35 +252,35 @@ class _Analysis:
             chars=chars,
             tail=chars if ambiguous else _union(alternative.tail for alternative in alternatives),
             looks=any(alternative.looks for alternative in alternatives),
+            longest=max(alternative.longest for alternative in alternatives),
         )
 
     def _check_runs(self, parts: list[_Part]) -> None:
-        """Refuse a repeat of varying count followed by another over the same characters.
+        """Refuse a repeat of varying count followed by another that can take over its text.
 
-        Between the two, parts that can match empty text do not separate them, nor do parts whose
-        characters both repeats can also match (``.*x.*``): the split point could move.
+        For the split between the two to move, each part in between must shift with it: a part
+        that cannot match a character of those before it stops the shift (``[a-z]*@[a-z]*``),
+        and parts that can match empty text do not. ``[A-Z]?[a-zA-Z][a-z]*`` splits ``Ab`` two
+        ways although its two repeats share no character.
         """
         for start, part in enumerate(parts):
-            pumped = part.shape.tail
-            if not pumped:
+            run = part.shape.tail
+            if not run:
                 continue
             between: list[_Shape] = []
             for end in range(start + 1, len(parts)):
                 shape = parts[end].shape
-                if (
-                    shape.varies
-                    and _overlap(shape.first, pumped)
-                    and all(_overlap(middle.chars, shape.chars) for middle in between)
-                ):
+                if shape.varies and _overlap(shape.first, run) and _shifts_into(between, shape):
                     raise self._refuse(
                         "repeats in a row can match the same text",
                         [(later.op, later.av) for later in parts[start : end + 1]],
                     )
                 if shape.nullable:
                     continue
-                if not _overlap(shape.chars, pumped):
+                if not _overlap(shape.chars, run):
                     break
                 between.append(shape)
+                run = _union((run, shape.chars))
 
     def _refuse(self, problem: str, items: Sequence[Any]) -> UnsafePattern:
         text = _render(items)
@@ -286,12 +296,7 @@ def _concat(shapes: Sequence[_Shape]) -> _Shape:
         first.extend(shape.first)
         if not shape.nullable:
             break
-    tail = [
-        atom
-        for index, shape in enumerate(shapes)
-        if shape.tail and all(later.nullable or _overlap(later.chars, shape.tail) for later in shapes[index + 1 :])
-        for atom in shape.tail
-    ]
+    tail = [atom for index, shape in enumerate(shapes) for atom in _run_to_end(shape.tail, shapes[index + 1 :])]
     return _Shape(
         nullable=all(shape.nullable for shape in shapes),
         varies=any(shape.varies for shape in shapes),
@@ -299,7 +304,27 @@ def _concat(shapes: Sequence[_Shape]) -> _Shape:
         chars=_union(shape.chars for shape in shapes),
         tail=tuple(dict.fromkeys(tail)),
         looks=any(shape.looks for shape in shapes),
+        longest=min(sum(shape.longest for shape in shapes), _UNBOUNDED),
     )
+
+
+def _shifts_into(between: list[_Shape], later: _Shape) -> bool:
+    """Whether every part in ``between`` can match a character of some part after it, up to ``later``."""
+    return all(
+        _overlap(middle.chars, _union(after.chars for after in [*between[index + 1 :], later]))
+        for index, middle in enumerate(between)
+    )
+
+
+def _run_to_end(run: tuple[_Atom, ...], later: Sequence[_Shape]) -> tuple[_Atom, ...]:
+    """The characters a varying repeat's end can shift through ``later`` to the end, or none when it cannot."""
+    for shape in later if run else ():
+        if shape.nullable:
+            continue
+        if not _overlap(shape.chars, run):
+            return ()
+        run = _union((run, shape.chars))
+    return run
 
 
 def _delimited(parts: list[_Part]) -> bool:
