@@ -4,8 +4,9 @@ Policy authors write the patterns, but callers choose the text they run against.
 walks the tree of the standard library's own parser (``re._parser``) and refuses every construct
 that lets a backtracking matcher try many ways to match the same text:
 
-- a repeated part that can match empty text, or that holds a repeat of its own and no separator
-  character to fix where one repetition ends (``(a+)+``, ``(a*)*``, ``(.*a){20}``);
+- a repeated part that can match empty text, or that holds a repeat whose end can move into the
+  next repetition, judged like repeats in a row (below) over three repetitions written out
+  (``(a+)+``, ``(a*)*``, ``(.*a){20}``, but not ``(?:\\w+\\.)*``);
 - alternatives inside a repeated part that can start with the same character or match empty
   text (``(a|ab)*``, ``(a|a)+``, ``(a|b*)+``);
 - repeats of varying count in a row where the split between them can move: every part between
@@ -33,7 +34,7 @@ from __future__ import annotations
 
 import importlib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, NamedTuple
@@ -123,6 +124,7 @@ class _Shape:
     nullable: bool
     varies: bool  # holds a repeat whose count varies
     first: tuple[_Atom, ...]  # characters a non-empty match can start with
+    last: tuple[_Atom, ...]  # characters a non-empty match can end with
     chars: tuple[_Atom, ...]  # characters a match can contain
     tail: tuple[_Atom, ...]  # characters a repeat of varying count at the end can match
     looks: bool = False  # holds a lookaround with a repeat of varying count
@@ -139,7 +141,7 @@ class _Part(NamedTuple):
     shape: _Shape
 
 
-_EMPTY = _Shape(nullable=True, varies=False, first=(), chars=(), tail=())
+_EMPTY = _Shape(nullable=True, varies=False, first=(), last=(), chars=(), tail=())
 
 
 class _Analysis:
@@ -181,7 +183,7 @@ class _Analysis:
     def _item(self, op: Any, av: Any, flags: int, depth: int, *, loop: _Item | None) -> _Shape:
         if op in _CHAR_OPS:
             atoms = _atoms(op, av, flags & _CHAR_FLAGS)
-            return _Shape(nullable=False, varies=False, first=atoms, chars=atoms, tail=(), longest=1)
+            return _Shape(nullable=False, varies=False, first=atoms, last=atoms, chars=atoms, tail=(), longest=1)
         if op is _c.AT:
             return _EMPTY
         if op in _REPEAT_OPS:
@@ -196,7 +198,7 @@ class _Analysis:
                 return _EMPTY
             if loop is not None:
                 raise self._refuse(self._LOOKAROUND, [(op, av)])
-            return _Shape(nullable=True, varies=False, first=(), chars=(), tail=(), looks=True)
+            return _Shape(nullable=True, varies=False, first=(), last=(), chars=(), tail=(), looks=True)
         if op is _c.GROUPREF:
             raise self._refuse("backreference", [(op, av)])
         if op is _c.GROUPREF_EXISTS:
@@ -211,9 +213,9 @@ class _Analysis:
             raise self._refuse("optional part can match empty text itself, so it matches nothing two ways", [(op, av)])
         if repeats and body.nullable:
             raise self._refuse("repeated part can match empty text, so repetitions are ambiguous", [(op, av)])
-        if repeats and body.varies and not _delimited(parts):
+        if repeats and _movable_split([part.shape for part in parts] * 3) is not None:  # across repetitions
             raise self._refuse(
-                "repeated part holds a repeat of its own and no separator character, "
+                "repeated part holds a repeat whose end can move into the next repetition, "
                 "so repetitions can split the same text in many ways",
                 [(op, av)],
             )
@@ -224,6 +226,7 @@ class _Analysis:
             nullable=low == 0 or body.nullable,
             varies=high > low or body.varies or longest > _LONG_FIXED,
             first=body.first,
+            last=body.last,
             chars=body.chars,
             tail=body.chars if high > low else body.tail,
             looks=body.looks,
@@ -249,6 +252,7 @@ class _Analysis:
             nullable=any(alternative.nullable for alternative in alternatives),
             varies=ambiguous or any(alternative.varies for alternative in alternatives),
             first=_union(alternative.first for alternative in alternatives),
+            last=_union(alternative.last for alternative in alternatives),
             chars=chars,
             tail=chars if ambiguous else _union(alternative.tail for alternative in alternatives),
             looks=any(alternative.looks for alternative in alternatives),
@@ -256,31 +260,13 @@ class _Analysis:
         )
 
     def _check_runs(self, parts: list[_Part]) -> None:
-        """Refuse a repeat of varying count followed by another that can take over its text.
-
-        For the split between the two to move, each part in between must shift with it: a part
-        that cannot match a character of those before it stops the shift (``[a-z]*@[a-z]*``),
-        and parts that can match empty text do not. ``[A-Z]?[a-zA-Z][a-z]*`` splits ``Ab`` two
-        ways although its two repeats share no character.
-        """
-        for start, part in enumerate(parts):
-            run = part.shape.tail
-            if not run:
-                continue
-            between: list[_Shape] = []
-            for end in range(start + 1, len(parts)):
-                shape = parts[end].shape
-                if shape.varies and _overlap(shape.first, run) and _shifts_into(between, shape):
-                    raise self._refuse(
-                        "repeats in a row can match the same text",
-                        [(later.op, later.av) for later in parts[start : end + 1]],
-                    )
-                if shape.nullable:
-                    continue
-                if not _overlap(shape.chars, run):
-                    break
-                between.append(shape)
-                run = _union((run, shape.chars))
+        """Refuse a repeat of varying count followed by another that can take over its text."""
+        split = _movable_split([part.shape for part in parts])
+        if split is not None:
+            raise self._refuse(
+                "repeats in a row can match the same text",
+                [(later.op, later.av) for later in parts[split[0] : split[1] + 1]],
+            )
 
     def _refuse(self, problem: str, items: Sequence[Any]) -> UnsafePattern:
         text = _render(items)
@@ -291,21 +277,58 @@ class _Analysis:
 
 
 def _concat(shapes: Sequence[_Shape]) -> _Shape:
-    first: list[_Atom] = []
-    for shape in shapes:
-        first.extend(shape.first)
-        if not shape.nullable:
-            break
-    tail = [atom for index, shape in enumerate(shapes) for atom in _run_to_end(shape.tail, shapes[index + 1 :])]
     return _Shape(
         nullable=all(shape.nullable for shape in shapes),
         varies=any(shape.varies for shape in shapes),
-        first=tuple(dict.fromkeys(first)),
+        first=_edge(shapes, lambda shape: shape.first),
+        last=_edge(reversed(shapes), lambda shape: shape.last),
         chars=_union(shape.chars for shape in shapes),
-        tail=tuple(dict.fromkeys(tail)),
+        tail=_union(_run_to_end(shape.tail, shapes[index + 1 :]) for index, shape in enumerate(shapes)),
         looks=any(shape.looks for shape in shapes),
         longest=min(sum(shape.longest for shape in shapes), _UNBOUNDED),
     )
+
+
+def _edge(shapes: Iterable[_Shape], side: Callable[[_Shape], tuple[_Atom, ...]]) -> tuple[_Atom, ...]:
+    """The characters consecutive shapes can start (or end) with, reading them from that side."""
+    atoms: list[_Atom] = []
+    for shape in shapes:
+        atoms.extend(side(shape))
+        if not shape.nullable:
+            break
+    return tuple(dict.fromkeys(atoms))
+
+
+def _movable_split(shapes: Sequence[_Shape]) -> tuple[int, int] | None:
+    """Where a repeat of varying count is followed by another that can take over its text, if anywhere.
+
+    For the split between the two to move, each part in between must shift with it: a part
+    that cannot match a character of those before it stops the shift (``[a-z]*@[a-z]*``);
+    parts that can match empty text do not. ``[A-Z]?[a-zA-Z][a-z]*`` splits ``Ab`` two ways
+    although its two repeats share no character. The first repeat's last character moves too,
+    so one that nothing after it matches stops the shift (``(?:\\w+\\.)*\\w+``). Returns the
+    indices of the two repeats.
+    """
+    for start, pumped in enumerate(shapes):
+        run = pumped.tail
+        if not run:
+            continue
+        between: list[_Shape] = []
+        for end in range(start + 1, len(shapes)):
+            shape = shapes[end]
+            if (
+                shape.varies
+                and _overlap(shape.first, run)
+                and _overlap(pumped.last, _union(later.chars for later in shapes[start + 1 : end + 1]))
+                and _shifts_into(between, shape)
+            ):
+                return start, end
+            if not shape.nullable:
+                if not _overlap(shape.chars, run):
+                    break
+                between.append(shape)
+            run = _union((run, shape.chars))
+    return None
 
 
 def _shifts_into(between: list[_Shape], later: _Shape) -> bool:
@@ -325,18 +348,6 @@ def _run_to_end(run: tuple[_Atom, ...], later: Sequence[_Shape]) -> tuple[_Atom,
             return ()
         run = _union((run, shape.chars))
     return run
-
-
-def _delimited(parts: list[_Part]) -> bool:
-    """Whether a repeated body starts or ends with a character that nothing else in it matches."""
-    consuming = [part for part in parts if part.op not in _LOOKAROUND_OPS and part.op is not _c.AT]
-    if len(consuming) < 2:
-        return False
-    head, *rest = consuming
-    if head.op in _CHAR_OPS and not _overlap(head.shape.chars, _union(part.shape.chars for part in rest)):
-        return True
-    *rest, last = consuming
-    return last.op in _CHAR_OPS and not _overlap(last.shape.chars, _union(part.shape.chars for part in rest))
 
 
 def _union(groups: Iterable[tuple[_Atom, ...]]) -> tuple[_Atom, ...]:
