@@ -21,6 +21,7 @@ from mcp.server.auth.provider import AccessToken
 from mcp_guard.errors import Refused
 from mcp_guard.identity.claims import audience_of, scope_of
 from mcp_guard.identity.delegation import DEPTH_LIMIT, actor_chain
+from mcp_guard.identity.jws_form import canonical
 from mcp_guard.memo import remember
 from mcp_guard.model import Principal
 from mcp_guard.reasons import ReasonCode
@@ -36,8 +37,11 @@ class Identifier(Protocol):
 
 
 def token_fingerprint(token: str) -> str:
-    """A short SHA-256 fingerprint of a bearer token (128 bits, hex): safe to log and to key on."""
-    return fingerprint_of(token_digest(token))
+    """A short SHA-256 fingerprint of a bearer token (128 bits, hex): safe to log and to key on.
+
+    Every spelling of one signed token has the same fingerprint (`jws_form.canonical`).
+    """
+    return fingerprint_of(token_digest(canonical(token)))
 
 
 def token_digest(token: str) -> bytes:
@@ -86,7 +90,7 @@ class AccessTokenIdentifier:
         digest = token_digest(token)
         principal = self._cache.get(digest)
         if principal is None or not _describes(principal, credential):  # unseen, or verified anew differently
-            principal = principal_from_access_token(credential, fingerprint_of(digest))
+            principal = principal_from_access_token(credential, token_fingerprint(token))
             with self._lock:
                 self._cache[digest] = principal
         with self._lock:

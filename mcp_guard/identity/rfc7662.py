@@ -33,7 +33,7 @@ from authlib.integrations.httpx_client import AsyncOAuth2Client
 from cachetools import FIFOCache
 
 from mcp_guard.errors import Refused
-from mcp_guard.identity.access_token import fingerprint_of, token_digest
+from mcp_guard.identity.access_token import token_digest, token_fingerprint
 from mcp_guard.identity.claims import audience_of, check_times, json_object, scope_of, string_claim, valid_until
 from mcp_guard.identity.delegation import actor_chain
 from mcp_guard.identity.rfc8414 import check_fetchable, metadata_endpoint
@@ -134,7 +134,7 @@ class IntrospectionVerifier:
 
     async def _verify(self, token: str, digest: bytes, now: float, forgotten: int) -> Principal:
         answer = await self._introspect(token)
-        principal = _principal(self.trusted, answer, now, digest)
+        principal = _principal(self.trusted, answer, now, token_fingerprint(token))
         until = min(now + self.cache_ttl, valid_until(answer, self.trusted.leeway, self.trusted.max_token_age))
         with self._lock:
             if self._forgotten == forgotten:
@@ -175,7 +175,7 @@ class _Question:
         self.refusal: tuple[str, str] | None = None
 
 
-def _principal(trusted: TrustedIssuer, answer: Mapping[str, Any], now: float, digest: bytes) -> Principal:
+def _principal(trusted: TrustedIssuer, answer: Mapping[str, Any], now: float, fingerprint: str) -> Principal:
     if answer.get("active") is not True:
         raise Refused(ReasonCode.TOKEN_INACTIVE)
     token_type = answer.get("token_type")
@@ -205,7 +205,7 @@ def _principal(trusted: TrustedIssuer, answer: Mapping[str, Any], now: float, di
         audience=audience,
         expires_at=exp,
         token_id=token_id if isinstance(token_id, str) and token_id else None,
-        token_hash=fingerprint_of(digest),
+        token_hash=fingerprint,
         actor_chain=actor_chain(answer.get("act"), trusted.max_delegation_depth),
         claims=MappingProxyType(dict(answer)),
     )

@@ -9,7 +9,6 @@ Each refusal carries its own reason code.
 
 from __future__ import annotations
 
-import binascii
 import math
 import threading
 import time
@@ -24,10 +23,11 @@ from joserfc.jws import JWSRegistry
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mcp_guard.errors import Refused
-from mcp_guard.identity.access_token import fingerprint_of, token_digest
+from mcp_guard.identity.access_token import fingerprint_of, token_digest, token_fingerprint
 from mcp_guard.identity.claims import audience_of, check_times, json_object, scope_of, string_claim, valid_until
 from mcp_guard.identity.delegation import DEPTH_LIMIT, MAX_DELEGATION_DEPTH, actor_chain
 from mcp_guard.identity.jwks import SIGNING_ALGORITHMS, JWKSCache
+from mcp_guard.identity.jws_form import high_s, segment_bytes, spelled_canonically
 from mcp_guard.identity.rfc8414 import check_fetchable, metadata_endpoint
 from mcp_guard.memo import remember
 from mcp_guard.model import Principal
@@ -178,7 +178,8 @@ class JWTVerifier:
             valid = False
         if not valid:
             raise Refused(ReasonCode.SIGNATURE_INVALID)
-        principal = _principal(trusted, claims, now, digest)  # the signature covers exactly these bytes
+        fingerprint = token_fingerprint(token) if high_s(alg, signature) else fingerprint_of(digest)
+        principal = _principal(trusted, claims, now, fingerprint)  # the signature covers exactly these bytes
         return _new(
             _Verified, (principal, valid_until(claims, trusted.leeway, trusted.max_token_age), jwks_uri, generation)
         )
@@ -263,7 +264,7 @@ class _Discovery:
             done.set()
 
 
-def _principal(trusted: TrustedIssuer, claims: Mapping[str, Any], now: float, digest: bytes) -> Principal:
+def _principal(trusted: TrustedIssuer, claims: Mapping[str, Any], now: float, fingerprint: str) -> Principal:
     for name in trusted.required_claims:
         if claims.get(name) is None:
             raise Refused(ReasonCode.CLAIM_MISSING, f"The token lacks the '{name}' claim this server requires.")
@@ -282,7 +283,7 @@ def _principal(trusted: TrustedIssuer, claims: Mapping[str, Any], now: float, di
         audience=audience,
         expires_at=exp,
         token_id=token_id,
-        token_hash=fingerprint_of(digest),
+        token_hash=fingerprint,
         actor_chain=actor_chain(claims.get("act"), trusted.max_delegation_depth),
         claims=MappingProxyType(claims),  # parsed for this token alone: nothing else holds it
     )
@@ -331,17 +332,14 @@ _HEADERS_LIMIT = 256
 
 
 def _b64url(segment: str) -> bytes:
-    """Strict unpadded base64url of an ASCII segment: nothing outside its alphabet, never empty."""
-    if not segment or len(segment) % 4 == 1 or "=" in segment or "+" in segment or "/" in segment:
-        raise Refused(ReasonCode.TOKEN_MALFORMED)
+    """Strict unpadded base64url, in its one canonical spelling (see `jws_form`)."""
     try:
-        standard = segment.encode("ascii").translate(_FROM_URLSAFE) + b"=" * (-len(segment) % 4)
-        return binascii.a2b_base64(standard, strict_mode=True)
-    except binascii.Error:
+        data = segment_bytes(segment)
+    except ValueError:
         raise Refused(ReasonCode.TOKEN_MALFORMED) from None
-
-
-_FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
+    if not spelled_canonically(segment):
+        raise Refused(ReasonCode.TOKEN_MALFORMED, "A token segment sets unused base64url bits: encode it canonically.")
+    return data
 
 
 def _media_type(value: str) -> str:
