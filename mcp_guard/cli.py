@@ -1,6 +1,6 @@
 """The ``mcp-guard`` command.
 
-    mcp-guard audit verify FILE... [--checkpoint SEQ:HASH]...
+    mcp-guard audit verify FILE... [--checkpoint SEQ:HASH]... [--part]
                                           prove the chain intact, or name its first broken entry
     mcp-guard audit query FILE... [filters] [--format table|jsonl]
     mcp-guard audit show EVENT_ID FILE...
@@ -13,8 +13,9 @@
     mcp-guard policy cedar-schema MODULE:GUARD
                                           the Cedar schema of a server's registered tools
 
-Audit files are given in chain order (rotated segments first, the live file last). HMAC'd logs
-need their key: ``--key-file PATH`` or ``--key-env NAME``. ``audit verify`` and ``policy
+Audit files are given in chain order (rotated segments first, the live file last), the whole
+log unless ``--part`` says the files are a run from its middle. HMAC'd logs need their key:
+``--key-file PATH`` (its bytes, less one trailing line end) or ``--key-env NAME``. ``audit verify`` and ``policy
 check`` exit 1 when they find a problem, ``policy explain`` when the call would be denied;
 every command exits 2 on a usage error.
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -32,6 +34,7 @@ from typing import Any
 from mcp_guard.audit.chain import Checkpoint, read_entry, read_lines, verify_files
 from mcp_guard.policy.commands import add_policy_commands, instant
 from mcp_guard.policy.report import table
+from mcp_guard.text import escaped
 
 __all__ = ["main"]
 
@@ -64,6 +67,11 @@ def _parser() -> argparse.ArgumentParser:
         type=_checkpoint,
         metavar="SEQ:HASH",
         help="a checkpoint kept elsewhere, which the chain must contain (repeatable)",
+    )
+    verify.add_argument(
+        "--part",
+        action="store_true",
+        help="the files are part of a log: it need not start at entry 0, reach the live file, or have its anchor",
     )
     _key_options(verify)
     verify.set_defaults(run=_verify)
@@ -103,7 +111,7 @@ def _key_options(parser: argparse.ArgumentParser) -> None:
 def _key(args: argparse.Namespace) -> bytes | None:
     if args.key_file:
         with open(args.key_file, "rb") as file:
-            key = file.read().strip()
+            key = file.read().removesuffix(b"\n").removesuffix(b"\r")
         if not key:
             raise ValueError(f"the key file {args.key_file} holds no key")
         return key
@@ -116,7 +124,7 @@ def _key(args: argparse.Namespace) -> bytes | None:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    verdict = verify_files(list(args.files), _key(args), args.checkpoint)
+    verdict = verify_files(list(args.files), _key(args), args.checkpoint, whole=not args.part)
     print(verdict)
     return 0 if verdict.ok else 1
 
@@ -177,11 +185,18 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _cell(column: str, value: object) -> str:
-    if column == "at" and isinstance(value, int | float):
-        return datetime.fromtimestamp(value).isoformat(timespec="seconds")
+    """One table cell, on one line and in ASCII: a logged value can neither break the table nor
+    pass for another row (control characters, lone surrogates and look-alikes are escaped)."""
+    if column == "at" and isinstance(value, int | float) and math.isfinite(value):
+        try:
+            return datetime.fromtimestamp(value).isoformat(timespec="seconds")
+        except (OverflowError, OSError, ValueError):
+            pass
     if isinstance(value, list):
-        return ",".join(str(item) for item in value) or "-"
-    return "-" if value is None else str(value)[:40]
+        text = ",".join(str(item) for item in value) or "-"
+    else:
+        text = "-" if value is None else str(value)
+    return escaped(text, 40)
 
 
 if __name__ == "__main__":

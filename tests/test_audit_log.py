@@ -189,7 +189,8 @@ def test_concurrent_writers_never_interleave_or_fork(tmp_path: Path) -> None:
 
 
 async def test_a_full_disk_denies_new_calls_by_default(tmp_path: Path) -> None:
-    sink = FileAuditSink("/dev/full", flush_interval=0.01)
+    (tmp_path / "audit.jsonl").symlink_to("/dev/full")
+    sink = FileAuditSink(tmp_path / "audit.jsonl", flush_interval=0.01)
     guard = Guard(audit=[sink])
     with acting_as(access_token("alice", "notes:read")):
         async with Client(notes_server(guard)) as client:
@@ -249,7 +250,10 @@ def test_rotation_keeps_one_chain_across_files(tmp_path: Path) -> None:
     segments = sorted(str(found) for found in tmp_path.glob("audit.0*.jsonl"))
     assert len(segments) >= 3
     assert verify_files([*segments, str(path)]).ok
-    assert verify_files([str(path)]).ok  # the live file alone verifies from its own start
+    assert verify_files([str(path)], whole=False).ok  # the live file alone verifies, as a part
+    assert "give the earlier files" in (verify_files([str(path)]).problem or "")
+    assert "give the live file too" in (verify_files(segments).problem or "")
+    assert verify_files(segments, whole=False).ok
     assert not verify_files([*reversed(segments), str(path)]).ok
     assert not verify_files([segments[0], str(path)]).ok  # a segment left out
 
@@ -365,7 +369,10 @@ def test_checkpoints_held_elsewhere_expose_a_rewritten_or_shortened_chain(tmp_pa
         lines.append(entry_line(state, entry["kind"], event))
     path.write_bytes(b"".join(lines))
     anchor_path(path).unlink()
-    assert verify_files([str(path)]).ok
+    assert "anchor" in (verify_files([str(path)]).problem or "") and "missing" in (
+        verify_files([str(path)]).problem or ""
+    )
+    assert verify_files([str(path)], whole=False).ok
     verdict = verify_files([str(path)], checkpoints=held)
     assert not verdict.ok and "not the one checkpointed" in (verdict.problem or "")
     assert verdict.seq == held[1].seq
@@ -417,8 +424,9 @@ def test_a_checkpoint_outside_the_files_given_is_never_silently_skipped(tmp_path
     forged.append(entry_line(state, "call.decided", {"tool": "forged"}))
     path.write_bytes(b"".join(forged))
     anchor_path(path).unlink()
-    assert verify_files([str(path)]).ok
-    verdict = verify_files([str(path)], checkpoints=held)
+    assert "entries 0..2 are missing" in (verify_files([str(path)]).problem or "")
+    assert verify_files([str(path)], whole=False).ok
+    verdict = verify_files([str(path)], checkpoints=held, whole=False)
     assert not verdict.ok and "before the files given" in (verdict.problem or "")
     twice = [checkpoint, Checkpoint(checkpoint.seq, "0" * 64)]
     assert "two different checkpoints" in (verify_files([str(path)], checkpoints=twice).problem or "")
@@ -452,8 +460,8 @@ def test_a_failing_closing_checkpoint_is_retried_and_reported(tmp_path: Path) ->
 
 def test_a_failing_anchor_never_writes_events_twice(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "audit.jsonl"
-    anchor_path(path).mkdir()  # the anchor cannot be replaced
     sink = FileAuditSink(path, flush_interval=0.01)
+    anchor_path(path).mkdir()  # the anchor cannot be replaced
     for index in range(3):
         sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, time.time(), tool=f"t{index}"))
         sink.flush()
@@ -528,5 +536,5 @@ def test_a_line_nested_too_deeply_is_a_corrupt_line_not_a_crash(tmp_path: Path) 
 def test_resuming_a_log_whose_last_line_is_nested_too_deeply_refuses_clearly(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     path.write_bytes(b"[" * 100_000 + b"]" * 100_000 + b"\n")
-    with pytest.raises(ValueError, match="nested too deeply"):
+    with pytest.raises(AuditLogError, match="nested too deeply"):
         FileAuditSink(path)

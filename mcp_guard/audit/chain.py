@@ -31,6 +31,7 @@ from pydantic_core import PydanticSerializationError, from_json, to_json
 
 __all__ = [
     "GENESIS",
+    "MAX_LINE_BYTES",
     "ChainState",
     "Checkpoint",
     "Verdict",
@@ -38,6 +39,7 @@ __all__ = [
     "digest",
     "encoded_entry_line",
     "entry_line",
+    "read_anchor",
     "read_entry",
     "read_lines",
     "verify_files",
@@ -50,6 +52,9 @@ GENESIS = "0" * 64
 FILE_START = "chain.file"
 FILE_ROTATED = "chain.rotated"
 CHECKPOINT = "chain.checkpoint"
+
+MAX_LINE_BYTES = 16 * 1024 * 1024
+"""Longest entry the log holds, its line end included: the writer never writes a longer one."""
 
 _HASH_MEMBER = ',"hash":"'
 _HASH_MEMBER_BYTES = _HASH_MEMBER.encode()
@@ -154,6 +159,10 @@ class Verdict:
     seq: int | None = None
     last_seq: int | None = None
     last_hash: str | None = None
+    first_seq: int | None = None
+    """The sequence number the files given start at (0 for a whole log)."""
+    last_kind: str | None = None
+    """The kind of the last entry verified."""
 
     def __str__(self) -> str:
         if self.ok:
@@ -176,7 +185,7 @@ def verify_lines(
     for checkpoint in checkpoints:
         if held.setdefault(checkpoint.seq, checkpoint.hash) != checkpoint.hash:
             return Verdict(False, 0, f"two different checkpoints for entry {checkpoint.seq}", seq=checkpoint.seq)
-    expected_seq, prev, entries, rotated = -1, GENESIS, 0, False
+    expected_seq, prev, entries, rotated, kind = -1, GENESIS, 0, False, None
     first_seq: int | None = None
     for index, (name, lines) in enumerate(files):
         first = True
@@ -212,7 +221,8 @@ def verify_lines(
                 problem = f"rewritten (entry {seq} is not the one checkpointed)"
             if problem is not None:
                 return Verdict(False, entries, problem, name, number, seq if isinstance(seq, int) else None)
-            rotated = entry.get("kind") == FILE_ROTATED
+            kind = entry.get("kind")
+            rotated = kind == FILE_ROTATED
             prev, expected_seq, entries, first = stored, expected_seq + 1, entries + 1, False
         if first:
             return Verdict(
@@ -226,38 +236,67 @@ def verify_lines(
     if beyond:
         problem = f"truncated (the chain ends before checkpointed entry {min(beyond)})"
         return Verdict(False, entries, problem, None, None, expected_seq, expected_seq - 1, prev)
-    return Verdict(True, entries, last_seq=expected_seq - 1, last_hash=prev)
+    return Verdict(True, entries, last_seq=expected_seq - 1, last_hash=prev, first_seq=first_seq, last_kind=str(kind))
 
 
-def verify_files(paths: list[str], key: bytes | None = None, checkpoints: Iterable[Checkpoint] = ()) -> Verdict:
-    """Verify log files (in chain order), and the anchor beside the last one when it is there.
+def verify_files(
+    paths: list[str], key: bytes | None = None, checkpoints: Iterable[Checkpoint] = (), *, whole: bool = True
+) -> Verdict:
+    """Verify log files (in chain order), and the anchor beside the last one.
 
     The anchor names the last entry written; a log that ends before it was cut short.
-    ``checkpoints`` are those kept elsewhere (see `verify_lines`).
+    ``checkpoints`` are those kept elsewhere (see `verify_lines`). ``whole`` asks for the
+    whole log: from entry 0, through the live file (not ending where a file was rotated), and
+    its anchor present. Without it, a run of files from the middle of a chain verifies too.
     """
     verdict = verify_lines(((path, read_lines(path)) for path in paths), key, checkpoints)
-    anchor = anchor_path(paths[-1]) if paths else None
-    if not verdict.ok or anchor is None or not anchor.exists():
+    if not verdict.ok:
         return verdict
+    if whole and verdict.first_seq:
+        problem = f"entries 0..{verdict.first_seq - 1} are missing (give the earlier files, or verify a part)"
+        return Verdict(False, verdict.entries, problem, paths[0], 1, verdict.first_seq)
+    if whole and verdict.last_kind == FILE_ROTATED:
+        problem = "the log goes on in the file it was rotated into (give the live file too, or verify a part)"
+        return Verdict(False, verdict.entries, problem, paths[-1], None, verdict.last_seq)
+    anchor = anchor_path(paths[-1])
     try:
-        document = json.loads(anchor.read_text(encoding="ascii"))
-        seq, anchored_hash = int(document["anchor"]["seq"]), str(document["anchor"]["hash"])
-        genuine = hmac.compare_digest(digest(anchor_body(seq, anchored_hash), key), str(document["mac"]))
-    except (OSError, ValueError, KeyError, TypeError):
-        return Verdict(False, verdict.entries, f"the anchor {anchor} is unreadable", str(anchor))
-    if not genuine:
-        return Verdict(
-            False, verdict.entries, f"the anchor {anchor} does not verify (edited, or another key)", str(anchor)
-        )
+        anchored = read_anchor(anchor, key)
+    except ValueError as error:
+        return Verdict(False, verdict.entries, f"the anchor {anchor} {error}", str(anchor))
+    if anchored is None:
+        if whole:
+            problem = f"the anchor {anchor} is missing (deleted with the end of the log?); verify a part to skip it"
+            return Verdict(False, verdict.entries, problem, str(anchor))
+        return verdict
     last = verdict.last_seq if verdict.last_seq is not None else -1
-    if last < seq:
-        problem = f"truncated (entries {last + 1}..{seq} are missing from the end)"
+    if last < anchored.seq:
+        problem = f"truncated (entries {last + 1}..{anchored.seq} are missing from the end)"
         return Verdict(False, verdict.entries, problem, paths[-1], None, last + 1, verdict.last_seq, verdict.last_hash)
-    if last == seq and verdict.last_hash != anchored_hash:
+    if last == anchored.seq and verdict.last_hash != anchored.hash:
         return Verdict(
-            False, verdict.entries, "rewritten (the last entry is not the one anchored)", paths[-1], None, seq
+            False, verdict.entries, "rewritten (the last entry is not the one anchored)", paths[-1], None, last
         )
     return verdict
+
+
+def read_anchor(anchor: Path, key: bytes | None) -> Checkpoint | None:
+    """The entry an anchor file names, or None when there is none; `ValueError` when it does
+    not verify (unreadable, edited, or written with another key)."""
+    try:
+        text = anchor.read_text(encoding="ascii")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        raise ValueError("is unreadable") from None
+    try:
+        document = json.loads(text)
+        seq, anchored_hash = int(document["anchor"]["seq"]), str(document["anchor"]["hash"])
+        genuine = hmac.compare_digest(digest(anchor_body(seq, anchored_hash), key), str(document["mac"]))
+    except (ValueError, KeyError, TypeError):
+        raise ValueError("is unreadable") from None
+    if not genuine:
+        raise ValueError("does not verify (edited, or another key)")
+    return Checkpoint(seq, anchored_hash)
 
 
 def anchor_body(seq: int, last_hash: str) -> bytes:
@@ -273,12 +312,12 @@ def anchor_path(path: str | os.PathLike[str]) -> Path:
 def _parse(raw: bytes) -> tuple[dict[str, Any], bytes, str]:
     """The entry, the bytes its hash covers, and the stored hash, from one raw line."""
     if not raw.endswith(b"\n"):
-        raise ValueError("no line end")
+        raise ValueError("longer than 16 MiB" if len(raw) >= MAX_LINE_BYTES else "no line end")
     line = raw[:-1]
     cut = line.rfind(_HASH_MEMBER_BYTES)
     if cut < 0 or not line.endswith(b'"}') or len(line) - cut != len(_HASH_MEMBER) + 64 + 2:
         raise ValueError("no hash member at the end")
-    stored = line[cut + len(_HASH_MEMBER) : -2].decode("ascii", "replace")
+    stored = line[cut + len(_HASH_MEMBER) : -2].decode("ascii")  # a UnicodeDecodeError is a ValueError
     body = line[:cut] + b"}"
     entry = read_entry(line)
     if not isinstance(entry, dict):
@@ -321,6 +360,13 @@ def read_entry(line: bytes) -> Any:
 
 
 def read_lines(path: str) -> Iterator[bytes]:
-    """The raw lines of a log file, each with its line end (a last line without one is truncated)."""
+    """The raw lines of a log file, each with its line end.
+
+    A last line without one is truncated. Of a line longer than `MAX_LINE_BYTES` only its
+    first `MAX_LINE_BYTES` are yielded (without a line end), and the rest is skipped.
+    """
     with open(path, "rb") as file:
-        yield from file
+        while line := file.readline(MAX_LINE_BYTES):
+            yield line
+            while len(line) == MAX_LINE_BYTES and not line.endswith(b"\n"):
+                line = file.readline(MAX_LINE_BYTES)

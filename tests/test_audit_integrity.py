@@ -1,0 +1,251 @@
+"""The chained log against its own failures and against someone with write access to it.
+
+Half-written batches, a live file emptied or replaced under the writer, a log cut short while
+the server was down, a second writer, rotation without a file extension: each is found (or
+undone) rather than blessed by the next write.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from mcp_guard.audit.chain import MAX_LINE_BYTES, anchor_path, verify_files
+from mcp_guard.audit.events import AuditEvent, EventKind
+from mcp_guard.audit.file import AuditLogError, FileAuditSink
+
+KEY = b"\x00key with \t whitespace\n "
+
+
+def event(index: int, **fields: object) -> AuditEvent:
+    return AuditEvent.build(EventKind.CALL_DECIDED, 1_900_000_000.0 + index, tool=f"tool_{index}", **fields)  # type: ignore[arg-type]
+
+
+def write(path: Path, count: int, *, start: int = 0, key: bytes | None = None, **options: object) -> None:
+    sink = FileAuditSink(path, key=key, **options)  # type: ignore[arg-type]
+    for index in range(start, start + count):
+        sink.emit(event(index))
+        sink.flush()
+    sink.close()
+
+
+def entries(*paths: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for path in paths for line in path.read_bytes().splitlines()]
+
+
+def run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``script`` run by a Python process of its own, with ``args`` as its ``sys.argv[1:]``."""
+    command = [sys.executable, "-c", textwrap.dedent(script), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.mark.parametrize("failure", ["deny", "buffer"])
+def test_a_write_that_fails_halfway_is_cut_back_and_retried_whole(tmp_path: Path, failure: str) -> None:
+    """A file-size limit makes the kernel take part of a batch and refuse the rest, as a full disk does."""
+    path = tmp_path / "audit.jsonl"
+    result = run(
+        """
+        import os, resource, signal, sys, time
+        from mcp_guard.audit.events import AuditEvent, EventKind
+        from mcp_guard.audit.file import FileAuditSink
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        path, failure = sys.argv[1:]
+        sink = FileAuditSink(path, failure=failure, flush_interval=0.01)
+        for index in range(3):
+            sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, time.time(), tool=f"before_{index}"))
+        sink.flush()
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (os.path.getsize(path) + 150, hard))  # part of one line
+        for index in range(3):
+            sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, time.time(), tool=f"during_{index}"))
+        deadline = time.monotonic() + 10
+        while sink._error is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        print("failed:", type(sink._error).__name__)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))  # room again
+        sink.flush()
+        sink.close()
+        """,
+        str(path),
+        failure,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "failed: OSError" in result.stdout  # EFBIG, after part of the batch went in
+    assert verify_files([str(path)]).ok
+    tools = [entry["event"].get("tool") for entry in entries(path) if isinstance(entry["event"], dict)]  # type: ignore[union-attr]
+    assert [tool for tool in tools if tool] == [f"before_{i}" for i in range(3)] + [f"during_{i}" for i in range(3)]
+
+
+@pytest.mark.parametrize("change", ["emptied", "deleted", "replaced", "appended"])
+def test_a_live_file_changed_under_the_writer_stops_it(tmp_path: Path, change: str) -> None:
+    path = tmp_path / "audit.jsonl"
+    sink = FileAuditSink(path, key=KEY, flush_interval=0.01)
+    for index in range(5):
+        sink.emit(event(index))
+    sink.flush()
+    if change == "emptied":
+        path.write_bytes(b"")
+    elif change == "deleted":
+        path.unlink()
+    elif change == "replaced":
+        forged = tmp_path / "forged.jsonl"
+        forged.write_bytes(b"".join(path.read_bytes().splitlines(keepends=True)[:-1]))  # the last event gone
+        forged.replace(path)
+    else:
+        with path.open("ab") as file:
+            file.write(b'{"forged": true}\n')
+    sink.emit(event(5))
+    with pytest.raises(AuditLogError, match="changed by something other than its writer"):
+        sink.flush(timeout=5)
+    with pytest.raises(AuditLogError):
+        sink.emit(event(6))  # deny mode: new calls are refused
+    assert not path.exists() or not verify_files([str(path)], KEY).ok
+
+
+@pytest.mark.parametrize("key", [None, KEY])
+def test_a_log_cut_short_while_stopped_is_not_continued(tmp_path: Path, key: bytes | None) -> None:
+    path = tmp_path / "audit.jsonl"
+    write(path, 6, key=key)
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:-3]))  # whole lines gone: the chain itself still holds
+    assert "truncated" in str(verify_files([str(path)], key))
+    with pytest.raises(AuditLogError, match="cut or rewritten"):
+        FileAuditSink(path, key=key)
+    assert path.read_bytes() == b"".join(lines[:-3])  # nothing was written after the cut
+    path.unlink()
+    with pytest.raises(AuditLogError, match="cut or rewritten"):
+        FileAuditSink(path, key=key)  # the whole live file deleted, its anchor kept
+
+
+def test_an_anchor_that_does_not_verify_is_not_overwritten(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write(path, 3, key=KEY)
+    with pytest.raises(AuditLogError, match="does not verify"):
+        FileAuditSink(path, key=b"another key")
+    anchor = anchor_path(path)
+    anchor.write_text(anchor.read_text().replace('"seq":', '"seq":1'))
+    with pytest.raises(AuditLogError, match="anchor"):
+        FileAuditSink(path, key=KEY)
+
+
+def test_a_restart_right_after_rotation_continues_from_the_last_segment(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write(path, 3)
+    stopped = FileAuditSink(path)
+    stopped.close()
+    stopped._rotate()  # the writer stopped between rotating and writing to the fresh file
+    [segment] = tmp_path.glob("audit.0*.jsonl")
+    assert not path.exists()
+    write(path, 2, start=3)
+    assert verify_files([str(segment), str(path)]).ok
+    seqs = [entry["seq"] for entry in entries(segment, path)]
+    assert seqs == list(range(len(seqs)))
+
+    again = FileAuditSink(path, max_bytes=1)  # rotates before its first write...
+    again.close()
+    again._rotate()
+    path.write_bytes(b"")  # ...and the fresh live file was created empty
+    write(path, 1, start=5)
+    files = sorted(tmp_path.glob("audit.0*.jsonl"))
+    assert len(files) == 2 and verify_files([*map(str, files), str(path)]).ok
+
+
+def test_a_deleted_live_file_after_rotation_is_not_mistaken_for_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write(path, 4, max_bytes=600)
+    assert list(tmp_path.glob("audit.0*.jsonl"))
+    path.unlink()
+    with pytest.raises(AuditLogError, match="cut or rewritten"):
+        FileAuditSink(path)
+
+
+def test_a_path_without_an_extension_rotates_into_numbered_files(tmp_path: Path) -> None:
+    path = tmp_path / "audit"
+    write(path, 12, max_bytes=600)
+    segments = sorted(tmp_path.glob("audit.0*"))
+    assert len(segments) >= 3 and [found.name for found in segments][:2] == ["audit.00001", "audit.00002"]
+    verdict = verify_files([*map(str, segments), str(path)])
+    assert verdict.ok and verdict.entries == len(entries(*segments, path))
+    tools = [entry["event"].get("tool") for entry in entries(*segments, path)]  # type: ignore[union-attr]
+    assert [tool for tool in tools if tool] == [f"tool_{index}" for index in range(12)]  # nothing overwritten
+
+
+def test_a_second_writer_on_one_log_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    first = FileAuditSink(path)
+    with pytest.raises(AuditLogError, match="another writer"):
+        FileAuditSink(path)
+    other_process = run(
+        """
+        import sys
+        from mcp_guard.audit.file import FileAuditSink
+        try:
+            FileAuditSink(sys.argv[1])
+        except OSError as error:
+            print(error)
+        """,
+        str(path),
+    )
+    assert "another writer" in other_process.stdout
+    first.emit(event(0))
+    first.close()
+    write(path, 1, start=1)  # once it is closed, the log can be opened again
+    assert verify_files([str(path)]).ok
+
+
+def test_verify_names_non_ascii_hashes_and_over_long_lines(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write(path, 2)
+    lines = path.read_bytes().splitlines(keepends=True)
+    bad = lines[1][:-67] + "é".encode() + lines[1][-65:]
+    path.write_bytes(b"".join([lines[0], bad, *lines[2:]]))
+    verdict = verify_files([str(path)], whole=False)
+    assert not verdict.ok and verdict.line == 2 and "corrupt" in (verdict.problem or "")
+
+    huge = tmp_path / "huge.jsonl"
+    huge.write_bytes(lines[0] + b"x" * (MAX_LINE_BYTES + 10) + b"\n" + lines[1])
+    verdict = verify_files([str(huge)], whole=False)
+    assert not verdict.ok and verdict.line == 2 and "longer than 16 MiB" in (verdict.problem or "")
+
+
+def test_an_event_too_long_for_one_line_is_written_as_a_stand_in(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    sink = FileAuditSink(path)
+    sink.emit(event(0, detail="x" * MAX_LINE_BYTES))
+    sink.emit(event(1))
+    sink.close()
+    assert verify_files([str(path)]).ok
+    stand_in = entries(path)[1]["event"]
+    assert isinstance(stand_in, dict) and "line limit" in stand_in["unwritable"]
+    assert entries(path)[2]["event"]["tool"] == "tool_1"  # type: ignore[index]
+
+
+def test_the_cli_keeps_a_binary_key_as_it_is(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write(path, 2, key=KEY)
+    key_file = tmp_path / "key"
+    key_file.write_bytes(KEY + b"\n")  # one line end, as an editor leaves it
+    command = [sys.executable, "-m", "mcp_guard.cli", "audit", "verify", str(path), "--key-file", str(key_file)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_query_table_escapes_what_could_break_it(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    sink = FileAuditSink(path)
+    sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, time.time(), tool="read\n2026-01-01  fake row"))
+    sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, time.time(), tool="lone \ud800 surrogate\r"))
+    sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, 1e300, tool="far future"))
+    sink.close()
+    command = [sys.executable, "-m", "mcp_guard.cli", "audit", "query", str(path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    rows = result.stdout.splitlines()
+    assert len(rows) == 1 + 3 + 1  # header, three events, the count
+    assert "read\\n2026" in result.stdout and "\\ud800" in result.stdout and "\r" not in result.stdout
