@@ -443,7 +443,7 @@ async def test_a_full_store_refuses_new_sessions_rather_than_forget_live_ones(
 
 
 async def test_one_principal_cannot_fill_the_store_for_everyone(audit: MemoryAuditSink, clock: Clock) -> None:
-    store = MemorySessionStore(max_sessions=10, max_sessions_per_principal=2)
+    store = MemorySessionStore(max_sessions=10, max_sessions_per_subject=2)
     g = make_guard(audit, clock, sessions=store)
     assert (await g.authorize("read_note", {}, token(sid="a1"))).allowed
     assert (await g.authorize("read_note", {}, token(sid="a2"))).allowed
@@ -453,15 +453,29 @@ async def test_one_principal_cannot_fill_the_store_for_everyone(audit: MemoryAud
     assert (await g.authorize("read_note", {}, token(sid="a1"))).allowed  # its open sessions still serve it
     clock.advance(4 * 3600 + 1)  # alice's sessions are past their retention: sweeping them makes room
     assert (await g.authorize("read_note", {}, token(sid="a3", expires_at=clock.now + 600))).allowed
-    assert len(store) == 1 and MemorySessionStore(max_sessions=100).max_sessions_per_principal == 10
-    with pytest.raises(ValueError, match="max_sessions_per_principal"):
-        MemorySessionStore(max_sessions_per_principal=0)
+    assert len(store) == 1 and MemorySessionStore(max_sessions=100).max_sessions_per_subject == 10
+    with pytest.raises(ValueError, match="max_sessions_per_subject"):
+        MemorySessionStore(max_sessions_per_subject=0)
+
+
+async def test_one_subject_cannot_fill_the_store_with_many_client_ids(audit: MemoryAuditSink, clock: Clock) -> None:
+    store = MemorySessionStore(max_sessions=10, max_sessions_per_subject=3)
+    g = make_guard(audit, clock, sessions=store)
+    for client in range(3):
+        assert (await g.authorize("read_note", {}, token(sid=f"m{client}", client_id=f"dcr-{client}"))).allowed
+    for client in range(3, 10):  # each a fresh dynamic client registration
+        denied = (await g.authorize("read_note", {}, token(sid=f"m{client}", client_id=f"dcr-{client}"))).decision
+        assert denied.reason.code == ReasonCode.SESSION_UNAVAILABLE
+    assert (await g.authorize("read_note", {}, token("bob", sid="b1"))).allowed
+    other_issuer = token(sid="m-elsewhere", issuer="https://other.example.test")
+    assert (await g.authorize("read_note", {}, other_issuer)).allowed  # a subject is an issuer's subject
+    assert len(store) == 5
 
 
 async def test_sessions_opened_after_a_fruitless_sweep_are_swept_when_they_end(
     audit: MemoryAuditSink, clock: Clock
 ) -> None:
-    store = MemorySessionStore(max_sessions=4, max_sessions_per_principal=1)
+    store = MemorySessionStore(max_sessions=4, max_sessions_per_subject=1)
     g = make_guard(audit, clock, sessions=store)
     day = clock.now + 24 * 3600
     assert (await g.authorize("read_note", {}, token(expires_at=day), transport_session="a1")).allowed
@@ -480,7 +494,7 @@ async def test_a_session_keyed_by_a_token_that_never_expires_is_never_forgotten(
     """Swept, its key would open a fresh session and the token would outlive every session
     lifetime; a transport's key is the transport's, and a legacy client reconnects anyway."""
     settings = SessionSettings(absolute_ttl=60, idle_ttl=60)
-    store = MemorySessionStore(max_sessions=2, max_sessions_per_principal=2)
+    store = MemorySessionStore(max_sessions=2, max_sessions_per_subject=2)
     g = make_guard(audit, clock, sessions=store, session_settings=settings)
     forever = access_token("alice", "notes:read", expires_in=None)
     assert (await g.authorize("read_note", {}, forever)).allowed

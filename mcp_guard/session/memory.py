@@ -16,31 +16,33 @@ __all__ = ["MemorySessionStore"]
 
 class MemorySessionStore:
     """Sessions in process memory, at most ``max_sessions`` of them, and at most
-    ``max_sessions_per_principal`` (a tenth of them unless given) bound to any one principal.
+    ``max_sessions_per_subject`` (a tenth of them unless given) bound to any one subject (an
+    issuer and a subject, whatever client ids it comes with).
 
     A session is kept until its ``retain_until`` has passed, ended or not, so an ended
     session's key stays refused and a live session is never silently reset. When the store is
     full, sessions past that point are swept out. If none is, opening a new session is refused
     (``session_unavailable``) rather than forgetting one that still matters: fail closed. The
-    per-principal bound keeps one identity opening session after session (a connection each)
-    from filling the store for everyone else.
+    per-subject bound keeps one identity opening session after session (a connection each)
+    from filling the store for everyone else, however many client registrations it holds.
 
     Safe across tasks (no method awaits while touching state) and threads: a read is one dict
     lookup, and changes take a lock. A plain dict, not a cachetools cache: a cachetools read is
     a Python call on every tool call, and eviction here is by retention, not by recency.
     """
 
-    def __init__(self, *, max_sessions: int = 100_000, max_sessions_per_principal: int | None = None) -> None:
+    def __init__(self, *, max_sessions: int = 100_000, max_sessions_per_subject: int | None = None) -> None:
         if max_sessions < 1:
             raise ValueError(f"max_sessions must be at least 1, not {max_sessions!r}")
-        if max_sessions_per_principal is None:
-            max_sessions_per_principal = max(1, max_sessions // 10)
-        if max_sessions_per_principal < 1:
-            raise ValueError(f"max_sessions_per_principal must be at least 1, not {max_sessions_per_principal!r}")
+        if max_sessions_per_subject is None:
+            max_sessions_per_subject = max(1, max_sessions // 10)
+        if max_sessions_per_subject < 1:
+            raise ValueError(f"max_sessions_per_subject must be at least 1, not {max_sessions_per_subject!r}")
         self.max_sessions = max_sessions
-        self.max_sessions_per_principal = max_sessions_per_principal
+        self.max_sessions_per_subject = max_sessions_per_subject
         self._sessions: dict[str, Session] = {}
-        self._held: dict[tuple[str, str, str], int] = {}
+        self._held: dict[tuple[str, str], int] = {}
+        """Sessions held per (issuer, subject)."""
         self._lock = threading.Lock()
         self._next_sweep = -math.inf
 
@@ -52,9 +54,9 @@ class MemorySessionStore:
             stored = self._sessions.get(session.id)
             if stored is not None:
                 return stored, False
-            binding, now = session.binding, session.created_at
-            if self._held.get(binding, 0) >= self.max_sessions_per_principal and not (
-                self._sweep(now) and self._held.get(binding, 0) < self.max_sessions_per_principal
+            subject, now = session.binding[:2], session.created_at
+            if self._held.get(subject, 0) >= self.max_sessions_per_subject and not (
+                self._sweep(now) and self._held.get(subject, 0) < self.max_sessions_per_subject
             ):
                 raise Refused(
                     ReasonCode.SESSION_UNAVAILABLE,
@@ -66,7 +68,7 @@ class MemorySessionStore:
                     "The server holds as many governed sessions as it may: retry later.",
                 )
             self._sessions[session.id] = session
-            self._held[binding] = self._held.get(binding, 0) + 1
+            self._held[subject] = self._held.get(subject, 0) + 1
             self._next_sweep = min(self._next_sweep, session.retain_until)
             return session, True
 
@@ -132,10 +134,10 @@ class MemorySessionStore:
             return False
         expired = [key for key, session in self._sessions.items() if session.retain_until <= now]
         for key in expired:
-            binding = self._sessions.pop(key).binding
-            self._held[binding] -= 1
-            if not self._held[binding]:
-                del self._held[binding]
+            subject = self._sessions.pop(key).binding[:2]
+            self._held[subject] -= 1
+            if not self._held[subject]:
+                del self._held[subject]
         if not expired:
             self._next_sweep = min(session.retain_until for session in self._sessions.values())
         return bool(expired)
