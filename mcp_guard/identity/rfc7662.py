@@ -7,8 +7,9 @@ and the scope is parsed strictly. A ``token_type``, when given, must say a beare
 (a refresh token is refused). A subject is required, as sessions bind to it: ``sub``, or for
 a client-credentials token without one, the ``client_id`` (as RFC 9068 section 2.2 has it).
 
-An answer is cached by a digest of the token no longer than ``min(cache_ttl, exp)``; an
-inactive answer is not cached at all. Concurrent calls with a token not in the cache share one
+An answer is cached by a digest of the token no longer than ``min(cache_ttl, exp)`` (the
+leeway lets a token pass the time checks, not keep the server's answer longer); an inactive
+answer is not cached at all. Concurrent calls with a token not in the cache share one
 question to the server, and its answer or refusal. A timeout, an HTTP error or a malformed
 answer (parsed as strictly as a JWT: no duplicate members) denies the call.
 
@@ -135,7 +136,7 @@ class IntrospectionVerifier:
     async def _verify(self, token: str, digest: bytes, now: float, forgotten: int) -> Principal:
         answer = await self._introspect(token)
         principal = _principal(self.trusted, answer, now, token_fingerprint(token))
-        until = min(now + self.cache_ttl, valid_until(answer, self.trusted.leeway, self.trusted.max_token_age))
+        until = min(now + self.cache_ttl, valid_until(answer, 0.0, self.trusted.max_token_age))  # ask again at exp
         with self._lock:
             if self._forgotten == forgotten:
                 self._answers[digest] = (principal, until)

@@ -273,7 +273,8 @@ def _principal(trusted: TrustedIssuer, claims: Mapping[str, Any], now: float, fi
     if trusted.audience not in audience:
         raise Refused(ReasonCode.AUDIENCE_MISMATCH)
     subject = string_claim(claims, "sub")
-    client_id = string_claim(claims, "client_id", default="")
+    required = "client_id" in trusted.required_claims  # then it must name a client, not be empty
+    client_id = string_claim(claims, "client_id", default=None if required else "")
     token_id = string_claim(claims, "jti") if claims.get("jti") is not None else None
     return Principal(
         issuer=trusted.issuer,

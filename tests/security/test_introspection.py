@@ -85,6 +85,11 @@ async def test_the_cache_never_outlives_the_token_or_its_ttl(authority: Authorit
     now[0] += 40  # past exp plus the 30 s leeway, well inside the 60 s ttl
     assert await code_for(verifier, "short") == "token_expired"
     assert authority.introspections - before == 1  # it asked again
+    authority.answers["lapsing"] = answer(authority, exp=int(now[0]) + 5)
+    await verifier.verify("lapsing")
+    authority.answers["lapsing"] = {"active": False}  # the server lets it lapse at its expiry
+    now[0] += 10  # past exp, inside the leeway: the cached answer is not served any longer
+    assert await code_for(verifier, "lapsing") == "token_inactive"
     authority.answers["long"] = answer(authority, exp=int(now[0]) + 3600)
     await verifier.verify("long")
     now[0] += 61  # past the ttl

@@ -293,6 +293,8 @@ async def test_required_claims_can_be_narrowed_per_issuer(authority: Authority) 
         {"sub": 7},
         {"sub": ""},
         {"client_id": ["a"]},
+        {"client_id": ""},
+        {"jti": ""},
         {"aud": 5},
         {"aud": [RESOURCE, 5]},
         {"jti": ["a"]},
