@@ -240,10 +240,10 @@ class _Verified(NamedTuple):
 
 
 class _Discovery:
-    """One metadata lookup in flight per issuer, and a pause after a failure."""
+    """One metadata lookup in flight per issuer, its outcome shared, and a pause after a failure."""
 
     def __init__(self) -> None:
-        self._in_flight: dict[str, anyio.Event] = {}
+        self._in_flight: dict[str, _Lookup] = {}
         self._failed_at: dict[str, float] = {}
 
     async def run(self, issuer: str, lookup: Callable[[], Awaitable[str]]) -> str:
@@ -251,17 +251,30 @@ class _Discovery:
             raise Refused(ReasonCode.KEYS_UNAVAILABLE)
         waiting = self._in_flight.get(issuer)
         if waiting is not None:
-            await waiting.wait()
-            raise Refused(ReasonCode.KEYS_UNAVAILABLE, "The issuer's keys are being looked up: retry.")
-        done = self._in_flight[issuer] = anyio.Event()
+            await waiting.done.wait()
+            if waiting.uri is None:
+                raise Refused(ReasonCode.KEYS_UNAVAILABLE)
+            return waiting.uri
+        asked = self._in_flight[issuer] = _Lookup()
         try:
-            return await lookup()
+            asked.uri = await lookup()
+            return asked.uri
         except Refused:
             self._failed_at[issuer] = time.monotonic()
             raise
         finally:
             del self._in_flight[issuer]
-            done.set()
+            asked.done.set()
+
+
+class _Lookup:
+    """A metadata lookup in flight: the JWKS URI it found, once ``done``."""
+
+    __slots__ = ("done", "uri")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.uri: str | None = None
 
 
 def _principal(trusted: TrustedIssuer, claims: Mapping[str, Any], now: float, fingerprint: str) -> Principal:

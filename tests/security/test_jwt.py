@@ -395,6 +395,21 @@ async def test_keys_are_discovered_from_issuer_metadata(authority: Authority) ->
     assert (await discovering.verify(authority.mint())).subject == "agent-7"
 
 
+async def test_calls_arriving_during_discovery_share_its_outcome(authority: Authority) -> None:
+    discovering = JWTVerifier([TrustedIssuer(issuer=authority.issuer, audience=RESOURCE)])
+    before = authority.metadata_requests
+    subjects: list[str] = []
+
+    async def call(index: int) -> None:
+        subjects.append((await discovering.verify(authority.mint(sub=f"agent-{index}"))).subject)
+
+    async with anyio.create_task_group() as group:
+        for index in range(50):
+            group.start_soon(call, index)
+    assert sorted(subjects) == sorted(f"agent-{index}" for index in range(50))  # none refused while waiting
+    assert authority.metadata_requests - before == 1
+
+
 def test_issuer_configuration_is_validated() -> None:
     for bad in (
         {"algorithms": ("HS256",)},
