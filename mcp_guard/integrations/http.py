@@ -13,7 +13,9 @@
 
 Everything else passes through: a missing or invalid token gets the SDK's 401 with
 ``resource_metadata``, and a tool that is unknown, concealed, or named only in the body gets the
-guard's in-band answer, so no header reveals which tools exist. Header values are built only
+guard's in-band answer, so no header reveals which tools exist. A challenge is given only when
+the body calls the tool the header names (the body is read for that, up to 1 MiB, and handed
+on unchanged): a body that disagrees gets the SDK's 400. Header values are built only
 from validated scope tokens and configuration, never from request input.
 """
 
@@ -21,20 +23,22 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import deque
 from collections.abc import Iterable
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_guard.audit.events import AuditEvent, EventKind
 from mcp_guard.errors import Refused
 from mcp_guard.guard import Guard
 from mcp_guard.identity.bearer import BearerVerifier
-from mcp_guard.model import Decision, Reason, ToolSpec
+from mcp_guard.model import Decision, Principal, Reason, ToolSpec
 from mcp_guard.reasons import ReasonCode
 from mcp_guard.scopes import ScopeHierarchy, format_scope
 
-__all__ = ["GuardHTTP", "resource_metadata_url"]
+__all__ = ["MAX_CHALLENGED_BODY", "GuardHTTP", "resource_metadata_url"]
 
 logger = logging.getLogger("mcp_guard")
 
@@ -81,12 +85,15 @@ class GuardHTTP:
                 )
                 return
             if scope["path"] == self.mcp_path and scope["method"] == "POST":
-                challenge = await self._challenge(dict(scope["headers"]))
-                if challenge is not None:
-                    body = json.dumps({"error": "insufficient_scope"}).encode()
-                    headers = [(b"www-authenticate", challenge.encode("ascii")), (b"content-type", b"application/json")]
-                    await _respond(send, 403, body, headers)
-                    return
+                step_up = await self._step_up(_single_headers(scope["headers"]))
+                if step_up is not None:
+                    body, receive = await _read_body(receive)
+                    if _calls(body, step_up.spec.name) and self._recorded(step_up):
+                        body = json.dumps({"error": "insufficient_scope"}).encode()
+                        challenge = self._insufficient_scope(step_up.spec).encode("ascii")
+                        headers = [(b"www-authenticate", challenge), (b"content-type", b"application/json")]
+                        await _respond(send, 403, body, headers)
+                        return
         await self.app(scope, receive, send)
 
     def metadata(self) -> dict[str, object]:
@@ -100,21 +107,23 @@ class GuardHTTP:
             "bearer_methods_supported": ["header"],
         }
 
-    async def _challenge(self, headers: dict[bytes, bytes]) -> str | None:
-        """The ``WWW-Authenticate`` value when the named tool needs scopes the token lacks.
+    async def _step_up(self, headers: dict[bytes, bytes] | None) -> _StepUp | None:
+        """The tool named in the headers and the verified caller, when the call needs scopes the
+        token lacks.
 
-        Only when the policy itself would refuse every call to the tool (`Policy.visible` is
-        false): a policy that could allow it without those scopes (a function, `AnyOf`) decides
-        the call in band instead of being pre-empted here.
+        The token is read as the SDK reads it (the first ``Authorization`` header, the text after
+        ``Bearer `` as it is), and headers sent twice get no challenge, so the 403 never answers
+        a request the SDK would refuse with 401. Only when the policy itself would refuse every
+        call to the tool (`Policy.visible` is false): a policy that could allow it without those
+        scopes (a function, `AnyOf`) decides the call in band instead of being pre-empted here.
         """
-        if headers.get(b"mcp-method") != b"tools/call":
+        if headers is None or headers.get(b"mcp-method") != b"tools/call":
             return None
         authorization = headers.get(b"authorization", b"").decode("latin-1")
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token:
+        if not authorization.lower().startswith("bearer ") or len(authorization) == len("bearer "):
             return None
         try:  # before the name is looked up, so the work done never tells which tools exist
-            principal = await self.verifier.verify(token.strip())
+            principal = await self.verifier.verify(authorization[len("bearer ") :])
             self.guard.check_principal(principal, self.guard.clock())
         except Refused:
             return None  # the SDK answers 401, or the guard its in-band refusal
@@ -136,30 +145,32 @@ class GuardHTTP:
         hierarchy = getattr(self.guard.policy, "hierarchy", None)
         granted = hierarchy.expand(principal.scopes) if isinstance(hierarchy, ScopeHierarchy) else principal.scopes
         missing = spec.scopes - granted
-        if not missing:
-            return None
+        return _StepUp(principal, spec, missing) if missing else None
+
+    def _recorded(self, step_up: _StepUp) -> bool:
+        """Record the challenge as a denied call; unrecorded, it is not given (the guard refuses in band)."""
         decision = Decision(
             allowed=False,
-            requested_scopes=principal.scopes,
-            missing_scopes=missing,
+            requested_scopes=step_up.principal.scopes,
+            missing_scopes=step_up.missing,
             reasons=(Reason.of(ReasonCode.INSUFFICIENT_SCOPE),),
             rule_ids=("http.step_up",),
         )
         event = AuditEvent.build(
             EventKind.CALL_DECIDED,
             self.guard.clock(),
-            principal,
+            step_up.principal,
             None,
-            spec.name,
+            step_up.spec.name,
             decision,
             detail="HTTP 403 step-up challenge",
         )
         try:
             self.guard.record(event)
-        except Exception:  # unrecorded, the challenge is not given: the guard refuses the call in band
+        except Exception:
             logger.exception("mcp-guard: recording a step-up challenge failed")
-            return None
-        return self._insufficient_scope(spec)
+            return False
+        return True
 
     def _insufficient_scope(self, spec: ToolSpec) -> str:
         scope = format_scope(spec.scopes - _NOT_IN_CHALLENGES)
@@ -167,6 +178,70 @@ class GuardHTTP:
             f'Bearer error="insufficient_scope", scope="{scope}", resource_metadata="{self.metadata_url}", '
             'error_description="The access token lacks scopes this tool requires"'
         )
+
+
+class _StepUp(NamedTuple):
+    """A call that gets a 403: who makes it, the tool it names, and the scopes it lacks."""
+
+    principal: Principal
+    spec: ToolSpec
+    missing: frozenset[str]
+
+
+_READ_HEADERS = frozenset({b"authorization", b"mcp-method", b"mcp-name"})
+
+MAX_CHALLENGED_BODY = 1024 * 1024
+"""Largest request body read to confirm a challenge; a larger one is left to the SDK."""
+
+
+def _single_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[bytes, bytes] | None:
+    """The headers a challenge reads, or None when one of them is sent twice."""
+    found: dict[bytes, bytes] = {}
+    for name, value in raw:
+        if name in _READ_HEADERS:
+            if name in found:
+                return None
+            found[name] = value
+    return found
+
+
+async def _read_body(receive: Receive) -> tuple[bytes | None, Receive]:
+    """The request body (None past `MAX_CHALLENGED_BODY` or on a disconnect), and a ``receive``
+    that hands the application every message read here before the rest."""
+    read: list[Message] = []
+    size = 0
+    while True:
+        message = await receive()
+        read.append(message)
+        if message["type"] != "http.request":
+            return None, _replayed(read, receive)
+        size += len(message.get("body", b""))
+        if size > MAX_CHALLENGED_BODY:
+            return None, _replayed(read, receive)
+        if not message.get("more_body", False):
+            return b"".join(part.get("body", b"") for part in read), _replayed(read, receive)
+
+
+def _replayed(read: list[Message], receive: Receive) -> Receive:
+    pending = deque(read)
+
+    async def replay() -> Message:
+        return pending.popleft() if pending else await receive()
+
+    return replay
+
+
+def _calls(body: bytes | None, tool: str) -> bool:
+    """Whether ``body`` is a ``tools/call`` request for ``tool``: a body that names another tool,
+    or is no JSON-RPC request at all, is the SDK's to refuse (400), not a step-up."""
+    if body is None:
+        return False
+    try:
+        request = json.loads(body)
+    except ValueError:
+        return False
+    params = request.get("params") if isinstance(request, dict) else None
+    return request.get("method") == "tools/call" and isinstance(params, dict) and params.get("name") == tool
 
 
 def _header_safe(value: str) -> bool:

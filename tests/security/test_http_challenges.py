@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -25,7 +26,7 @@ from mcp_guard import (
     ToolSpec,
     TrustedIssuer,
 )
-from mcp_guard.integrations.http import GuardHTTP, resource_metadata_url
+from mcp_guard.integrations.http import MAX_CHALLENGED_BODY, GuardHTTP, resource_metadata_url
 from mcp_guard.policy import PrincipalRule, as_policy
 from serving import serving_jwt_notes
 
@@ -129,6 +130,69 @@ async def test_a_name_header_that_disagrees_with_the_body_is_refused(authority: 
     response = await post(resource, token, "read_note", body_name="write_note")
     assert response.status_code == 400
     assert "mcp-name" in response.text.lower()
+
+
+async def post_raw(resource: str, headers: list[tuple[str, str]], content: bytes) -> httpx2.Response:
+    """A POST with headers exactly as listed (repeats kept) and ``content`` as the body."""
+    base = [("Accept", "application/json, text/event-stream"), ("Mcp-Protocol-Version", MODERN)]
+    async with httpx2.AsyncClient() as http:
+        return await http.post(
+            resource, content=content, headers=[*base, ("Content-Type", "application/json"), *headers]
+        )
+
+
+def step_up_events(audit: MemoryAuditSink) -> list[Any]:
+    return [event for event in audit.events if event.detail == "HTTP 403 step-up challenge"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        json.dumps(tools_call("read_note")).encode(),  # the header names write_note
+        b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "write_note"',  # not JSON
+        json.dumps({**tools_call("write_note"), "method": "tools/list"}).encode(),
+    ],
+)
+async def test_a_body_that_does_not_call_the_named_tool_gets_no_challenge(
+    authority: Authority, resource: str, audit: MemoryAuditSink, body: bytes
+) -> None:
+    token = authority.mint(aud=resource, scope="notes:read")
+    headers = [("Authorization", f"Bearer {token}"), ("Mcp-Method", "tools/call"), ("Mcp-Name", "write_note")]
+    response = await post_raw(resource, headers, body)
+    assert response.status_code == 400, response.text  # the SDK's answer to a request it cannot take
+    assert "mcp-name" in response.text.lower() or "error" in response.json()  # it read the body handed on
+    assert step_up_events(audit) == []  # no call to write_note was made, so none is recorded
+
+
+async def test_the_token_is_read_as_the_sdk_reads_it(
+    authority: Authority, resource: str, audit: MemoryAuditSink
+) -> None:
+    token = authority.mint(aud=resource, scope="notes:read")
+    body = json.dumps(tools_call("write_note")).encode()
+    named = [("Mcp-Method", "tools/call"), ("Mcp-Name", "write_note")]
+    for authorization in (
+        [("Authorization", f"Bearer  {token}")],
+        [("Authorization", "junk"), ("Authorization", f"Bearer {token}")],
+    ):
+        response = await post_raw(resource, [*authorization, *named], body)
+        assert response.status_code == 401  # as the SDK answers: two spaces, or a first header that is junk
+    twice = [("Authorization", f"Bearer {token}"), *named, ("Mcp-Name", "read_note")]
+    assert (await post_raw(resource, twice, body)).status_code != 403
+    assert step_up_events(audit) == []
+    lowercase = [("Authorization", f"bearer {token}"), *named]
+    assert (await post_raw(resource, lowercase, body)).status_code == 403  # the scheme is case-insensitive
+
+
+async def test_a_body_too_long_to_read_is_handed_on_whole_and_refused_in_band(
+    authority: Authority, resource: str, audit: MemoryAuditSink
+) -> None:
+    token = authority.mint(aud=resource, scope="notes:read")
+    call = tools_call("write_note")
+    call["params"]["arguments"]["text"] = "x" * (MAX_CHALLENGED_BODY + 1000)
+    headers = [("Authorization", f"Bearer {token}"), ("Mcp-Method", "tools/call"), ("Mcp-Name", "write_note")]
+    response = await post_raw(resource, headers, json.dumps(call).encode())
+    assert response.status_code == 200 and "insufficient_scope" in response.text  # the guard's in-band refusal
+    assert step_up_events(audit) == [] and audit.events[-1].tool == "write_note"
 
 
 async def test_missing_or_invalid_tokens_get_401_with_the_metadata_url(authority: Authority, resource: str) -> None:
