@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -18,7 +18,7 @@ from joserfc import jwt
 from joserfc.jwk import ECKey, Key, KeySet, OKPKey, RSAKey
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from serving import free_port, serving
@@ -46,6 +46,8 @@ class Authority:
         self.introspection_delay = 0.0
         self.jwks_body: bytes | None = None
         """When set, the JWKS endpoint serves these bytes instead of the real keys."""
+        self.drip = 0.0
+        """When set, JWKS and introspection answers are sent a byte at a time, this many seconds apart."""
         self.metadata_requests = 0
         self.metadata_issuer: str | None = None
         """When set, the metadata names this issuer instead of the real one."""
@@ -88,6 +90,18 @@ class Authority:
         signing_key = key if key is not None else self.keys[kid or "rsa-1"]
         return jwt.encode(full_header, self.claims(**claims), signing_key, algorithms=[alg], default_type=None)
 
+    def answer(self, body: bytes) -> Response:
+        """A JSON answer, all at once or (with ``drip``) a byte at a time."""
+        if not self.drip:
+            return Response(body, media_type="application/json")
+
+        async def bytes_slowly() -> AsyncIterator[bytes]:
+            for index in range(len(body)):
+                await anyio.sleep(self.drip)
+                yield body[index : index + 1]
+
+        return StreamingResponse(bytes_slowly(), media_type="application/json")
+
     def app(self) -> Starlette:
         async def jwks(request: Request) -> Response:
             self.jwks_fetches += 1
@@ -95,7 +109,7 @@ class Authority:
                 return Response("down", status_code=503)
             if self.jwks_body is not None:
                 return Response(self.jwks_body, media_type="application/json")
-            return JSONResponse(self.public_jwks())
+            return self.answer(json.dumps(self.public_jwks()).encode())
 
         async def introspect(request: Request) -> Response:
             self.introspections += 1
@@ -110,7 +124,7 @@ class Authority:
                 return Response(answer, media_type="application/json")
             if isinstance(answer, int) and not isinstance(answer, bool):
                 return Response("", status_code=answer)
-            return Response(json.dumps(answer), media_type="application/json")
+            return self.answer(json.dumps(answer).encode())
 
         async def metadata(request: Request) -> Response:
             self.metadata_requests += 1

@@ -27,7 +27,7 @@ from mcp_guard.errors import Refused
 from mcp_guard.identity.claims import json_object
 from mcp_guard.reasons import ReasonCode
 
-__all__ = ["MAX_JWKS_BYTES", "MAX_KEYS", "JWKSCache", "fetch_json"]
+__all__ = ["MAX_JWKS_BYTES", "MAX_KEYS", "JWKSCache", "capped_body", "fetch_json"]
 
 logger = logging.getLogger("mcp_guard")
 
@@ -54,19 +54,30 @@ SIGNING_ALGORITHMS = frozenset(_KEY_TYPES)
 
 
 async def fetch_json(url: str, *, timeout: float = 5.0) -> Mapping[str, Any]:
-    """GET a JSON object over HTTP(S): no redirects, bounded size and time, fail loudly."""
-    async with (
-        httpx2.AsyncClient(timeout=timeout, follow_redirects=False) as client,
-        client.stream("GET", url, headers={"Accept": "application/json"}) as response,
-    ):
-        if response.status_code != 200:
-            raise OSError(f"GET {url} answered {response.status_code}")
-        body = bytearray()
-        async for chunk in response.aiter_bytes():
-            body.extend(chunk)
-            if len(body) > MAX_JWKS_BYTES:
-                raise OSError(f"GET {url} returned more than {MAX_JWKS_BYTES} bytes")
-    return json_object(bytes(body))
+    """GET a JSON object over HTTP(S): no redirects, bounded size and time, fail loudly.
+
+    ``timeout`` bounds the whole exchange, not each read: a server answering a byte at a time
+    cannot hold a caller for longer (`TimeoutError`, an `OSError`).
+    """
+    with anyio.fail_after(timeout):
+        async with (
+            httpx2.AsyncClient(timeout=timeout, follow_redirects=False) as client,
+            client.stream("GET", url, headers={"Accept": "application/json"}) as response,
+        ):
+            if response.status_code != 200:
+                raise OSError(f"GET {url} answered {response.status_code}")
+            body = await capped_body(response, MAX_JWKS_BYTES)
+    return json_object(body)
+
+
+async def capped_body(response: httpx2.Response, limit: int) -> bytes:
+    """The body of a streamed response, read no further than ``limit`` bytes (`OSError` past it)."""
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body.extend(chunk)
+        if len(body) > limit:
+            raise OSError(f"{response.request.method} {response.request.url} returned more than {limit} bytes")
+    return bytes(body)
 
 
 @dataclass
@@ -113,14 +124,16 @@ class JWKSCache:
     async def key(self, jwks_uri: str, kid: str | None, alg: str) -> tuple[Key, int]:
         """The key to verify a token signed with ``alg`` under ``kid``, and its key set's generation.
 
-        Refuses when there is no such key.
+        Refuses when there is no such key. Keys past ``max_age`` are refreshed by the caller
+        that finds them so; callers arriving during that refresh are served the cached key
+        when it matches, so a slow endpoint delays one call, not all of them.
         """
         entry = self._sets.get(jwks_uri)
         if entry is None:
             entry = self._sets.setdefault(jwks_uri, _KeySetEntry())
         key = _pick(entry.keys, kid, alg)
         stale = self._clock() - entry.fetched_at > self.max_age
-        if key is None or stale:
+        if key is None or (stale and entry.in_flight is None):  # a stale key serves while it is refreshed
             await self._refresh(jwks_uri, entry)
             key = _pick(entry.keys, kid, alg)
         if key is None:

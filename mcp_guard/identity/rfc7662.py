@@ -1,7 +1,9 @@
 """Opaque access tokens by RFC 7662 token introspection, asked of the authorization server.
 
-The call goes through authlib's OAuth 2.0 client, authenticated as this resource server. Only
-a literal JSON ``true`` for ``active`` counts: ``"true"``, ``1`` or a missing member do not.
+The call is authenticated as this resource server by authlib's OAuth 2.0 client authentication
+(``client_secret_basic`` or ``client_secret_post``), streamed so that the answer is read no
+further than 64 KiB, and bounded in time as a whole. Only a literal JSON ``true`` for
+``active`` counts: ``"true"``, ``1`` or a missing member do not.
 ``iss``, ``aud``, ``exp``, ``nbf`` and ``iat`` are still checked when the answer carries them,
 and the scope is parsed strictly. A ``token_type``, when given, must say a bearer access token
 (a refresh token is refused). A subject is required, as sessions bind to it: ``sub``, or for
@@ -27,16 +29,18 @@ import time
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import urlencode
 
 import anyio
 import httpx2
-from authlib.integrations.httpx_client import AsyncOAuth2Client
+from authlib.integrations.httpx_client import OAuth2ClientAuth
 from cachetools import FIFOCache
 
 from mcp_guard.errors import Refused
 from mcp_guard.identity.access_token import token_digest, token_fingerprint
 from mcp_guard.identity.claims import audience_of, check_times, json_object, scope_of, string_claim, valid_until
 from mcp_guard.identity.delegation import actor_chain
+from mcp_guard.identity.jwks import capped_body
 from mcp_guard.identity.rfc8414 import check_fetchable, metadata_endpoint
 from mcp_guard.identity.rfc9068 import MAX_TOKEN_BYTES, TrustedIssuer
 from mcp_guard.model import Principal
@@ -143,24 +147,27 @@ class IntrospectionVerifier:
         return principal
 
     async def _introspect(self, token: str) -> Mapping[str, Any]:
+        """Ask the endpoint about ``token``: the whole exchange bounded by ``timeout``, the answer
+        read no further than `MAX_ANSWER_BYTES`."""
+        form = urlencode({"token": token, "token_type_hint": "access_token"}).encode("ascii")
+        headers = {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"}
         try:
-            async with AsyncOAuth2Client(
-                client_id=self._client_id,
-                client_secret=self._client_secret,
-                token_endpoint_auth_method=self._auth_method,
-                timeout=self.timeout,
-                follow_redirects=False,
-            ) as client:
-                hint = "access_token"  # RFC 7662 token_type_hint, not a secret
-                response = await client.introspect_token(self.endpoint, token=token, token_type_hint=hint)
+            with anyio.fail_after(self.timeout):
+                auth = OAuth2ClientAuth(self._client_id, self._client_secret, self._auth_method)
+                async with (
+                    httpx2.AsyncClient(timeout=self.timeout, follow_redirects=False) as client,
+                    client.stream("POST", self.endpoint, content=form, headers=headers, auth=auth) as response,
+                ):
+                    status = response.status_code
+                    body = await capped_body(response, MAX_ANSWER_BYTES) if status == 200 else b""
         except (httpx2.HTTPError, OSError) as error:
             logger.warning("mcp-guard: introspection at %s failed: %s", self.endpoint, type(error).__name__)
             raise Refused(ReasonCode.INTROSPECTION_FAILED) from None
-        if response.status_code != 200 or len(response.content) > MAX_ANSWER_BYTES:
-            logger.warning("mcp-guard: introspection at %s answered %s", self.endpoint, response.status_code)
+        if status != 200:
+            logger.warning("mcp-guard: introspection at %s answered %s", self.endpoint, status)
             raise Refused(ReasonCode.INTROSPECTION_FAILED)
         try:
-            return json_object(response.content)
+            return json_object(body)
         except ValueError:
             raise Refused(ReasonCode.INTROSPECTION_FAILED) from None
 

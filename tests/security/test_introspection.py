@@ -455,3 +455,12 @@ async def test_no_raw_token_outlives_its_request_in_the_sdk_verifier(authority: 
     assert not any(token in repr(vars(verifying)) for token in tokens)
     accepted = [event for event in guard.sinks[0].events if event.kind == EventKind.TOKEN_ACCEPTED]  # type: ignore[attr-defined]
     assert len(accepted) == 3  # recorded once per token, not per request
+
+
+async def test_an_answer_sent_a_byte_at_a_time_is_cut_off_at_the_timeout(authority: Authority) -> None:
+    authority.answers["dripping"] = answer(authority)
+    authority.drip = 0.05  # no single read times out, but the answer would take seconds
+    try:
+        assert await code_for(introspector(authority, timeout=0.5), "dripping") == "introspection_failed"
+    finally:
+        authority.drip = 0.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -20,7 +21,7 @@ from pydantic import ValidationError
 from authority import RESOURCE, Authority, serve_authority
 from mcp_guard import Refused
 from mcp_guard.identity.claims import json_object
-from mcp_guard.identity.jwks import JWKSCache
+from mcp_guard.identity.jwks import JWKSCache, fetch_json
 from mcp_guard.identity.rfc9068 import JWTVerifier, TrustedIssuer
 
 pytestmark = pytest.mark.anyio
@@ -376,6 +377,30 @@ async def test_a_rotated_key_is_picked_up_on_first_sight(authority: Authority) -
     authority.keys["rotated-2"] = RSAKey.generate_key(2048, parameters={"kid": "rotated-2"})
     verifier.jwks.min_refresh_interval = 0
     assert await verifier.verify(authority.mint(kid="rotated-2"))
+
+
+async def test_a_slow_key_endpoint_is_cut_off_and_stale_keys_serve_meanwhile(authority: Authority) -> None:
+    """An endpoint answering a byte at a time never times out a single read: the whole fetch is bounded."""
+    trusted = TrustedIssuer(issuer=authority.issuer, audience=RESOURCE, jwks_uri=authority.jwks_uri)
+    verifier = JWTVerifier([trusted], jwks=JWKSCache(fetch=functools.partial(fetch_json, timeout=0.5)))
+    assert await verifier.verify(authority.mint())
+    authority.drip = 0.05  # the key set would take over a minute
+    try:
+        with pytest.raises(TimeoutError):
+            await fetch_json(authority.jwks_uri, timeout=0.5)
+        verifier.jwks.max_age = 0  # every call wants a refresh now
+        verifier.jwks.min_refresh_interval = 0
+        before, subjects = verifier.jwks.fetches, []
+
+        async def call(index: int) -> None:
+            subjects.append((await verifier.verify(authority.mint(sub=f"agent-{index}"))).subject)
+
+        async with anyio.create_task_group() as group:
+            for index in range(20):
+                group.start_soon(call, index)
+        assert len(subjects) == 20 and verifier.jwks.fetches - before == 1  # one waited for the fetch, no one else
+    finally:
+        authority.drip = 0.0
 
 
 async def test_the_endpoint_down_keeps_cached_keys_and_fails_closed_without_them(authority: Authority) -> None:
