@@ -15,6 +15,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, NamedTuple, TypeVar, cast
 
@@ -410,14 +411,17 @@ class Guard:
         """Revoke one target; it takes effect on the very next call.
 
         Give exactly one of ``session_id``, ``subject``, ``client_id`` or ``token_id`` (a
-        ``jti`` or a token fingerprint). ``issuer`` narrows a subject or client to one issuer
-        (without it, every issuer). ``ttl`` bounds a subject, client or token revocation in
-        seconds; without it, it lasts until `restore`. A call already admitted runs to its end.
+        ``jti`` or a token fingerprint). ``issuer`` narrows a subject, client or token id to one
+        issuer (without it, every issuer). ``ttl`` bounds a subject, client or token revocation
+        in seconds; without it, it lasts until `restore`. A session is revoked for good, so
+        neither applies to it. A call already admitted runs to its end.
         """
         targets = {"session_id": session_id, "subject": subject, "client_id": client_id, "token_id": token_id}
         given = _one_target(targets, issuer)
         if ttl is not None and not (math.isfinite(ttl) and ttl > 0):
             raise ValueError(f"ttl must be a positive, finite number of seconds, not {ttl!r}")
+        if session_id is not None and (ttl is not None or issuer is not None):
+            raise ValueError("a session is revoked for good, under its own id: give no ttl or issuer with session_id")
         now = self.clock()
         if session_id is not None:
             ended = await self.sessions.end(session_id, SessionState.REVOKED, ReasonCode.SESSION_REVOKED)
@@ -433,8 +437,9 @@ class Guard:
         elif client_id is not None:
             self.revocations.revoke_client(client_id, issuer, until)
         elif token_id is not None:
-            self.revocations.revoke_token(token_id, until)
-        self.record(AuditEvent.build(EventKind.ACCESS_REVOKED, now, detail=_describe(given, issuer, reason)))
+            self.revocations.revoke_token(token_id, issuer, until)
+        detail = _describe(given, issuer, reason, until)
+        self.record(AuditEvent.build(EventKind.ACCESS_REVOKED, now, detail=detail))
 
     async def restore(
         self,
@@ -444,14 +449,21 @@ class Guard:
         token_id: str | None = None,
         issuer: str | None = None,
         reason: str = "",
-    ) -> None:
-        """Lift a subject, client or token revocation made with the same arguments.
+    ) -> bool:
+        """Lift the revocation of a subject, client or token named by the same arguments; say
+        whether there was one (only then is ``access.restored`` recorded).
 
-        Revoked sessions stay revoked: the client opens a new one.
+        It lifts every revocation of that target, however many were made: a target has one
+        revocation, lasting as long as the longest made. Revoked sessions stay revoked: the
+        client opens a new one.
         """
         given = _one_target({"subject": subject, "client_id": client_id, "token_id": token_id}, issuer)
-        self.revocations.restore(token_id=token_id, subject=subject, client_id=client_id, issuer=issuer)
-        self.record(AuditEvent.build(EventKind.ACCESS_RESTORED, self.clock(), detail=_describe(given, issuer, reason)))
+        lifted = self.revocations.restore(token_id=token_id, subject=subject, client_id=client_id, issuer=issuer)
+        if lifted is None:
+            return False
+        detail = _describe(given, issuer, reason, lifted, lifting=True)
+        self.record(AuditEvent.build(EventKind.ACCESS_RESTORED, self.clock(), detail=detail))
+        return True
 
     # -- stages -------------------------------------------------------------------------------
 
@@ -554,8 +566,11 @@ class Guard:
         self.revocations.revoke_session(session.id)
         if principal is not None and (token_id := principal.token_id or principal.token_hash) is not None:
             expires_at = principal.expires_at
-            self.revocations.revoke_token(token_id, math.inf if expires_at is None else expires_at + self.leeway)
-            detail = f"token_id={token_id!r} reason='session {session.id} reached its risk threshold'"
+            until = math.inf if expires_at is None else expires_at + self.leeway
+            self.revocations.revoke_token(token_id, principal.issuer, until)
+            detail = _describe(
+                {"token_id": token_id}, principal.issuer, f"session {session.id} reached its risk threshold", until
+            )
             self.record(AuditEvent.build(EventKind.ACCESS_REVOKED, now, principal, session.id, detail=detail))
         if await self.sessions.end(session.id, SessionState.REVOKED, ReasonCode.SESSION_RISK_EXCEEDED) == "ended":
             self.record(
@@ -639,13 +654,27 @@ def _one_target(targets: Mapping[str, str | None], issuer: str | None) -> dict[s
     return given
 
 
-def _describe(targets: Mapping[str, str], issuer: str | None, reason: str) -> str:
+def _describe(
+    targets: Mapping[str, str], issuer: str | None, reason: str, until: float, *, lifting: bool = False
+) -> str:
+    """A revocation's (or a lifted one's) audit detail: its target, and how long it lasts (lasted)."""
     parts = [f"{key}={value!r}" for key, value in targets.items()]
     if issuer is not None:
         parts.append(f"issuer={issuer!r}")
+    parts.append(f"{'was until' if lifting else 'until'}={_moment(until)!r}")
     if reason:
         parts.append(f"reason={reason!r}")
     return " ".join(parts)
+
+
+def _moment(at: float) -> str:
+    """A time in an audit detail: ISO 8601 in UTC, or "for good" for no end."""
+    if math.isinf(at):
+        return "for good"
+    try:
+        return datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds")
+    except (OverflowError, OSError, ValueError):  # beyond the calendar (a ttl of 1e300 seconds)
+        return f"{at:.0f} s after 1970"
 
 
 def _admitted_only(fn: F, tool: str) -> F:

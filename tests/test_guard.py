@@ -329,6 +329,44 @@ async def test_a_shorter_revocation_never_cuts_a_longer_one_short(g: Guard, cloc
     assert (await g.authorize("read_note", {}, t)).allowed
 
 
+async def test_a_token_id_is_revoked_under_its_issuer(g: Guard) -> None:
+    here, elsewhere = token(jti="J-1"), token(jti="J-1", issuer="https://other.example.test")
+    await g.revoke(token_id="J-1", issuer="https://other.example.test")
+    assert (await g.authorize("read_note", {}, here)).allowed  # a jti is unique only within its issuer
+    assert (await g.authorize("read_note", {}, elsewhere)).decision.reason.code == ReasonCode.TOKEN_REVOKED
+    assert not await g.restore(token_id="J-1")  # nothing revoked under every issuer
+    assert (await g.authorize("read_note", {}, elsewhere)).decision.reason.code == ReasonCode.TOKEN_REVOKED
+    await g.revoke(token_id="J-1")
+    assert (await g.authorize("read_note", {}, here)).decision.reason.code == ReasonCode.TOKEN_REVOKED
+
+
+async def test_revocation_records_say_how_long_and_what_was_lifted(
+    g: Guard, audit: MemoryAuditSink, clock: Clock
+) -> None:
+    await g.revoke(subject="bob", ttl=60)
+    await g.revoke(subject="carol", reason="incident 9")
+    bob, carol = (event.detail or "" for event in events(audit, EventKind.ACCESS_REVOKED)[-2:])
+    assert "until='20" in bob and "for good" in carol and "incident 9" in carol
+    assert await g.restore(subject="carol")
+    assert "was until='for good'" in (events(audit, EventKind.ACCESS_RESTORED)[-1].detail or "")
+    restored = len(events(audit, EventKind.ACCESS_RESTORED))
+    assert not await g.restore(subject="carol")  # nothing left to lift: nothing recorded
+    assert not await g.restore(subject="dave")
+    assert len(events(audit, EventKind.ACCESS_RESTORED)) == restored
+    await g.revoke(client_id="far", ttl=1e300)
+    assert "after 1970" in (events(audit, EventKind.ACCESS_REVOKED)[-1].detail or "")
+
+
+async def test_a_session_revocation_takes_no_ttl_or_issuer(g: Guard, audit: MemoryAuditSink) -> None:
+    assert (await g.authorize("read_note", {}, token(sid="s"))).allowed
+    session_id = events(audit, EventKind.SESSION_OPENED)[0].session_id
+    with pytest.raises(ValueError, match="revoked for good"):
+        await g.revoke(session_id=session_id, ttl=60)
+    with pytest.raises(ValueError, match="revoked for good"):
+        await g.revoke(session_id=session_id, issuer="https://auth.example.test")
+    assert (await g.authorize("read_note", {}, token(sid="s"))).allowed  # neither call revoked it
+
+
 async def test_revoking_a_session(g: Guard, audit: MemoryAuditSink) -> None:
     t = token(sid="s")
     assert (await g.authorize("read_note", {}, t)).allowed

@@ -2,8 +2,8 @@
 
 Token, subject and client revocations are checked on every call with a handful of dict
 lookups (none at all while nothing is revoked). Each may carry an end time; a permanent one
-lasts until `restore` lifts it. A subject or client revoked without an issuer is revoked under
-every issuer. Revoked session ids are kept too, and checked whenever a session would be opened,
+lasts until `restore` lifts it. A subject, client or token id revoked without an issuer is
+revoked under every issuer (a ``jti`` is unique only within its issuer). Revoked session ids are kept too, and checked whenever a session would be opened,
 so a revoked session can never come back, even after its record left the session store.
 """
 
@@ -27,7 +27,7 @@ class Revocations:
 
     def __init__(self) -> None:
         self._sessions: set[str] = set()
-        self._tokens: dict[str, float] = {}
+        self._tokens: dict[_Key, float] = {}
         self._subjects: dict[_Key, float] = {}
         self._clients: dict[_Key, float] = {}
         self._lock = threading.Lock()
@@ -42,9 +42,9 @@ class Revocations:
     def session_revoked(self, session_id: str) -> bool:
         return session_id in self._sessions
 
-    def revoke_token(self, token_id: str, until: float = math.inf) -> None:
+    def revoke_token(self, token_id: str, issuer: str | None = None, until: float = math.inf) -> None:
         """Revoke by ``jti`` or by token fingerprint (`token_fingerprint`)."""
-        self._revoke(self._tokens, token_id, until)
+        self._revoke(self._tokens, (issuer, token_id), until)
 
     def revoke_subject(self, subject: str, issuer: str | None = None, until: float = math.inf) -> None:
         self._revoke(self._subjects, (issuer, subject), until)
@@ -67,24 +67,29 @@ class Revocations:
         subject: str | None = None,
         client_id: str | None = None,
         issuer: str | None = None,
-    ) -> None:
-        """Lift a revocation made with the same arguments."""
+    ) -> float | None:
+        """Lift the revocation of the target named by the same arguments, however many
+        revocations of it were merged; return when it would have ended (None: there was none)."""
         with self._lock:
+            lifted = None
             if token_id is not None:
-                self._tokens.pop(token_id, None)
+                lifted = self._tokens.pop((issuer, token_id), None)
             if subject is not None:
-                self._subjects.pop((issuer, subject), None)
+                lifted = self._subjects.pop((issuer, subject), None)
             if client_id is not None:
-                self._clients.pop((issuer, client_id), None)
+                lifted = self._clients.pop((issuer, client_id), None)
             self._settle()
+            return lifted
 
     def check(self, principal: Principal, now: float) -> ReasonCode | None:
         """The reason ``principal`` is revoked at ``now``, or None."""
         if now >= self._next_lapse:
             self._drop_lapsed(now)
-        if self._tokens and (
-            (principal.token_id is not None and _active(self._tokens.get(principal.token_id), now))
-            or (principal.token_hash is not None and _active(self._tokens.get(principal.token_hash), now))
+        if self._tokens and any(
+            _active(self._tokens.get((issuer, token_id)), now)
+            for token_id in (principal.token_id, principal.token_hash)
+            if token_id is not None
+            for issuer in (principal.issuer, None)
         ):
             return ReasonCode.TOKEN_REVOKED
         if self._subjects and (
@@ -103,7 +108,7 @@ class Revocations:
         with self._lock:
             for table in (self._tokens, self._subjects, self._clients):
                 for key in [key for key, until in table.items() if until <= now]:
-                    del table[key]  # type: ignore[arg-type]
+                    del table[key]
             self._settle()
 
     def _settle(self) -> None:
