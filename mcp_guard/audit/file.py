@@ -105,7 +105,9 @@ class FileAuditSink:
         self._closed = False
         try:
             self._lock = _hold_lock(self.path)
-        except FileNotFoundError:  # no directory yet: the writer takes the lock before it first writes
+        except AuditLogError:
+            raise
+        except OSError:  # no directory yet, or none it may write: the failure mode applies when it writes
             self._lock = -1
         try:
             self._state = _resume(self.path, key)
