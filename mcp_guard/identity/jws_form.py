@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import string
 
+from mcp_guard.identity.claims import json_object
 from mcp_guard.memo import remember
 
 __all__ = ["canonical", "high_s", "low_s", "segment_bytes", "spelled_canonically"]
@@ -38,11 +38,12 @@ _algorithms: dict[str, str] = {}
 
 
 def high_s(alg: str, signature: bytes) -> bool:
-    """Whether ``signature`` is an ``alg`` ECDSA signature whose ``s`` is the upper of its two forms."""
+    """Whether ``signature`` is an ``alg`` ECDSA signature whose ``s`` is the upper of its two
+    forms (an ``s`` of ``n`` or more is no signature at all, and is left alone)."""
     curve = _CURVE_ORDERS.get(alg)
     if curve is None or len(signature) != 2 * curve[0]:
         return False
-    return int.from_bytes(signature[curve[0] :], "big") > curve[1] // 2
+    return curve[1] // 2 < int.from_bytes(signature[curve[0] :], "big") < curve[1]
 
 
 def low_s(alg: str, signature: bytes) -> bytes:
@@ -80,7 +81,13 @@ _CANONICAL_LAST = {0: _ALPHABET, 1: frozenset(), 2: frozenset("AQgw"), 3: frozen
 
 
 def canonical(token: str) -> str:
-    """The one spelling of a compact JWS; any other token (opaque, malformed) is returned as it is."""
+    """The one spelling of a compact JWS; any other token (opaque, malformed) is returned as it is.
+
+    Total: it never raises, whatever the string (refused tokens are fingerprinted too).
+    RSA signatures are left as they are: a PSS signature with a leading zero byte also
+    verifies without it, which only a verifier that knows the key's size can refuse
+    (`JWTVerifier` does).
+    """
     parts = token.split(".")
     if len(parts) != 3:
         return token
@@ -96,10 +103,9 @@ def canonical(token: str) -> str:
 
 def _algorithm(header: bytes) -> str:
     try:
-        members = json.loads(header)
-    except ValueError:
+        alg = json_object(header).get("alg")
+    except ValueError:  # not a strict JSON object (nested too deeply included): no algorithm
         return ""
-    alg = members.get("alg") if isinstance(members, dict) else None
     return alg if isinstance(alg, str) else ""
 
 

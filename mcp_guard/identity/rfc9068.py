@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import anyio
 from cachetools import FIFOCache
 from joserfc.errors import JoseError
+from joserfc.jwk import Key, RSAKey
 from joserfc.jws import JWSRegistry
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -173,7 +174,7 @@ class JWTVerifier:
         model = JWSRegistry.algorithms[alg]
         try:
             model.check_key(key)
-            valid = model.verify(signing_input, signature, key)
+            valid = _full_length(key, signature) and model.verify(signing_input, signature, key)
         except (JoseError, ValueError):
             valid = False
         if not valid:
@@ -275,6 +276,17 @@ class _Lookup:
     def __init__(self) -> None:
         self.done = anyio.Event()
         self.uri: str | None = None
+
+
+def _full_length(key: Key, signature: bytes) -> bool:
+    """Whether an RSA signature is as long as the key's modulus, as RFC 8017 defines it.
+
+    OpenSSL also verifies a PSS signature with its leading zero bytes left off: a second
+    spelling of the same token, which would have a fingerprint of its own.
+    """
+    if not isinstance(key, RSAKey):
+        return True
+    return len(signature) == (key.raw_value.key_size + 7) // 8
 
 
 def _principal(trusted: TrustedIssuer, claims: Mapping[str, Any], now: float, fingerprint: str) -> Principal:

@@ -28,6 +28,11 @@ from collections.abc import Iterable
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
+from mcp.server.streamable_http import check_accept_headers
+from mcp.shared.inbound import InboundModernRoute, classify_inbound_request, decode_header_value
+from mcp_types import JSONRPCRequest
+from pydantic import ValidationError
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_guard.audit.events import AuditEvent, EventKind
@@ -88,7 +93,7 @@ class GuardHTTP:
                 step_up = await self._step_up(_single_headers(scope["headers"]))
                 if step_up is not None:
                     body, receive = await _read_body(receive)
-                    if _calls(body, step_up.spec.name) and self._recorded(step_up):
+                    if _served_as_call(scope, body, step_up.spec.name) and self._recorded(step_up):
                         body = json.dumps({"error": "insufficient_scope"}).encode()
                         challenge = self._insufficient_scope(step_up.spec).encode("ascii")
                         headers = [(b"www-authenticate", challenge), (b"content-type", b"application/json")]
@@ -111,9 +116,10 @@ class GuardHTTP:
         """The tool named in the headers and the verified caller, when the call needs scopes the
         token lacks.
 
-        The token is read as the SDK reads it (the first ``Authorization`` header, the text after
-        ``Bearer `` as it is), and headers sent twice get no challenge, so the 403 never answers
-        a request the SDK would refuse with 401. Only when the policy itself would refuse every
+        The token is read and its expiry checked as the SDK does (the first ``Authorization``
+        header, the text after ``Bearer `` as it is, no leeway), and headers sent twice get no
+        challenge, so the 403 never answers a request the SDK would refuse with 401. The tool
+        name is decoded as the SDK decodes it. Only when the policy itself would refuse every
         call to the tool (`Policy.visible` is false): a policy that could allow it without those
         scopes (a function, `AnyOf`) decides the call in band instead of being pre-empted here.
         """
@@ -124,13 +130,17 @@ class GuardHTTP:
             return None
         try:  # before the name is looked up, so the work done never tells which tools exist
             principal = await self.verifier.verify(authorization[len("bearer ") :])
-            self.guard.check_principal(principal, self.guard.clock())
+            now = self.guard.clock()
+            self.guard.check_principal(principal, now)
+            if principal.expires_at is not None and principal.expires_at < now:
+                return None  # inside the guard's leeway, but the SDK answers 401
         except Refused:
             return None  # the SDK answers 401, or the guard its in-band refusal
         except Exception:
             logger.exception("mcp-guard: verifying a bearer token for a step-up challenge failed")
             return None
-        declared = self.guard.tools.get(headers.get(b"mcp-name", b"").decode("latin-1"))
+        name = decode_header_value(headers.get(b"mcp-name", b"").decode("latin-1"))
+        declared = self.guard.tools.get(name) if name is not None else None
         if declared is None:
             return None
         spec = self.guard.as_policy_sees(declared)
@@ -188,7 +198,7 @@ class _StepUp(NamedTuple):
     missing: frozenset[str]
 
 
-_READ_HEADERS = frozenset({b"authorization", b"mcp-method", b"mcp-name"})
+_READ_HEADERS = frozenset({b"authorization", b"mcp-method", b"mcp-name", b"mcp-protocol-version"})
 
 MAX_CHALLENGED_BODY = 1024 * 1024
 """Largest request body read to confirm a challenge; a larger one is left to the SDK."""
@@ -231,17 +241,39 @@ def _replayed(read: list[Message], receive: Receive) -> Receive:
     return replay
 
 
-def _calls(body: bytes | None, tool: str) -> bool:
-    """Whether ``body`` is a ``tools/call`` request for ``tool``: a body that names another tool,
-    or is no JSON-RPC request at all, is the SDK's to refuse (400), not a step-up."""
+def _served_as_call(scope: Scope, body: bytes | None, tool: str) -> bool:
+    """Whether the SDK's modern transport would serve ``body`` as a call to ``tool``.
+
+    Its own checks, in its order: a JSON content type, both media types accepted, a JSON-RPC
+    request (not a notification, a batch or a malformed envelope), and the protocol ladder
+    (the per-request envelope, headers that agree with the body, a supported version). A
+    request it would refuse gets its refusal, not a 403, and no call is recorded that was
+    never made. Its DNS-rebinding checks (``Host``, ``Origin``) depend on the server's
+    settings and are not repeated: such a request gets a 403 either way.
+    """
     if body is None:
         return False
-    try:
-        request = json.loads(body)
-    except ValueError:
+    request = Request(scope)
+    if not request.headers.get("content-type", "").lower().startswith("application/json"):
         return False
-    params = request.get("params") if isinstance(request, dict) else None
-    return request.get("method") == "tools/call" and isinstance(params, dict) and params.get("name") == tool
+    has_json, has_sse = check_accept_headers(request)
+    if not (has_json and has_sse):
+        return False
+    try:
+        decoded = json.loads(body)
+    except (ValueError, RecursionError):
+        return False
+    if not isinstance(decoded, dict) or "id" not in decoded:
+        return False
+    try:
+        JSONRPCRequest.model_validate(decoded)
+    except ValidationError:
+        return False
+    headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+    if not isinstance(classify_inbound_request(decoded, headers=headers), InboundModernRoute):
+        return False
+    params = decoded.get("params")
+    return decoded.get("method") == "tools/call" and isinstance(params, dict) and params.get("name") == tool
 
 
 def _header_safe(value: str) -> bool:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -132,13 +134,19 @@ async def test_a_name_header_that_disagrees_with_the_body_is_refused(authority: 
     assert "mcp-name" in response.text.lower()
 
 
-async def post_raw(resource: str, headers: list[tuple[str, str]], content: bytes) -> httpx2.Response:
+BASE_HEADERS = [
+    ("Accept", "application/json, text/event-stream"),
+    ("Mcp-Protocol-Version", MODERN),
+    ("Content-Type", "application/json"),
+]
+
+
+async def post_raw(
+    resource: str, headers: list[tuple[str, str]], content: bytes, base: list[tuple[str, str]] = BASE_HEADERS
+) -> httpx2.Response:
     """A POST with headers exactly as listed (repeats kept) and ``content`` as the body."""
-    base = [("Accept", "application/json, text/event-stream"), ("Mcp-Protocol-Version", MODERN)]
     async with httpx2.AsyncClient() as http:
-        return await http.post(
-            resource, content=content, headers=[*base, ("Content-Type", "application/json"), *headers]
-        )
+        return await http.post(resource, content=content, headers=[*base, *headers])
 
 
 def step_up_events(audit: MemoryAuditSink) -> list[Any]:
@@ -162,6 +170,66 @@ async def test_a_body_that_does_not_call_the_named_tool_gets_no_challenge(
     assert response.status_code == 400, response.text  # the SDK's answer to a request it cannot take
     assert "mcp-name" in response.text.lower() or "error" in response.json()  # it read the body handed on
     assert step_up_events(audit) == []  # no call to write_note was made, so none is recorded
+
+
+def envelope(**changes: Any) -> bytes:
+    """A tools/call to write_note with top-level members changed (None removes one)."""
+    call = {**tools_call("write_note"), **changes}
+    return json.dumps({key: value for key, value in call.items() if value is not None}).encode()
+
+
+def without_meta() -> bytes:
+    call = tools_call("write_note")
+    del call["params"]["_meta"]
+    return json.dumps(call).encode()
+
+
+@pytest.mark.parametrize(
+    ("base", "extra", "body", "status"),
+    [
+        ([("Accept", "text/html"), *BASE_HEADERS[1:]], [], envelope(), 406),
+        ([*BASE_HEADERS[:2], ("Content-Type", "text/plain")], [], envelope(), 400),
+        (BASE_HEADERS, [], envelope(id=None), 202),  # a notification: no call is made
+        (BASE_HEADERS, [], envelope(jsonrpc="1.0"), 400),
+        (BASE_HEADERS, [], envelope(id={"an": "object"}), 400),
+        (BASE_HEADERS, [], without_meta(), 400),
+        (BASE_HEADERS, [("Mcp-Protocol-Version", MODERN)], envelope(), 400),  # the version header twice
+        (BASE_HEADERS[:1] + BASE_HEADERS[2:] + [("Mcp-Protocol-Version", "2099-01-01")], [], envelope(), 400),
+        (BASE_HEADERS, [], b"[]", 400),
+        (BASE_HEADERS, [], b"1", 400),
+        (BASE_HEADERS, [], b"null", 400),
+        (BASE_HEADERS, [], b"[" * 100_000, 400),
+    ],
+)
+async def test_a_request_the_sdk_refuses_gets_its_answer_not_a_challenge(
+    authority: Authority,
+    resource: str,
+    audit: MemoryAuditSink,
+    base: list[tuple[str, str]],
+    extra: list[tuple[str, str]],
+    body: bytes,
+    status: int,
+) -> None:
+    token = authority.mint(aud=resource, scope="notes:read")
+    headers = [("Authorization", f"Bearer {token}"), ("Mcp-Method", "tools/call"), ("Mcp-Name", "write_note")]
+    response = await post_raw(resource, [*headers, *extra], body, base)
+    assert response.status_code == status, response.text
+    assert step_up_events(audit) == []
+
+
+async def test_a_token_inside_the_leeway_gets_the_sdks_401_not_a_challenge(authority: Authority, resource: str) -> None:
+    now = int(time.time())
+    token = authority.mint(aud=resource, scope="notes:read", iat=now - 60, exp=now - 10)  # the guard allows 30 s
+    headers = [("Authorization", f"Bearer {token}"), ("Mcp-Method", "tools/call"), ("Mcp-Name", "write_note")]
+    assert (await post_raw(resource, headers, envelope())).status_code == 401
+
+
+async def test_a_tool_name_sent_encoded_is_decoded_as_the_sdk_does(authority: Authority, resource: str) -> None:
+    token = authority.mint(aud=resource, scope="notes:read")
+    encoded = "=?base64?" + base64.b64encode(b"write_note").decode() + "?="
+    headers = [("Authorization", f"Bearer {token}"), ("Mcp-Method", "tools/call"), ("Mcp-Name", encoded)]
+    response = await post_raw(resource, headers, envelope())
+    assert response.status_code == 403 and challenge(response)["scope"] == "notes:write"
 
 
 async def test_the_token_is_read_as_the_sdk_reads_it(

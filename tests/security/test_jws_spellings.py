@@ -7,12 +7,15 @@ other ECDSA ``s``). Each spelling must not look like a new token to sessions and
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mcp.server.auth.provider import AccessToken
 
 from authority import RESOURCE, Authority
@@ -24,6 +27,11 @@ from mcp_guard.reasons import ReasonCode
 pytestmark = pytest.mark.anyio
 
 ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def b64_json(value: object, raw: bytes | None = None) -> str:
+    data = raw if raw is not None else json.dumps(value).encode()
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def verifier_for(authority: Authority) -> JWTVerifier:
@@ -142,3 +150,33 @@ async def test_revoking_one_spelling_revokes_the_other(authority: Authority) -> 
     await guard.revoke(token_id=token_fingerprint(token))
     denied = await guard.authorize("read_note", {}, await tokens.verify_token(other), protocol_version="2026-07-28")
     assert not denied.decision.allowed and denied.decision.reason.code == ReasonCode.TOKEN_REVOKED
+
+
+async def test_a_pss_signature_without_its_leading_zero_byte_is_refused(authority: Authority) -> None:
+    """OpenSSL verifies a PSS signature shorter than the modulus: that would be a second spelling."""
+    verifier = verifier_for(authority)
+    token = next(
+        t for t in (authority.mint(alg="PS256") for _ in range(5000)) if segment_bytes(t.split(".")[2])[0] == 0
+    )
+    await verifier.verify(token)
+    shortened = with_signature(token, segment_bytes(token.split(".")[2])[1:])
+    with pytest.raises(Refused) as refused:
+        await verifier.verify(shortened)
+    assert refused.value.code == ReasonCode.SIGNATURE_INVALID
+
+
+BAD_ES256 = b64_json({"alg": "ES256", "typ": "at+jwt"}) + ".e30." + "_" * 86  # s is past the curve order
+NESTED = b64_json(None, raw=b"[" * 3000) + ".e30.c2ln"
+
+
+@pytest.mark.parametrize("token", [BAD_ES256, NESTED, "a" * 9000, ".", "..", "a.b.c"])
+async def test_fingerprinting_a_refused_token_never_fails(authority: Authority, token: str) -> None:
+    assert len(token_fingerprint(token)) == 32 and canonical(token)
+    assert await GuardTokenVerifier(verifier_for(authority), Guard()).verify_token(token) is None
+
+
+@given(st.text(max_size=300) | st.from_regex(r"[A-Za-z0-9_-]{0,90}\.[A-Za-z0-9_-]{0,90}\.[A-Za-z0-9_-]{0,180}"))
+@settings(max_examples=300, deadline=None)
+def test_canonical_is_total(token: str) -> None:
+    assert isinstance(canonical(token), str)
+    assert canonical(canonical(token)) == canonical(token)
