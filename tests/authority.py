@@ -47,7 +47,7 @@ class Authority:
         self.jwks_body: bytes | None = None
         """When set, the JWKS endpoint serves these bytes instead of the real keys."""
         self.drip = 0.0
-        """When set, JWKS and introspection answers are sent a byte at a time, this many seconds apart."""
+        """When set, metadata, JWKS and introspection answers are sent a byte at a time, this many seconds apart."""
         self.metadata_requests = 0
         self.metadata_issuer: str | None = None
         """When set, the metadata names this issuer instead of the real one."""
@@ -129,7 +129,7 @@ class Authority:
         async def metadata(request: Request) -> Response:
             self.metadata_requests += 1
             issuer = self.metadata_issuer or self.issuer
-            return Response(json.dumps({"issuer": issuer, "jwks_uri": self.jwks_uri}), media_type="application/json")
+            return self.answer(json.dumps({"issuer": issuer, "jwks_uri": self.jwks_uri}).encode())
 
         return Starlette(
             routes=[

@@ -94,8 +94,10 @@ class JWKSCache:
     """Keys per JWKS URI, bounded (``max_sets`` URIs), refreshed when stale or on an unknown ``kid``.
 
     ``max_age`` is how long fetched keys count as fresh; ``min_refresh_interval`` how often at
-    most the endpoint is asked again. ``fetch`` is the HTTP GET (replaceable for other
-    transports); ``clock`` a monotonic clock in seconds.
+    most the endpoint is asked again. While the endpoint fails, keys fetched before keep
+    working, but no longer than ``max_stale`` after they were fetched: a key the issuer has
+    withdrawn cannot outlive an outage for good. ``fetch`` is the HTTP GET (replaceable for
+    other transports); ``clock`` a monotonic clock in seconds.
     """
 
     def __init__(
@@ -104,11 +106,15 @@ class JWKSCache:
         fetch: Fetch = fetch_json,
         max_age: float = 3600.0,
         min_refresh_interval: float = 30.0,
+        max_stale: float = 24 * 3600.0,
         max_sets: int = 64,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if max_stale < max_age:
+            raise ValueError(f"max_stale ({max_stale}) cannot be shorter than max_age ({max_age})")
         self._fetch = fetch
         self.max_age = max_age
+        self.max_stale = max_stale
         self.min_refresh_interval = min_refresh_interval
         self._clock = clock
         self._sets: LRUCache[str, _KeySetEntry] = LRUCache(maxsize=max_sets)
@@ -136,11 +142,15 @@ class JWKSCache:
         if key is None or (stale and entry.in_flight is None):  # a stale key serves while it is refreshed
             await self._refresh(jwks_uri, entry)
             key = _pick(entry.keys, kid, alg)
+        if not entry.keys or self._clock() - entry.fetched_at > self.max_stale:
+            raise Refused(ReasonCode.KEYS_UNAVAILABLE)
         if key is None:
-            if not entry.keys:
-                raise Refused(ReasonCode.KEYS_UNAVAILABLE)
             raise Refused(ReasonCode.KEY_UNKNOWN)
         return key, entry.generation
+
+    def forget(self) -> None:
+        """Drop every cached key set (after a key compromise, say): the next call fetches afresh."""
+        self._sets.clear()
 
     async def _refresh(self, jwks_uri: str, entry: _KeySetEntry) -> None:
         """Fetch at most once per ``min_refresh_interval``; callers arriving meanwhile share it."""

@@ -9,6 +9,7 @@ Each refusal carries its own reason code.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -35,6 +36,8 @@ from mcp_guard.model import Principal
 from mcp_guard.reasons import ReasonCode
 
 __all__ = ["MAX_TOKEN_BYTES", "JWTVerifier", "TrustedIssuer"]
+
+logger = logging.getLogger("mcp_guard")
 
 _new = tuple.__new__  # builds the cached record without the NamedTuple's Python-level __new__
 
@@ -151,10 +154,12 @@ class JWTVerifier:
         return verified.principal
 
     def forget_tokens(self) -> None:
-        """Drop every cached verification (after a key compromise, say); keys stay cached."""
+        """Drop every cached verification and key (after a key compromise, say): each token
+        is verified afresh, against keys fetched afresh."""
         with self._lock:
             self._verified.clear()
             self._forgotten += 1
+        self.jwks.forget()
 
     async def _verify(self, token: str, digest: bytes, now: float) -> _Verified:
         header, claims, signing_input, signature = _parts(token, self._headers)
@@ -248,21 +253,22 @@ class _Discovery:
         self._failed_at: dict[str, float] = {}
 
     async def run(self, issuer: str, lookup: Callable[[], Awaitable[str]]) -> str:
+        while (waiting := self._in_flight.get(issuer)) is not None:
+            await waiting.done.wait()
+            if waiting.uri is not None:
+                return waiting.uri  # otherwise it failed (paused below) or was cancelled (ask again)
         if time.monotonic() - self._failed_at.get(issuer, -math.inf) < DISCOVERY_RETRY:
             raise Refused(ReasonCode.KEYS_UNAVAILABLE)
-        waiting = self._in_flight.get(issuer)
-        if waiting is not None:
-            await waiting.done.wait()
-            if waiting.uri is None:
-                raise Refused(ReasonCode.KEYS_UNAVAILABLE)
-            return waiting.uri
         asked = self._in_flight[issuer] = _Lookup()
         try:
             asked.uri = await lookup()
             return asked.uri
-        except Refused:
+        except Exception as error:
             self._failed_at[issuer] = time.monotonic()
-            raise
+            if isinstance(error, Refused):
+                raise
+            logger.warning("mcp-guard: the metadata of issuer %s could not be read: %s", issuer, error)
+            raise Refused(ReasonCode.KEYS_UNAVAILABLE) from None
         finally:
             del self._in_flight[issuer]
             asked.done.set()

@@ -403,6 +403,75 @@ async def test_a_slow_key_endpoint_is_cut_off_and_stale_keys_serve_meanwhile(aut
         authority.drip = 0.0
 
 
+async def test_cached_keys_outlive_an_outage_only_until_max_stale(authority: Authority) -> None:
+    now = [1000.0]
+    cache = JWKSCache(max_age=60, max_stale=600, min_refresh_interval=0, clock=lambda: now[0])
+    trusted = TrustedIssuer(issuer=authority.issuer, audience=RESOURCE, jwks_uri=authority.jwks_uri)
+    verifier = JWTVerifier([trusted], jwks=cache)
+    assert await verifier.verify(authority.mint())
+    authority.jwks_down = True
+    try:
+        now[0] += 599
+        assert await verifier.verify(authority.mint())  # stale, the endpoint down: the cached key serves
+        now[0] += 2
+        assert await refused(verifier, authority.mint()) == "keys_unavailable"
+    finally:
+        authority.jwks_down = False
+    assert await verifier.verify(authority.mint())  # back up: fetched afresh
+    with pytest.raises(ValueError, match="max_stale"):
+        JWKSCache(max_age=60, max_stale=30)
+
+
+async def test_forgetting_tokens_forgets_keys_too(authority: Authority) -> None:
+    verifier = verifier_for(authority)
+    key = authority.keys["withdrawn"] = RSAKey.generate_key(2048, parameters={"kid": "withdrawn"})
+    try:
+        assert await verifier.verify(authority.mint(kid="withdrawn"))
+    finally:
+        del authority.keys["withdrawn"]  # the issuer withdraws a compromised key
+    assert await verifier.verify(authority.mint(kid="withdrawn", key=key))  # still cached, still fresh
+    verifier.forget_tokens()
+    assert await refused(verifier, authority.mint(kid="withdrawn", key=key)) == "key_unknown"
+    assert await verifier.verify(authority.mint())
+
+
+async def test_a_cancelled_discovery_leaves_the_waiting_calls_to_ask_again(authority: Authority) -> None:
+    discovering = JWTVerifier([TrustedIssuer(issuer=authority.issuer, audience=RESOURCE)])
+    subjects: list[str] = []
+    first = anyio.CancelScope()
+
+    async def cancelled() -> None:
+        with first:
+            await discovering.verify(authority.mint())
+
+    async def waiting() -> None:
+        subjects.append((await discovering.verify(authority.mint())).subject)
+
+    authority.drip = 0.01  # the metadata takes about a second
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(cancelled)
+            await anyio.sleep(0.1)
+            group.start_soon(waiting)
+            group.start_soon(waiting)
+            await anyio.sleep(0.1)
+            authority.drip = 0.0
+            first.cancel()
+    finally:
+        authority.drip = 0.0
+    assert subjects == ["agent-7", "agent-7"]
+
+
+async def test_a_discovery_error_is_a_refusal_and_pauses_lookups(
+    authority: Authority, caplog: pytest.LogCaptureFixture
+) -> None:
+    outside = "http://issuer.example.test"  # metadata over plain http off loopback: not fetched at all
+    discovering = JWTVerifier([TrustedIssuer(issuer=outside, audience=RESOURCE)])
+    for _ in range(3):
+        assert await refused(discovering, authority.mint(iss=outside)) == "keys_unavailable"
+    assert caplog.text.count("could not be read") == 1  # the later calls are refused by the pause
+
+
 async def test_the_endpoint_down_keeps_cached_keys_and_fails_closed_without_them(authority: Authority) -> None:
     verifier = verifier_for(authority)
     assert await verifier.verify(authority.mint())
