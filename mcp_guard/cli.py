@@ -1,6 +1,6 @@
 """The ``mcp-guard`` command.
 
-    mcp-guard audit verify FILE... [--checkpoint SEQ:HASH]... [--part]
+    mcp-guard audit verify FILE... [--checkpoint SEQ:HASH]... [--starts-later] [--ends-earlier]
                                           prove the chain intact, or name its first broken entry
     mcp-guard audit query FILE... [filters] [--format table|jsonl]
     mcp-guard audit show EVENT_ID FILE...
@@ -13,8 +13,9 @@
     mcp-guard policy cedar-schema MODULE:GUARD
                                           the Cedar schema of a server's registered tools
 
-Audit files are given in chain order (rotated segments first, the live file last), the whole
-log unless ``--part`` says the files are a run from its middle. HMAC'd logs need their key:
+Audit files are given in chain order (rotated segments first, the live file last): the whole
+log, unless ``--starts-later`` (older segments archived) or ``--ends-earlier`` (no live file)
+says otherwise. HMAC'd logs need their key:
 ``--key-file PATH`` (its bytes, less one trailing line end) or ``--key-env NAME``. ``audit verify`` and ``policy
 check`` exit 1 when they find a problem, ``policy explain`` when the call would be denied;
 every command exits 2 on a usage error.
@@ -69,9 +70,14 @@ def _parser() -> argparse.ArgumentParser:
         help="a checkpoint kept elsewhere, which the chain must contain (repeatable)",
     )
     verify.add_argument(
-        "--part",
+        "--starts-later",
         action="store_true",
-        help="the files are part of a log: it need not start at entry 0, reach the live file, or have its anchor",
+        help="the first file is not the log's first (older segments archived): it need not start at entry 0",
+    )
+    verify.add_argument(
+        "--ends-earlier",
+        action="store_true",
+        help="the last file is not the live file (a run of archived segments): no anchor, no end to reach",
     )
     _key_options(verify)
     verify.set_defaults(run=_verify)
@@ -124,7 +130,9 @@ def _key(args: argparse.Namespace) -> bytes | None:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    verdict = verify_files(list(args.files), _key(args), args.checkpoint, whole=not args.part)
+    verdict = verify_files(
+        list(args.files), _key(args), args.checkpoint, from_start=not args.starts_later, to_end=not args.ends_earlier
+    )
     print(verdict)
     return 0 if verdict.ok else 1
 
@@ -159,10 +167,12 @@ def _query(args: argparse.Namespace) -> int:
         if any(value is not None and event.get(field) != value for field, value in wanted.items()):
             continue
         if args.scope is not None and not any(
-            args.scope in event.get(name, []) for name in ("requested_scopes", "approved_scopes", "missing_scopes")
+            _holds(event.get(name), args.scope) for name in ("requested_scopes", "approved_scopes", "missing_scopes")
         ):
             continue
-        at = event.get("at", 0)
+        at = event.get("at")
+        if (args.since is not None or args.until is not None) and not isinstance(at, int | float):
+            continue  # no time to compare: it matches no time range
         if (args.since is not None and at < args.since) or (args.until is not None and at > args.until):
             continue
         if args.format == "jsonl":
@@ -173,6 +183,11 @@ def _query(args: argparse.Namespace) -> int:
         print(table(rows, _COLUMNS))
         print(f"{len(rows)} events")
     return 0
+
+
+def _holds(scopes: object, scope: str) -> bool:
+    """Whether a logged scope set (a list of strings, if the entry is sound) holds ``scope``."""
+    return isinstance(scopes, list) and scope in scopes
 
 
 def _show(args: argparse.Namespace) -> int:

@@ -8,6 +8,8 @@ undone) rather than blessed by the next write.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import subprocess
 import sys
 import textwrap
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from mcp_guard.audit.chain import MAX_LINE_BYTES, anchor_path, verify_files
+from mcp_guard.audit.chain import MAX_LINE_BYTES, ChainState, anchor_path, entry_line, verify_files
 from mcp_guard.audit.events import AuditEvent, EventKind
 from mcp_guard.audit.file import AuditLogError, FileAuditSink
 
@@ -134,13 +136,20 @@ def test_an_anchor_that_does_not_verify_is_not_overwritten(tmp_path: Path) -> No
         FileAuditSink(path, key=KEY)
 
 
-def test_a_restart_right_after_rotation_continues_from_the_last_segment(tmp_path: Path) -> None:
-    path = tmp_path / "audit.jsonl"
+def stopped_right_after_rotating(path: Path) -> Path:
+    """A log of three events whose writer stopped between rotating and writing to the fresh
+    file; the segment it rotated into."""
     write(path, 3)
     stopped = FileAuditSink(path)
     stopped.close()
-    stopped._rotate()  # the writer stopped between rotating and writing to the fresh file
-    [segment] = tmp_path.glob("audit.0*.jsonl")
+    stopped._rotate()
+    [segment] = path.parent.glob("audit.0*.jsonl")
+    return segment
+
+
+def test_a_restart_right_after_rotation_continues_from_the_last_segment(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    segment = stopped_right_after_rotating(path)
     assert not path.exists()
     write(path, 2, start=3)
     assert verify_files([str(segment), str(path)]).ok
@@ -205,12 +214,12 @@ def test_verify_names_non_ascii_hashes_and_over_long_lines(tmp_path: Path) -> No
     lines = path.read_bytes().splitlines(keepends=True)
     bad = lines[1][:-67] + "é".encode() + lines[1][-65:]
     path.write_bytes(b"".join([lines[0], bad, *lines[2:]]))
-    verdict = verify_files([str(path)], whole=False)
+    verdict = verify_files([str(path)], to_end=False)
     assert not verdict.ok and verdict.line == 2 and "corrupt" in (verdict.problem or "")
 
     huge = tmp_path / "huge.jsonl"
     huge.write_bytes(lines[0] + b"x" * (MAX_LINE_BYTES + 10) + b"\n" + lines[1])
-    verdict = verify_files([str(huge)], whole=False)
+    verdict = verify_files([str(huge)], to_end=False)
     assert not verdict.ok and verdict.line == 2 and "longer than 16 MiB" in (verdict.problem or "")
 
 
@@ -249,3 +258,187 @@ def test_the_query_table_escapes_what_could_break_it(tmp_path: Path) -> None:
     rows = result.stdout.splitlines()
     assert len(rows) == 1 + 3 + 1  # header, three events, the count
     assert "read\\n2026" in result.stdout and "\\ud800" in result.stdout and "\r" not in result.stdout
+
+
+def cut_to(path: Path, lines: int) -> None:
+    path.write_bytes(b"".join(path.read_bytes().splitlines(keepends=True)[:lines]))
+
+
+def test_a_log_cut_with_its_anchor_deleted_is_not_continued(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write(path, 10, key=KEY)
+    cut_to(path, 4)
+    anchor_path(path).unlink()
+    with pytest.raises(AuditLogError, match="no anchor"):
+        FileAuditSink(path, key=KEY)
+    assert "missing" in (verify_files([str(path)], KEY).problem or "")
+    write(path, 1, start=10, key=KEY, adopt_unanchored=True)  # the operator's explicit word
+    assert verify_files([str(path)], KEY).ok
+
+
+def test_an_anchor_from_earlier_or_from_another_log_is_found_out(tmp_path: Path) -> None:
+    other, path = tmp_path / "other.jsonl", tmp_path / "audit.jsonl"
+    write(other, 1, key=KEY)
+    write(path, 10, key=KEY)
+    cut_to(path, 3)
+    anchor_path(path).write_bytes(anchor_path(other).read_bytes())  # names an entry the cut log still holds
+    verdict = verify_files([str(path)], KEY)
+    assert not verdict.ok and "not the one anchored" in (verdict.problem or "")
+    with pytest.raises(AuditLogError, match="not the one anchored"):
+        FileAuditSink(path, key=KEY)
+
+
+def test_a_forged_last_line_is_not_continued(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write(path, 3, key=KEY)
+    forged = entry_line(ChainState(1_000_000, "f" * 64), "call.decided", {"tool": "forged"})
+    with path.open("ab") as file:
+        file.write(forged)
+    with pytest.raises(AuditLogError, match="does not verify"):
+        FileAuditSink(path, key=KEY)
+
+
+def test_a_crash_right_after_rotating_leaves_a_whole_log(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    segment = stopped_right_after_rotating(path)
+    assert verify_files([str(segment)]).ok  # the anchor beside the live path names the rotation
+    path.write_bytes(b"")  # or the fresh file was created, and nothing written
+    assert verify_files([str(segment), str(path)]).ok
+    path.unlink()
+    anchor_path(path).unlink()
+    assert "goes on in" in (verify_files([str(segment)]).problem or "")
+
+
+def test_archived_segments_keep_the_end_of_the_log_checked(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write(path, 12, max_bytes=600)
+    segments = sorted(tmp_path.glob("audit.0*.jsonl"))
+    assert len(segments) >= 3
+    later = [*map(str, segments[1:]), str(path)]
+    assert verify_files(later, from_start=False).ok  # the oldest segment archived elsewhere
+    path.unlink()
+    segments[-1].unlink()
+    anchor_path(path).unlink()
+    verdict = verify_files(list(map(str, segments[1:-1])), from_start=False)
+    assert not verdict.ok and "goes on in" in (verdict.problem or "")
+
+
+def test_a_failed_rename_seals_the_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mcp_guard.audit.file as sink_module
+
+    rename, failures = os.replace, []
+
+    def refusing(source: object, target: object) -> None:
+        if len(failures) < 20 and str(target).endswith(".00001.jsonl"):
+            failures.append(target)
+            raise PermissionError(13, "Permission denied", str(target))  # as a read-only directory would
+        rename(source, target)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sink_module.os, "replace", refusing)
+    path = tmp_path / "audit.jsonl"
+    sink = FileAuditSink(path, max_bytes=600, failure="buffer", flush_interval=0.005)
+    for index in range(6):
+        sink.emit(event(index))
+        time.sleep(0.02)
+    sink.flush(timeout=30)
+    sink.close()
+    monkeypatch.undo()
+    segments = sorted(tmp_path.glob("audit.0*.jsonl"))
+    kinds = [entry["kind"] for entry in entries(*segments, path)]
+    assert len(failures) == 20 and kinds.count("chain.rotated") == len(segments)
+    assert verify_files([*map(str, segments), str(path)]).ok
+
+
+def test_a_failure_after_the_write_never_writes_a_batch_twice(tmp_path: Path) -> None:
+    class FailingOnce(logging.Filter):
+        failed = False
+
+        def filter(self, record: logging.LogRecord) -> bool:
+            if "checkpoint" in record.getMessage() and not FailingOnce.failed:
+                FailingOnce.failed = True
+                raise RuntimeError("a log shipper hiccup")
+            return True
+
+    logger = logging.getLogger("mcp_guard")
+    failing, level = FailingOnce(), logger.level
+    logger.addFilter(failing)
+    logger.setLevel(logging.INFO)
+    try:
+        path = tmp_path / "audit.jsonl"
+        write(path, 3, checkpoint_interval=0)
+    finally:
+        logger.removeFilter(failing)
+        logger.setLevel(level)
+    tools = [entry["event"].get("tool") for entry in entries(path)]  # type: ignore[union-attr]
+    assert FailingOnce.failed and [tool for tool in tools if tool] == ["tool_0", "tool_1", "tool_2"]
+
+
+def test_a_stopped_writer_or_a_fork_fails_the_log(tmp_path: Path) -> None:
+    def stopping(checkpoint: object) -> None:
+        raise SystemExit("a witness that exits")
+
+    path = tmp_path / "audit.jsonl"
+    sink = FileAuditSink(path, checkpoint_interval=0, witness=stopping)
+    sink.emit(event(0))
+    sink.flush()
+    sink.emit(event(1))
+    sink.flush()  # the witness exited twice; the writer lives on
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child has no writer thread: deny mode must refuse, not queue
+        try:
+            sink.emit(event(2))
+            os.write(writer, b"accepted")
+        except AuditLogError:
+            os.write(writer, b"refused")
+        os._exit(0)
+    os.waitpid(child, 0)
+    assert os.read(reader, 16) == b"refused"
+    sink.emit(event(3))  # the parent's log goes on
+    sink.close()
+    tools = [entry["event"].get("tool") for entry in entries(path)]  # type: ignore[union-attr]
+    assert [tool for tool in tools if tool] == ["tool_0", "tool_1", "tool_3"]
+
+
+def test_events_are_written_when_the_process_exits_without_closing(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    result = run(
+        """
+        import sys, time
+        from mcp_guard.audit.events import AuditEvent, EventKind
+        from mcp_guard.audit.file import FileAuditSink
+        sink = FileAuditSink(sys.argv[1])
+        for index in range(2000):
+            sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, time.time(), tool=f"t{index}"))
+        """,
+        str(path),
+    )
+    assert result.returncode == 0, result.stderr
+    assert verify_files([str(path)]).ok
+    assert sum(1 for entry in entries(path) if entry["kind"] == "call.decided") == 2000
+
+
+def test_a_fifo_in_place_of_the_anchor_is_refused_without_hanging(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write(path, 2)
+    anchor_path(path).unlink()
+    os.mkfifo(anchor_path(path))
+    assert "unreadable" in (verify_files([str(path)]).problem or "")
+    with pytest.raises(AuditLogError, match="unreadable"):
+        FileAuditSink(path)
+
+
+def test_query_skips_entries_with_odd_times_or_scopes(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    state = ChainState()
+    lines = [entry_line(state, "chain.file", {"file": path.name})]
+    lines.append(entry_line(state, "call.decided", {"tool": "odd", "at": "yesterday", "requested_scopes": 7}))
+    lines.append(entry_line(state, "call.decided", {"tool": "even", "at": 1_900_000_000.0, "requested_scopes": ["a"]}))
+    path.write_bytes(b"".join(lines))
+    for options in (["--since", "1800000000"], ["--scope", "a"]):
+        command = [sys.executable, "-m", "mcp_guard.cli", "audit", "query", str(path), *options, "--format", "jsonl"]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+        assert result.returncode == 0, result.stderr
+        assert [json.loads(line)["tool"] for line in result.stdout.splitlines()] == ["even"]
+    with pytest.raises(ValueError, match="max_bytes"):
+        FileAuditSink(tmp_path / "zero.jsonl", max_bytes=0)

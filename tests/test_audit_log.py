@@ -250,10 +250,10 @@ def test_rotation_keeps_one_chain_across_files(tmp_path: Path) -> None:
     segments = sorted(str(found) for found in tmp_path.glob("audit.0*.jsonl"))
     assert len(segments) >= 3
     assert verify_files([*segments, str(path)]).ok
-    assert verify_files([str(path)], whole=False).ok  # the live file alone verifies, as a part
+    assert verify_files([str(path)], from_start=False).ok  # the live file alone, older segments archived
     assert "give the earlier files" in (verify_files([str(path)]).problem or "")
-    assert "give the live file too" in (verify_files(segments).problem or "")
-    assert verify_files(segments, whole=False).ok
+    assert "goes on in" in (verify_files(segments).problem or "")
+    assert verify_files(segments, to_end=False).ok
     assert not verify_files([*reversed(segments), str(path)]).ok
     assert not verify_files([segments[0], str(path)]).ok  # a segment left out
 
@@ -372,7 +372,7 @@ def test_checkpoints_held_elsewhere_expose_a_rewritten_or_shortened_chain(tmp_pa
     assert "anchor" in (verify_files([str(path)]).problem or "") and "missing" in (
         verify_files([str(path)]).problem or ""
     )
-    assert verify_files([str(path)], whole=False).ok
+    assert verify_files([str(path)], to_end=False).ok
     verdict = verify_files([str(path)], checkpoints=held)
     assert not verdict.ok and "not the one checkpointed" in (verdict.problem or "")
     assert verdict.seq == held[1].seq
@@ -425,8 +425,8 @@ def test_a_checkpoint_outside_the_files_given_is_never_silently_skipped(tmp_path
     path.write_bytes(b"".join(forged))
     anchor_path(path).unlink()
     assert "entries 0..2 are missing" in (verify_files([str(path)]).problem or "")
-    assert verify_files([str(path)], whole=False).ok
-    verdict = verify_files([str(path)], checkpoints=held, whole=False)
+    assert verify_files([str(path)], from_start=False, to_end=False).ok
+    verdict = verify_files([str(path)], checkpoints=held, from_start=False, to_end=False)
     assert not verdict.ok and "before the files given" in (verdict.problem or "")
     twice = [checkpoint, Checkpoint(checkpoint.seq, "0" * 64)]
     assert "two different checkpoints" in (verify_files([str(path)], checkpoints=twice).problem or "")
@@ -536,5 +536,7 @@ def test_a_line_nested_too_deeply_is_a_corrupt_line_not_a_crash(tmp_path: Path) 
 def test_resuming_a_log_whose_last_line_is_nested_too_deeply_refuses_clearly(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     path.write_bytes(b"[" * 100_000 + b"]" * 100_000 + b"\n")
-    with pytest.raises(AuditLogError, match="nested too deeply"):
+    with pytest.raises(AuditLogError, match="no anchor"):
         FileAuditSink(path)
+    with pytest.raises(AuditLogError, match=r"does not verify.*corrupt line"):
+        FileAuditSink(path, adopt_unanchored=True)

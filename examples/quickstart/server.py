@@ -103,7 +103,10 @@ def main() -> None:
     log = FileAuditSink("notes-audit.jsonl")
     print(f"Audit log: {log.path.resolve()} (check it with: mcp-guard audit verify {log.path})")
     app = build_server(build_guard(log)).streamable_http_app()
-    uvicorn.run(app, host="127.0.0.1", port=8000)
+    try:
+        uvicorn.run(app, host="127.0.0.1", port=8000)
+    finally:
+        log.close()  # the queued tail and a closing checkpoint
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import hmac
 import json
 import math
 import os
+import stat
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,16 +164,23 @@ class Verdict:
     """The sequence number the files given start at (0 for a whole log)."""
     last_kind: str | None = None
     """The kind of the last entry verified."""
+    continues_in: str | None = None
+    """When the last entry verified is a rotation, the name of the file the chain continues in."""
 
     def __str__(self) -> str:
         if self.ok:
             return f"intact: {self.entries} entries, up to entry {self.last_seq}"
         where = ":".join(str(part) for part in (self.file, self.line) if part is not None) or "the end"
-        return f"BROKEN at {where} (entry {self.seq}): {self.problem}"
+        entry = "" if self.seq is None else f" (entry {self.seq})"
+        return f"BROKEN at {where}{entry}: {self.problem}"
 
 
 def verify_lines(
-    files: Iterable[tuple[str, Iterable[bytes]]], key: bytes | None = None, checkpoints: Iterable[Checkpoint] = ()
+    files: Iterable[tuple[str, Iterable[bytes]]],
+    key: bytes | None = None,
+    checkpoints: Iterable[Checkpoint] = (),
+    *,
+    anchor: Checkpoint | None = None,
 ) -> Verdict:
     """Verify the lines of one chain, spread over ``files`` in order (name, lines).
 
@@ -180,12 +188,16 @@ def verify_lines(
     HMAC entries are reported as needing the key. Each of ``checkpoints`` (held elsewhere)
     must match the entry it names, and that entry must be among those verified: a checkpoint
     before the first file given is a failure, since a rewritten log could start after it.
+    ``anchor`` (the log's own anchor) must match the entry it names when the files reach it,
+    and the files must reach it; an anchor before the first file given is not checked.
     """
     held: dict[int, str] = {}
     for checkpoint in checkpoints:
         if held.setdefault(checkpoint.seq, checkpoint.hash) != checkpoint.hash:
             return Verdict(False, 0, f"two different checkpoints for entry {checkpoint.seq}", seq=checkpoint.seq)
-    expected_seq, prev, entries, rotated, kind = -1, GENESIS, 0, False, None
+    anchored = {} if anchor is None else {anchor.seq: anchor.hash}
+    unanchored: Verdict | None = None
+    expected_seq, prev, entries, rotated, kind, continues_in = -1, GENESIS, 0, False, None, None
     first_seq: int | None = None
     for index, (name, lines) in enumerate(files):
         first = True
@@ -201,6 +213,9 @@ def verify_lines(
                     problem = "head missing (a log must start with a chain.file entry)"
                     return Verdict(False, entries, problem, name, number, seq if isinstance(seq, int) else None)
                 expected_seq, prev, first_seq = seq, str(entry.get("prev")), seq
+                if anchored.get(seq - 1, prev) != prev:
+                    problem = f"rewritten (the anchored entry {seq - 1} is not the one this file continues)"
+                    return Verdict(False, entries, problem, name, number, seq)
             if entry.get("alg") == "hmac-sha256" and key is None:
                 return Verdict(
                     False, entries, "entry is HMAC'd: verify with its key (--key-file or --key-env)", name, number, seq
@@ -219,10 +234,16 @@ def verify_lines(
                 problem = "spliced (the previous file was not rotated into this one)"
             elif held.get(seq, stored) != stored:
                 problem = f"rewritten (entry {seq} is not the one checkpointed)"
+            elif anchored.get(seq, stored) != stored and unanchored is None:  # told after any break in the chain
+                unanchored = Verdict(
+                    False, entries, f"rewritten (entry {seq} is not the one anchored)", name, number, seq
+                )
             if problem is not None:
                 return Verdict(False, entries, problem, name, number, seq if isinstance(seq, int) else None)
             kind = entry.get("kind")
             rotated = kind == FILE_ROTATED
+            event = entry.get("event")
+            continues_in = event.get("next") if rotated and isinstance(event, dict) else None
             prev, expected_seq, entries, first = stored, expected_seq + 1, entries + 1, False
         if first:
             return Verdict(
@@ -236,54 +257,100 @@ def verify_lines(
     if beyond:
         problem = f"truncated (the chain ends before checkpointed entry {min(beyond)})"
         return Verdict(False, entries, problem, None, None, expected_seq, expected_seq - 1, prev)
-    return Verdict(True, entries, last_seq=expected_seq - 1, last_hash=prev, first_seq=first_seq, last_kind=str(kind))
+    if unanchored is not None:
+        return unanchored
+    if anchor is not None and anchor.seq >= expected_seq:
+        problem = f"truncated (entries {expected_seq}..{anchor.seq} are missing from the end)"
+        return Verdict(False, entries, problem, None, None, expected_seq, expected_seq - 1, prev)
+    return Verdict(
+        True,
+        entries,
+        last_seq=expected_seq - 1,
+        last_hash=prev,
+        first_seq=first_seq,
+        last_kind=str(kind),
+        continues_in=continues_in if isinstance(continues_in, str) else None,
+    )
 
 
 def verify_files(
-    paths: list[str], key: bytes | None = None, checkpoints: Iterable[Checkpoint] = (), *, whole: bool = True
+    paths: list[str],
+    key: bytes | None = None,
+    checkpoints: Iterable[Checkpoint] = (),
+    *,
+    from_start: bool = True,
+    to_end: bool = True,
 ) -> Verdict:
-    """Verify log files (in chain order), and the anchor beside the last one.
+    """Verify log files (in chain order) against the anchor beside the last one.
 
-    The anchor names the last entry written; a log that ends before it was cut short.
-    ``checkpoints`` are those kept elsewhere (see `verify_lines`). ``whole`` asks for the
-    whole log: from entry 0, through the live file (not ending where a file was rotated), and
-    its anchor present. Without it, a run of files from the middle of a chain verifies too.
+    The anchor names the last entry written: a log that ends before it was cut short, and an
+    entry at its place with another hash was rewritten. ``checkpoints`` are those kept
+    elsewhere (see `verify_lines`). ``from_start`` asks the files to start at entry 0 (say
+    False when older segments were archived); ``to_end`` asks them to run to the end of the
+    log: the live file, or the rotation its anchor names when the writer stopped right after
+    rotating, with the anchor present (say False for a run of archived segments).
     """
-    verdict = verify_lines(((path, read_lines(path)) for path in paths), key, checkpoints)
-    if not verdict.ok:
-        return verdict
-    if whole and verdict.first_seq:
-        problem = f"entries 0..{verdict.first_seq - 1} are missing (give the earlier files, or verify a part)"
-        return Verdict(False, verdict.entries, problem, paths[0], 1, verdict.first_seq)
-    if whole and verdict.last_kind == FILE_ROTATED:
-        problem = "the log goes on in the file it was rotated into (give the live file too, or verify a part)"
-        return Verdict(False, verdict.entries, problem, paths[-1], None, verdict.last_seq)
+    checkpoints = tuple(checkpoints)
     anchor = anchor_path(paths[-1])
     try:
-        anchored = read_anchor(anchor, key)
+        anchored, anchor_problem = read_anchor(anchor, key), None
     except ValueError as error:
-        return Verdict(False, verdict.entries, f"the anchor {anchor} {error}", str(anchor))
-    if anchored is None:
-        if whole:
-            problem = f"the anchor {anchor} is missing (deleted with the end of the log?); verify a part to skip it"
-            return Verdict(False, verdict.entries, problem, str(anchor))
+        anchored, anchor_problem = None, f"the anchor {anchor} {error}"
+    files = paths
+    if to_end and len(paths) > 1 and _empty(paths[-1]):  # a live file created right after a rotation?
+        verdict = _verified(paths[:-1], key, checkpoints, anchored)
+        if verdict.continues_in == os.path.basename(paths[-1]):
+            files = paths[:-1]
+    if files is paths:
+        verdict = _verified(paths, key, checkpoints, anchored)
+    if not verdict.ok:
         return verdict
-    last = verdict.last_seq if verdict.last_seq is not None else -1
-    if last < anchored.seq:
-        problem = f"truncated (entries {last + 1}..{anchored.seq} are missing from the end)"
-        return Verdict(False, verdict.entries, problem, paths[-1], None, last + 1, verdict.last_seq, verdict.last_hash)
-    if last == anchored.seq and verdict.last_hash != anchored.hash:
-        return Verdict(
-            False, verdict.entries, "rewritten (the last entry is not the one anchored)", paths[-1], None, last
-        )
+    if anchor_problem is not None:
+        return Verdict(False, verdict.entries, anchor_problem, str(anchor))
+    if from_start and verdict.first_seq:
+        problem = f"entries 0..{verdict.first_seq - 1} are missing (give the earlier files, or --starts-later)"
+        return Verdict(False, verdict.entries, problem, files[0], 1, verdict.first_seq)
+    if not to_end:
+        return verdict
+    if verdict.last_kind == FILE_ROTATED:
+        return _stopped_after_rotating(verdict, Path(files[-1]), key)
+    if anchored is None:
+        problem = f"the anchor {anchor} is missing (deleted with the end of the log?)"
+        return Verdict(False, verdict.entries, problem, str(anchor))
     return verdict
+
+
+def _verified(
+    paths: list[str], key: bytes | None, checkpoints: Iterable[Checkpoint], anchor: Checkpoint | None
+) -> Verdict:
+    return verify_lines(((path, read_lines(path)) for path in paths), key, checkpoints, anchor=anchor)
+
+
+def _stopped_after_rotating(verdict: Verdict, segment: Path, key: bytes | None) -> Verdict:
+    """A chain ending where a file was rotated is whole only if the file it continues in was
+    never written and the anchor beside that file names exactly the rotation."""
+    live = segment.with_name(verdict.continues_in or "")
+    problem = f"the log goes on in {live} (give it too, or --ends-earlier)"
+    if not verdict.continues_in or (live.is_file() and not _empty(str(live))):
+        return Verdict(False, verdict.entries, problem, str(segment), None, verdict.last_seq)
+    try:
+        anchored = read_anchor(anchor_path(live), key)
+    except ValueError:
+        anchored = None
+    if anchored != Checkpoint(verdict.last_seq if verdict.last_seq is not None else -1, verdict.last_hash or ""):
+        return Verdict(False, verdict.entries, problem, str(segment), None, verdict.last_seq)
+    return verdict
+
+
+def _empty(path: str) -> bool:
+    return os.path.isfile(path) and os.path.getsize(path) == 0
 
 
 def read_anchor(anchor: Path, key: bytes | None) -> Checkpoint | None:
     """The entry an anchor file names, or None when there is none; `ValueError` when it does
     not verify (unreadable, edited, or written with another key)."""
     try:
-        text = anchor.read_text(encoding="ascii")
+        text = _small_file(anchor).decode("ascii")
     except FileNotFoundError:
         return None
     except (OSError, ValueError):
@@ -297,6 +364,21 @@ def read_anchor(anchor: Path, key: bytes | None) -> Checkpoint | None:
     if not genuine:
         raise ValueError("does not verify (edited, or another key)")
     return Checkpoint(seq, anchored_hash)
+
+
+def _small_file(path: Path, limit: int = 4096) -> bytes:
+    """The bytes of a small regular file, read without blocking: `ValueError` for anything
+    else (a FIFO put in its place would hang a plain read)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
+        data = os.read(fd, limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise ValueError("too long")
+    return data
 
 
 def anchor_body(seq: int, last_hash: str) -> bytes:

@@ -15,22 +15,24 @@ A write that fails halfway is cut back, so the retry writes whole lines once.
 
 The writer owns the log: it holds ``<path>.lock`` while it lives, so a second writer on the
 same path is refused, and a live file emptied, replaced or appended to by anything else stops
-it (an integrity failure, handled like a failing disk), as does, on restart, a log that ends
-before its anchor.
+it (an integrity failure, handled like a failing disk), as does a lock file removed under it.
+A writer that stops for any reason, or a process forked from the one that opened the sink,
+fails the log in deny mode. Opening a log verifies its live file first (`log_files.resume`).
 """
 
 from __future__ import annotations
 
-import fcntl
+import atexit
 import logging
 import os
-import re
+import sys
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from mcp_guard.audit.chain import (
     CHECKPOINT,
@@ -40,15 +42,23 @@ from mcp_guard.audit.chain import (
     MAX_LINE_BYTES,
     ChainState,
     Checkpoint,
-    anchor_body,
     anchor_path,
-    digest,
     entry_line,
-    read_anchor,
-    read_entry,
 )
 from mcp_guard.audit.encoding import event_line
 from mcp_guard.audit.events import AuditEvent
+from mcp_guard.audit.log_files import (
+    AuditLogError,
+    FileIdentity,
+    append_whole,
+    check_lock,
+    identity,
+    next_segment,
+    resume,
+    sync_directory,
+    take_lock,
+    write_anchor,
+)
 
 __all__ = ["AuditLogError", "FileAuditSink"]
 
@@ -56,20 +66,20 @@ logger = logging.getLogger("mcp_guard")
 
 Failure = Literal["deny", "buffer"]
 
-
-class AuditLogError(OSError):
-    """The audit log cannot take the event: the call that produced it must not go ahead."""
+_OPEN_SINKS: weakref.WeakSet[FileAuditSink] = weakref.WeakSet()
 
 
 class FileAuditSink:
     """Appends events to a hash-chained JSON-lines file, rotating at ``max_bytes``.
 
     Rotated files are renamed ``<stem>.<n>.jsonl`` (n counting up, zero-padded) and the chain
-    continues into the fresh file. Restarting on an existing log continues its chain (from
-    the last rotated file when the live file is gone); a log cut short of its anchor raises
-    `AuditLogError` instead, as does a second sink on the same path. ``key``
-    turns the hashes into HMACs; keep it apart from the log. ``witness`` receives each
-    checkpoint on the writer thread (so it should be quick); its failures are logged.
+    continues into the fresh file; a segment may pass ``max_bytes`` by up to one batch.
+    Restarting on an existing log verifies its live file and continues its chain (from the last
+    rotated file when the live file is gone); a log cut short of its anchor, one that does not
+    verify, one with entries but no anchor (unless ``adopt_unanchored``) and a second sink on
+    the same path raise `AuditLogError` instead. ``key`` turns the hashes into HMACs; keep it
+    apart from the log. ``witness`` receives each checkpoint on the writer thread (so it should
+    be quick); its failures are logged. A sink not closed is closed when the interpreter exits.
     """
 
     def __init__(
@@ -83,9 +93,12 @@ class FileAuditSink:
         flush_interval: float = 0.05,
         checkpoint_interval: float = 60.0,
         witness: Callable[[Checkpoint], object] | None = None,
+        adopt_unanchored: bool = False,
     ) -> None:
         if failure not in ("deny", "buffer"):
             raise ValueError(f"failure must be 'deny' or 'buffer', not {failure!r}")
+        if max_bytes < 1:
+            raise ValueError(f"max_bytes must be positive, not {max_bytes!r}")
         if key is not None and not key:
             raise ValueError("an empty HMAC key protects nothing: give a key, or None for plain SHA-256")
         self.path = Path(path)
@@ -104,20 +117,23 @@ class FileAuditSink:
         self._error: BaseException | None = None
         self._closed = False
         try:
-            self._lock = _hold_lock(self.path)
+            self._lock = take_lock(self.path)
         except AuditLogError:
             raise
         except OSError:  # no directory yet, or none it may write: the failure mode applies when it writes
             self._lock = -1
         try:
-            self._state = _resume(self.path, key)
+            self._state = resume(self.path, key, adopt_unanchored=adopt_unanchored)
         except BaseException:
-            if self._lock >= 0:
-                os.close(self._lock)
+            self._release_lock()
             raise
-        self._live = _identity(self.path)
+        self._live: FileIdentity | None = identity(self.path)
+        self._sealed: Path | None = None
+        """The segment the live file becomes, once sealed with ``chain.rotated`` but not yet renamed."""
         self._thread = threading.Thread(target=self._run, name="mcp-guard-audit", daemon=True)
         self._thread.start()
+        _OPEN_SINKS.add(self)
+        atexit.register(self._close_at_exit)
 
     def emit(self, event: AuditEvent) -> None:
         """Queue ``event``; raise `AuditLogError` when the log cannot take it (in deny mode).
@@ -167,11 +183,35 @@ class FileAuditSink:
         self._thread.join(timeout=timeout)
         if self._thread.is_alive():
             raise AuditLogError(f"the audit log {self.path} did not close in {timeout} s: {self._error}")
+        self._release_lock()  # another sink may write the log now
+        atexit.unregister(self._close_at_exit)
+
+    def _close_at_exit(self) -> None:
+        try:  # a log already failing gets a moment, not the full wait, to write what it holds
+            self.close(timeout=5.0 if self._error is None else 0.2)
+        except AuditLogError as error:
+            logger.error("mcp-guard: %s at exit; queued events are lost", error)
+
+    def _release_lock(self) -> None:
         if self._lock >= 0:
-            os.close(self._lock)  # another sink may write the log now
+            os.close(self._lock)
             self._lock = -1
 
+    def _forked(self) -> None:
+        """In a child process: the writer thread is not there, and the log is the parent's."""
+        self._release_lock()  # the parent's lock stays held through its own descriptor
+        self._closed = True
+        self._error = AuditLogError(f"the audit log {self.path} belongs to the process that opened it, not a fork")
+
     def _run(self) -> None:
+        """The writer: anything that stops it (a `BaseException` included) fails the log."""
+        try:
+            self._write_until_closed()
+        except BaseException as error:
+            self._error = AuditLogError(f"the audit log {self.path} writer stopped: {type(error).__name__}: {error}")
+            raise
+
+    def _write_until_closed(self) -> None:
         while True:
             with self._wake:
                 if not self._queue and not self._closed:
@@ -187,37 +227,53 @@ class FileAuditSink:
 
     def _write_batch(self, batch: list[AuditEvent], *, checkpoint: bool = False) -> None:
         """Append a batch, with a checkpoint when one is due; on failure, requeue the batch in
-        order and remember the error, so the failure mode applies and the writer lives on."""
+        order and remember the error, so the failure mode applies and the writer lives on.
+
+        Once the lines are in the log nothing requeues them, whatever fails after.
+        """
         try:
-            if self._lock < 0:
-                self._lock = _hold_lock(self.path)
-            size = self._unchanged_size()
-            if size >= self.max_bytes:
-                self._rotate()
-                size = 0
-            lines = []
-            state = ChainState(self._state.seq, self._state.last_hash)
-            if size == 0:
-                lines.append(entry_line(state, FILE_START, {"file": self.path.name}, self.key))
-            lines.extend(self._event_line(state, event) for event in batch)
-            checkpoint = checkpoint or time.monotonic() - self._checkpointed_at >= self.checkpoint_interval
-            if checkpoint:
-                lines.append(entry_line(state, CHECKPOINT, {"at": time.time(), "file": self.path.name}, self.key))
-            self._append(lines, state)
-            self._unwitnessed = not checkpoint
-            if checkpoint:
-                self._checkpointed_at = time.monotonic()
-                self._witness(Checkpoint(state.seq - 1, state.last_hash))
-            self.written += len(batch)
-            if self._error is not None:
-                logger.warning("mcp-guard: audit log %s is writable again", self.path)
-            self._error = None
+            written = self._append_batch(batch, checkpoint)
         except Exception as error:  # a disk failure, or anything else: the writer must live on
             if self._error is None:
                 logger.error("mcp-guard: audit log %s failed: %s", self.path, error)
             self._error = error
             self._queue.extendleft(reversed(batch))
             time.sleep(self.flush_interval)
+            return
+        recovered, self._error = self._error is not None, None
+        self.written += len(batch)
+        self._unwitnessed = written is None
+        if written is not None:
+            self._checkpointed_at = time.monotonic()
+        try:
+            if recovered:
+                logger.warning("mcp-guard: audit log %s is writable again", self.path)
+            if written is not None:
+                self._witness(written)
+        except Exception as error:  # logging itself failing (a broken filter): the batch stays written
+            print(f"mcp-guard: audit log {self.path}: reporting failed: {error!r}", file=sys.stderr)
+
+    def _append_batch(self, batch: list[AuditEvent], checkpoint: bool) -> Checkpoint | None:
+        """Write a batch (rotating first when the file is full); the checkpoint written, if any."""
+        if self._lock < 0:
+            self._lock = take_lock(self.path)
+        check_lock(self._lock, self.path)
+        if self._sealed is not None:  # a rotation whose rename failed: the file is sealed already
+            self._move_aside(self._sealed)
+        size = self._unchanged_size()
+        if size >= self.max_bytes:
+            self._rotate()
+            size = 0
+        lines = []
+        state = ChainState(self._state.seq, self._state.last_hash)
+        if size == 0:
+            lines.append(entry_line(state, FILE_START, {"file": self.path.name}, self.key))
+        lines.extend(self._event_line(state, event) for event in batch)
+        checkpoint = checkpoint or time.monotonic() - self._checkpointed_at >= self.checkpoint_interval
+        if checkpoint:
+            lines.append(entry_line(state, CHECKPOINT, {"at": time.time(), "file": self.path.name}, self.key))
+        self._append(lines, state)
+        return Checkpoint(state.seq - 1, state.last_hash) if checkpoint else None
 
     def _event_line(self, state: ChainState, event: AuditEvent) -> bytes:
         """The chain entry for ``event``.
@@ -243,7 +299,7 @@ class FileAuditSink:
 
     def _unchanged_size(self) -> int:
         """The live file's size, after making sure nothing but this writer changed it."""
-        found = _identity(self.path)
+        found = identity(self.path)
         if found != self._live:
             was = "missing" if self._live is None else f"{self._live[2]} bytes"
             now = (
@@ -262,13 +318,16 @@ class FileAuditSink:
         """Write whole lines durably, then adopt the chain state they lead to and anchor it.
 
         A write that fails halfway is cut back to where it began, so the batch can be retried
-        whole. The lines are in the log once written, so a failing anchor is reported, never
-        retried with the batch (which would write its events twice).
+        whole. A fresh chain is anchored at its start before its first line, so a log never
+        holds entries without an anchor. The lines are in the log once written, so a failing
+        anchor is reported, never retried with the batch (which would write its events twice).
         """
-        self._live = _append_whole(self.path, b"".join(lines))
+        if self._state.seq == 0 and not anchor_path(self.path).exists():
+            write_anchor(self.path, ChainState(0, GENESIS), self.key)
+        self._live = append_whole(self.path, b"".join(lines))
         self._state = state
         try:
-            _write_anchor(self.path, state, self.key)
+            write_anchor(self.path, state, self.key)
         except OSError as error:
             logger.error("mcp-guard: the anchor of audit log %s could not be written: %s", self.path, error)
 
@@ -278,155 +337,33 @@ class FileAuditSink:
         if self.witness is not None:
             try:
                 self.witness(checkpoint)
-            except Exception:
+            except BaseException:  # a witness raising SystemExit must not stop the writer
                 logger.exception(
                     "mcp-guard: the witness of audit log %s failed on checkpoint %s", self.path, checkpoint
                 )
 
     def _rotate(self) -> None:
         """Seal the current file and move it aside; the chain continues in a fresh file."""
-        segment = _next_segment(self.path)
+        segment = next_segment(self.path)
+        if segment.exists():
+            raise AuditLogError(f"the audit log {self.path} cannot rotate: {segment} is already there")
         state = ChainState(self._state.seq, self._state.last_hash)
         self._append([entry_line(state, FILE_ROTATED, {"next": self.path.name, "as": segment.name}, self.key)], state)
+        self._sealed = segment
+        self._move_aside(segment)
+
+    def _move_aside(self, segment: Path) -> None:
+        """Rename the sealed live file to ``segment`` (never over an existing file), durably."""
         if segment.exists():
             raise AuditLogError(f"the audit log {self.path} cannot rotate: {segment} is already there")
         os.replace(self.path, segment)
-        self._live = None
+        sync_directory(self.path.parent)
+        self._sealed, self._live = None, None
 
 
-def _next_segment(path: Path) -> Path:
-    """``audit.jsonl`` rotates to ``audit.00001.jsonl``, ``audit.00002.jsonl``, ..."""
-    segments = _segments(path)
-    number = segments[-1][0] + 1 if segments else 1
-    return path.with_name(f"{path.stem}.{number:05d}{path.suffix}")
+def _forked_child() -> None:
+    for sink in list(_OPEN_SINKS):
+        sink._forked()
 
 
-def _segments(path: Path) -> list[tuple[int, Path]]:
-    """The files ``path`` was rotated into, numbered, oldest first."""
-    if not path.parent.is_dir():
-        return []
-    name = re.compile(rf"{re.escape(path.stem)}\.(\d{{5,}}){re.escape(path.suffix)}")
-    found = [(int(match[1]), other) for other in path.parent.iterdir() if (match := name.fullmatch(other.name))]
-    return sorted(found)
-
-
-def _resume(path: Path, key: bytes | None) -> ChainState:
-    """The chain state after the last entry written, or a fresh chain.
-
-    That is the last whole entry of the live file or, when the live file is gone or empty
-    (rotated just before a stop), the ``chain.rotated`` entry closing the last rotated file.
-    The anchor must agree: a log that ends before the entry it names was cut short, and is
-    not continued (that would bless the cut). An anchor behind the log is a stop between
-    writing a batch and anchoring it.
-    """
-    try:
-        anchored = read_anchor(anchor_path(path), key)
-    except ValueError as error:
-        raise AuditLogError(f"the anchor of audit log {path} {error}: verify the log before writing to it") from None
-    last = _last_entry(path, cut_torn=True)
-    if last is None and (segments := _segments(path)):
-        last = _last_entry(segments[-1][1], cut_torn=False)
-        if last is not None and last.get("kind") != FILE_ROTATED:
-            raise AuditLogError(f"the audit log {path} is gone, and {segments[-1][1]} was not rotated into it")
-    seq, last_hash = (-1, GENESIS) if last is None else (last.get("seq"), last.get("hash"))
-    if not isinstance(seq, int) or not isinstance(last_hash, str):
-        raise AuditLogError(f"the last entry of audit log {path} is not a chain entry: verify the log")
-    if anchored is not None and (anchored.seq > seq or (anchored.seq == seq and anchored.hash != last_hash)):
-        ends = "has no entries" if last is None else f"ends at entry {seq}"
-        other = "" if anchored.seq > seq else " with another hash"
-        raise AuditLogError(
-            f"the audit log {path} {ends}, but its anchor names entry {anchored.seq}{other}: it was cut or "
-            "rewritten. Verify it, keep it as evidence, and move the log and its anchor aside to start a new chain"
-        )
-    return ChainState(seq + 1, last_hash)
-
-
-def _last_entry(path: Path, *, cut_torn: bool) -> dict[str, Any] | None:
-    """The last whole entry of a log file, None when it has none (or is not there).
-
-    Only the end of the file is read, however long the log. A last line left half-written by a
-    crash never completed an entry: with ``cut_torn`` it is cut off (and the cut logged), so
-    the chain goes on from the last whole entry.
-    """
-    if not path.exists():
-        return None
-    with open(path, "r+b" if cut_torn else "rb") as file:
-        size = file.seek(0, os.SEEK_END)
-        span = _TAIL_BYTES
-        while True:  # widen until the tail holds the last whole line, or the file is read whole
-            start = max(0, size - span)
-            file.seek(start)
-            tail = file.read(size - start)
-            line_end = tail.rfind(b"\n")
-            line_start = tail.rfind(b"\n", 0, max(line_end, 0)) + 1
-            if start == 0 or line_start > 0:
-                break
-            span *= 2
-        whole = start + line_end + 1
-        if whole != size and cut_torn:
-            logger.warning("mcp-guard: audit log %s ended in a torn line of %d bytes; cut off", path, size - whole)
-            file.truncate(whole)
-    if whole == 0:
-        return None
-    try:
-        entry = read_entry(tail[line_start : line_end + 1])
-    except ValueError as error:
-        raise AuditLogError(f"the last entry of audit log {path} is unreadable ({error}): verify the log") from None
-    if not isinstance(entry, dict):
-        raise AuditLogError(f"the last entry of audit log {path} is not a chain entry: verify the log")
-    return entry
-
-
-_TAIL_BYTES = 64 * 1024
-
-
-def _write_anchor(path: Path, state: ChainState, key: bytes | None) -> None:
-    """Record the last entry atomically beside the log, so truncation at a line boundary shows."""
-    body = anchor_body(state.seq - 1, state.last_hash)
-    target = anchor_path(path)
-    temporary = target.with_name(target.name + ".tmp")
-    temporary.write_bytes(b'{"anchor":' + body + b',"mac":"' + digest(body, key).encode() + b'"}\n')
-    os.replace(temporary, target)
-
-
-def _identity(path: Path) -> tuple[int, int, int] | None:
-    """The live file as the writer left it (device, inode, size), or None when it is missing or empty."""
-    try:
-        found = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return (found.st_dev, found.st_ino, found.st_size) if found.st_size else None
-
-
-def _append_whole(path: Path, data: bytes) -> tuple[int, int, int]:
-    """Append ``data`` durably, all of it or none: a failed write is cut back to where it began."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-    try:
-        start = os.lseek(fd, 0, os.SEEK_END)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        except BaseException:
-            try:
-                os.ftruncate(fd, start)
-            except OSError as error:  # the writer sees the size it did not expect, and stops
-                logger.error("mcp-guard: audit log %s could not be cut back after a failed write: %s", path, error)
-            raise
-        found = os.fstat(fd)
-        return (found.st_dev, found.st_ino, found.st_size)
-    finally:
-        os.close(fd)
-
-
-def _hold_lock(path: Path) -> int:
-    """Lock ``<path>.lock`` for this writer's life: two writers on one log would fork its chain."""
-    lock = f"{os.fspath(path)}.lock"
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        raise AuditLogError(f"the audit log {path} has another writer (it holds {lock})") from None
-    return fd
+os.register_at_fork(after_in_child=_forked_child)

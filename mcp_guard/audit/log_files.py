@@ -1,0 +1,243 @@
+"""The chained log's files on disk: resuming, appending whole lines, anchoring, rotating, locking.
+
+These are the writer's dealings with the file system, kept apart from its queue and thread
+(`mcp_guard.audit.file`). Each refuses loudly (`AuditLogError`) rather than continue a chain
+it cannot vouch for: a log cut short of its anchor, a log whose anchor is gone, a log that
+does not verify, a second writer.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import re
+from pathlib import Path
+
+from mcp_guard.audit.chain import (
+    FILE_ROTATED,
+    GENESIS,
+    ChainState,
+    anchor_body,
+    anchor_path,
+    digest,
+    read_anchor,
+    read_lines,
+    verify_lines,
+)
+
+__all__ = [
+    "AuditLogError",
+    "FileIdentity",
+    "append_whole",
+    "check_lock",
+    "identity",
+    "next_segment",
+    "resume",
+    "take_lock",
+    "write_anchor",
+]
+
+logger = logging.getLogger("mcp_guard")
+
+FileIdentity = tuple[int, int, int]
+"""A file as its writer left it: device, inode and size."""
+
+
+class AuditLogError(OSError):
+    """The audit log cannot take the event: the call that produced it must not go ahead."""
+
+
+def resume(path: Path, key: bytes | None, *, adopt_unanchored: bool = False) -> ChainState:
+    """The chain state after the last entry written, or a fresh chain.
+
+    The live file (its torn last line cut off first) or, when it is gone or empty because the
+    writer stopped right after rotating, the last rotated file is verified whole, with the key
+    and against the anchor: a log that ends before the entry its anchor names, or holds another
+    entry there, or does not verify, is not continued (that would bless the cut or the
+    forgery). An anchor behind the log is a stop between writing a batch and anchoring it. A
+    log with entries but no anchor is continued only with ``adopt_unanchored``: its anchor may
+    have been deleted along with its end.
+    """
+    try:
+        anchored = read_anchor(anchor_path(path), key)
+    except ValueError as error:
+        raise AuditLogError(
+            f"the anchor of audit log {path} {error}: verify the log, and move the anchor aside (then open the "
+            "log with adopt_unanchored=True) only if the log is sound"
+        ) from None
+    _cut_torn_line(path)
+    segments = _segments(path)
+    if identity(path) is not None:
+        last_file = path
+    elif segments:
+        last_file = segments[-1][1]
+    elif anchored is not None and anchored.seq >= 0:
+        raise AuditLogError(_cut(path, f"has no entries, but its anchor names entry {anchored.seq}"))
+    else:
+        return ChainState(0, GENESIS)
+    if anchored is None and not adopt_unanchored:
+        raise AuditLogError(
+            f"the audit log {path} has entries but no anchor ({anchor_path(path)}): it may have been cut and the "
+            "anchor deleted. Verify it, then open it with adopt_unanchored=True to continue its chain"
+        )
+    verdict = verify_lines([(str(last_file), read_lines(str(last_file)))], key, anchor=anchored)
+    if not verdict.ok:
+        raise AuditLogError(_cut(path, f"does not verify: {verdict}"))
+    if anchored is not None and verdict.first_seq is not None and anchored.seq < verdict.first_seq - 1:
+        raise AuditLogError(_cut(path, f"has an anchor (entry {anchored.seq}) older than its live file"))
+    if last_file != path and verdict.last_kind != FILE_ROTATED:
+        raise AuditLogError(f"the audit log {path} is gone, and {last_file} was not rotated into it")
+    if verdict.last_seq is None or verdict.last_hash is None:  # a verified file holds entries: never so
+        raise AuditLogError(_cut(path, "holds no entries"))
+    return ChainState(verdict.last_seq + 1, verdict.last_hash)
+
+
+def _cut(path: Path, what: str) -> str:
+    return (
+        f"the audit log {path} {what}: it was cut or rewritten. Verify it, keep it as evidence, and move the log, "
+        "its rotated files and its anchor aside to start a new chain"
+    )
+
+
+def _cut_torn_line(path: Path) -> None:
+    """Cut off a last line left half-written by a crash (it never completed an entry), and log it.
+
+    Only the end of the file is read, however long the log.
+    """
+    if not path.is_file():
+        return
+    with open(path, "r+b") as file:
+        size = file.seek(0, os.SEEK_END)
+        span = _TAIL_BYTES
+        while True:  # widen until the tail holds a line end, or the file is read whole
+            start = max(0, size - span)
+            file.seek(start)
+            line_end = file.read(size - start).rfind(b"\n")
+            if line_end >= 0 or start == 0:
+                break
+            span *= 2
+        whole = start + line_end + 1
+        if whole != size:
+            logger.warning("mcp-guard: audit log %s ended in a torn line of %d bytes; cut off", path, size - whole)
+            file.truncate(whole)
+
+
+_TAIL_BYTES = 64 * 1024
+
+
+def next_segment(path: Path) -> Path:
+    """``audit.jsonl`` rotates to ``audit.00001.jsonl``, ``audit.00002.jsonl``, ..."""
+    segments = _segments(path)
+    number = segments[-1][0] + 1 if segments else 1
+    return path.with_name(f"{path.stem}.{number:05d}{path.suffix}")
+
+
+def _segments(path: Path) -> list[tuple[int, Path]]:
+    """The files ``path`` was rotated into, numbered, oldest first."""
+    if not path.parent.is_dir():
+        return []
+    name = re.compile(rf"{re.escape(path.stem)}\.(\d{{5,}}){re.escape(path.suffix)}")
+    found = [(int(match[1]), other) for other in path.parent.iterdir() if (match := name.fullmatch(other.name))]
+    return sorted(found)
+
+
+def identity(path: Path) -> FileIdentity | None:
+    """The file as it stands (device, inode, size), or None when it is missing or empty."""
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (found.st_dev, found.st_ino, found.st_size) if found.st_size else None
+
+
+def append_whole(path: Path, data: bytes) -> FileIdentity:
+    """Append ``data`` durably, all of it or none: a failed write is cut back to where it began.
+
+    A file this creates has its directory entry made durable too.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        start = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except BaseException:
+            try:
+                os.ftruncate(fd, start)
+            except OSError as error:  # the writer sees the size it did not expect, and stops
+                logger.error("mcp-guard: audit log %s could not be cut back after a failed write: %s", path, error)
+            raise
+        found = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if start == 0:
+        sync_directory(path.parent)
+    return (found.st_dev, found.st_ino, found.st_size)
+
+
+def sync_directory(directory: Path) -> None:
+    """Make a directory's entries (a created or renamed file) durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_anchor(path: Path, state: ChainState, key: bytes | None) -> None:
+    """Record the last entry atomically and durably beside the log, so a cut at a line
+    boundary shows."""
+    body = anchor_body(state.seq - 1, state.last_hash)
+    target = anchor_path(path)
+    temporary = target.with_name(target.name + ".tmp")
+    with open(temporary, "wb") as file:
+        file.write(b'{"anchor":' + body + b',"mac":"' + digest(body, key).encode() + b'"}\n')
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, target)
+
+
+def take_lock(path: Path) -> int:
+    """Lock ``<path>.lock`` for a writer's life: two writers on one log would fork its chain.
+
+    Raises `AuditLogError` when another writer holds it, and `OSError` when it cannot be
+    created (no directory yet, say).
+    """
+    lock = _lock_path(path)
+    for _ in range(3):
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise AuditLogError(f"the audit log {path} has another writer (it holds {lock})") from None
+        if _holds(fd, lock):
+            return fd
+        os.close(fd)  # the lock file was replaced while it was taken: take the one there now
+    raise AuditLogError(f"the lock file {lock} of audit log {path} keeps being replaced")
+
+
+def check_lock(fd: int, path: Path) -> None:
+    """Raise `AuditLogError` unless ``fd`` still locks the file at ``<path>.lock``: a lock file
+    removed or replaced lets another writer in."""
+    if not _holds(fd, _lock_path(path)):
+        raise AuditLogError(
+            f"the lock file of audit log {path} was removed or replaced, so another writer may have started: "
+            "writing stopped"
+        )
+
+
+def _holds(fd: int, lock: Path) -> bool:
+    try:
+        there = os.stat(lock)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (there.st_dev, there.st_ino)
+
+
+def _lock_path(path: Path) -> Path:
+    return Path(f"{os.fspath(path)}.lock")
