@@ -94,8 +94,9 @@ def decided_events(count: int) -> list[AuditEvent]:
     ]
 
 
-def signed_token(alg: str) -> tuple[JWTVerifier, str, Callable[[], None]]:
-    """A verifier trusting a fresh key, a token it signed with ``alg``, and the bare signature check.
+def signed_token(alg: str, others: int = 0) -> tuple[JWTVerifier, str, Callable[[], None], list[str]]:
+    """A verifier trusting a fresh key, a token it signed with ``alg``, the bare signature
+    check, and ``others`` more tokens like it (each its own ``jti``), never seen by the verifier.
 
     The JWKS is served in-process (the cache's fetch is pluggable), so no network is timed. The
     bare check is what `cryptography` alone needs to verify the same token's signature.
@@ -121,7 +122,9 @@ def signed_token(alg: str) -> tuple[JWTVerifier, str, Callable[[], None]]:
         "jti": "bench-1",
         "scope": SCOPES,
     }
-    token = jwt.encode({"alg": alg, "kid": "k", "typ": "at+jwt"}, claims, key, algorithms=[alg])
+    header = {"alg": alg, "kid": "k", "typ": "at+jwt"}
+    token = jwt.encode(header, claims, key, algorithms=[alg])
+    unseen = [jwt.encode(header, {**claims, "jti": f"bench-{n}"}, key, algorithms=[alg]) for n in range(2, others + 2)]
     issuer = TrustedIssuer(issuer=ISSUER, audience=RESOURCE, jwks_uri="https://auth.bench.test/jwks", algorithms=(alg,))
     verifier = JWTVerifier([issuer], jwks=JWKSCache(fetch=fetch))
     signing_input, _, signature_b64 = token.rpartition(".")
@@ -135,4 +138,4 @@ def signed_token(alg: str) -> tuple[JWTVerifier, str, Callable[[], None]]:
             der = encode_dss_signature(int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big"))
             public_key.verify(der, signing_input.encode(), ec.ECDSA(hashes.SHA256()))
 
-    return verifier, token, bare
+    return verifier, token, bare, unseen

@@ -25,11 +25,11 @@ from joserfc.jws import JWSRegistry
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mcp_guard.errors import Refused
-from mcp_guard.identity.access_token import fingerprint_of, token_digest, token_fingerprint
+from mcp_guard.identity.access_token import fingerprint_of, token_digest
 from mcp_guard.identity.claims import audience_of, check_times, json_object, scope_of, string_claim, valid_until
 from mcp_guard.identity.delegation import DEPTH_LIMIT, MAX_DELEGATION_DEPTH, actor_chain
 from mcp_guard.identity.jwks import SIGNING_ALGORITHMS, JWKSCache
-from mcp_guard.identity.jws_form import high_s, segment_bytes, spelled_canonically
+from mcp_guard.identity.jws_form import high_s, segment_bytes, spelled_canonically, with_low_s
 from mcp_guard.identity.rfc8414 import check_fetchable, metadata_endpoint
 from mcp_guard.memo import remember
 from mcp_guard.model import Principal
@@ -184,7 +184,9 @@ class JWTVerifier:
             valid = False
         if not valid:
             raise Refused(ReasonCode.SIGNATURE_INVALID)
-        fingerprint = token_fingerprint(token) if high_s(alg, signature) else fingerprint_of(digest)
+        if high_s(alg, signature):  # fingerprinted as its low-s spelling, as `token_fingerprint` has it
+            digest = token_digest(with_low_s(signing_input, alg, signature))  # the cache keeps the raw digest
+        fingerprint = fingerprint_of(digest)
         principal = _principal(trusted, claims, now, fingerprint)  # the signature covers exactly these bytes
         return _new(
             _Verified, (principal, valid_until(claims, trusted.leeway, trusted.max_token_age), jwks_uri, generation)
