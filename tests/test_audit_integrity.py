@@ -71,6 +71,8 @@ def test_a_write_that_fails_halfway_is_cut_back_and_retried_whole(tmp_path: Path
             time.sleep(0.01)
         print("failed:", type(sink._error).__name__)
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))  # room again
+        while sink._error is not None and time.monotonic() < deadline + 10:
+            time.sleep(0.01)  # the writer retries on its own, and recovers
         sink.flush()
         sink.close()
         """,
@@ -442,3 +444,104 @@ def test_query_skips_entries_with_odd_times_or_scopes(tmp_path: Path) -> None:
         assert [json.loads(line)["tool"] for line in result.stdout.splitlines()] == ["even"]
     with pytest.raises(ValueError, match="max_bytes"):
         FileAuditSink(tmp_path / "zero.jsonl", max_bytes=0)
+
+
+def test_a_crash_between_sealing_and_renaming_is_finished_on_restart(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write(path, 2)
+    crashed = run(
+        """
+        import os, sys, time
+        from mcp_guard.audit.events import AuditEvent, EventKind
+        from mcp_guard.audit.file import FileAuditSink
+        rename = os.replace
+        def crashing(source, target):
+            if str(target).endswith(".00001.jsonl"):
+                os._exit(9)  # the process dies between sealing the live file and renaming it
+            rename(source, target)
+        os.replace = crashing
+        sink = FileAuditSink(sys.argv[1], max_bytes=1)
+        sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, time.time(), tool="lost in the crash"))
+        sink.flush()
+        """,
+        str(path),
+    )
+    assert crashed.returncode == 9, crashed.stderr
+    assert entries(path)[-1]["kind"] == "chain.rotated"
+    assert verify_files([str(path)]).ok  # sealed, its anchor naming the seal: nothing is missing
+    write(path, 1, start=3)  # the restart renames the sealed file and goes on
+    segments = sorted(tmp_path.glob("audit.0*.jsonl"))
+    kinds = [entry["kind"] for entry in entries(*segments, path)]
+    assert kinds.count("chain.rotated") == len(segments) == 1
+    assert verify_files([*map(str, segments), str(path)]).ok
+
+
+CRASHING_WRITER = """
+import os, sys, time
+from mcp_guard.audit.events import AuditEvent, EventKind
+from mcp_guard.audit.file import FileAuditSink
+path, point, when = sys.argv[1], sys.argv[2], int(sys.argv[3])
+real, calls = getattr(os, point), [0]
+def crashing(fd, *rest):
+    calls[0] += 1
+    if calls[0] == when:
+        if point == "write":
+            real(fd, bytes(rest[0])[: len(rest[0]) // 2])  # half the batch reaches the disk
+        os._exit(9)
+    return real(fd, *rest)
+setattr(os, point, crashing)
+sink = FileAuditSink(path, max_bytes=700, flush_interval=0.001)
+for index in range(12):
+    sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, time.time(), tool=f"t{index}"))
+    sink.flush()
+"""
+
+
+@pytest.mark.parametrize(
+    ("point", "when"),
+    [("write", 2), ("write", 5), ("fsync", 4), ("fsync", 5), ("fsync", 6), ("fsync", 8), ("fsync", 9)],
+)
+def test_a_log_a_crash_left_behind_verifies_and_goes_on(tmp_path: Path, point: str, when: int) -> None:
+    """A crash mid-write, or after a seal before its anchor: nothing written is missing, so the
+    log verifies as it stands, and reopening it goes on."""
+    path = tmp_path / "audit.jsonl"
+    crashed = run(CRASHING_WRITER, str(path), point, str(when))
+    assert crashed.returncode == 9, crashed.stderr
+    verdict = verify_files(log_files(tmp_path))
+    assert verdict.ok, verdict
+    write(path, 3, start=100)
+    assert verify_files(log_files(tmp_path)).ok
+
+
+@pytest.mark.parametrize(("point", "when"), [("write", 1), ("fsync", 1), ("fsync", 3)])
+def test_a_crash_before_the_first_anchor_needs_the_operators_word(tmp_path: Path, point: str, when: int) -> None:
+    """The first batch is written before any anchor exists: a crash right then leaves entries
+    without an anchor, which is also what deleting one leaves. Verify says so, and reopening
+    takes ``adopt_unanchored=True``."""
+    path = tmp_path / "audit.jsonl"
+    crashed = run(CRASHING_WRITER, str(path), point, str(when))
+    assert crashed.returncode == 9, crashed.stderr
+    assert "anchor" in (verify_files(log_files(tmp_path)).problem or "")
+    with pytest.raises(AuditLogError, match="no anchor"):
+        FileAuditSink(path)
+    write(path, 3, start=100, adopt_unanchored=True)
+    assert verify_files(log_files(tmp_path)).ok
+
+
+def log_files(directory: Path) -> list[str]:
+    live = directory / "audit.jsonl"
+    return [*map(str, sorted(directory.glob("audit.0*.jsonl"))), *([str(live)] if live.exists() else [])]
+
+
+def test_an_anchor_saved_earlier_and_put_back_is_found_out(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write(path, 2, key=KEY, max_bytes=600)
+    saved = anchor_path(path).read_bytes()  # an anchor copied early in the log's life
+    write(path, 10, start=2, key=KEY, max_bytes=600)
+    assert len(log_files(tmp_path)) >= 3
+    cut_to(path, 1)  # the live file cut to its head: everything after it gone
+    anchor_path(path).write_bytes(saved)
+    verdict = verify_files(log_files(tmp_path), KEY)
+    assert not verdict.ok and "older than the last file" in (verdict.problem or "")
+    with pytest.raises(AuditLogError, match="older than its last entries"):
+        FileAuditSink(path, key=KEY)

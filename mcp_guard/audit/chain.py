@@ -166,10 +166,16 @@ class Verdict:
     """The kind of the last entry verified."""
     continues_in: str | None = None
     """When the last entry verified is a rotation, the name of the file the chain continues in."""
+    torn: bool = False
+    """Whether the last file ends in a line a crash left half-written (not an entry; the writer
+    cuts it off when it reopens the log)."""
+    last_file_start: int | None = None
+    """The sequence number of the last file's first entry."""
 
     def __str__(self) -> str:
         if self.ok:
-            return f"intact: {self.entries} entries, up to entry {self.last_seq}"
+            torn = " (and a last line a crash left half-written, which is no entry)" if self.torn else ""
+            return f"intact: {self.entries} entries, up to entry {self.last_seq}{torn}"
         where = ":".join(str(part) for part in (self.file, self.line) if part is not None) or "the end"
         entry = "" if self.seq is None else f" (entry {self.seq})"
         return f"BROKEN at {where}{entry}: {self.problem}"
@@ -199,14 +205,23 @@ def verify_lines(
     unanchored: Verdict | None = None
     expected_seq, prev, entries, rotated, kind, continues_in = -1, GENESIS, 0, False, None, None
     first_seq: int | None = None
+    file_start: int | None = None
+    torn: Verdict | None = None
+    """A last line without its end, as a crash mid-write leaves it: a break only if a file follows."""
     for index, (name, lines) in enumerate(files):
+        if torn is not None:
+            return torn
         first = True
         for number, raw in enumerate(lines, start=1):
             problem = None
             try:
                 entry, body, stored = _parse(raw)
             except ValueError as error:
-                return Verdict(False, entries, f"truncated or corrupt line ({error})", name, number, expected_seq)
+                broken = Verdict(False, entries, f"truncated or corrupt line ({error})", name, number, expected_seq)
+                if raw.endswith(b"\n") or len(raw) >= MAX_LINE_BYTES:
+                    return broken
+                torn = broken  # the file's last line (`read_lines` ends a file there)
+                break
             seq = entry.get("seq")
             if expected_seq < 0:  # a chain may be verified from any of its files on
                 if entry.get("kind") != FILE_START or not isinstance(seq, int):
@@ -240,13 +255,15 @@ def verify_lines(
                 )
             if problem is not None:
                 return Verdict(False, entries, problem, name, number, seq if isinstance(seq, int) else None)
+            if first:
+                file_start = seq
             kind = entry.get("kind")
             rotated = kind == FILE_ROTATED
             event = entry.get("event")
             continues_in = event.get("next") if rotated and isinstance(event, dict) else None
             prev, expected_seq, entries, first = stored, expected_seq + 1, entries + 1, False
         if first:
-            return Verdict(
+            return torn or Verdict(
                 False, entries, "truncated to nothing (the file holds no entries)", name, None, max(expected_seq, 0)
             )
     earlier = [seq for seq in held if first_seq is not None and seq < first_seq]
@@ -254,14 +271,14 @@ def verify_lines(
         problem = f"checkpointed entry {min(earlier)} comes before the files given (verify from an earlier file)"
         return Verdict(False, entries, problem, None, None, min(earlier), expected_seq - 1, prev)
     beyond = [seq for seq in held if seq >= expected_seq]
-    if beyond:
+    if beyond:  # a torn last line is then where the log breaks
         problem = f"truncated (the chain ends before checkpointed entry {min(beyond)})"
-        return Verdict(False, entries, problem, None, None, expected_seq, expected_seq - 1, prev)
+        return torn or Verdict(False, entries, problem, None, None, expected_seq, expected_seq - 1, prev)
     if unanchored is not None:
         return unanchored
     if anchor is not None and anchor.seq >= expected_seq:
         problem = f"truncated (entries {expected_seq}..{anchor.seq} are missing from the end)"
-        return Verdict(False, entries, problem, None, None, expected_seq, expected_seq - 1, prev)
+        return torn or Verdict(False, entries, problem, None, None, expected_seq, expected_seq - 1, prev)
     return Verdict(
         True,
         entries,
@@ -270,6 +287,8 @@ def verify_lines(
         first_seq=first_seq,
         last_kind=str(kind),
         continues_in=continues_in if isinstance(continues_in, str) else None,
+        torn=torn is not None,
+        last_file_start=file_start,
     )
 
 
@@ -290,6 +309,8 @@ def verify_files(
     log: the live file, or the rotation its anchor names when the writer stopped right after
     rotating, with the anchor present (say False for a run of archived segments).
     """
+    if not paths:
+        raise ValueError("give the log's files to verify")
     checkpoints = tuple(checkpoints)
     anchor = anchor_path(paths[-1])
     try:
@@ -317,7 +338,15 @@ def verify_files(
     if anchored is None:
         problem = f"the anchor {anchor} is missing (deleted with the end of the log?)"
         return Verdict(False, verdict.entries, problem, str(anchor))
+    if verdict.last_file_start is not None and anchored.seq < verdict.last_file_start - 1:
+        return _old_anchor(verdict, anchored, anchor)
     return verdict
+
+
+def _old_anchor(verdict: Verdict, anchored: Checkpoint, anchor: Path) -> Verdict:
+    """An anchor the writer cannot have left: older than the entries it would lag behind."""
+    problem = f"the anchor {anchor} names entry {anchored.seq}, older than the last file (an old anchor put back?)"
+    return Verdict(False, verdict.entries, problem, str(anchor), None, anchored.seq)
 
 
 def _verified(
@@ -328,16 +357,23 @@ def _verified(
 
 def _stopped_after_rotating(verdict: Verdict, segment: Path, key: bytes | None) -> Verdict:
     """A chain ending where a file was rotated is whole only if the file it continues in was
-    never written and the anchor beside that file names exactly the rotation."""
+    never written (or is this very file, sealed but not yet renamed) and the anchor beside that
+    file names exactly the rotation."""
     live = segment.with_name(verdict.continues_in or "")
     problem = f"the log goes on in {live} (give it too, or --ends-earlier)"
-    if not verdict.continues_in or (live.is_file() and not _empty(str(live))):
+    sealed = live == segment  # stopped after sealing the live file, before renaming it
+    if not verdict.continues_in or (not sealed and live.is_file() and not _empty(str(live))):
         return Verdict(False, verdict.entries, problem, str(segment), None, verdict.last_seq)
     try:
         anchored = read_anchor(anchor_path(live), key)
     except ValueError:
         anchored = None
-    if anchored != Checkpoint(verdict.last_seq if verdict.last_seq is not None else -1, verdict.last_hash or ""):
+    last = Checkpoint(verdict.last_seq if verdict.last_seq is not None else -1, verdict.last_hash or "")
+    if sealed and anchored is not None and last.seq - 1 <= anchored.seq <= last.seq:
+        return verdict  # its anchor lags the seal at most (the files were checked against it)
+    if sealed and anchored is not None and anchored.seq < last.seq - 1:
+        return _old_anchor(verdict, anchored, anchor_path(live))
+    if anchored != last:  # renamed aside: the anchor was written with the seal, before the rename
         return Verdict(False, verdict.entries, problem, str(segment), None, verdict.last_seq)
     return verdict
 

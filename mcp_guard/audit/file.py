@@ -38,11 +38,9 @@ from mcp_guard.audit.chain import (
     CHECKPOINT,
     FILE_ROTATED,
     FILE_START,
-    GENESIS,
     MAX_LINE_BYTES,
     ChainState,
     Checkpoint,
-    anchor_path,
     entry_line,
 )
 from mcp_guard.audit.encoding import event_line
@@ -122,18 +120,25 @@ class FileAuditSink:
             raise
         except OSError:  # no directory yet, or none it may write: the failure mode applies when it writes
             self._lock = -1
+        self.adopt_unanchored = adopt_unanchored
         try:
-            self._state = resume(self.path, key, adopt_unanchored=adopt_unanchored)
+            self._resume()
         except BaseException:
             self._release_lock()
             raise
-        self._live: FileIdentity | None = identity(self.path)
-        self._sealed: Path | None = None
-        """The segment the live file becomes, once sealed with ``chain.rotated`` but not yet renamed."""
         self._thread = threading.Thread(target=self._run, name="mcp-guard-audit", daemon=True)
         self._thread.start()
         _OPEN_SINKS.add(self)
         atexit.register(self._close_at_exit)
+
+    def _resume(self) -> None:
+        """Take up the chain where the log on disk leaves it (see `log_files.resume`); a torn
+        last line is cut only by the writer holding the lock."""
+        cut_torn = self._lock >= 0
+        self._state, sealed = resume(self.path, self.key, adopt_unanchored=self.adopt_unanchored, cut_torn=cut_torn)
+        self._live: FileIdentity | None = identity(self.path)
+        self._sealed: Path | None = next_segment(self.path) if sealed else None
+        """The segment the live file becomes, once sealed with ``chain.rotated`` but not yet renamed."""
 
     def emit(self, event: AuditEvent) -> None:
         """Queue ``event``; raise `AuditLogError` when the log cannot take it (in deny mode).
@@ -255,8 +260,9 @@ class FileAuditSink:
 
     def _append_batch(self, batch: list[AuditEvent], checkpoint: bool) -> Checkpoint | None:
         """Write a batch (rotating first when the file is full); the checkpoint written, if any."""
-        if self._lock < 0:
+        if self._lock < 0:  # opened before the log could be locked: take it up afresh, as its writer
             self._lock = take_lock(self.path)
+            self._resume()
         check_lock(self._lock, self.path)
         if self._sealed is not None:  # a rotation whose rename failed: the file is sealed already
             self._move_aside(self._sealed)
@@ -318,12 +324,9 @@ class FileAuditSink:
         """Write whole lines durably, then adopt the chain state they lead to and anchor it.
 
         A write that fails halfway is cut back to where it began, so the batch can be retried
-        whole. A fresh chain is anchored at its start before its first line, so a log never
-        holds entries without an anchor. The lines are in the log once written, so a failing
-        anchor is reported, never retried with the batch (which would write its events twice).
+        whole. The lines are in the log once written, so a failing anchor is reported, never
+        retried with the batch (which would write its events twice).
         """
-        if self._state.seq == 0 and not anchor_path(self.path).exists():
-            write_anchor(self.path, ChainState(0, GENESIS), self.key)
         self._live = append_whole(self.path, b"".join(lines))
         self._state = state
         try:

@@ -48,16 +48,20 @@ class AuditLogError(OSError):
     """The audit log cannot take the event: the call that produced it must not go ahead."""
 
 
-def resume(path: Path, key: bytes | None, *, adopt_unanchored: bool = False) -> ChainState:
-    """The chain state after the last entry written, or a fresh chain.
+def resume(
+    path: Path, key: bytes | None, *, adopt_unanchored: bool = False, cut_torn: bool = True
+) -> tuple[ChainState, bool]:
+    """The chain state after the last entry written (or a fresh chain), and whether the live
+    file is sealed: it ends in ``chain.rotated``, the writer having stopped before renaming it.
 
-    The live file (its torn last line cut off first) or, when it is gone or empty because the
-    writer stopped right after rotating, the last rotated file is verified whole, with the key
-    and against the anchor: a log that ends before the entry its anchor names, or holds another
-    entry there, or does not verify, is not continued (that would bless the cut or the
-    forgery). An anchor behind the log is a stop between writing a batch and anchoring it. A
-    log with entries but no anchor is continued only with ``adopt_unanchored``: its anchor may
-    have been deleted along with its end.
+    The live file or, when it is gone or empty because the writer stopped right after
+    rotating, the last rotated file is verified whole, with the key and against the anchor: a
+    log that ends before the entry its anchor names, or holds another entry there, or has an
+    anchor older than its live file, or does not verify, is not continued (that would bless the
+    cut or the forgery). An anchor behind the log by a batch is a stop between writing and
+    anchoring it. A log with entries but no anchor is continued only with ``adopt_unanchored``:
+    its anchor may have been deleted along with its end. Only once all that holds, and with
+    ``cut_torn`` (the writer holds the lock), is a last line a crash left half-written cut off.
     """
     try:
         anchored = read_anchor(anchor_path(path), key)
@@ -66,16 +70,17 @@ def resume(path: Path, key: bytes | None, *, adopt_unanchored: bool = False) -> 
             f"the anchor of audit log {path} {error}: verify the log, and move the anchor aside (then open the "
             "log with adopt_unanchored=True) only if the log is sound"
         ) from None
-    _cut_torn_line(path)
     segments = _segments(path)
-    if identity(path) is not None:
+    if _holds_a_line(path):
         last_file = path
     elif segments:
         last_file = segments[-1][1]
-    elif anchored is not None and anchored.seq >= 0:
+    elif anchored is not None:
         raise AuditLogError(_cut(path, f"has no entries, but its anchor names entry {anchored.seq}"))
     else:
-        return ChainState(0, GENESIS)
+        if cut_torn:
+            _cut_torn_line(path)  # a lone half-written line holds no entry
+        return ChainState(0, GENESIS), False
     if anchored is None and not adopt_unanchored:
         raise AuditLogError(
             f"the audit log {path} has entries but no anchor ({anchor_path(path)}): it may have been cut and the "
@@ -84,13 +89,28 @@ def resume(path: Path, key: bytes | None, *, adopt_unanchored: bool = False) -> 
     verdict = verify_lines([(str(last_file), read_lines(str(last_file)))], key, anchor=anchored)
     if not verdict.ok:
         raise AuditLogError(_cut(path, f"does not verify: {verdict}"))
-    if anchored is not None and verdict.first_seq is not None and anchored.seq < verdict.first_seq - 1:
-        raise AuditLogError(_cut(path, f"has an anchor (entry {anchored.seq}) older than its live file"))
-    if last_file != path and verdict.last_kind != FILE_ROTATED:
-        raise AuditLogError(f"the audit log {path} is gone, and {last_file} was not rotated into it")
     if verdict.last_seq is None or verdict.last_hash is None:  # a verified file holds entries: never so
         raise AuditLogError(_cut(path, "holds no entries"))
-    return ChainState(verdict.last_seq + 1, verdict.last_hash)
+    sealed = last_file == path and verdict.last_kind == FILE_ROTATED
+    oldest = verdict.last_seq - 1 if sealed else (verdict.first_seq or 0) - 1  # how far an anchor may lag
+    if anchored is not None and anchored.seq < oldest:
+        raise AuditLogError(_cut(path, f"has an anchor (entry {anchored.seq}) older than its last entries"))
+    if last_file != path and verdict.last_kind != FILE_ROTATED:
+        raise AuditLogError(f"the audit log {path} is gone, and {last_file} was not rotated into it")
+    if verdict.torn and last_file == path and cut_torn:
+        _cut_torn_line(path)
+    return ChainState(verdict.last_seq + 1, verdict.last_hash), sealed
+
+
+def _holds_a_line(path: Path) -> bool:
+    """Whether the file holds at least one whole line (a lone half-written one is no entry)."""
+    if not path.is_file():
+        return False
+    with open(path, "rb") as file:
+        while chunk := file.read(_TAIL_BYTES):
+            if b"\n" in chunk:
+                return True
+    return False
 
 
 def _cut(path: Path, what: str) -> str:
