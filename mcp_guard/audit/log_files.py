@@ -184,11 +184,11 @@ def append_whole(path: Path, data: bytes) -> FileIdentity:
             while view:
                 view = view[os.write(fd, view) :]
             os.fsync(fd)
-        except BaseException:
+        except BaseException as failure:
             try:
                 os.ftruncate(fd, start)
-            except OSError as error:  # the writer sees the size it did not expect, and stops
-                logger.error("mcp-guard: audit log %s could not be cut back after a failed write: %s", path, error)
+            except OSError as error:  # the writer sees a size it did not expect, and stops
+                raise AuditLogError(f"{failure}; and the log {path} could not be cut back: {error}") from failure
             raise
         found = os.fstat(fd)
     finally:
