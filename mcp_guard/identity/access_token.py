@@ -90,7 +90,9 @@ class AccessTokenIdentifier:
         digest = token_digest(token)
         principal = self._cache.get(digest)
         if principal is None or not _describes(principal, credential):  # unseen, or verified anew differently
-            principal = principal_from_access_token(credential, token_fingerprint(token))
+            spelled = canonical(token)  # most tokens are spelled so already: their digest serves
+            fingerprint = fingerprint_of(digest if spelled is token else token_digest(spelled))
+            principal = principal_from_access_token(credential, fingerprint)
             with self._lock:
                 self._cache[digest] = principal
         with self._lock:

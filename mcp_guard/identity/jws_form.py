@@ -87,7 +87,8 @@ def with_low_s(signing_input: bytes, alg: str, signature: bytes) -> str:
 
 
 def canonical(token: str) -> str:
-    """The one spelling of a compact JWS; any other token (opaque, malformed) is returned as it is.
+    """The one spelling of a compact JWS; any other token (opaque, malformed), and one already
+    spelled so, is returned as it is (the same object).
 
     Total: it never raises, whatever the string (refused tokens are fingerprinted too).
     RSA signatures are left as they are: a PSS signature with a leading zero byte also
@@ -98,12 +99,15 @@ def canonical(token: str) -> str:
     if len(parts) != 3:
         return token
     try:
-        header, claims, signature = (segment_bytes(part) for part in parts)
+        alg = _algorithms.get(parts[0])
+        if alg is None:
+            alg = remember(_algorithms, parts[0], _algorithm(segment_bytes(parts[0])), _ALGORITHMS_LIMIT)
+        signature = segment_bytes(parts[2])
+        if not high_s(alg, signature) and all(spelled_canonically(part) for part in parts):
+            return token
+        header, claims = segment_bytes(parts[0]), segment_bytes(parts[1])
     except ValueError:
         return token
-    alg = _algorithms.get(parts[0])
-    if alg is None:
-        alg = remember(_algorithms, parts[0], _algorithm(header), _ALGORITHMS_LIMIT)
     return ".".join(_encoded(segment) for segment in (header, claims, low_s(alg, signature)))
 
 

@@ -117,6 +117,8 @@ async def test_both_ecdsa_forms_of_a_token_are_one_token(authority: Authority) -
     first, second = await verifier.verify(token), await verifier.verify(other)
     assert first.token_hash == second.token_hash == token_fingerprint(token) == token_fingerprint(other)
     assert canonical(token) == canonical(other)
+    spelled = canonical(token)
+    assert canonical(spelled) is spelled  # a token spelled so already is handed back, not rebuilt
 
 
 async def test_any_spelling_of_a_token_has_its_fingerprint(authority: Authority) -> None:
