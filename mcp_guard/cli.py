@@ -15,10 +15,10 @@
 
 Audit files are given in chain order (rotated segments first, the live file last): the whole
 log, unless ``--starts-later`` (older segments archived) or ``--ends-earlier`` (no live file)
-says otherwise. HMAC'd logs need their key:
-``--key-file PATH`` (its bytes, less one trailing line end) or ``--key-env NAME``. ``audit verify`` and ``policy
-check`` exit 1 when they find a problem, ``policy explain`` when the call would be denied;
-every command exits 2 on a usage error.
+says otherwise. HMAC'd logs need their key: ``--key-file PATH`` (its bytes, less one trailing
+line end) or ``--key-env NAME``. ``audit verify`` and ``policy check`` exit 1 when they find a
+problem, ``policy explain`` when the call would be denied; every command exits 2 on a usage
+error.
 """
 
 from __future__ import annotations

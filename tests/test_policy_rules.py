@@ -658,20 +658,11 @@ def test_giving_back_survives_a_give_back_that_fails(caplog: pytest.LogCaptureFi
 
 def test_guards_sharing_a_policy_compile_each_tool_once_each(audit: MemoryAuditSink, clock: Clock) -> None:
     policy = RulePolicy([PrincipalRule("alice-only", subjects=frozenset({"alice"}))], tools=[MAIL])
-    compiled: list[str] = []
-    applicable = policy.applicable
-    policy.applicable = lambda tool: compiled.append(tool.name) or applicable(tool)  # type: ignore[method-assign]
+    compiled = counting_compiles(policy)
     guards = [Guard(policy=policy, audit=[audit], clock=clock) for _ in range(3)]
     for guard in guards:  # each server declares its own spec of the tool
         guard.declare(ToolSpec("send_mail", scopes=frozenset({"mail:send"})))
-    token = access_token("alice", "mail:send", sid="s1")
-
-    async def calls() -> None:
-        for _ in range(5):
-            for guard in guards:
-                assert (await guard.authorize("send_mail", {}, token)).allowed
-
-    anyio.run(calls)
+    call_in_turn(guards, access_token("alice", "mail:send", sid="s1"))
     assert compiled == ["send_mail"] * 3
 
 
@@ -705,19 +696,29 @@ def test_guards_sharing_an_alternative_compile_each_tool_once_each(audit: Memory
     from mcp_guard import ScopePolicy
 
     file = RulePolicy(tools=[ToolSpec("send_mail", scopes=frozenset({"mail:audit"}), tags=frozenset({"egress"}))])
-    compiled: list[str] = []
-    applicable = file.applicable
-    file.applicable = lambda tool: compiled.append(tool.name) or applicable(tool)  # type: ignore[method-assign]
+    compiled = counting_compiles(file)
     policy = AnyOf(file, ScopePolicy())
     guards = [Guard(policy=policy, audit=[audit], clock=clock) for _ in range(2)]
     for guard in guards:
         guard.declare(ToolSpec("send_mail", scopes=frozenset({"mail:send"})))
-    token = access_token("alice", "mail:send mail:audit", sid="s1")
+    call_in_turn(guards, access_token("alice", "mail:send mail:audit", sid="s1"))
+    assert compiled == ["send_mail"] * 2
+
+
+def counting_compiles(policy: RulePolicy) -> list[str]:
+    """The names of the tools ``policy`` compiles its rules for, from now on."""
+    compiled: list[str] = []
+    applicable = policy.applicable
+    policy.applicable = lambda tool: compiled.append(tool.name) or applicable(tool)  # type: ignore[method-assign]
+    return compiled
+
+
+def call_in_turn(guards: list[Guard], token: Any, rounds: int = 5) -> None:
+    """Call ``send_mail`` through each guard in turn, ``rounds`` times over; every call is allowed."""
 
     async def calls() -> None:
-        for _ in range(5):
+        for _ in range(rounds):
             for guard in guards:
                 assert (await guard.authorize("send_mail", {}, token)).allowed
 
     anyio.run(calls)
-    assert compiled == ["send_mail"] * 2

@@ -94,10 +94,10 @@ class GuardHTTP:
                 if step_up is not None:
                     body, receive = await _read_body(receive)
                     if _served_as_call(scope, body, step_up.spec.name) and self._recorded(step_up):
-                        body = json.dumps({"error": "insufficient_scope"}).encode()
+                        answer = json.dumps({"error": "insufficient_scope"}).encode()
                         challenge = self._insufficient_scope(step_up.spec).encode("ascii")
                         headers = [(b"www-authenticate", challenge), (b"content-type", b"application/json")]
-                        await _respond(send, 403, body, headers)
+                        await _respond(send, 403, answer, headers)
                         return
         await self.app(scope, receive, send)
 

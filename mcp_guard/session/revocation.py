@@ -3,8 +3,9 @@
 Token, subject and client revocations are checked on every call with a handful of dict
 lookups (none at all while nothing is revoked). Each may carry an end time; a permanent one
 lasts until `restore` lifts it. A subject, client or token id revoked without an issuer is
-revoked under every issuer (a ``jti`` is unique only within its issuer). Revoked session ids are kept too, and checked whenever a session would be opened,
-so a revoked session can never come back, even after its record left the session store.
+revoked under every issuer (a ``jti`` is unique only within its issuer). Revoked session ids
+are kept too, and checked whenever a session would be opened, so a revoked session can never
+come back, even after its record left the session store.
 """
 
 from __future__ import annotations
