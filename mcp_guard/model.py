@@ -221,6 +221,14 @@ class AllowHook(Protocol):
     def on_allow(self, request: CallRequest) -> Callable[[], None] | None: ...
 
 
+def in_allow_order(hooks: Iterable[AllowHook]) -> tuple[AllowHook, ...]:
+    """``hooks`` in the order `tell_allowed` should tell them: by their ``allow_order`` (1 unless
+    they say otherwise). Hooks that only judge (0) refuse before anything is taken, and hooks
+    whose give-back could undo what another call relies on (2: a target two calls share) come
+    after every hook that can still refuse."""
+    return tuple(sorted(hooks, key=lambda hook: getattr(hook, "allow_order", 1)))
+
+
 def tell_allowed(hooks: Iterable[AllowHook], request: CallRequest) -> None:
     """Tell every hook that ``request`` is finally allowed, all or nothing: when one refuses (or
     fails), those before it give back what they took, and its `Refused` (or error) is raised.

@@ -722,3 +722,16 @@ def call_in_turn(guards: list[Guard], token: Any, rounds: int = 5) -> None:
                 assert (await guard.authorize("send_mail", {}, token)).allowed
 
     anyio.run(calls)
+
+
+def test_rules_hear_of_an_allowed_call_judges_first_and_targets_last() -> None:
+    """A target is taken only once every rule that could still refuse has agreed: given back
+    later, it could undo a target another call, allowed meanwhile, relies on."""
+    targets = TargetsRule("one-recipient", argument="to", max_targets=1)
+    limit = LimitRule("twice", per="session", calls=2)
+    sequence = SequenceRule("after-secrets", after_tags=frozenset({"secrets"}))
+    policy = RulePolicy([targets, limit, sequence])  # written in the worst order
+    decision = policy.decide(call_request(MAIL, {"to": "bob@example.test"}, scopes="mail:send"))
+    assert decision.allowed and decision.on_allow == (sequence, limit, targets)
+    both = AllOf(RulePolicy([targets]), RulePolicy([limit]))
+    assert both.decide(call_request(MAIL, {"to": "bob@example.test"}, scopes="mail:send")).on_allow == (limit, targets)

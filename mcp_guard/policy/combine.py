@@ -24,7 +24,7 @@ from dataclasses import replace
 from typing import TypeVar
 
 from mcp_guard.memo import remember
-from mcp_guard.model import CallRequest, Decision, Principal, ToolSpec
+from mcp_guard.model import CallRequest, Decision, Principal, ToolSpec, in_allow_order
 from mcp_guard.policy.base import Policy, PolicyFunction, Verdict, as_policy
 from mcp_guard.policy.risk import RiskSettings
 from mcp_guard.reasons import ReasonCode
@@ -151,7 +151,7 @@ class _Combination:
             policy_id=self.id,
             policy_version=self.version,
             targets=tuple(target for decision in allows for target in decision.targets),
-            on_allow=tuple({id(hook): hook for decision in allows for hook in decision.on_allow}.values()),
+            on_allow=in_allow_order({id(hook): hook for decision in allows for hook in decision.on_allow}.values()),
         )
 
     def _denied(self, request: CallRequest, denials: Sequence[Decision]) -> Decision:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal, NamedTuple
 
 from mcp_guard.memo import remember
-from mcp_guard.model import AllowHook, CallRequest, Decision, Principal, Reason, Risk, ToolSpec
+from mcp_guard.model import AllowHook, CallRequest, Decision, Principal, Reason, Risk, ToolSpec, in_allow_order
 from mcp_guard.policy.risk import RiskSettings
 from mcp_guard.policy.rules import Rule, SequenceRule
 from mcp_guard.policy.scopes import RULE_REQUIRED_SCOPES, ScopePolicy
@@ -250,7 +250,7 @@ class RulePolicy:
             listed=self.unlisted == "allow" or tool.name in self.declared,
             rules=rules,
             reaching=tuple(rule for rule in rules if hasattr(rule, "reached")),
-            hooks=tuple(rule for rule in rules if isinstance(rule, AllowHook)),
+            hooks=in_allow_order(rule for rule in rules if isinstance(rule, AllowHook)),
             listing=tuple(rule for rule in rules if hasattr(rule, "admits")),
             rule_ids=(RULE_REQUIRED_SCOPES, *(rule.id for rule in rules)),
             memo={},

@@ -200,6 +200,8 @@ class SequenceRule(SelectedRule):
     no tool tagged ``egress`` after any tool tagged ``secrets``."""
 
     kind: ClassVar[str] = "sequence"
+    allow_order: ClassVar[int] = 0
+    """It only judges: told first, it refuses before any other rule takes anything."""
     after_tags: frozenset[str] = frozenset()
     after_tools: frozenset[str] = frozenset()
 
@@ -232,6 +234,9 @@ class TargetsRule(SelectedRule):
     strings) across the session's allowed calls: for example, distinct e-mail recipients."""
 
     kind: ClassVar[str] = "targets"
+    allow_order: ClassVar[int] = 2
+    """Told after the rules that can still refuse (rate limits): a target this call took, and
+    another call allowed meanwhile relies on, is then never given back."""
     argument: str = ""
     """The argument holding the targets; a dotted path (``message.to``) reaches into objects."""
     max_targets: int = 1
