@@ -678,7 +678,10 @@ def _moment(at: float) -> str:
 
 
 def _admitted_only(fn: F, tool: str) -> F:
-    """Wrap ``fn`` so it runs only inside a call the guard admitted for ``tool``."""
+    """Wrap ``fn`` so it runs only inside a call the guard admitted for ``tool``.
+
+    Both wrappers read the admission as `context.current_call` does, inline: they run on every
+    tool call, and a function call more is measurable there."""
     if inspect.iscoroutinefunction(fn):
         coroutine_fn = cast(Callable[..., Awaitable[Any]], fn)
 
