@@ -131,11 +131,20 @@ class Authority:
             issuer = self.metadata_issuer or self.issuer
             return self.answer(json.dumps({"issuer": issuer, "jwks_uri": self.jwks_uri}).encode())
 
+        async def tenant_metadata(request: Request) -> Response:
+            """An issuer with a path: RFC 8414's location for tenant-1, OpenID's appended one for tenant-2."""
+            tenant = request.path_params["tenant"]
+            if (tenant == "tenant-1") != request.url.path.startswith("/.well-known/"):
+                return Response("not here", status_code=404)
+            return self.answer(json.dumps({"issuer": f"{self.issuer}/{tenant}", "jwks_uri": self.jwks_uri}).encode())
+
         return Starlette(
             routes=[
                 Route("/jwks", jwks),
                 Route("/introspect", introspect, methods=["POST"]),
                 Route("/.well-known/oauth-authorization-server", metadata),
+                Route("/.well-known/oauth-authorization-server/{tenant}", tenant_metadata),
+                Route("/{tenant}/.well-known/openid-configuration", tenant_metadata),
             ]
         )
 

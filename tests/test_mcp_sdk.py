@@ -380,7 +380,7 @@ async def test_the_tool_sees_no_scope_beyond_the_approved_set(mode: str, credent
     assert "billing:write" not in repr(claims)
 
 
-async def test_no_tool_can_change_what_the_next_call_sees(mode: str) -> None:
+async def test_no_tool_changes_by_mistake_what_the_next_call_sees(mode: str) -> None:
     """The trimmed caller is shared by a token's calls, so it refuses every change."""
     guard = Guard()
     server = MCPServer("tamper", middleware=[GuardMiddleware(guard)])
@@ -412,6 +412,27 @@ async def test_no_tool_can_change_what_the_next_call_sees(mode: str) -> None:
             second = (await client.call_tool("tamper", {})).structured_content
     assert first == second == {"result": ["notes:read"]}
     assert len(refusals) == 10  # every change, on both calls
+
+
+async def test_a_token_verified_anew_with_another_answer_is_trimmed_afresh(mode: str) -> None:
+    """An introspected token asked about again may come back with new claims: the tool sees those."""
+    guard = Guard()
+    server = MCPServer("answers", middleware=[GuardMiddleware(guard)])
+
+    @server.tool()
+    @guard.tool(scopes="notes:read")
+    async def whoami() -> dict[str, Any]:
+        token = get_access_token()
+        assert token is not None and token.claims is not None
+        return {"tenant": token.claims["tenant"], "expires_at": token.expires_at}
+
+    seen = []
+    for tenant, lifetime in (("acme", 600), ("globex", 7200)):
+        credential = access_token("alice", "notes:read", token="one-bearer", tenant=tenant, expires_in=lifetime)
+        with acting_as(credential):
+            async with Client(server, mode=mode) as client:
+                seen.append((await client.call_tool("whoami", {})).structured_content)
+        assert seen[-1] == {"tenant": tenant, "expires_at": credential.expires_at}
 
 
 def test_read_only_values_copy_as_plain_ones() -> None:

@@ -27,7 +27,7 @@ from mcp_guard.errors import Refused
 from mcp_guard.identity.claims import json_object
 from mcp_guard.reasons import ReasonCode
 
-__all__ = ["MAX_JWKS_BYTES", "MAX_KEYS", "JWKSCache", "capped_body", "fetch_json"]
+__all__ = ["MAX_JWKS_BYTES", "MAX_KEYS", "MIN_RSA_BITS", "JWKSCache", "capped_body", "fetch_json"]
 
 logger = logging.getLogger("mcp_guard")
 
@@ -80,14 +80,21 @@ async def capped_body(response: httpx2.Response, limit: int) -> bytes:
     return bytes(body)
 
 
+MIN_RSA_BITS = 2048
+"""Smallest RSA modulus a key may have (RFC 7518 section 3.3): a smaller key can be factored."""
+
+Keys = dict[str, tuple[Key, ...]]
+"""A JWKS's signing keys by ``kid``: one ``kid`` may name keys of different types (RFC 7517 4.5)."""
+
+
 @dataclass
 class _KeySetEntry:
-    keys: dict[str, Key] = field(default_factory=dict)
+    keys: Keys = field(default_factory=dict)
     fetched_at: float = -float("inf")
     attempted_at: float = -float("inf")
     in_flight: anyio.Event | None = None
     generation: int = 0
-    thumbprints: frozenset[str] = frozenset()
+    identities: frozenset[str] = frozenset()
 
 
 class JWKSCache:
@@ -122,10 +129,13 @@ class JWKSCache:
         self.fetches = 0
         """How many fetches were attempted (for operators and tests)."""
 
-    def generation(self, jwks_uri: str) -> int:
-        """Changes whenever the keys at ``jwks_uri`` change: verifications made before are stale."""
+    def current(self, jwks_uri: str, generation: int) -> bool:
+        """Whether the keys at ``jwks_uri`` are still at ``generation`` and fresh (within
+        ``max_age``): a verification made with them stands only while they are. Past that, the
+        set is fetched again before it counts, so a key the issuer withdrew takes its tokens
+        with it."""
         entry = self._sets.get(jwks_uri)
-        return entry.generation if entry is not None else -1
+        return entry is not None and entry.generation == generation and self._clock() - entry.fetched_at <= self.max_age
 
     async def key(self, jwks_uri: str, kid: str | None, alg: str) -> tuple[Key, int]:
         """The key to verify a token signed with ``alg`` under ``kid``, and its key set's generation.
@@ -164,11 +174,13 @@ class JWKSCache:
         self.fetches += 1
         try:
             keys = _import_keys(await self._fetch(jwks_uri))
-            thumbprints = frozenset(f"{kid} {key.thumbprint()}" for kid, key in keys.items())
-            if thumbprints != entry.thumbprints:
-                entry.keys, entry.thumbprints = keys, thumbprints
+            identities = frozenset(
+                f"{kid} {key.thumbprint()} {key.get('alg')}" for kid, found in keys.items() for key in found
+            )
+            if identities != entry.identities:  # a key added, withdrawn, or given another algorithm
+                entry.identities = identities
                 entry.generation = next(self._generations)  # never one an evicted entry had
-            entry.fetched_at = self._clock()
+            entry.keys, entry.fetched_at = keys, self._clock()
         except (OSError, ValueError, httpx2.HTTPError, JoseError) as error:
             logger.warning(
                 "mcp-guard: JWKS %s could not be refreshed (%s); keeping %d cached keys",
@@ -181,19 +193,19 @@ class JWKSCache:
             done.set()
 
 
-def _import_keys(document: Mapping[str, Any]) -> dict[str, Key]:
+def _import_keys(document: Mapping[str, Any]) -> Keys:
     """The usable signing keys of a JWKS document by ``kid``.
 
-    Entries that are not signing keys (encryption keys, private keys published by mistake) or
-    that do not parse are skipped, one by one. A document with no usable key at all is an
-    error, so it never replaces keys that worked.
+    Entries that are not signing keys (encryption keys, private keys published by mistake),
+    RSA keys shorter than `MIN_RSA_BITS`, and entries that do not parse are skipped, one by
+    one. A document with no usable key at all is an error, so it never replaces keys that worked.
     """
     keys = document.get("keys")
     if not isinstance(keys, list):
         raise ValueError("a JWKS document needs a 'keys' array")
     if len(keys) > MAX_KEYS:
         raise ValueError(f"a JWKS document with more than {MAX_KEYS} keys")
-    imported: dict[str, Key] = {}
+    imported: dict[str, list[Key]] = {}
     for index, data in enumerate(keys):
         if not isinstance(data, dict) or data.get("use", "sig") != "sig" or "d" in data:
             continue
@@ -202,19 +214,23 @@ def _import_keys(document: Mapping[str, Any]) -> dict[str, Key]:
         except (JoseError, ValueError, TypeError, KeyError) as error:
             logger.warning("mcp-guard: JWKS entry %d skipped: %s", index, type(error).__name__)
             continue
+        if isinstance(key, RSAKey) and key.raw_value.key_size < MIN_RSA_BITS:
+            logger.warning("mcp-guard: JWKS entry %d skipped: an RSA key of %d bits", index, key.raw_value.key_size)
+            continue
         kid = data.get("kid")
-        imported[kid if isinstance(kid, str) else f"#{index}"] = key
+        imported.setdefault(kid if isinstance(kid, str) else f"#{index}", []).append(key)
     if not imported:
         raise ValueError("the JWKS document holds no usable signing key")
-    return imported
+    return {kid: tuple(found) for kid, found in imported.items()}
 
 
-def _pick(keys: Mapping[str, Key], kid: str | None, alg: str) -> Key | None:
-    """The key for ``kid`` if it suits ``alg``; with no ``kid``, the only key that suits it."""
-    if kid is not None:
-        key = keys.get(kid)
-        return key if key is not None and _suits(key, alg) else None
-    suitable = [key for key in keys.values() if _suits(key, alg)]
+def _pick(keys: Keys, kid: str | None, alg: str) -> Key | None:
+    """The one key named ``kid`` that suits ``alg``; with no ``kid``, the one key that suits it.
+
+    Two keys that both would is ambiguous, and neither is used.
+    """
+    named = keys.get(kid, ()) if kid is not None else [key for found in keys.values() for key in found]
+    suitable = [key for key in named if _suits(key, alg)]
     return suitable[0] if len(suitable) == 1 else None
 
 

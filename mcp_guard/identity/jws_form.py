@@ -33,6 +33,7 @@ _CURVE_ORDERS: dict[str, tuple[int, int]] = {
 """Each ECDSA JWS algorithm: the byte size of ``r`` and ``s``, and the order ``n`` of its curve."""
 
 _ALGORITHMS_LIMIT = 256
+_REMEMBERED_HEADER_CHARS = 1024
 _algorithms: dict[str, str] = {}
 """The ``alg`` of each encoded header seen, remembered: an issuer uses a handful of headers."""
 
@@ -101,7 +102,9 @@ def canonical(token: str) -> str:
     try:
         alg = _algorithms.get(parts[0])
         if alg is None:
-            alg = remember(_algorithms, parts[0], _algorithm(segment_bytes(parts[0])), _ALGORITHMS_LIMIT)
+            alg = _algorithm(segment_bytes(parts[0]))
+            if len(parts[0]) <= _REMEMBERED_HEADER_CHARS:  # a refused token's header may be of any size
+                remember(_algorithms, parts[0], alg, _ALGORITHMS_LIMIT)
         signature = segment_bytes(parts[2])
         if not high_s(alg, signature) and all(spelled_canonically(part) for part in parts):
             return token

@@ -22,8 +22,6 @@ __all__ = ["check_fetchable", "metadata_endpoint"]
 
 logger = logging.getLogger("mcp_guard")
 
-_WELL_KNOWN = ("/.well-known/oauth-authorization-server", "/.well-known/openid-configuration")
-
 
 def check_fetchable(uri: str) -> None:
     """Refuse a URL to fetch keys, metadata or answers from unless it is https (or loopback http)."""
@@ -33,6 +31,18 @@ def check_fetchable(uri: str) -> None:
         raise ValueError(f"{uri!r} must be an https URL (plain http only on loopback)")
 
 
+def _metadata_urls(issuer: str) -> tuple[str, ...]:
+    """Where an issuer's metadata may be, in the order MCP clients ask: RFC 8414's location, then
+    OpenID discovery's. For an issuer with a path, the well-known part goes between host and
+    path (RFC 8414 section 3.1), and OpenID's is also tried appended to the path."""
+    parts = urlsplit(issuer)
+    origin, path = f"{parts.scheme}://{parts.netloc}", parts.path.rstrip("/")
+    oauth, openid = "/.well-known/oauth-authorization-server", "/.well-known/openid-configuration"
+    if not path:
+        return (origin + oauth, origin + openid)
+    return (origin + oauth + path, origin + openid + path, origin + path + openid)
+
+
 async def metadata_endpoint(issuer: str, member: str, unavailable: ReasonCode) -> str:
     """The endpoint URL ``member`` (e.g. ``jwks_uri``) from ``issuer``'s metadata.
 
@@ -40,12 +50,11 @@ async def metadata_endpoint(issuer: str, member: str, unavailable: ReasonCode) -
     it lacks the member.
     """
     check_fetchable(issuer)
-    base = issuer.rstrip("/")
-    for suffix in _WELL_KNOWN:
+    for url in _metadata_urls(issuer):
         try:
-            metadata: Mapping[str, Any] = await fetch_json(base + suffix)
+            metadata: Mapping[str, Any] = await fetch_json(url)
         except (OSError, ValueError, httpx2.HTTPError) as error:
-            logger.warning("mcp-guard: metadata of %s not at %s: %s", issuer, suffix, error)
+            logger.warning("mcp-guard: metadata of %s not at %s: %s", issuer, url, error)
             continue
         uri = metadata.get(member)
         if metadata.get("issuer") != issuer or not isinstance(uri, str):

@@ -108,7 +108,9 @@ class JWTVerifier:
     """Verifies JWT access tokens from a set of trusted issuers into `Principal` values.
 
     Verified principals are cached by SHA-256 of the token until they expire, so a token seen
-    before costs one hash and one lookup (its expiry is still checked on every call).
+    before costs one hash and one lookup (its expiry is still checked on every call). A cached
+    verification counts only while the issuer's keys are fresh: past ``max_age`` they are
+    fetched again, and a key the issuer withdrew takes its tokens with it.
     """
 
     def __init__(
@@ -137,14 +139,14 @@ class JWTVerifier:
         """The principal a valid access token stands for; raises `Refused` with the reason otherwise.
 
         A token verified before is answered from the cache while it is within its time limits
-        and its issuer's keys have not changed; otherwise it is verified afresh.
+        and its issuer's keys are unchanged and fresh; otherwise it is verified afresh.
         """
         if not isinstance(token, str) or len(token) > self.max_token_bytes:
             raise Refused(ReasonCode.TOKEN_TOO_LARGE if isinstance(token, str) else ReasonCode.TOKEN_MALFORMED)
         digest = token_digest(token)
         now = self.clock()
         cached = self._verified.get(digest)
-        if cached is not None and now <= cached.until and self.jwks.generation(cached.jwks_uri) == cached.generation:
+        if cached is not None and now <= cached.until and self.jwks.current(cached.jwks_uri, cached.generation):
             return cached.principal
         forgotten = self._forgotten
         verified = await self._verify(token, digest, now)
@@ -188,9 +190,8 @@ class JWTVerifier:
             digest = token_digest(with_low_s(signing_input, alg, signature))  # the cache keeps the raw digest
         fingerprint = fingerprint_of(digest)
         principal = _principal(trusted, claims, now, fingerprint)  # the signature covers exactly these bytes
-        return _new(
-            _Verified, (principal, valid_until(claims, trusted.leeway, trusted.max_token_age), jwks_uri, generation)
-        )
+        until = valid_until(claims, trusted.leeway, trusted.max_token_age)
+        return _new(_Verified, (principal, until, jwks_uri, generation))
 
     async def _jwks_uri(self, trusted: TrustedIssuer) -> str:
         """The issuer's JWKS URI: configured, or discovered from its metadata (RFC 8414).
@@ -239,7 +240,7 @@ def _header(members: Mapping[str, Any]) -> _Header:
 
 
 class _Verified(NamedTuple):
-    """A verification, cached: good until ``until``, and while the JWKS is at ``generation``."""
+    """A verification, cached: good until ``until``, and while the JWKS is fresh and at ``generation``."""
 
     principal: Principal
     until: float

@@ -68,7 +68,7 @@ class GuardMiddleware:
         """
         self.guard = guard
         self.record_completions = record_completions
-        self._trimmed: dict[tuple[str | None, frozenset[str]], AuthenticatedUser] = {}
+        self._trimmed: dict[tuple[str | None, frozenset[str]], tuple[Principal, AuthenticatedUser]] = {}
 
     async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         method = ctx.method
@@ -96,9 +96,11 @@ class GuardMiddleware:
             raise denial_error(authorization)
         user = None
         if credential is not None:
-            trimmed = self._trimmed.get((request.principal.token_hash, decision.approved_scopes))
+            principal = request.principal
+            seen = self._trimmed.get((principal.token_hash, decision.approved_scopes))
+            trimmed = seen[1] if seen is not None and seen[0] is principal else None
             if trimmed is None:
-                trimmed = self._trim(credential, request.principal, decision.approved_scopes)
+                trimmed = self._trim(credential, principal, decision.approved_scopes)
             user = auth_context_var.set(trimmed)
             if ctx.request is not None:  # over HTTP, the tool's view of the request is trimmed as well
                 ctx = replace(ctx, request=_request_as_seen(ctx.request, trimmed))
@@ -123,12 +125,14 @@ class GuardMiddleware:
     def _trim(self, credential: AccessToken, principal: Principal, approved: frozenset[str]) -> AuthenticatedUser:
         """The caller as a tool sees it: only the approved scopes, no bearer string.
 
-        Memoised per token and approved set: the object is shared, so it is read-only
-        (`read_only`). A credential without a token fingerprint is trimmed afresh every call.
+        Memoised per token and approved set, for as long as the token's verification is the
+        same one (the same `Principal`): a token verified anew with a different answer is
+        trimmed afresh. The object is shared, so it is read-only (`read_only`). A credential
+        without a token fingerprint is trimmed afresh every call.
         """
         user = ReadOnlyUser(_trimmed(credential, approved))
         if principal.token_hash is not None:
-            remember(self._trimmed, (principal.token_hash, approved), user, self._TRIMMED_LIMIT)
+            remember(self._trimmed, (principal.token_hash, approved), (principal, user), self._TRIMMED_LIMIT)
         return user
 
     async def _list_tools(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:

@@ -1,9 +1,10 @@
 """The caller as a tool sees it, read-only.
 
 One trimmed token (and the user holding it) serves every call a token makes with the same
-approved scopes, so no tool may change what the next call's tool sees: the token is a frozen
-model, its scope list and claims (nested values too) refuse changes, and the user refuses new
-attributes. Copies (``copy``, ``deepcopy``, pickling) are plain, mutable lists and dicts: a
+approved scopes, so no tool may change by mistake what the next call's tool sees: the token is
+a frozen model, its scope list and claims (nested values too) refuse changes, and the user
+refuses new attributes. Tool code runs in the server's process, so this guards against
+mistakes, not against code set on getting past it (``list.append(token.scopes, ...)``). Copies (``copy``, ``deepcopy``, pickling) are plain, mutable lists and dicts: a
 tool that wants to change its copy may.
 """
 

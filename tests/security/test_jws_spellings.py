@@ -20,7 +20,15 @@ from mcp.server.auth.provider import AccessToken
 
 from authority import RESOURCE, Authority
 from mcp_guard import AccessTokenIdentifier, Guard, GuardTokenVerifier, Refused, ToolSpec, token_fingerprint
-from mcp_guard.identity.jws_form import _CURVE_ORDERS, canonical, high_s, low_s, segment_bytes, spelled_canonically
+from mcp_guard.identity.jws_form import (
+    _CURVE_ORDERS,
+    _algorithms,
+    canonical,
+    high_s,
+    low_s,
+    segment_bytes,
+    spelled_canonically,
+)
 from mcp_guard.identity.rfc9068 import JWTVerifier, TrustedIssuer
 from mcp_guard.reasons import ReasonCode
 
@@ -182,3 +190,11 @@ async def test_fingerprinting_a_refused_token_never_fails(authority: Authority, 
 def test_canonical_is_total(token: str) -> None:
     assert isinstance(canonical(token), str)
     assert canonical(canonical(token)) == canonical(token)
+
+
+def test_fingerprinting_refused_tokens_keeps_no_large_header_in_memory() -> None:
+    """Refused bearer strings are fingerprinted for the audit record: a huge header is not kept."""
+    huge = b64_json({"alg": "ES256", "pad": "x" * 100_000})
+    for index in range(3):
+        token_fingerprint(f"{huge}.{b64_json({'n': index})}.c2ln")
+    assert all(len(header) <= 1024 for header in _algorithms)

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from joserfc import jws, jwt
-from joserfc.jwk import RSAKey
+from joserfc.jwk import ECKey, KeySet, RSAKey
 from pydantic import ValidationError
 
 from authority import RESOURCE, Authority, serve_authority
@@ -408,18 +408,42 @@ async def test_cached_keys_outlive_an_outage_only_until_max_stale(authority: Aut
     cache = JWKSCache(max_age=60, max_stale=600, min_refresh_interval=0, clock=lambda: now[0])
     trusted = TrustedIssuer(issuer=authority.issuer, audience=RESOURCE, jwks_uri=authority.jwks_uri)
     verifier = JWTVerifier([trusted], jwks=cache)
-    assert await verifier.verify(authority.mint())
+    seen_before = authority.mint()
+    assert await verifier.verify(seen_before)
     authority.jwks_down = True
     try:
         now[0] += 599
         assert await verifier.verify(authority.mint())  # stale, the endpoint down: the cached key serves
+        assert await verifier.verify(seen_before)
         now[0] += 2
         assert await refused(verifier, authority.mint()) == "keys_unavailable"
+        assert await refused(verifier, seen_before) == "keys_unavailable"  # its verification ended with its keys
     finally:
         authority.jwks_down = False
     assert await verifier.verify(authority.mint())  # back up: fetched afresh
     with pytest.raises(ValueError, match="max_stale"):
         JWKSCache(max_age=60, max_stale=30)
+
+
+async def test_a_cached_verification_ends_when_its_keys_are_no_longer_fresh(authority: Authority) -> None:
+    """A key the issuer withdraws takes its tokens with it at the next refresh, cached ones too."""
+    now = [1000.0]
+    cache = JWKSCache(max_age=60, min_refresh_interval=0, clock=lambda: now[0])
+    verifier = JWTVerifier(
+        [TrustedIssuer(issuer=authority.issuer, audience=RESOURCE, jwks_uri=authority.jwks_uri)], jwks=cache
+    )
+    authority.keys["withdrawn"] = RSAKey.generate_key(2048, parameters={"kid": "withdrawn"})
+    token = authority.mint(kid="withdrawn")
+    try:
+        assert await verifier.verify(token)
+    finally:
+        del authority.keys["withdrawn"]
+    now[0] += 59
+    assert await verifier.verify(token)  # the keys are fresh: the verification stands
+    fetches = cache.fetches
+    now[0] += 2
+    assert await refused(verifier, token) == "key_unknown"
+    assert cache.fetches == fetches + 1
 
 
 async def test_forgetting_tokens_forgets_keys_too(authority: Authority) -> None:
@@ -487,6 +511,14 @@ async def test_the_endpoint_down_keeps_cached_keys_and_fails_closed_without_them
 async def test_keys_are_discovered_from_issuer_metadata(authority: Authority) -> None:
     discovering = JWTVerifier([TrustedIssuer(issuer=authority.issuer, audience=RESOURCE)])
     assert (await discovering.verify(authority.mint())).subject == "agent-7"
+
+
+@pytest.mark.parametrize("tenant", ["tenant-1", "tenant-2"])
+async def test_an_issuer_with_a_path_is_discovered_where_mcp_clients_look(authority: Authority, tenant: str) -> None:
+    """RFC 8414 puts the well-known part between host and path; OpenID discovery appends it."""
+    issuer = f"{authority.issuer}/{tenant}"
+    discovering = JWTVerifier([TrustedIssuer(issuer=issuer, audience=RESOURCE)])
+    assert (await discovering.verify(authority.mint(iss=issuer))).issuer == issuer
 
 
 async def test_calls_arriving_during_discovery_share_its_outcome(authority: Authority) -> None:
@@ -603,6 +635,50 @@ async def test_one_bad_jwks_entry_does_not_spoil_the_rest(authority: Authority) 
     ).encode()
     try:
         assert await verifier_for(authority).verify(authority.mint())
+    finally:
+        authority.jwks_body = None
+
+
+@pytest.mark.filterwarnings("ignore:Key size should be")  # joserfc's own warning, on creating and on reading it
+async def test_rsa_keys_shorter_than_2048_bits_are_never_used(authority: Authority) -> None:
+    authority.keys["short"] = RSAKey.generate_key(1024, parameters={"kid": "short"})
+    try:
+        verifier = verifier_for(authority)
+        assert await refused(verifier, authority.mint(kid="short")) == "key_unknown"
+        assert await verifier.verify(authority.mint())
+    finally:
+        del authority.keys["short"]
+
+
+async def test_one_kid_may_name_keys_of_different_types(authority: Authority) -> None:
+    rsa = RSAKey.generate_key(2048, parameters={"kid": "shared"})
+    ec = ECKey.generate_key("P-256", parameters={"kid": "shared"})
+    twin = RSAKey.generate_key(2048, parameters={"kid": "shared"})
+    try:
+        authority.jwks_body = json.dumps(KeySet([rsa, ec]).as_dict(private=False)).encode()
+        verifier = verifier_for(authority)
+        assert await verifier.verify(authority.mint(kid="shared", key=rsa))
+        assert await verifier.verify(authority.mint(alg="ES256", kid="shared", key=ec))
+        authority.jwks_body = json.dumps(KeySet([rsa, twin]).as_dict(private=False)).encode()
+        ambiguous = verifier_for(authority)  # two keys one RS256 token could name: neither is used
+        assert await refused(ambiguous, authority.mint(kid="shared", key=rsa)) == "key_unknown"
+    finally:
+        authority.jwks_body = None
+
+
+async def test_a_key_given_another_algorithm_is_a_change_of_keys(authority: Authority) -> None:
+    verifier = verifier_for(authority, algorithms=("RS256", "PS256"))
+    before = authority.mint(alg="PS256")
+    assert await verifier.verify(before)
+    published = authority.public_jwks()["keys"]  # the same keys, the RSA one now pinned to RS256
+    pinned = [{**key, "alg": "RS256"} if key["kid"] == "rsa-1" else key for key in published]
+    authority.jwks_body = json.dumps({"keys": pinned}).encode()
+    verifier.jwks.max_age = 0
+    verifier.jwks.min_refresh_interval = 0
+    try:
+        assert await verifier.verify(authority.mint(jti="after"))  # refreshed: the same key, now RS256 only
+        assert await refused(verifier, authority.mint(alg="PS256", jti="ps")) == "key_unknown"
+        assert await refused(verifier, before) == "key_unknown"  # its cached verification went with the change
     finally:
         authority.jwks_body = None
 
