@@ -217,11 +217,22 @@ async def test_legacy_transport_sessions_bind_too(g: Guard) -> None:
     assert stolen.decision.reason.code == ReasonCode.SESSION_BINDING_MISMATCH
 
 
+async def test_one_login_session_is_one_governed_session_per_client(g: Guard) -> None:
+    """Authorization servers put one ``sid`` in the tokens of every client signed in with a
+    login: each client has its own session under it, and none can lock the others out."""
+    assert (await g.authorize("read_note", {}, token("alice", sid="login-1"))).allowed
+    assert (await g.authorize("read_note", {}, token("alice", client_id="other-app", sid="login-1"))).allowed
+    intruder = await g.authorize("read_note", {}, token("mallory", sid="login-1"))
+    assert intruder.decision.reason.code == ReasonCode.SESSION_BINDING_MISMATCH  # one client, another subject
+    again = await g.authorize("read_note", {}, token("alice", sid="login-1"))
+    assert again.allowed and again.request is not None and again.request.session.call_count == 2
+
+
 async def test_session_keys_by_source(g: Guard) -> None:
     keys = SessionKeys()
     p = Principal("https://i", "s", "c", token_hash="f" * 32, claims={"sid": "x"})
     assert keys.key(p, "t1") == "mcp:t1"
-    assert keys.key(p, None) == "claim:9:https://i:x"
+    assert keys.key(p, None) == "claim:9:https://i1:c:x"
     assert SessionKeys(claim=None).key(p, None) == "token:" + "f" * 32
     assert keys.key(Principal("https://i", "s", "c"), None) == "principal:9:https://i1:sc"
     with pytest.raises(Refused) as refused:

@@ -9,7 +9,8 @@ import anyio
 import mcp_types as types
 import pytest
 from mcp import Client, MCPError
-from mcp.server import Server, ServerRequestContext
+from mcp.client.caching import CacheConfig, InMemoryResponseCacheStore
+from mcp.server import CacheHint, Server, ServerRequestContext
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.provider import AccessToken
 from mcp.server.mcpserver import MCPServer
@@ -80,6 +81,35 @@ async def test_tools_list_shows_only_what_the_caller_may_call(
         async with Client(server, mode=mode) as client:
             listed = await client.list_tools()
     assert sorted(tool.name for tool in listed.tools) == visible
+
+
+async def test_a_shared_response_cache_never_serves_one_callers_list_to_another() -> None:
+    """A server-wide hint may call tools/list public; the guard's list is the caller's own."""
+    guard = Guard()
+    server = MCPServer(
+        "cached",
+        middleware=[GuardMiddleware(guard)],
+        cache_hints={"tools/list": CacheHint(ttl_ms=600_000, scope="public")},
+    )
+
+    @server.tool()
+    @guard.tool(scopes="admin", conceal=True)
+    def wipe_everything() -> str:
+        return "wiped"
+
+    @server.tool()
+    @guard.tool(scopes="read")
+    def look() -> str:
+        return "looked"
+
+    store = InMemoryResponseCacheStore()
+    seen = {}
+    for subject, scopes in (("alice", "admin read"), ("bob", "read")):
+        cache = CacheConfig(store=store, partition=subject, share_public=True, target_id="server")
+        with acting_as(access_token(subject, scopes)):
+            async with Client(server, cache=cache) as client:
+                seen[subject] = sorted(tool.name for tool in (await client.list_tools()).tools)
+    assert seen == {"alice": ["look", "wipe_everything"], "bob": ["look"]}
 
 
 async def test_tools_list_is_empty_without_a_valid_identity(server: MCPServer, mode: str) -> None:

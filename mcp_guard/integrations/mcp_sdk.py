@@ -142,10 +142,13 @@ class GuardMiddleware:
         if not isinstance(result, dict) or not isinstance(tools, list):
             logger.error("mcp-guard: tools/list returned %s, which cannot be filtered", type(result).__name__)
             raise MCPError(code=INTERNAL_ERROR, message="tools/list could not be filtered by mcp-guard")
-        return {
+        filtered = {
             **result,
             "tools": [tool for tool in tools if isinstance(tool, dict) and tool.get("name") in visible],
         }
+        if "cacheScope" in filtered:  # a list shown to one caller must not be served from a cache to another
+            filtered["cacheScope"] = "private"
+        return filtered
 
 
 class GuardTokenVerifier:

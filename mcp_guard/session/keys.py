@@ -3,8 +3,9 @@
 Legacy MCP (2025-11-25 and earlier) has sessions: the transport's ``Mcp-Session-Id``, or for
 stdio and in-process connections an id minted per connection. MCP 2026-07-28 is stateless, so
 the key comes from the credential: a configured token claim (``sid`` by default, which
-authorization servers set per login session), else the token itself (its fingerprint), else
-the principal. Keys are prefixed by their source so the sources never collide.
+authorization servers set per login session, shared by every client signed in with it) with
+the issuer and client it came from, else the token itself (its fingerprint), else the
+principal. Keys are prefixed by their source so the sources never collide.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ class SessionKeys:
                         ReasonCode.SESSION_UNAVAILABLE,
                         f"The token's {self.claim!r} claim must be a non-empty string.",
                     )
-                return f"claim:{len(principal.issuer)}:{principal.issuer}:{_bounded(value)}"
+                issuer, client_id = principal.issuer, principal.client_id  # a login serves many clients
+                return f"claim:{len(issuer)}:{issuer}{len(client_id)}:{client_id}:{_bounded(value)}"
         if principal.token_hash is not None:
             return "token:" + principal.token_hash
         issuer, subject, client_id = principal.binding
