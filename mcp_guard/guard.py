@@ -296,7 +296,7 @@ class Guard:
                     decision = self._refusal(ReasonCode.POLICY_ERROR, None, principal)
                     detail = f"{type(error).__name__}: {error}"[:_DETAIL_LIMIT]
                 if awaited and decision.allowed:  # revoked or ended while a remote policy was deciding?
-                    await self._check_still_usable(principal, session, now)
+                    await self._check_still_usable(principal, session)
             except Refused as refusal:
                 decision = self._refusal(refusal.code, refusal.message, principal)
             except Exception:
@@ -354,7 +354,7 @@ class Guard:
                 and (self.shadow is not None or type(self.sessions) is not MemorySessionStore)
             ):
                 try:  # the shadow or the session store may have waited: revoked or ended meanwhile?
-                    await self._check_still_usable(principal, session, now)
+                    await self._check_still_usable(principal, session)
                 except Exception as error:
                     if isinstance(error, Refused):
                         decision = self._refusal(error.code, error.message, principal)
@@ -458,11 +458,14 @@ class Guard:
         client opens a new one.
         """
         given = _one_target({"subject": subject, "client_id": client_id, "token_id": token_id}, issuer)
-        lifted = self.revocations.restore(token_id=token_id, subject=subject, client_id=client_id, issuer=issuer)
+        now = self.clock()
+        lifted = self.revocations.restore(
+            now=now, token_id=token_id, subject=subject, client_id=client_id, issuer=issuer
+        )
         if lifted is None:
             return False
         detail = _describe(given, issuer, reason, lifted, lifting=True)
-        self.record(AuditEvent.build(EventKind.ACCESS_RESTORED, self.clock(), detail=detail))
+        self.record(AuditEvent.build(EventKind.ACCESS_RESTORED, now, detail=detail))
         return True
 
     # -- stages -------------------------------------------------------------------------------
@@ -532,9 +535,11 @@ class Guard:
             return self._refusal(ReasonCode.GUARD_ERROR, None, principal)
         return decision
 
-    async def _check_still_usable(self, principal: Principal, session: Session, now: float) -> None:
-        """Raise `Refused` when ``principal`` or ``session`` was revoked or ended since the call
-        began (read again from a store outside process memory, which another replica may change)."""
+    async def _check_still_usable(self, principal: Principal, session: Session) -> None:
+        """Raise `Refused` when ``principal`` or ``session`` was revoked, ended or ran out of
+        time since the call began (as of now: the wait may have been long), read again from a
+        store outside process memory, which another replica may change."""
+        now = self.clock()
         self.check_principal(principal, now)
         if type(self.sessions) is not MemorySessionStore:
             stored = await self.sessions.get(session.id)

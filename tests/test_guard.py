@@ -366,6 +366,9 @@ async def test_revocation_records_say_how_long_and_what_was_lifted(
     assert len(events(audit, EventKind.ACCESS_RESTORED)) == restored
     await g.revoke(client_id="far", ttl=1e300)
     assert "after 1970" in (events(audit, EventKind.ACCESS_REVOKED)[-1].detail or "")
+    clock.advance(61)
+    assert not await g.restore(subject="bob")  # it ran out by itself: there was nothing to lift
+    assert len(events(audit, EventKind.ACCESS_RESTORED)) == restored
 
 
 async def test_a_session_revocation_takes_no_ttl_or_issuer(g: Guard, audit: MemoryAuditSink) -> None:

@@ -112,6 +112,27 @@ async def test_a_shared_response_cache_never_serves_one_callers_list_to_another(
     assert seen == {"alice": ["look", "wipe_everything"], "bob": ["look"]}
 
 
+async def test_a_tools_call_notification_is_no_call(mode: str) -> None:
+    """A ``tools/call`` without an id runs nothing, so the trail must not say a call was made."""
+    audit = MemoryAuditSink()
+    guard = Guard(audit=[audit])
+    server = MCPServer("notified", middleware=[GuardMiddleware(guard)])
+    ran: list[str] = []
+
+    @server.tool()
+    @guard.tool(scopes="notes:read")
+    def read_note() -> str:
+        ran.append("read_note")
+        return "hello"
+
+    with acting_as(access_token("alice", "notes:read")):
+        async with Client(server, mode=mode) as client:
+            await client.session._dispatcher.notify("tools/call", {"name": "read_note", "arguments": {}}, {})
+            assert (await client.call_tool("read_note", {})).content  # after the notification was handled
+    assert ran == ["read_note"]
+    assert [event.kind for event in audit.events].count(EventKind.CALL_DECIDED) == 1
+
+
 async def test_tools_list_is_empty_without_a_valid_identity(server: MCPServer, mode: str) -> None:
     for credential in (None, access_token(None, "notes:read"), access_token("a", "notes:read", expires_in=-3600)):
         with acting_as(credential):

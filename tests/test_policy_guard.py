@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,12 +11,22 @@ import anyio
 import pytest
 from mcp.client import Client
 
-from mcp_guard import EventKind, Guard, GuardMiddleware, MemoryAuditSink, PolicyFile, ReasonCode, ScopePolicy
+from mcp_guard import (
+    EventKind,
+    Guard,
+    GuardMiddleware,
+    MemoryAuditSink,
+    PolicyFile,
+    ReasonCode,
+    ScopePolicy,
+    SessionSettings,
+)
 from mcp_guard.audit.file import FileAuditSink
 from mcp_guard.cli import main
 from mcp_guard.model import CallRequest, Decision, ToolSpec
 from mcp_guard.policy import Verdict
 from mcp_guard.testing import access_token, acting_as
+from support import Clock
 
 pytestmark = pytest.mark.anyio
 
@@ -250,24 +261,27 @@ async def test_a_combined_policy_keeps_its_risk_threshold(audit: MemoryAuditSink
     assert [(await guard.authorize("write", {}, token)).allowed for _ in range(3)] == [True, False, False]
 
 
+class RemotePolicy:
+    """An external decision point: it answers, by the scope rules, once ``answer`` returns."""
+
+    id, version = "remote", "1"
+
+    def __init__(self, answer: Callable[[], Awaitable[object]]) -> None:
+        self.answer = answer
+        self.scopes = ScopePolicy()
+
+    def visible(self, principal: Any, tool: Any) -> bool:
+        return True
+
+    async def decide(self, request: CallRequest) -> Decision:
+        await self.answer()
+        return self.scopes.decide(request)
+
+
 @pytest.mark.parametrize("revoke", ["subject", "session"])
 async def test_a_revocation_while_a_remote_policy_decides_stops_that_call(revoke: str) -> None:
     gate = anyio.Event()
-
-    class Remote:
-        id, version = "remote", "1"
-
-        def __init__(self) -> None:
-            self.scopes = ScopePolicy()
-
-        def visible(self, principal: Any, tool: Any) -> bool:
-            return True
-
-        async def decide(self, request: CallRequest) -> Decision:
-            await gate.wait()  # an external decision point taking its time
-            return self.scopes.decide(request)
-
-    guard = Guard(policy=Remote(), audit=[MemoryAuditSink()])
+    guard = Guard(policy=RemotePolicy(gate.wait), audit=[MemoryAuditSink()])  # answers once the gate opens
     guard.declare(ToolSpec("wire_money", scopes=frozenset({"pay"})))
     token = access_token("mallory", "pay")
     outcome: list[str] = []
@@ -284,6 +298,23 @@ async def test_a_revocation_while_a_remote_policy_decides_stops_that_call(revoke
             await guard.revoke(session_id="mcp:s")
         gate.set()
     assert outcome == ["subject_revoked" if revoke == "subject" else "session_revoked"]
+
+
+@pytest.mark.parametrize(("expires_in", "code"), [(60, "token_expired"), (5 * 3600, "session_expired")])
+async def test_a_token_or_session_that_runs_out_while_a_remote_policy_decides_stops_that_call(
+    expires_in: float, code: str
+) -> None:
+    clock = Clock()
+
+    async def hours_later() -> None:
+        await anyio.sleep(0)
+        clock.advance(3 * 3600)
+
+    settings = SessionSettings(absolute_ttl=3600, idle_ttl=600)
+    guard = Guard(policy=RemotePolicy(hours_later), clock=clock, session_settings=settings)
+    guard.declare(ToolSpec("wire_money", scopes=frozenset({"pay"})))
+    token = access_token("mallory", "pay").model_copy(update={"expires_at": int(clock.now + expires_in)})
+    assert (await guard.authorize("wire_money", {}, token)).decision.reason.code == code
 
 
 @pytest.mark.parametrize("candidate", ["the enforcing policy", "it plus a rule"])

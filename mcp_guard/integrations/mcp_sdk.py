@@ -72,6 +72,8 @@ class GuardMiddleware:
 
     async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         method = ctx.method
+        if ctx.request_id is None:  # a notification: it runs no tool and lists none, and nothing answers it
+            return await call_next(ctx)
         if method == "tools/list":
             return await self._list_tools(ctx, call_next)
         if method != "tools/call":

@@ -64,13 +64,15 @@ class Revocations:
     def restore(
         self,
         *,
+        now: float,
         token_id: str | None = None,
         subject: str | None = None,
         client_id: str | None = None,
         issuer: str | None = None,
     ) -> float | None:
         """Lift the revocation of the target named by the same arguments, however many
-        revocations of it were merged; return when it would have ended (None: there was none)."""
+        revocations of it were merged; return when it would have ended (None: there was none
+        in force at ``now``, as one that has run out is not)."""
         with self._lock:
             lifted = None
             if token_id is not None:
@@ -80,7 +82,7 @@ class Revocations:
             if client_id is not None:
                 lifted = self._clients.pop((issuer, client_id), None)
             self._settle()
-            return lifted
+            return lifted if _active(lifted, now) else None
 
     def check(self, principal: Principal, now: float) -> ReasonCode | None:
         """The reason ``principal`` is revoked at ``now``, or None."""
