@@ -486,9 +486,9 @@ class Guard:
         ``principal`` may not use it now. ``from_credential`` says the key came from the token,
         not the transport (see `SessionSettings.open`).
 
-        The common case, an existing usable session and a token already bound to it, never
-        comes here. A new token of the same identity (a refreshed one) is recorded as
-        ``session.bound``.
+        `authorize` checks the common case inline (an existing usable session with the token
+        already bound to it), which this returns unchanged. A new token of the same identity
+        (a refreshed one) is recorded as ``session.bound``.
         """
         session, opened = found, False
         if session is None:
@@ -597,6 +597,39 @@ class Guard:
             policy_id=self.policy.id,
             policy_version=self.policy.version,
         )
+
+    async def record_refusal(self, principal: Principal, spec: ToolSpec, decision: Decision, detail: str) -> bool:
+        """Record a call refused before it reached `authorize` (an HTTP step-up challenge) as an
+        in-band refusal is recorded: on the caller's session, which it opens or binds to as a
+        call would, with its risk weight, ending the session at the risk threshold.
+
+        False when it cannot be (the caller may not use that session, a sink failed): the
+        caller then gets no answer of its own, and `authorize` refuses the call in band.
+        """
+        try:
+            now = self.clock()
+            session_id = self.session_keys.key(principal, None)
+            found = await self.sessions.get(session_id)
+            session = await self._bind_session(session_id, principal, found, now, True)
+            span = recording_span()
+            trace_context = span.get_span_context() if span is not None else None
+            event = AuditEvent.build(
+                _CALL_DECIDED, now, principal, session_id, spec.name, decision, trace_context, detail, session.owners
+            )
+            self.record(event)
+            risk = self._risk
+            if risk is None and self._policy_scores_risk:
+                risk = getattr(self._policy, "risk", None)
+            weight = risk.weight(decision, spec) if risk is not None else 0.0
+            score = await self.sessions.record_call(session, now, allowed=False, tool=spec, risk=weight)
+            if risk is not None and score >= risk.threshold:
+                await self._end_risky_session(session, principal, score, risk.threshold, now)
+        except Refused:
+            return False
+        except Exception:
+            logger.exception("mcp-guard: recording a refusal of tool %s failed", spec.name)
+            return False
+        return True
 
     def record_completion(self, decided: AuditEvent, result: str, duration: float, error_type: str | None) -> None:
         """Record how an admitted call ended: ``ok``, ``tool_error`` or ``error``, and how long it took.

@@ -35,7 +35,6 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mcp_guard.audit.events import AuditEvent, EventKind
 from mcp_guard.errors import Refused
 from mcp_guard.guard import Guard
 from mcp_guard.identity.bearer import BearerVerifier
@@ -93,7 +92,7 @@ class GuardHTTP:
                 step_up = await self._step_up(_single_headers(scope["headers"]))
                 if step_up is not None:
                     body, receive = await _read_body(receive)
-                    if _served_as_call(scope, body, step_up.spec.name) and self._recorded(step_up):
+                    if _served_as_call(scope, body, step_up.spec.name) and await self._recorded(step_up):
                         answer = json.dumps({"error": "insufficient_scope"}).encode()
                         challenge = self._insufficient_scope(step_up.spec).encode("ascii")
                         headers = [(b"www-authenticate", challenge), (b"content-type", b"application/json")]
@@ -157,8 +156,9 @@ class GuardHTTP:
         missing = spec.scopes - granted
         return _StepUp(principal, spec, missing) if missing else None
 
-    def _recorded(self, step_up: _StepUp) -> bool:
-        """Record the challenge as a denied call; unrecorded, it is not given (the guard refuses in band)."""
+    async def _recorded(self, step_up: _StepUp) -> bool:
+        """Record the challenge as a denied call on the caller's session, weighed for risk as
+        any refusal is; unrecorded, it is not given (the guard refuses in band)."""
         decision = Decision(
             allowed=False,
             requested_scopes=step_up.principal.scopes,
@@ -166,21 +166,7 @@ class GuardHTTP:
             reasons=(Reason.of(ReasonCode.INSUFFICIENT_SCOPE),),
             rule_ids=("http.step_up",),
         )
-        event = AuditEvent.build(
-            EventKind.CALL_DECIDED,
-            self.guard.clock(),
-            step_up.principal,
-            None,
-            step_up.spec.name,
-            decision,
-            detail="HTTP 403 step-up challenge",
-        )
-        try:
-            self.guard.record(event)
-        except Exception:
-            logger.exception("mcp-guard: recording a step-up challenge failed")
-            return False
-        return True
+        return await self.guard.record_refusal(step_up.principal, step_up.spec, decision, "HTTP 403 step-up challenge")
 
     def _insufficient_scope(self, spec: ToolSpec) -> str:
         scope = format_scope(spec.scopes - _NOT_IN_CHALLENGES)

@@ -20,9 +20,11 @@ from mcp_guard import (
     AllOf,
     AnyOf,
     Decision,
+    EventKind,
     Guard,
     JWTVerifier,
     MemoryAuditSink,
+    RiskSettings,
     RulePolicy,
     ScopePolicy,
     ToolSpec,
@@ -110,6 +112,27 @@ async def test_a_missing_scope_gets_a_real_403_naming_every_scope_needed(
         "resource_metadata": resource_metadata_url(resource),
         "error_description": "The access token lacks scopes this tool requires",
     }
+
+
+async def test_step_up_challenges_count_on_the_session_and_toward_its_risk_threshold(authority: Authority) -> None:
+    """A 403 is a refusal like any other: a caller probing tools it may not call is revoked."""
+    audit = MemoryAuditSink()
+    guard = Guard(
+        scope_hierarchy={"notes:write": "notes:read"}, audit=[audit], risk=RiskSettings(threshold=30, denial=10)
+    )
+
+    def challenging(app: ASGIApp, verifier: JWTVerifier, resource: str) -> ASGIApp:
+        return GuardHTTP(app, guard, verifier, resource=resource)
+
+    with serving_jwt_notes(guard, authority.issuer, authority.jwks_uri, challenging) as resource:
+        token = authority.mint(aud=resource, scope="notes:read")
+        statuses = [(await post(resource, token, "write_note")).status_code for _ in range(3)]
+        after = await post(resource, token, "read_note")
+    assert statuses == [403, 403, 403]
+    assert after.status_code == 200 and "token_revoked" in after.text  # the third refusal reached the threshold
+    kinds = [event.kind for event in audit.events]
+    assert kinds.count(EventKind.SESSION_OPENED) == 1 and EventKind.SESSION_REVOKED in kinds
+    assert {event.session_id for event in step_up_events(audit)} == {audit.events[0].session_id}
 
 
 async def test_enough_scope_passes_through_to_the_server(authority: Authority, resource: str) -> None:
