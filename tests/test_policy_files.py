@@ -204,6 +204,24 @@ def test_contradictory_and_unreachable_rules_are_refused() -> None:
     assert "line 10: rules.1:" in found
 
 
+def test_empty_caller_lists_and_allow_rules_naming_no_caller_are_refused() -> None:
+    """An empty list (a template that rendered empty, say) names no caller: an allow rule would
+    read it as everyone and a claim as no one. `deny = {}` still closes a tool to every caller."""
+    rule = '[tools.t]\n[[rules]]\nid = "r"\ntools = ["t"]\n'
+    for match in ("allow = { subject = [] }", "deny = { issuer = [] }", 'allow = { subject = ["a"], client_id = [] }'):
+        (found,) = problems(HEADER + rule + match + "\n")
+        assert found.startswith("line 7: rules.0.") and "an empty list names no caller" in found, found
+    (found,) = problems(HEADER + rule + "deny = { claims = { groups = [] } }\n")
+    assert found.startswith("line 7: rules.0.deny.claims.groups:") and "an empty list names no caller" in found
+    (found,) = problems(HEADER + rule + "allow = {}\n")
+    assert found == "line 7: rules.0.allow: rule 'r' allows callers but names none: it would admit every caller"
+    yaml = "version: 1\ntools: {t: {}}\nrules:\n  - id: r\n    tools: [t]\n    allow:\n      subject: []\n"
+    (found,) = problems(yaml, "yaml")
+    assert found.startswith("line 7: rules.0.allow.subject:")
+    closed = parse_policy(HEADER + rule + "deny = {}\n", "toml")
+    assert not closed.decide(call_request(closed.declared["t"], subject="alice")).allowed
+
+
 def test_duplicate_ids_and_huge_files_are_refused() -> None:
     twice = (
         HEADER + '[[rules]]\nid = "a"\ndeny = { subject = ["x"] }\n[[rules]]\nid = "a"\ndeny = { subject = ["y"] }\n'

@@ -64,6 +64,17 @@ def test_principal_rules_allow_or_deny_by_issuer_subject_client_and_claims() -> 
     assert policy.visible(call_request(MAIL, scopes="mail:send").principal, MAIL)
 
 
+def test_a_principal_rule_that_names_no_caller_is_refused() -> None:
+    """An allow rule with nothing to match would admit every caller, and a claim with no value
+    would match none: both are mistakes (a list that came out empty), refused when built."""
+    with pytest.raises(ValueError, match="names none: it would admit every caller"):
+        PrincipalRule("admins", subjects=frozenset())
+    with pytest.raises(ValueError, match="claim 'groups' lists no value"):
+        PrincipalRule("no-suspended", effect="deny", claims={"groups": frozenset()})
+    everyone = RulePolicy([PrincipalRule("closed", effect="deny")])
+    assert not everyone.decide(call_request(FETCH, subject="alice")).allowed
+
+
 def test_required_scopes_come_first_and_trim_the_grant() -> None:
     policy = RulePolicy([PrincipalRule("anyone", effect="deny", subjects=frozenset({"mallory"}))])
     missing = decide(policy, MAIL, scopes="mail:read")
@@ -448,7 +459,7 @@ def test_explain_reports_every_rule_without_counting() -> None:
 
 def test_duplicate_rule_ids_and_tools_are_refused() -> None:
     with pytest.raises(ValueError, match="used twice"):
-        RulePolicy([PrincipalRule("a"), PrincipalRule("a")])
+        RulePolicy([PrincipalRule("a", subjects=frozenset({"x"})), PrincipalRule("a", subjects=frozenset({"y"}))])
     with pytest.raises(ValueError, match="declared twice"):
         RulePolicy(tools=[FETCH, FETCH])
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from mcp_guard.model import TOOL_NAME_PATTERN, Delegation
 from mcp_guard.scopes import MAX_SCOPE_TOKEN_LENGTH, SCOPE_TOKEN_PATTERN
@@ -38,6 +38,17 @@ ClockTime = Annotated[str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")]
 RULE_KINDS = ("allow", "deny", "arguments", "sequence", "targets", "limit", "time_window", "delegation")
 
 
+def _listed(values: list[str]) -> list[str]:
+    """Refuse an empty list of callers (a list that rendered empty, say): a rule would read it as
+    "anyone" or as "no one", and neither is what its author meant."""
+    if not values:
+        raise ValueError("an empty list names no caller: list at least one value, or leave the key out")
+    return values
+
+
+Callers = Annotated[list[Text], AfterValidator(_listed)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -57,10 +68,10 @@ class ToolModel(_Strict):
 class MatchModel(_Strict):
     """Which callers a principal rule matches: every attribute given must match."""
 
-    issuer: list[Text] = []
-    subject: list[Text] = []
-    client_id: list[Text] = []
-    claims: dict[Name, list[Text]] = {}
+    issuer: Callers = []
+    subject: Callers = []
+    client_id: Callers = []
+    claims: dict[Name, Callers] = {}
 
 
 class ConstraintModel(_Strict):

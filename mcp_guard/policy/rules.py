@@ -82,7 +82,9 @@ class PrincipalRule(SelectedRule):
 
     A caller matches when every attribute given matches: its issuer, subject and client id are
     among those listed, and for each claim listed the token's claim (a string or a list of
-    strings, such as ``groups`` or ``roles``) holds one of the values.
+    strings, such as ``groups`` or ``roles``) holds one of the values. An allow rule names at
+    least one attribute, and a claim at least one value: either left empty by mistake (a list
+    that rendered empty) would otherwise admit every caller, or match none.
     """
 
     kind: ClassVar[str] = "principal"
@@ -95,6 +97,11 @@ class PrincipalRule(SelectedRule):
     def __post_init__(self) -> None:
         if self.effect not in ("allow", "deny"):
             raise ValueError(f"rule {self.id!r}: effect must be 'allow' or 'deny', not {self.effect!r}")
+        if self.effect == "allow" and not (self.issuers or self.subjects or self.client_ids or self.claims):
+            raise ValueError(f"rule {self.id!r} allows callers but names none: it would admit every caller")
+        for name, wanted in self.claims.items():
+            if not wanted:
+                raise ValueError(f"rule {self.id!r}: claim {name!r} lists no value, so no caller could match it")
 
     def matches(self, principal: Principal) -> bool:
         if self.issuers and principal.issuer not in self.issuers:
