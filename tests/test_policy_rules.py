@@ -75,6 +75,38 @@ def test_a_principal_rule_that_names_no_caller_is_refused() -> None:
     assert not everyone.decide(call_request(FETCH, subject="alice")).allowed
 
 
+@pytest.mark.parametrize(
+    ("build", "setting"),
+    [
+        (lambda: PrincipalRule("r", subjects="alice-admin"), "subjects"),  # would admit "alice"
+        (lambda: PrincipalRule("r", issuers="https://idp"), "issuers"),
+        (lambda: PrincipalRule("r", client_ids="bot"), "client_ids"),
+        (lambda: PrincipalRule("r", claims={"groups": "platform-admins"}), "claim 'groups'"),
+        (lambda: PrincipalRule("r", effect="deny", tools="send_mail"), "tools"),  # would select no tool
+        (lambda: SequenceRule("r", tags="egress", after_tools=["read_secret"]), "tags"),
+        (lambda: SequenceRule("r", after_tags="secrets"), "after_tags"),
+        (lambda: SequenceRule("r", after_tools="read_secret"), "after_tools"),
+        (lambda: DelegationRule("r", mode="require", actors="trusted-bot"), "actors"),
+        (lambda: TimeWindowRule("r", days="mon"), "days"),
+    ],
+)
+def test_one_string_where_a_set_is_meant_is_refused(build: Any, setting: str) -> None:
+    """A string would be read as its characters or tested by substring, widening or voiding the rule."""
+    with pytest.raises(ValueError, match=f"rule 'r': {setting} must be a collection of values, not one string"):
+        build()
+
+
+def test_rules_hold_the_collections_they_are_given_as_sets() -> None:
+    rule = PrincipalRule("r", subjects=["alice", "bob"], claims={"groups": ("ops",)}, tools=["fetch"])
+    assert rule.subjects == frozenset({"alice", "bob"}) and rule.tools == frozenset({"fetch"})
+    assert rule.claims == {"groups": frozenset({"ops"})}
+    assert SequenceRule("s", after_tags=["secrets"]).after_tags == frozenset({"secrets"})
+    assert DelegationRule("d", actors=("bot",)).actors == frozenset({"bot"})
+    policy = RulePolicy([rule])
+    assert policy.decide(call_request(FETCH, subject="bob", claims={"groups": "ops"})).allowed
+    assert not policy.decide(call_request(FETCH, subject="ali", claims={"groups": "ops"})).allowed
+
+
 def test_required_scopes_come_first_and_trim_the_grant() -> None:
     policy = RulePolicy([PrincipalRule("anyone", effect="deny", subjects=frozenset({"mallory"}))])
     missing = decide(policy, MAIL, scopes="mail:read")

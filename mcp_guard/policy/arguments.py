@@ -21,6 +21,7 @@ from typing import Any, Final, Literal, TypeAlias
 from mcp_guard.policy.hosts import HostAllowlist
 from mcp_guard.policy.paths import PathRoots
 from mcp_guard.policy.regex import MAX_SUBJECT_LENGTH, compile_safe
+from mcp_guard.policy.settings import collection
 from mcp_guard.text import excerpt
 
 __all__ = ["MAX_DEPTH", "MISSING", "ArgumentConstraint", "ArgumentPath", "EnumValue", "JsonType"]
@@ -139,10 +140,7 @@ class ArgumentConstraint:
     def __post_init__(self) -> None:
         path = ArgumentPath(self.argument)
         for name in ("path_roots", "hosts", "schemes"):
-            values = getattr(self, name)
-            if isinstance(values, str):
-                raise self._error(f"{name} must be a sequence of strings, not one string")
-            object.__setattr__(self, name, tuple(values))
+            object.__setattr__(self, name, collection(getattr(self, name), f"argument {self.argument!r}: {name}"))
         if self.type is not None and self.type not in _KINDS:
             raise self._error(f"unknown type {self.type!r}; use one of {', '.join(_KINDS)}")
         self._check_range()
@@ -327,7 +325,7 @@ class ArgumentConstraint:
         setting(self, "_choices", "")
         if self.enum is None:
             return
-        setting(self, "enum", tuple(self.enum))
+        setting(self, "enum", collection(self.enum, f"argument {self.argument!r}: enum"))
         if not self.enum:
             raise self._error("enum is empty: no value could pass")
         for entry in self.enum:

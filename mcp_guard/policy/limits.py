@@ -98,6 +98,7 @@ class LimitRule(SelectedRule):
     counters: Counters = field(default_factory=Counters, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        SelectedRule.__post_init__(self)
         if self.per not in ("session", "principal", "client", "tool"):
             raise ValueError(f"rule {self.id!r}: per must be session, principal, client or tool, not {self.per!r}")
         if isinstance(self.calls, bool) or not isinstance(self.calls, int) or self.calls < 1:

@@ -23,6 +23,7 @@ from mcp_guard.errors import Refused
 from mcp_guard.model import CallRequest, Delegation, Principal, Reason
 from mcp_guard.policy.arguments import MISSING, ArgumentConstraint, ArgumentPath
 from mcp_guard.policy.scopes import delegation_refusal
+from mcp_guard.policy.settings import collection
 from mcp_guard.reasons import ReasonCode
 
 __all__ = [
@@ -66,11 +67,22 @@ class Rule(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class SelectedRule:
-    """The fields every built-in rule has: its id and the tools it selects."""
+    """The fields every built-in rule has: its id and the tools it selects.
+
+    A rule that checks its own settings calls ``SelectedRule.__post_init__`` first.
+    """
 
     id: str
     tools: frozenset[str] = field(default=frozenset(), kw_only=True)
     tags: frozenset[str] = field(default=frozenset(), kw_only=True)
+
+    def __post_init__(self) -> None:
+        self._hold_as_sets("tools", "tags")
+
+    def _hold_as_sets(self, *names: str) -> None:
+        """Hold each named setting as a frozenset, whatever collection it was given as."""
+        for name in names:
+            object.__setattr__(self, name, frozenset(collection(getattr(self, name), f"rule {self.id!r}: {name}")))
 
     def _refuse(self, code: str, request: CallRequest, why: str) -> Reason:
         return Reason(str(code), f"Rule {self.id!r} refuses tool {request.tool.name!r}: {why}.")
@@ -95,6 +107,13 @@ class PrincipalRule(SelectedRule):
     claims: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        SelectedRule.__post_init__(self)
+        self._hold_as_sets("issuers", "subjects", "client_ids")
+        claims = {
+            name: frozenset(collection(values, f"rule {self.id!r}: claim {name!r}"))
+            for name, values in self.claims.items()
+        }
+        object.__setattr__(self, "claims", claims)
         if self.effect not in ("allow", "deny"):
             raise ValueError(f"rule {self.id!r}: effect must be 'allow' or 'deny', not {self.effect!r}")
         if self.effect == "allow" and not (self.issuers or self.subjects or self.client_ids or self.claims):
@@ -147,6 +166,8 @@ class DelegationRule(SelectedRule):
     max_depth: int | None = None
 
     def __post_init__(self) -> None:
+        SelectedRule.__post_init__(self)
+        self._hold_as_sets("actors")
         if self.mode not in ("allow", "forbid", "require"):
             raise ValueError(f"rule {self.id!r}: mode must be 'allow', 'forbid' or 'require', not {self.mode!r}")
         if self.mode == "forbid" and (self.actors or self.max_depth is not None):
@@ -179,6 +200,7 @@ class ArgumentRule(SelectedRule):
     constraints: tuple[ArgumentConstraint, ...] = ()
 
     def __post_init__(self) -> None:
+        SelectedRule.__post_init__(self)
         if not self.constraints:
             raise ValueError(f"rule {self.id!r} constrains no argument")
         types: dict[str, str] = {}
@@ -213,6 +235,8 @@ class SequenceRule(SelectedRule):
     after_tools: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
+        SelectedRule.__post_init__(self)
+        self._hold_as_sets("after_tags", "after_tools")
         if not (self.after_tags or self.after_tools):
             raise ValueError(f"rule {self.id!r}: a sequence rule needs after_tags or after_tools")
 
@@ -251,6 +275,7 @@ class TargetsRule(SelectedRule):
     _path: ArgumentPath = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        SelectedRule.__post_init__(self)
         if not self.argument:
             raise ValueError(f"rule {self.id!r}: a targets rule names the argument that holds the target")
         try:
@@ -338,6 +363,8 @@ class TimeWindowRule(SelectedRule):
     _zone: ZoneInfo = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        SelectedRule.__post_init__(self)
+        self._hold_as_sets("days")
         unknown = self.days - set(DAYS)
         if unknown or not self.days:
             raise ValueError(f"rule {self.id!r}: days must be some of {', '.join(DAYS)}, not {sorted(self.days)}")
