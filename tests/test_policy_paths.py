@@ -97,6 +97,13 @@ def test_a_symlink_loop_does_not_hang(root: Path) -> None:
         ("..%c0%afsecret", "percent-encoded"),
         ("..%e0%80%afsecret", "percent-encoded"),
         ("..%u2215secret", "percent-encoded"),
+        ("..%25u002fsecret", "percent-encoded"),
+        ("%%32%65%%32%65/secret", "percent-encoded"),  # '%' '%32' '%65' decodes to '%2e'
+        ("%2%65%2%65/secret", "percent-encoded"),
+        ("..%%32%66..%%32%66secret", "percent-encoded"),
+        ("..%f0%80%80%afsecret", "percent-encoded"),  # a 4-byte overlong '/'
+        ("docs%00.txt", "percent-encoded"),
+        ("..%" + "25" * 6 + "2fsecret", "percent-encoded more than 4 times over"),
         ("a" * (MAX_PATH_LENGTH + 1), f"longer than {MAX_PATH_LENGTH}"),
     ],
 )
@@ -117,6 +124,7 @@ def test_ordinary_percent_signs_and_unicode_names_pass(root: Path) -> None:
     roots = PathRoots([str(root)])
     assert roots.violation("docs/100%.txt") is None
     assert roots.violation("docs/%20name.txt") is None
+    assert roots.violation("docs/50%off%2520.txt") is None  # decodes to a space, twice over
     assert roots.violation("docs/r\u00e9sum\u00e9 \u6587\u66f8.txt") is None
 
 

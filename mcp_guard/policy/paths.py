@@ -2,9 +2,10 @@
 
 A path is refused on its text alone, before it touches the filesystem, when it is not a
 non-empty string of at most `MAX_PATH_LENGTH` printable characters, or when it holds a
-backslash or a percent-encoded separator or dot (``%2f``, ``%5c``, ``%2e``, encoded again as
-``%252f``, or as overlong UTF-8 such as ``%c0%af``): a tool that decodes it once more must not
-find a different path. Otherwise it is canonicalised with `os.path.realpath`, which resolves
+backslash or a percent-encoded separator, dot or NUL: a tool that decodes it once more must not
+find a different path. The escapes are decoded as often as a tool might (``%252f``, and split
+spellings such as ``%%32%66`` or ``%2%66``, become ``/`` in the second round), and overlong UTF-8
+(``%c0%af``, ``%e0%80%af``, ``%f0%80%80%af``) and ``%uXXXX`` escapes count too. Otherwise it is canonicalised with `os.path.realpath`, which resolves
 ``..`` and every symlink that exists, and must then lie inside a root, compared component by
 component (``/data/root2`` is not inside ``/data/root``). A relative path is resolved against
 the first root.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable
+from urllib.parse import unquote_to_bytes
 
 from mcp_guard.text import excerpt
 
@@ -26,9 +28,14 @@ __all__ = ["MAX_PATH_LENGTH", "PathRoots"]
 MAX_PATH_LENGTH = 4096
 """Longest path accepted, in characters (Linux's ``PATH_MAX``)."""
 
-_ENCODED = re.compile(r"%(?:25)*(?:2e|2f|5c|c0|c1|e0%(?:25)*[89]|u[0-9a-f]{4})", re.IGNORECASE)
-"""A percent-encoded dot, slash or backslash, however often re-encoded, or an overlong UTF-8
-lead byte (``%c0``, ``%c1``, ``%e0%80``-``%e0%9f``) or an IIS-style ``%uXXXX`` escape."""
+_DECODINGS = 4
+"""Most rounds of percent-decoding a path may need before it stops changing."""
+
+_DISGUISED = re.compile(rb"[\xc0\xc1]|\xe0[\x80-\x9f]|\xf0[\x80-\x8f]|%u[0-9a-f]{4}", re.IGNORECASE)
+"""An overlong UTF-8 lead (bytes C0 or C1, E0 then 80-9F, F0 then 80-8F), which no valid text
+holds, or an IIS-style ``%uXXXX`` escape."""
+
+_SPECIAL = (b".", b"/", b"\\", b"\x00")
 
 
 class PathRoots:
@@ -84,6 +91,19 @@ def _text_problem(value: str) -> str | None:
         return f"contains the control or invisible character U+{ord(bad):04X}"
     if "\\" in value:
         return "contains a backslash"
-    if "%" in value and _ENCODED.search(value):
-        return "contains a percent-encoded separator or dot"
-    return None
+    return _encoding_problem(value) if "%" in value else None
+
+
+def _encoding_problem(value: str) -> str | None:
+    """Why ``value`` is refused for what its percent-escapes decode to, however often a tool
+    decodes them: a round that brings in a dot, separator or NUL, or a disguised spelling of one;
+    or more rounds than `_DECODINGS` (no path is encoded that often but to hide something)."""
+    text = value.encode()
+    for _ in range(_DECODINGS):
+        decoded = unquote_to_bytes(text)
+        if _DISGUISED.search(decoded) or any(decoded.count(char) > text.count(char) for char in _SPECIAL):
+            return "contains a percent-encoded separator, dot or NUL"
+        if decoded == text:
+            return None
+        text = decoded
+    return f"is percent-encoded more than {_DECODINGS} times over"
