@@ -72,6 +72,9 @@ UNSAFE = [
     r"[ab]*[ab]{500}",  # a long fixed count reruns at every step back
     r"[ab]*(?=(?:a|bc){4096})",
     r"(?:a(?!(?:a(?!(?:a|bc){4096})|bc){4096}))*",
+    r"(?:(?=(?:(?=[ab]{64})[ab]){64})[ab]){64}",  # nested fixed lookaheads: 64**2 steps a try, 64**k at depth k
+    r"[a-z]*(?:(?=(?:(?=[a-z]{64})[a-z]){64})[a-z]){64}",
+    r"[a-z]*(?=[a-z]{64}[0-9]{64})",  # a long fixed lookaround reruns at every step back
 ]
 
 SAFE = {
@@ -130,6 +133,22 @@ def test_messages_name_the_construct_and_its_offset() -> None:
         compile_safe(r"\d+\d+")
     with pytest.raises(UnsafePattern, match=r"alternatives.*'\(a\|ab\)\*'"):
         compile_safe(r"(a|ab)*")
+
+
+def test_nested_lookarounds_are_refused_before_their_cost_multiplies() -> None:
+    """Each level of a fixed lookahead nested in a repeated one multiplies the work of one try by
+    64; one level is accepted and cheap, the next is refused, however deep the nesting."""
+    level = "[ab]{64}"
+    for depth in range(1, 6):
+        level = "(?:(?=" + level + ")[ab]){64}"
+        if depth == 1:
+            compiled = compile_safe(level)
+            started = time.perf_counter()
+            assert compiled.fullmatch("a" * 448) is None and compiled.match("a" * 127)
+            assert time.perf_counter() - started < 0.1
+        else:
+            with pytest.raises(UnsafePattern, match="lookaround with a long or varying repeat"):
+                compile_safe(level)
 
 
 @pytest.mark.parametrize("pattern", [r"(a)\1", r"(?P<x>a)(?P=x)", r"(a)?(?(1)b|c)"])

@@ -13,14 +13,19 @@ that lets a backtracking matcher try many ways to match the same text:
   them can take a character from the parts before it and hand one to the parts after it
   (``\\d+\\d+``, ``.*.*``, ``.*x.*``, ``[a-z]{0,9}[a-z]{0,9}``, and ``[A-Z]?[a-zA-Z][a-z]*``, which
   splits ``Ab`` two ways);
-- a fixed-count repeat that can match more than 64 characters counts as one of varying count:
-  after a varying part it reruns at every backtracking step (``[ab]*[ab]{500}``);
+- a fixed-count repeat that costs more than 64 steps to try once counts as one of varying count:
+  after a varying part it reruns at every backtracking step (``[ab]*[ab]{500}``). A character
+  costs a step, a repeat its count times its body, alternatives their sum and a lookaround what
+  it looks at, so lookarounds inside repeats multiply out (``(?:(?=[ab]{64})[ab]){64}`` costs
+  4160);
 - an alternation that can match empty text or whose alternatives can start alike counts as a
   repeat of varying count (``(?:a|)`` is ``a?``), so several in a row over the same characters
   are refused (``(?:a|)(?:a|)a``);
-- a lookaround holding a repeat of varying count inside a repeated part or after a part of
-  varying length (it runs again at every backtracking step: ``[a-z]*(?=[a-z]*!)``; at the start,
-  ``^(?!.*\\.\\.)``, it runs once), backreferences and conditionals.
+- a lookaround holding a repeat of varying count, or costing more than 64 steps, inside a
+  repeated part or after a part of varying length (it runs again at every repetition or
+  backtracking step: ``[a-z]*(?=[a-z]*!)``, and lookaheads nested in repeated lookaheads,
+  ``(?:(?=(?:(?=[ab]{64})[ab]){64})[ab]){64}``, whose cost multiplies by 64 at each level; at the
+  start, ``^(?!.*\\.\\.)``, it runs once), backreferences and conditionals.
 
 The analysis is conservative: where it cannot tell, it refuses, so some linear patterns are
 refused too, and so is any construct it does not know. ``[^/]+(/[^/]+)*`` is accepted because
@@ -49,7 +54,8 @@ MAX_SUBJECT_LENGTH = 4096
 
 _MAX_NESTING = 40
 _LONG_FIXED = 64
-"""Longest match of a fixed-count repeat that still counts as constant; longer ones cost each backtracking step."""
+"""Most steps one try of a fixed-count repeat or a lookaround may cost and still count as constant;
+costlier ones cost that much again at each backtracking step or repetition."""
 _UNBOUNDED = 1 << 30
 _ENUMERABLE = 256
 _RENDERED = 60
@@ -127,8 +133,8 @@ class _Shape:
     last: tuple[_Atom, ...]  # characters a non-empty match can end with
     chars: tuple[_Atom, ...]  # characters a match can contain
     tail: tuple[_Atom, ...]  # characters a repeat of varying count at the end can match
-    looks: bool = False  # holds a lookaround with a repeat of varying count
-    longest: int = 0  # most characters a match can take, capped at _UNBOUNDED
+    looks: bool = False  # holds a lookaround with a repeat of varying count, or a costly one
+    work: int = 0  # most steps one try to match at one position can take, capped at _UNBOUNDED
 
 
 _Item = tuple[Any, Any]
@@ -147,7 +153,9 @@ _EMPTY = _Shape(nullable=True, varies=False, first=(), last=(), chars=(), tail=(
 class _Analysis:
     """One walk over one parsed pattern; refusals quote the pattern text."""
 
-    _LOOKAROUND = "lookaround with a long or varying repeat runs again at every backtracking step before it"
+    _LOOKAROUND = (
+        "lookaround with a long or varying repeat runs again at every repetition or backtracking step before it"
+    )
 
     def __init__(self, pattern: str) -> None:
         self._pattern = pattern
@@ -183,7 +191,7 @@ class _Analysis:
     def _item(self, op: Any, av: Any, flags: int, depth: int, *, loop: _Item | None) -> _Shape:
         if op in _CHAR_OPS:
             atoms = _atoms(op, av, flags & _CHAR_FLAGS)
-            return _Shape(nullable=False, varies=False, first=atoms, last=atoms, chars=atoms, tail=(), longest=1)
+            return _Shape(nullable=False, varies=False, first=atoms, last=atoms, chars=atoms, tail=(), work=1)
         if op is _c.AT:
             return _EMPTY
         if op in _REPEAT_OPS:
@@ -194,11 +202,12 @@ class _Analysis:
             return self.sequence(av.data, flags, depth + 1, loop=loop)[0]
         if op in _LOOKAROUND_OPS:
             inner, _ = self.sequence(av[1].data, flags, depth + 1, loop=None)
-            if not (inner.varies or inner.looks):  # a lookaround within one looks as far as it does
-                return _EMPTY
-            if loop is not None:
+            looks = inner.varies or inner.looks or inner.work > _LONG_FIXED
+            if looks and loop is not None:
                 raise self._refuse(self._LOOKAROUND, [(op, av)])
-            return _Shape(nullable=True, varies=False, first=(), last=(), chars=(), tail=(), looks=True)
+            return _Shape(
+                nullable=True, varies=False, first=(), last=(), chars=(), tail=(), looks=looks, work=inner.work
+            )
         if op is _c.GROUPREF:
             raise self._refuse("backreference", [(op, av)])
         if op is _c.GROUPREF_EXISTS:
@@ -221,16 +230,16 @@ class _Analysis:
             )
         if high == 0:
             return _EMPTY
-        longest = min(high * body.longest, _UNBOUNDED)
+        work = min(high * body.work, _UNBOUNDED)
         return _Shape(
             nullable=low == 0 or body.nullable,
-            varies=high > low or body.varies or longest > _LONG_FIXED,
+            varies=high > low or body.varies or work > _LONG_FIXED,
             first=body.first,
             last=body.last,
             chars=body.chars,
             tail=body.chars if high > low else body.tail,
             looks=body.looks,
-            longest=longest,
+            work=work,
         )
 
     def _branch(self, av: Any, flags: int, depth: int, *, loop: _Item | None) -> _Shape:
@@ -256,7 +265,7 @@ class _Analysis:
             chars=chars,
             tail=chars if ambiguous else _union(alternative.tail for alternative in alternatives),
             looks=any(alternative.looks for alternative in alternatives),
-            longest=max(alternative.longest for alternative in alternatives),
+            work=min(sum(alternative.work for alternative in alternatives), _UNBOUNDED),
         )
 
     def _check_runs(self, parts: list[_Part]) -> None:
@@ -285,7 +294,7 @@ def _concat(shapes: Sequence[_Shape]) -> _Shape:
         chars=_union(shape.chars for shape in shapes),
         tail=_union(_run_to_end(shape.tail, shapes[index + 1 :]) for index, shape in enumerate(shapes)),
         looks=any(shape.looks for shape in shapes),
-        longest=min(sum(shape.longest for shape in shapes), _UNBOUNDED),
+        work=min(sum(shape.work for shape in shapes), _UNBOUNDED),
     )
 
 
