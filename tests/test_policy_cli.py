@@ -32,6 +32,11 @@ def test_check_validates_files_and_names_each_problem(tmp_path: Path) -> None:
     assert refused.returncode == 1
     assert f"{bad}: line 5: rules.0.arguments.0:" in refused.stdout
     assert "ok" in refused.stdout.splitlines()[0]
+    huge = tmp_path / "huge.toml"
+    huge.write_text('version = 1\n[[rules]]\nid = "x"\narguments = [{ argument = "q", pattern = "a{4294967295}" }]\n')
+    overflowing = mcp_guard("policy", "check", str(huge))
+    assert overflowing.returncode == 1 and "Traceback" not in overflowing.stderr
+    assert "the repetition number is too large" in overflowing.stdout
 
 
 def test_explain_prints_the_decision_and_every_rule(capsys: pytest.CaptureFixture[str]) -> None:

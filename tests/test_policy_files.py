@@ -222,6 +222,22 @@ def test_empty_caller_lists_and_allow_rules_naming_no_caller_are_refused() -> No
     assert not closed.decide(call_request(closed.declared["t"], subject="alice")).allowed
 
 
+def test_values_python_cannot_hold_are_refused_as_policy_errors() -> None:
+    """An integer too long to convert, a repeat count past the regex engine's limit and a date
+    that does not exist are problems with the document, never another exception."""
+    digits = "9" * 5000
+    toml = HEADER + f'[[rules]]\nid = "a"\narguments = [{{ argument = "n", enum = [{digits}] }}]\n'
+    assert problems(toml) == ["line 5: a number has more than 4300 digits"]
+    yaml = f"version: 1\nrules:\n  - id: a\n    arguments:\n      - {{argument: n, enum: [{digits}]}}\n"
+    assert problems(yaml, "yaml") == ["line 5: a number has more than 4300 digits"]
+    assert problems("version: 1\nid: 2024-13-01\n", "yaml") == [
+        "document: a value cannot be read: month must be in 1..12"
+    ]
+    repeat = HEADER + '[[rules]]\nid = "a"\narguments = [{ argument = "n", pattern = "a{4294967295}" }]\n'
+    (found,) = problems(repeat)
+    assert found.startswith("line 5: rules.0.arguments.0:") and "the repetition number is too large" in found
+
+
 def test_duplicate_ids_and_huge_files_are_refused() -> None:
     twice = (
         HEADER + '[[rules]]\nid = "a"\ndeny = { subject = ["x"] }\n[[rules]]\nid = "a"\ndeny = { subject = ["y"] }\n'

@@ -164,6 +164,8 @@ def test_refuses_invalid_and_overlong_patterns() -> None:
         compile_safe("(" * 400 + ")" * 400)
     with pytest.raises(UnsafePattern, match="nested too deeply"):
         compile_safe("(" * 499 + ")" * 499)
+    with pytest.raises(UnsafePattern, match="invalid regular expression: the repetition number is too large"):
+        compile_safe("a{4294967295}")
     with pytest.raises(UnsafePattern, match=f"the limit is {MAX_PATTERN_LENGTH}"):
         compile_safe("a" * (MAX_PATTERN_LENGTH + 1))
     assert compile_safe("a" * MAX_PATTERN_LENGTH).fullmatch("a" * MAX_PATTERN_LENGTH)

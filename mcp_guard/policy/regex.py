@@ -105,7 +105,7 @@ def compile_safe(pattern: str) -> re.Pattern[str]:
     try:
         compiled = re.compile(pattern)
         tree = _parser.parse(pattern)
-    except re.error as exc:
+    except (re.error, OverflowError) as exc:  # OverflowError: a repeat count past the engine's limit
         raise UnsafePattern(f"invalid regular expression: {exc}") from exc
     except RecursionError as exc:
         raise UnsafePattern("groups are nested too deeply") from exc

@@ -9,6 +9,7 @@ rule. TOML is read with the standard library.
 from __future__ import annotations
 
 import re
+import sys
 import tomllib
 from collections.abc import Iterator
 from typing import Any
@@ -47,6 +48,8 @@ def parse_source(text: str, syntax: str) -> tuple[Any, Lines]:
             raise SourceError(f"not valid TOML: {error}", int(found.group(1)) if found else None) from None
         except RecursionError:
             raise SourceError(_TOO_DEEP) from None
+        except ValueError as error:  # a value the parser accepts but Python cannot hold
+            raise _unreadable(text, error) from None
         _check_depth(data)
         return data, _toml_lines(text)
     if syntax == "yaml":
@@ -93,7 +96,20 @@ def _yaml(text: str) -> tuple[Any, Lines]:
     lines: Lines = {}
     for path, node in _walk(root, ()):
         lines.setdefault(path, node.start_mark.line + 1)
-    return yaml.safe_load(text), lines
+    try:
+        return yaml.safe_load(text), lines
+    except ValueError as error:  # a value the parser accepts but Python cannot hold (a date 2024-13-01)
+        raise _unreadable(text, error) from None
+
+
+def _unreadable(text: str, error: ValueError) -> SourceError:
+    """The error for a value the syntax allows but Python cannot hold: most often an integer
+    longer than Python converts from text (`sys.get_int_max_str_digits`), found with its line."""
+    limit = sys.get_int_max_str_digits()
+    found = re.search(rf"[0-9_]{{{limit + 1},}}", text) if limit else None
+    if found is None:
+        return SourceError(f"a value cannot be read: {error}")
+    return SourceError(f"a number has more than {limit} digits", text.count("\n", 0, found.start()) + 1)
 
 
 def _walk(node: Any, path: Path) -> Iterator[tuple[Path, Any]]:
