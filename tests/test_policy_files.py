@@ -147,6 +147,18 @@ def test_yaml_errors_point_at_lines_too() -> None:
     assert problems("version: [1\n", "yaml")[0].startswith("line 2: not valid YAML")
 
 
+def test_yaml_merge_keys_are_refused() -> None:
+    """A merge key sets keys past the duplicate-key check: a value given both ways is dropped."""
+    merged = "version: 1\nrules:\n  - id: cap\n    arguments:\n      - argument: amount\n        maximum: 100\n"
+    assert problems(merged + "        <<: {maximum: 1000000}\n", "yaml") == [
+        "line 7: YAML merge keys (<<) are not allowed in a policy: write the keys out"
+    ]
+    assert problems("version: 1\n<<: {unlisted: allow}\n", "yaml")[0].startswith("line 2: YAML merge keys")
+    assert problems("version: 1\n!!merge <<: {unlisted: allow}\n", "yaml")[0].startswith("line 2: YAML merge keys")
+    quoted = problems("version: 1\n'<<': {unlisted: allow}\n", "yaml")  # a plain key, and not in the schema
+    assert quoted == ["line 2: <<: unknown key (not in the policy schema; check its spelling)"]
+
+
 def test_syntax_errors_and_missing_versions() -> None:
     assert problems('version = 1\nid = "a\n')[0].startswith("line 2: not valid TOML")
     assert problems('id = "a"\n') == ["document: version: Field required"]

@@ -1,9 +1,9 @@
 """Reading a policy document's text: TOML or YAML into plain data, with the line of every key.
 
 The line map lets each validation error point at the line that caused it. YAML is read with
-PyYAML's safe loader (the ``yaml`` extra); documents with aliases or duplicate keys are refused,
-since an alias can multiply a small file into a huge one and a duplicate key silently drops a
-rule. TOML is read with the standard library.
+PyYAML's safe loader (the ``yaml`` extra); documents with aliases, merge keys (``<<``) or
+duplicate keys are refused, since an alias can multiply a small file into a huge one, and a
+duplicate key, or a key a merge also gives, silently drops a rule or a setting. TOML is read with the standard library.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ MAX_NESTING = 32
 """Deepest nesting of tables and arrays in a policy document (the schema needs six)."""
 
 _TOO_DEEP = f"the document nests tables or arrays deeper than {MAX_NESTING} levels"
+_MERGE = "tag:yaml.org,2002:merge"
 
 Path = tuple[str | int, ...]
 Lines = dict[Path, int]
@@ -119,6 +120,10 @@ def _walk(node: Any, path: Path) -> Iterator[tuple[Path, Any]]:
     if isinstance(node, yaml.MappingNode):
         keys: set[object] = set()
         for key, value in node.value:
+            if key.tag == _MERGE:
+                raise SourceError(
+                    "YAML merge keys (<<) are not allowed in a policy: write the keys out", key.start_mark.line + 1
+                )
             if key.value in keys:
                 raise SourceError(f"duplicate key {key.value!r}", key.start_mark.line + 1)
             keys.add(key.value)
