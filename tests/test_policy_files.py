@@ -147,6 +147,19 @@ def test_yaml_errors_point_at_lines_too() -> None:
     assert problems("version: [1\n", "yaml")[0].startswith("line 2: not valid YAML")
 
 
+def test_yaml_booleans_spelled_as_words_are_refused() -> None:
+    """YAML 1.1 reads ``no`` as false: ``enum: [se, no, dk]`` would refuse Norway and admit false."""
+    norway = "version: 1\nrules:\n  - id: a\n    arguments:\n      - {argument: country, enum: [se, no, dk]}\n"
+    assert problems(norway, "yaml") == [
+        "line 5: 'no' reads as a YAML boolean: quote it ('no') for text, or write true or false"
+    ]
+    required = "version: 1\nrules:\n  - id: a\n    arguments:\n      - {argument: n, required: On}\n"
+    assert problems(required, "yaml")[0].startswith("line 5: 'On' reads as a YAML boolean")
+    quoted = parse_policy(norway.replace("no,", "'no',").replace("dk]", "dk, false]"), "yaml")
+    assert isinstance(quoted.rules[0], ArgumentRule)
+    assert quoted.rules[0].constraints[0].enum == ("se", "no", "dk", False)
+
+
 def test_yaml_merge_keys_are_refused() -> None:
     """A merge key sets keys past the duplicate-key check: a value given both ways is dropped."""
     merged = "version: 1\nrules:\n  - id: cap\n    arguments:\n      - argument: amount\n        maximum: 100\n"

@@ -3,7 +3,9 @@
 The line map lets each validation error point at the line that caused it. YAML is read with
 PyYAML's safe loader (the ``yaml`` extra); documents with aliases, merge keys (``<<``) or
 duplicate keys are refused, since an alias can multiply a small file into a huge one, and a
-duplicate key, or a key a merge also gives, silently drops a rule or a setting. TOML is read with the standard library.
+duplicate key, or a key a merge also gives, silently drops a rule or a setting. So are the
+YAML 1.1 booleans spelled ``yes``, ``no``, ``on`` or ``off``: ``enum: [se, no, dk]`` would hold
+the boolean false, not the country code. TOML is read with the standard library.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ MAX_NESTING = 32
 
 _TOO_DEEP = f"the document nests tables or arrays deeper than {MAX_NESTING} levels"
 _MERGE = "tag:yaml.org,2002:merge"
+_BOOL = "tag:yaml.org,2002:bool"
 
 Path = tuple[str | int, ...]
 Lines = dict[Path, int]
@@ -117,6 +120,7 @@ def _walk(node: Any, path: Path) -> Iterator[tuple[Path, Any]]:
     import yaml
 
     yield path, node
+    _check_scalar(node)
     if isinstance(node, yaml.MappingNode):
         keys: set[object] = set()
         for key, value in node.value:
@@ -124,6 +128,7 @@ def _walk(node: Any, path: Path) -> Iterator[tuple[Path, Any]]:
                 raise SourceError(
                     "YAML merge keys (<<) are not allowed in a policy: write the keys out", key.start_mark.line + 1
                 )
+            _check_scalar(key)
             if key.value in keys:
                 raise SourceError(f"duplicate key {key.value!r}", key.start_mark.line + 1)
             keys.add(key.value)
@@ -132,6 +137,15 @@ def _walk(node: Any, path: Path) -> Iterator[tuple[Path, Any]]:
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             yield from _walk(item, (*path, index))
+
+
+def _check_scalar(node: Any) -> None:
+    """Refuse a YAML 1.1 boolean spelled as a word (``no``, ``on``): its author may mean the text."""
+    if node.tag == _BOOL and node.value.lower() not in ("true", "false"):
+        raise SourceError(
+            f"{node.value!r} reads as a YAML boolean: quote it ('{node.value}') for text, or write true or false",
+            node.start_mark.line + 1,
+        )
 
 
 _HEADER = re.compile(r"\s*\[(\[?)([^\[\]]*)\]")
