@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from mcp_guard import GUARD_DENIED, EventKind, Guard, GuardMiddleware, MemoryAuditSink, ReasonCode
 from mcp_guard.model import CallRequest, Decision, Principal, Session, ToolSpec
+from mcp_guard.policy import PrincipalRule, RulePolicy
 from mcp_guard.policy.cedar import CedarPolicy, CedarUnavailable, cedar_schema
 from mcp_guard.testing import access_token, acting_as
 
@@ -103,7 +104,7 @@ PERMIT_ALL = "permit (principal, action, resource);"
 )
 def test_each_fact_of_the_call_reaches_cedar(condition: str, allowed: bool) -> None:
     cedarpy()
-    who = principal(groups=["eng", "docs"], roles="admin")  # a string is not a list: no roles
+    who = principal(groups=["eng", "docs"], roles={"admin": True})  # an object holds no roles
     policy = CedarPolicy(f"permit (principal, action, resource) when {{ {condition} }};")
     decision = policy.decide(call(who, tools()["read_file"], purpose="triage"))
     assert decision.allowed is allowed
@@ -126,6 +127,20 @@ def test_forbid_by_group_wins_over_permit() -> None:
     assert (decision.allowed, decision.reason.code) == (False, ReasonCode.POLICY_DENIED)
     assert decision.rule_ids == ("no-contractors",)
     assert "'no-contractors'" in decision.reason.message
+
+
+@pytest.mark.parametrize("groups", ["contractors", ["contractors", 7], ("eng", "contractors", None)])
+def test_groups_are_read_as_a_principal_rule_reads_them(groups: object) -> None:
+    """A lone string is one group and a list's strings count despite odd items, as for
+    `PrincipalRule`: dropping them would let a forbid on the group pass."""
+    policies = PERMIT_ALL + '\nforbid (principal, action, resource) when { principal.groups.contains("contractors") };'
+    assert not decide(policies, principal(groups=groups)).allowed
+    assert (
+        not RulePolicy([PrincipalRule("r", effect="deny", claims={"groups": {"contractors"}})])
+        .decide(call(principal(groups=groups), tools()["read_file"]))
+        .allowed
+    )
+    assert decide(policies, principal(roles="contractors")).allowed  # roles are not groups
 
 
 def test_delegation_is_visible_to_policies() -> None:

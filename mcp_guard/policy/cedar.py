@@ -6,8 +6,8 @@ shown to Cedar in the ``McpGuard`` namespace:
 
 - principal ``McpGuard::Principal::"<subject>"`` with ``issuer``, ``subject``, ``client_id``
   (String), ``scopes`` (Set<String>, as granted), ``actor`` (the current actor, ``""`` when the
-  subject acts itself), ``delegated`` (Boolean), ``groups`` and ``roles`` (Set<String>, from the
-  token claims of those names when they are lists of strings, else empty);
+  subject acts itself), ``delegated`` (Boolean), ``groups`` and ``roles`` (Set<String>: the
+  strings in the token claims of those names, a lone string as one, as `PrincipalRule` reads them);
 - action ``McpGuard::Action::"<tool name>"``: the action is the tool, so a schema can type
   each tool's arguments;
 - resource ``McpGuard::Session::"<session id>"`` with ``call_count``, ``denied_count`` (Long)
@@ -348,9 +348,13 @@ def _reads(node: object, variable: str, entity_type: str) -> bool:
 
 
 def _strings(claim: object) -> list[str]:
-    """A claim as a list of strings when it is one, else empty."""
-    if isinstance(claim, list | tuple) and all(isinstance(item, str) for item in claim):
-        return sorted(set(claim))
+    """The strings a claim holds, read as `PrincipalRule` reads them: a string is one, a list
+    gives its string items (others are passed over), anything else none. Dropping a whole list
+    for one odd item, or a lone string, would hide a ``groups`` value a ``forbid`` looks for."""
+    if isinstance(claim, str):
+        return [claim]
+    if isinstance(claim, list | tuple):
+        return sorted({item for item in claim if isinstance(item, str)})
     return []
 
 
