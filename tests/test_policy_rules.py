@@ -387,6 +387,15 @@ async def test_rate_limits_and_budgets_count_only_allowed_calls(audit: MemoryAud
         LimitRule("x", calls=0)
 
 
+@pytest.mark.parametrize(
+    "window", [True, False, 0, -1, float("inf"), float("nan"), pytest.param(10**400, id="huge"), "60"]
+)
+def test_a_limit_window_must_be_a_positive_number_of_seconds(window: Any) -> None:
+    """``True`` would otherwise be a one-second window, since Python counts it as 1."""
+    with pytest.raises(ValueError, match="window must be a positive number of seconds"):
+        LimitRule("r", per="tool", calls=1, window=window)
+
+
 def test_a_full_counter_refuses_new_callers_rather_than_forgetting() -> None:
     from mcp_guard.policy import Counters
 

@@ -106,7 +106,7 @@ class LimitRule(SelectedRule):
         if self.window is None:
             if self.per != "session":
                 raise ValueError(f"rule {self.id!r}: a limit per {self.per} needs a window (seconds)")
-        elif not (math.isfinite(self.window) and self.window > 0):
+        elif not _seconds(self.window):
             raise ValueError(f"rule {self.id!r}: window must be a positive number of seconds, not {self.window!r}")
 
     def check(self, request: CallRequest) -> Reason | None:
@@ -143,3 +143,14 @@ class LimitRule(SelectedRule):
         if self.per == "client":
             return (self.id, request.principal.issuer, request.principal.client_id)
         return (self.id, request.tool.name)
+
+
+def _seconds(value: object) -> bool:
+    """Whether ``value`` is a positive, finite number of seconds; a bool is not a number, though
+    Python counts ``True`` as 1."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value) and value > 0
+    except OverflowError:  # an int too large for a float
+        return False
