@@ -16,9 +16,11 @@
 Audit files are given in chain order (rotated segments first, the live file last): the whole
 log, unless ``--starts-later`` (older segments archived) or ``--ends-earlier`` (no live file)
 says otherwise. HMAC'd logs need their key: ``--key-file PATH`` (its bytes, less one trailing
-line end) or ``--key-env NAME``. ``audit verify`` and ``policy check`` exit 1 when they find a
-problem, ``policy explain`` when the call would be denied; every command exits 2 on a usage
-error.
+line end) or ``--key-env NAME``. ``audit query`` and ``audit show`` read only whole entries (a
+last line without its line end, or a line that is no entry, is skipped) and do not verify
+them: run ``audit verify`` for that. ``audit verify`` and ``policy check`` exit 1 when they
+find a problem, ``policy explain`` when the call would be denied; every command exits 2 on a
+usage error.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from mcp_guard.audit.chain import Checkpoint, read_entry, read_lines, verify_files
+from mcp_guard.audit.chain import Checkpoint, read_entries, verify_files
 from mcp_guard.policy.commands import add_policy_commands, instant
 from mcp_guard.policy.report import table
 from mcp_guard.text import escaped
@@ -82,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     _key_options(verify)
     verify.set_defaults(run=_verify)
 
-    query = audit.add_parser("query", help="find events")
+    query = audit.add_parser("query", help="find events (in whole entries, unverified: run verify for that)")
     query.add_argument("files", nargs="+", metavar="FILE")
     for name in ("session", "subject", "client", "tool", "scope", "kind"):
         query.add_argument(f"--{name}")
@@ -92,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     query.add_argument("--format", choices=["table", "jsonl"], default="table")
     query.set_defaults(run=_query)
 
-    show = audit.add_parser("show", help="print one event in full")
+    show = audit.add_parser("show", help="print one event in full (from whole entries, unverified)")
     show.add_argument("event_id", metavar="EVENT_ID")
     show.add_argument("files", nargs="+", metavar="FILE")
     show.set_defaults(run=_show)
@@ -138,18 +140,14 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _events(files: Sequence[str]) -> Iterator[dict[str, Any]]:
-    """The audit events in ``files``, chain bookkeeping entries left out; unreadable lines skipped."""
+    """The audit events in ``files``, chain bookkeeping entries left out.
+
+    Only whole entries are read (`read_entries`): a torn last line or a line that is no entry
+    is skipped, so nothing shows that `verify` would not count. Nothing is verified here.
+    """
     for path in files:
-        for raw in read_lines(path):
-            try:
-                entry = read_entry(raw)
-            except ValueError:
-                continue
-            if (
-                isinstance(entry, dict)
-                and not str(entry.get("kind", "")).startswith("chain.")
-                and isinstance(entry.get("event"), dict)
-            ):
+        for entry in read_entries(path):
+            if not str(entry.get("kind", "")).startswith("chain.") and isinstance(entry.get("event"), dict):
                 yield entry["event"]
 
 

@@ -21,6 +21,7 @@ from mcp_guard import EventKind, Guard, ReasonCode, ToolSpec
 from mcp_guard.audit.chain import ChainState, Checkpoint, anchor_path, entry_line, read_entry, verify_files
 from mcp_guard.audit.events import AuditEvent
 from mcp_guard.audit.file import AuditLogError, FileAuditSink
+from mcp_guard.cli import main as cli
 from mcp_guard.testing import access_token, acting_as
 from support import notes_server
 
@@ -266,6 +267,31 @@ def test_a_torn_last_line_is_cut_off_when_the_log_reopens(tmp_path: Path) -> Non
     sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, time.time(), tool="after-crash"))
     sink.close()
     assert verify_files([str(path)]).ok
+
+
+def test_a_last_line_without_its_end_is_no_entry_and_must_verify_if_whole(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A crash can leave a whole line but for its line end: it verifies, and is neither counted
+    nor shown. Anything else whole there (a forged entry) breaks the chain; a prefix is torn."""
+    key = b"k3y"
+    path = written_log(tmp_path, key=key)
+    last = json.loads(path.read_bytes().splitlines()[-1])
+    event = AuditEvent.build(EventKind.CALL_DECIDED, time.time(), session_id="forged", tool="delete_all")
+    line = entry_line(ChainState(last["seq"] + 1, last["hash"]), "call.decided", event.record(), key)
+    forged = entry_line(ChainState(last["seq"] + 1, last["hash"]), "call.decided", event.record(), b"guess")
+    logged = path.read_bytes()
+    for tail, intact in ((line[:-1], True), (line[:-6], True), (forged[:-1], False), (b"[1]", False)):
+        path.write_bytes(logged + tail)
+        verdict = verify_files([str(path)], key)
+        assert (verdict.ok, verdict.torn, verdict.entries) == (intact, intact, ENTRIES + 2)
+        assert intact or verdict.line == ENTRIES + 3
+        assert cli(["audit", "show", event.event_id, str(path)]) == 1
+        assert cli(["audit", "query", str(path), "--session", "forged", "--format", "jsonl"]) == 0
+        assert capsys.readouterr().out == ""
+    path.write_bytes(logged + line)
+    assert verify_files([str(path)], key).entries == ENTRIES + 3
+    assert cli(["audit", "show", event.event_id, str(path)]) == 0
 
 
 def test_a_log_of_long_lines_reopens_from_its_last_whole_entry(tmp_path: Path) -> None:

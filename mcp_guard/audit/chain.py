@@ -41,6 +41,7 @@ __all__ = [
     "encoded_entry_line",
     "entry_line",
     "read_anchor",
+    "read_entries",
     "read_entry",
     "read_lines",
     "verify_files",
@@ -167,8 +168,8 @@ class Verdict:
     continues_in: str | None = None
     """When the last entry verified is a rotation, the name of the file the chain continues in."""
     torn: bool = False
-    """Whether the last file ends in a line a crash left half-written (not an entry; the writer
-    cuts it off when it reopens the log)."""
+    """Whether the last file ends in a line a crash left without its line end: a true prefix, or
+    a whole entry that verified (either way not an entry; the writer cuts it when it reopens)."""
     last_file_start: int | None = None
     """The sequence number of the last file's first entry."""
 
@@ -214,14 +215,14 @@ def verify_lines(
         first = True
         for number, raw in enumerate(lines, start=1):
             problem = None
-            try:
-                entry, body, stored = _parse(raw)
-            except ValueError as error:
-                broken = Verdict(False, entries, f"truncated or corrupt line ({error})", name, number, expected_seq)
-                if raw.endswith(b"\n") or len(raw) >= MAX_LINE_BYTES:
-                    return broken
-                torn = broken  # the file's last line (`read_lines` ends a file there)
+            ended = raw.endswith(b"\n") or len(raw) >= MAX_LINE_BYTES
+            if not ended and _torn(raw):  # the file's last line (`read_lines` ends a file there)
+                torn = Verdict(False, entries, "truncated or corrupt line (no line end)", name, number, expected_seq)
                 break
+            try:
+                entry, body, stored = _parse(raw if ended else raw + b"\n")
+            except ValueError as error:
+                return Verdict(False, entries, f"truncated or corrupt line ({error})", name, number, expected_seq)
             seq = entry.get("seq")
             if expected_seq < 0:  # a chain may be verified from any of its files on
                 if entry.get("kind") != FILE_START or not isinstance(seq, int):
@@ -255,6 +256,9 @@ def verify_lines(
                 )
             if problem is not None:
                 return Verdict(False, entries, problem, name, number, seq if isinstance(seq, int) else None)
+            if not ended:  # a whole entry but for its line end, as a crash can leave it: verified, not counted
+                torn = Verdict(False, entries, "truncated or corrupt line (no line end)", name, number, expected_seq)
+                break
             if first:
                 file_start = seq
             kind = entry.get("kind")
@@ -443,6 +447,16 @@ def _parse(raw: bytes) -> tuple[dict[str, Any], bytes, str]:
     return entry, body, stored
 
 
+def _torn(raw: bytes) -> bool:
+    """Whether ``raw``, a last line without its line end, is a true prefix of a line, as a crash
+    mid-write leaves it. A whole JSON value is no prefix: it must verify as the next entry."""
+    try:
+        read_entry(raw)
+    except ValueError:
+        return True
+    return False
+
+
 def _sequence_problem(seq: object, expected: int) -> str:
     if not isinstance(seq, int):
         return "edited (no sequence number)"
@@ -475,6 +489,19 @@ def read_entry(line: bytes) -> Any:
         return json.loads(line)
     except RecursionError:
         raise ValueError("nested too deeply") from None
+
+
+def read_entries(path: str) -> Iterator[dict[str, Any]]:
+    """The entries of a log file as `verify` reads them, unverified: for searching.
+
+    Only whole lines count, so a last line without its line end (torn by a crash, or slipped
+    in by someone else) is never shown as an entry; nor is a line that is not an entry.
+    """
+    for raw in read_lines(path):
+        try:
+            yield _parse(raw)[0]
+        except ValueError:
+            continue
 
 
 def read_lines(path: str) -> Iterator[bytes]:
