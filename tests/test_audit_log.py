@@ -484,16 +484,36 @@ def test_a_failing_closing_checkpoint_is_retried_and_reported(tmp_path: Path) ->
     assert verify_files([str(path)]).ok
 
 
-def test_a_failing_anchor_never_writes_events_twice(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("failure", ["deny", "buffer"])
+def test_a_failing_anchor_fails_the_log_until_written_and_never_writes_events_twice(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, failure: Any
+) -> None:
+    """A stale anchor would let the log be cut back to it unseen: it is a failing log."""
     path = tmp_path / "audit.jsonl"
-    sink = FileAuditSink(path, flush_interval=0.01)
-    anchor_path(path).mkdir()  # the anchor cannot be replaced
-    for index in range(3):
-        sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, time.time(), tool=f"t{index}"))
+    sink = FileAuditSink(path, flush_interval=0.01, failure=failure)
+    sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, time.time(), tool="t0"))
+    sink.flush()
+    blocked = tmp_path / "audit.jsonl.anchor.tmp"
+    blocked.mkdir()  # the anchor cannot be replaced
+    sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, time.time(), tool="t1"))
+    sink.flush()  # written, but not anchored
+    if failure == "deny":
+        with pytest.raises(AuditLogError, match="anchor"):
+            sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, time.time(), tool="t2"))
+    else:
+        sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, time.time(), tool="t2"))
         sink.flush()
+    assert "anchor of audit log" in caplog.text
+    blocked.rmdir()
+    deadline = time.monotonic() + 10
+    while "writable again" not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.01)  # the writer retries the anchor on its own
+    assert "writable again" in caplog.text
+    sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, time.time(), tool="t3"))
     sink.close()
-    assert verify_files([str(path)]).entries == 5  # head, three events, closing checkpoint
-    assert "anchor" in caplog.text
+    assert verify_files([str(path)]).ok
+    logged = [json.loads(line)["event"].get("tool") for line in path.read_bytes().splitlines()]
+    assert [tool for tool in logged if tool] == (["t0", "t1", "t3"] if failure == "deny" else ["t0", "t1", "t2", "t3"])
 
 
 def test_an_emptied_file_or_an_empty_key_is_refused(tmp_path: Path) -> None:

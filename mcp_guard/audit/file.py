@@ -11,7 +11,9 @@ held elsewhere can later prove the chain up to it was not rewritten.
 When writing fails (a full disk, an unwritable file) or the queue is full, ``failure="deny"``
 (the default) makes ``emit`` raise, so the guard denies new calls rather than serve them
 unrecorded; ``failure="buffer"`` keeps queueing (up to the bound), logs an alarm, and retries.
-A write that fails halfway is cut back, so the retry writes whole lines once.
+A write that fails halfway is cut back, so the retry writes whole lines once. An anchor that
+cannot be written fails the log the same way (entries past a stale anchor could be cut off
+unseen) until the writer, retrying it, succeeds; the lines it follows are not written again.
 
 The writer owns the log: it holds ``<path>.lock`` while it lives, so a second writer on the
 same path is refused, and a live file emptied, replaced or appended to by anything else stops
@@ -113,6 +115,8 @@ class FileAuditSink:
         self._queue: deque[AuditEvent] = deque()
         self._wake = threading.Condition()
         self._error: BaseException | None = None
+        self._stale_anchor: AuditLogError | None = None
+        """Why the anchor lags the entries written, while it does: that fails the log."""
         self._closed = False
         try:
             self._lock = take_lock(self.path)
@@ -178,7 +182,7 @@ class FileAuditSink:
             time.sleep(0.001)
 
     def close(self, timeout: float = 30.0) -> None:
-        """Write what is queued, and a closing checkpoint, and stop the writer.
+        """Write what is queued, and a closing checkpoint, anchored, and stop the writer.
 
         Raises `AuditLogError` when that is not done within ``timeout`` (the log is failing).
         """
@@ -224,32 +228,60 @@ class FileAuditSink:
                 batch = [self._queue.popleft() for _ in range(len(self._queue))]
                 if batch:
                     self._write_batch(batch)
+                elif self._stale_anchor is not None:  # deny mode refuses events until it is written
+                    self._reanchor()
                 if self._closed and not self._queue:
                     if self._unwitnessed:  # the last entries get a checkpoint too, retried like any write
                         self._write_batch([], checkpoint=True)
-                    if not self._unwitnessed:
+                    if not self._unwitnessed and self._stale_anchor is None:
                         return
 
     def _write_batch(self, batch: list[AuditEvent], *, checkpoint: bool = False) -> None:
         """Append a batch, with a checkpoint when one is due; on failure, requeue the batch in
         order and remember the error, so the failure mode applies and the writer lives on.
 
-        Once the lines are in the log nothing requeues them, whatever fails after.
+        Once the lines are in the log nothing requeues them, whatever fails after: an anchor
+        that could not be written fails the log until a later write of it succeeds.
         """
         try:
             written = self._append_batch(batch, checkpoint)
         except Exception as error:  # a disk failure, or anything else: the writer must live on
-            if self._error is None:
-                logger.error("mcp-guard: audit log %s failed: %s", self.path, error)
-            self._error = error
+            self._fail(error)
             self._queue.extendleft(reversed(batch))
             time.sleep(self.flush_interval)
             return
-        recovered, self._error = self._error is not None, None
         self.written += len(batch)
         self._unwitnessed = written is None
         if written is not None:
             self._checkpointed_at = time.monotonic()
+        self._report(self._settle(), written)
+
+    def _reanchor(self) -> None:
+        """Write the stale anchor again, with nothing queued to carry it (as in deny mode)."""
+        self._anchor()
+        if self._stale_anchor is not None:
+            self._fail(self._stale_anchor)
+            time.sleep(self.flush_interval)
+            return
+        self._report(self._settle(), None)
+
+    def _fail(self, error: BaseException) -> None:
+        """Remember why the log is failing, so the failure mode applies; alarm once."""
+        if self._error is None:
+            logger.error("mcp-guard: audit log %s failed: %s", self.path, error)
+        self._error = error
+
+    def _settle(self) -> bool:
+        """After a write: the log is failing while its anchor is stale, and sound otherwise;
+        whether it just recovered."""
+        if self._stale_anchor is not None:
+            self._fail(self._stale_anchor)
+            return False
+        recovered, self._error = self._error is not None, None
+        return recovered
+
+    def _report(self, recovered: bool, written: Checkpoint | None) -> None:
+        """Tell of a recovery and of a checkpoint written; a failure to tell stops nothing."""
         try:
             if recovered:
                 logger.warning("mcp-guard: audit log %s is writable again", self.path)
@@ -324,15 +356,24 @@ class FileAuditSink:
         """Write whole lines durably, then adopt the chain state they lead to and anchor it.
 
         A write that fails halfway is cut back to where it began, so the batch can be retried
-        whole. The lines are in the log once written, so a failing anchor is reported, never
-        retried with the batch (which would write its events twice).
+        whole. The lines are in the log once written, so a failing anchor never raises here
+        (a retried batch would write its events twice): see `_anchor`.
         """
         self._live = append_whole(self.path, b"".join(lines))
         self._state = state
+        self._anchor()
+
+    def _anchor(self) -> None:
+        """Anchor the last entry written, or remember why not in ``_stale_anchor``.
+
+        A stale anchor fails the log: entries past it could be cut off unseen.
+        """
         try:
-            write_anchor(self.path, state, self.key)
+            write_anchor(self.path, self._state, self.key)
         except OSError as error:
-            logger.error("mcp-guard: the anchor of audit log %s could not be written: %s", self.path, error)
+            self._stale_anchor = AuditLogError(f"the anchor of audit log {self.path} could not be written: {error}")
+        else:
+            self._stale_anchor = None
 
     def _witness(self, checkpoint: Checkpoint) -> None:
         """Hand a checkpoint written to the log to the logger and the witness, if any."""
