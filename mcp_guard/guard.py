@@ -200,7 +200,8 @@ class Guard:
         The function keeps its name, signature, docstring and sync/async nature, so the SDK
         builds the same schema, injects Context, and runs sync tools on worker threads. It
         refuses to run unless the guard admitted this very call, so a server that forgot the
-        middleware fails closed instead of serving unchecked calls.
+        middleware fails closed instead of serving unchecked calls. A field named in ``redact``
+        is redacted under each of its names the signature shows (`ToolArguments.redacting`).
         """
 
         def decorator(fn: F) -> F:
@@ -217,7 +218,7 @@ class Guard:
                     conceal=conceal,
                     delegation=delegation,
                     actors=frozenset(actors),
-                    redact=frozenset(redact),
+                    redact=arguments.redacting(redact),
                     input_schema=input_schema,
                 )
             )

@@ -131,7 +131,8 @@ class ToolSpec:
     delegation: Delegation = "allow"
     actors: frozenset[str] = frozenset()
     redact: frozenset[str] = frozenset()
-    """Argument names whose values never reach a span or the log, at any depth."""
+    """Argument names whose values never reach a span or the log, at any depth. ``@guard.tool``
+    adds every other name of each field named here (its aliases, its Python name)."""
     input_schema: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
     """The JSON Schema of the tool's arguments (as ``tools/list`` shows it), when known: what
     policy engines type arguments by (the Cedar schema is generated from it)."""

@@ -11,7 +11,7 @@ elicitation, sampling, roots), which no argument rule can see before the tool ru
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
 from mcp.server.mcpserver.resolve import find_resolved_parameters
@@ -40,6 +40,15 @@ class ToolArguments(NamedTuple):
     loose: frozenset[str] = frozenset()
     """Parameters holding a model that takes some field under a name its schema does not show
     (an alias and its field name, or alias choices): a dotted path into them can miss a value."""
+    names: tuple[frozenset[str], ...] = ()
+    """The names each field goes by, parameters and the fields of the models, typed dicts and
+    dataclasses they hold: its own, its aliases or alias choices, its serialization alias."""
+
+    def redacting(self, redact: Iterable[str]) -> frozenset[str]:
+        """``redact`` with every name of each field it names: a client may send a field under
+        any of them, and the guard keys a parameter by its schema name, not the one sent."""
+        named = frozenset(redact)
+        return named.union(*(names for names in self.names if names & named))
 
     def apply(self, arguments: dict[str, Any]) -> dict[str, Any]:
         """``arguments`` as the tool will receive them, keyed by schema name."""
@@ -91,7 +100,8 @@ def signature_of(fn: Callable[..., Any]) -> tuple[dict[str, Any], ToolArguments]
     loose = frozenset(
         keys[0] for (_, keys), (_, info) in zip(fields, parameters, strict=True) if _loose(info.annotation)
     )
-    arguments = ToolArguments(fields, accepted, renamed, json_keys, model.pre_parse_json, loose)
+    names = tuple(dict.fromkeys(_field_names(model.arg_model.__pydantic_core_schema__)))
+    arguments = ToolArguments(fields, accepted, renamed, json_keys, model.pre_parse_json, loose, names)
     return model.arg_model.model_json_schema(by_alias=True), arguments
 
 
@@ -135,6 +145,34 @@ def _loose_schema(node: object, *, by_name: bool) -> bool:
         if alias is not None and by_name:
             return True
     return any(_loose_schema(value, by_name=by_name) for value in node.values())
+
+
+def _field_names(node: object) -> Iterator[frozenset[str]]:
+    """Walk a pydantic core schema for the names each field with an alias goes by."""
+    if isinstance(node, list):
+        for item in node:
+            yield from _field_names(item)
+    elif isinstance(node, dict):
+        fields = node.get("fields")
+        named = fields.items() if isinstance(fields, dict) else [(node.get("name"), node)]
+        for name, field in named:
+            if isinstance(field, dict) and field.get("type") in _FIELD_KINDS and isinstance(name, str):
+                aliases = _aliases(field.get("validation_alias")) | _aliases(field.get("serialization_alias"))
+                if aliases - {name}:
+                    yield frozenset({name, *aliases})
+        for value in node.values():
+            yield from _field_names(value)
+
+
+def _aliases(alias: object) -> frozenset[str]:
+    """The keys an alias in a core schema reads a value from: a name, each of its choices, and
+    the last key of an alias path (the one holding the value)."""
+    if isinstance(alias, str):
+        return frozenset({alias})
+    if not isinstance(alias, list) or not alias:
+        return frozenset()
+    paths = alias if isinstance(alias[0], list) else [alias]
+    return frozenset(path[-1] for path in paths if isinstance(path, list) and path and isinstance(path[-1], str))
 
 
 _FIELD_KINDS = frozenset({"model-field", "typed-dict-field", "dataclass-field"})

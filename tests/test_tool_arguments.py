@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 import pytest
@@ -9,7 +10,7 @@ from mcp.server.mcpserver.resolve import Elicit, Resolve
 from pydantic import AliasChoices, AliasPath, BaseModel, ConfigDict, Field
 from typing_extensions import TypedDict
 
-from mcp_guard import Guard, MemoryAuditSink, RulePolicy
+from mcp_guard import EventKind, Guard, MemoryAuditSink, RulePolicy
 from mcp_guard.policy import ArgumentConstraint, ArgumentRule, TargetsRule
 from mcp_guard.testing import access_token
 
@@ -157,3 +158,45 @@ def test_two_parameters_under_one_schema_name_are_refused_at_declaration() -> No
             dst: Annotated[str, Field(validation_alias=AliasChoices("path", "dst"))],
         ) -> str:
             return dst
+
+
+class Login(BaseModel):
+    model_config = ConfigDict(validate_by_name=True)
+    password: str = Field(alias="pwd")
+    token: str = Field(serialization_alias="bearer")
+
+
+def redacting_guard(audit: MemoryAuditSink) -> Guard:
+    guard = Guard(audit=[audit], record_arguments=True)
+
+    @guard.tool(redact=["password"])
+    def login(user: str, password: Annotated[str, Field(validation_alias=AliasChoices("pass", "password"))]) -> str:
+        return user
+
+    @guard.tool(redact=["pwd", "bearer"])
+    def nested(login: Login, note: str = "") -> str:
+        return note
+
+    return guard
+
+
+@pytest.mark.parametrize(
+    ("tool", "arguments", "recorded"),
+    [
+        ("login", {"user": "bob", "password": "hunter2"}, {"user": "bob", "pass": "[redacted]"}),
+        ("login", {"user": "bob", "pass": "hunter2"}, {"user": "bob", "pass": "[redacted]"}),
+        (
+            "nested",
+            {"login": {"password": "s3", "token": "t"}},
+            {"login": {"password": "[redacted]", "token": "[redacted]"}},
+        ),
+        ("nested", {"login": {"pwd": "s3", "bearer": "t"}}, {"login": {"pwd": "[redacted]", "bearer": "[redacted]"}}),
+    ],
+)
+async def test_naming_any_name_of_a_field_redacts_it_under_every_name(
+    tool: str, arguments: dict[str, object], recorded: dict[str, object]
+) -> None:
+    audit = MemoryAuditSink()
+    await redacting_guard(audit).authorize(tool, arguments, access_token("alice", ""))
+    [event] = [event for event in audit.events if event.kind == EventKind.CALL_DECIDED]
+    assert json.loads(event.record()["arguments"]) == recorded
