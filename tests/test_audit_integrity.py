@@ -311,6 +311,22 @@ def test_a_crash_right_after_rotating_leaves_a_whole_log(tmp_path: Path) -> None
     assert "goes on in" in (verify_files([str(segment)]).problem or "")
 
 
+def test_a_crash_in_the_first_line_after_rotating_verifies_and_is_cut_on_restart(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    segment = stopped_right_after_rotating(path)
+    last = entries(segment)[-1]
+    head = entry_line(ChainState(int(str(last["seq"])) + 1, str(last["hash"])), "chain.file", {"file": path.name})
+    spliced = entry_line(ChainState(int(str(last["seq"])) + 1), "chain.file", {"file": path.name})
+    for torn, intact in ((head[:30], True), (head[:-1], True), (spliced[:-1], False)):
+        path.write_bytes(torn)
+        verdict = verify_files([str(segment), str(path)])
+        assert (verdict.ok, verdict.torn) == (intact, intact), verdict
+    path.write_bytes(head[:30])
+    write(path, 2, start=3)  # the restart cuts the torn line, then writes after it
+    assert verify_files([str(segment), str(path)]).ok
+    assert [entry["seq"] for entry in entries(segment, path)] == list(range(len(entries(segment, path))))
+
+
 def test_archived_segments_keep_the_end_of_the_log_checked(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     write(path, 12, max_bytes=600)

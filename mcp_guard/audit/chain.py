@@ -24,7 +24,7 @@ import math
 import os
 import stat
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -217,7 +217,7 @@ def verify_lines(
             problem = None
             ended = raw.endswith(b"\n") or len(raw) >= MAX_LINE_BYTES
             if not ended and _torn(raw):  # the file's last line (`read_lines` ends a file there)
-                torn = Verdict(False, entries, "truncated or corrupt line (no line end)", name, number, expected_seq)
+                torn = _torn_verdict(entries, name, number, expected_seq)
                 break
             try:
                 entry, body, stored = _parse(raw if ended else raw + b"\n")
@@ -257,7 +257,7 @@ def verify_lines(
             if problem is not None:
                 return Verdict(False, entries, problem, name, number, seq if isinstance(seq, int) else None)
             if not ended:  # a whole entry but for its line end, as a crash can leave it: verified, not counted
-                torn = Verdict(False, entries, "truncated or corrupt line (no line end)", name, number, expected_seq)
+                torn = _torn_verdict(entries, name, number, expected_seq)
                 break
             if first:
                 file_start = seq
@@ -322,12 +322,11 @@ def verify_files(
     except ValueError as error:
         anchored, anchor_problem = None, f"the anchor {anchor} {error}"
     files = paths
-    if to_end and len(paths) > 1 and _empty(paths[-1]):  # a live file created right after a rotation?
-        verdict = _verified(paths[:-1], key, checkpoints, anchored)
-        if verdict.continues_in == os.path.basename(paths[-1]):
-            files = paths[:-1]
-    if files is paths:
-        verdict = _verified(paths, key, checkpoints, anchored)
+    verdict = _verified(paths, key, checkpoints, anchored)
+    if to_end and len(paths) > 1 and _holds_no_entry(verdict, paths[-1]):  # a live file created right after a rotation?
+        rotated = _verified(paths[:-1], key, checkpoints, anchored)
+        if rotated.continues_in == os.path.basename(paths[-1]):
+            files, verdict = paths[:-1], replace(rotated, torn=verdict.torn)
     if not verdict.ok:
         return verdict
     if anchor_problem is not None:
@@ -338,13 +337,21 @@ def verify_files(
     if not to_end:
         return verdict
     if verdict.last_kind == FILE_ROTATED:
-        return _stopped_after_rotating(verdict, Path(files[-1]), key)
+        return _stopped_after_rotating(verdict, Path(files[-1]), key, live_given=files is not paths)
     if anchored is None:
         problem = f"the anchor {anchor} is missing (deleted with the end of the log?)"
         return Verdict(False, verdict.entries, problem, str(anchor))
     if verdict.last_file_start is not None and anchored.seq < verdict.last_file_start - 1:
         return _old_anchor(verdict, anchored, anchor)
     return verdict
+
+
+def _holds_no_entry(verdict: Verdict, path: str) -> bool:
+    """Whether ``verdict`` broke only because the file at ``path`` holds no entry: it is empty,
+    or holds nothing but a torn line (a prefix, or a whole entry that verified)."""
+    if verdict.ok or verdict.file != path:
+        return False
+    return verdict.line is None or (verdict.line == 1 and verdict.torn)
 
 
 def _old_anchor(verdict: Verdict, anchored: Checkpoint, anchor: Path) -> Verdict:
@@ -359,14 +366,14 @@ def _verified(
     return verify_lines(((path, read_lines(path)) for path in paths), key, checkpoints, anchor=anchor)
 
 
-def _stopped_after_rotating(verdict: Verdict, segment: Path, key: bytes | None) -> Verdict:
+def _stopped_after_rotating(verdict: Verdict, segment: Path, key: bytes | None, *, live_given: bool) -> Verdict:
     """A chain ending where a file was rotated is whole only if the file it continues in was
-    never written (or is this very file, sealed but not yet renamed) and the anchor beside that
-    file names exactly the rotation."""
+    never written (or is this very file, sealed but not yet renamed; or was given, and holds no
+    entry) and the anchor beside that file names exactly the rotation."""
     live = segment.with_name(verdict.continues_in or "")
     problem = f"the log goes on in {live} (give it too, or --ends-earlier)"
     sealed = live == segment  # stopped after sealing the live file, before renaming it
-    if not verdict.continues_in or (not sealed and live.is_file() and not _empty(str(live))):
+    if not verdict.continues_in or (not sealed and not live_given and live.is_file() and not _empty(str(live))):
         return Verdict(False, verdict.entries, problem, str(segment), None, verdict.last_seq)
     try:
         anchored = read_anchor(anchor_path(live), key)
@@ -445,6 +452,11 @@ def _parse(raw: bytes) -> tuple[dict[str, Any], bytes, str]:
     if not isinstance(entry, dict):
         raise ValueError("not an object")
     return entry, body, stored
+
+
+def _torn_verdict(entries: int, name: str, number: int, seq: int) -> Verdict:
+    """A last line without its line end: where the chain breaks if anything follows it."""
+    return Verdict(False, entries, "truncated or corrupt line (no line end)", name, number, seq, torn=True)
 
 
 def _torn(raw: bytes) -> bool:

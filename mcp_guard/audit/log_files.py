@@ -61,7 +61,8 @@ def resume(
     cut or the forgery). An anchor behind the log by a batch is a stop between writing and
     anchoring it. A log with entries but no anchor is continued only with ``adopt_unanchored``:
     its anchor may have been deleted along with its end. Only once all that holds, and with
-    ``cut_torn`` (the writer holds the lock), is a last line a crash left half-written cut off.
+    ``cut_torn`` (the writer holds the lock), is a last line a crash left half-written cut off
+    the live file (all it holds, when the chain goes on from the last rotated file).
     """
     try:
         anchored = read_anchor(anchor_path(path), key)
@@ -97,7 +98,7 @@ def resume(
         raise AuditLogError(_cut(path, f"has an anchor (entry {anchored.seq}) older than its last entries"))
     if last_file != path and verdict.last_kind != FILE_ROTATED:
         raise AuditLogError(f"the audit log {path} is gone, and {last_file} was not rotated into it")
-    if verdict.torn and last_file == path and cut_torn:
+    if cut_torn and (verdict.torn or last_file != path):  # a live file resumed from a segment may hold a torn line
         _cut_torn_line(path)
     return ChainState(verdict.last_seq + 1, verdict.last_hash), sealed
 
