@@ -80,6 +80,30 @@ def test_huge_and_deep_arguments_are_capped() -> None:
         assert len(parsed["blob"]) < 300
 
 
+class Counted(dict[str, Any]):
+    """A mapping that counts how often its items are walked."""
+
+    walked = 0
+
+    def items(self) -> Any:
+        Counted.walked += 1
+        return super().items()
+
+
+def test_shared_and_cyclic_arguments_cost_what_their_capped_rendering_holds() -> None:
+    """The walk stops once past max_bytes, so references shared at every level (32**3 paths
+    here, 32**6 OOM-killed it) are not all rendered, and a cycle is cut where it recurs."""
+    node: Any = "x" * 300
+    for _ in range(3):
+        node = Counted({str(index): node for index in range(32)})
+    Counted.walked = 0
+    summary = summarize_arguments({"a": node})
+    assert len(summary) == 2048 and Counted.walked <= 3
+    cycle: list[Any] = []
+    cycle.extend([cycle, 1])
+    assert summarize_arguments({"a": cycle}) == '{"a":["[cycle]",1]}'
+
+
 async def test_a_denial_with_an_unrenderable_argument_is_still_recorded() -> None:
     """An integer past Python's 4,300-digit limit (possible in process, never over the wire)
     once made the denial go unrecorded and uncounted."""

@@ -2,8 +2,9 @@
 
 Arguments are recorded only when a guard opts in (``Guard(record_arguments=True)``). Even then
 the named fields of each tool are redacted at any depth, nesting below ``max_depth`` is cut,
-long strings and lists are shortened, and the whole rendering is capped at ``max_bytes``.
-Huge or hostile arguments can neither bloat a span nor slow the call path unboundedly.
+long strings and lists are shortened, and the whole rendering is capped at ``max_bytes``, the
+walk stopping there. Huge or hostile arguments (shared references and cycles included) can
+neither bloat a span nor slow the call path unboundedly.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ __all__ = ["REDACTED", "summarize_arguments"]
 
 REDACTED = "[redacted]"
 _CUT = "[...]"
+_CYCLE = "[cycle]"
 _LONGEST_INT_BITS = 256
 """Integers longer than this are shown by their size: rendering one costs time quadratic in its
 digits, and past 4,300 digits Python refuses."""
@@ -32,36 +34,70 @@ def summarize_arguments(
     max_items: int = 32,
     max_string: int = 256,
 ) -> str:
-    """A compact JSON rendering of ``arguments`` within the limits (marked where it was cut)."""
+    """A compact JSON rendering of ``arguments`` within the limits (marked where it was cut).
+
+    The walk keeps count of the bytes rendered so far (at least: escaping only adds) and cuts
+    what would all fall past ``max_bytes``, so shared references cost no more than their
+    rendering may hold; a container holding itself shows as ``[cycle]`` where it recurs.
+    """
+    spent = 0
+    walking: set[int] = set()
 
     def shrink(value: Any, depth: int) -> Any:
-        if isinstance(value, str):
-            return value if len(value) <= max_string else value[:max_string] + _CUT
-        if isinstance(value, float) and not math.isfinite(value):
-            return str(value)
-        if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > _LONGEST_INT_BITS:
-            return f"<int of {value.bit_length()} bits>"
-        if value is None or isinstance(value, bool | int | float):
-            return value
-        if depth >= max_depth:
+        nonlocal spent
+        if spent > max_bytes:  # all of it would fall past the cap
             return _CUT
-        if isinstance(value, Mapping):
-            shown = {
-                str(key)[:max_string]: REDACTED if key in redact else shrink(item, depth + 1)
-                for key, item in itertools.islice(value.items(), max_items)
-            }
-            if len(value) > max_items:
-                shown[_CUT] = f"{len(value) - max_items} more"
-            return shown
-        if isinstance(value, list | tuple):
-            shown_list = [shrink(item, depth + 1) for item in value[:max_items]]
-            if len(value) > max_items:
-                shown_list.append(f"{_CUT} {len(value) - max_items} more")
-            return shown_list
-        return f"<{type(value).__name__}>"
+        if depth < max_depth and isinstance(value, Mapping | list | tuple):
+            if id(value) in walking:
+                return _CYCLE
+            walking.add(id(value))
+            spent += 1  # its opening bracket (the closing one comes after what it holds)
+            try:
+                return shrink_mapping(value, depth) if isinstance(value, Mapping) else shrink_list(value, depth)
+            finally:
+                walking.discard(id(value))
+                spent += 1
+        shown = _leaf(value, max_string, depth >= max_depth)
+        spent += len(shown) + 2 if isinstance(shown, str) else len(str(shown))
+        return shown
+
+    def shrink_mapping(value: Mapping[Any, Any], depth: int) -> dict[str, Any]:
+        nonlocal spent
+        named = {str(key)[:max_string]: (key, item) for key, item in itertools.islice(value.items(), max_items)}
+        shown: dict[str, Any] = {}
+        for name, (key, item) in named.items():  # walked in the order rendered (keys shown alike: the last)
+            spent += len(name) + 3 + (len(shown) > 0)  # quotes, colon and comma
+            shown[name] = REDACTED if key in redact else shrink(item, depth + 1)
+        if len(value) > max_items:
+            shown[_CUT] = f"{len(value) - max_items} more"
+        return shown
+
+    def shrink_list(value: list[Any] | tuple[Any, ...], depth: int) -> list[Any]:
+        nonlocal spent
+        shown: list[Any] = []
+        for item in value[:max_items]:
+            spent += len(shown) > 0  # a comma
+            shown.append(shrink(item, depth + 1))
+        if len(value) > max_items:
+            shown.append(f"{_CUT} {len(value) - max_items} more")
+        return shown
 
     try:
         text = json.dumps(shrink(arguments, 0), ensure_ascii=True, separators=(",", ":"), allow_nan=False, default=str)
     except Exception as error:  # a value no rendering survives: say so rather than lose the record
         return json.dumps(f"[arguments not recordable: {type(error).__name__}]")
     return text if len(text) <= max_bytes else text[: max_bytes - len(_CUT)] + _CUT
+
+
+def _leaf(value: Any, max_string: int, deep: bool) -> Any:
+    """A value that is not walked into, as shown: scalars bounded, anything else named (or cut,
+    past the depth limit)."""
+    if isinstance(value, str):
+        return value if len(value) <= max_string else value[:max_string] + _CUT
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > _LONGEST_INT_BITS:
+        return f"<int of {value.bit_length()} bits>"
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return _CUT if deep else f"<{type(value).__name__}>"
