@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -544,6 +545,39 @@ async def test_a_closed_log_refuses_in_deny_mode_and_drops_in_buffer_mode(
     buffering.close()
     buffering.emit(AuditEvent.build(EventKind.CALL_DECIDED, 1_900_000_000.0, tool="late"))
     assert "buffer.jsonl is closed; dropping an event" in caplog.text
+
+
+class SlowQueue(deque[AuditEvent]):
+    """A queue whose append pauses, as a thread preempted between emit's checks and its append."""
+
+    def append(self, event: AuditEvent) -> None:
+        time.sleep(0.3)
+        super().append(event)
+
+
+def test_an_event_emitted_while_the_log_closes_is_refused_or_written(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    sink = FileAuditSink(path, flush_interval=0.01)
+    sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, time.time(), tool="first"))
+    sink.flush()
+    sink._queue = SlowQueue()
+    late = AuditEvent.build(EventKind.CALL_DECIDED, time.time(), tool="late")
+    outcome: list[str] = []
+
+    def emit() -> None:
+        try:
+            sink.emit(late)
+            outcome.append("accepted")
+        except AuditLogError:
+            outcome.append("refused")
+
+    emitting = threading.Thread(target=emit)
+    emitting.start()
+    time.sleep(0.05)
+    sink.close()
+    emitting.join()
+    written = [json.loads(line)["event"].get("event_id") for line in path.read_bytes().splitlines()]
+    assert outcome == ["refused"] or late.event_id in written
 
 
 @pytest.mark.parametrize(

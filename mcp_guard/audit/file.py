@@ -114,6 +114,8 @@ class FileAuditSink:
         self.written = 0
         self._queue: deque[AuditEvent] = deque()
         self._wake = threading.Condition()
+        self._intake = threading.Lock()
+        """Held by `emit` from its checks to its append, and by `close` to close: never over I/O."""
         self._error: BaseException | None = None
         self._stale_anchor: AuditLogError | None = None
         """Why the anchor lags the entries written, while it does: that fails the log."""
@@ -147,21 +149,27 @@ class FileAuditSink:
     def emit(self, event: AuditEvent) -> None:
         """Queue ``event``; raise `AuditLogError` when the log cannot take it (in deny mode).
 
-        A closed log takes nothing more: its writer has stopped.
+        A closed log takes nothing more: its writer has stopped. Checking and queueing are one
+        step against `close`, so an event is either refused or written.
         """
-        if self.failure == "deny" and (self._error is not None or self._closed):
-            raise AuditLogError(
-                f"the audit log {self.path} is {'closed' if self._closed else 'failing'}: {self._error}"
-            )
+        with self._intake:
+            refusal = self._refusal()
+            if refusal is None:
+                self._queue.append(event)
+                return
+        if self.failure == "deny":
+            raise AuditLogError(refusal)
+        logger.error("mcp-guard: %s; dropping an event", refusal)
+
+    def _refusal(self) -> str | None:
+        """Why the log takes no event now, if it does not (buffer mode queues while failing)."""
         if self._closed:
-            logger.error("mcp-guard: audit log %s is closed; dropping an event", self.path)
-            return
+            return f"the audit log {self.path} is closed" + ("" if self._error is None else f": {self._error}")
+        if self.failure == "deny" and self._error is not None:
+            return f"the audit log {self.path} is failing: {self._error}"
         if len(self._queue) >= self.queue_size:
-            if self.failure == "deny":
-                raise AuditLogError(f"the audit log {self.path} is {self.queue_size} events behind")
-            logger.error("mcp-guard: audit log %s is full; dropping an event", self.path)
-            return
-        self._queue.append(event)
+            return f"the audit log {self.path} is full ({self.queue_size} events behind)"
+        return None
 
     def flush(self, timeout: float = 10.0) -> None:
         """Wait until everything queued so far is written.
@@ -186,7 +194,8 @@ class FileAuditSink:
 
         Raises `AuditLogError` when that is not done within ``timeout`` (the log is failing).
         """
-        self._closed = True
+        with self._intake:  # an event queued before this is one the writer's last look finds
+            self._closed = True
         with self._wake:
             self._wake.notify()
         self._thread.join(timeout=timeout)
@@ -209,6 +218,7 @@ class FileAuditSink:
     def _forked(self) -> None:
         """In a child process: the writer thread is not there, and the log is the parent's."""
         self._release_lock()  # the parent's lock stays held through its own descriptor
+        self._intake = threading.Lock()  # a parent thread may have held it at the fork
         self._closed = True
         self._error = AuditLogError(f"the audit log {self.path} belongs to the process that opened it, not a fork")
 
