@@ -446,6 +446,17 @@ def test_a_fifo_in_place_of_the_anchor_is_refused_without_hanging(tmp_path: Path
         FileAuditSink(path)
 
 
+def test_a_fifo_or_a_device_given_as_a_log_file_is_refused_without_hanging(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    write(path, 2)
+    fifo = tmp_path / "audit.00000.jsonl"
+    os.mkfifo(fifo)
+    for command in (["verify", str(fifo), str(path)], ["query", str(fifo), str(path)], ["query", "/dev/zero"]):
+        cli = [sys.executable, "-m", "mcp_guard.cli", "audit", *command]
+        result = subprocess.run(cli, capture_output=True, text=True, timeout=20, check=False)
+        assert result.returncode == 2 and "is not a regular file" in result.stderr, result
+
+
 def test_query_skips_entries_with_odd_times_or_scopes(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     state = ChainState()

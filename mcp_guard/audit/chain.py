@@ -26,7 +26,7 @@ import stat
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from pydantic_core import PydanticSerializationError, from_json, to_json
 
@@ -414,18 +414,25 @@ def read_anchor(anchor: Path, key: bytes | None) -> Checkpoint | None:
 
 
 def _small_file(path: Path, limit: int = 4096) -> bytes:
-    """The bytes of a small regular file, read without blocking: `ValueError` for anything
-    else (a FIFO put in its place would hang a plain read)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ValueError("not a regular file")
-        data = os.read(fd, limit + 1)
-    finally:
-        os.close(fd)
+    """The bytes of a small regular file: `ValueError` for anything else (see `_open_regular`)."""
+    with _open_regular(path) as file:
+        data = file.read(limit + 1)
     if len(data) > limit:
         raise ValueError("too long")
     return data
+
+
+def _open_regular(path: str | os.PathLike[str]) -> BinaryIO:
+    """A regular file opened for reading without blocking on the way: `ValueError` for anything
+    else (a FIFO put in a log file's place would hang a plain open, /dev/zero a read)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"{os.fspath(path)} is not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def anchor_body(seq: int, last_hash: str) -> bytes:
@@ -520,9 +527,10 @@ def read_lines(path: str) -> Iterator[bytes]:
     """The raw lines of a log file, each with its line end.
 
     A last line without one is truncated. Of a line longer than `MAX_LINE_BYTES` only its
-    first `MAX_LINE_BYTES` are yielded (without a line end), and the rest is skipped.
+    first `MAX_LINE_BYTES` are yielded (without a line end), and the rest is skipped. Raises
+    `ValueError` when ``path`` is not a regular file (a FIFO, a device), rather than hang.
     """
-    with open(path, "rb") as file:
+    with _open_regular(path) as file:
         while line := file.readline(MAX_LINE_BYTES):
             yield line
             while len(line) == MAX_LINE_BYTES and not line.endswith(b"\n"):
