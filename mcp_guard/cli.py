@@ -16,11 +16,11 @@
 Audit files are given in chain order (rotated segments first, the live file last): the whole
 log, unless ``--starts-later`` (older segments archived) or ``--ends-earlier`` (no live file)
 says otherwise. HMAC'd logs need their key: ``--key-file PATH`` (its bytes, less one trailing
-line end) or ``--key-env NAME``. ``audit query`` and ``audit show`` read only whole entries (a
-last line without its line end, or a line that is no entry, is skipped) and do not verify
-them: run ``audit verify`` for that. ``audit verify`` and ``policy check`` exit 1 when they
-find a problem, ``policy explain`` when the call would be denied; every command exits 2 on a
-usage error.
+line end) or ``--key-env NAME`` (its bytes, as they are). ``audit query`` and ``audit show``
+read only whole entries (a last line without its line end, or a line that is no entry, is
+skipped) and do not verify them: run ``audit verify`` for that. ``audit verify`` and ``policy
+check`` exit 1 when they find a problem, ``policy explain`` when the call would be denied;
+every command exits 2 on a usage error.
 """
 
 from __future__ import annotations
@@ -123,11 +123,11 @@ def _key(args: argparse.Namespace) -> bytes | None:
         if not key:
             raise ValueError(f"the key file {args.key_file} holds no key")
         return key
-    if args.key_env:
-        value = os.environ.get(args.key_env)
+    if args.key_env:  # its bytes as the process got them: a key need not be text
+        value = os.environb.get(os.fsencode(args.key_env))
         if not value:
             raise ValueError(f"the environment variable {args.key_env} holds no key")
-        return value.encode()
+        return value
     return None
 
 

@@ -247,6 +247,16 @@ def test_the_cli_keeps_a_binary_key_as_it_is(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_the_cli_takes_a_key_from_the_environment_as_its_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    key = b"k\xffey \t"  # not UTF-8 (an environment cannot hold the NUL of KEY)
+    write(path, 2, key=key)
+    command = [sys.executable, "-m", "mcp_guard.cli", "audit", "verify", str(path), "--key-env", "AUDIT_KEY"]
+    environment = {**os.environb, b"AUDIT_KEY": key}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False, env=environment)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_the_query_table_escapes_what_could_break_it(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     sink = FileAuditSink(path)
