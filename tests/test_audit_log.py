@@ -133,6 +133,17 @@ def test_truncating_anywhere_is_caught(tmp_path: Path, data: st.DataObject) -> N
         path.write_bytes(original)
 
 
+def test_a_break_names_its_entry_when_it_is_known(tmp_path: Path) -> None:
+    path = written_log(tmp_path)
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b" " + lines[0][1:] + b"".join(lines[1:]))  # before the chain says where it starts
+    verdict = verify_files([str(path)])
+    assert (verdict.line, verdict.seq) == (1, None) and "(entry" not in str(verdict)
+    path.write_bytes(b"".join([*lines[:2], lines[2].replace(b'"seq":', b'"se q":'), *lines[3:]]))
+    verdict = verify_files([str(path)])
+    assert (verdict.line, verdict.seq) == (3, 2) and "(entry 2)" in str(verdict)
+
+
 def test_splicing_two_logs_is_caught(tmp_path: Path) -> None:
     first = written_log(tmp_path, name="a.jsonl")
     second = written_log(tmp_path, name="b.jsonl")

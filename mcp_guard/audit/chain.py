@@ -217,12 +217,13 @@ def verify_lines(
             problem = None
             ended = raw.endswith(b"\n") or len(raw) >= MAX_LINE_BYTES
             if not ended and _torn(raw):  # the file's last line (`read_lines` ends a file there)
-                torn = _torn_verdict(entries, name, number, expected_seq)
+                torn = _torn_verdict(entries, name, number, _known(expected_seq))
                 break
             try:
                 entry, body, stored = _parse(raw if ended else raw + b"\n")
             except ValueError as error:
-                return Verdict(False, entries, f"truncated or corrupt line ({error})", name, number, expected_seq)
+                problem = f"truncated or corrupt line ({error})"
+                return Verdict(False, entries, problem, name, number, _known(expected_seq))
             seq = entry.get("seq")
             if expected_seq < 0:  # a chain may be verified from any of its files on
                 if entry.get("kind") != FILE_START or not isinstance(seq, int):
@@ -255,7 +256,7 @@ def verify_lines(
                     False, entries, f"rewritten (entry {seq} is not the one anchored)", name, number, seq
                 )
             if problem is not None:
-                return Verdict(False, entries, problem, name, number, seq if isinstance(seq, int) else None)
+                return Verdict(False, entries, problem, name, number, seq if isinstance(seq, int) else expected_seq)
             if not ended:  # a whole entry but for its line end, as a crash can leave it: verified, not counted
                 torn = _torn_verdict(entries, name, number, expected_seq)
                 break
@@ -461,7 +462,12 @@ def _parse(raw: bytes) -> tuple[dict[str, Any], bytes, str]:
     return entry, body, stored
 
 
-def _torn_verdict(entries: int, name: str, number: int, seq: int) -> Verdict:
+def _known(expected_seq: int) -> int | None:
+    """The entry a line should be, or None before the chain's first entry tells."""
+    return expected_seq if expected_seq >= 0 else None
+
+
+def _torn_verdict(entries: int, name: str, number: int, seq: int | None) -> Verdict:
     """A last line without its line end: where the chain breaks if anything follows it."""
     return Verdict(False, entries, "truncated or corrupt line (no line end)", name, number, seq, torn=True)
 
