@@ -153,6 +153,9 @@ class FileAuditSink:
         step against `close`, so an event is either refused or written.
         """
         with self._intake:
+            if not self._closed and self._error is None and len(self._queue) < self.queue_size:
+                self._queue.append(event)  # the common case, read inline: it runs for every event
+                return
             refusal = self._refusal()
             if refusal is None:
                 self._queue.append(event)
