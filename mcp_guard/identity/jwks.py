@@ -130,12 +130,20 @@ class JWKSCache:
         """How many fetches were attempted (for operators and tests)."""
 
     def current(self, jwks_uri: str, generation: int) -> bool:
-        """Whether the keys at ``jwks_uri`` are still at ``generation`` and fresh (within
-        ``max_age``): a verification made with them stands only while they are. Past that, the
-        set is fetched again before it counts, so a key the issuer withdrew takes its tokens
-        with it."""
+        """Whether a verification made with the keys at ``jwks_uri`` at ``generation`` still
+        stands: they are unchanged and fresh (within ``max_age``), so a key the issuer withdrew
+        takes its tokens with it at the next fetch. Stale keys still count while fetching them
+        again is not yet due (a fetch in flight, or one tried within ``min_refresh_interval``),
+        up to ``max_stale``: verifying again then could only give the same answer."""
         entry = self._sets.get(jwks_uri)
-        return entry is not None and entry.generation == generation and self._clock() - entry.fetched_at <= self.max_age
+        if entry is None or entry.generation != generation:
+            return False
+        now = self._clock()
+        age = now - entry.fetched_at
+        return age <= self.max_age or (
+            age <= self.max_stale
+            and (entry.in_flight is not None or now - entry.attempted_at < self.min_refresh_interval)
+        )
 
     async def key(self, jwks_uri: str, kid: str | None, alg: str) -> tuple[Key, int]:
         """The key to verify a token signed with ``alg`` under ``kid``, and its key set's generation.
@@ -227,10 +235,13 @@ def _import_keys(document: Mapping[str, Any]) -> Keys:
 def _pick(keys: Keys, kid: str | None, alg: str) -> Key | None:
     """The one key named ``kid`` that suits ``alg``; with no ``kid``, the one key that suits it.
 
-    Two keys that both would is ambiguous, and neither is used.
+    Two different keys that both would is ambiguous, and neither is used; one key listed twice
+    (with and without its ``alg``, say) is one key.
     """
     named = keys.get(kid, ()) if kid is not None else [key for found in keys.values() for key in found]
     suitable = [key for key in named if _suits(key, alg)]
+    if len(suitable) > 1 and len({key.thumbprint() for key in suitable}) == 1:
+        return suitable[0]
     return suitable[0] if len(suitable) == 1 else None
 
 

@@ -446,6 +446,51 @@ async def test_a_cached_verification_ends_when_its_keys_are_no_longer_fresh(auth
     assert cache.fetches == fetches + 1
 
 
+class CountingKeys(JWKSCache):
+    """The real key cache, counting the verifications that ask it for a key."""
+
+    asked = 0
+
+    async def key(self, jwks_uri: str, kid: str | None, alg: str) -> tuple[Any, int]:
+        self.asked += 1
+        return await super().key(jwks_uri, kid, alg)
+
+
+async def test_while_the_keys_cannot_be_fetched_again_a_cached_verification_stands(authority: Authority) -> None:
+    """Past ``max_age`` with the endpoint down, verifying a cached token again could only give the
+    same answer until the next fetch is due: it is not redone on every call."""
+    now = [1000.0]
+    cache = CountingKeys(max_age=60, max_stale=600, min_refresh_interval=30, clock=lambda: now[0])
+    verifier = JWTVerifier(
+        [TrustedIssuer(issuer=authority.issuer, audience=RESOURCE, jwks_uri=authority.jwks_uri)], jwks=cache
+    )
+    token = authority.mint()
+    assert await verifier.verify(token)
+    authority.jwks_down = True
+    try:
+        now[0] += 61
+        for _ in range(50):
+            assert await verifier.verify(token)
+        assert (cache.asked, cache.fetches) == (2, 2)  # verified once more, with the one failed fetch
+        now[0] += 30
+        assert await verifier.verify(token)
+        assert (cache.asked, cache.fetches) == (3, 3)  # the next fetch was due: tried, and verified again
+    finally:
+        authority.jwks_down = False
+
+
+async def test_one_key_listed_twice_is_one_key(authority: Authority) -> None:
+    published = authority.public_jwks()["keys"]
+    rsa = next(key for key in published if key["kid"] == "rsa-1")
+    for twice in ([rsa, rsa], [rsa, {**rsa, "alg": "RS256"}], [{**rsa, "use": "sig"}, rsa]):
+        authority.jwks_body = json.dumps({"keys": twice}).encode()
+        try:
+            assert await verifier_for(authority).verify(authority.mint())
+            assert await verifier_for(authority).verify(authority.mint(kid=None))
+        finally:
+            authority.jwks_body = None
+
+
 async def test_forgetting_tokens_forgets_keys_too(authority: Authority) -> None:
     verifier = verifier_for(authority)
     key = authority.keys["withdrawn"] = RSAKey.generate_key(2048, parameters={"kid": "withdrawn"})
