@@ -38,6 +38,7 @@ from mcp_guard.model import (
     Session,
     SessionState,
     ToolSpec,
+    collection,
     tell_allowed,
 )
 from mcp_guard.policy.base import Policy, PolicyFunction
@@ -206,19 +207,24 @@ class Guard:
 
         def decorator(fn: F) -> F:
             input_schema, arguments = signature_of(fn)
+            tool_name = name or fn.__name__
+
+            def listed(values: Iterable[str], what: str) -> frozenset[str]:
+                return frozenset(collection(values, f"tool {tool_name!r}: {what}"))
+
             spec = self.declare(
                 ToolSpec(
-                    name=name or fn.__name__,
+                    name=tool_name,
                     scopes=scope_set(scopes),
                     optional_scopes=scope_set(optional_scopes),
                     risk=Risk(risk),
-                    data_classes=frozenset(data_classes),
+                    data_classes=listed(data_classes, "data_classes"),
                     owner=owner,
-                    tags=frozenset(tags),
+                    tags=listed(tags, "tags"),
                     conceal=conceal,
                     delegation=delegation,
-                    actors=frozenset(actors),
-                    redact=arguments.redacting(redact),
+                    actors=listed(actors, "actors"),
+                    redact=arguments.redacting(listed(redact, "redact")),
                     input_schema=input_schema,
                 )
             )

@@ -15,10 +15,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
+from typing import Any, Literal, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 from mcp_guard.reasons import ReasonCode, default_message
 from mcp_guard.scopes import scope_set
+from mcp_guard.text import excerpt
 
 __all__ = [
     "MAX_SESSION_TOKENS",
@@ -37,10 +38,13 @@ __all__ = [
     "SessionState",
     "ToolSpec",
     "check_tool_name",
+    "collection",
     "tell_allowed",
 ]
 
 Delegation = Literal["allow", "forbid", "require"]
+
+T = TypeVar("T")
 
 Binding = tuple[str, str, str]
 """The identity a session is bound to: (issuer, subject, client id)."""
@@ -57,6 +61,15 @@ _TOOL_NAME = re.compile(TOOL_NAME_PATTERN)
 MAX_SESSION_TOKENS = 64
 """Tokens a session remembers as bound; beyond that the oldest is forgotten (and, should it
 come back, recorded as bound again)."""
+
+
+def collection(values: Iterable[T], what: str) -> tuple[T, ...]:
+    """The items of ``values``, refusing one string where a collection is meant: a string would be
+    read as its characters, or tested by substring, so ``subjects="alice-admin"`` would admit
+    ``"alice"`` and ``tags="payments"`` would tag a tool with letters."""
+    if isinstance(values, str):
+        raise ValueError(f"{what} must be a collection of values, not one string ({excerpt(values)})")
+    return tuple(values)
 
 
 def check_tool_name(name: str) -> str:
@@ -139,6 +152,9 @@ class ToolSpec:
 
     def __post_init__(self) -> None:
         check_tool_name(self.name)
+        for listed in ("data_classes", "tags", "actors", "redact"):
+            values = collection(getattr(self, listed), f"tool {self.name!r}: {listed}")
+            object.__setattr__(self, listed, frozenset(values))
         object.__setattr__(self, "scopes", scope_set(self.scopes))
         object.__setattr__(self, "optional_scopes", scope_set(self.optional_scopes) - self.scopes)
         object.__setattr__(self, "risk", Risk(self.risk))

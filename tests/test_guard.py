@@ -458,6 +458,23 @@ def test_declarations_are_validated() -> None:
         Guard(policy=ExplodingPolicy(), scope_hierarchy={"a": "b"})
 
 
+@pytest.mark.parametrize("setting", ["tags", "redact", "actors", "data_classes"])
+def test_one_string_where_a_set_of_names_is_meant_is_refused(setting: str) -> None:
+    """``tags="payments"`` would tag the tool with letters, so a rule on the tag ``payments``
+    would miss it, and ``redact="password"`` would record the password in clear."""
+    with pytest.raises(ValueError, match=f"{setting} must be a collection of values, not one string"):
+        ToolSpec("pay", **{setting: "payments"})
+
+    def pay(password: str) -> str:
+        return "paid"
+
+    with pytest.raises(ValueError, match=f"tool 'pay': {setting} must be a collection"):
+        Guard().tool(**{setting: "payments"})(pay)
+    guard = Guard()
+    guard.tool(**{setting: ["payments"]})(pay)
+    assert getattr(guard.tools["pay"], setting) >= {"payments"}  # redact adds the field's other names
+
+
 async def test_a_revoked_session_stays_revoked_after_its_record_is_evicted(
     audit: MemoryAuditSink, clock: Clock
 ) -> None:

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii
 from typing import Any, Final, Literal, TypeAlias
 
+from mcp_guard.model import collection
 from mcp_guard.policy.hosts import HostAllowlist
 from mcp_guard.policy.paths import PathRoots
 from mcp_guard.policy.regex import MAX_SUBJECT_LENGTH, compile_safe
-from mcp_guard.policy.settings import collection
 from mcp_guard.text import excerpt
 
 __all__ = ["MAX_DEPTH", "MISSING", "ArgumentConstraint", "ArgumentPath", "EnumValue", "JsonType"]

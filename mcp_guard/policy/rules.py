@@ -20,10 +20,9 @@ from typing import Any, ClassVar, Literal, Protocol
 from zoneinfo import ZoneInfo
 
 from mcp_guard.errors import Refused
-from mcp_guard.model import CallRequest, Delegation, Principal, Reason
+from mcp_guard.model import CallRequest, Delegation, Principal, Reason, collection
 from mcp_guard.policy.arguments import MISSING, ArgumentConstraint, ArgumentPath
 from mcp_guard.policy.scopes import delegation_refusal
-from mcp_guard.policy.settings import collection
 from mcp_guard.reasons import ReasonCode
 
 __all__ = [
