@@ -331,6 +331,9 @@ def test_a_crash_in_the_first_line_after_rotating_verifies_and_is_cut_on_restart
         path.write_bytes(torn)
         verdict = verify_files([str(segment), str(path)])
         assert (verdict.ok, verdict.torn) == (intact, intact), verdict
+    path.write_bytes(spliced[:-1])  # no crash leaves that: the restart refuses it rather than cut the evidence
+    with pytest.raises(AuditLogError, match="does not verify"):
+        write(path, 2, start=3)
     path.write_bytes(head[:30])
     write(path, 2, start=3)  # the restart cuts the torn line, then writes after it
     assert verify_files([str(segment), str(path)]).ok

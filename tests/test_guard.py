@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -25,6 +26,7 @@ from mcp_guard import (
     token_fingerprint,
 )
 from mcp_guard.model import MAX_SESSION_TOKENS
+from mcp_guard.session import Revocations
 from mcp_guard.testing import access_token
 from support import Clock, ExplodingPolicy
 
@@ -369,6 +371,14 @@ async def test_revocation_records_say_how_long_and_what_was_lifted(
     clock.advance(61)
     assert not await g.restore(subject="bob")  # it ran out by itself: there was nothing to lift
     assert len(events(audit, EventKind.ACCESS_RESTORED)) == restored
+
+
+def test_restoring_without_a_time_reads_the_clock() -> None:
+    revocations = Revocations()
+    revocations.revoke_subject("alice")
+    revocations.revoke_subject("bob", None, until=5.0)
+    assert revocations.restore(subject="alice") == math.inf
+    assert revocations.restore(subject="bob") is None  # it ran out in 1970
 
 
 async def test_a_session_revocation_takes_no_ttl_or_issuer(g: Guard, audit: MemoryAuditSink) -> None:

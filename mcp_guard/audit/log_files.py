@@ -98,6 +98,10 @@ def resume(
         raise AuditLogError(_cut(path, f"has an anchor (entry {anchored.seq}) older than its last entries"))
     if last_file != path and verdict.last_kind != FILE_ROTATED:
         raise AuditLogError(f"the audit log {path} is gone, and {last_file} was not rotated into it")
+    if last_file != path and path.is_file() and path.stat().st_size:  # a lone unended line after the rotation
+        after = verify_lines([(str(last_file), read_lines(str(last_file))), (str(path), read_lines(str(path)))], key)
+        if not after.torn:  # not a crash's prefix, nor a whole entry that verifies: evidence, not debris
+            raise AuditLogError(_cut(path, f"does not verify: {after}"))
     if cut_torn and (verdict.torn or last_file != path):  # a live file resumed from a segment may hold a torn line
         _cut_torn_line(path)
     return ChainState(verdict.last_seq + 1, verdict.last_hash), sealed

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from typing import Any
 
 from mcp_guard.model import Principal
@@ -64,7 +65,7 @@ class Revocations:
     def restore(
         self,
         *,
-        now: float,
+        now: float | None = None,
         token_id: str | None = None,
         subject: str | None = None,
         client_id: str | None = None,
@@ -72,7 +73,7 @@ class Revocations:
     ) -> float | None:
         """Lift the revocation of the target named by the same arguments, however many
         revocations of it were merged; return when it would have ended (None: there was none
-        in force at ``now``, as one that has run out is not)."""
+        in force at ``now``, the current time unless given, as one that has run out is not)."""
         with self._lock:
             lifted = None
             if token_id is not None:
@@ -82,7 +83,7 @@ class Revocations:
             if client_id is not None:
                 lifted = self._clients.pop((issuer, client_id), None)
             self._settle()
-            return lifted if _active(lifted, now) else None
+            return lifted if _active(lifted, time.time() if now is None else now) else None
 
     def check(self, principal: Principal, now: float) -> ReasonCode | None:
         """The reason ``principal`` is revoked at ``now``, or None."""
