@@ -4,8 +4,9 @@ One trimmed token (and the user holding it) serves every call a token makes with
 approved scopes, so no tool may change by mistake what the next call's tool sees: the token is
 a frozen model, its scope list and claims (nested values too) refuse changes, and the user
 refuses new attributes. Tool code runs in the server's process, so this guards against
-mistakes, not against code set on getting past it (``list.append(token.scopes, ...)``). Copies (``copy``, ``deepcopy``, pickling) are plain, mutable lists and dicts: a
-tool that wants to change its copy may.
+mistakes, not against code set on getting past it (``list.append(token.scopes, ...)``).
+Copies (``copy``, ``deepcopy``, pickling) are plain, mutable lists and dicts: a tool that
+wants to change its copy may.
 """
 
 from __future__ import annotations

@@ -5,10 +5,10 @@ non-empty string of at most `MAX_PATH_LENGTH` printable characters, or when it h
 backslash or a percent-encoded separator, dot or NUL: a tool that decodes it once more must not
 find a different path. The escapes are decoded as often as a tool might (``%252f``, and split
 spellings such as ``%%32%66`` or ``%2%66``, become ``/`` in the second round), and overlong UTF-8
-(``%c0%af``, ``%e0%80%af``, ``%f0%80%80%af``) and ``%uXXXX`` escapes count too. Otherwise it is canonicalised with `os.path.realpath`, which resolves
-``..`` and every symlink that exists, and must then lie inside a root, compared component by
-component (``/data/root2`` is not inside ``/data/root``). A relative path is resolved against
-the first root.
+(``%c0%af``, ``%e0%80%af``, ``%f0%80%80%af``) and ``%uXXXX`` escapes count too. Otherwise it
+is canonicalised with `os.path.realpath`, which resolves ``..`` and every symlink that exists,
+and must then lie inside a root, compared component by component (``/data/root2`` is not
+inside ``/data/root``). A relative path is resolved against the first root.
 
 The check runs when the call is decided; a symlink created between the decision and the tool's
 own ``open`` is beyond it, so tools that write should still open without following links.
