@@ -28,6 +28,7 @@ class ReasonCode(StrEnum):
     TOKEN_TOO_LARGE = "token_too_large"
     TOKEN_MALFORMED = "token_malformed"
     TOKEN_TYPE_INVALID = "token_type_invalid"
+    TOKEN_BOUND = "token_bound"
     ALGORITHM_FORBIDDEN = "algorithm_forbidden"
     HEADER_FORBIDDEN = "header_forbidden"
     CRIT_UNSUPPORTED = "crit_unsupported"
@@ -85,6 +86,8 @@ _MESSAGES: dict[str, str] = {
     ReasonCode.TOKEN_TOO_LARGE: "The access token is too large to be a valid token.",
     ReasonCode.TOKEN_MALFORMED: "The access token is not a well-formed signed JWT.",
     ReasonCode.TOKEN_TYPE_INVALID: "The token is not an access token ('typ' must be 'at+jwt').",
+    ReasonCode.TOKEN_BOUND: "The token is bound to a key or certificate (cnf) this server cannot check: present it "
+    "the way it is bound, not as a bearer token.",
     ReasonCode.ALGORITHM_FORBIDDEN: "The token is signed with an algorithm this server does not accept.",
     ReasonCode.HEADER_FORBIDDEN: "The token header carries a key or key URL; keys come only from the issuer's JWKS.",
     ReasonCode.CRIT_UNSUPPORTED: "The token header marks an extension critical that this server does not support.",

@@ -15,7 +15,7 @@ from mcp_guard.errors import Refused
 from mcp_guard.reasons import ReasonCode
 from mcp_guard.scopes import ScopeError, parse_scope
 
-__all__ = ["audience_of", "check_times", "json_object", "scope_of", "string_claim"]
+__all__ = ["audience_of", "check_times", "check_unbound", "json_object", "scope_of", "string_claim"]
 
 _TIME_BOUND = 1e11
 """Seconds since 1970 beyond which a time claim is nonsense (year 5138); also excludes NaN and inf."""
@@ -87,6 +87,14 @@ def valid_until(claims: Mapping[str, Any], leeway: float, max_age: float | None)
     if claims.get("iat") is not None and max_age is not None:
         until = min(until, claims["iat"] + max_age + leeway)
     return float(until)
+
+
+def check_unbound(claims: Mapping[str, Any], accept_bound: bool) -> None:
+    """Refuse a token bound to a key or certificate (a ``cnf`` member: DPoP, RFC 9449; mutual
+    TLS, RFC 8705) unless ``accept_bound``: this server cannot check the binding, so a stolen
+    bound token would pass as a bearer token."""
+    if "cnf" in claims and not accept_bound:
+        raise Refused(ReasonCode.TOKEN_BOUND)
 
 
 def audience_of(aud: object) -> tuple[str, ...]:

@@ -6,7 +6,8 @@ further than 64 KiB, and bounded in time as a whole. Only a literal JSON ``true`
 ``active`` counts: ``"true"``, ``1`` or a missing member do not.
 ``iss``, ``aud``, ``exp``, ``nbf`` and ``iat`` are still checked when the answer carries them,
 and the scope is parsed strictly. A ``token_type``, when given, must say a bearer access token
-(a refresh token is refused). A subject is required, as sessions bind to it: ``sub``, or for
+(a refresh token is refused), and a token bound to a key or certificate (``cnf``) is refused
+as a JWT is (see `TrustedIssuer`). A subject is required, as sessions bind to it: ``sub``, or for
 a client-credentials token without one, the ``client_id`` (as RFC 9068 section 2.2 has it).
 
 An answer is cached by a digest of the token no longer than ``min(cache_ttl, exp)`` (the
@@ -38,7 +39,15 @@ from cachetools import FIFOCache
 
 from mcp_guard.errors import Refused
 from mcp_guard.identity.access_token import token_digest, token_fingerprint
-from mcp_guard.identity.claims import audience_of, check_times, json_object, scope_of, string_claim, valid_until
+from mcp_guard.identity.claims import (
+    audience_of,
+    check_times,
+    check_unbound,
+    json_object,
+    scope_of,
+    string_claim,
+    valid_until,
+)
 from mcp_guard.identity.delegation import actor_chain
 from mcp_guard.identity.jwks import capped_body
 from mcp_guard.identity.rfc8414 import check_fetchable, metadata_endpoint
@@ -189,6 +198,7 @@ def _principal(trusted: TrustedIssuer, answer: Mapping[str, Any], now: float, fi
     token_type = answer.get("token_type")
     if token_type is not None and (not isinstance(token_type, str) or token_type.lower() not in _ACCESS_TOKEN_TYPES):
         raise Refused(ReasonCode.TOKEN_TYPE_INVALID, "The authorization server says this is not a bearer access token.")
+    check_unbound(answer, trusted.accept_bound_tokens)
     issuer = answer.get("iss", trusted.issuer)
     if issuer != trusted.issuer:
         raise Refused(ReasonCode.ISSUER_UNTRUSTED)

@@ -26,7 +26,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mcp_guard.errors import Refused
 from mcp_guard.identity.access_token import fingerprint_of, token_digest
-from mcp_guard.identity.claims import audience_of, check_times, json_object, scope_of, string_claim, valid_until
+from mcp_guard.identity.claims import (
+    audience_of,
+    check_times,
+    check_unbound,
+    json_object,
+    scope_of,
+    string_claim,
+    valid_until,
+)
 from mcp_guard.identity.delegation import DEPTH_LIMIT, MAX_DELEGATION_DEPTH, actor_chain
 from mcp_guard.identity.jwks import SIGNING_ALGORITHMS, JWKSCache
 from mcp_guard.identity.jws_form import high_s, segment_bytes, spelled_canonically, with_low_s
@@ -60,6 +68,10 @@ class TrustedIssuer(BaseModel):
     asks for ``at+jwt``; list ``jwt`` only for a provider that cannot do better).
     ``required_claims`` can be narrowed for providers that omit some. ``accept_scp`` allows the
     non-standard ``scp`` claim; a token carrying both ``scope`` and ``scp`` is refused anyway.
+    A token bound to a key or certificate (a ``cnf`` claim: DPoP, RFC 9449; mutual TLS, RFC
+    8705) is refused, since this server cannot check the binding and a stolen one would pass as
+    a bearer token; ``accept_bound_tokens`` accepts it where something in front of the server
+    checks the binding (a proxy verifying the client certificate against ``cnf``).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -71,6 +83,7 @@ class TrustedIssuer(BaseModel):
     token_types: tuple[str, ...] = ("at+jwt",)
     required_claims: tuple[str, ...] = _DEFAULT_CLAIMS
     accept_scp: bool = False
+    accept_bound_tokens: bool = False
     leeway: float = Field(default=30.0, ge=0, le=300)
     max_token_age: float | None = Field(default=24 * 3600.0, gt=0)
     max_delegation_depth: int = Field(default=MAX_DELEGATION_DEPTH, ge=0, le=DEPTH_LIMIT)
@@ -299,6 +312,7 @@ def _full_length(key: Key, signature: bytes) -> bool:
 
 
 def _principal(trusted: TrustedIssuer, claims: Mapping[str, Any], now: float, fingerprint: str) -> Principal:
+    check_unbound(claims, trusted.accept_bound_tokens)
     for name in trusted.required_claims:
         if claims.get(name) is None:
             raise Refused(ReasonCode.CLAIM_MISSING, f"The token lacks the '{name}' claim this server requires.")

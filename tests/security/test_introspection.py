@@ -124,12 +124,25 @@ async def test_the_cache_never_outlives_the_token_or_its_ttl(authority: Authorit
         ({"token_type": "refresh_token"}, "token_type_invalid"),
         ({"token_type": "DPoP"}, "token_type_invalid"),
         ({"token_type": 7}, "token_type_invalid"),
+        ({"cnf": {"x5t#S256": "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2"}}, "token_bound"),
+        ({"cnf": {"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}, "token_type": "Bearer"}, "token_bound"),
     ],
 )
 async def test_answers_of_every_shape(authority: Authority, overrides: dict[str, Any], code: str) -> None:
     token = f"shape-{code}-{len(authority.answers)}"
     authority.answers[token] = answer(authority, **overrides)
     assert await code_for(introspector(authority), token) == code
+
+
+async def test_bound_tokens_only_where_something_else_checks_the_binding(authority: Authority) -> None:
+    authority.answers["bound"] = answer(authority, cnf={"x5t#S256": "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2"})
+    checked_in_front = IntrospectionVerifier(
+        TrustedIssuer(issuer=authority.issuer, audience=RESOURCE, accept_bound_tokens=True),
+        endpoint=f"{authority.issuer}/introspect",
+        client_id=authority.client_id,
+        client_secret=authority.client_secret,
+    )
+    assert (await checked_in_front.verify("bound")).subject == "agent-7"
 
 
 @pytest.mark.parametrize("raw", [b"[true]", b'"active"', b"not json", b"", b'{"active": true', 500, 404, 302])

@@ -325,6 +325,14 @@ async def test_scp_only_where_configured_and_never_with_scope(authority: Authori
     assert await refused(lenient, authority.mint(scp=["notes:read"])) == "scope_conflict"
 
 
+async def test_a_token_bound_to_a_key_is_no_bearer_token(authority: Authority, verifier: JWTVerifier) -> None:
+    """DPoP (RFC 9449) and mutual-TLS (RFC 8705) tokens carry ``cnf``: a stolen one sent as a
+    bearer token must not pass where nothing checks the binding."""
+    for cnf in ({"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}, {"x5t#S256": "bwcK0esc3ACC3DB2Y5_lESsXE8o9"}):
+        assert await refused(verifier, authority.mint(cnf=cnf)) == "token_bound"
+        assert await verifier_for(authority, accept_bound_tokens=True).verify(authority.mint(cnf=cnf))
+
+
 async def test_delegation_depth_is_capped(authority: Authority) -> None:
     shallow = verifier_for(authority, max_delegation_depth=2)
     act: dict[str, Any] = {"sub": "a1", "act": {"sub": "a2"}}
