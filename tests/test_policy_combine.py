@@ -16,6 +16,7 @@ from mcp_guard import (
     MemoryAuditSink,
     Principal,
     ReasonCode,
+    RulePolicy,
     ScopePolicy,
     ToolSpec,
     as_policy,
@@ -142,6 +143,22 @@ def test_combinations_nest_and_list_tools_sensibly() -> None:
     assert nested.visible(principal, TOOL)
     assert not AllOf(scopes, allow("a")).visible(Principal("i", "s", "c"), TOOL)
     assert AnyOf(scopes, allow("a")).visible(Principal("i", "s", "c"), TOOL)  # functions list every tool
+
+
+async def test_first_applicable_lists_a_tool_only_as_the_member_that_decides_it_would() -> None:
+    """A member that never abstains settles every call: a tool it refuses is not listed, and a
+    concealed one stays concealed, though a later member would allow it."""
+    strict = RulePolicy(tools=[ToolSpec("admin_reset", scopes=frozenset({"admin"}))], unlisted="allow")
+    guard = Guard(policy=FirstApplicable(strict, allow("lenient")))
+    guard.declare(ToolSpec("admin_reset"))
+    guard.declare(ToolSpec("hidden", conceal=True, scopes=frozenset({"admin"})))
+    guard.declare(ToolSpec("ping"))
+    caller = access_token("bob", "notes:read")
+    assert await guard.visible_tools(caller) == {"ping"}
+    assert (await guard.authorize("admin_reset", {}, caller)).decision.reason.code == ReasonCode.INSUFFICIENT_SCOPE
+    assert (await guard.authorize("hidden", {}, caller)).decision.reason.code == ReasonCode.TOOL_NOT_FOUND
+    assert FirstApplicable(allow("a"), AnyOf(allow("b"))).abstains  # every member may abstain
+    assert not FirstApplicable(allow("a"), strict).abstains and not AllOf(allow("a")).abstains
 
 
 def test_a_combination_refuses_nonsense() -> None:

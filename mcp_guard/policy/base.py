@@ -26,6 +26,9 @@ class Policy(Protocol):
     In-process rules answer synchronously; a remote engine may return an awaitable. ``visible``
     answers for ``tools/list``, where there are no arguments yet: it should be true when some
     call to the tool could be allowed. Raising from either denies (the guard fails closed).
+
+    A policy that never abstains may say so with ``abstains = False`` (every built-in one
+    does): `FirstApplicable` then knows it settles every call it is asked about.
     """
 
     id: str
@@ -34,6 +37,11 @@ class Policy(Protocol):
     def decide(self, request: CallRequest) -> Verdict | Awaitable[Verdict]: ...
 
     def visible(self, principal: Principal, tool: ToolSpec) -> bool: ...
+
+
+def may_abstain(policy: Policy) -> bool:
+    """Whether ``policy`` may answer None; one that does not say is taken to."""
+    return bool(getattr(policy, "abstains", True))
 
 
 class FunctionPolicy:

@@ -120,6 +120,8 @@ class CedarPolicy:
     only when some policy reads the resource (no policy can tell the difference otherwise).
     """
 
+    abstains = False
+
     def __init__(
         self,
         policies: str,

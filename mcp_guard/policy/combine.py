@@ -25,7 +25,7 @@ from typing import TypeVar
 
 from mcp_guard.memo import remember
 from mcp_guard.model import CallRequest, Decision, Principal, ToolSpec, in_allow_order
-from mcp_guard.policy.base import Policy, PolicyFunction, Verdict, as_policy
+from mcp_guard.policy.base import Policy, PolicyFunction, Verdict, as_policy, may_abstain
 from mcp_guard.policy.risk import RiskSettings
 from mcp_guard.reasons import ReasonCode
 from mcp_guard.scopes import ScopeHierarchy
@@ -54,6 +54,11 @@ class _Combination:
         self.id = id or f"{self.name}({', '.join(policy.id for policy in self.policies)})"
         self.version = version
         self._described: dict[int, tuple[ToolSpec, ToolSpec, ToolSpec]] = {}
+
+    @property
+    def abstains(self) -> bool:
+        """Whether the combination may answer None: only when every member may."""
+        return all(may_abstain(policy) for policy in self.policies)
 
     def decide(self, request: CallRequest) -> Verdict | Awaitable[Verdict]:
         if self.binds_every_member:  # nested in an alternative, the tool comes without the members' scopes
@@ -184,6 +189,7 @@ class AllOf(_Combination):
     """Allowed only when every member allows; the first denial or abstention decides."""
 
     name = "all_of"
+    abstains = False  # a member's abstention is its denial
 
     def _settled(self, verdict: Verdict, verdicts: list[Verdict]) -> bool:
         verdicts.append(verdict)
@@ -236,7 +242,15 @@ class FirstApplicable(_Combination):
         return self._allowed(request, [last]) if last.allowed else self._denied(request, [last])
 
     def visible(self, principal: Principal, tool: ToolSpec) -> bool:
-        return any(policy.visible(principal, tool) for policy in self.policies)
+        """Listed when a member that may decide the call would list it: members are passed over
+        only while earlier ones may abstain, so one that always decides and refuses every call
+        to the tool hides it (a concealed tool stays concealed)."""
+        for policy in self.policies:
+            if policy.visible(principal, tool):
+                return True
+            if not may_abstain(policy):
+                return False
+        return False
 
 
 class DenyOverrides(_Combination):

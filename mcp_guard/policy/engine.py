@@ -66,6 +66,8 @@ class RulePolicy:
     required scopes still apply). ``risk`` scores sessions (see `RiskSettings`).
     """
 
+    abstains = False
+
     def __init__(
         self,
         rules: Iterable[Rule] = (),

@@ -405,6 +405,8 @@ class PolicyFile:
     contents changed (call it from a timer or a signal handler).
     """
 
+    abstains = False
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()

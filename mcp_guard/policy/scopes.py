@@ -25,6 +25,7 @@ class ScopePolicy:
     """
 
     _MEMO_LIMIT = 16_384
+    abstains = False
 
     def __init__(
         self,
