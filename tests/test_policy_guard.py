@@ -24,7 +24,9 @@ from mcp_guard import (
 from mcp_guard.audit.file import FileAuditSink
 from mcp_guard.cli import main
 from mcp_guard.model import CallRequest, Decision, ToolSpec
-from mcp_guard.policy import Verdict
+from mcp_guard.policy import LimitRule, Verdict
+from mcp_guard.policy.engine import RulePolicy
+from mcp_guard.policy.shadow import Shadow
 from mcp_guard.testing import access_token, acting_as
 from support import Clock
 
@@ -358,3 +360,28 @@ async def test_a_revocation_while_the_shadow_deliberates_refuses_the_call(audit:
     assert not decisions[0].allowed
     late = [e for e in audit.events if e.kind == EventKind.CALL_DECIDED][-1]
     assert late.outcome == "denied" and "while the call was being recorded" in (late.detail or "")
+
+
+def test_a_shadow_never_reads_one_policys_rules_with_anothers() -> None:
+    """Another thread asking while a shadow takes in a reloaded policy must get that policy's
+    shared rules, never an empty set that would count the enforcing limits twice."""
+    limit = LimitRule("per-session", calls=5)
+    nested: list[list[Any]] = []
+    asked = [True]  # armed below, once the policy is built
+
+    class Reloaded(RulePolicy):
+        @property  # type: ignore[override]
+        def rules(self) -> tuple[Any, ...]:  # read while the shadow takes this policy in
+            if not asked[0]:
+                asked[0] = True
+                nested.append(shadow._own([limit], self))
+            return (limit,)
+
+        @rules.setter
+        def rules(self, value: tuple[Any, ...]) -> None:
+            pass
+
+    shadow = Shadow(RulePolicy([limit]), [])
+    enforcing = Reloaded([limit])
+    asked[0] = False
+    assert shadow._own([limit], enforcing) == [] and nested == [[]]  # the limit is the enforcing policy's

@@ -64,8 +64,9 @@ class Shadow:
         self.sinks = tuple(sinks)
         self.timeout = timeout
         self.disagreements: Counter[str] = Counter()
-        self._enforcing: tuple[RulePolicy, ...] = ()
-        self._shared: frozenset[int] = frozenset()
+        self._known: tuple[tuple[RulePolicy, ...], frozenset[int]] = ((), frozenset())
+        """The enforcing rule policies last seen, and the ids of their rules: one value, so a
+        thread never reads the policies of one reload with the rules of another."""
         self._counter = metrics.get_meter("mcp_guard").create_counter(
             "mcp_guard.policy.disagreements", description="Calls the shadow policy would have decided otherwise"
         )
@@ -126,10 +127,11 @@ class Shadow:
         candidate that adds rules to it, say) counted the call already, or must not count a call
         the enforcing policy refused."""
         policies = tuple(rule_policies(enforcing))
-        if policies != self._enforcing:  # rule policies compare by identity: a reload is a new one
-            self._enforcing = policies
-            self._shared = frozenset(id(rule) for policy in policies for rule in policy.rules)
-        return [hook for hook in hooks if id(hook) not in self._shared]
+        known, shared = self._known
+        if policies != known:  # rule policies compare by identity: a reload is a new one
+            shared = frozenset(id(rule) for policy in policies for rule in policy.rules)
+            self._known = (policies, shared)
+        return [hook for hook in hooks if id(hook) not in shared]
 
     async def _judge(self, asked: Asked) -> tuple[Decision, str | None]:
         """The candidate's decision, with what went wrong when it failed to give one."""
