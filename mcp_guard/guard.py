@@ -332,6 +332,7 @@ class Guard:
             event = AuditEvent.build(
                 kind, now, principal, session_id, tool_name, decision, trace_context, detail, owners, facts
             )
+            ended = False  # by this call's weight: calls on other threads counted in before it
             try:
                 for sink in self.sinks:
                     sink.emit(event)
@@ -341,6 +342,7 @@ class Guard:
                     )
                     if risk is not None and score >= risk.threshold:
                         await self._end_risky_session(session, principal, score, risk.threshold, now)
+                        ended = True
                 if self.shadow is not None and asked is not None:
                     await self.shadow.compare(asked, decision, event, self._policy)
                     asked = None
@@ -358,9 +360,9 @@ class Guard:
                 decision.allowed
                 and session is not None
                 and principal is not None
-                and (self.shadow is not None or type(self.sessions) is not MemorySessionStore)
+                and (ended or self.shadow is not None or type(self.sessions) is not MemorySessionStore)
             ):
-                try:  # the shadow or the session store may have waited: revoked or ended meanwhile?
+                try:  # the shadow, the session store or another thread: revoked or ended meanwhile?
                     await self._check_still_usable(principal, session)
                 except Exception as error:
                     if isinstance(error, Refused):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -261,6 +263,32 @@ async def test_a_combined_policy_keeps_its_risk_threshold(audit: MemoryAuditSink
     token = access_token("alice", "", sid="s")
     assert guard.risk is scored.risk
     assert [(await guard.authorize("write", {}, token)).allowed for _ in range(3)] == [True, False, False]
+
+
+def test_a_call_on_another_thread_while_one_is_recorded_cannot_pass_the_risk_threshold() -> None:
+    """Threads sharing a guard, a sink that blocks: a second call decided while the first is
+    recorded saw the score before it. Whichever call's weight reaches the threshold is refused."""
+    from mcp_guard import RiskSettings
+
+    outcomes: list[str] = []
+
+    class Slow:
+        def emit(self, event: Any) -> None:
+            if event.kind == EventKind.CALL_DECIDED and not outcomes:  # another thread's call, decided meanwhile
+                outcomes.append("")
+                worker = threading.Thread(target=lambda: outcomes.append(run("write")))
+                worker.start()
+                worker.join()
+
+    guard = Guard(audit=[Slow()], risk=RiskSettings(threshold=10, write=6))
+    guard.declare(ToolSpec("write", risk="write"))
+    token = access_token("alice", "", sid="s")
+
+    def run(tool: str) -> str:
+        return str(asyncio.run(guard.authorize(tool, {}, token)).decision.reason.code)
+
+    first = run("write")
+    assert sorted([first, outcomes[1]]) == ["allowed", "token_revoked"]  # one of them reached the threshold
 
 
 class RemotePolicy:
