@@ -29,7 +29,12 @@ from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from mcp.server.streamable_http import check_accept_headers
-from mcp.shared.inbound import InboundModernRoute, classify_inbound_request, decode_header_value
+from mcp.shared.inbound import (
+    InboundModernRoute,
+    classify_inbound_request,
+    decode_header_value,
+    validate_mcp_param_headers,
+)
 from mcp_types import JSONRPCRequest
 from pydantic import ValidationError
 from starlette.requests import Request
@@ -92,7 +97,7 @@ class GuardHTTP:
                 step_up = await self._step_up(_single_headers(scope["headers"]))
                 if step_up is not None:
                     body, receive = await _read_body(receive)
-                    if _served_as_call(scope, body, step_up.spec.name) and await self._recorded(step_up):
+                    if _served_as_call(scope, body, step_up.spec) and await self._recorded(step_up):
                         answer = json.dumps({"error": "insufficient_scope"}).encode()
                         challenge = self._insufficient_scope(step_up.spec).encode("ascii")
                         headers = [(b"www-authenticate", challenge), (b"content-type", b"application/json")]
@@ -186,6 +191,8 @@ class _StepUp(NamedTuple):
 
 _READ_HEADERS = frozenset({b"authorization", b"mcp-method", b"mcp-name", b"mcp-protocol-version"})
 
+_MCP_PARAM = "mcp-param-"
+
 MAX_CHALLENGED_BODY = 1024 * 1024
 """Largest request body read to confirm a challenge; a larger one is left to the SDK."""
 
@@ -227,15 +234,16 @@ def _replayed(read: list[Message], receive: Receive) -> Receive:
     return replay
 
 
-def _served_as_call(scope: Scope, body: bytes | None, tool: str) -> bool:
+def _served_as_call(scope: Scope, body: bytes | None, tool: ToolSpec) -> bool:
     """Whether the SDK's modern transport would serve ``body`` as a call to ``tool``.
 
     Its own checks, in its order: a JSON content type, both media types accepted, a JSON-RPC
-    request (not a notification, a batch or a malformed envelope), and the protocol ladder
-    (the per-request envelope, headers that agree with the body, a supported version). A
+    request (not a notification, a batch or a malformed envelope), the protocol ladder (the
+    per-request envelope, headers that agree with the body, a supported version), and
+    ``Mcp-Param-*`` headers that agree with the arguments the tool's schema marks for them. A
     request it would refuse gets its refusal, not a 403, and no call is recorded that was
-    never made. Its DNS-rebinding checks (``Host``, ``Origin``) depend on the server's
-    settings and are not repeated: such a request gets a 403 either way.
+    never made. Its DNS-rebinding checks (``Host``, ``Origin``) and its body size limit depend
+    on the server's settings and are not repeated: such a request gets a 403 either way.
     """
     if body is None:
         return False
@@ -259,7 +267,13 @@ def _served_as_call(scope: Scope, body: bytes | None, tool: str) -> bool:
     if not isinstance(classify_inbound_request(decoded, headers=headers), InboundModernRoute):
         return False
     params = decoded.get("params")
-    return decoded.get("method") == "tools/call" and isinstance(params, dict) and params.get("name") == tool
+    if decoded.get("method") != "tools/call" or not isinstance(params, dict) or params.get("name") != tool.name:
+        return False
+    arguments = params.get("arguments")
+    if tool.input_schema is None:  # nothing to check the headers against: the SDK decides the call
+        return not any(name.startswith(_MCP_PARAM) for name in headers)
+    found = arguments if isinstance(arguments, dict) else {}
+    return validate_mcp_param_headers(tool.input_schema, found, request.headers) is None
 
 
 def _header_safe(value: str) -> bool:

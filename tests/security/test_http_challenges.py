@@ -7,12 +7,13 @@ import json
 import re
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Annotated, Any
 
 import httpx2
 import pytest
 from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
+from pydantic import Field
 from starlette.types import ASGIApp
 
 from authority import Authority
@@ -32,7 +33,7 @@ from mcp_guard import (
 )
 from mcp_guard.integrations.http import MAX_CHALLENGED_BODY, GuardHTTP, resource_metadata_url
 from mcp_guard.policy import PrincipalRule, as_policy
-from serving import serving_jwt_notes
+from serving import free_port, guarded_notes, serving, serving_jwt_notes
 
 pytestmark = pytest.mark.anyio
 
@@ -133,6 +134,34 @@ async def test_step_up_challenges_count_on_the_session_and_toward_its_risk_thres
     kinds = [event.kind for event in audit.events]
     assert kinds.count(EventKind.SESSION_OPENED) == 1 and EventKind.SESSION_REVOKED in kinds
     assert {event.session_id for event in step_up_events(audit)} == {audit.events[0].session_id}
+
+
+async def test_param_headers_that_disagree_with_the_body_get_the_sdks_400(
+    authority: Authority, guard: Guard, audit: MemoryAuditSink
+) -> None:
+    port = free_port()
+    resource = f"http://127.0.0.1:{port}/mcp"
+    verifier = JWTVerifier([TrustedIssuer(issuer=authority.issuer, audience=resource, jwks_uri=authority.jwks_uri)])
+    server = guarded_notes(guard, verifier, authority.issuer, resource)
+
+    @server.tool()
+    @guard.tool(scopes="notes:write")
+    def file_note(region: Annotated[str, Field(json_schema_extra={"x-mcp-header": "Region"})]) -> str:
+        return region
+
+    call = tools_call("file_note")
+    call["params"]["arguments"] = {"region": "us"}
+    token = authority.mint(aud=resource, scope="notes:read")
+    statuses = []
+    with serving(GuardHTTP(server.streamable_http_app(), guard, verifier, resource=resource), port):
+        async with httpx2.AsyncClient() as http:
+            for region in ("eu", "us"):  # a header the SDK refuses, then one it serves
+                headers = {**dict(BASE_HEADERS), "Mcp-Method": "tools/call", "Mcp-Name": "file_note"}
+                headers["Mcp-Param-Region"] = region
+                response = await http.post(resource, json=call, headers={**headers, "Authorization": f"Bearer {token}"})
+                statuses.append(response.status_code)
+    assert statuses == [400, 403]
+    assert len(step_up_events(audit)) == 1  # no refusal recorded for a call the SDK would not serve
 
 
 async def test_enough_scope_passes_through_to_the_server(authority: Authority, resource: str) -> None:
