@@ -186,6 +186,8 @@ def test_time_windows_follow_the_local_clock() -> None:
     assert decide(night, FETCH, at=friday_late + 2 * 3600).allowed  # Saturday 01:00 still counts for Friday
     assert not decide(night, FETCH, at=friday_late + 4 * 3600).allowed
     assert not decide(night, FETCH, at=friday_late - 86400).allowed
+    weekdays = RulePolicy([TimeWindowRule("weekdays", days=frozenset({"mon"}))])  # the whole of each day
+    assert decide(weekdays, FETCH, at=MONDAY_NOON + 13 * 3600 - 0.5).allowed  # Monday 23:59:59.5 UTC
     with pytest.raises(ValueError, match="empty"):
         TimeWindowRule("x", start=_t("09:00"), end=_t("09:00"))
     with pytest.raises(ValueError, match="unknown timezone"):

@@ -352,12 +352,13 @@ def _give_back(seen: set[str], added: set[str]) -> None:
 @dataclass(frozen=True, slots=True)
 class TimeWindowRule(SelectedRule):
     """Calls only on the listed ``days``, from ``start`` to ``end`` local time in ``timezone``
-    (an ``end`` before ``start`` runs past midnight, and counts for the day it started)."""
+    (an ``end`` before ``start`` runs past midnight, and counts for the day it started). The
+    ``end`` is not in the window; by default the window is the whole day."""
 
     kind: ClassVar[str] = "time_window"
     days: frozenset[str] = frozenset(DAYS)
     start: time = time(0, 0)
-    end: time = time(23, 59, 59)
+    end: time = time.max
     timezone: str = "UTC"
     _zone: ZoneInfo = field(init=False, repr=False, compare=False)
 
