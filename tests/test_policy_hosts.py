@@ -86,6 +86,11 @@ def test_other_urls_are_refused(url: object, problem: str) -> None:
     assert message is not None and problem in message, message
 
 
+def test_user_information_is_never_quoted() -> None:
+    """It is often a password: the refusal reaches the caller, spans and logs."""
+    assert ALLOW.url_violation("https://user:hunter2@api.example.com/") == "URL carries user information"
+
+
 def test_host_values_with_and_without_ports() -> None:
     for host in ("api.example.com", "API.example.com:443", "x.docs.example.org", "127.0.0.1:80", "[::1]:80", "::1"):
         assert ALLOW.host_violation(host) is None, host

@@ -8,7 +8,8 @@ from mcp.server.mcpserver import MCPServer
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from mcp_guard import MemoryAuditSink
+from mcp_guard import Guard, GuardMiddleware, MemoryAuditSink, RulePolicy
+from mcp_guard.policy import ArgumentConstraint, ArgumentRule
 from mcp_guard.policy.scopes import RULE_REQUIRED_SCOPES
 from mcp_guard.testing import access_token, acting_as
 
@@ -97,3 +98,29 @@ async def test_repeated_decisions_share_their_attributes_but_not_their_call_fact
     )
     assert wider["mcp_guard.requested_scopes"] == "extra notes:read"
     assert first["mcp_guard.requested_scopes"] == second["mcp_guard.requested_scopes"] == "notes:read"
+
+
+async def test_a_redacted_argument_never_reaches_the_span_through_a_refusal(
+    mode: str, spans: InMemorySpanExporter
+) -> None:
+    """A refusal's message may quote the argument it refuses; the span says only its code."""
+    hosts = ArgumentRule(
+        "fetch-hosts", tools=frozenset({"fetch"}), constraints=(ArgumentConstraint("url", hosts=("api.example.com",)),)
+    )
+    guard = Guard(policy=RulePolicy([hosts]), record_arguments=True)
+    server = MCPServer("fetching", middleware=[GuardMiddleware(guard)])
+
+    @server.tool()
+    @guard.tool(scopes="web", redact=["url"])
+    async def fetch(url: str) -> str:
+        return "fetched"
+
+    with acting_as(access_token("alice", "web")):
+        async with Client(server, mode=mode) as client:
+            for url in ("https://alice:hunter2@api.example.com/x", "https://evil.example/reset?token=hunter2"):
+                with pytest.raises(MCPError) as refused:
+                    await client.call_tool("fetch", {"url": url})
+                assert "hunter2" not in refused.value.error.message
+    denied = [span for span in spans.get_finished_spans() if span.name == "tools/call fetch"]
+    assert [span.status.status_code for span in denied] == [StatusCode.ERROR, StatusCode.ERROR]
+    assert "hunter2" not in repr([(span.attributes, span.status.description, span.events) for span in denied])

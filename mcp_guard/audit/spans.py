@@ -65,7 +65,7 @@ def annotate_span(span: Span, event: AuditEvent, decision: Decision, transport_s
     span.set_attributes(attributes)
     if not decision.allowed:
         span.set_attribute("error.type", decision.reason.code)
-        span.set_status(StatusCode.ERROR, decision.reason.message)
+        span.set_status(StatusCode.ERROR, decision.reason.code)  # a message may quote an argument: never its value
 
 
 def _decision_attributes(decision: Decision) -> dict[str, AttributeValue]:

@@ -94,8 +94,8 @@ class HostAllowlist:
         if parts.scheme not in self._schemes:
             allowed = ", ".join(self._schemes)
             return f"URL {excerpt(value)} does not use an allowed scheme ({allowed})"
-        if "@" in parts.netloc:
-            return f"URL {excerpt(value)} carries user information"
+        if "@" in parts.netloc:  # not quoted: user information is often a password
+            return "URL carries user information"
         return self._netloc_violation(parts.netloc, f"URL {excerpt(value)}")
 
     def host_violation(self, value: object) -> str | None:

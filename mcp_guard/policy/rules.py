@@ -214,9 +214,14 @@ class ArgumentRule(SelectedRule):
                 )
 
     def check(self, request: CallRequest) -> Reason | None:
+        """The first constraint the arguments break. Its message quotes the value, unless the
+        tool redacts the argument: the message reaches the caller, spans and logs."""
         for constraint in self.constraints:
             violation = constraint.violation(request.arguments)
             if violation is not None:
+                redact = request.tool.redact
+                if redact and not redact.isdisjoint(constraint.argument.split(".")):
+                    violation = f"argument {constraint.argument!r} is refused (its value is redacted, so not shown)"
                 return self._refuse(ReasonCode.ARGUMENT_REJECTED, request, violation)
         return None
 
