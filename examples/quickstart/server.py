@@ -21,13 +21,16 @@ from mcp_guard.testing import StaticTokenVerifier, access_token
 ISSUER = "https://auth.example.test"
 
 DEMO_TOKENS: dict[str, AccessToken] = {
-    "reader-token": access_token("research-agent", "notes:read", client_id="research-app", issuer=ISSUER),
-    "writer-token": access_token(
-        "editor-agent", "notes:write mail:send calendar:read", client_id="editor-app", issuer=ISSUER
+    "reader-token": access_token(
+        "research-agent", "notes:read", client_id="research-app", issuer=ISSUER, expires_in=None
     ),
-    "admin-token": access_token("ops-agent", "notes:admin", client_id="ops-console", issuer=ISSUER),
+    "writer-token": access_token(
+        "editor-agent", "notes:write mail:send calendar:read", client_id="editor-app", issuer=ISSUER, expires_in=None
+    ),
+    "admin-token": access_token("ops-agent", "notes:admin", client_id="ops-console", issuer=ISSUER, expires_in=None),
 }
-"""Bearer strings the demo accepts. A real server verifies tokens from its authorization server."""
+"""Bearer strings the demo accepts, for as long as it runs. A real server verifies tokens from
+its authorization server, and they expire."""
 
 
 NOTES_POLICY = RulePolicy(
