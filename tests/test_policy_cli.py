@@ -63,9 +63,25 @@ def test_explain_prints_the_decision_and_every_rule(capsys: pytest.CaptureFixtur
         "no-egress-after-secrets",
         "few-recipients",
         "mail-rate",
+        "risk",
     ]
     assert main([*allowed, "--after", "read_secret"]) == 1
     assert "it may not run after tool read_secret or a tool tagged secrets in this session" in capsys.readouterr().out
+
+
+def test_explain_reads_the_act_claim_and_weighs_risk_as_the_guard_does(capsys: pytest.CaptureFixture[str]) -> None:
+    ops = ["policy", "explain", ASSISTANT, "--tool", "read_secret", "--scopes", "secrets:read"]
+    ops += ["--at", "2026-11-23T10:00:00+00:00", "--format", "json"]
+    assert main([*ops, "--claims", '{"groups": ["ops"]}']) == 0
+    capsys.readouterr()
+    assert main([*ops, "--claims", '{"groups": ["ops"], "act": {"sub": "bot"}}']) == 1  # a decoded token pasted in
+    assert json.loads(capsys.readouterr().out)["reasons"][0]["code"] == "delegation_forbidden"
+    assert main([*ops, "--claims", '{"act": {"sub": "bot"}}', "--actor", "other"]) == 2
+    assert "name different actors" in capsys.readouterr().err
+    risky = [*ops, "--claims", '{"groups": ["ops"]}', *["--after", "read_secret"] * 3]  # 3 x 25, then 25 of 100
+    assert main(risky) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["reasons"][0]["code"] == "session_risk_exceeded" and report["rules"][-1]["result"] == "refuse"
 
 
 def test_explain_refuses_bad_input_as_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

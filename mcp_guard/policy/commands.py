@@ -10,12 +10,15 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from mcp_guard.model import ToolSpec
+from mcp_guard.errors import Refused
+from mcp_guard.identity.delegation import DEPTH_LIMIT, actor_chain
+from mcp_guard.model import CallRequest, Decision, ToolSpec
 from mcp_guard.policy.cedar_schema import NAMESPACE
 from mcp_guard.policy.document import policy_json_schema
-from mcp_guard.policy.engine import RulePolicy
+from mcp_guard.policy.engine import RuleOutcome, RulePolicy
 from mcp_guard.policy.files import PolicyFileError, load_policy
 from mcp_guard.policy.report import explanation, matrix, shadow_summary, table
+from mcp_guard.reasons import ReasonCode
 from mcp_guard.testing import call_request
 
 __all__ = ["add_policy_commands", "instant"]
@@ -96,11 +99,11 @@ def _explain(args: argparse.Namespace) -> int:
         client_id=args.client_id,
         issuer=args.issuer,
         claims=args.claims,
-        actor_chain=args.actor,
+        actor_chain=_actors(args.actor, args.claims),
         earlier=earlier,
         at=args.at,
     )
-    decision, outcomes = policy.explain(request)
+    decision, outcomes = _weighed(policy, request, *policy.explain(request), earlier)
     report = explanation(decision, outcomes)
     if args.format == "json":
         print(json.dumps(report, indent=2))
@@ -112,6 +115,45 @@ def _explain(args: argparse.Namespace) -> int:
             print(f"  {name.replace('_', ' ')}: {report[name] or '-'}")
         print(table(report["rules"], ("id", "kind", "result", "why")))
     return 0 if decision.allowed else 1
+
+
+def _actors(given: Sequence[str], claims: dict[str, Any]) -> tuple[str, ...]:
+    """The actor chain as the guard reads it: from ``--actor``, or the ``act`` claim in
+    ``--claims`` (a decoded token pasted in); both must agree when both are given."""
+    if "act" not in claims:
+        return tuple(given)
+    try:
+        chain = actor_chain(claims["act"], DEPTH_LIMIT)
+    except Refused as refusal:
+        raise ValueError(f"--claims: {refusal.message}") from None
+    if given and tuple(given) != chain:
+        raise ValueError(f"--actor {list(given)} and the act claim {list(chain)} name different actors")
+    return chain
+
+
+def _weighed(
+    policy: RulePolicy,
+    request: CallRequest,
+    decision: Decision,
+    outcomes: Sequence[RuleOutcome],
+    earlier: Sequence[ToolSpec],
+) -> tuple[Decision, list[RuleOutcome]]:
+    """The decision once the policy's risk threshold has weighed the call, as the guard weighs
+    it: the calls the session ran (``--after``, allowed) and this one, on a fresh session."""
+    risk = policy.risk
+    if risk is None or not decision.allowed:
+        return decision, list(outcomes)
+    score = sum(risk.weight(decision, spec) for spec in earlier) + risk.weight(decision, request.tool)
+    if score < risk.threshold:
+        return decision, [*outcomes, RuleOutcome("risk", "risk", True, None)]
+    refused = Decision.deny(
+        ReasonCode.SESSION_RISK_EXCEEDED,
+        f"the session's risk score would reach {score:g}; its threshold is {risk.threshold:g}",
+        requested=decision.requested_scopes,
+        policy_id=decision.policy_id,
+        policy_version=decision.policy_version,
+    )
+    return refused, [*outcomes, RuleOutcome("risk", "risk", False, refused.reason)]
 
 
 def _matrix(args: argparse.Namespace) -> int:
