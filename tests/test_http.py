@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import anyio
 import httpx2
 import pytest
+import uvicorn
 from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.auth.settings import AuthSettings
 
 from mcp_guard import GUARD_DENIED, EventKind, Guard, MemoryAuditSink
-from mcp_guard.testing import StaticTokenVerifier, access_token
+from mcp_guard.testing import StaticTokenVerifier, access_token, acting_as
 from serving import free_port, serving
 from support import notes_server
 
@@ -108,3 +110,24 @@ async def test_a_legacy_http_session_cannot_change_hands(http_server: str, audit
             response = await http.post(http_server, json=call, headers=headers)
     assert response.status_code in (403, 404)  # the transport refuses a foreign credential outright
     assert not any(e.subject == "mallory" and e.outcome not in (None, "denied") for e in audit.events)
+
+
+async def test_an_identity_set_around_the_server_never_reaches_an_anonymous_request(guard: Guard, mode: str) -> None:
+    """Over HTTP the caller is the one the request authenticated as: a server started inside
+    `acting_as` (a test helper, misused) does not lend that identity to requests without one."""
+    port = free_port()
+    app = notes_server(guard).streamable_http_app()  # no token verifier at all
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    async with anyio.create_task_group() as tasks:
+        with acting_as(access_token("root", "notes:admin notes:read notes:write")):
+            tasks.start_soon(server.serve)  # in this task's context, so in the identity's
+        while not server.started:
+            await anyio.sleep(0.01)
+        try:
+            async with Client(streamable_http_client(f"http://127.0.0.1:{port}/mcp"), mode=mode) as client:
+                assert (await client.list_tools()).tools == []
+                with pytest.raises(MCPError) as refused:
+                    await client.call_tool("read_note", {"title": "welcome"})
+        finally:
+            server.should_exit = True
+    assert refused.value.error.code == GUARD_DENIED and refused.value.error.data["reason"] == "token_missing"

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from mcp.server.auth.middleware.auth_context import auth_context_var, get_access_token
+from mcp.server.auth.middleware.auth_context import auth_context_var
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
@@ -82,8 +82,11 @@ class GuardMiddleware:
         params = ctx.params
         if type(params) is not dict and not isinstance(params, Mapping):
             params = {}
-        caller = auth_context_var.get()  # what get_access_token() reads
-        credential = caller.access_token if caller is not None else None
+        if ctx.request is None:  # in process: what get_access_token() reads (`_credential`, inline)
+            caller = auth_context_var.get()
+            credential = caller.access_token if caller is not None else None
+        else:
+            credential = _authenticated(ctx.request)
         version = ctx.protocol_version
         authorization = await self.guard.authorize(
             params.get("name"),
@@ -139,7 +142,7 @@ class GuardMiddleware:
 
     async def _list_tools(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         result = await call_next(ctx)
-        visible = await self.guard.visible_tools(get_access_token(), transport_session(ctx))
+        visible = await self.guard.visible_tools(_credential(ctx), transport_session(ctx))
         tools = result.get("tools") if isinstance(result, dict) else None
         if not isinstance(result, dict) or not isinstance(tools, list):
             logger.error("mcp-guard: tools/list returned %s, which cannot be filtered", type(result).__name__)
@@ -239,6 +242,22 @@ class GuardTokenVerifier:
 def _same_answer(before: Principal, now: Principal) -> bool:
     """Whether two verifications of one token said the same (the same object, on a cache hit)."""
     return before is now or (before == now and before.claims == now.claims)
+
+
+def _credential(ctx: ServerRequestContext[Any, Any]) -> AccessToken | None:
+    """The caller's verified token: over HTTP, the one this request authenticated with (never
+    one set around the server, such as a test's `acting_as`); in process, what
+    ``get_access_token()`` reads."""
+    if ctx.request is None:
+        caller = auth_context_var.get()
+        return caller.access_token if caller is not None else None
+    return _authenticated(ctx.request)
+
+
+def _authenticated(request: object) -> AccessToken | None:
+    """The token an HTTP request authenticated with (the user Starlette's authentication set)."""
+    user = request.scope.get("user") if isinstance(request, Request) else None
+    return user.access_token if isinstance(user, AuthenticatedUser) else None
 
 
 def transport_session(ctx: ServerRequestContext[Any, Any]) -> str | None:
