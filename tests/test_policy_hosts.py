@@ -89,6 +89,14 @@ def test_other_urls_are_refused(url: object, problem: str) -> None:
 def test_user_information_is_never_quoted() -> None:
     """It is often a password: the refusal reaches the caller, spans and logs."""
     assert ALLOW.url_violation("https://user:hunter2@api.example.com/") == "URL carries user information"
+    for url in (
+        "http://alice:hunter2@api.example.com/x",  # refused for its scheme first
+        "https://alice:hun ter2@api.example.com/x",  # for whitespace
+        "https://alice:hunter2@[::1/x",  # as no valid URL
+        "https://alice:hun#ter2@api.example.com/x",  # the "#" hides the password from the authority
+    ):
+        message = ALLOW.url_violation(url)
+        assert message is not None and "hunter2" not in message and "hun" not in message, message
 
 
 def test_host_values_with_and_without_ports() -> None:

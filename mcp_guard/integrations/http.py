@@ -191,8 +191,6 @@ class _StepUp(NamedTuple):
 
 _READ_HEADERS = frozenset({b"authorization", b"mcp-method", b"mcp-name", b"mcp-protocol-version"})
 
-_MCP_PARAM = "mcp-param-"
-
 MAX_CHALLENGED_BODY = 1024 * 1024
 """Largest request body read to confirm a challenge; a larger one is left to the SDK."""
 
@@ -270,8 +268,8 @@ def _served_as_call(scope: Scope, body: bytes | None, tool: ToolSpec) -> bool:
     if decoded.get("method") != "tools/call" or not isinstance(params, dict) or params.get("name") != tool.name:
         return False
     arguments = params.get("arguments")
-    if tool.input_schema is None:  # nothing to check the headers against: the SDK decides the call
-        return not any(name.startswith(_MCP_PARAM) for name in headers)
+    if tool.input_schema is None:  # declared without its schema: the headers cannot be checked here
+        return True
     found = arguments if isinstance(arguments, dict) else {}
     return validate_mcp_param_headers(tool.input_schema, found, request.headers) is None
 

@@ -84,19 +84,22 @@ class HostAllowlist:
         """None when ``value`` is a URL with an allowed scheme and host and no user information."""
         if not isinstance(value, str):
             return f"URL is not a string but {type(value).__name__}"
+        # A URL holding "@" may carry user information (often a password, which a "#", "?" or
+        # "/" in it can hide from the parsed authority), so it is never quoted.
+        shown = "URL (not quoted: it holds '@')" if "@" in value else f"URL {excerpt(value)}"
         problem = _text_problem(value)
         if problem is not None:
-            return f"URL {excerpt(value)} {problem}"
+            return f"{shown} {problem}"
         try:
             parts = urlsplit(value)
         except ValueError:
-            return f"URL {excerpt(value)} is not a valid URL"
+            return f"{shown} is not a valid URL"
         if parts.scheme not in self._schemes:
             allowed = ", ".join(self._schemes)
-            return f"URL {excerpt(value)} does not use an allowed scheme ({allowed})"
-        if "@" in parts.netloc:  # not quoted: user information is often a password
+            return f"{shown} does not use an allowed scheme ({allowed})"
+        if "@" in parts.netloc:
             return "URL carries user information"
-        return self._netloc_violation(parts.netloc, f"URL {excerpt(value)}")
+        return self._netloc_violation(parts.netloc, shown)
 
     def host_violation(self, value: object) -> str | None:
         """None when ``value`` is an allowed host name or IP literal, optionally with a ``:port``."""

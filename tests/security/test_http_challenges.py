@@ -149,19 +149,24 @@ async def test_param_headers_that_disagree_with_the_body_get_the_sdks_400(
     def file_note(region: Annotated[str, Field(json_schema_extra={"x-mcp-header": "Region"})]) -> str:
         return region
 
-    call = tools_call("file_note")
-    call["params"]["arguments"] = {"region": "us"}
+    @server.tool()  # declared to the guard without its schema: the headers are the SDK's to check
+    def file_plain(region: Annotated[str, Field(json_schema_extra={"x-mcp-header": "Region"})]) -> str:
+        return region
+
+    guard.declare(ToolSpec("file_plain", scopes=frozenset({"notes:write"})))
     token = authority.mint(aud=resource, scope="notes:read")
     statuses = []
     with serving(GuardHTTP(server.streamable_http_app(), guard, verifier, resource=resource), port):
         async with httpx2.AsyncClient() as http:
-            for region in ("eu", "us"):  # a header the SDK refuses, then one it serves
-                headers = {**dict(BASE_HEADERS), "Mcp-Method": "tools/call", "Mcp-Name": "file_note"}
+            for tool, region in (("file_note", "eu"), ("file_note", "us"), ("file_plain", "us")):
+                call = tools_call(tool)
+                call["params"]["arguments"] = {"region": "us"}  # the first header disagrees: the SDK refuses it
+                headers = {**dict(BASE_HEADERS), "Mcp-Method": "tools/call", "Mcp-Name": tool}
                 headers["Mcp-Param-Region"] = region
                 response = await http.post(resource, json=call, headers={**headers, "Authorization": f"Bearer {token}"})
                 statuses.append(response.status_code)
-    assert statuses == [400, 403]
-    assert len(step_up_events(audit)) == 1  # no refusal recorded for a call the SDK would not serve
+    assert statuses == [400, 403, 403]
+    assert len(step_up_events(audit)) == 2  # no refusal recorded for the call the SDK would not serve
 
 
 async def test_enough_scope_passes_through_to_the_server(authority: Authority, resource: str) -> None:
