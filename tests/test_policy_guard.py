@@ -390,6 +390,20 @@ async def test_a_revocation_while_the_shadow_deliberates_refuses_the_call(audit:
     assert late.outcome == "denied" and "while the call was being recorded" in (late.detail or "")
 
 
+async def test_a_shadow_candidates_own_targets_rule_counts_across_calls(audit: MemoryAuditSink) -> None:
+    """The real history holds what the enforcing policy took; the candidate's own cap on
+    distinct targets must still see the targets it would have taken before."""
+    from mcp_guard.policy import TargetsRule
+
+    one_recipient = RulePolicy([TargetsRule("one-recipient", tools=frozenset({"send"}), argument="to")])
+    guard = Guard(policy=ScopePolicy(), shadow=one_recipient, audit=[audit])
+    guard.declare(ToolSpec("send"))
+    token = access_token("alice", "", sid="s")
+    outcomes = [(await guard.authorize("send", {"to": to}, token)).allowed for to in ("a", "a", "b", "c")]
+    assert outcomes == [True] * 4  # the enforcing policy has no cap
+    assert guard.shadow is not None and guard.shadow.disagreements == {"allowed -> denied": 2}
+
+
 def test_a_shadow_never_reads_one_policys_rules_with_anothers() -> None:
     """Another thread asking while a shadow takes in a reloaded policy must get that policy's
     shared rules, never an empty set that would count the enforcing limits twice."""

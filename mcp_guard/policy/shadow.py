@@ -6,7 +6,8 @@ is counted and recorded as a ``policy.disagreed`` audit event that `mcp-guard po
 summarises. A candidate that fails, abstains or (asynchronously) takes longer than its timeout
 counts as a denial, as it would if it enforced. The candidate judges each call on the session as
 the enforcing policy saw it, before the call is recorded, and counts (rate limits) only what it
-would itself have allowed.
+would itself have allowed. The targets its own rules take (a distinct-targets cap) are kept per
+session beside the real history, which holds only what the enforcing policy took.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from opentelemetry import metrics
 from mcp_guard.audit.events import AuditEvent, EventKind
 from mcp_guard.audit.sinks import AuditSink
 from mcp_guard.errors import Refused
+from mcp_guard.memo import remember
 from mcp_guard.model import AllowHook, CallRequest, Decision, tell_allowed
 from mcp_guard.policy.base import Policy, PolicyFunction, as_policy
 from mcp_guard.policy.engine import RulePolicy, rule_policies
@@ -35,6 +37,7 @@ __all__ = ["Asked", "Shadow"]
 logger = logging.getLogger("mcp_guard")
 
 _DETAIL_LIMIT = 300
+_SESSIONS_LIMIT = 10_000
 
 
 class Asked(NamedTuple):
@@ -64,6 +67,8 @@ class Shadow:
         self.sinks = tuple(sinks)
         self.timeout = timeout
         self.disagreements: Counter[str] = Counter()
+        self._reached: dict[str, dict[str, frozenset[str]]] = {}
+        """The targets the candidate's rules took, by session (bounded)."""
         self._known: tuple[tuple[RulePolicy, ...], frozenset[int]] = ((), frozenset())
         """The enforcing rule policies last seen, and the ids of their rules: one value, so a
         thread never reads the policies of one reload with the rules of another."""
@@ -73,7 +78,15 @@ class Shadow:
 
     def ask(self, request: CallRequest) -> Asked:
         """Put ``request`` to the candidate now, before the enforcing policy counts the call, so
-        a limit both hold is judged on the same count; `compare` settles the answer."""
+        a limit both hold is judged on the same count; `compare` settles the answer.
+
+        ``request`` holds a copy of the session's history, which gets the targets the
+        candidate's own rules took before."""
+        reached = self._reached.get(request.session.id)
+        if reached:
+            history = request.session.history.targets
+            for rule_id, seen in reached.items():
+                history.setdefault(rule_id, set()).update(seen)
         try:
             return Asked(request, self.candidate.decide(request))
         except Exception as error:
@@ -90,6 +103,9 @@ class Shadow:
                     tell_allowed(self._own(candidate.on_allow, enforcing), request)
                 except Refused as refusal:  # its own limit, filled meanwhile
                     candidate = Decision.deny(refusal.code, refusal.message, requested=candidate.requested_scopes)
+                else:
+                    taken = {rule: frozenset(seen) for rule, seen in request.session.history.targets.items()}
+                    remember(self._reached, request.session.id, taken, _SESSIONS_LIMIT)
             if candidate.allowed == enforced.allowed and (
                 not enforced.allowed or candidate.approved_scopes == enforced.approved_scopes
             ):
