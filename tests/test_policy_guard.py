@@ -404,6 +404,24 @@ async def test_a_shadow_candidates_own_targets_rule_counts_across_calls(audit: M
     assert guard.shadow is not None and guard.shadow.disagreements == {"allowed -> denied": 2}
 
 
+async def test_a_shadow_candidates_sequence_rule_sees_the_tags_it_declares(audit: MemoryAuditSink) -> None:
+    """The history holds the tags the enforcing policy saw; a candidate that declares more
+    (in one member of a combination, its rules in another) judges with those too."""
+    from mcp_guard import AllOf
+    from mcp_guard.policy import SequenceRule
+
+    declarations = RulePolicy(
+        tools=[ToolSpec("read_secret", tags=frozenset({"secrets"})), ToolSpec("send_mail", tags=frozenset({"egress"}))]
+    )
+    rules = RulePolicy([SequenceRule("no-egress-after-secrets", tags=frozenset({"egress"}), after_tags={"secrets"})])
+    guard = Guard(policy=ScopePolicy(), shadow=AllOf(declarations, rules), audit=[audit])
+    guard.declare(ToolSpec("read_secret"))
+    guard.declare(ToolSpec("send_mail"))
+    token = access_token("alice", "", sid="s")
+    assert [(await guard.authorize(tool, {}, token)).allowed for tool in ("read_secret", "send_mail")] == [True] * 2
+    assert guard.shadow is not None and guard.shadow.disagreements == {"allowed -> denied": 1}
+
+
 def test_a_shadow_never_reads_one_policys_rules_with_anothers() -> None:
     """Another thread asking while a shadow takes in a reloaded policy must get that policy's
     shared rules, never an empty set that would count the enforcing limits twice."""

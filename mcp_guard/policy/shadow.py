@@ -7,7 +7,8 @@ summarises. A candidate that fails, abstains or (asynchronously) takes longer th
 counts as a denial, as it would if it enforced. The candidate judges each call on the session as
 the enforcing policy saw it, before the call is recorded, and counts (rate limits) only what it
 would itself have allowed. The targets its own rules take (a distinct-targets cap) are kept per
-session beside the real history, which holds only what the enforcing policy took.
+session beside the real history, which holds only what the enforcing policy took, and the
+tools the session ran carry the tags the candidate declares for them.
 """
 
 from __future__ import annotations
@@ -81,12 +82,18 @@ class Shadow:
         a limit both hold is judged on the same count; `compare` settles the answer.
 
         ``request`` holds a copy of the session's history, which gets the targets the
-        candidate's own rules took before."""
+        candidate's own rules took before, and the tags the candidate's declarations give the
+        tools the session ran (the history holds the tags the enforcing policy saw)."""
+        history = request.session.history
         reached = self._reached.get(request.session.id)
         if reached:
-            history = request.session.history.targets
             for rule_id, seen in reached.items():
-                history.setdefault(rule_id, set()).update(seen)
+                history.targets.setdefault(rule_id, set()).update(seen)
+        for policy in rule_policies(self.candidate):
+            for name in history.tools:
+                declared = policy.declared.get(name)
+                if declared is not None:
+                    history.tags |= declared.tags
         try:
             return Asked(request, self.candidate.decide(request))
         except Exception as error:
