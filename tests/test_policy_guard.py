@@ -422,6 +422,53 @@ async def test_a_shadow_candidates_sequence_rule_sees_the_tags_it_declares(audit
     assert guard.shadow is not None and guard.shadow.disagreements == {"allowed -> denied": 1}
 
 
+async def test_a_shadow_keeps_the_targets_of_overlapping_calls_and_not_those_of_a_session_gone() -> None:
+    """Calls that overlap (an asynchronous candidate) each add their targets; a session opened
+    anew under an old key starts with none of the old one's."""
+    from mcp_guard import SessionSettings
+    from mcp_guard.policy import TargetsRule
+
+    two = RulePolicy([TargetsRule("two", tools=frozenset({"send"}), argument="to", max_targets=2)])
+    clock = Clock()
+    guard = Guard(
+        policy=ScopePolicy(),
+        shadow=RemotePolicyOf(two),
+        clock=clock,
+        session_settings=SessionSettings(absolute_ttl=60, idle_ttl=60),
+    )
+    guard.declare(ToolSpec("send"))
+    token = access_token("alice", "", expires_in=None)
+
+    async def send(to: str) -> None:
+        await guard.authorize("send", {"to": to}, token, transport_session="T")
+
+    async with anyio.create_task_group() as calls:
+        for to in ("x", "y"):
+            calls.start_soon(send, to)
+    assert (await guard.authorize("send", {"to": "z"}, token, transport_session="T")).allowed
+    assert guard.shadow is not None and guard.shadow.disagreements == {"allowed -> denied": 1}
+    clock.advance(3600)  # the session is past its deadline and retention: gone from the store
+    guard.sessions = type(guard.sessions)()  # swept
+    for to in ("p", "q"):  # a new session under the same key: two targets of its own
+        assert (await guard.authorize("send", {"to": to}, token, transport_session="T")).allowed
+    assert guard.shadow.disagreements == {"allowed -> denied": 1}
+
+
+class RemotePolicyOf:
+    """``policy``, answering asynchronously after a pause, so calls overlap."""
+
+    def __init__(self, policy: RulePolicy) -> None:
+        self.policy, self.policies = policy, (policy,)
+        self.id, self.version = "remote", "1"
+
+    def visible(self, principal: Any, tool: Any) -> bool:
+        return True
+
+    async def decide(self, request: CallRequest) -> Verdict:
+        await anyio.sleep(0.01)
+        return self.policy.decide(request)
+
+
 def test_a_shadow_never_reads_one_policys_rules_with_anothers() -> None:
     """Another thread asking while a shadow takes in a reloaded policy must get that policy's
     shared rules, never an empty set that would count the enforcing limits twice."""

@@ -68,8 +68,9 @@ class Shadow:
         self.sinks = tuple(sinks)
         self.timeout = timeout
         self.disagreements: Counter[str] = Counter()
-        self._reached: dict[str, dict[str, frozenset[str]]] = {}
-        """The targets the candidate's rules took, by session (bounded)."""
+        self._reached: dict[tuple[str, float], dict[str, frozenset[str]]] = {}
+        """The targets the candidate's rules took, by session (its id and when it opened: a
+        session opened anew under the same key starts afresh), bounded."""
         self._known: tuple[tuple[RulePolicy, ...], frozenset[int]] = ((), frozenset())
         """The enforcing rule policies last seen, and the ids of their rules: one value, so a
         thread never reads the policies of one reload with the rules of another."""
@@ -85,7 +86,7 @@ class Shadow:
         candidate's own rules took before, and the tags the candidate's declarations give the
         tools the session ran (the history holds the tags the enforcing policy saw)."""
         history = request.session.history
-        reached = self._reached.get(request.session.id)
+        reached = self._reached.get((request.session.id, request.session.created_at))
         if reached:
             for rule_id, seen in reached.items():
                 history.targets.setdefault(rule_id, set()).update(seen)
@@ -110,9 +111,12 @@ class Shadow:
                     tell_allowed(self._own(candidate.on_allow, enforcing), request)
                 except Refused as refusal:  # its own limit, filled meanwhile
                     candidate = Decision.deny(refusal.code, refusal.message, requested=candidate.requested_scopes)
-                else:
-                    taken = {rule: frozenset(seen) for rule, seen in request.session.history.targets.items()}
-                    remember(self._reached, request.session.id, taken, _SESSIONS_LIMIT)
+                else:  # added to what calls of the session that overlapped this one took
+                    session = (request.session.id, request.session.created_at)
+                    taken = dict(self._reached.get(session, {}))
+                    for rule, seen in request.session.history.targets.items():
+                        taken[rule] = taken.get(rule, frozenset()) | seen
+                    remember(self._reached, session, taken, _SESSIONS_LIMIT)
             if candidate.allowed == enforced.allowed and (
                 not enforced.allowed or candidate.approved_scopes == enforced.approved_scopes
             ):
