@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -402,6 +403,22 @@ async def test_low_level_server(mode: str, audit: MemoryAuditSink) -> None:
             assert (await denial(client, "nothing")).data == {"reason": "tool_not_found"}
 
 
+def whoami_server(view: Callable[[AccessToken], dict[str, Any]]) -> MCPServer:
+    """A guarded server whose one tool, ``whoami`` (needing ``notes:read``), returns ``view``
+    of the caller's token as the tool sees it."""
+    guard = Guard()
+    server = MCPServer("whoami", middleware=[GuardMiddleware(guard)])
+
+    @server.tool()
+    @guard.tool(scopes="notes:read")
+    async def whoami() -> dict[str, Any]:
+        token = get_access_token()
+        assert token is not None
+        return view(token)
+
+    return server
+
+
 @pytest.mark.parametrize(
     "credential",
     [
@@ -410,16 +427,7 @@ async def test_low_level_server(mode: str, audit: MemoryAuditSink) -> None:
     ],
 )
 async def test_the_tool_sees_no_scope_beyond_the_approved_set(mode: str, credential: AccessToken) -> None:
-    guard = Guard()
-    server = MCPServer("claims", middleware=[GuardMiddleware(guard)])
-
-    @server.tool()
-    @guard.tool(scopes="notes:read")
-    async def whoami() -> dict[str, Any]:
-        token = get_access_token()
-        assert token is not None
-        return {"scopes": token.scopes, "claims": token.claims, "bearer": token.token}
-
+    server = whoami_server(lambda token: {"scopes": token.scopes, "claims": token.claims, "bearer": token.token})
     with acting_as(credential):
         async with Client(server, mode=mode) as client:
             seen = (await client.call_tool("whoami", {})).structured_content or {}
@@ -467,16 +475,7 @@ async def test_no_tool_changes_by_mistake_what_the_next_call_sees(mode: str) -> 
 
 async def test_a_token_verified_anew_with_another_answer_is_trimmed_afresh(mode: str) -> None:
     """An introspected token asked about again may come back with new claims: the tool sees those."""
-    guard = Guard()
-    server = MCPServer("answers", middleware=[GuardMiddleware(guard)])
-
-    @server.tool()
-    @guard.tool(scopes="notes:read")
-    async def whoami() -> dict[str, Any]:
-        token = get_access_token()
-        assert token is not None and token.claims is not None
-        return {"tenant": token.claims["tenant"], "expires_at": token.expires_at}
-
+    server = whoami_server(lambda token: {"tenant": (token.claims or {})["tenant"], "expires_at": token.expires_at})
     seen = []
     for tenant, lifetime in (("acme", 600), ("globex", 7200)):
         credential = access_token("alice", "notes:read", token="one-bearer", tenant=tenant, expires_in=lifetime)
