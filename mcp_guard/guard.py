@@ -442,11 +442,11 @@ class Guard:
             return
         until = math.inf if ttl is None else now + ttl
         if subject is not None:
-            self.revocations.revoke_subject(subject, issuer, until)
+            self.revocations.revoke_subject(subject, issuer=issuer, until=until)
         elif client_id is not None:
-            self.revocations.revoke_client(client_id, issuer, until)
+            self.revocations.revoke_client(client_id, issuer=issuer, until=until)
         elif token_id is not None:
-            self.revocations.revoke_token(token_id, issuer, until)
+            self.revocations.revoke_token(token_id, issuer=issuer, until=until)
         detail = _describe(given, issuer, reason, until)
         self.record(AuditEvent.build(EventKind.ACCESS_REVOKED, now, detail=detail))
 
@@ -581,7 +581,7 @@ class Guard:
         if principal is not None and (token_id := principal.token_id or principal.token_hash) is not None:
             expires_at = principal.expires_at
             until = math.inf if expires_at is None else expires_at + self.leeway
-            self.revocations.revoke_token(token_id, principal.issuer, until)
+            self.revocations.revoke_token(token_id, issuer=principal.issuer, until=until)
             detail = _describe(
                 {"token_id": token_id}, principal.issuer, f"session {session.id} reached its risk threshold", until
             )

@@ -376,7 +376,9 @@ async def test_revocation_records_say_how_long_and_what_was_lifted(
 def test_restoring_without_a_time_reads_the_clock() -> None:
     revocations = Revocations()
     revocations.revoke_subject("alice")
-    revocations.revoke_subject("bob", None, until=5.0)
+    revocations.revoke_subject("bob", until=5.0)
+    with pytest.raises(TypeError):  # an end time taken for an issuer would have revoked nothing
+        revocations.revoke_token("jti-1", 5.0)  # type: ignore[misc]
     assert revocations.restore(subject="alice") == math.inf
     assert revocations.restore(subject="bob") is None  # it ran out in 1970
 

@@ -44,14 +44,15 @@ class Revocations:
     def session_revoked(self, session_id: str) -> bool:
         return session_id in self._sessions
 
-    def revoke_token(self, token_id: str, issuer: str | None = None, until: float = math.inf) -> None:
-        """Revoke by ``jti`` or by token fingerprint (`token_fingerprint`)."""
+    def revoke_token(self, token_id: str, *, issuer: str | None = None, until: float = math.inf) -> None:
+        """Revoke by ``jti`` or by token fingerprint (`token_fingerprint`). ``issuer`` and
+        ``until`` are named: an end time taken for an issuer would revoke nothing."""
         self._revoke(self._tokens, (issuer, token_id), until)
 
-    def revoke_subject(self, subject: str, issuer: str | None = None, until: float = math.inf) -> None:
+    def revoke_subject(self, subject: str, *, issuer: str | None = None, until: float = math.inf) -> None:
         self._revoke(self._subjects, (issuer, subject), until)
 
-    def revoke_client(self, client_id: str, issuer: str | None = None, until: float = math.inf) -> None:
+    def revoke_client(self, client_id: str, *, issuer: str | None = None, until: float = math.inf) -> None:
         self._revoke(self._clients, (issuer, client_id), until)
 
     def _revoke(self, table: dict[Any, float], key: object, until: float) -> None:
@@ -89,13 +90,13 @@ class Revocations:
         """The reason ``principal`` is revoked at ``now``, or None."""
         if now >= self._next_lapse:
             self._drop_lapsed(now)
-        if self._tokens and any(
-            _active(self._tokens.get((issuer, token_id)), now)
-            for token_id in (principal.token_id, principal.token_hash)
-            if token_id is not None
-            for issuer in (principal.issuer, None)
-        ):
-            return ReasonCode.TOKEN_REVOKED
+        tokens = self._tokens
+        if tokens:  # by jti and by fingerprint, each under its issuer or every issuer
+            for token_id in (principal.token_id, principal.token_hash):
+                if token_id is not None and (
+                    _active(tokens.get((principal.issuer, token_id)), now) or _active(tokens.get((None, token_id)), now)
+                ):
+                    return ReasonCode.TOKEN_REVOKED
         if self._subjects and (
             _active(self._subjects.get((principal.issuer, principal.subject)), now)
             or _active(self._subjects.get((None, principal.subject)), now)
