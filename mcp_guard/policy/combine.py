@@ -156,7 +156,9 @@ class _Combination:
             policy_id=self.id,
             policy_version=self.version,
             targets=tuple(target for decision in allows for target in decision.targets),
-            on_allow=in_allow_order({id(hook): hook for decision in allows for hook in decision.on_allow}.values()),
+            on_allow=allows[0].on_allow  # one decision's hooks are in order already
+            if len(allows) == 1
+            else in_allow_order({id(hook): hook for decision in allows for hook in decision.on_allow}.values()),
         )
 
     def _denied(self, request: CallRequest, denials: Sequence[Decision]) -> Decision:

@@ -85,17 +85,17 @@ class Shadow:
         ``request`` holds a copy of the session's history, which gets the targets the
         candidate's own rules took before, and the tags the candidate's declarations give the
         tools the session ran (the history holds the tags the enforcing policy saw)."""
-        history = request.session.history
-        reached = self._reached.get((request.session.id, request.session.created_at))
-        if reached:
-            for rule_id, seen in reached.items():
-                history.targets.setdefault(rule_id, set()).update(seen)
-        for policy in rule_policies(self.candidate):
-            for name in history.tools:
-                declared = policy.declared.get(name)
-                if declared is not None:
-                    history.tags |= declared.tags
-        try:
+        try:  # what follows is the shadow's alone: a failure in it is the candidate's failure
+            history = request.session.history
+            reached = self._reached.get((request.session.id, request.session.created_at))
+            if reached:
+                for rule_id, seen in reached.items():
+                    history.targets.setdefault(rule_id, set()).update(seen)
+            for policy in rule_policies(self.candidate):
+                for name in history.tools:
+                    declared = policy.declared.get(name)
+                    if declared is not None:
+                        history.tags |= declared.tags
             return Asked(request, self.candidate.decide(request))
         except Exception as error:
             return Asked(request, None, f"{type(error).__name__}: {error}"[:_DETAIL_LIMIT])
