@@ -631,3 +631,19 @@ def test_resuming_a_log_whose_last_line_is_nested_too_deeply_refuses_clearly(tmp
         FileAuditSink(path)
     with pytest.raises(AuditLogError, match=r"does not verify.*corrupt line"):
         FileAuditSink(path, adopt_unanchored=True)
+
+
+def test_a_log_refused_when_its_writer_takes_it_up_late_stays_refused(tmp_path: Path) -> None:
+    """A sink opened before its directory existed takes the log up when it first writes; a log
+    refused then (an anchor naming entries it lacks) is refused at every retry, never begun anew."""
+    path = tmp_path / "logs" / "audit.jsonl"
+    sink = FileAuditSink(path, failure="buffer", flush_interval=0.01)
+    path.parent.mkdir()
+    anchor = path.parent / "audit.jsonl.anchor"
+    anchor.write_text('{"anchor":{"seq":41,"hash":"' + "0" * 64 + '"},"mac":"x"}\n')
+    sink.emit(AuditEvent(EventKind.CALL_DECIDED, "e1", time.time()))
+    time.sleep(0.3)  # several retries
+    assert sink._error is not None and not path.exists()
+    assert '"seq":41' in anchor.read_text()  # the evidence is left as it was
+    with pytest.raises(AuditLogError):
+        sink.close(timeout=0.2)

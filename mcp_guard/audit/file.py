@@ -127,15 +127,20 @@ class FileAuditSink:
         except OSError:  # no directory yet, or none it may write: the failure mode applies when it writes
             self._lock = -1
         self.adopt_unanchored = adopt_unanchored
+        self._resume_locked()
+        self._thread = threading.Thread(target=self._run, name="mcp-guard-audit", daemon=True)
+        self._thread.start()
+        _OPEN_SINKS.add(self)
+        atexit.register(self._close_at_exit)
+
+    def _resume_locked(self) -> None:
+        """`_resume`, letting the lock go when the log is refused: a retry takes it up afresh,
+        and never writes on from a state the refused log was not checked to have."""
         try:
             self._resume()
         except BaseException:
             self._release_lock()
             raise
-        self._thread = threading.Thread(target=self._run, name="mcp-guard-audit", daemon=True)
-        self._thread.start()
-        _OPEN_SINKS.add(self)
-        atexit.register(self._close_at_exit)
 
     def _resume(self) -> None:
         """Take up the chain where the log on disk leaves it (see `log_files.resume`); a torn
@@ -307,7 +312,7 @@ class FileAuditSink:
         """Write a batch (rotating first when the file is full); the checkpoint written, if any."""
         if self._lock < 0:  # opened before the log could be locked: take it up afresh, as its writer
             self._lock = take_lock(self.path)
-            self._resume()
+            self._resume_locked()
         check_lock(self._lock, self.path)
         if self._sealed is not None:  # a rotation whose rename failed: the file is sealed already
             self._move_aside(self._sealed)
