@@ -36,12 +36,15 @@ class Identifier(Protocol):
     def identify(self, credential: AccessToken | None) -> Principal: ...
 
 
-def token_fingerprint(token: str) -> str:
+def token_fingerprint(token: str, digest: bytes | None = None) -> str:
     """A short SHA-256 fingerprint of a bearer token (128 bits, hex): safe to log and to key on.
 
-    Every spelling of one signed token has the same fingerprint (`jws_form.canonical`).
+    Every spelling of one signed token has the same fingerprint (`jws_form.canonical`). A
+    caller that has the token's `token_digest` at hand passes it as ``digest``: most tokens are
+    spelled canonically already, and then it is their fingerprint's digest as well.
     """
-    return fingerprint_of(token_digest(canonical(token)))
+    spelled = canonical(token)
+    return fingerprint_of(digest if spelled is token and digest is not None else token_digest(spelled))
 
 
 def token_digest(token: str) -> bytes:
@@ -90,9 +93,7 @@ class AccessTokenIdentifier:
         digest = token_digest(token)
         principal = self._cache.get(digest)
         if principal is None or not _describes(principal, credential):  # unseen, or verified anew differently
-            spelled = canonical(token)  # most tokens are spelled so already: their digest serves
-            fingerprint = fingerprint_of(digest if spelled is token else token_digest(spelled))
-            principal = principal_from_access_token(credential, fingerprint)
+            principal = principal_from_access_token(credential, token_fingerprint(token, digest))
             with self._lock:
                 self._cache[digest] = principal
         with self._lock:

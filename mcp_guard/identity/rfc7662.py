@@ -148,7 +148,7 @@ class IntrospectionVerifier:
 
     async def _verify(self, token: str, digest: bytes, now: float, forgotten: int) -> Principal:
         answer = await self._introspect(token)
-        principal = _principal(self.trusted, answer, now, token_fingerprint(token))
+        principal = _principal(self.trusted, answer, now, token_fingerprint(token, digest))
         until = min(now + self.cache_ttl, valid_until(answer, 0.0, self.trusted.max_token_age))  # ask again at exp
         with self._lock:
             if self._forgotten == forgotten:
