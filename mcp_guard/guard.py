@@ -626,9 +626,7 @@ class Guard:
                 _CALL_DECIDED, now, principal, session_id, spec.name, decision, trace_context, detail, session.owners
             )
             self.record(event)
-            risk = self._risk
-            if risk is None and self._policy_scores_risk:
-                risk = getattr(self._policy, "risk", None)
+            risk = self.risk
             weight = risk.weight(decision, spec) if risk is not None else 0.0
             score = await self.sessions.record_call(session, now, allowed=False, tool=spec, risk=weight)
             if risk is not None and score >= risk.threshold:
