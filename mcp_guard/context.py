@@ -29,9 +29,16 @@ ADMITTED: ContextVar[Admission | None] = ContextVar("mcp_guard.current_call", de
 
 
 def current_call() -> CallRequest | None:
-    """The admitted call being served (principal, session, tool, arguments), or None outside one."""
+    """The admitted call being served (principal, session, tool, arguments), or None outside one.
+
+    The session is a copy as it is now (`CallRequest.detached`): the stored one is what the
+    next call is decided on (its history, risk score and deadlines), so a tool cannot change it.
+    ``principal.scopes`` are the scopes the token carries (requested); the approved ones, the
+    only ones the call may use, are those of the SDK's ``get_access_token()``.
+    """
     admission = ADMITTED.get()
-    return admission.request if admission is not None else None
+    request = admission.request if admission is not None else None
+    return request.detached() if request is not None else None
 
 
 def refuse_unguarded(tool: str) -> NoReturn:

@@ -8,7 +8,6 @@ Each stage is a small protocol (`Identifier`, `SessionStore` with `SessionKeys`,
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import inspect
 import logging
@@ -25,11 +24,11 @@ from mcp_guard.audit.arguments import summarize_arguments
 from mcp_guard.audit.events import AuditEvent, EventKind
 from mcp_guard.audit.sinks import AuditSink, MemoryAuditSink
 from mcp_guard.audit.spans import annotate_span, recording_span
+from mcp_guard.clock import read_clock
 from mcp_guard.context import ADMITTED, refuse_unguarded
 from mcp_guard.errors import Refused
 from mcp_guard.identity.access_token import AccessTokenIdentifier, Identifier
 from mcp_guard.model import (
-    CallHistory,
     CallRequest,
     Decision,
     Delegation,
@@ -144,6 +143,11 @@ class Guard:
 
     @policy.setter
     def policy(self, policy: Policy) -> None:
+        """Install ``policy``; one without a string ``id`` and ``version`` is refused, since every
+        decision and denial is recorded under them."""
+        for attribute in ("id", "version"):
+            if not isinstance(getattr(policy, attribute, None), str):
+                raise TypeError(f"policy {policy!r} has no string {attribute!r}: decisions are recorded under it")
         self._policy = policy
         self._policy_scores_risk = hasattr(policy, "risk")
         merged = getattr(policy, "merged", None)
@@ -256,7 +260,7 @@ class Guard:
         are built with ``tuple.__new__``; each stage with real logic keeps its own method.
         """
         try:
-            now = self.clock()
+            now = read_clock(self.clock)
             kind = _TOKEN_REJECTED
             detail: str | None = None
             principal: Principal | None = None
@@ -316,7 +320,7 @@ class Guard:
             facts = None
             if self.record_arguments and request is not None:
                 facts = {"arguments": summarize_arguments(request.arguments, request.tool.redact)}
-            asked = self.shadow.ask(_as_seen(request)) if self.shadow is not None and request is not None else None
+            asked = self.shadow.ask(request.detached()) if self.shadow is not None and request is not None else None
             risk = self._risk
             if risk is None and self._policy_scores_risk:
                 risk = getattr(self._policy, "risk", None)
@@ -389,7 +393,7 @@ class Guard:
         Listing opens no session; a session that exists must be usable by this caller.
         """
         try:
-            now = self.clock()
+            now = read_clock(self.clock)
             principal = self.identifier.identify(credential)
             self.check_principal(principal, now)
             session = await self.sessions.get(self.session_keys.key(principal, transport_session))
@@ -431,14 +435,17 @@ class Guard:
             raise ValueError(f"ttl must be a positive, finite number of seconds, not {ttl!r}")
         if session_id is not None and (ttl is not None or issuer is not None):
             raise ValueError("a session is revoked for good, under its own id: give no ttl or issuer with session_id")
-        now = self.clock()
+        now = read_clock(self.clock)
         if session_id is not None:
             ended = await self.sessions.end(session_id, SessionState.REVOKED, ReasonCode.SESSION_REVOKED)
             if ended == "missing":
                 raise LookupError(f"no session {session_id!r} to revoke")
+            already_revoked = self.revocations.session_revoked(session_id)
             self.revocations.revoke_session(session_id)
-            if ended == "ended":
-                self.record(AuditEvent.build(EventKind.SESSION_REVOKED, now, None, session_id, detail=reason or None))
+            if ended == "ended" or not already_revoked:  # an expired session's id is revoked now too
+                note = None if ended == "ended" else "the session had already ended"
+                detail = "; ".join(part for part in (note, reason) if part) or None
+                self.record(AuditEvent.build(EventKind.SESSION_REVOKED, now, None, session_id, detail=detail))
             return
         until = math.inf if ttl is None else now + ttl
         if subject is not None:
@@ -467,7 +474,7 @@ class Guard:
         client opens a new one.
         """
         given = _one_target({"subject": subject, "client_id": client_id, "token_id": token_id}, issuer)
-        now = self.clock()
+        now = read_clock(self.clock)
         lifted = self.revocations.restore(
             now=now, token_id=token_id, subject=subject, client_id=client_id, issuer=issuer
         )
@@ -548,7 +555,7 @@ class Guard:
         """Raise `Refused` when ``principal`` or ``session`` was revoked, ended or ran out of
         time since the call began (as of now: the wait may have been long), read again from a
         store outside process memory, which another replica may change."""
-        now = self.clock()
+        now = read_clock(self.clock)
         self.check_principal(principal, now)
         if type(self.sessions) is not MemorySessionStore:
             stored = await self.sessions.get(session.id)
@@ -574,18 +581,18 @@ class Guard:
     async def _end_risky_session(
         self, session: Session, principal: Principal | None, score: float, threshold: float, now: float
     ) -> None:
-        """Revoke a session whose risk score reached the threshold, and the token that drove it
-        there until the token expires (a new connection must not start a fresh budget), and
-        record why."""
+        """Revoke a session whose risk score reached the threshold, and every token bound to it
+        until none of them can be presented (a new connection, with the token that drove it
+        there or another one of the session's, must not start a fresh budget), and record why."""
         self.revocations.revoke_session(session.id)
-        if principal is not None and (token_id := principal.token_id or principal.token_hash) is not None:
-            expires_at = principal.expires_at
-            until = math.inf if expires_at is None else expires_at + self.leeway
-            self.revocations.revoke_token(token_id, issuer=principal.issuer, until=until)
-            detail = _describe(
-                {"token_id": token_id}, principal.issuer, f"session {session.id} reached its risk threshold", until
-            )
-            self.record(AuditEvent.build(EventKind.ACCESS_REVOKED, now, principal, session.id, detail=detail))
+        if principal is not None:
+            until = max(session.retain_until, presentable_until(principal, self.leeway, math.inf))
+            reason = f"session {session.id} reached its risk threshold"
+            for token_id in dict.fromkeys((principal.token_id or principal.token_hash, *session.tokens)):
+                if token_id is not None:
+                    self.revocations.revoke_token(token_id, issuer=principal.issuer, until=until)
+                    detail = _describe({"token_id": token_id}, principal.issuer, reason, until)
+                    self.record(AuditEvent.build(EventKind.ACCESS_REVOKED, now, principal, session.id, detail=detail))
         if await self.sessions.end(session.id, SessionState.REVOKED, ReasonCode.SESSION_RISK_EXCEEDED) == "ended":
             self.record(
                 AuditEvent.build(
@@ -616,7 +623,7 @@ class Guard:
         caller then gets no answer of its own, and `authorize` refuses the call in band.
         """
         try:
-            now = self.clock()
+            now = read_clock(self.clock)
             session_id = self.session_keys.key(principal, None)
             found = await self.sessions.get(session_id)
             session = await self._bind_session(session_id, principal, found, now, True)
@@ -659,15 +666,6 @@ class Guard:
                 sink.emit(event)
             except Exception:
                 logger.exception("mcp-guard: audit sink %r failed", sink)
-
-
-def _as_seen(request: CallRequest) -> CallRequest:
-    """``request`` with its session as the policy saw it, kept apart from what recording the call changes."""
-    session, history = request.session, request.session.history
-    before = CallHistory(
-        set(history.tools), set(history.tags), {rule: set(seen) for rule, seen in history.targets.items()}
-    )
-    return request._replace(session=dataclasses.replace(session, history=before, tokens=dict(session.tokens)))
 
 
 def _session_refusal(session: Session, principal: Principal, now: float) -> str | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, Literal, NamedTuple, Protocol, TypeVar, runtime_checkable
@@ -275,6 +275,15 @@ class CallRequest(NamedTuple):
     at: float
     protocol_version: str | None = None
     request_id: str | int | None = None
+
+    def detached(self) -> CallRequest:
+        """This call with a copy of its session as it is now, kept apart from the stored one:
+        what recording the call changes, or a tool writes, reaches neither the other."""
+        session, history = self.session, self.session.history
+        copied = CallHistory(
+            set(history.tools), set(history.tags), {rule: set(seen) for rule, seen in history.targets.items()}
+        )
+        return self._replace(session=replace(session, history=copied, tokens=dict(session.tokens)))
 
 
 @dataclass(frozen=True, slots=True)

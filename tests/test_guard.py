@@ -633,13 +633,17 @@ async def test_nothing_escapes_authorize(audit: MemoryAuditSink, caplog: pytest.
     assert "outside any stage" in caplog.text
 
     class NamelessPolicy(ExplodingPolicy):
+        broken = False  # its names read when it is installed, and fail later
+
         def __getattribute__(self, name: str) -> Any:
-            if name in ("id", "version"):
+            if name in ("id", "version") and object.__getattribute__(self, "broken"):
                 raise AttributeError(name)
             return super().__getattribute__(name)
 
-    g = Guard(audit=[audit], policy=NamelessPolicy())
+    nameless = NamelessPolicy()
+    g = Guard(audit=[audit], policy=nameless)
     g.declare(ToolSpec("read_note"))
+    nameless.broken = True
     assert (await g.authorize("read_note", {}, token())).decision.reason.code == ReasonCode.GUARD_ERROR
 
 
@@ -821,3 +825,54 @@ async def test_a_session_that_cannot_be_read_again_refuses_the_call_and_says_so(
     assert (await g.authorize("act", {}, token(sid="s1"))).decision.reason.code == code
     decided = [event.outcome for event in audit.events if event.kind == EventKind.CALL_DECIDED]
     assert decided == ["trimmed", "denied"]  # the refusal is on the record after the allowance
+
+
+@pytest.mark.parametrize("reading", [math.nan, math.inf, -math.inf])
+async def test_a_clock_without_a_usable_time_denies_everything_and_lifts_no_revocation(
+    g: Guard, clock: Clock, reading: float
+) -> None:
+    await g.revoke(subject="mallory", reason="for good")
+    assert (await g.authorize("read_note", {}, token())).allowed
+    clock.now = reading  # NaN passes no expiry or revocation check; +inf outlasts every revocation
+    for caller in (token(), token("mallory"), token(expires_at=NOW - 3600)):
+        assert (await g.authorize("read_note", {}, caller)).decision.reason.code == ReasonCode.GUARD_ERROR
+    assert await g.visible_tools(token()) == frozenset()
+    with pytest.raises(Refused, match="clock"):
+        await g.revoke(subject="bob")
+    clock.now = NOW + 1
+    assert (await g.authorize("read_note", {}, token("mallory"))).decision.reason.code == ReasonCode.SUBJECT_REVOKED
+
+
+async def test_a_policy_without_a_string_id_and_version_is_refused_when_installed() -> None:
+    class Unnamed:
+        version = "1"
+
+        def decide(self, request: Any) -> None:
+            return None
+
+        def visible(self, principal: Any, tool: Any) -> bool:
+            return True
+
+    with pytest.raises(TypeError, match="'id'"):
+        Guard(policy=Unnamed())  # type: ignore[arg-type]
+    guard = Guard()
+    unversioned = ScopePolicy()
+    unversioned.version = 2  # type: ignore[assignment]
+    with pytest.raises(TypeError, match="'version'"):
+        guard.policy = unversioned
+    assert guard.policy.id == "mcp-guard/scopes"  # the guard keeps the policy it had
+
+
+async def test_revoking_a_session_that_already_ended_is_recorded(
+    g: Guard, audit: MemoryAuditSink, clock: Clock
+) -> None:
+    caller = token(sid="idle", expires_at=NOW + 3600)
+    assert (await g.authorize("read_note", {}, caller)).allowed
+    session_id = events(audit, EventKind.SESSION_OPENED)[0].session_id
+    clock.advance(16 * 60)  # idle past its 15 minutes
+    assert (await g.authorize("read_note", {}, caller)).decision.reason.code == ReasonCode.SESSION_IDLE_EXPIRED
+    await g.revoke(session_id=session_id, reason="incident 7")
+    [revoked] = events(audit, EventKind.SESSION_REVOKED)
+    assert revoked.session_id == session_id and revoked.detail == "the session had already ended; incident 7"
+    await g.revoke(session_id=session_id)  # already revoked: nothing new to record
+    assert len(events(audit, EventKind.SESSION_REVOKED)) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +25,8 @@ from mcp_guard import (
     GuardMiddleware,
     MemoryAuditSink,
     Principal,
+    Risk,
+    RiskSettings,
     SessionSettings,
     ToolSpec,
     current_call,
@@ -598,3 +601,26 @@ async def test_a_task_a_tool_spawns_cannot_run_guarded_tools_once_the_call_ends(
     call_over.set()
     with pytest.raises(UnguardedCallError):
         await later[0]
+
+
+async def test_a_tool_cannot_change_the_session_the_next_call_is_decided_on(mode: str) -> None:
+    guard = Guard(audit=[MemoryAuditSink()], risk=RiskSettings(threshold=12, write=5))
+    mcp = MCPServer("notes", middleware=[GuardMiddleware(guard)])
+
+    @mcp.tool()
+    @guard.tool(scopes="notes:write", risk=Risk.WRITE)
+    async def write_note(title: str) -> str:
+        call = current_call()
+        assert call is not None and call.principal.scopes == {"notes:write", "admin"}  # requested, untrimmed
+        seen = f"{call.session.risk_score:g} {sorted(call.session.history.tools)}"
+        call.session.risk_score = 0.0  # a copy: the guard keeps scoring the stored session
+        call.session.expires_at = math.inf
+        call.session.history.tools.clear()
+        return seen
+
+    with acting_as(access_token("alice", "notes:write admin")):
+        async with Client(mcp, mode=mode) as client:
+            first = await client.call_tool("write_note", {"title": "a"})
+            second = await client.call_tool("write_note", {"title": "b"})
+            assert [first.content[0].text, second.content[0].text] == ["5 ['write_note']", "10 ['write_note']"]  # type: ignore[union-attr]
+            assert (await denial(client, "write_note", {"title": "c"})).data["reason"] == "session_risk_exceeded"  # type: ignore[index]

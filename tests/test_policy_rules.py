@@ -444,6 +444,22 @@ async def test_denials_alone_can_end_a_session(audit: MemoryAuditSink, clock: Cl
     assert guard.risk is not None and guard.risk.threshold == 30
 
 
+async def test_crossing_the_risk_threshold_revokes_every_token_bound_to_the_session(
+    audit: MemoryAuditSink, clock: Clock
+) -> None:
+    guard = guarded(RulePolicy(), audit, clock, risk=RiskSettings(threshold=30, denial=10))
+    first, refreshed = access_token("mallory", "", jti="T1"), access_token("mallory", "", jti="T2")
+    probe = {"transport_session": "conn-1"}  # legacy: each connection is a session
+    codes = [(await guard.authorize("read_secret", {}, token, **probe)).decision.reason.code for token in [first] * 2]
+    codes.append((await guard.authorize("read_secret", {}, refreshed, **probe)).decision.reason.code)
+    assert codes == [ReasonCode.INSUFFICIENT_SCOPE] * 3  # the third denial reached the threshold
+    for token, connection in ((first, "conn-2"), (refreshed, "conn-3")):  # no new connection starts afresh
+        again = (await guard.authorize("read_secret", {}, token, transport_session=connection)).decision
+        assert again.reason.code == ReasonCode.TOKEN_REVOKED
+    revoked = [event.detail or "" for event in audit.events if event.kind == EventKind.ACCESS_REVOKED]
+    assert [detail.split()[0] for detail in revoked] == ["token_id='T2'", "token_id='T1'"]
+
+
 def test_risk_settings_refuse_nonsense() -> None:
     for bad in ({"threshold": 0}, {"threshold": float("inf")}, {"threshold": 5, "denial": -1}):
         with pytest.raises(ValueError, match="risk"):

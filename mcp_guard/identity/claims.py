@@ -11,14 +11,12 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from mcp_guard.clock import TIME_BOUND
 from mcp_guard.errors import Refused
 from mcp_guard.reasons import ReasonCode
 from mcp_guard.scopes import ScopeError, parse_scope
 
 __all__ = ["audience_of", "check_times", "check_unbound", "json_object", "scope_of", "string_claim"]
-
-_TIME_BOUND = 1e11
-"""Seconds since 1970 beyond which a time claim is nonsense (year 5138); also excludes NaN and inf."""
 
 
 def json_object(data: bytes) -> dict[str, Any]:
@@ -67,7 +65,7 @@ def check_times(claims: Mapping[str, Any], now: float, leeway: float, max_age: f
         if name not in claims:
             continue
         value = claims[name]
-        if type(value) not in (int, float) or not -_TIME_BOUND < value < _TIME_BOUND:
+        if type(value) not in (int, float) or not -TIME_BOUND < value < TIME_BOUND:
             raise Refused(ReasonCode.CLAIM_INVALID, f"The token's '{name}' claim must be a number of seconds.")
     exp, nbf, iat = claims.get("exp"), claims.get("nbf"), claims.get("iat")
     if exp is not None and now > exp + leeway:

@@ -37,6 +37,7 @@ import httpx2
 from authlib.integrations.httpx_client import OAuth2ClientAuth
 from cachetools import FIFOCache
 
+from mcp_guard.clock import read_clock
 from mcp_guard.errors import Refused
 from mcp_guard.identity.access_token import token_digest, token_fingerprint
 from mcp_guard.identity.claims import (
@@ -116,7 +117,7 @@ class IntrospectionVerifier:
         if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_BYTES or not token.isascii():
             raise Refused(ReasonCode.TOKEN_MALFORMED)
         digest = token_digest(token)
-        now = self.clock()
+        now = read_clock(self.clock)
         cached = self._answers.get(digest)
         if cached is not None and now < cached[1]:
             return cached[0]

@@ -24,6 +24,7 @@ from joserfc.jwk import Key, RSAKey
 from joserfc.jws import JWSRegistry
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mcp_guard.clock import read_clock
 from mcp_guard.errors import Refused
 from mcp_guard.identity.access_token import fingerprint_of, token_digest
 from mcp_guard.identity.claims import (
@@ -157,7 +158,7 @@ class JWTVerifier:
         if not isinstance(token, str) or len(token) > self.max_token_bytes:
             raise Refused(ReasonCode.TOKEN_TOO_LARGE if isinstance(token, str) else ReasonCode.TOKEN_MALFORMED)
         digest = token_digest(token)
-        now = self.clock()
+        now = read_clock(self.clock)
         cached = self._verified.get(digest)
         if cached is not None and now <= cached.until and self.jwks.current(cached.jwks_uri, cached.generation):
             return cached.principal

@@ -40,6 +40,7 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from mcp_guard.clock import read_clock
 from mcp_guard.errors import Refused
 from mcp_guard.guard import Guard
 from mcp_guard.identity.bearer import BearerVerifier
@@ -134,7 +135,7 @@ class GuardHTTP:
             return None
         try:  # before the name is looked up, so the work done never tells which tools exist
             principal = await self.verifier.verify(authorization[len("bearer ") :])
-            now = self.guard.clock()
+            now = read_clock(self.guard.clock)
             self.guard.check_principal(principal, now)
             if principal.expires_at is not None and principal.expires_at < now:
                 return None  # inside the guard's leeway, but the SDK answers 401

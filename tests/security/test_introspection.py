@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -74,6 +75,15 @@ async def test_an_active_token_becomes_a_principal_and_is_cached(authority: Auth
     assert principal.token_id == "j-9"
     await verifier.verify("opaque-1")
     assert authority.introspections - before == 1
+
+
+async def test_a_clock_without_a_usable_time_accepts_no_answer(authority: Authority) -> None:
+    now = [time.time()]
+    authority.answers["lapsed"] = answer(authority, exp=int(now[0]) - 3600)
+    verifier = introspector(authority, clock=lambda: now[0])
+    assert await code_for(verifier, "lapsed") == "token_expired"
+    now[0] = math.nan  # every time check would pass
+    assert await code_for(verifier, "lapsed") == "guard_error"
 
 
 async def test_the_cache_never_outlives_the_token_or_its_ttl(authority: Authority) -> None:

@@ -7,6 +7,7 @@ import functools
 import hashlib
 import hmac
 import json
+import math
 import time
 from typing import Any
 
@@ -353,6 +354,20 @@ async def test_a_cached_token_still_expires(authority: Authority) -> None:
     assert authority.jwks_fetches == before
     now[0] += 61
     assert await refused(clocked, token) == "token_expired"
+
+
+@pytest.mark.parametrize("reading", [math.nan, math.inf])
+async def test_a_clock_without_a_usable_time_accepts_no_token(authority: Authority, reading: float) -> None:
+    now = [time.time()]
+    clocked = JWTVerifier(
+        [TrustedIssuer(issuer=authority.issuer, audience=RESOURCE, jwks_uri=authority.jwks_uri)],
+        clock=lambda: now[0],
+    )
+    seen, expired = authority.mint(exp=now[0] + 60), authority.mint(exp=now[0] - 3600, iat=now[0] - 7200)
+    assert await clocked.verify(seen)
+    now[0] = reading  # NaN passes every time check: an expired token would verify
+    assert await refused(clocked, seen) == "guard_error"
+    assert await refused(clocked, expired) == "guard_error"
 
 
 async def test_one_fetch_for_a_thousand_concurrent_unknown_kids(authority: Authority) -> None:
