@@ -160,6 +160,36 @@ def test_yaml_booleans_spelled_as_words_are_refused() -> None:
     assert quoted.rules[0].constraints[0].enum == ("se", "no", "dk", False)
 
 
+
+def test_yaml_octal_and_base_60_numbers_are_refused() -> None:
+    """YAML 1.1 reads ``0755`` as 493 and ``1:30`` as 90: an enum or a bound the author did not mean."""
+    modes = "version: 1\nrules:\n  - id: a\n    arguments:\n      - {argument: mode, enum: [0755, 0644]}\n"
+    assert problems(modes, "yaml") == [
+        "line 5: '0755' reads as a YAML 1.1 octal or base-60 number: quote it ('0755') for text, "
+        "or write the number in decimal"
+    ]
+    bound = "version: 1\nrules:\n  - id: a\n    arguments:\n      - {argument: n, maximum: 1:30}\n"
+    assert problems(bound, "yaml")[0].startswith("line 5: '1:30' reads as a YAML 1.1 octal or base-60 number")
+    decimal = parse_policy(modes.replace("0755, 0644", "755, 0, -0.5, 1_000"), "yaml").rules[0]
+    assert isinstance(decimal, ArgumentRule) and decimal.constraints[0].enum == (755, 0, -0.5, 1000)
+
+
+@pytest.mark.parametrize(
+    ("document", "problem"),
+    [
+        ("version: 1\nid: !Ref other\n", "line 2: the YAML tag '!Ref' is not allowed here in a policy"),
+        ("version: 1\nid: !!binary aGk=\n", "line 2: the YAML tag 'tag:yaml.org,2002:binary' is not allowed"),
+        ("version: 1\nid: !!python/name:os.system\n", "line 2: the YAML tag 'tag:yaml.org,2002:python/name:os"),
+        ("version: 1\nscope_hierarchy: !!omap [{a: b}]\n", "line 2: the YAML tag 'tag:yaml.org,2002:omap'"),
+        ("version: 1\nscope_hierarchy: {a: !!float [b]}\n", "line 2: the YAML tag 'tag:yaml.org,2002:float'"),
+        ("version: 1\n? [a, b]\n: c\n", "line 2: a key must be plain text, not a list or a mapping"),
+        ("version: 1\nid: !!str {a: 1}\n", "line 2: the YAML tag 'tag:yaml.org,2002:str' is not allowed here"),
+        ("version: 1\nid: !!timestamp 'soon'\n", "document: a value cannot be read"),
+    ],
+)
+def test_yaml_tags_outside_the_core_schema_and_odd_keys_are_refused(document: str, problem: str) -> None:
+    assert problems(document, "yaml")[0].startswith(problem)
+
 def test_yaml_merge_keys_are_refused() -> None:
     """A merge key sets keys past the duplicate-key check: a value given both ways is dropped."""
     merged = "version: 1\nrules:\n  - id: cap\n    arguments:\n      - argument: amount\n        maximum: 100\n"

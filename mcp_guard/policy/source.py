@@ -5,7 +5,10 @@ PyYAML's safe loader (the ``yaml`` extra); documents with aliases, merge keys (`
 duplicate keys are refused, since an alias can multiply a small file into a huge one, and a
 duplicate key, or a key a merge also gives, silently drops a rule or a setting. So are the
 YAML 1.1 booleans spelled ``yes``, ``no``, ``on`` or ``off``: ``enum: [se, no, dk]`` would hold
-the boolean false, not the country code. TOML is read with the standard library.
+the boolean false, not the country code; and its octal and base-60 numbers, for the same
+reason: ``enum: [0755]`` would hold 493, ``maximum: 1:30`` 90. Keys are plain scalars, and
+tags other than the core schema's (``!Ref``, ``!!binary``, ``!!python/...``) are refused. TOML
+is read with the standard library.
 """
 
 from __future__ import annotations
@@ -25,8 +28,14 @@ MAX_NESTING = 32
 """Deepest nesting of tables and arrays in a policy document (the schema needs six)."""
 
 _TOO_DEEP = f"the document nests tables or arrays deeper than {MAX_NESTING} levels"
-_MERGE = "tag:yaml.org,2002:merge"
-_BOOL = "tag:yaml.org,2002:bool"
+_CORE = "tag:yaml.org,2002:"
+_MERGE = _CORE + "merge"
+_BOOL = _CORE + "bool"
+_NUMBERS = (_CORE + "int", _CORE + "float")
+_SCALAR_TAGS = frozenset(_CORE + name for name in ("str", "int", "float", "bool", "null", "timestamp"))
+"""The tags a policy's values may carry: the core schema's, and dates (refused, readably, later)."""
+_COLLECTION_TAGS = frozenset({_CORE + "map", _CORE + "seq"})
+_OCTAL = re.compile(r"[-+]?0[0-9_]+")
 
 Path = tuple[str | int, ...]
 Lines = dict[Path, int]
@@ -102,11 +111,11 @@ def _yaml(text: str) -> tuple[Any, Lines]:
         lines.setdefault(path, node.start_mark.line + 1)
     try:
         return yaml.safe_load(text), lines
-    except ValueError as error:  # a value the parser accepts but Python cannot hold (a date 2024-13-01)
+    except (ValueError, TypeError, AttributeError, yaml.YAMLError) as error:  # a date 2024-13-01, `!!str {}`
         raise _unreadable(text, error) from None
 
 
-def _unreadable(text: str, error: ValueError) -> SourceError:
+def _unreadable(text: str, error: Exception) -> SourceError:
     """The error for a value the syntax allows but Python cannot hold: most often an integer
     longer than Python converts from text (`sys.get_int_max_str_digits`), found with its line."""
     limit = sys.get_int_max_str_digits()
@@ -120,7 +129,7 @@ def _walk(node: Any, path: Path) -> Iterator[tuple[Path, Any]]:
     import yaml
 
     yield path, node
-    _check_scalar(node)
+    _check_node(node)
     if isinstance(node, yaml.MappingNode):
         keys: set[object] = set()
         for key, value in node.value:
@@ -128,7 +137,9 @@ def _walk(node: Any, path: Path) -> Iterator[tuple[Path, Any]]:
                 raise SourceError(
                     "YAML merge keys (<<) are not allowed in a policy: write the keys out", key.start_mark.line + 1
                 )
-            _check_scalar(key)
+            if not isinstance(key, yaml.ScalarNode):
+                raise SourceError("a key must be plain text, not a list or a mapping", key.start_mark.line + 1)
+            _check_node(key)
             if key.value in keys:
                 raise SourceError(f"duplicate key {key.value!r}", key.start_mark.line + 1)
             keys.add(key.value)
@@ -139,12 +150,25 @@ def _walk(node: Any, path: Path) -> Iterator[tuple[Path, Any]]:
             yield from _walk(item, (*path, index))
 
 
-def _check_scalar(node: Any) -> None:
-    """Refuse a YAML 1.1 boolean spelled as a word (``no``, ``on``): its author may mean the text."""
+def _check_node(node: Any) -> None:
+    """Refuse a tag outside the core schema or on the wrong kind of node (``!!float [1]``), and a
+    YAML 1.1 boolean spelled as a word (``no``, ``on``) or number spelled in octal or base 60
+    (``0755``, ``1:30``): its author may mean the text."""
+    line = node.start_mark.line + 1
+    collection = isinstance(node.value, list)
+    if node.tag not in (_COLLECTION_TAGS if collection else _SCALAR_TAGS):
+        raise SourceError(f"the YAML tag {node.tag!r} is not allowed here in a policy", line)
+    if collection:
+        return
     if node.tag == _BOOL and node.value.lower() not in ("true", "false"):
         raise SourceError(
-            f"{node.value!r} reads as a YAML boolean: quote it ('{node.value}') for text, or write true or false",
-            node.start_mark.line + 1,
+            f"{node.value!r} reads as a YAML boolean: quote it ('{node.value}') for text, or write true or false", line
+        )
+    if node.tag in _NUMBERS and (":" in node.value or _OCTAL.fullmatch(node.value)):
+        raise SourceError(
+            f"{node.value!r} reads as a YAML 1.1 octal or base-60 number: quote it ('{node.value}') for text, "
+            "or write the number in decimal",
+            line,
         )
 
 
