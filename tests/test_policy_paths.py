@@ -105,6 +105,11 @@ def test_a_symlink_loop_does_not_hang(root: Path) -> None:
         ("docs%00.txt", "percent-encoded"),
         ("..%" + "25" * 6 + "2fsecret", "percent-encoded more than 4 times over"),
         ("a" * (MAX_PATH_LENGTH + 1), f"longer than {MAX_PATH_LENGTH}"),
+        ("~/.bashrc", "begins with '~'"),  # a tool that expands it reads a home directory
+        ("~root/.ssh/authorized_keys", "begins with '~'"),
+        ("file:///etc/passwd", "URI scheme"),  # a tool that takes URIs reads /etc/passwd
+        ("FILE:/etc/passwd", "URI scheme"),
+        ("s3+https://bucket/key", "URI scheme"),
     ],
 )
 def test_suspicious_text_is_refused_before_the_filesystem(
@@ -126,6 +131,8 @@ def test_ordinary_percent_signs_and_unicode_names_pass(root: Path) -> None:
     assert roots.violation("docs/%20name.txt") is None
     assert roots.violation("docs/50%off%2520.txt") is None  # decodes to a space, twice over
     assert roots.violation("docs/r\u00e9sum\u00e9 \u6587\u66f8.txt") is None
+    assert roots.violation("docs/~draft.txt") is None  # only a leading '~' expands
+    assert roots.violation("docs/notes:2026.txt") is None  # a colon past the first component
 
 
 def test_messages_are_short_and_escaped(root: Path) -> None:

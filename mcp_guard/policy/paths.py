@@ -1,9 +1,9 @@
 """File paths confined to directory roots, checked the way the filesystem will read them.
 
 A path is refused on its text alone, before it touches the filesystem, when it is not a
-non-empty string of at most `MAX_PATH_LENGTH` printable characters, or when it holds a
-backslash or a percent-encoded separator, dot or NUL: a tool that decodes it once more must not
-find a different path. The escapes are decoded as often as a tool might (``%252f``, and split
+non-empty string of at most `MAX_PATH_LENGTH` printable characters, when it begins with ``~``
+or a URI scheme (``file:``), or when it holds a backslash or a percent-encoded separator, dot or
+NUL: a tool that expands, parses or decodes it once more must not find a different path. The escapes are decoded as often as a tool might (``%252f``, and split
 spellings such as ``%%32%66`` or ``%2%66``, become ``/`` in the second round), and overlong UTF-8
 (``%c0%af``, ``%e0%80%af``, ``%f0%80%80%af``) and ``%uXXXX`` escapes count too. Otherwise it
 is canonicalised with `os.path.realpath`, which resolves ``..`` and every symlink that exists,
@@ -36,6 +36,8 @@ _DISGUISED = re.compile(rb"[\xc0\xc1]|\xe0[\x80-\x9f]|\xf0[\x80-\x8f]|%u[0-9a-f]
 holds, or an IIS-style ``%uXXXX`` escape."""
 
 _SPECIAL = (b".", b"/", b"\\", b"\x00")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+"""A URI scheme (RFC 3986), as a path may begin: a tool that takes URIs opens ``file:///etc/passwd``."""
 
 
 class PathRoots:
@@ -91,6 +93,10 @@ def _text_problem(value: str) -> str | None:
         return f"contains the control or invisible character U+{ord(bad):04X}"
     if "\\" in value:
         return "contains a backslash"
+    if value.startswith("~"):
+        return "begins with '~', which a tool may expand to a home directory"
+    if _SCHEME.match(value):
+        return "begins with a URI scheme: give a plain path"
     return _encoding_problem(value) if "%" in value else None
 
 
