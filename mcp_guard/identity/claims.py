@@ -16,7 +16,15 @@ from mcp_guard.errors import Refused
 from mcp_guard.reasons import ReasonCode
 from mcp_guard.scopes import ScopeError, parse_scope
 
-__all__ = ["audience_of", "check_times", "check_unbound", "json_object", "scope_of", "string_claim"]
+__all__ = [
+    "audience_of",
+    "check_times",
+    "check_unbound",
+    "json_object",
+    "scope_of",
+    "scopes_claimed",
+    "string_claim",
+]
 
 
 def json_object(data: bytes) -> dict[str, Any]:
@@ -112,6 +120,25 @@ def scope_of(scope: object) -> frozenset[str]:
         return parse_scope(scope)
     except ScopeError as error:
         raise Refused(ReasonCode.SCOPE_MALFORMED, f"The access token's scope is invalid: {error}.") from None
+
+
+def scopes_claimed(claims: Mapping[str, Any], *, accept_scp: bool) -> frozenset[str]:
+    """The scopes a token's claims (or an introspection answer) grant: ``scope``, strictly, or
+    the non-standard ``scp`` (an array or a string) only where ``accept_scp``; never both."""
+    scope, scp = claims.get("scope"), claims.get("scp")
+    if scope is not None and scp is not None:
+        raise Refused(ReasonCode.SCOPE_CONFLICT)
+    if scope is not None:
+        return scope_of(scope)
+    if scp is None:
+        return frozenset()
+    if not accept_scp:
+        raise Refused(
+            ReasonCode.SCOPE_MALFORMED, "The token carries 'scp', which this issuer may not use: use 'scope'."
+        )
+    if isinstance(scp, list) and all(isinstance(item, str) and " " not in item for item in scp):
+        return scope_of(" ".join(scp))
+    return scope_of(scp)
 
 
 def string_claim(claims: Mapping[str, Any], name: str, default: str | None = None) -> str:

@@ -45,7 +45,7 @@ from mcp_guard.identity.claims import (
     check_times,
     check_unbound,
     json_object,
-    scope_of,
+    scopes_claimed,
     string_claim,
     valid_until,
 )
@@ -214,7 +214,7 @@ def _principal(trusted: TrustedIssuer, answer: Mapping[str, Any], now: float, fi
     subject = answer.get("sub", client_id or None)
     if not isinstance(subject, str) or not subject:
         raise Refused(ReasonCode.SUBJECT_MISSING)
-    scopes = scope_of(answer.get("scope", ""))
+    scopes = scopes_claimed(answer, accept_scp=trusted.accept_scp)
     token_id = answer.get("jti")
     return Principal(
         issuer=trusted.issuer,

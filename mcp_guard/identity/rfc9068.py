@@ -32,7 +32,7 @@ from mcp_guard.identity.claims import (
     check_times,
     check_unbound,
     json_object,
-    scope_of,
+    scopes_claimed,
     string_claim,
     valid_until,
 )
@@ -329,7 +329,7 @@ def _principal(trusted: TrustedIssuer, claims: Mapping[str, Any], now: float, fi
         issuer=trusted.issuer,
         subject=subject,
         client_id=client_id,
-        scopes=_scopes(trusted, claims),
+        scopes=scopes_claimed(claims, accept_scp=trusted.accept_scp),
         audience=audience,
         expires_at=exp,
         token_id=token_id,
@@ -337,23 +337,6 @@ def _principal(trusted: TrustedIssuer, claims: Mapping[str, Any], now: float, fi
         actor_chain=actor_chain(claims.get("act"), trusted.max_delegation_depth),
         claims=MappingProxyType(claims),  # parsed for this token alone: nothing else holds it
     )
-
-
-def _scopes(trusted: TrustedIssuer, claims: Mapping[str, Any]) -> frozenset[str]:
-    scope, scp = claims.get("scope"), claims.get("scp")
-    if scope is not None and scp is not None:
-        raise Refused(ReasonCode.SCOPE_CONFLICT)
-    if scope is not None:
-        return scope_of(scope)
-    if scp is None:
-        return frozenset()
-    if not trusted.accept_scp:
-        raise Refused(
-            ReasonCode.SCOPE_MALFORMED, "The token carries 'scp', which this issuer may not use: use 'scope'."
-        )
-    if isinstance(scp, list) and all(isinstance(item, str) and " " not in item for item in scp):
-        return scope_of(" ".join(scp))
-    return scope_of(scp)
 
 
 def _parts(token: str, headers: dict[str, _Header]) -> tuple[_Header, dict[str, Any], bytes, bytes]:

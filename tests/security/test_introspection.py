@@ -130,6 +130,8 @@ async def test_the_cache_never_outlives_the_token_or_its_ttl(authority: Authorit
         ({"client_id": ["x"]}, "claim_invalid"),
         ({"scope": "notes:read\tnotes:write"}, "scope_malformed"),
         ({"scope": ["notes:read"]}, "scope_malformed"),
+        ({"scp": ["notes:write"]}, "scope_conflict"),  # beside 'scope', as a JWT's claims would be
+        ({"scope": None, "scp": ["notes:write"]}, "scope_malformed"),  # 'scp' only where configured
         ({"act": {"no": "sub"}}, "claim_invalid"),
         ({"token_type": "refresh_token"}, "token_type_invalid"),
         ({"token_type": "DPoP"}, "token_type_invalid"),
@@ -458,6 +460,18 @@ async def test_forgetting_tokens_reaches_a_question_already_under_way(authority:
     await call("later")
     assert outcomes == {"asked before": "agent-7", "asked after": "token_inactive", "later": "token_inactive"}
     assert authority.introspections - before == 1  # the answer from before was not kept
+
+
+async def test_scp_counts_only_for_an_issuer_configured_for_it(authority: Authority) -> None:
+    authority.answers["scp-listed"] = answer(authority, scope=None, scp=["notes:read", "notes:write"])
+    verifier = IntrospectionVerifier(
+        TrustedIssuer(issuer=authority.issuer, audience=RESOURCE, accept_scp=True),
+        endpoint=f"{authority.issuer}/introspect",
+        client_id=authority.client_id,
+        client_secret=authority.client_secret,
+    )
+    assert (await verifier.verify("scp-listed")).scopes == {"notes:read", "notes:write"}
+    assert await code_for(introspector(authority), "scp-listed") == "scope_malformed"
 
 
 @pytest.mark.parametrize("token_type", ["Bearer", "bearer", "access_token"])
