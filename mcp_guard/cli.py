@@ -169,8 +169,10 @@ def _query(args: argparse.Namespace) -> int:
         ):
             continue
         at = event.get("at")
-        if (args.since is not None or args.until is not None) and not isinstance(at, int | float):
-            continue  # no time to compare: it matches no time range
+        if (args.since is not None or args.until is not None) and (
+            not isinstance(at, int | float) or isinstance(at, bool) or not math.isfinite(at)
+        ):
+            continue  # no time to compare (a NaN would pass every bound): it matches no time range
         if (args.since is not None and at < args.since) or (args.until is not None and at > args.until):
             continue
         if args.format == "jsonl":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
@@ -221,11 +222,16 @@ def _json_object(text: str) -> dict[str, Any]:
 
 
 def instant(text: str) -> float:
-    """A time given as ISO 8601 or as seconds since the epoch."""
+    """A time given as ISO 8601 (read first: ``20261120`` is a date, not seconds) or as a finite
+    number of seconds since the epoch."""
     try:
-        return float(text)
+        return datetime.fromisoformat(text).timestamp()
     except ValueError:
-        try:
-            return datetime.fromisoformat(text).timestamp()
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a time: {text!r}") from None
+        pass
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds):
+        raise argparse.ArgumentTypeError(f"not a time: {text!r}")
+    return seconds

@@ -1,0 +1,55 @@
+"""`mcp-guard audit query` time ranges: what a time means, and entries with no time to compare."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from mcp_guard.audit.events import AuditEvent, EventKind
+from mcp_guard.audit.file import FileAuditSink
+from mcp_guard.cli import main as cli
+
+NOV_19, NOV_21 = datetime(2026, 11, 19, 12, tzinfo=UTC).timestamp(), datetime(2026, 11, 21, 12, tzinfo=UTC).timestamp()
+
+
+def queried(path: Path, capsys: pytest.CaptureFixture[str], *options: str) -> list[str]:
+    assert cli(["audit", "query", str(path), "--format", "jsonl", *options]) == 0
+    return [json.loads(row)["tool"] for row in capsys.readouterr().out.splitlines()]
+
+
+@pytest.fixture
+def log(tmp_path: Path) -> Path:
+    path = tmp_path / "audit.jsonl"
+    sink = FileAuditSink(path)
+    for at, tool in ((NOV_19, "before"), (NOV_21, "after")):
+        sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, at, tool=tool))
+    sink.close()
+    return path
+
+
+def test_a_basic_format_iso_date_is_a_date_not_seconds(log: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert queried(log, capsys, "--since", "2026-11-20T00:00:00Z") == ["after"]
+    assert queried(log, capsys, "--since", "20261120") == ["after"]  # not 20,261,120 s after 1970
+    assert queried(log, capsys, "--until", "20261120") == ["before"]  # midnight, in any time zone, lies between
+    assert queried(log, capsys, "--since", str(NOV_21 - 1)) == ["after"]  # seconds still read as seconds
+
+
+@pytest.mark.parametrize("bound", ["nan", "inf", "-inf", "soon"])
+def test_a_bound_that_is_no_time_is_refused(log: Path, bound: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli(["audit", "query", str(log), f"--since={bound}"])
+    assert exited.value.code == 2 and f"not a time: {bound!r}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("at", ["NaN", "Infinity", "true", '"2026-11-21"'])
+def test_an_entry_without_a_comparable_time_matches_no_range(
+    log: Path, at: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = log.read_text()
+    log.write_text(text.replace(f'"at":{NOV_19!r}', f'"at":{at}', 1))  # as an editor could leave it
+    assert queried(log, capsys, "--since", "1970-01-02") == ["after"]
+    assert queried(log, capsys, "--until", "2100-01-01") == ["after"]
+    assert queried(log, capsys) == ["before", "after"]  # with no range, it is listed
