@@ -3,8 +3,8 @@
     app = GuardHTTP(mcp.streamable_http_app(), guard, verifier, resource="https://mcp.example.com/mcp")
 
 - RFC 9728 protected resource metadata at ``/.well-known/oauth-protected-resource{path}``,
-  whose ``scopes_supported`` lists the scopes the declared tools need (concealed tools' scopes
-  stay unadvertised), and whose
+  whose ``scopes_supported`` lists the scopes every request needs (``required_scopes``) and
+  those the declared tools need (concealed tools' scopes stay unadvertised), and whose
   ``authorization_servers`` are the verifier's trusted issuers.
 - A real HTTP 403 ``insufficient_scope`` challenge (RFC 6750 section 3.1) when a client names
   the tool in the ``Mcp-Method: tools/call`` and ``Mcp-Name`` headers (MCP 2026-07-28) and its
@@ -46,7 +46,7 @@ from mcp_guard.guard import Guard
 from mcp_guard.identity.bearer import BearerVerifier
 from mcp_guard.model import Decision, Principal, Reason, ToolSpec
 from mcp_guard.reasons import ReasonCode
-from mcp_guard.scopes import ScopeHierarchy, format_scope
+from mcp_guard.scopes import ScopeHierarchy, format_scope, scope_set
 
 __all__ = ["MAX_CHALLENGED_BODY", "GuardHTTP", "resource_metadata_url"]
 
@@ -73,7 +73,13 @@ class GuardHTTP:
         resource: str,
         authorization_servers: Iterable[str] | None = None,
         mcp_path: str | None = None,
+        required_scopes: Iterable[str] = (),
+        json_response: bool = False,
     ) -> None:
+        """``required_scopes`` and ``json_response`` are what the wrapped app was built with (the
+        SDK's ``AuthSettings.required_scopes``, and ``streamable_http_app(json_response=...)``):
+        the metadata and every challenge name the scopes all requests need, a token without them
+        is left to the SDK's own 403, and a JSON-only client is challenged where the app serves it."""
         self.app = app
         self.guard = guard
         self.verifier = verifier
@@ -86,6 +92,8 @@ class GuardHTTP:
         self.authorization_servers = (
             list(authorization_servers) if authorization_servers is not None else list(verifier.issuers)
         )
+        self.required_scopes = scope_set(required_scopes)
+        self.json_response = json_response
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -98,7 +106,7 @@ class GuardHTTP:
                 step_up = await self._step_up(_single_headers(scope["headers"]))
                 if step_up is not None:
                     body, receive = await _read_body(receive)
-                    if _served_as_call(scope, body, step_up.spec) and await self._recorded(step_up):
+                    if _served_as_call(scope, body, step_up.spec, self.json_response) and await self._recorded(step_up):
                         answer = json.dumps({"error": "insufficient_scope"}).encode()
                         challenge = self._insufficient_scope(step_up.spec).encode("ascii")
                         headers = [(b"www-authenticate", challenge), (b"content-type", b"application/json")]
@@ -109,7 +117,7 @@ class GuardHTTP:
     def metadata(self) -> dict[str, object]:
         """The RFC 9728 document for this resource."""
         specs = (self.guard.as_policy_sees(spec) for spec in self.guard.tools.values() if not spec.conceal)
-        scopes = set().union(*(spec.usable_scopes for spec in specs))
+        scopes = self.required_scopes.union(*(spec.usable_scopes for spec in specs))
         return {
             "resource": self.resource,
             "authorization_servers": self.authorization_servers,
@@ -144,6 +152,8 @@ class GuardHTTP:
         except Exception:
             logger.exception("mcp-guard: verifying a bearer token for a step-up challenge failed")
             return None
+        if not self.required_scopes <= principal.scopes:
+            return None  # the SDK refuses it with its own 403, before any tool is looked at
         name = decode_header_value(headers.get(b"mcp-name", b"").decode("latin-1"))
         declared = self.guard.tools.get(name) if name is not None else None
         if declared is None:
@@ -175,7 +185,7 @@ class GuardHTTP:
         return await self.guard.record_refusal(step_up.principal, step_up.spec, decision, "HTTP 403 step-up challenge")
 
     def _insufficient_scope(self, spec: ToolSpec) -> str:
-        scope = format_scope(spec.scopes - _NOT_IN_CHALLENGES)
+        scope = format_scope((self.required_scopes | spec.scopes) - _NOT_IN_CHALLENGES)
         return (
             f'Bearer error="insufficient_scope", scope="{scope}", resource_metadata="{self.metadata_url}", '
             'error_description="The access token lacks scopes this tool requires"'
@@ -233,16 +243,20 @@ def _replayed(read: list[Message], receive: Receive) -> Receive:
     return replay
 
 
-def _served_as_call(scope: Scope, body: bytes | None, tool: ToolSpec) -> bool:
+def _served_as_call(scope: Scope, body: bytes | None, tool: ToolSpec, json_response: bool) -> bool:
     """Whether the SDK's modern transport would serve ``body`` as a call to ``tool``.
 
-    Its own checks, in its order: a JSON content type, both media types accepted, a JSON-RPC
+    Its own checks, in its order: a JSON content type, the media types accepted (JSON, and
+    event streams unless the app answers in JSON alone: ``json_response``), a JSON-RPC
     request (not a notification, a batch or a malformed envelope), the protocol ladder (the
     per-request envelope, headers that agree with the body, a supported version), and
     ``Mcp-Param-*`` headers that agree with the arguments the tool's schema marks for them. A
     request it would refuse gets its refusal, not a 403, and no call is recorded that was
     never made. Its DNS-rebinding checks (``Host``, ``Origin``) and its body size limit depend
-    on the server's settings and are not repeated: such a request gets a 403 either way.
+    on settings the app keeps to itself and are not repeated: a request with a foreign
+    ``Origin`` gets a 403 either way, but one with a foreign ``Host`` (the SDK's 421) or a body
+    over the app's limit (413) gets the challenge. Either needs a valid token for this server,
+    which a DNS-rebinding page does not have.
     """
     if body is None:
         return False
@@ -250,7 +264,7 @@ def _served_as_call(scope: Scope, body: bytes | None, tool: ToolSpec) -> bool:
     if not request.headers.get("content-type", "").lower().startswith("application/json"):
         return False
     has_json, has_sse = check_accept_headers(request)
-    if not (has_json and has_sse):
+    if not (has_json and (has_sse or json_response)):
         return False
     try:
         decoded = json.loads(body)

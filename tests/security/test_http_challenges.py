@@ -13,6 +13,7 @@ import httpx2
 import pytest
 from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
+from mcp.server.auth.settings import AuthSettings
 from pydantic import Field
 from starlette.types import ASGIApp
 
@@ -23,6 +24,7 @@ from mcp_guard import (
     Decision,
     EventKind,
     Guard,
+    GuardTokenVerifier,
     JWTVerifier,
     MemoryAuditSink,
     RiskSettings,
@@ -34,6 +36,7 @@ from mcp_guard import (
 from mcp_guard.integrations.http import MAX_CHALLENGED_BODY, GuardHTTP, resource_metadata_url
 from mcp_guard.policy import PrincipalRule, as_policy
 from serving import free_port, guarded_notes, serving, serving_jwt_notes
+from support import notes_server
 
 pytestmark = pytest.mark.anyio
 
@@ -435,3 +438,57 @@ async def test_a_failing_audit_log_refuses_tokens_with_401_never_500(authority: 
         for token in ("garbage", authority.mint(aud=resource, scope="notes:read")):
             for name in ("read_note", "write_note"):
                 assert (await post(resource, token, name)).status_code == 401
+
+
+def notes_app(guard: Guard, authority: Authority, port: int, **app_options: Any) -> tuple[ASGIApp, JWTVerifier, str]:
+    """The notes server's HTTP app, requiring the ``mcp:access`` scope of every request."""
+    resource = f"http://127.0.0.1:{port}/mcp"
+    verifier = JWTVerifier([TrustedIssuer(issuer=authority.issuer, audience=resource, jwks_uri=authority.jwks_uri)])
+    auth = AuthSettings(
+        issuer_url=authority.issuer,
+        resource_server_url=resource,
+        validate_token_resource=True,
+        required_scopes=["mcp:access"],
+    )
+    server = notes_server(guard, token_verifier=GuardTokenVerifier(verifier, guard), auth=auth)
+    return server.streamable_http_app(**app_options), verifier, resource
+
+
+async def test_the_scopes_every_request_needs_are_advertised_and_challenged_for(authority: Authority) -> None:
+    audit = MemoryAuditSink()
+    guard = Guard(scope_hierarchy={"notes:write": "notes:read"}, audit=[audit])
+    port = free_port()
+    app, verifier, resource = notes_app(guard, authority, port)
+    with serving(GuardHTTP(app, guard, verifier, resource=resource, required_scopes=["mcp:access"]), port):
+        async with httpx2.AsyncClient() as http:
+            metadata = (await http.get(resource_metadata_url(resource))).json()
+        assert metadata["scopes_supported"] == ["mcp:access", "notes:read", "notes:write"]
+        lacking_both = await post(resource, authority.mint(aud=resource, scope="notes:read"), "write_note")
+        assert lacking_both.status_code == 403  # the SDK's own answer, before any tool is looked at
+        assert challenge(lacking_both)["error_description"] == "Required scope: mcp:access"
+        assert step_up_events(audit) == []
+        lacking_the_tools = await post(
+            resource, authority.mint(aud=resource, scope="mcp:access notes:read"), "write_note"
+        )
+        assert challenge(lacking_the_tools)["scope"] == "mcp:access notes:write"  # a step-up the SDK will serve
+        assert len(step_up_events(audit)) == 1
+        stepped_up = await post(resource, authority.mint(aud=resource, scope="mcp:access notes:write"), "write_note")
+        assert stepped_up.status_code == 200
+
+
+@pytest.mark.parametrize("json_response", [False, True])
+async def test_a_json_only_client_is_challenged_where_the_app_answers_in_json(
+    authority: Authority, json_response: bool
+) -> None:
+    guard = Guard(audit=[MemoryAuditSink()])
+    port = free_port()
+    app, verifier, resource = notes_app(guard, authority, port, json_response=json_response)
+    wrapped = GuardHTTP(
+        app, guard, verifier, resource=resource, required_scopes=["mcp:access"], json_response=json_response
+    )
+    token = authority.mint(aud=resource, scope="mcp:access notes:read")
+    headers = [("Mcp-Method", "tools/call"), ("Mcp-Name", "write_note"), ("Authorization", f"Bearer {token}")]
+    json_only = [("Accept", "application/json"), *BASE_HEADERS[1:]]
+    with serving(wrapped, port):
+        response = await post_raw(resource, headers, json.dumps(tools_call("write_note")).encode(), json_only)
+    assert response.status_code == (403 if json_response else 406)  # the SDK's 406 when it streams events
