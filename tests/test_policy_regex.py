@@ -151,6 +151,68 @@ def test_nested_lookarounds_are_refused_before_their_cost_multiplies() -> None:
                 compile_safe(level)
 
 
+_TOGETHER = "lookarounds and fixed parts costing more than 64 steps together"
+
+SPLIT_UP = {
+    r"(?i)[a-zé]*" + r"[a-zé]{64}" * 16: "repeats in a row",  # one refused [a-zé]{1024}, in 16 parts
+    r"[a-z]*(?=[a-z]{64})(?=[0-9]{64})": _TOGETHER,  # one refused (?=[a-z]{64}[0-9]{64}), in two
+    r"(?i)[a-z]*" + r"(?=[a-z]{64})" * 76: _TOGETHER,
+    r"(?i)(?:" + r"(?=[a-z]{64})" * 75 + r"[a-z])*": _TOGETHER,  # each repetition runs them all
+    r"[a-z]*[a-z]{40}(?=[a-z]{40})": _TOGETHER,  # a fixed part and a lookaround add up too
+    r"[a-z]*(?=[a-z]{40})[a-z]{40}": "repeats in a row",
+    r"(?:[a-z]*[a-z]{30})?[a-z]{40}": "repeats in a row",  # inside the varying part and after it
+    r"(?:[a-z]*(?=[a-z]{40})|x)(?=[a-z]{40})": _TOGETHER,
+    r"(?:(?:(?=[a-z]{40})[a-z])?(?=[0-9]{40})[0-9])*": _TOGETHER,
+}
+
+WITHIN_THE_LIMIT = {
+    r"(?i)[a-zé]*[a-zé]{64}": (["é" * 70], ["é" * 63]),
+    r"[a-z]*[a-z]{32}[a-z]{32}": (["a" * 64], ["a" * 63]),
+    r"[a-z]*(?=[a-z]{32})(?=[0-9]{32})": ([], ["a" * 64]),
+    r"(?:(?=[a-z]{32})(?=[a-z]{32})[a-z])*": ([""], ["a" * 40]),
+    r"[a-z]*(?=[a-z]{30})[a-z]{30}(?=\d{2})\d{2}": (["a" * 30 + "12"], ["a" * 29 + "12"]),
+    r"(?i)[a-zé]*-" + r"[a-zé]{64}" * 15: (["ab-" + "é" * 960], ["ab-" + "é" * 959]),  # "-" stops the shift
+    r"^" + r"(?=[a-z]{64})" * 10 + r"[a-z]*$": (["a" * 64], ["a" * 63]),  # at the start they run once
+    r"[a-z]*-(?:(?=[a-z]{60})[0-9])*": (["ab-"], ["ab-1"]),
+}
+
+
+@pytest.mark.parametrize("pattern", sorted(SPLIT_UP))
+def test_parts_that_run_again_add_up(pattern: str) -> None:
+    """The work of one part refused for its cost is refused too when split into parts each within the limit."""
+    with pytest.raises(UnsafePattern, match=re.escape(SPLIT_UP[pattern])):
+        compile_safe(pattern)
+
+
+@pytest.mark.parametrize("pattern", sorted(WITHIN_THE_LIMIT))
+def test_parts_that_run_again_within_the_limit_are_accepted(pattern: str) -> None:
+    compiled = compile_safe(pattern)
+    matching, other = WITHIN_THE_LIMIT[pattern]
+    assert all(compiled.fullmatch(text) for text in matching)
+    assert not any(compiled.fullmatch(text) for text in other)
+
+
+def _accepted(pattern: str) -> bool:
+    try:
+        compile_safe(pattern)
+    except UnsafePattern:
+        return False
+    return True
+
+
+@given(st.lists(st.tuples(st.integers(min_value=1, max_value=70), st.booleans()), min_size=1, max_size=12))
+def test_splitting_a_part_that_runs_again_keeps_its_verdict(parts: list[tuple[int, bool]]) -> None:
+    """After a varying part, fixed repeats and lookaheads costing ``total`` steps together are judged as
+    one repeat of ``total``; inside a repeated part, lookaheads as one lookahead of ``total``."""
+    total = sum(count for count, _ in parts)
+    written = "".join(f"(?=[a-z]{{{count}}})" if looks else f"[a-z]{{{count}}}" for count, looks in parts)
+    lookaheads = "".join(f"(?=[a-z]{{{count}}})" for count, _ in parts)
+    assert _accepted(f"[a-z]*[a-z]{{{total}}}") == (total <= 64)
+    assert _accepted("[a-z]*" + written) == (total <= 64), written
+    assert _accepted(f"(?:(?=[a-z]{{{total}}})[a-z])*") == (total <= 64)
+    assert _accepted(f"(?:{lookaheads}[a-z])*") == (total <= 64), lookaheads
+
+
 @pytest.mark.parametrize("pattern", [r"(a)\1", r"(?P<x>a)(?P=x)", r"(a)?(?(1)b|c)"])
 def test_refuses_backreferences(pattern: str) -> None:
     with pytest.raises(UnsafePattern, match="backreference"):

@@ -13,19 +13,23 @@ that lets a backtracking matcher try many ways to match the same text:
   them can take a character from the parts before it and hand one to the parts after it
   (``\\d+\\d+``, ``.*.*``, ``.*x.*``, ``[a-z]{0,9}[a-z]{0,9}``, and ``[A-Z]?[a-zA-Z][a-z]*``, which
   splits ``Ab`` two ways);
-- a fixed-count repeat that costs more than 64 steps to try once counts as one of varying count:
-  after a varying part it reruns at every backtracking step (``[ab]*[ab]{500}``). A character
-  costs a step, a repeat its count times its body, alternatives their sum and a lookaround what
-  it looks at, so lookarounds inside repeats multiply out (``(?:(?=[ab]{64})[ab]){64}`` costs
-  4160);
+- a fixed-count repeat that costs more than 64 steps to try once counts as one of varying count.
+  Everything after a part of varying length runs again at each of its backtracking steps, so
+  the fixed-count parts there add up: from where they pass 64 steps, they count as of varying
+  count too (``[ab]*[ab]{500}``, and ``[ab]*[ab]{64}[ab]{64}``). A character costs a step, a
+  repeat its count times its body, alternatives their sum and a lookaround what it looks at,
+  so lookarounds inside repeats multiply out (``(?:(?=[ab]{64})[ab]){64}`` costs 4160);
 - an alternation that can match empty text or whose alternatives can start alike counts as a
   repeat of varying count (``(?:a|)`` is ``a?``), so several in a row over the same characters
   are refused (``(?:a|)(?:a|)a``);
-- a lookaround holding a repeat of varying count, or costing more than 64 steps, inside a
-  repeated part or after a part of varying length (it runs again at every repetition or
-  backtracking step: ``[a-z]*(?=[a-z]*!)``, and lookaheads nested in repeated lookaheads,
-  ``(?:(?=(?:(?=[ab]{64})[ab]){64})[ab]){64}``, whose cost multiplies by 64 at each level; at the
-  start, ``^(?!.*\\.\\.)``, it runs once), backreferences and conditionals.
+- a lookaround holding a repeat of varying count, or lookarounds costing more than 64 steps
+  together, inside a repeated part or after a part of varying length, where they run again at
+  every repetition or backtracking step: ``[a-z]*(?=[a-z]*!)``, the lookarounds of one
+  repetition (``(?:(?=[a-z]{64})(?=[a-z]{64})[a-z])*``), those after a varying part with the
+  fixed-count parts between (``[a-z]*(?=[a-z]{64})(?=[0-9]{64})``), and lookaheads nested in
+  repeated lookaheads, ``(?:(?=(?:(?=[ab]{64})[ab]){64})[ab]){64}``, whose cost multiplies by 64
+  at each level (at the start, ``^(?!.*\\.\\.)``, a lookaround runs once); backreferences and
+  conditionals.
 
 The analysis is conservative: where it cannot tell, it refuses, so some linear patterns are
 refused too, and so is any construct it does not know. ``[^/]+(/[^/]+)*`` is accepted because
@@ -54,8 +58,8 @@ MAX_SUBJECT_LENGTH = 4096
 
 _MAX_NESTING = 40
 _LONG_FIXED = 64
-"""Most steps one try of a fixed-count repeat or a lookaround may cost and still count as constant;
-costlier ones cost that much again at each backtracking step or repetition."""
+"""Most steps the parts that run again at each backtracking step or repetition may cost together
+and still count as constant: fixed-count parts after a part of varying length, and lookarounds."""
 _UNBOUNDED = 1 << 30
 _ENUMERABLE = 256
 _RENDERED = 60
@@ -133,8 +137,9 @@ class _Shape:
     last: tuple[_Atom, ...]  # characters a non-empty match can end with
     chars: tuple[_Atom, ...]  # characters a match can contain
     tail: tuple[_Atom, ...]  # characters a repeat of varying count at the end can match
-    looks: bool = False  # holds a lookaround with a repeat of varying count, or a costly one
+    looks: int = 0  # most steps its lookarounds take in one try (a repeat's: in one repetition)
     work: int = 0  # most steps one try to match at one position can take, capped at _UNBOUNDED
+    rerun: int = 0  # most steps run again in it at each backtracking step of a varying part in it
 
 
 _Item = tuple[Any, Any]
@@ -154,7 +159,8 @@ class _Analysis:
     """One walk over one parsed pattern; refusals quote the pattern text."""
 
     _LOOKAROUND = (
-        "lookaround with a long or varying repeat runs again at every repetition or backtracking step before it"
+        "lookaround with a long or varying repeat, or lookarounds and fixed parts costing more than "
+        f"{_LONG_FIXED} steps together, run again at every repetition or backtracking step before them"
     )
 
     def __init__(self, pattern: str) -> None:
@@ -172,9 +178,7 @@ class _Analysis:
             for op, av, item_flags, item_depth in self._flatten(items, flags, depth)
         ]
         self._check_runs(parts)
-        for index, part in enumerate(parts):
-            if part.shape.looks and any(earlier.shape.varies for earlier in parts[:index]):
-                raise self._refuse(self._LOOKAROUND, [(part.op, part.av)])
+        self._check_lookarounds(parts)
         return _concat([part.shape for part in parts]), parts
 
     def _flatten(self, items: Sequence[Any], flags: int, depth: int) -> Iterable[tuple[Any, Any, int, int]]:
@@ -202,9 +206,7 @@ class _Analysis:
             return self.sequence(av.data, flags, depth + 1, loop=loop)[0]
         if op in _LOOKAROUND_OPS:
             inner, _ = self.sequence(av[1].data, flags, depth + 1, loop=None)
-            looks = inner.varies or inner.looks or inner.work > _LONG_FIXED
-            if looks and loop is not None:
-                raise self._refuse(self._LOOKAROUND, [(op, av)])
+            looks = _UNBOUNDED if inner.varies else max(inner.work, inner.looks)
             return _Shape(
                 nullable=True, varies=False, first=(), last=(), chars=(), tail=(), looks=looks, work=inner.work
             )
@@ -218,6 +220,8 @@ class _Analysis:
         low, high, body_items = av
         repeats = high > 1
         body, parts = self.sequence(body_items.data, flags, depth + 1, loop=(op, av) if repeats else loop)
+        if repeats and body.looks > _LONG_FIXED:  # they run again at every repetition
+            raise self._refuse(self._LOOKAROUND, [(op, av)])
         if high > low and body.nullable and not repeats:  # ``(?=x)?``, ``(?:a?)?``: two ways to match nothing
             raise self._refuse("optional part can match empty text itself, so it matches nothing two ways", [(op, av)])
         if repeats and body.nullable:
@@ -240,6 +244,7 @@ class _Analysis:
             tail=body.chars if high > low else body.tail,
             looks=body.looks,
             work=work,
+            rerun=body.rerun,
         )
 
     def _branch(self, av: Any, flags: int, depth: int, *, loop: _Item | None) -> _Shape:
@@ -264,8 +269,9 @@ class _Analysis:
             last=_union(alternative.last for alternative in alternatives),
             chars=chars,
             tail=chars if ambiguous else _union(alternative.tail for alternative in alternatives),
-            looks=any(alternative.looks for alternative in alternatives),
+            looks=min(sum(alternative.looks for alternative in alternatives), _UNBOUNDED),
             work=min(sum(alternative.work for alternative in alternatives), _UNBOUNDED),
+            rerun=max(alternative.rerun for alternative in alternatives),
         )
 
     def _check_runs(self, parts: list[_Part]) -> None:
@@ -276,6 +282,15 @@ class _Analysis:
                 "repeats in a row can match the same text",
                 [(later.op, later.av) for later in parts[split[0] : split[1] + 1]],
             )
+
+    def _check_lookarounds(self, parts: list[_Part]) -> None:
+        """Refuse lookarounds after a varying part that take what runs again at its backtracking steps past the limit."""
+        reruns = _reruns([part.shape for part in parts])
+        for index, part in enumerate(parts):
+            before = reruns[index]
+            if before is not None and part.shape.looks and before + part.shape.looks > _LONG_FIXED:
+                start = next(number for number, earlier in enumerate(parts) if earlier.shape.varies)
+                raise self._refuse(self._LOOKAROUND, [(later.op, later.av) for later in parts[start : index + 1]])
 
     def _refuse(self, problem: str, items: Sequence[Any]) -> UnsafePattern:
         text = _render(items)
@@ -293,9 +308,36 @@ def _concat(shapes: Sequence[_Shape]) -> _Shape:
         last=_edge(reversed(shapes), lambda shape: shape.last),
         chars=_union(shape.chars for shape in shapes),
         tail=_union(_run_to_end(shape.tail, shapes[index + 1 :]) for index, shape in enumerate(shapes)),
-        looks=any(shape.looks for shape in shapes),
+        looks=min(sum(shape.looks for shape in shapes), _UNBOUNDED),
         work=min(sum(shape.work for shape in shapes), _UNBOUNDED),
+        rerun=_reruns(shapes)[-1] or 0,
     )
+
+
+def _reruns(shapes: Sequence[_Shape]) -> list[int | None]:
+    """The most steps that run again at each backtracking step of a varying part among consecutive shapes.
+
+    Entry ``i`` counts them up to shape ``i``, and the last entry up to the end; None before any
+    varying part. What runs again after a varying part's own backtracking steps inside it
+    counts too.
+    """
+    total: int | None = None
+    totals = [total]
+    for shape in shapes:
+        if shape.varies:
+            total = shape.rerun if total is None else max(total + _rerun_cost(shape), shape.rerun)
+        elif total is not None:
+            total += _rerun_cost(shape)
+        totals.append(None if total is None else min(total, _UNBOUNDED))
+    return totals
+
+
+def _rerun_cost(shape: _Shape) -> int:
+    """What a part costs each time it runs again: all of it at a fixed count, else its lookarounds.
+
+    What else a part of varying count does when it runs again, `_movable_split` judges.
+    """
+    return shape.looks if shape.varies else max(shape.work, shape.looks)
 
 
 def _edge(shapes: Iterable[_Shape], side: Callable[[_Shape], tuple[_Atom, ...]]) -> tuple[_Atom, ...]:
@@ -315,7 +357,9 @@ def _movable_split(shapes: Sequence[_Shape]) -> tuple[int, int] | None:
     that cannot match a character of those before it stops the shift (``[a-z]*@[a-z]*``);
     parts that can match empty text do not. ``[A-Z]?[a-zA-Z][a-z]*`` splits ``Ab`` two ways
     although its two repeats share no character. The first repeat's last character moves too,
-    so one that nothing after it matches stops the shift (``(?:\\w+\\.)*\\w+``). Returns the
+    so one that nothing after it matches stops the shift (``(?:\\w+\\.)*\\w+``). A part of fixed
+    count counts as a repeat too once the parts after the first, up to it, cost more than
+    `_LONG_FIXED` steps: they run again at each shift (``[ab]*[ab]{64}[ab]{64}``). Returns the
     indices of the two repeats.
     """
     for start, pumped in enumerate(shapes):
@@ -323,10 +367,12 @@ def _movable_split(shapes: Sequence[_Shape]) -> tuple[int, int] | None:
         if not run:
             continue
         between: list[_Shape] = []
+        rerun = pumped.rerun
         for end in range(start + 1, len(shapes)):
             shape = shapes[end]
+            rerun += _rerun_cost(shape)
             if (
-                shape.varies
+                (shape.varies or rerun > _LONG_FIXED)
                 and _overlap(shape.first, run)
                 and _overlap(pumped.last, _union(later.chars for later in shapes[start + 1 : end + 1]))
                 and _shifts_into(between, shape)
