@@ -41,10 +41,10 @@ def entries(*paths: Path) -> list[dict[str, object]]:
     return [json.loads(line) for path in paths for line in path.read_bytes().splitlines()]
 
 
-def run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+def run(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """``script`` run by a Python process of its own, with ``args`` as its ``sys.argv[1:]``."""
     command = [sys.executable, "-c", textwrap.dedent(script), *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 @pytest.mark.parametrize("failure", ["deny", "buffer"])
@@ -208,6 +208,35 @@ def test_a_second_writer_on_one_log_is_refused(tmp_path: Path) -> None:
     first.close()
     write(path, 1, start=1)  # once it is closed, the log can be opened again
     assert verify_files([str(path)]).ok
+
+
+def test_a_second_writer_by_another_name_of_the_log_is_refused(tmp_path: Path) -> None:
+    """A symlinked directory, a symlink to the live file and a hard link to it all name one log:
+    the lock is taken in the log's real directory, and a live file with another name is refused
+    (its other name would take another lock, and rotation renames only one name)."""
+    real = tmp_path / "real"
+    real.mkdir()
+    path = real / "audit.jsonl"
+    path.touch()  # a fresh log: nothing to verify yet
+    (tmp_path / "through").symlink_to(real)
+    (tmp_path / "symlink.jsonl").symlink_to(path)
+    first = FileAuditSink(path)
+    with pytest.raises(AuditLogError, match="another writer"):
+        FileAuditSink(tmp_path / "through" / "audit.jsonl")
+    with pytest.raises(AuditLogError, match="symbolic link"):
+        FileAuditSink(tmp_path / "symlink.jsonl")
+    os.link(path, tmp_path / "hard.jsonl")
+    with pytest.raises(AuditLogError, match="2 hard links"):
+        FileAuditSink(tmp_path / "hard.jsonl")
+    first.emit(event(0))
+    first.close()
+    with pytest.raises(AuditLogError, match="2 hard links"):  # by its own name too, while it has another
+        FileAuditSink(path)
+    (tmp_path / "hard.jsonl").unlink()
+    write(path, 1, start=1)
+    assert verify_files([str(path)]).ok
+    tools = [entry["event"].get("tool") for entry in entries(path)]  # type: ignore[union-attr]
+    assert [tool for tool in tools if tool] == ["tool_0", "tool_1"]
 
 
 def test_verify_names_non_ascii_hashes_and_over_long_lines(tmp_path: Path) -> None:
@@ -447,6 +476,24 @@ def test_events_are_written_when_the_process_exits_without_closing(tmp_path: Pat
     assert result.returncode == 0, result.stderr
     assert verify_files([str(path)]).ok
     assert sum(1 for entry in entries(path) if entry["kind"] == "call.decided") == 2000
+
+
+def test_a_hung_witness_holds_up_no_exit_past_the_closing_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    result = run(
+        """
+        import sys, threading, time
+        from mcp_guard.audit.events import AuditEvent, EventKind
+        from mcp_guard.audit.file import FileAuditSink
+        sink = FileAuditSink(sys.argv[1], checkpoint_interval=0, witness=lambda checkpoint: threading.Event().wait())
+        sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, time.time(), tool="t"))
+        time.sleep(0.3)  # the writer is in the witness now
+        """,
+        str(path),
+        timeout=30,
+    )
+    assert result.returncode == 0 and "did not close in 5.0 s" in result.stderr, result
+    assert verify_files([str(path)]).ok  # what was written before the witness hung
 
 
 def test_a_fifo_in_place_of_the_anchor_is_refused_without_hanging(tmp_path: Path) -> None:

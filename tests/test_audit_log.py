@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from mcp_guard import EventKind, Guard, ReasonCode, ToolSpec
 from mcp_guard.audit.chain import ChainState, Checkpoint, anchor_path, entry_line, read_entry, verify_files
 from mcp_guard.audit.events import AuditEvent
 from mcp_guard.audit.file import AuditLogError, FileAuditSink
+from mcp_guard.audit.log_files import write_anchor
 from mcp_guard.cli import main as cli
 from mcp_guard.testing import access_token, acting_as
 from support import notes_server
@@ -202,8 +204,8 @@ def test_concurrent_writers_never_interleave_or_fork(tmp_path: Path) -> None:
 
 
 async def test_a_full_disk_denies_new_calls_by_default(tmp_path: Path) -> None:
-    (tmp_path / "audit.jsonl").symlink_to("/dev/full")
     sink = FileAuditSink(tmp_path / "audit.jsonl", flush_interval=0.01)
+    (tmp_path / "audit.jsonl").symlink_to("/dev/full")  # the log, open and empty, now writes to a full disk
     guard = Guard(audit=[sink])
     with acting_as(access_token("alice", "notes:read")):
         async with Client(notes_server(guard)) as client:
@@ -359,6 +361,21 @@ def test_the_cli(tmp_path: Path) -> None:
     assert mcp_guard("audit", "verify", str(tmp_path / "missing.jsonl")).returncode == 2
 
 
+@pytest.mark.parametrize("rotation", [{}, {"next": ""}, {"next": 7}, {"next": "../audit.jsonl"}, {"next": ".."}])
+def test_a_rotation_naming_no_file_beside_it_is_broken_there(tmp_path: Path, rotation: dict[str, object]) -> None:
+    """A writer names the file the chain goes on in, beside the rotated one; a forger may not."""
+    path = tmp_path / "audit.jsonl"
+    state = ChainState()
+    lines = [entry_line(state, "chain.file", {"file": path.name}), entry_line(state, "chain.rotated", rotation)]
+    path.write_bytes(b"".join(lines))
+    write_anchor(path, state, None)
+    verdict = verify_files([str(path)])
+    assert not verdict.ok and (verdict.file, verdict.seq) == (str(path), 1)
+    assert "names no file beside it" in (verdict.problem or "")
+    result = mcp_guard("audit", "verify", str(path))
+    assert result.returncode == 1 and "BROKEN" in result.stdout and "(entry 1)" in result.stdout, result
+
+
 def test_the_anchor_itself_is_checked(tmp_path: Path) -> None:
     path = written_log(tmp_path)
     anchor = anchor_path(path)
@@ -432,6 +449,71 @@ def test_a_failing_witness_never_stops_the_log(tmp_path: Path, caplog: pytest.Lo
     sink.close()
     assert verify_files([str(path)]).entries == 5
     assert "witness" in caplog.text and "checkpoint" in caplog.text
+
+
+def give_up_at_their_timeouts(sink: FileAuditSink) -> None:
+    """``flush`` and ``close`` raise at their timeouts (not seconds later) while the writer is held up."""
+    for wait, message in ((sink.flush, "did not drain"), (sink.close, "did not close")):
+        started = time.monotonic()
+        with pytest.raises(AuditLogError, match=message):
+            wait(0.5)
+        assert time.monotonic() - started < 3
+
+
+def test_a_hung_witness_holds_up_no_flush_or_close_past_its_timeout(tmp_path: Path) -> None:
+    """The writer reports a checkpoint once it has let go of the log: while the witness hangs,
+    flush and close keep their timeouts, and the witness still gets every checkpoint, in order."""
+    called, release = threading.Event(), threading.Event()
+    held: list[Checkpoint] = []
+
+    def witness(checkpoint: Checkpoint) -> None:
+        called.set()
+        release.wait(10)  # a remote call that hangs
+        held.append(checkpoint)
+
+    path = tmp_path / "audit.jsonl"
+    sink = FileAuditSink(path, checkpoint_interval=0, witness=witness, flush_interval=0.01)
+    sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, time.time(), tool="t1"))
+    assert called.wait(10)
+    sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, time.time(), tool="t2"))
+    give_up_at_their_timeouts(sink)
+    release.set()
+    sink.close()
+    written = [json.loads(line) for line in path.read_bytes().splitlines()]
+    checkpoints = [Checkpoint(entry["seq"], entry["hash"]) for entry in written if entry["kind"] == "chain.checkpoint"]
+    assert held == checkpoints and len(held) == 2
+    assert verify_files([str(path)], checkpoints=held).ok
+
+
+def test_a_hung_log_handler_holds_up_no_flush_or_close_past_its_timeout(tmp_path: Path) -> None:
+    """The writer logs some things while it holds the log (an event it cannot write in full, say):
+    flush and close wait for it only until their timeouts."""
+    called, release = threading.Event(), threading.Event()
+
+    class Hanging(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "cannot be written in full" in record.getMessage():
+                called.set()
+                release.wait(10)  # a log shipper that hangs
+
+    class Unprintable:
+        def __str__(self) -> str:
+            raise RuntimeError("no text for this")
+
+    handler = Hanging()
+    logging.getLogger("mcp_guard").addHandler(handler)
+    try:
+        path = tmp_path / "audit.jsonl"
+        sink = FileAuditSink(path, flush_interval=0.01)
+        sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, time.time(), tool="odd", facts={"value": Unprintable()}))
+        assert called.wait(10)
+        give_up_at_their_timeouts(sink)
+        release.set()
+        sink.close()
+    finally:
+        release.set()
+        logging.getLogger("mcp_guard").removeHandler(handler)
+    assert verify_files([str(path)]).entries == 3  # head, stand-in, closing checkpoint
 
 
 def test_the_cli_checks_checkpoints(tmp_path: Path) -> None:
@@ -631,6 +713,16 @@ def test_resuming_a_log_whose_last_line_is_nested_too_deeply_refuses_clearly(tmp
         FileAuditSink(path)
     with pytest.raises(AuditLogError, match=r"does not verify.*corrupt line"):
         FileAuditSink(path, adopt_unanchored=True)
+
+
+def test_an_anchor_nested_too_deeply_is_unreadable_not_a_crash(tmp_path: Path) -> None:
+    path = written_log(tmp_path)
+    anchor_path(path).write_text("[" * 2000 + "]" * 2000)  # short enough to be read whole
+    assert "unreadable" in (verify_files([str(path)]).problem or "")
+    with pytest.raises(AuditLogError, match="unreadable"):
+        FileAuditSink(path)
+    result = mcp_guard("audit", "verify", str(path))
+    assert (result.returncode, result.stderr) == (1, "") and "unreadable" in result.stdout, result
 
 
 def test_a_log_refused_when_its_writer_takes_it_up_late_stays_refused(tmp_path: Path) -> None:

@@ -160,7 +160,6 @@ def test_yaml_booleans_spelled_as_words_are_refused() -> None:
     assert quoted.rules[0].constraints[0].enum == ("se", "no", "dk", False)
 
 
-
 def test_yaml_octal_and_base_60_numbers_are_refused() -> None:
     """YAML 1.1 reads ``0755`` as 493 and ``1:30`` as 90: an enum or a bound the author did not mean."""
     modes = "version: 1\nrules:\n  - id: a\n    arguments:\n      - {argument: mode, enum: [0755, 0644]}\n"
@@ -189,6 +188,7 @@ def test_yaml_octal_and_base_60_numbers_are_refused() -> None:
 )
 def test_yaml_tags_outside_the_core_schema_and_odd_keys_are_refused(document: str, problem: str) -> None:
     assert problems(document, "yaml")[0].startswith(problem)
+
 
 def test_yaml_merge_keys_are_refused() -> None:
     """A merge key sets keys past the duplicate-key check: a value given both ways is dropped."""

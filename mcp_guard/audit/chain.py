@@ -370,11 +370,17 @@ def _verified(
 def _stopped_after_rotating(verdict: Verdict, segment: Path, key: bytes | None, *, live_given: bool) -> Verdict:
     """A chain ending where a file was rotated is whole only if the file it continues in was
     never written (or is this very file, sealed but not yet renamed; or was given, and holds no
-    entry) and the anchor beside that file names exactly the rotation."""
-    live = segment.with_name(verdict.continues_in or "")
+    entry) and the anchor beside that file names exactly the rotation. A rotation naming no file
+    beside it to go on in (no name, or one with directory parts) is no writer's."""
+    if verdict.continues_in is None or not _bare_name(verdict.continues_in):
+        problem = (
+            f'its last entry, chain.rotated, names no file beside it to go on in ("next": {verdict.continues_in!r})'
+        )
+        return Verdict(False, verdict.entries, problem, str(segment), None, verdict.last_seq)
+    live = segment.with_name(verdict.continues_in)
     problem = f"the log goes on in {live} (give it too, or --ends-earlier)"
     sealed = live == segment  # stopped after sealing the live file, before renaming it
-    if not verdict.continues_in or (not sealed and not live_given and live.is_file() and not _empty(str(live))):
+    if not sealed and not live_given and live.is_file() and not _empty(str(live)):
         return Verdict(False, verdict.entries, problem, str(segment), None, verdict.last_seq)
     try:
         anchored = read_anchor(anchor_path(live), key)
@@ -388,6 +394,11 @@ def _stopped_after_rotating(verdict: Verdict, segment: Path, key: bytes | None, 
     if anchored != last:  # renamed aside: the anchor was written with the seal, before the rename
         return Verdict(False, verdict.entries, problem, str(segment), None, verdict.last_seq)
     return verdict
+
+
+def _bare_name(name: str) -> bool:
+    """Whether ``name`` names a file in the directory it is read in: no directory parts."""
+    return name not in ("", ".", "..") and not any(part in name for part in ("/", "\0"))
 
 
 def _empty(path: str) -> bool:
@@ -407,7 +418,7 @@ def read_anchor(anchor: Path, key: bytes | None) -> Checkpoint | None:
         document = json.loads(text)
         seq, anchored_hash = int(document["anchor"]["seq"]), str(document["anchor"]["hash"])
         genuine = hmac.compare_digest(digest(anchor_body(seq, anchored_hash), key), str(document["mac"]))
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: nested too deeply to read
         raise ValueError("is unreadable") from None
     if not genuine:
         raise ValueError("does not verify (edited, or another key)")

@@ -15,9 +15,11 @@ A write that fails halfway is cut back, so the retry writes whole lines once. An
 cannot be written fails the log the same way (entries past a stale anchor could be cut off
 unseen) until the writer, retrying it, succeeds; the lines it follows are not written again.
 
-The writer owns the log: it holds ``<path>.lock`` while it lives, so a second writer on the
-same path is refused, and a live file emptied, replaced or appended to by anything else stops
-it (an integrity failure, handled like a failing disk), as does a lock file removed under it.
+The writer owns the log: it holds ``<path>.lock`` (in the log's real directory) while it lives,
+so a second writer on the same log is refused, as is a live file that is a symlink or has
+other hard links (another name for it would let a second writer in); a live file emptied,
+replaced or appended to by anything else stops it (an integrity failure, handled like a
+failing disk), as does a lock file removed under it.
 A writer that stops for any reason, or a process forked from the one that opened the sink,
 fails the log in deny mode. Opening a log verifies its live file first (`log_files.resume`).
 """
@@ -32,7 +34,8 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -76,10 +79,13 @@ class FileAuditSink:
     continues into the fresh file; a segment may pass ``max_bytes`` by up to one batch.
     Restarting on an existing log verifies its live file and continues its chain (from the last
     rotated file when the live file is gone); a log cut short of its anchor, one that does not
-    verify, one with entries but no anchor (unless ``adopt_unanchored``) and a second sink on
-    the same path raise `AuditLogError` instead. ``key`` turns the hashes into HMACs; keep it
-    apart from the log. ``witness`` receives each checkpoint on the writer thread (so it should
-    be quick); its failures are logged. A sink not closed is closed when the interpreter exits.
+    verify, one with entries but no anchor (unless ``adopt_unanchored``), a live file that is a
+    symlink or has other hard links, and a second sink on the same log raise `AuditLogError`
+    instead. ``key`` turns the hashes into HMACs; keep it apart from the log. ``witness``
+    receives each checkpoint, in order, on the writer thread (so it should be quick: the writer
+    writes nothing while it waits), after the writer has let go of the log, so `flush` and
+    `close` keep their timeouts however long it takes; its failures are logged. A sink not
+    closed is closed when the interpreter exits.
     """
 
     def __init__(
@@ -114,6 +120,9 @@ class FileAuditSink:
         self.written = 0
         self._queue: deque[AuditEvent] = deque()
         self._wake = threading.Condition()
+        """Held by the writer over each pass (I/O included), and by `flush` and `close` only until their deadlines."""
+        self._unreported: list[tuple[bool, Checkpoint | None]] = []
+        """Recoveries and checkpoints written, for the writer to report once it lets go of ``_wake``."""
         self._intake = threading.Lock()
         """Held by `emit` from its checks to its append, and by `close` to close: never over I/O."""
         self._error: BaseException | None = None
@@ -183,14 +192,15 @@ class FileAuditSink:
         """Wait until everything queued so far is written.
 
         Raises `AuditLogError` at once when writing fails in deny mode, and when ``timeout``
-        passes first in buffer mode (where the writer keeps retrying).
+        passes first (in buffer mode the writer keeps retrying; a writer may also be held up).
         """
         deadline = time.monotonic() + timeout
         while True:
-            with self._wake:  # the writer holds this while a batch is off the queue
-                if not self._queue:
+            with self._waking(deadline) as held:  # the writer holds it while a batch is off the queue
+                if held and not self._queue:
                     return
-                self._wake.notify()
+                if held:
+                    self._wake.notify()
                 if self._error is not None and self.failure == "deny":
                     raise AuditLogError(f"the audit log {self.path} is failing: {self._error}")
             if time.monotonic() > deadline:
@@ -200,17 +210,30 @@ class FileAuditSink:
     def close(self, timeout: float = 30.0) -> None:
         """Write what is queued, and a closing checkpoint, anchored, and stop the writer.
 
-        Raises `AuditLogError` when that is not done within ``timeout`` (the log is failing).
+        Raises `AuditLogError` when that is not done within ``timeout`` (the log is failing, or
+        the writer is held up).
         """
+        deadline = time.monotonic() + timeout
         with self._intake:  # an event queued before this is one the writer's last look finds
             self._closed = True
-        with self._wake:
-            self._wake.notify()
-        self._thread.join(timeout=timeout)
+        with self._waking(deadline) as held:
+            if held:  # else the writer is busy, and sees the log closed on its next pass
+                self._wake.notify()
+        self._thread.join(timeout=max(0.0, deadline - time.monotonic()))
         if self._thread.is_alive():
             raise AuditLogError(f"the audit log {self.path} did not close in {timeout} s: {self._error}")
         self._release_lock()  # another sink may write the log now
         atexit.unregister(self._close_at_exit)
+
+    @contextmanager
+    def _waking(self, deadline: float) -> Iterator[bool]:
+        """Hold ``_wake`` if the writer lets go of it before ``deadline``; whether it did."""
+        held = self._wake.acquire(timeout=max(0.0, deadline - time.monotonic()))
+        try:
+            yield held
+        finally:
+            if held:
+                self._wake.release()
 
     def _close_at_exit(self) -> None:
         try:  # a log already failing gets a moment, not the full wait, to write what it holds
@@ -239,20 +262,29 @@ class FileAuditSink:
             raise
 
     def _write_until_closed(self) -> None:
-        while True:
-            with self._wake:
-                if not self._queue and not self._closed:
-                    self._wake.wait(self.flush_interval)
-                batch = [self._queue.popleft() for _ in range(len(self._queue))]
-                if batch:
-                    self._write_batch(batch)
-                elif self._stale_anchor is not None:  # deny mode refuses events until it is written
-                    self._reanchor()
-                if self._closed and not self._queue:
-                    if self._unwitnessed:  # the last entries get a checkpoint too, retried like any write
-                        self._write_batch([], checkpoint=True)
-                    if not self._unwitnessed and self._stale_anchor is None:
-                        return
+        """Write pass after pass, reporting each pass's news once ``_wake`` is let go of."""
+        done = False
+        while not done:
+            try:
+                with self._wake:
+                    done = self._write_pass()
+            finally:  # a pass that raised may have written checkpoints: they are reported all the same
+                self._deliver_reports()
+
+    def _write_pass(self) -> bool:
+        """Write what is queued (or the stale anchor); whether the log is closed and all written."""
+        if not self._queue and not self._closed:
+            self._wake.wait(self.flush_interval)
+        batch = [self._queue.popleft() for _ in range(len(self._queue))]
+        if batch:
+            self._write_batch(batch)
+        elif self._stale_anchor is not None:  # deny mode refuses events until it is written
+            self._reanchor()
+        if not self._closed or self._queue:
+            return False
+        if self._unwitnessed:  # the last entries get a checkpoint too, retried like any write
+            self._write_batch([], checkpoint=True)
+        return not self._unwitnessed and self._stale_anchor is None
 
     def _write_batch(self, batch: list[AuditEvent], *, checkpoint: bool = False) -> None:
         """Append a batch, with a checkpoint when one is due; on failure, requeue the batch in
@@ -272,7 +304,7 @@ class FileAuditSink:
         self._unwitnessed = written is None
         if written is not None:
             self._checkpointed_at = time.monotonic()
-        self._report(self._settle(), written)
+        self._unreported.append((self._settle(), written))
 
     def _reanchor(self) -> None:
         """Write the stale anchor again, with nothing queued to carry it (as in deny mode)."""
@@ -281,7 +313,7 @@ class FileAuditSink:
             self._fail(self._stale_anchor)
             time.sleep(self.flush_interval)
             return
-        self._report(self._settle(), None)
+        self._unreported.append((self._settle(), None))
 
     def _fail(self, error: BaseException) -> None:
         """Remember why the log is failing, so the failure mode applies; alarm once."""
@@ -297,6 +329,12 @@ class FileAuditSink:
             return False
         recovered, self._error = self._error is not None, None
         return recovered
+
+    def _deliver_reports(self) -> None:
+        """Report, in order, what the passes so far left to tell (on the writer, outside ``_wake``)."""
+        reports, self._unreported = self._unreported, []
+        for recovered, written in reports:
+            self._report(recovered, written)
 
     def _report(self, recovered: bool, written: Checkpoint | None) -> None:
         """Tell of a recovery and of a checkpoint written; a failure to tell stops nothing."""

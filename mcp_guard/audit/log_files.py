@@ -12,6 +12,7 @@ import fcntl
 import logging
 import os
 import re
+import stat
 from pathlib import Path
 
 from mcp_guard.audit.chain import (
@@ -228,9 +229,13 @@ def write_anchor(path: Path, state: ChainState, key: bytes | None) -> None:
 def take_lock(path: Path) -> int:
     """Lock ``<path>.lock`` for a writer's life: two writers on one log would fork its chain.
 
-    Raises `AuditLogError` when another writer holds it, and `OSError` when it cannot be
-    created (no directory yet, say).
+    The lock is taken in the log's real directory, so every spelling of the path takes the same
+    one, and a live file reached through a symlink or with another hard link is refused: by its
+    other name a second writer would take another lock, and rotating renames only this name.
+    Raises `AuditLogError` when another writer holds the lock or the live file is linked, and
+    `OSError` when the lock cannot be created (no directory yet, say).
     """
+    _refuse_links(path)
     lock = _lock_path(path)
     for _ in range(3):
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
@@ -264,5 +269,24 @@ def _holds(fd: int, lock: Path) -> bool:
     return (held.st_dev, held.st_ino) == (there.st_dev, there.st_ino)
 
 
+def _refuse_links(path: Path) -> None:
+    """Raise `AuditLogError` when the live file is a symlink or has other names (hard links)."""
+    try:
+        found = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(found.st_mode):
+        raise AuditLogError(
+            f"the audit log {path} is a symbolic link: give its real path ({os.path.realpath(path)}), as rotation "
+            "renames the live file and a second writer could come in by the other name"
+        )
+    if stat.S_ISREG(found.st_mode) and found.st_nlink > 1:
+        raise AuditLogError(
+            f"the audit log {path} has {found.st_nlink} hard links: remove the others, as rotation renames only this "
+            "name and a second writer could come in by another"
+        )
+
+
 def _lock_path(path: Path) -> Path:
-    return Path(f"{os.fspath(path)}.lock")
+    """``<path>.lock``, in the directory ``path`` really is in (the live file is no symlink, see `take_lock`)."""
+    return Path(os.path.realpath(path.parent), f"{path.name}.lock")
