@@ -632,3 +632,49 @@ def test_an_anchor_saved_earlier_and_put_back_is_found_out(tmp_path: Path) -> No
     assert not verdict.ok and "older than the last file" in (verdict.problem or "")
     with pytest.raises(AuditLogError, match="older than its last entries"):
         FileAuditSink(path, key=KEY)
+
+
+def test_a_log_cut_back_to_a_rotated_file_is_not_continued(tmp_path: Path) -> None:
+    """The live file and the later rotated files deleted, and the anchor as it stood before that
+    rotation put back: the writer renames a file only once the anchor names its seal, so this
+    is a cut, to the writer as to `verify`."""
+    path = tmp_path / "audit.jsonl"
+    saved: dict[int, bytes] = {}
+    sink = FileAuditSink(path, key=KEY, max_bytes=600)
+    for index in range(12):
+        sink.emit(event(index))
+        sink.flush()
+        saved[json.loads(anchor_path(path).read_bytes())["anchor"]["seq"]] = anchor_path(path).read_bytes()
+    sink.close()
+    kept = Path(log_files(tmp_path)[0])
+    rotation = json.loads(kept.read_bytes().splitlines()[-1])
+    assert rotation["kind"] == "chain.rotated" and len(log_files(tmp_path)) >= 3
+    for later in log_files(tmp_path)[1:]:
+        os.remove(later)
+    anchor_path(path).write_bytes(saved[rotation["seq"] - 1])
+    verdict = verify_files(log_files(tmp_path), KEY)
+    assert not verdict.ok and "the log goes on in" in (verdict.problem or "")
+    with pytest.raises(AuditLogError, match="older than its last entries"):
+        FileAuditSink(path, key=KEY)
+
+
+def test_a_rotated_file_waits_for_its_seal_to_be_anchored(tmp_path: Path) -> None:
+    """An anchor that cannot be written at a rotation keeps the sealed file in place: renamed,
+    a crash would leave what a cut leaves. Once the anchor is written, the rotation completes."""
+    path = tmp_path / "audit.jsonl"
+    sink = FileAuditSink(path, key=KEY, max_bytes=600, flush_interval=0.01, failure="buffer")
+    sink.emit(event(0))
+    sink.flush()
+    blocked = tmp_path / "audit.jsonl.anchor.tmp"
+    blocked.mkdir()  # the anchor cannot be replaced
+    for index in range(1, 6):
+        sink.emit(event(index))
+    deadline = time.monotonic() + 10
+    while b'"chain.rotated"' not in path.read_bytes():
+        assert time.monotonic() < deadline, "the log never filled up and sealed"
+        time.sleep(0.01)
+    time.sleep(0.1)  # time enough for a rename, were one to come
+    assert log_files(tmp_path) == [str(path)]  # sealed, not renamed aside
+    blocked.rmdir()
+    sink.close()
+    assert len(log_files(tmp_path)) >= 2 and verify_files(log_files(tmp_path), KEY).ok  # renamed, and on

@@ -60,7 +60,8 @@ def resume(
     log that ends before the entry its anchor names, or holds another entry there, or has an
     anchor older than its live file, or does not verify, is not continued (that would bless the
     cut or the forgery). An anchor behind the log by a batch is a stop between writing and
-    anchoring it. A log with entries but no anchor is continued only with ``adopt_unanchored``:
+    anchoring it; a rotated file is renamed only once the anchor names its seal, so one
+    continued from the last rotated file must have an anchor naming exactly that. A log with entries but no anchor is continued only with ``adopt_unanchored``:
     its anchor may have been deleted along with its end. Only once all that holds, and with
     ``cut_torn`` (the writer holds the lock), is a last line a crash left half-written cut off
     the live file (all it holds, when the chain goes on from the last rotated file).
@@ -94,7 +95,12 @@ def resume(
     if verdict.last_seq is None or verdict.last_hash is None:  # a verified file holds entries: never so
         raise AuditLogError(_cut(path, "holds no entries"))
     sealed = last_file == path and verdict.last_kind == FILE_ROTATED
-    oldest = verdict.last_seq - 1 if sealed else (verdict.first_seq or 0) - 1  # how far an anchor may lag
+    if last_file != path:  # renamed aside: the anchor named the seal before the rename
+        oldest = verdict.last_seq
+    elif sealed:  # how far an anchor may lag: the seal written but not yet anchored,
+        oldest = verdict.last_seq - 1
+    else:  # or a batch
+        oldest = (verdict.first_seq or 0) - 1
     if anchored is not None and anchored.seq < oldest:
         raise AuditLogError(_cut(path, f"has an anchor (entry {anchored.seq}) older than its last entries"))
     if last_file != path and verdict.last_kind != FILE_ROTATED:
