@@ -21,6 +21,7 @@ import pytest
 from mcp_guard.audit.chain import MAX_LINE_BYTES, ChainState, anchor_path, entry_line, verify_files
 from mcp_guard.audit.events import AuditEvent, EventKind
 from mcp_guard.audit.file import AuditLogError, FileAuditSink
+from mcp_guard.audit.log_files import next_segment, resume
 
 KEY = b"\x00key with \t whitespace\n "
 
@@ -678,3 +679,35 @@ def test_a_rotated_file_waits_for_its_seal_to_be_anchored(tmp_path: Path) -> Non
     blocked.rmdir()
     sink.close()
     assert len(log_files(tmp_path)) >= 2 and verify_files(log_files(tmp_path), KEY).ok  # renamed, and on
+
+
+def test_a_sealed_file_taken_up_at_restart_is_anchored_before_it_is_renamed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer that stopped between sealing a file and anchoring the seal left a log its
+    successor takes up; the successor anchors the seal before renaming the file, so a stop
+    right after (its first write failing, say) still leaves a log that opens."""
+    path = tmp_path / "audit.jsonl"
+    write(path, 3)
+    state, _ = resume(path, None, cut_torn=False)
+    seal = entry_line(state, "chain.rotated", {"next": path.name, "as": next_segment(path).name})
+    with open(path, "ab") as file:
+        file.write(seal)  # sealed, and stopped before anchoring the seal
+
+    class Stop(BaseException):
+        """The process stopping, as far as the writer can tell: it writes nothing more."""
+
+    def stopping(path: Path, data: bytes) -> None:
+        raise Stop
+
+    monkeypatch.setattr("mcp_guard.audit.file.append_whole", stopping)
+    successor = FileAuditSink(path, failure="buffer", flush_interval=0.01)
+    successor.emit(event(3))
+    successor._thread.join(10)  # renamed aside, then stopped at its first write to the fresh file
+    assert not successor._thread.is_alive() and not path.exists()
+    assert json.loads(anchor_path(path).read_bytes())["anchor"]["seq"] == state.seq - 1  # the seal
+    os.close(successor._lock)
+    successor._lock = -1
+    monkeypatch.undo()
+    FileAuditSink(path).close()
+    assert verify_files(log_files(tmp_path)).ok

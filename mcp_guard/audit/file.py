@@ -455,11 +455,11 @@ class FileAuditSink:
     def _move_aside(self, segment: Path) -> None:
         """Rename the sealed live file to ``segment`` (never over an existing file), durably,
         once the anchor names the seal: renamed before, a crash would leave a log whose anchor
-        lags its rotated files, which `resume` and `verify` take for a log cut back."""
+        lags its rotated files, which `resume` and `verify` take for a log cut back. The anchor is
+        written again first (a writer that took up a sealed file at restart has not written it)."""
+        self._anchor()
         if self._stale_anchor is not None:
-            self._anchor()
-            if self._stale_anchor is not None:
-                raise self._stale_anchor
+            raise self._stale_anchor
         if segment.exists():
             raise AuditLogError(f"the audit log {self.path} cannot rotate: {segment} is already there")
         os.replace(self.path, segment)
