@@ -876,3 +876,19 @@ async def test_revoking_a_session_that_already_ended_is_recorded(
     assert revoked.session_id == session_id and revoked.detail == "the session had already ended; incident 7"
     await g.revoke(session_id=session_id)  # already revoked: nothing new to record
     assert len(events(audit, EventKind.SESSION_REVOKED)) == 1
+
+
+async def test_a_credential_narrowed_in_place_is_judged_as_it_now_reads(g: Guard) -> None:
+    """A verifier may narrow the very object it handed over (fewer scopes, an earlier expiry, a
+    claim changed deep inside): the principal remembered for that object is not served again."""
+    credential = token(scopes="notes:write", act={"sub": "planner"})
+    assert (await g.authorize("write_note", {}, credential)).allowed
+    credential.scopes = ["notes:read"]
+    credential.claims = {**(credential.claims or {}), "scope": "notes:read"}
+    assert (await g.authorize("write_note", {}, credential)).decision.reason.code == ReasonCode.INSUFFICIENT_SCOPE
+    assert (await g.authorize("read_note", {}, credential)).allowed
+    assert credential.claims is not None
+    credential.claims["act"]["sub"] = "mailer"  # the same dict, changed within
+    assert (await g.authorize("read_note", {}, credential)).request.principal.actor_chain == ("mailer",)  # type: ignore[union-attr]
+    credential.expires_at = int(NOW - 3600)
+    assert (await g.authorize("read_note", {}, credential)).decision.reason.code == ReasonCode.TOKEN_EXPIRED

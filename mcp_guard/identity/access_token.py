@@ -8,6 +8,7 @@ costs one hash and one lookup.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import threading
 import weakref
@@ -71,21 +72,22 @@ class AccessTokenIdentifier:
     cache's reads do not reorder it, so they need no lock; writes take one. In front of it, a
     small map from the `AccessToken` object itself (held by weak reference, so no token is
     kept alive) answers the common case of one credential object serving many calls (stdio,
-    in-process and long-lived connections) without hashing at all.
+    in-process and long-lived connections) without hashing at all, while the object still says
+    what it said (a verifier may narrow the object it handed over in place).
     """
 
     _SEEN_LIMIT = 1024
 
     def __init__(self, *, cache_size: int = 10_000) -> None:
         self._cache: FIFOCache[bytes, Principal] = FIFOCache(maxsize=cache_size)
-        self._seen: dict[int, tuple[weakref.ref[AccessToken], Principal]] = {}
+        self._seen: dict[int, tuple[weakref.ref[AccessToken], Principal, tuple[object, ...]]] = {}
         self._lock = threading.Lock()
 
     def identify(self, credential: AccessToken | None) -> Principal:
         if credential is None:
             raise Refused(ReasonCode.TOKEN_MISSING)
         seen = self._seen.get(id(credential))
-        if seen is not None and seen[0]() is credential:
+        if seen is not None and seen[0]() is credential and seen[2] == _said(credential):
             return seen[1]
         token = credential.token
         if not token:
@@ -97,8 +99,23 @@ class AccessTokenIdentifier:
             with self._lock:
                 self._cache[digest] = principal
         with self._lock:
-            remember(self._seen, id(credential), (weakref.ref(credential), principal), self._SEEN_LIMIT)
+            remember(
+                self._seen,
+                id(credential),
+                (weakref.ref(credential), principal, _said(credential, snapshot=True)),
+                self._SEEN_LIMIT,
+            )
         return principal
+
+
+def _said(token: AccessToken, *, snapshot: bool = False) -> tuple[object, ...]:
+    """What ``token`` says that a principal is built from: compared on every call, as a verifier
+    may narrow the very object it handed over (fewer scopes, an earlier expiry). A ``snapshot``
+    is kept apart from later changes to the object's list and dict."""
+    scopes, claims = token.scopes, token.claims
+    if snapshot:
+        scopes, claims = list(scopes), copy.deepcopy(claims)
+    return (token.token, token.client_id, token.expires_at, token.resource, scopes, claims)
 
 
 def principal_from_access_token(token: AccessToken, fingerprint: str | None) -> Principal:
@@ -123,7 +140,7 @@ def principal_from_access_token(token: AccessToken, fingerprint: str | None) -> 
         token_id=token_id if isinstance(token_id, str) and token_id else None,
         token_hash=fingerprint,
         actor_chain=actor_chain(claims.get("act"), DEPTH_LIMIT),
-        claims=MappingProxyType(dict(claims)),
+        claims=MappingProxyType(copy.deepcopy(dict(claims))),  # its own: the verifier may change the token's
     )
 
 
