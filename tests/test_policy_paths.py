@@ -110,6 +110,11 @@ def test_a_symlink_loop_does_not_hang(root: Path) -> None:
         ("file:///etc/passwd", "URI scheme"),  # a tool that takes URIs reads /etc/passwd
         ("FILE:/etc/passwd", "URI scheme"),
         ("s3+https://bucket/key", "URI scheme"),
+        ("%7e/.ssh/id_rsa", "begins with '~', which a tool may expand to a home directory (percent-encoded)"),
+        ("file%3a///etc/passwd", "URI scheme: give a plain path (percent-encoded)"),
+        ("%2566ile:///etc/passwd", "URI scheme: give a plain path (percent-encoded)"),  # decoded twice
+        (" file:///etc/passwd", "begins or ends with whitespace"),  # a tool may strip it first
+        ("docs/notes.txt ", "begins or ends with whitespace"),
     ],
 )
 def test_suspicious_text_is_refused_before_the_filesystem(
@@ -133,6 +138,9 @@ def test_ordinary_percent_signs_and_unicode_names_pass(root: Path) -> None:
     assert roots.violation("docs/r\u00e9sum\u00e9 \u6587\u66f8.txt") is None
     assert roots.violation("docs/~draft.txt") is None  # only a leading '~' expands
     assert roots.violation("docs/notes:2026.txt") is None  # a colon past the first component
+    assert roots.violation("notes:draft.txt") is None  # a colon with no slash after it is no URI
+    assert roots.violation("image.png:Zone.Identifier") is None
+    assert roots.violation("docs/my notes.txt") is None  # whitespace inside a name
 
 
 def test_messages_are_short_and_escaped(root: Path) -> None:

@@ -1,9 +1,11 @@
 """File paths confined to directory roots, checked the way the filesystem will read them.
 
 A path is refused on its text alone, before it touches the filesystem, when it is not a
-non-empty string of at most `MAX_PATH_LENGTH` printable characters, when it begins with ``~``
-or a URI scheme (``file:``), or when it holds a backslash or a percent-encoded separator, dot or
-NUL: a tool that expands, parses or decodes it once more must not find a different path. The escapes are decoded as often as a tool might (``%252f``, and split
+non-empty string of at most `MAX_PATH_LENGTH` printable characters, when it begins or ends
+with whitespace, when it begins with ``~`` or a URI scheme (``file:/``), or when it holds a
+backslash or a percent-encoded separator, dot or NUL, or a percent-encoded ``~`` or scheme at
+its start: a tool that strips, expands, parses or decodes it once more must not find a
+different path. The escapes are decoded as often as a tool might (``%252f``, and split
 spellings such as ``%%32%66`` or ``%2%66``, become ``/`` in the second round), and overlong UTF-8
 (``%c0%af``, ``%e0%80%af``, ``%f0%80%80%af``) and ``%uXXXX`` escapes count too. Otherwise it
 is canonicalised with `os.path.realpath`, which resolves ``..`` and every symlink that exists,
@@ -36,8 +38,9 @@ _DISGUISED = re.compile(rb"[\xc0\xc1]|\xe0[\x80-\x9f]|\xf0[\x80-\x8f]|%u[0-9a-f]
 holds, or an IIS-style ``%uXXXX`` escape."""
 
 _SPECIAL = (b".", b"/", b"\\", b"\x00")
-_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
-"""A URI scheme (RFC 3986), as a path may begin: a tool that takes URIs opens ``file:///etc/passwd``."""
+_SCHEME = re.compile(rb"[A-Za-z][A-Za-z0-9+.-]*:/")
+"""A URI scheme (RFC 3986) and a slash, as a path may begin: a tool that takes URIs opens
+``file:///etc/passwd`` (a name such as ``notes:draft.txt`` is no URI)."""
 
 
 class PathRoots:
@@ -93,22 +96,37 @@ def _text_problem(value: str) -> str | None:
         return f"contains the control or invisible character U+{ord(bad):04X}"
     if "\\" in value:
         return "contains a backslash"
-    if value.startswith("~"):
-        return "begins with '~', which a tool may expand to a home directory"
-    if _SCHEME.match(value):
-        return "begins with a URI scheme: give a plain path"
+    if value != value.strip():
+        return "begins or ends with whitespace, which a tool may strip"
+    problem = _read_otherwise(value.encode())
+    if problem is not None:
+        return problem
     return _encoding_problem(value) if "%" in value else None
+
+
+def _read_otherwise(text: bytes) -> str | None:
+    """Why a tool may read ``text`` as something other than a path: a leading ``~`` (a home
+    directory) or URI scheme (``file:///etc/passwd``)."""
+    if text.startswith(b"~"):
+        return "begins with '~', which a tool may expand to a home directory"
+    if _SCHEME.match(text):
+        return "begins with a URI scheme: give a plain path"
+    return None
 
 
 def _encoding_problem(value: str) -> str | None:
     """Why ``value`` is refused for what its percent-escapes decode to, however often a tool
-    decodes them: a round that brings in a dot, separator or NUL, or a disguised spelling of one;
-    or more rounds than `_DECODINGS` (no path is encoded that often but to hide something)."""
+    decodes them: a round that brings in a dot, separator or NUL, or a disguised spelling of one,
+    or makes it begin with ``~`` or a URI scheme; or more rounds than `_DECODINGS` (no path is
+    encoded that often but to hide something)."""
     text = value.encode()
     for _ in range(_DECODINGS):
         decoded = unquote_to_bytes(text)
         if _DISGUISED.search(decoded) or any(decoded.count(char) > text.count(char) for char in _SPECIAL):
             return "contains a percent-encoded separator, dot or NUL"
+        problem = _read_otherwise(decoded)
+        if problem is not None:
+            return f"{problem} (percent-encoded)"
         if decoded == text:
             return None
         text = decoded
