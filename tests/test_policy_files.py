@@ -243,6 +243,7 @@ def test_contradictory_and_unreachable_rules_are_refused() -> None:
         + '[[rules]]\nid = "typed-2"\ntools = ["b"]\narguments = [{ argument = "n", type = "string" }]\n'
         + '[[rules]]\nid = "req"\ntools = ["b"]\ndelegation = { mode = "require" }\n'
         + '[[rules]]\nid = "forbid"\ntools = ["b"]\ndelegation = { mode = "forbid" }\n'
+        + '[[rules]]\nid = "half-typo"\ntags = ["t", "tt"]\nallow = { subject = ["x"] }\n'
     )
     found = "\n".join(problems(text))
     for expected in (
@@ -254,6 +255,7 @@ def test_contradictory_and_unreachable_rules_are_refused() -> None:
         "rule 'never' follows tools the policy never allows",
         "rule 'typed-2' types argument 'n' of tool 'b' as string, rule 'typed-1' as integer",
         "rule 'forbid' requires delegation" if False else "requires delegation on tool 'b' that rule 'forbid'",
+        "rule 'half-typo' selects tag 'tt', which no tool the policy declares has",  # one typo among tags
     ):
         assert expected in found, expected
     assert "line 10: rules.1:" in found

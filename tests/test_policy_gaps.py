@@ -40,6 +40,7 @@ def test_every_name_no_tool_has_is_reported() -> None:
             SequenceRule("after", tags=frozenset({"egress"}), after_tools=frozenset({"read_secrets"})),
             SequenceRule("after-tag", tags=frozenset({"egress"}), after_tags=frozenset({"secret", "egress"})),
             PrincipalRule("tagged", tags=frozenset({"egres"}), subjects=frozenset({"alice"})),
+            PrincipalRule("half-tagged", tags=frozenset({"egress", "exfiltraton"}), subjects=frozenset({"alice"})),
             ArgumentRule("everywhere", constraints=(ArgumentConstraint("name", type="string"),)),  # read_secret's
         ],
         id="assistant",
@@ -50,7 +51,8 @@ def test_every_name_no_tool_has_is_reported() -> None:
         "rule 'nested' reads argument 'message', which no tool it applies to takes (send_mail)",
         "rule 'after' follows tool 'read_secrets', which the server does not declare",
         "rule 'after-tag' follows tag 'secret', which no declared tool has",
-        "rule 'tagged' selects tags no declared tool has: it never applies",
+        "rule 'tagged' selects tag 'egres', which no declared tool has: it never applies",
+        "rule 'half-tagged' selects tag 'exfiltraton', which no declared tool has",  # it applies by 'egress'
     ]
     raw_too = RulePolicy([ArgumentRule("anywhere", constraints=(ArgumentConstraint("nobody_takes"),))])
     assert server(raw_too).policy_gaps() == []  # the tool without a schema may take it

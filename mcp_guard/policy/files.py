@@ -278,9 +278,11 @@ class _Consistency:
                         f"rule {rule.id!r} names tool {name!r}, which the policy does not declare and so "
                         "always denies: the rule can never apply",
                     )
-                if rule.tags and rule.tags.isdisjoint(declared_tags):
+                for tag in sorted(rule.tags - declared_tags):
                     self.builder.problem(
-                        (*path, "tags"), f"rule {rule.id!r} selects tags no declared tool has: it can never apply"
+                        (*path, "tags"),
+                        f"rule {rule.id!r} selects tag {tag!r}, which no tool the policy declares has: it can "
+                        "never select a tool by it",
                     )
             if (
                 isinstance(rule, SequenceRule)

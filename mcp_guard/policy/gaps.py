@@ -40,8 +40,11 @@ def policy_gaps(
                 f"rule {rule.id!r} names tool {name!r}, which the server does not declare: it never applies"
                 for name in sorted(rule.tools - tools.keys())
             ]
-            if rule.tags and rule.tags.isdisjoint(tags):
-                gaps.append(f"rule {rule.id!r} selects tags no declared tool has: it never applies")
+            gaps += [
+                f"rule {rule.id!r} selects tag {tag!r}, which no declared tool has"
+                + (": it never applies" if rule.tags.isdisjoint(tags) else "")
+                for tag in sorted(rule.tags - tags)
+            ]
             if isinstance(rule, SequenceRule):
                 gaps += [
                     f"rule {rule.id!r} follows tool {name!r}, which the server does not declare"
