@@ -114,6 +114,15 @@ async def test_first_applicable_passes_over_abstentions() -> None:
     assert FirstApplicable(abstain).decide(request()) is None
 
 
+@pytest.mark.parametrize("combine", [AllOf, AnyOf, FirstApplicable, DenyOverrides])
+async def test_a_combination_keeps_the_obligations_of_the_members_that_allow(combine: Any) -> None:
+    def approval(request: CallRequest) -> Verdict:
+        return Decision(True, request.principal.scopes, frozenset({"mail:send"}), obligations=("needs_approval",))
+
+    decision = await settle(combine(approval, allow("a", "mail:send")).decide(request()))
+    assert decision is not None and decision.allowed and decision.obligations == ("needs_approval",)
+
+
 @pytest.mark.parametrize("wrap", [lambda p: p, later], ids=["sync", "async"])
 async def test_deny_overrides_asks_everyone_and_any_denial_wins(wrap: Any) -> None:
     asked: list[str] = []

@@ -153,6 +153,7 @@ class _Combination:
             approved_scopes=approved,
             reasons=allows[0].reasons,
             rule_ids=_joined(decision.rule_ids for decision in allows),
+            obligations=_joined(decision.obligations for decision in allows),  # each allowing member's stand
             policy_id=self.id,
             policy_version=self.version,
             targets=tuple(target for decision in allows for target in decision.targets),
