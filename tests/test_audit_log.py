@@ -739,3 +739,31 @@ def test_a_log_refused_when_its_writer_takes_it_up_late_stays_refused(tmp_path: 
     assert '"seq":41' in anchor.read_text()  # the evidence is left as it was
     with pytest.raises(AuditLogError):
         sink.close(timeout=0.2)
+
+
+def test_a_recovery_and_a_new_failure_in_one_pass_are_told_in_order(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A batch written after a failure, then a closing checkpoint failing in the same pass: the
+    last word on the log is the failure, not the recovery."""
+    sink = FileAuditSink(tmp_path / "audit.jsonl", failure="buffer", flush_interval=0.2)
+    real, outcomes = sink._append_batch, iter(["fail", "ok"])
+
+    def scripted(batch: list[AuditEvent], checkpoint: bool) -> Checkpoint | None:
+        if next(outcomes, "fail") == "fail":
+            raise OSError(28, "No space left on device")
+        return real(batch, checkpoint)
+
+    sink._append_batch = scripted  # type: ignore[method-assign]
+    sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, time.time(), tool="t"))
+    time.sleep(0.1)  # the first write failed; the writer waits to retry
+    with pytest.raises(AuditLogError, match="did not close"):
+        sink.close(timeout=1.0)
+    states = [
+        "recovered" if "is writable again" in record.getMessage() else "failed"
+        for record in caplog.records
+        if "is writable again" in record.getMessage() or " failed: " in record.getMessage()
+    ]
+    assert states == ["failed", "recovered", "failed"]
+    sink._append_batch = real  # type: ignore[method-assign]
+    sink.close()

@@ -316,8 +316,12 @@ class FileAuditSink:
         self._unreported.append((self._settle(), None))
 
     def _fail(self, error: BaseException) -> None:
-        """Remember why the log is failing, so the failure mode applies; alarm once."""
+        """Remember why the log is failing, so the failure mode applies; alarm once. A recovery
+        this pass has not reported yet is told first, so the last word is the failure."""
         if self._error is None:
+            if any(recovered for recovered, _ in self._unreported):
+                logger.warning("mcp-guard: audit log %s is writable again", self.path)
+                self._unreported = [(False, written) for _, written in self._unreported]
             logger.error("mcp-guard: audit log %s failed: %s", self.path, error)
         self._error = error
 
