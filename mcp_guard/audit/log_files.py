@@ -55,16 +55,17 @@ def resume(
     """The chain state after the last entry written (or a fresh chain), and whether the live
     file is sealed: it ends in ``chain.rotated``, the writer having stopped before renaming it.
 
-    The live file or, when it is gone or empty because the writer stopped right after
-    rotating, the last rotated file is verified whole, with the key and against the anchor: a
-    log that ends before the entry its anchor names, or holds another entry there, or has an
-    anchor older than its live file, or does not verify, is not continued (that would bless the
-    cut or the forgery). An anchor behind the log by a batch is a stop between writing and
-    anchoring it; a rotated file is renamed only once the anchor names its seal, so one
-    continued from the last rotated file must have an anchor naming exactly that. A log with entries but no anchor is continued only with ``adopt_unanchored``:
-    its anchor may have been deleted along with its end. Only once all that holds, and with
-    ``cut_torn`` (the writer holds the lock), is a last line a crash left half-written cut off
-    the live file (all it holds, when the chain goes on from the last rotated file).
+    The live file or, when it is gone or empty because the writer stopped right after rotating,
+    the last rotated file is verified whole, with the key and against the anchor: a log that
+    ends before the entry its anchor names, or holds another entry there, or has an anchor older
+    than its live file, or does not verify, is not continued (that would bless the cut or the
+    forgery). An anchor behind the log by a batch is a stop between writing and anchoring it; a
+    rotated file is renamed only once the anchor names its seal, so one continued from the last
+    rotated file must have an anchor naming exactly that. A log with entries but no anchor is
+    continued only with ``adopt_unanchored``: its anchor may have been deleted along with its
+    end. Only once all that holds, and with ``cut_torn`` (the writer holds the lock), is a last
+    line a crash left half-written cut off the live file (all it holds, when the chain goes on
+    from the last rotated file).
     """
     try:
         anchored = read_anchor(anchor_path(path), key)
