@@ -624,3 +624,36 @@ async def test_a_tool_cannot_change_the_session_the_next_call_is_decided_on(mode
             second = await client.call_tool("write_note", {"title": "b"})
             assert [first.content[0].text, second.content[0].text] == ["5 ['write_note']", "10 ['write_note']"]  # type: ignore[union-attr]
             assert (await denial(client, "write_note", {"title": "c"})).data["reason"] == "session_risk_exceeded"  # type: ignore[index]
+
+
+async def test_a_request_naming_an_older_version_on_its_own_connection_opens_no_session_of_its_own() -> None:
+    """In process on 2026-07-28 each request gets a connection of its own, with no channel back,
+    and a client may stamp an older version on it: that request is no session to mint, or every
+    call would open a fresh one and no session rule (risk, lifetimes, revocation) would hold."""
+    audit = MemoryAuditSink()
+    guard = Guard(audit=[audit], risk=RiskSettings(threshold=12, write=5))
+    mcp = MCPServer("notes", middleware=[GuardMiddleware(guard)])
+
+    @mcp.tool()
+    @guard.tool(scopes="notes:write", risk=Risk.WRITE)
+    async def write_note() -> str:
+        return "written"
+
+    envelope = {
+        "io.modelcontextprotocol/protocolVersion": "2025-11-25",
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
+    outcomes = []
+    with acting_as(access_token("alice", "notes:write")):
+        async with Client(mcp) as client:
+            dispatcher = client.session._dispatcher  # sends the envelope as given: the typed client stamps its own
+            for _ in range(3):
+                try:
+                    await dispatcher.send_raw_request(
+                        "tools/call", {"name": "write_note", "arguments": {}, "_meta": envelope}
+                    )
+                    outcomes.append("ok")
+                except MCPError as error:
+                    outcomes.append(error.error.data["reason"])  # type: ignore[index]
+    assert outcomes == ["ok", "ok", "session_risk_exceeded"]
+    assert len([event for event in audit.events if event.kind == EventKind.SESSION_OPENED]) == 1

@@ -265,7 +265,9 @@ def transport_session(ctx: ServerRequestContext[Any, Any]) -> str | None:
 
     Streamable HTTP sessions have the ``Mcp-Session-Id``. A stdio or in-process connection has
     no id of its own, so one is minted and kept in the connection's state: the connection is
-    the session. The SDK exposes the connection only as ``ctx.session._connection``.
+    the session. A connection with no channel back to the client is one request's own (a
+    per-request envelope naming an older version, in process): no session, as on 2026-07-28.
+    The SDK exposes the connection only as ``ctx.session._connection``.
     """
     if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
         return None
@@ -275,7 +277,7 @@ def transport_session(ctx: ServerRequestContext[Any, Any]) -> str | None:
     session_id = getattr(connection, "session_id", None)
     if isinstance(session_id, str):
         return session_id
-    if ctx.request is not None:
+    if ctx.request is not None or not getattr(connection, "has_standalone_channel", True):
         return None
     state: dict[str, Any] = connection.state
     minted = state.get(_CONNECTION_SESSION)
