@@ -38,9 +38,10 @@ from mcp_guard.model import (
     SessionState,
     ToolSpec,
     collection,
+    give_back_all,
     tell_allowed,
 )
-from mcp_guard.policy.base import Policy, PolicyFunction
+from mcp_guard.policy.base import Policy, PolicyFunction, cancelled_itself
 from mcp_guard.policy.gaps import policy_gaps
 from mcp_guard.policy.risk import RiskSettings
 from mcp_guard.policy.scopes import ScopePolicy
@@ -253,7 +254,8 @@ class Guard:
 
         ``tool`` and ``arguments`` are the raw request values (any type). ``transport_session``
         is the legacy transport's session id, None on MCP 2026-07-28. Never raises: a failure
-        in any stage is a denial with its own reason code.
+        in any stage is a denial with its own reason code (a policy's cancellation of its own
+        is a failure; a cancellation of the task awaiting this one propagates).
 
         This is the per-call hot path. Inside a real request every Python-level call costs about
         half a microsecond, so one-line steps are written inline here and the per-call records
@@ -302,7 +304,9 @@ class Guard:
                     verdict = self._policy.decide(request)
                     awaited = type(verdict) is not Decision
                     decision = await self._settled(verdict, principal) if awaited else cast(Decision, verdict)
-                except Exception as error:
+                except BaseException as error:
+                    if not (isinstance(error, Exception) or cancelled_itself(error)):
+                        raise
                     logger.exception("mcp-guard: policy %r failed on tool %s; denying", self._policy.id, spec.name)
                     decision = self._refusal(ReasonCode.POLICY_ERROR, None, principal)
                     detail = f"{type(error).__name__}: {error}"[:_DETAIL_LIMIT]
@@ -320,7 +324,9 @@ class Guard:
             facts = None
             if self.record_arguments and request is not None:
                 facts = {"arguments": summarize_arguments(request.arguments, request.tool.redact)}
-            asked = self.shadow.ask(request.detached()) if self.shadow is not None and request is not None else None
+            asked = None
+            if self.shadow is not None and request is not None:
+                asked = await self.shadow.ask(request, self._tools[request.tool.name], self._policy)
             risk = self._risk
             if risk is None and self._policy_scores_risk:
                 risk = getattr(self._policy, "risk", None)
@@ -329,8 +335,9 @@ class Guard:
                 weight = risk.weight(decision, spec)
                 if decision.allowed and session.risk_score + weight >= risk.threshold:
                     decision = self._refusal(ReasonCode.SESSION_RISK_EXCEEDED, None, principal)
+            taken: Sequence[Callable[[], None]] = ()  # what gives back the counts, should the call be refused late
             if decision.allowed and request is not None and decision.on_allow:  # last: only allowed calls count
-                decision = self._counted(decision, request, principal)
+                decision, taken = self._counted(decision, request, principal)
                 if not decision.allowed and risk is not None and session is not None:
                     weight = risk.weight(decision, spec)  # weighed as the refusal it became
             event = AuditEvent.build(
@@ -348,13 +355,11 @@ class Guard:
                         await self._end_risky_session(session, principal, score, risk.threshold, now)
                         ended = True
                 if self.shadow is not None and asked is not None:
-                    await self.shadow.compare(asked, decision, event, self._policy)
-                    asked = None
+                    self.shadow.compare(asked, decision, event)
             except Exception:
                 logger.exception("mcp-guard: recording the decision on tool %s failed; denying", tool_name)
-                if asked is not None:
-                    asked.close()
                 if decision.allowed:
+                    give_back_all(taken)
                     decision = self._refusal(ReasonCode.GUARD_ERROR, _UNRECORDED, principal)
                     event = AuditEvent.build(
                         kind, now, principal, session_id, tool_name, decision, trace_context, detail, owners, facts
@@ -369,6 +374,7 @@ class Guard:
                 try:  # the shadow, the session store or another thread: revoked or ended meanwhile?
                     await self._check_still_usable(principal, session)
                 except Exception as error:
+                    give_back_all(taken)
                     if isinstance(error, Refused):
                         decision = self._refusal(error.code, error.message, principal)
                     else:
@@ -534,8 +540,11 @@ class Guard:
             self.record(AuditEvent.build(EventKind.SESSION_EXPIRED, now, principal, session_id=session_id))
         raise Refused(refusal)
 
-    def _counted(self, decision: Decision, request: CallRequest, principal: Principal | None) -> Decision:
-        """``decision`` once the rules that count allowed calls (rate limits) have counted this one.
+    def _counted(
+        self, decision: Decision, request: CallRequest, principal: Principal | None
+    ) -> tuple[Decision, Sequence[Callable[[], None]]]:
+        """``decision`` once the rules that count allowed calls (rate limits) have counted this
+        one, and how to give the counts back should the call be refused before it runs.
 
         Each counts only while its limit still has room, in one step, so calls decided at the
         same time cannot all pass a limit one of them fills; the one that finds no room is
@@ -543,13 +552,12 @@ class Guard:
         rule that fails denies the call.
         """
         try:
-            tell_allowed(decision.on_allow, request)
+            return decision, tell_allowed(decision.on_allow, request)
         except Refused as refusal:
-            return self._refusal(refusal.code, refusal.message, principal)
+            return self._refusal(refusal.code, refusal.message, principal), ()
         except Exception:
             logger.exception("mcp-guard: counting the call on tool %s failed; denying", request.tool.name)
-            return self._refusal(ReasonCode.GUARD_ERROR, None, principal)
-        return decision
+            return self._refusal(ReasonCode.GUARD_ERROR, None, principal), ()
 
     async def _check_still_usable(self, principal: Principal, session: Session) -> None:
         """Raise `Refused` when ``principal`` or ``session`` was revoked, ended or ran out of

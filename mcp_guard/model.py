@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
@@ -39,6 +39,7 @@ __all__ = [
     "ToolSpec",
     "check_tool_name",
     "collection",
+    "give_back_all",
     "tell_allowed",
 ]
 
@@ -246,10 +247,11 @@ def in_allow_order(hooks: Iterable[AllowHook]) -> tuple[AllowHook, ...]:
     return tuple(sorted(hooks, key=lambda hook: getattr(hook, "allow_order", 1)))
 
 
-def tell_allowed(hooks: Iterable[AllowHook], request: CallRequest) -> None:
+def tell_allowed(hooks: Iterable[AllowHook], request: CallRequest) -> list[Callable[[], None]]:
     """Tell every hook that ``request`` is finally allowed, all or nothing: when one refuses (or
     fails), those before it give back what they took, and its `Refused` (or error) is raised.
-    A give-back that fails is logged; the others still run."""
+    A give-back that fails is logged; the others still run. Returns the give-backs, in the
+    order taken, for a call refused after all before it runs."""
     taken: list[Callable[[], None]] = []
     try:
         for hook in hooks:
@@ -257,12 +259,19 @@ def tell_allowed(hooks: Iterable[AllowHook], request: CallRequest) -> None:
             if callable(give_back):
                 taken.append(give_back)
     except BaseException:
-        for give_back in reversed(taken):
-            try:
-                give_back()
-            except Exception:
-                logger.exception("mcp-guard: giving back what a refused call took failed")
+        give_back_all(taken)
         raise
+    return taken
+
+
+def give_back_all(taken: Sequence[Callable[[], None]]) -> None:
+    """Give back what a call took (`tell_allowed`), last taken first: it was refused after all,
+    before it ran. A give-back that fails is logged; the others still run."""
+    for give_back in reversed(taken):
+        try:
+            give_back()
+        except Exception:
+            logger.exception("mcp-guard: giving back what a refused call took failed")
 
 
 class CallRequest(NamedTuple):

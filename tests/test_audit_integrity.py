@@ -681,6 +681,7 @@ def test_a_rotated_file_waits_for_its_seal_to_be_anchored(tmp_path: Path) -> Non
     assert len(log_files(tmp_path)) >= 2 and verify_files(log_files(tmp_path), KEY).ok  # renamed, and on
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the writer is stopped
 def test_a_sealed_file_taken_up_at_restart_is_anchored_before_it_is_renamed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -25,10 +25,11 @@ from mcp_guard import (
 )
 from mcp_guard.audit.file import FileAuditSink
 from mcp_guard.cli import main
-from mcp_guard.model import CallRequest, Decision, ToolSpec
+from mcp_guard.model import CallRequest, Decision, Session, ToolSpec
 from mcp_guard.policy import LimitRule, Verdict
 from mcp_guard.policy.engine import RulePolicy
 from mcp_guard.policy.shadow import Shadow
+from mcp_guard.session.memory import MemorySessionStore
 from mcp_guard.testing import access_token, acting_as
 from support import Clock
 
@@ -473,7 +474,7 @@ def test_a_shadow_never_reads_one_policys_rules_with_anothers() -> None:
     """Another thread asking while a shadow takes in a reloaded policy must get that policy's
     shared rules, never an empty set that would count the enforcing limits twice."""
     limit = LimitRule("per-session", calls=5)
-    nested: list[list[Any]] = []
+    nested: list[frozenset[int]] = []
     asked = [True]  # armed below, once the policy is built
 
     class Reloaded(RulePolicy):
@@ -481,7 +482,7 @@ def test_a_shadow_never_reads_one_policys_rules_with_anothers() -> None:
         def rules(self) -> tuple[Any, ...]:  # read while the shadow takes this policy in
             if not asked[0]:
                 asked[0] = True
-                nested.append(shadow._own([limit], self))
+                nested.append(shadow._shared(self))
             return (limit,)
 
         @rules.setter
@@ -491,4 +492,91 @@ def test_a_shadow_never_reads_one_policys_rules_with_anothers() -> None:
     shadow = Shadow(RulePolicy([limit]), [])
     enforcing = Reloaded([limit])
     asked[0] = False
-    assert shadow._own([limit], enforcing) == [] and nested == [[]]  # the limit is the enforcing policy's
+    shared = frozenset({id(limit)})  # the limit is the enforcing policy's
+    assert shadow._shared(enforcing) == shared and nested == [shared]
+
+
+async def cancels_itself(request: CallRequest) -> Decision:
+    """A remote decision point whose client cancelled its inner request (a pooled connection dropped, say)."""
+    inner: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+    inner.cancel()
+    return await inner
+
+
+def raises_cancelled(request: CallRequest) -> Decision:
+    raise asyncio.CancelledError("inner request cancelled")
+
+
+@pytest.mark.parametrize("decide", [cancels_itself, raises_cancelled])
+async def test_a_policy_that_cancels_itself_denies_the_call(audit: MemoryAuditSink, decide: Any) -> None:
+    from mcp_guard.policy import as_policy
+
+    guard = Guard(policy=as_policy(decide, id="remote"), audit=[audit])
+    guard.declare(ToolSpec("ping"))
+    decision = (await guard.authorize("ping", {}, access_token("alice"))).decision
+    assert decision.reason.code == ReasonCode.POLICY_ERROR
+    assert (audit.events[-1].detail or "").startswith("CancelledError")
+
+
+async def test_cancelling_a_call_while_a_remote_policy_decides_cancels_it(audit: MemoryAuditSink) -> None:
+    guard = Guard(policy=RemotePolicy(anyio.Event().wait), audit=[audit])  # never answers
+    guard.declare(ToolSpec("ping"))
+    answered: list[bool] = []
+    with anyio.move_on_after(0.05) as waiting:
+        answered.append((await guard.authorize("ping", {}, access_token("alice"))).allowed)
+    assert waiting.cancelled_caught and answered == []
+    assert not [event for event in audit.events if event.kind == EventKind.CALL_DECIDED]
+
+
+class MissesOnce(MemorySessionStore):
+    """A store outside process memory (the guard reads the session again once the call is
+    recorded) whose read after recording misses when ``miss`` is set."""
+
+    miss = False
+    _missing = False
+
+    async def record_call(self, *args: Any, **kwargs: Any) -> float:
+        score = await super().record_call(*args, **kwargs)
+        self._missing, self.miss = self.miss, False
+        return score
+
+    async def get(self, session_id: str) -> Session | None:
+        if self._missing:
+            self._missing = False
+            return None
+        return await super().get(session_id)
+
+
+async def test_a_call_refused_after_it_was_counted_gives_its_count_back(audit: MemoryAuditSink) -> None:
+    limit = LimitRule("two", per="client", calls=2, window=60)
+    store = MissesOnce()
+    guard = Guard(policy=RulePolicy([limit]), sessions=store, audit=[audit])
+    guard.declare(ToolSpec("ping"))
+    token = access_token("alice", "")
+    store.miss = True
+    assert (await guard.authorize("ping", {}, token)).decision.reason.code == ReasonCode.SESSION_UNAVAILABLE
+    assert [(await guard.authorize("ping", {}, token)).allowed for _ in range(3)] == [True, True, False]
+
+
+async def test_a_call_refused_because_its_record_failed_gives_back_its_count_and_targets() -> None:
+    from mcp_guard.policy import TargetsRule
+
+    class FailsOnce:
+        fail = True
+
+        def emit(self, event: Any) -> None:
+            if self.fail and event.kind == EventKind.CALL_DECIDED and event.outcome != "denied":
+                self.fail = False
+                raise OSError("disk full")
+
+    budget = LimitRule("budget", per="session", calls=2)
+    recipients = TargetsRule("recipients", argument="to", max_targets=1)
+    guard = Guard(policy=RulePolicy([budget, recipients]), audit=[FailsOnce()])
+    guard.declare(ToolSpec("send_mail"))
+    token = access_token("alice", "", sid="s")
+    first = await guard.authorize("send_mail", {"to": "a@example.com"}, token)
+    assert first.decision.reason.code == ReasonCode.GUARD_ERROR
+    codes = [
+        (await guard.authorize("send_mail", {"to": "b@example.com"}, token)).decision.reason.code for _ in range(3)
+    ]
+    assert codes == ["allowed", "allowed", "budget_exhausted"]  # the refused call took no target and no budget

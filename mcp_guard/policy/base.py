@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeAlias
 
@@ -42,6 +43,20 @@ class Policy(Protocol):
 def may_abstain(policy: Policy) -> bool:
     """Whether ``policy`` may answer None; one that does not say is taken to."""
     return bool(getattr(policy, "abstains", True))
+
+
+def cancelled_itself(error: BaseException) -> bool:
+    """Whether ``error`` is a cancellation a policy raised of its own accord (an inner future it
+    cancelled): that policy failing, which denies like any failure. The cancellation of the task
+    awaiting the policy is not, and must propagate. Only asyncio tells the two apart (the task's
+    pending cancellations); on any other event loop every cancellation is taken as real."""
+    if not isinstance(error, asyncio.CancelledError):
+        return False
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no asyncio loop running here
+        return False
+    return task is not None and task.cancelling() == 0
 
 
 class FunctionPolicy:

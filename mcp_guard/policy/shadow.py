@@ -5,8 +5,9 @@ the enforcing policy denied, deny where it allowed, or approve other scopes), th
 is counted and recorded as a ``policy.disagreed`` audit event that `mcp-guard policy diff`
 summarises. A candidate that fails, abstains or (asynchronously) takes longer than its timeout
 counts as a denial, as it would if it enforced. The candidate judges each call on the session as
-the enforcing policy saw it, before the call is recorded, and counts (rate limits) only what it
-would itself have allowed. The targets its own rules take (a distinct-targets cap) are kept per
+the enforcing policy saw it, before the call is counted or recorded, and on the tool as declared
+with its own declaration of it (not the enforcing policy's); it counts (rate limits) only what
+it would itself have allowed. The targets its own rules take (a distinct-targets cap) are kept per
 session beside the real history, which holds only what the enforcing policy took, and the
 tools the session ran carry the tags the candidate declares for them.
 """
@@ -17,7 +18,7 @@ import inspect
 import logging
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import anyio
@@ -27,8 +28,8 @@ from mcp_guard.audit.events import AuditEvent, EventKind
 from mcp_guard.audit.sinks import AuditSink
 from mcp_guard.errors import Refused
 from mcp_guard.memo import remember
-from mcp_guard.model import AllowHook, CallRequest, Decision, tell_allowed
-from mcp_guard.policy.base import Policy, PolicyFunction, as_policy
+from mcp_guard.model import CallRequest, Decision, ToolSpec, tell_allowed
+from mcp_guard.policy.base import Policy, PolicyFunction, as_policy, cancelled_itself
 from mcp_guard.policy.engine import RulePolicy, rule_policies
 from mcp_guard.reasons import ReasonCode
 from mcp_guard.scopes import format_scope
@@ -42,16 +43,13 @@ _SESSIONS_LIMIT = 10_000
 
 
 class Asked(NamedTuple):
-    """A call put to the candidate: its answer (perhaps still pending), or why it failed."""
+    """A call as the candidate saw it; its decision, and what went wrong when it failed to give
+    one; and the ids of the enforcing rules it shares, which the enforcing decision alone counts."""
 
     request: CallRequest
-    verdict: object
-    error: str | None = None
-
-    def close(self) -> None:
-        """Drop an answer still pending (the call was refused before it could be compared)."""
-        if inspect.iscoroutine(self.verdict):
-            self.verdict.close()
+    decision: Decision
+    detail: str | None
+    shared: frozenset[int]
 
 
 class Shadow:
@@ -68,6 +66,8 @@ class Shadow:
         self.sinks = tuple(sinks)
         self.timeout = timeout
         self.disagreements: Counter[str] = Counter()
+        merged = getattr(self.candidate, "merged", None)
+        self._merged: Callable[[ToolSpec], ToolSpec] | None = merged if callable(merged) else None
         self._reached: dict[tuple[str, float], dict[str, frozenset[str]]] = {}
         """The targets the candidate's rules took, by session (its id and when it opened: a
         session opened anew under the same key starts afresh), bounded."""
@@ -78,37 +78,38 @@ class Shadow:
             "mcp_guard.policy.disagreements", description="Calls the shadow policy would have decided otherwise"
         )
 
-    def ask(self, request: CallRequest) -> Asked:
-        """Put ``request`` to the candidate now, before the enforcing policy counts the call, so
-        a limit both hold is judged on the same count; `compare` settles the answer.
+    async def ask(self, request: CallRequest, declared: ToolSpec, enforcing: Policy) -> Asked:
+        """The candidate's answer to ``request`` (``declared``: its tool as registered), settled
+        before the enforcing policy counts the call, so a limit both hold is judged on the same
+        count; an asynchronous answer gets the timeout.
 
-        ``request`` holds a copy of the session's history, which gets the targets the
-        candidate's own rules took before, and the tags the candidate's declarations give the
-        tools the session ran (the history holds the tags the enforcing policy saw)."""
+        The enforcing rules the candidate shares are read as it is asked and once it answered:
+        a reload of ``enforcing`` meanwhile makes new rule objects, the ones the candidate may
+        hold. Raises nothing but the cancellation of the task awaiting it."""
+        request = request.detached()
+        shared: frozenset[int] = frozenset()
         try:  # what follows is the shadow's alone: a failure in it is the candidate's failure
-            history = request.session.history
-            reached = self._reached.get((request.session.id, request.session.created_at))
-            if reached:
-                for rule_id, seen in reached.items():
-                    history.targets.setdefault(rule_id, set()).update(seen)
-            for policy in rule_policies(self.candidate):
-                for name in history.tools:
-                    declared = policy.declared.get(name)
-                    if declared is not None:
-                        history.tags |= declared.tags
-            return Asked(request, self.candidate.decide(request))
-        except Exception as error:
-            return Asked(request, None, f"{type(error).__name__}: {error}"[:_DETAIL_LIMIT])
+            shared = self._shared(enforcing)
+            request = self._as_seen(request, declared)
+            decision, detail = await self._answer(request)
+            later = self._shared(enforcing)
+            if later is not shared:
+                shared |= later
+        except BaseException as error:
+            if not (isinstance(error, Exception) or cancelled_itself(error)):
+                raise
+            decision = self._refusal(request, ReasonCode.POLICY_ERROR)
+            detail = f"{type(error).__name__}: {error}"[:_DETAIL_LIMIT]
+        return Asked(request, decision, detail, shared)
 
-    async def compare(self, asked: Asked, enforced: Decision, event: AuditEvent, enforcing: Policy) -> None:
-        """Settle the candidate's answer to ``asked``; record a disagreement with ``enforced``,
-        which ``enforcing`` decided. Never raises."""
-        request = asked.request
+    def compare(self, asked: Asked, enforced: Decision, event: AuditEvent) -> None:
+        """Record a disagreement of ``asked`` with ``enforced``; count what the candidate allowed
+        with the rules it does not share. Never raises."""
+        request, candidate = asked.request, asked.decision
         try:
-            candidate, detail = await self._judge(asked)
             if candidate.allowed:
-                try:  # the candidate counts what it would have allowed, with the rules it does not share
-                    tell_allowed(self._own(candidate.on_allow, enforcing), request)
+                try:
+                    tell_allowed([hook for hook in candidate.on_allow if id(hook) not in asked.shared], request)
                 except Refused as refusal:  # its own limit, filled meanwhile
                     candidate = Decision.deny(refusal.code, refusal.message, requested=candidate.requested_scopes)
                 else:  # added to what calls of the session that overlapped this one took
@@ -140,7 +141,7 @@ class Shadow:
                 request.tool.name,
                 enforced,
                 None,
-                detail,
+                asked.detail,
                 request.session.owners,
                 facts,
             )._replace(trace_id=event.trace_id, span_id=event.span_id)
@@ -149,35 +150,47 @@ class Shadow:
         except Exception:
             logger.exception("mcp-guard: recording a shadow policy disagreement failed")
 
-    def _own(self, hooks: Sequence[AllowHook], enforcing: Policy) -> list[AllowHook]:
-        """The ``hooks`` that are the candidate's own. A rule the enforcing policy holds too (a
-        candidate that adds rules to it, say) counted the call already, or must not count a call
-        the enforcing policy refused."""
-        policies = tuple(rule_policies(enforcing))
-        known, shared = self._known
-        if policies != known:  # rule policies compare by identity: a reload is a new one
-            shared = frozenset(id(rule) for policy in policies for rule in policy.rules)
-            self._known = (policies, shared)
-        return [hook for hook in hooks if id(hook) not in shared]
+    def _as_seen(self, request: CallRequest, declared: ToolSpec) -> CallRequest:
+        """``request`` (a detached copy) as the candidate would see it if it enforced: the tool
+        as registered with the candidate's own declaration of it, and a history with the targets
+        the candidate's rules took before and the tags its declarations give the tools the
+        session ran (the history holds what the enforcing policy took and saw)."""
+        history = request.session.history
+        reached = self._reached.get((request.session.id, request.session.created_at))
+        if reached:
+            for rule_id, seen in reached.items():
+                history.targets.setdefault(rule_id, set()).update(seen)
+        for policy in rule_policies(self.candidate):
+            for name in history.tools:
+                known = policy.declared.get(name)
+                if known is not None:
+                    history.tags |= known.tags
+        return request._replace(tool=declared if self._merged is None else self._merged(declared))
 
-    async def _judge(self, asked: Asked) -> tuple[Decision, str | None]:
-        """The candidate's decision, with what went wrong when it failed to give one."""
-        request, verdict = asked.request, asked.verdict
-        if asked.error is not None:
-            return self._refusal(request, ReasonCode.POLICY_ERROR), asked.error
-        try:
-            if inspect.isawaitable(verdict):
-                with anyio.move_on_after(self.timeout) as waiting:
-                    verdict = await verdict
-                if waiting.cancelled_caught:
-                    return self._refusal(request, ReasonCode.POLICY_ERROR), f"no answer within {self.timeout:g} s"
-        except Exception as error:
-            return self._refusal(request, ReasonCode.POLICY_ERROR), f"{type(error).__name__}: {error}"[:_DETAIL_LIMIT]
+    async def _answer(self, request: CallRequest) -> tuple[Decision, str | None]:
+        """The candidate's decision on ``request``, with what went wrong when it gave none."""
+        verdict = self.candidate.decide(request)
+        if inspect.isawaitable(verdict):
+            with anyio.move_on_after(self.timeout) as waiting:
+                verdict = await verdict
+            if waiting.cancelled_caught:
+                return self._refusal(request, ReasonCode.POLICY_ERROR), f"no answer within {self.timeout:g} s"
         if verdict is None:
             return self._refusal(request, ReasonCode.NO_APPLICABLE_RULE), None
         if not isinstance(verdict, Decision):
             return self._refusal(request, ReasonCode.POLICY_ERROR), f"returned {type(verdict).__name__}"
         return verdict, None
+
+    def _shared(self, enforcing: Policy) -> frozenset[int]:
+        """The ids of the rules in ``enforcing``. A rule the candidate holds too (a candidate that
+        adds rules to the enforcing policy, say) is counted by the enforcing decision, and must
+        not count a call the enforcing policy refused."""
+        policies = tuple(rule_policies(enforcing))
+        known, shared = self._known
+        if policies != known:  # rule policies compare by identity: a reload is a new one
+            shared = frozenset(id(rule) for policy in policies for rule in policy.rules)
+            self._known = (policies, shared)
+        return shared
 
     def _refusal(self, request: CallRequest, code: str) -> Decision:
         return Decision.deny(
