@@ -249,11 +249,15 @@ class Guard:
         protocol_version: str | None = None,
         transport_session: str | None = None,
         request_id: str | int | None = None,
+        remote: bool = False,
     ) -> Authorization:
         """Decide one ``tools/call`` from what arrived on the wire, and record the decision.
 
         ``tool`` and ``arguments`` are the raw request values (any type). ``transport_session``
-        is the legacy transport's session id, None on MCP 2026-07-28. Never raises: a failure
+        is the legacy transport's session id, None on MCP 2026-07-28. ``remote`` says the call
+        came over a network transport (HTTP): without a credential it is refused as
+        ``token_missing``, never given an identity the process holds for itself
+        (`WorkloadIdentity`, meant for stdio and in-process servers). Never raises: a failure
         in any stage is a denial with its own reason code (a policy's cancellation of its own
         is a failure; a cancellation of the task awaiting this one propagates).
 
@@ -271,6 +275,8 @@ class Guard:
             spec: ToolSpec | None = None
             request: CallRequest | None = None
             try:
+                if remote and credential is None:
+                    raise Refused(ReasonCode.TOKEN_MISSING)
                 principal = self.identifier.identify(credential)
                 self.check_principal(principal, now)
                 kind = _CALL_DECIDED
@@ -392,14 +398,17 @@ class Guard:
             return Authorization(_FAILED)
 
     async def visible_tools(
-        self, credential: AccessToken | None, transport_session: str | None = None
+        self, credential: AccessToken | None, transport_session: str | None = None, *, remote: bool = False
     ) -> frozenset[str]:
-        """The declared tools this caller may call now, for ``tools/list``. Nothing on any failure.
+        """The declared tools this caller may call now, for ``tools/list``. Nothing on any failure,
+        and nothing to a ``remote`` caller without a credential (see `authorize`).
 
         Listing opens no session; a session that exists must be usable by this caller.
         """
         try:
             now = read_clock(self.clock)
+            if remote and credential is None:
+                return frozenset()
             principal = self.identifier.identify(credential)
             self.check_principal(principal, now)
             session = await self.sessions.get(self.session_keys.key(principal, transport_session))

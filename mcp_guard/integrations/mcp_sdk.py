@@ -95,6 +95,7 @@ class GuardMiddleware:
             protocol_version=version,
             transport_session=None if version in MODERN_PROTOCOL_VERSIONS else transport_session(ctx),
             request_id=ctx.request_id,
+            remote=ctx.request is not None,
         )
         decision, request, decided = authorization
         if request is None or decided is None or not decision.allowed:
@@ -142,7 +143,9 @@ class GuardMiddleware:
 
     async def _list_tools(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         result = await call_next(ctx)
-        visible = await self.guard.visible_tools(_credential(ctx), transport_session(ctx))
+        visible = await self.guard.visible_tools(
+            _credential(ctx), transport_session(ctx), remote=ctx.request is not None
+        )
         tools = result.get("tools") if isinstance(result, dict) else None
         if not isinstance(result, dict) or not isinstance(tools, list):
             logger.error("mcp-guard: tools/list returned %s, which cannot be filtered", type(result).__name__)

@@ -10,12 +10,14 @@ from typing import Any
 
 import pytest
 from mcp import Client, MCPError, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
 from mcp.server.mcpserver import MCPServer
 
 from authority import RESOURCE, Authority
 from mcp_guard import EventKind, Guard, IntrospectionVerifier, JWTVerifier, MemoryAuditSink, Refused, TrustedIssuer
 from mcp_guard.identity.workload import WorkloadIdentity
 from mcp_guard.testing import access_token, acting_as
+from serving import free_port, serving
 from support import notes_server
 
 pytestmark = pytest.mark.anyio
@@ -43,6 +45,24 @@ async def test_calls_without_a_credential_act_as_the_workload(
         assert raised.value.error.data["reason"] == "insufficient_scope"
     decided = [e for e in audit.events if e.kind == EventKind.CALL_DECIDED]
     assert {e.subject for e in decided} == {"indexer"}
+
+
+async def test_the_workload_is_never_lent_to_an_anonymous_http_request(
+    authority: Authority, verifier: JWTVerifier, audit: MemoryAuditSink, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same server served over HTTP as well, without a token verifier: a request without a
+    credential is refused, not identified as the process's own workload."""
+    monkeypatch.setenv("MCP_GUARD_TOKEN", authority.mint(sub="indexer", scope="notes:read"))
+    workload = WorkloadIdentity.from_env(verifier)
+    await workload.refresh()
+    port = free_port()
+    with serving(notes_server(Guard(identifier=workload, audit=[audit])).streamable_http_app(), port):
+        async with Client(streamable_http_client(f"http://127.0.0.1:{port}/mcp"), mode=mode) as client:
+            assert (await client.list_tools()).tools == []
+            with pytest.raises(MCPError) as raised:
+                await client.call_tool("read_note", {"title": "welcome"})
+    assert raised.value.error.data["reason"] == "token_missing"
+    assert not [event for event in audit.events if event.subject == "indexer"]
 
 
 async def test_a_credential_that_is_present_wins(
