@@ -666,10 +666,15 @@ class Guard:
         """Record how an admitted call ended: ``ok``, ``tool_error`` or ``error``, and how long it took.
 
         ``decided`` is the call's ``call.decided`` event (`Authorization.event`). Best effort: the
-        call has run, so a sink failing now is logged (and, in deny mode, stops the next call),
-        never raised.
+        call has run, so a sink or the clock failing now is logged (and a failing sink, in deny
+        mode, stops the next call), never raised.
         """
-        self._emit_best_effort(decided.completion(self.clock(), result, duration, error_type))
+        try:
+            event = decided.completion(read_clock(self.clock), result, duration, error_type)
+        except Exception:
+            logger.exception("mcp-guard: recording how a call to tool %s ended failed", decided.tool)
+            return
+        self._emit_best_effort(event)
 
     def record(self, event: AuditEvent) -> None:
         """Give an event to every audit sink (integrations record what happens outside `authorize`)."""

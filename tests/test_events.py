@@ -80,6 +80,26 @@ async def test_every_admitted_call_records_how_it_ended(mode: str) -> None:
         assert completion.event_id != decision.event_id
 
 
+async def test_a_clock_failing_once_the_call_has_run_leaves_its_result_alone(
+    mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The completion is recorded after the tool ran: a clock that fails then is logged, and
+    the caller still gets the tool's answer."""
+    readings = iter([time.time()])
+
+    def clock() -> float:
+        return next(readings)  # StopIteration once the decision has read it: a clock that broke
+
+    audit = MemoryAuditSink()
+    with acting_as(access_token("alice", "x:use")):
+        async with Client(server(Guard(audit=[audit], clock=clock)), mode=mode) as client:
+            assert not (await client.call_tool("fine", {})).is_error
+    assert "recording how a call to tool fine ended failed" in caplog.text
+    assert [e.kind for e in audit.events if e.kind in (EventKind.CALL_DECIDED, EventKind.CALL_COMPLETED)] == [
+        EventKind.CALL_DECIDED
+    ]
+
+
 async def test_events_are_tagged_with_the_owasp_risks_they_touch() -> None:
     audit = MemoryAuditSink()
     guard = Guard(audit=[audit])
