@@ -333,7 +333,7 @@ class Guard:
             asked = None
             if self.shadow is not None and request is not None:
                 asked = await self.shadow.ask(request, self._tools[request.tool.name], self._policy)
-            risk = self._risk
+            risk = self._risk  # the `risk` property, inline
             if risk is None and self._policy_scores_risk:
                 risk = getattr(self._policy, "risk", None)
             weight = 0.0
@@ -442,7 +442,9 @@ class Guard:
         ``jti`` or a token fingerprint). ``issuer`` narrows a subject, client or token id to one
         issuer (without it, every issuer). ``ttl`` bounds a subject, client or token revocation
         in seconds; without it, it lasts until `restore`. A session is revoked for good, so
-        neither applies to it. A call already admitted runs to its end.
+        neither applies to it. A call already admitted runs to its end. A clock that gives no
+        usable time raises `Refused` (``guard_error``) and revokes nothing; every call is denied
+        meanwhile, and the revocation is to be made again once the clock is sound.
         """
         targets = {"session_id": session_id, "subject": subject, "client_id": client_id, "token_id": token_id}
         given = _one_target(targets, issuer)
