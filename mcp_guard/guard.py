@@ -23,11 +23,11 @@ from mcp.server.auth.provider import AccessToken
 from mcp_guard.audit.arguments import summarize_arguments
 from mcp_guard.audit.events import AuditEvent, EventKind
 from mcp_guard.audit.sinks import AuditSink, MemoryAuditSink
-from mcp_guard.audit.spans import annotate_span, recording_span
+from mcp_guard.audit.spans import annotate_span, current_span_context, recording_span
 from mcp_guard.clock import read_clock
 from mcp_guard.context import ADMITTED, refuse_unguarded
 from mcp_guard.errors import Refused
-from mcp_guard.identity.access_token import AccessTokenIdentifier, Identifier
+from mcp_guard.identity.access_token import AccessTokenIdentifier, Identifier, token_fingerprint
 from mcp_guard.model import (
     CallRequest,
     Decision,
@@ -272,6 +272,7 @@ class Guard:
             principal: Principal | None = None
             session_id: str | None = None
             session: Session | None = None
+            found: Session | None = None
             spec: ToolSpec | None = None
             request: CallRequest | None = None
             try:
@@ -320,13 +321,16 @@ class Guard:
                     await self._check_still_usable(principal, session)
             except Refused as refusal:
                 decision = self._refusal(refusal.code, refusal.message, principal)
+                if principal is None and credential is not None and credential.token:
+                    detail = f"token {token_fingerprint(credential.token)}"  # which token could not be read
             except Exception:
                 logger.exception("mcp-guard: authorizing tool %s failed; denying", _display(tool))
                 decision = self._refusal(ReasonCode.GUARD_ERROR, None, principal)
             tool_name = spec.name if spec is not None else _display(tool)
             span = recording_span()
             trace_context = span.get_span_context() if span is not None else None
-            owners = session.owners if session is not None else None
+            known = session if session is not None else found  # a refused caller's too: its owners hear of it
+            owners = known.owners if known is not None else None
             facts = None
             if self.record_arguments and request is not None:
                 facts = {"arguments": summarize_arguments(request.arguments, request.tool.redact)}
@@ -454,6 +458,7 @@ class Guard:
             raise ValueError("a session is revoked for good, under its own id: give no ttl or issuer with session_id")
         now = read_clock(self.clock)
         if session_id is not None:
+            stored = await self.sessions.get(session_id)
             ended = await self.sessions.end(session_id, SessionState.REVOKED, ReasonCode.SESSION_REVOKED)
             if ended == "missing":
                 raise LookupError(f"no session {session_id!r} to revoke")
@@ -462,7 +467,17 @@ class Guard:
             if ended == "ended" or not already_revoked:  # an expired session's id is revoked now too
                 note = None if ended == "ended" else "the session had already ended"
                 detail = "; ".join(part for part in (note, reason) if part) or None
-                self.record(AuditEvent.build(EventKind.SESSION_REVOKED, now, None, session_id, detail=detail))
+                self.record(
+                    AuditEvent.build(
+                        EventKind.SESSION_REVOKED,
+                        now,
+                        Principal(*stored.binding) if stored is not None else None,  # whose session it was
+                        session_id,
+                        span=current_span_context(),
+                        detail=detail,
+                        owners=stored.owners if stored is not None else None,
+                    )
+                )
             return
         until = math.inf if ttl is None else now + ttl
         if subject is not None:
@@ -472,7 +487,7 @@ class Guard:
         elif token_id is not None:
             self.revocations.revoke_token(token_id, issuer=issuer, until=until)
         detail = _describe(given, issuer, reason, until)
-        self.record(AuditEvent.build(EventKind.ACCESS_REVOKED, now, detail=detail))
+        self.record(AuditEvent.build(EventKind.ACCESS_REVOKED, now, span=current_span_context(), detail=detail))
 
     async def restore(
         self,
@@ -498,7 +513,7 @@ class Guard:
         if lifted is None:
             return False
         detail = _describe(given, issuer, reason, lifted, lifting=True)
-        self.record(AuditEvent.build(EventKind.ACCESS_RESTORED, now, detail=detail))
+        self.record(AuditEvent.build(EventKind.ACCESS_RESTORED, now, span=current_span_context(), detail=detail))
         return True
 
     # -- stages -------------------------------------------------------------------------------
@@ -534,7 +549,12 @@ class Guard:
             if opened:
                 self.record(
                     AuditEvent.build(
-                        EventKind.SESSION_OPENED, now, principal, session_id=session_id, owners=session.owners
+                        EventKind.SESSION_OPENED,
+                        now,
+                        principal,
+                        session_id,
+                        span=current_span_context(),
+                        owners=session.owners,
                     )
                 )
         refusal = _session_refusal(session, principal, now)
@@ -543,12 +563,26 @@ class Guard:
             if opened or await self.sessions.bind_token(session, principal.token_id or principal.token_hash, until):
                 self.record(
                     AuditEvent.build(
-                        EventKind.SESSION_BOUND, now, principal, session_id=session_id, owners=session.owners
+                        EventKind.SESSION_BOUND,
+                        now,
+                        principal,
+                        session_id,
+                        span=current_span_context(),
+                        owners=session.owners,
                     )
                 )
             return session
         if refusal in _LIFETIME_ENDS and await self.sessions.end(session_id, SessionState.EXPIRED, refusal) == "ended":
-            self.record(AuditEvent.build(EventKind.SESSION_EXPIRED, now, principal, session_id=session_id))
+            self.record(
+                AuditEvent.build(
+                    EventKind.SESSION_EXPIRED,
+                    now,
+                    principal,
+                    session_id,
+                    span=current_span_context(),
+                    owners=session.owners,
+                )
+            )
         raise Refused(refusal)
 
     def _counted(
@@ -611,7 +645,17 @@ class Guard:
                 if token_id is not None:
                     self.revocations.revoke_token(token_id, issuer=principal.issuer, until=until)
                     detail = _describe({"token_id": token_id}, principal.issuer, reason, until)
-                    self.record(AuditEvent.build(EventKind.ACCESS_REVOKED, now, principal, session.id, detail=detail))
+                    self.record(
+                        AuditEvent.build(
+                            EventKind.ACCESS_REVOKED,
+                            now,
+                            principal,
+                            session.id,
+                            span=current_span_context(),
+                            detail=detail,
+                            owners=session.owners,
+                        )
+                    )
         if await self.sessions.end(session.id, SessionState.REVOKED, ReasonCode.SESSION_RISK_EXCEEDED) == "ended":
             self.record(
                 AuditEvent.build(
@@ -619,6 +663,7 @@ class Guard:
                     now,
                     principal,
                     session.id,
+                    span=current_span_context(),
                     detail=f"{ReasonCode.SESSION_RISK_EXCEEDED}: risk score {score:g} reached threshold {threshold:g}",
                     owners=session.owners,
                 )

@@ -892,3 +892,12 @@ async def test_a_credential_narrowed_in_place_is_judged_as_it_now_reads(g: Guard
     assert (await g.authorize("read_note", {}, credential)).request.principal.actor_chain == ("mailer",)  # type: ignore[union-attr]
     credential.expires_at = int(NOW - 3600)
     assert (await g.authorize("read_note", {}, credential)).decision.reason.code == ReasonCode.TOKEN_EXPIRED
+
+
+async def test_a_token_the_guard_cannot_read_is_named_by_its_fingerprint(g: Guard, audit: MemoryAuditSink) -> None:
+    credential = token(issuer=None)
+    assert (await g.authorize("read_note", {}, credential)).decision.reason.code == ReasonCode.ISSUER_MISSING
+    [rejected] = events(audit, EventKind.TOKEN_REJECTED)
+    assert rejected.detail == f"token {token_fingerprint(credential.token)}"
+    await g.authorize("read_note", {}, None)  # no token at all: nothing to name
+    assert events(audit, EventKind.TOKEN_REJECTED)[-1].detail is None

@@ -124,3 +124,21 @@ async def test_a_redacted_argument_never_reaches_the_span_through_a_refusal(
     denied = [span for span in spans.get_finished_spans() if span.name == "tools/call fetch"]
     assert [span.status.status_code for span in denied] == [StatusCode.ERROR, StatusCode.ERROR]
     assert "hunter2" not in repr([(span.attributes, span.status.description, span.events) for span in denied])
+
+
+async def test_session_events_join_the_trace_of_the_call_that_caused_them(
+    server: MCPServer, guard: Guard, mode: str, spans: InMemorySpanExporter, audit: MemoryAuditSink
+) -> None:
+    with acting_as(access_token("alice", "notes:read")):
+        async with Client(server, mode=mode) as client:
+            await client.call_tool("read_note", {"title": "welcome"})
+    [call] = [s for s in spans.get_finished_spans() if s.name == "tools/call read_note"]
+    trace_id = format(call.context.trace_id, "032x")
+    opened, bound = [e for e in audit.events if e.kind in ("session.opened", "session.bound")]
+    assert opened.trace_id == bound.trace_id == trace_id
+    session_id = opened.session_id
+    assert session_id is not None
+    await guard.revoke(session_id=session_id, reason="incident 9")
+    [revoked] = [e for e in audit.events if e.kind == "session.revoked"]
+    assert (revoked.subject, revoked.client_id) == ("alice", "test-client")  # whose session it was
+    assert revoked.owners == opened.owners

@@ -8,7 +8,7 @@ opening a second one. Callers skip this when the span is not recording.
 from __future__ import annotations
 
 from opentelemetry import trace
-from opentelemetry.trace import Span, StatusCode
+from opentelemetry.trace import Span, SpanContext, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from mcp_guard.audit.events import AuditEvent
@@ -16,7 +16,7 @@ from mcp_guard.memo import remember
 from mcp_guard.model import Decision
 from mcp_guard.scopes import format_scope
 
-__all__ = ["annotate_span", "recording_span", "tracing_configured"]
+__all__ = ["annotate_span", "current_span_context", "recording_span", "tracing_configured"]
 
 
 def tracing_configured() -> bool:
@@ -35,6 +35,13 @@ def recording_span() -> Span | None:
         return None
     span = trace.get_current_span()
     return span if span.is_recording() else None
+
+
+def current_span_context() -> SpanContext | None:
+    """The context of the current span when it records, for an event built outside `authorize`'s
+    own (session and revocation events), so every event joins the trace it happened in."""
+    span = recording_span()
+    return span.get_span_context() if span is not None else None
 
 
 def annotate_span(span: Span, event: AuditEvent, decision: Decision, transport_session: str | None) -> None:

@@ -195,7 +195,10 @@ class GuardTokenVerifier:
             if seen is None or not _same_answer(seen[0], principal):
                 seen = (principal, self._access_token(principal))
                 if self.guard is not None:
-                    self.guard.record(AuditEvent.build(EventKind.TOKEN_ACCEPTED, self.guard.clock(), principal))
+                    context = span.get_span_context() if span is not None else None
+                    self.guard.record(
+                        AuditEvent.build(EventKind.TOKEN_ACCEPTED, self.guard.clock(), principal, span=context)
+                    )
                 remember(self._accepted, principal.token_hash, seen, self._ACCEPTED_LIMIT)  # once it is recorded
             accepted = seen[1].model_copy(update={"token": token}, deep=True)  # its own lists and dicts
         except Refused as refusal:
@@ -229,12 +232,15 @@ class GuardTokenVerifier:
     def _reject(self, token: str, code: str, message: str | None, span: Span | None) -> None:
         logger.info("mcp-guard: bearer token refused: %s", code)
         if span is not None:
-            span.set_attribute("mcp_guard.reason", code)
+            span.set_attribute("mcp_guard.reason", str(code))
             span.set_status(StatusCode.ERROR, code)
         if self.guard is not None:
-            detail = f"token {token_fingerprint(token)}"
             event = AuditEvent.build(
-                EventKind.TOKEN_REJECTED, self.guard.clock(), decision=Decision.deny(code, message), detail=detail
+                EventKind.TOKEN_REJECTED,
+                self.guard.clock(),
+                decision=Decision.deny(code, message),
+                span=span.get_span_context() if span is not None else None,
+                detail=f"token {token_fingerprint(token)}",
             )
             try:
                 self.guard.record(event)

@@ -107,6 +107,20 @@ async def test_first_acceptance_is_recorded_and_verification_is_timed(
     assert timed
     assert all((s.attributes or {}).get("mcp_guard.reason") == "accepted" for s in timed)
     assert token not in repr(timed)
+    assert accepted[0].trace_id in {format(s.context.trace_id, "032x") for s in timed}  # its verification's trace
+
+
+async def test_a_refused_token_is_recorded_in_its_verifications_trace(
+    authority: Authority, guard: Guard, audit: MemoryAuditSink, spans: InMemorySpanExporter
+) -> None:
+    verifier = GuardTokenVerifier(
+        JWTVerifier([TrustedIssuer(issuer=authority.issuer, audience=RESOURCE, jwks_uri=authority.jwks_uri)]), guard
+    )
+    assert await verifier.verify_token("not.a.token") is None
+    [rejected] = [e for e in audit.events if e.kind == EventKind.TOKEN_REJECTED]
+    [timed] = [s for s in spans.get_finished_spans() if s.name == "mcp-guard verify token"]
+    assert rejected.trace_id == format(timed.context.trace_id, "032x")
+    assert type((timed.attributes or {})["mcp_guard.reason"]) is str  # a plain string, not the enum
 
 
 async def test_a_verified_token_is_described_once_and_its_bearer_string_not_kept(
