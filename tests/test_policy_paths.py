@@ -111,10 +111,15 @@ def test_a_symlink_loop_does_not_hang(root: Path) -> None:
         ("FILE:/etc/passwd", "URI scheme"),
         ("s3+https://bucket/key", "URI scheme"),
         ("%7e/.ssh/id_rsa", "begins with '~', which a tool may expand to a home directory (percent-encoded)"),
-        ("file%3a///etc/passwd", "URI scheme: give a plain path (percent-encoded)"),
-        ("%2566ile:///etc/passwd", "URI scheme: give a plain path (percent-encoded)"),  # decoded twice
+        ("file%3a///etc/passwd", "as ./name) (percent-encoded)"),
+        ("%2566ile:///etc/passwd", "as ./name) (percent-encoded)"),  # decoded twice
         (" file:///etc/passwd", "begins or ends with whitespace"),  # a tool may strip it first
         ("docs/notes.txt ", "begins or ends with whitespace"),
+        ("%20~/.ssh/id_rsa", "begins or ends with whitespace, which a tool may strip (percent-encoded)"),
+        ("%09file:///etc/passwd", "begins or ends with whitespace, which a tool may strip (percent-encoded)"),
+        ("file:secret/key", "URI scheme"),  # a tool that takes URIs opens it from its own directory
+        ("file:../outside.txt", "URI scheme"),
+        ("notes:draft.txt", "a name with a colon as ./name"),
     ],
 )
 def test_suspicious_text_is_refused_before_the_filesystem(
@@ -138,8 +143,7 @@ def test_ordinary_percent_signs_and_unicode_names_pass(root: Path) -> None:
     assert roots.violation("docs/r\u00e9sum\u00e9 \u6587\u66f8.txt") is None
     assert roots.violation("docs/~draft.txt") is None  # only a leading '~' expands
     assert roots.violation("docs/notes:2026.txt") is None  # a colon past the first component
-    assert roots.violation("notes:draft.txt") is None  # a colon with no slash after it is no URI
-    assert roots.violation("image.png:Zone.Identifier") is None
+    assert roots.violation("./notes:draft.txt") is None  # a name with a colon, written as no URI can be
     assert roots.violation("docs/my notes.txt") is None  # whitespace inside a name
 
 

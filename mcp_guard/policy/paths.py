@@ -2,10 +2,9 @@
 
 A path is refused on its text alone, before it touches the filesystem, when it is not a
 non-empty string of at most `MAX_PATH_LENGTH` printable characters, when it begins or ends
-with whitespace, when it begins with ``~`` or a URI scheme (``file:/``), or when it holds a
-backslash or a percent-encoded separator, dot or NUL, or a percent-encoded ``~`` or scheme at
-its start: a tool that strips, expands, parses or decodes it once more must not find a
-different path. The escapes are decoded as often as a tool might (``%252f``, and split
+with whitespace, or begins with ``~`` or a URI scheme (``file:``), written out or
+percent-encoded, or when it holds a backslash or a percent-encoded separator, dot or NUL: a
+tool that strips, expands, parses or decodes it once more must not find a different path. The escapes are decoded as often as a tool might (``%252f``, and split
 spellings such as ``%%32%66`` or ``%2%66``, become ``/`` in the second round), and overlong UTF-8
 (``%c0%af``, ``%e0%80%af``, ``%f0%80%80%af``) and ``%uXXXX`` escapes count too. Otherwise it
 is canonicalised with `os.path.realpath`, which resolves ``..`` and every symlink that exists,
@@ -38,9 +37,10 @@ _DISGUISED = re.compile(rb"[\xc0\xc1]|\xe0[\x80-\x9f]|\xf0[\x80-\x8f]|%u[0-9a-f]
 holds, or an IIS-style ``%uXXXX`` escape."""
 
 _SPECIAL = (b".", b"/", b"\\", b"\x00")
-_SCHEME = re.compile(rb"[A-Za-z][A-Za-z0-9+.-]*:/")
-"""A URI scheme (RFC 3986) and a slash, as a path may begin: a tool that takes URIs opens
-``file:///etc/passwd`` (a name such as ``notes:draft.txt`` is no URI)."""
+_SCHEME = re.compile(rb"[A-Za-z][A-Za-z0-9+.-]*:")
+"""A URI scheme (RFC 3986), as a path may begin: a tool that takes URIs opens ``file:///etc/passwd``,
+and ``file:../x`` relative to its own directory. A name such as ``notes:draft.txt`` reads as one
+too: give it as ``./notes:draft.txt``."""
 
 
 class PathRoots:
@@ -96,8 +96,6 @@ def _text_problem(value: str) -> str | None:
         return f"contains the control or invisible character U+{ord(bad):04X}"
     if "\\" in value:
         return "contains a backslash"
-    if value != value.strip():
-        return "begins or ends with whitespace, which a tool may strip"
     problem = _read_otherwise(value.encode())
     if problem is not None:
         return problem
@@ -105,12 +103,14 @@ def _text_problem(value: str) -> str | None:
 
 
 def _read_otherwise(text: bytes) -> str | None:
-    """Why a tool may read ``text`` as something other than a path: a leading ``~`` (a home
-    directory) or URI scheme (``file:///etc/passwd``)."""
+    """Why a tool may read ``text`` as something other than a path: whitespace at either end (it
+    may strip it), a leading ``~`` (a home directory) or URI scheme (``file:///etc/passwd``)."""
+    if text != text.strip():
+        return "begins or ends with whitespace, which a tool may strip"
     if text.startswith(b"~"):
         return "begins with '~', which a tool may expand to a home directory"
     if _SCHEME.match(text):
-        return "begins with a URI scheme: give a plain path"
+        return "begins with a URI scheme: give a plain path (a name with a colon as ./name)"
     return None
 
 
