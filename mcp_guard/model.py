@@ -250,18 +250,26 @@ def in_allow_order(hooks: Iterable[AllowHook]) -> tuple[AllowHook, ...]:
 def tell_allowed(hooks: Iterable[AllowHook], request: CallRequest) -> list[Callable[[], None]]:
     """Tell every hook that ``request`` is finally allowed, all or nothing: when one refuses (or
     fails), those before it give back what they took, and its `Refused` (or error) is raised.
-    A give-back that fails is logged; the others still run. Returns the give-backs, in the
-    order taken, for a call refused after all before it runs."""
-    taken: list[Callable[[], None]] = []
+    A give-back that fails is logged; the others still run.
+
+    Returns, in the order taken, the give-backs that may still run should the call be refused
+    later, once other calls may have gone on meanwhile: not those of hooks whose give-back could
+    undo what another call relies on (``allow_order`` 2: a target two calls share), which keep
+    what they took, on the strict side."""
+    taken: list[tuple[int, Callable[[], None]]] = []
     try:
         for hook in hooks:
             give_back = hook.on_allow(request)
             if callable(give_back):
-                taken.append(give_back)
+                taken.append((getattr(hook, "allow_order", 1), give_back))
     except BaseException:
-        give_back_all(taken)
+        give_back_all([give_back for _, give_back in taken])
         raise
-    return taken
+    return [give_back for order, give_back in taken if order < _SHARED_WITH_OTHER_CALLS]
+
+
+_SHARED_WITH_OTHER_CALLS = 2
+"""The ``allow_order`` of hooks whose give-back could undo what another call relies on."""
 
 
 def give_back_all(taken: Sequence[Callable[[], None]]) -> None:

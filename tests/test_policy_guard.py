@@ -558,7 +558,8 @@ async def test_a_call_refused_after_it_was_counted_gives_its_count_back(audit: M
     assert [(await guard.authorize("ping", {}, token)).allowed for _ in range(3)] == [True, True, False]
 
 
-async def test_a_call_refused_because_its_record_failed_gives_back_its_count_and_targets() -> None:
+async def test_a_call_refused_because_its_record_failed_gives_back_its_count_and_keeps_its_targets() -> None:
+    """A rate count goes back; a target stays taken, since another call may rely on it (strict)."""
     from mcp_guard.policy import TargetsRule
 
     class FailsOnce:
@@ -576,7 +577,45 @@ async def test_a_call_refused_because_its_record_failed_gives_back_its_count_and
     token = access_token("alice", "", sid="s")
     first = await guard.authorize("send_mail", {"to": "a@example.com"}, token)
     assert first.decision.reason.code == ReasonCode.GUARD_ERROR
+    other = await guard.authorize("send_mail", {"to": "b@example.com"}, token)
+    assert other.decision.reason.code == ReasonCode.TOO_MANY_TARGETS  # a@example.com is still held
     codes = [
-        (await guard.authorize("send_mail", {"to": "b@example.com"}, token)).decision.reason.code for _ in range(3)
+        (await guard.authorize("send_mail", {"to": "a@example.com"}, token)).decision.reason.code for _ in range(3)
     ]
-    assert codes == ["allowed", "allowed", "budget_exhausted"]  # the refused call took no target and no budget
+    assert codes == ["allowed", "allowed", "budget_exhausted"]  # the refused call took no budget
+
+
+async def test_a_target_another_call_relies_on_is_not_given_back_by_a_late_refusal() -> None:
+    """Two calls to one recipient decided together; the first is refused once both are recorded.
+    The second ran to that recipient, so the cap of one still holds against a new one."""
+    from mcp_guard.policy import TargetsRule
+
+    class Yields(MemorySessionStore):
+        """Recording is I/O (the other call goes on meanwhile); the third read, the first call's
+        read after recording, misses once."""
+
+        reads = 0
+
+        async def record_call(self, *args: Any, **kwargs: Any) -> float:
+            score = await super().record_call(*args, **kwargs)
+            await anyio.sleep(0)
+            return score
+
+        async def get(self, session_id: str) -> Session | None:
+            self.reads += 1
+            return None if self.reads == 3 else await super().get(session_id)
+
+    guard = Guard(policy=RulePolicy([TargetsRule("recipients", argument="to", max_targets=1)]), sessions=Yields())
+    guard.declare(ToolSpec("send_mail"))
+    token = access_token("alice", "", sid="s")
+    codes: list[str] = []
+
+    async def send() -> None:
+        codes.append((await guard.authorize("send_mail", {"to": "x@example.com"}, token)).decision.reason.code)
+
+    async with anyio.create_task_group() as both:
+        both.start_soon(send)
+        both.start_soon(send)
+    assert sorted(codes) == ["allowed", "session_unavailable"]
+    later = await guard.authorize("send_mail", {"to": "y@example.com"}, token)
+    assert later.decision.reason.code == ReasonCode.TOO_MANY_TARGETS
