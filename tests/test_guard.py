@@ -901,3 +901,12 @@ async def test_a_token_the_guard_cannot_read_is_named_by_its_fingerprint(g: Guar
     assert rejected.detail == f"token {token_fingerprint(credential.token)}"
     await g.authorize("read_note", {}, None)  # no token at all: nothing to name
     assert events(audit, EventKind.TOKEN_REJECTED)[-1].detail is None
+
+
+async def test_claims_that_cannot_be_copied_all_the_way_down_are_kept_at_the_top(g: Guard) -> None:
+    """A verifier's own object among the claims (a lock, say) is no reason to refuse every call."""
+    import threading
+
+    credential = token(scopes="notes:read", handle=threading.Lock())
+    for _ in range(2):
+        assert (await g.authorize("read_note", {}, credential)).allowed

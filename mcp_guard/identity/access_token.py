@@ -87,7 +87,12 @@ class AccessTokenIdentifier:
         if credential is None:
             raise Refused(ReasonCode.TOKEN_MISSING)
         seen = self._seen.get(id(credential))
-        if seen is not None and seen[0]() is credential and seen[2] == _said(credential):
+        if (
+            seen is not None
+            and seen[0]() is credential
+            and seen[2] == _said(credential)
+            and (credential.claims or {}) == seen[1].claims  # the principal's own copy of them
+        ):
             return seen[1]
         token = credential.token
         if not token:
@@ -102,20 +107,17 @@ class AccessTokenIdentifier:
             remember(
                 self._seen,
                 id(credential),
-                (weakref.ref(credential), principal, _said(credential, snapshot=True)),
+                (weakref.ref(credential), principal, _said(credential)),
                 self._SEEN_LIMIT,
             )
         return principal
 
 
-def _said(token: AccessToken, *, snapshot: bool = False) -> tuple[object, ...]:
-    """What ``token`` says that a principal is built from: compared on every call, as a verifier
-    may narrow the very object it handed over (fewer scopes, an earlier expiry). A ``snapshot``
-    is kept apart from later changes to the object's list and dict."""
-    scopes, claims = token.scopes, token.claims
-    if snapshot:
-        scopes, claims = list(scopes), copy.deepcopy(claims)
-    return (token.token, token.client_id, token.expires_at, token.resource, scopes, claims)
+def _said(token: AccessToken) -> tuple[object, ...]:
+    """What ``token`` says that a principal is built from, but its claims (the principal keeps
+    its own copy of those): compared on every call, as a verifier may narrow the very object it
+    handed over (fewer scopes, an earlier expiry). The scopes are a copy of the list."""
+    return (token.token, token.client_id, token.expires_at, token.resource, list(token.scopes))
 
 
 def principal_from_access_token(token: AccessToken, fingerprint: str | None) -> Principal:
@@ -140,8 +142,17 @@ def principal_from_access_token(token: AccessToken, fingerprint: str | None) -> 
         token_id=token_id if isinstance(token_id, str) and token_id else None,
         token_hash=fingerprint,
         actor_chain=actor_chain(claims.get("act"), DEPTH_LIMIT),
-        claims=MappingProxyType(copy.deepcopy(dict(claims))),  # its own: the verifier may change the token's
+        claims=MappingProxyType(_own_copy(claims)),
     )
+
+
+def _own_copy(claims: Mapping[str, Any]) -> dict[str, Any]:
+    """``claims`` copied all the way down, as the verifier may change the token's later; only the
+    top level when a value cannot be copied (a verifier's own object)."""
+    try:
+        return copy.deepcopy(dict(claims))
+    except Exception:
+        return dict(claims)
 
 
 def _describes(principal: Principal, token: AccessToken) -> bool:
