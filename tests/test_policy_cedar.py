@@ -10,6 +10,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+import anyio
 import pytest
 from mcp import Client, MCPError
 from mcp.server.mcpserver import MCPServer
@@ -17,8 +18,8 @@ from pydantic import BaseModel
 
 from mcp_guard import GUARD_DENIED, EventKind, Guard, GuardMiddleware, MemoryAuditSink, ReasonCode
 from mcp_guard.model import CallRequest, Decision, Principal, Session, ToolSpec
-from mcp_guard.policy import PrincipalRule, RulePolicy
-from mcp_guard.policy.cedar import CedarPolicy, CedarUnavailable, cedar_schema
+from mcp_guard.policy import AnyOf, PrincipalRule, RulePolicy, ScopePolicy
+from mcp_guard.policy.cedar import CedarError, CedarPolicy, CedarUnavailable, cedar_schema
 from mcp_guard.testing import access_token, acting_as
 
 NOW = 1_900_000_000.0
@@ -293,16 +294,32 @@ def test_listing_asks_only_the_scopes() -> None:
 # -- failing closed -----------------------------------------------------------------------------
 
 
+def failure(policies: str, tool: ToolSpec, arguments: Mapping[str, Any], **options: Any) -> str:
+    """The text of the `CedarError` the call raises (what the audit ``detail`` keeps)."""
+    cedarpy()
+    with pytest.raises(CedarError) as raised:
+        CedarPolicy(policies, **options).decide(call(principal(), tool, arguments))
+    assert raised.value.__cause__ is None and raised.value.__context__ is None  # no unredacted text chained
+    return str(raised.value)
+
+
 def test_an_evaluation_error_denies_even_when_another_policy_permits() -> None:
     policies = PERMIT_ALL + "\nforbid (principal, action, resource) when { context.arguments.missing == 1 };"
-    decision = decide(policies, principal())
-    assert (decision.allowed, decision.reason.code) == (False, ReasonCode.POLICY_ERROR)
-    assert "policy1" in decision.reason.message and "missing" in decision.reason.message
+    text = failure(policies, tools()["read_file"], {"path": "/docs/a"})
+    assert "policy1" in text and "missing" in text
+    audit = MemoryAuditSink()
+    guard = Guard(audit=[audit])
+    guard.declare(tools()["read_file"])
+    for policy in (CedarPolicy(policies), AnyOf(CedarPolicy(policies), ScopePolicy())):  # another member permits
+        guard.policy = policy
+        refused = anyio.run(guard.authorize, "read_file", {"path": "/docs/a"}, access_token("alice", "files:read"))
+        assert (refused.allowed, refused.decision.reason.code) == (False, ReasonCode.POLICY_ERROR)
+        assert "policy1" in str(audit.events[-1].detail) and "missing" in str(audit.events[-1].detail)
 
 
 def test_a_request_the_schema_rejects_is_an_error_without_echoing_arguments() -> None:
-    extra = decide(PERMIT_ALL, principal(), arguments={"path": "/a", "extra": "x"}, tools=tools().values())
-    assert extra.reason.code == ReasonCode.POLICY_ERROR and "`extra` should not exist" in extra.reason.message
+    extra = failure(PERMIT_ALL, tools()["read_file"], {"path": "/a", "extra": "x"}, tools=tools().values())
+    assert "`extra` should not exist" in extra
     schema = """
     namespace McpGuard {
       entity Principal; entity Session;
@@ -310,9 +327,8 @@ def test_a_request_the_schema_rejects_is_an_error_without_echoing_arguments() ->
         arguments: {path: Long}, scopes: Set<String>, tool_risk: String, tool_tags: Set<String>, time: Long} };
     }
     """
-    mistyped = decide(PERMIT_ALL, principal(), arguments={"path": "/docs/secret-name"}, schema=schema)
-    assert mistyped.reason.code == ReasonCode.POLICY_ERROR
-    assert "context is not valid" in mistyped.reason.message and "secret-name" not in mistyped.reason.message
+    mistyped = failure(PERMIT_ALL, tools()["read_file"], {"path": "/docs/secret-name"}, schema=schema)
+    assert "context is not valid" in mistyped and "secret-name" not in mistyped
 
 
 def test_an_exception_from_cedar_denies_with_a_bounded_message(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -323,10 +339,162 @@ def test_an_exception_from_cedar_denies_with_a_bounded_message(monkeypatch: pyte
         raise RuntimeError("engine exploded " + "x" * 1000)
 
     monkeypatch.setattr(policy, "_is_authorized", explode)
-    decision = policy.decide(call(principal(), tools()["read_file"]))
-    assert (decision.allowed, decision.reason.code) == (False, ReasonCode.POLICY_ERROR)
-    assert "RuntimeError: engine exploded" in decision.reason.message
-    assert len(decision.reason.message) < 400
+    with pytest.raises(CedarError) as raised:
+        policy.decide(call(principal(), tools()["read_file"]))
+    text = str(raised.value)
+    assert text.startswith("RuntimeError: engine exploded") and text.endswith("...")
+    assert len("CedarError: " + text) <= 300  # as much as the guard keeps of an audit detail
+    assert raised.value.__context__ is None
+
+
+class Login(BaseModel):
+    user: str
+    pin: int
+
+
+def secret_tools() -> Mapping[str, ToolSpec]:
+    """A tool with redacted arguments (``addr``, ``pin``, ``vault``, ``login``) and open ones."""
+    guard = Guard()
+
+    @guard.tool(scopes="files:read", redact=["addr", "pin", "vault", "login"])
+    def connect(
+        addr: str = "",
+        pin: int = 0,
+        note: str = "",
+        login: Login | None = None,
+        options: dict[str, Any] | None = None,
+        vault: dict[str, Any] | None = None,
+    ) -> str:
+        return addr
+
+    return guard.tools
+
+
+SHARED = {"ip": "hunter2-shared"}
+"""One object under a redacted name and an open one (possible in process): redacted all the same."""
+
+
+@pytest.mark.parametrize(
+    ("condition", "arguments", "shown", "hidden"),
+    [
+        ("ip(context.arguments.addr).isLoopback()", {"addr": "hunter2"}, "invalid IP address: <redacted>", "hunter2"),
+        ("ip(context.arguments.addr).isLoopback()", {"addr": "hunter2/8"}, "the string `<redacted>`", "hunter2"),
+        ("ip(context.arguments.addr).isLoopback()", {"addr": "10.9.8.7/99"}, "prefix: <redacted> is larger", "99"),
+        ("context.arguments.pin * 1000 > 0", {"pin": 9223372036854999}, "`<redacted>` and `1000`", "922337"),
+        (
+            'decimal(context.arguments.vault.k.v) > decimal("1")',
+            {"vault": {"k": {"v": "hunter2", "list": ["a"]}}},
+            "`<redacted>`",
+            "hunter2",
+        ),
+        (
+            "ip(context.arguments.options.addr).isLoopback()",
+            {"options": {"addr": "hunter2"}},
+            ": <redacted>",
+            "hunter2",
+        ),
+        (
+            "ip(context.arguments.options.ip).isLoopback()",
+            {"vault": SHARED, "options": SHARED},
+            ": <redacted>",
+            "hunter2",
+        ),
+        (
+            "ip(context.arguments.note).isLoopback()",
+            {"note": "hunter2 note", "addr": "hunter2"},
+            "<redacted> note",
+            "hunter2",
+        ),
+        (
+            "ip(context.arguments.note).isLoopback()",
+            {"note": "an open note"},
+            "invalid IP address: an open note",
+            "<redacted>",
+        ),
+    ],
+)
+def test_an_error_names_no_redacted_argument_value(
+    condition: str, arguments: dict[str, Any], shown: str, hidden: str
+) -> None:
+    """Cedar's error text quotes values: each value of a redacted argument (at any depth, and either
+    side of a ``/``, which ``ip()`` quotes alone) is replaced wherever it shows; open ones stay."""
+    text = failure(
+        f"permit (principal, action, resource) when {{ {condition} }};", secret_tools()["connect"], arguments
+    )
+    assert shown in text and hidden not in text
+
+
+def test_the_keys_of_a_redacted_object_are_redacted_too() -> None:
+    arguments = {"login": {"user": "hunter2-user", "pin": 12345, "hunter2-key": "v"}}
+    text = failure(PERMIT_ALL, secret_tools()["connect"], arguments, tools=secret_tools().values())
+    assert "attribute `<redacted>` should not exist" in text and "hunter2" not in text
+
+
+def test_an_error_text_is_bounded_and_shows_no_part_of_a_redacted_value() -> None:
+    permit = "permit (principal, action, resource) when { ip(context.arguments.%s).isLoopback() };"
+    cut = failure(permit % "addr", secret_tools()["connect"], {"addr": "hunter2" + "x" * 1000})
+    assert "from string `<redacted>" in cut and "hunter" not in cut and "xxx" not in cut
+    long = failure(permit % "note", secret_tools()["connect"], {"note": "y" * 1000, "addr": "y" * 500 + "hunter2"})
+    assert len("CedarError: " + long) <= 300 and long.endswith("y...") and "<redacted>" not in long
+    straddling = failure(  # starts before the cut, ends after it
+        permit % "note", secret_tools()["connect"], {"note": "z" * 150 + "hunter2" * 20, "addr": "hunter2" * 20}
+    )
+    assert "z<" in straddling and "hunter" not in straddling
+    looped: list[Any] = ["hunter2"]
+    looped.append(looped)
+    assert failure(permit % "addr", secret_tools()["connect"], {"vault": {"loop": looped}}) == (
+        "the arguments are nested too deeply"
+    )
+
+
+@pytest.mark.anyio
+async def test_a_cedar_error_reaches_the_caller_and_the_span_as_its_code_alone(
+    mode: str, spans: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The caller and the span get a fixed text; Cedar's, redacted, goes to the audit ``detail``
+    (and the log), as any policy failure's does."""
+    cedarpy()
+    audit = MemoryAuditSink()
+    guard = Guard(audit=[audit])
+    server = MCPServer("cedar", middleware=[GuardMiddleware(guard)])
+
+    @server.tool()
+    @guard.tool(scopes="net:use", redact=["addr"])
+    def connect(addr: str, pin: int = 0) -> str:
+        return addr
+
+    guard.policy = CedarPolicy(
+        "permit (principal, action, resource) when { ip(context.arguments.addr).isLoopback() };"
+        "\npermit (principal, action, resource) when { context.arguments.pin * 1000 > 0 };"
+    )
+    with acting_as(access_token("alice", "net:use")):
+        async with Client(server, mode=mode) as client:
+            with pytest.raises(MCPError) as raised:
+                await client.call_tool("connect", {"addr": "hunter2-ADDR", "pin": 9223372036854999})
+    error = raised.value.error
+    assert error.message == "The call was refused because the policy failed to evaluate it."
+    assert error.data == {"reason": "policy_error"}
+    [decided] = [event for event in audit.events if event.kind == EventKind.CALL_DECIDED]
+    assert decided.detail is not None and decided.detail.startswith("CedarError: ")
+    assert "invalid IP address: <redacted>" in decided.detail
+    assert "multiply the values `9223372036854999` and `1000`" in decided.detail  # not redacted: kept as Cedar said
+    assert "hunter2" not in repr(spans.get_finished_spans()) + repr(audit.events) + caplog.text
+    assert "9223372036854999" not in repr(spans.get_finished_spans())
+
+
+@pytest.mark.anyio
+async def test_a_failing_cedar_candidate_keeps_its_redacted_error_in_the_disagreement() -> None:
+    cedarpy()
+    audit = MemoryAuditSink()
+    candidate = CedarPolicy("permit (principal, action, resource) when { ip(context.arguments.addr).isLoopback() };")
+    guard = Guard(shadow=candidate, audit=[audit])
+    guard.declare(ToolSpec("connect", redact=frozenset({"addr"})))
+    assert (await guard.authorize("connect", {"addr": "hunter2"}, access_token("alice"))).allowed
+    [disagreed] = [event for event in audit.events if event.kind == EventKind.POLICY_DISAGREED]
+    assert disagreed.detail == (
+        "CedarError: error while evaluating policy `policy0`: "
+        "error while evaluating `ipaddr` extension function: invalid IP address: <redacted>"
+    )
 
 
 def test_bad_policy_text_is_refused_at_construction() -> None:

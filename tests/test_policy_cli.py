@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from mcp_guard import AuditEvent, Decision, EventKind
+from mcp_guard.audit.file import FileAuditSink
 from mcp_guard.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,6 +110,53 @@ def test_matrix_lists_tools_scopes_risk_and_rules(capsys: pytest.CaptureFixture[
     assert main(["policy", "matrix", ASSISTANT, "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [row["tool"] for row in rows] == ["fetch_page", "read_file", "read_secret", "send_mail"]
+
+
+def disagreement(tool: str | None = "t", event_id: str | None = None, **facts: object) -> AuditEvent:
+    """A ``policy.disagreed`` event with the facts the guard writes, as ``facts`` overrides them."""
+    written: dict[str, object] = {
+        "candidate_policy_id": "c",
+        "candidate_policy_version": "1",
+        "candidate_decision": "allowed",
+        "candidate_rule_ids": ["r"],
+    }
+    event = AuditEvent.build(
+        EventKind.POLICY_DISAGREED, 1_900_000_000.0, tool=tool, decision=Decision.deny("x"), facts=written | facts
+    )
+    return event if event_id is None else event._replace(event_id=event_id)
+
+
+def test_diff_escapes_logged_values_and_leaves_out_odd_entries(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = tmp_path / "audit.jsonl"
+    sink = FileAuditSink(log)
+    for event in (
+        disagreement("t\nexample of forged: mcp-guard audit show X", event_id="e-1\nforged"),
+        disagreement(candidate_decision="allowed\nforged", candidate_rule_ids=[]),
+        disagreement(candidate_rule_ids=5),
+        disagreement(candidate_rule_ids="abc"),
+        disagreement(candidate_rule_ids=["r", 7]),
+        disagreement(candidate_policy_id=None),
+        disagreement(tool=None),
+    ):
+        sink.emit(event)
+    sink.close()
+    assert main(["policy", "diff", str(log), "--format", "json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["disagreements"], summary["odd_entries"]) == (2, 5)
+    assert summary["by_candidate_rule"] == {"r": 1, "-": 1}
+    assert main(["policy", "diff", str(log)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == [
+        "2 disagreements",
+        "5 policy.disagreed entries left out: their facts are not as mcp-guard writes them "
+        "(check the log with mcp-guard audit verify)",
+    ]
+    assert "t\\nexample of forged: mcp-guard audit show X  1" in lines
+    assert "denied -> allowed\\nforged  1" in lines
+    assert f"example of denied -> allowed: mcp-guard audit show e-1\\nforged {log}" in lines
+    assert [line for line in lines if "forged" in line and "\\n" not in line] == []
 
 
 def test_schema_prints_the_committed_json_schema(capsys: pytest.CaptureFixture[str]) -> None:

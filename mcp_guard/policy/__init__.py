@@ -3,7 +3,7 @@ policy files, shadow mode, and the Cedar adapter (`mcp_guard.policy.cedar`, the 
 
 from mcp_guard.policy.arguments import ArgumentConstraint
 from mcp_guard.policy.base import Policy, PolicyFunction, Verdict, as_policy
-from mcp_guard.policy.cedar import CedarPolicy, CedarUnavailable, cedar_schema
+from mcp_guard.policy.cedar import CedarError, CedarPolicy, CedarUnavailable, cedar_schema
 from mcp_guard.policy.combine import AllOf, AnyOf, DenyOverrides, FirstApplicable
 from mcp_guard.policy.document import PolicyDocument, policy_json_schema
 from mcp_guard.policy.engine import RuleOutcome, RulePolicy
@@ -27,6 +27,7 @@ __all__ = [
     "AnyOf",
     "ArgumentConstraint",
     "ArgumentRule",
+    "CedarError",
     "CedarPolicy",
     "CedarUnavailable",
     "Counters",

@@ -27,8 +27,12 @@ the call (``argument_rejected``): dropping it could step around a ``forbid`` tha
 So does a value whose JSON type is not the one the input schema declares (``"5"`` for an
 integer): the SDK might coerce it, and the policy would have judged another value.
 
-Any Cedar error refuses the call (``policy_error``), even when other policies permit it.
-Listing tools asks only the scopes: before a call there are no arguments to show Cedar.
+Any Cedar error raises `CedarError`, even when other Cedar policies permit the call, and a
+combination (`AnyOf` too) passes it on: the guard refuses the call with ``policy_error`` alone and
+keeps the error's text in the audit event's ``detail``. Cedar quotes argument values in it: each
+value of the tool's redacted arguments (``redact=``) is replaced by ``<redacted>``, the others
+stay as Cedar quotes them. Listing tools asks only the scopes: before a call there are no
+arguments to show Cedar.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ from mcp_guard.scopes import ScopeHierarchy
 if TYPE_CHECKING:
     import cedarpy
 
-__all__ = ["NAMESPACE", "CedarPolicy", "CedarUnavailable", "cedar_schema"]
+__all__ = ["NAMESPACE", "CedarError", "CedarPolicy", "CedarUnavailable", "cedar_schema"]
 
 _PRINCIPAL = f"{NAMESPACE}::Principal"
 _ACTION = f"{NAMESPACE}::Action"
@@ -66,11 +70,18 @@ _CONTEXT_DUMP = re.compile(r"context `.*` is not valid", re.DOTALL)
 
 _LONG = (-(2**63), 2**63 - 1)
 _CACHE_LIMIT = 4096
-_MESSAGE_LIMIT = 300
+_DETAIL_LIMIT = 300 - len("CedarError: ")
+"""The characters of Cedar's error text kept: the guard keeps 300 of a ``detail``, type name included."""
+_REDACTED = "<redacted>"
 
 
 class CedarUnavailable(ImportError):
     """``cedarpy`` is not installed: `CedarPolicy` refuses to start rather than decide without Cedar."""
+
+
+class CedarError(Exception):
+    """Cedar could not evaluate a call. The guard refuses it with ``policy_error`` and keeps this
+    text, bounded and with the tool's redacted argument values replaced, in the audit ``detail``."""
 
 
 _EXPECTED = {"String": "a string", "Long": "an integer", "Boolean": "a boolean", "Set": "a list", "Record": "an object"}
@@ -175,6 +186,7 @@ class CedarPolicy:
         return self._scopes.hierarchy
 
     def decide(self, request: CallRequest) -> Decision:
+        """The required scopes' decision, then Cedar's; raises `CedarError` when Cedar cannot evaluate the call."""
         scoped = self._scopes.decide(request)
         if not scoped.allowed:
             return scoped
@@ -190,9 +202,12 @@ class CedarPolicy:
                 policy_version=self.version,
             )
         except RecursionError:
-            return self._error(scoped, "the arguments are nested too deeply")
+            failure = "the arguments are nested too deeply"
+        except CedarError as error:
+            failure = str(error)
         except Exception as error:
-            return self._error(scoped, f"{type(error).__name__}: {error}")
+            failure = f"{type(error).__name__}: {error}"
+        raise CedarError(_detail(failure, request))
 
     def visible(self, principal: Principal, tool: ToolSpec) -> bool:
         """Whether ``principal`` holds the tool's required scopes; Cedar is not asked (no arguments yet)."""
@@ -230,8 +245,8 @@ class CedarPolicy:
         }
         result = self._is_authorized(call, self._policies, entities, self._schema)
         diagnostics = result.diagnostics
-        if diagnostics.errors:
-            return self._error(scoped, "; ".join(diagnostics.errors))
+        if diagnostics.errors:  # Cedar's own text: `decide` redacts it
+            raise CedarError("; ".join(diagnostics.errors))
         names = diagnostics.id_annotations_by_reason
         rules = tuple(sorted(names.get(reason) or reason for reason in diagnostics.reasons))
         if result.allowed:
@@ -259,18 +274,6 @@ class CedarPolicy:
             requested_scopes=scoped.requested_scopes,
             reasons=(Reason.of(ReasonCode.POLICY_DENIED, message),),
             rule_ids=rules,
-            policy_id=self.id,
-            policy_version=self.version,
-        )
-
-    def _error(self, scoped: Decision, error: str) -> Decision:
-        error = _CONTEXT_DUMP.sub("context is not valid", error)
-        if len(error) > _MESSAGE_LIMIT:
-            error = error[: _MESSAGE_LIMIT - 3] + "..."
-        return Decision.deny(
-            ReasonCode.POLICY_ERROR,
-            f"Cedar could not evaluate this call, so it is refused: {error}",
-            requested=scoped.requested_scopes,
             policy_id=self.id,
             policy_version=self.version,
         )
@@ -373,6 +376,67 @@ def _shown(shape: Shape) -> Shape:
         element=_shown(shape.element) if shape.element is not None else None,
         members={name: UNDECLARED if member is None else _shown(member) for name, member in shape.members.items()},
     )
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+def _detail(failure: str, request: CallRequest) -> str:
+    """Cedar's error text as the audit ``detail`` keeps it: the context it may quote whole left
+    out, each value of the tool's redacted arguments replaced wherever it shows, and bounded."""
+    failure = _CONTEXT_DUMP.sub("context is not valid", failure)
+    return _redacted(failure, _secrets(request.arguments, request.tool.redact), _DETAIL_LIMIT)
+
+
+def _secrets(arguments: Mapping[str, object], redact: frozenset[str]) -> set[str]:
+    """What Cedar's errors may quote of the arguments named in ``redact`` (at any depth, as the
+    audit redacts them): their strings, keys and 64-bit integers, and each side of a string's
+    first ``/`` (``ip()`` quotes the address or the prefix length of a CIDR alone)."""
+    found: set[str] = set()
+    walked: set[tuple[int, bool]] = set()  # a value shared under a redacted name is walked again
+    waiting: list[tuple[object, bool]] = [(arguments, False)] if redact else []
+    while waiting:
+        value, hidden = waiting.pop()
+        if isinstance(value, Mapping | list | tuple):
+            if (id(value), hidden) in walked:
+                continue
+            walked.add((id(value), hidden))
+            if isinstance(value, Mapping):
+                for key, item in value.items():
+                    if hidden:  # a redacted object's keys are part of its value
+                        waiting.append((key, True))
+                    waiting.append((item, hidden or key in redact))
+            else:
+                waiting += [(item, hidden) for item in value]
+        elif hidden and isinstance(value, str):
+            found.update((value, *value.split("/", 1)))
+        elif hidden and type(value) is int and _LONG[0] <= value <= _LONG[1]:
+            found.add(str(value))
+    found.discard("")
+    return found
+
+
+def _redacted(text: str, secrets: Iterable[str], limit: int) -> str:
+    """At most ``limit`` characters of ``text``, with every occurrence of a secret that starts
+    within them replaced by ``<redacted>``: found before the cut, so none shows even in part."""
+    spans = []
+    for secret in secrets:
+        end = limit - 1 + len(secret)  # an occurrence must start before the cut
+        start = text.find(secret, 0, end)
+        while start >= 0:
+            spans.append((start, start + len(secret)))
+            start = text.find(secret, start + 1, end)
+    parts: list[str] = []
+    shown = 0
+    for start, stop in sorted(spans):
+        if start >= shown:
+            parts += (text[shown:start], _REDACTED)
+        shown = max(shown, stop)
+    parts.append(text[shown:limit])
+    kept = "".join(parts)
+    if len(kept) > limit or max(shown, limit) < len(text):
+        kept = kept[: limit - 3] + "..."
+    return kept
 
 
 # -- arguments --------------------------------------------------------------------------------

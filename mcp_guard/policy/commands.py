@@ -21,6 +21,7 @@ from mcp_guard.policy.files import PolicyFileError, load_policy
 from mcp_guard.policy.report import explanation, matrix, shadow_summary, table
 from mcp_guard.reasons import ReasonCode
 from mcp_guard.testing import call_request
+from mcp_guard.text import escaped
 
 __all__ = ["add_policy_commands", "instant"]
 
@@ -169,6 +170,11 @@ def _diff(args: argparse.Namespace, events: Events) -> int:
         print(json.dumps(summary, indent=2))
         return 0
     print(f"{summary['disagreements']} disagreements")
+    if summary["odd_entries"]:
+        print(
+            f"{summary['odd_entries']} policy.disagreed entries left out: their facts are not as "
+            "mcp-guard writes them (check the log with mcp-guard audit verify)"
+        )
     for title, key in (
         ("candidate policy", "candidates"),
         ("enforced -> candidate", "by_shift"),
@@ -176,11 +182,11 @@ def _diff(args: argparse.Namespace, events: Events) -> int:
         ("candidate rule", "by_candidate_rule"),
     ):
         if summary[key]:
-            rows = [{title: name, "calls": count} for name, count in summary[key].items()]
+            rows = [{title: escaped(name), "calls": count} for name, count in summary[key].items()]
             print()
             print(table(rows, (title, "calls")))
     for shift, event_id in summary["example_events"].items():
-        print(f"\nexample of {shift}: mcp-guard audit show {event_id} {' '.join(args.files)}")
+        print(f"\nexample of {escaped(shift)}: mcp-guard audit show {escaped(event_id)} {' '.join(args.files)}")
     return 0
 
 

@@ -50,22 +50,29 @@ def matrix(policy: RulePolicy) -> list[dict[str, str]]:
 
 
 def shadow_summary(events: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """What the ``policy.disagreed`` events among ``events`` add up to."""
+    """What the ``policy.disagreed`` events among ``events`` add up to.
+
+    The log is read unverified, so an entry may hold anything: one whose facts are not of the
+    types the guard writes is left out of every tally and counted in ``odd_entries``.
+    """
     shifts: Counter[str] = Counter()
     tools: Counter[str] = Counter()
     rules: Counter[str] = Counter()
     candidates: Counter[str] = Counter()
     examples: dict[str, str] = {}
+    odd = 0
     for event in events:
         if event.get("kind") != "policy.disagreed":
             continue
-        shift = f"{event.get('decision')} -> {event.get('candidate_decision')}"
+        if not _as_written(event):
+            odd += 1
+            continue
+        shift = f"{event['decision']} -> {event['candidate_decision']}"
         shifts[shift] += 1
-        tools[str(event.get("tool"))] += 1
-        candidates[f"{event.get('candidate_policy_id')} {event.get('candidate_policy_version')}"] += 1
-        for rule in event.get("candidate_rule_ids") or ["-"]:
-            rules[str(rule)] += 1
-        examples.setdefault(shift, str(event.get("event_id")))
+        tools[event["tool"]] += 1
+        candidates[f"{event['candidate_policy_id']} {event['candidate_policy_version']}"] += 1
+        rules.update(event["candidate_rule_ids"] or ["-"])
+        examples.setdefault(shift, event["event_id"])
     return {
         "disagreements": sum(shifts.values()),
         "candidates": dict(candidates.most_common()),
@@ -73,7 +80,29 @@ def shadow_summary(events: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         "by_tool": dict(tools.most_common()),
         "by_candidate_rule": dict(rules.most_common()),
         "example_events": examples,
+        "odd_entries": odd,
     }
+
+
+_DISAGREEMENT_TEXTS = (
+    "event_id",
+    "tool",
+    "decision",
+    "candidate_decision",
+    "candidate_policy_id",
+    "candidate_policy_version",
+)
+
+
+def _as_written(event: Mapping[str, Any]) -> bool:
+    """Whether a ``policy.disagreed`` event holds the facts the guard writes, typed as it writes
+    them: strings, and a list of strings for the candidate's rule ids."""
+    rules = event.get("candidate_rule_ids")
+    return (
+        all(isinstance(event.get(name), str) for name in _DISAGREEMENT_TEXTS)
+        and isinstance(rules, list)
+        and all(isinstance(rule, str) for rule in rules)
+    )
 
 
 def table(rows: Sequence[Mapping[str, object]], columns: Sequence[str]) -> str:
