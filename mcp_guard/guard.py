@@ -20,7 +20,7 @@ from typing import Any, NamedTuple, TypeVar, cast
 
 from mcp.server.auth.provider import AccessToken
 
-from mcp_guard.audit.arguments import summarize_arguments
+from mcp_guard.audit.arguments import redacted_text, summarize_arguments
 from mcp_guard.audit.events import AuditEvent, EventKind
 from mcp_guard.audit.sinks import AuditSink, MemoryAuditSink
 from mcp_guard.audit.spans import annotate_span, current_span_context, recording_span
@@ -314,9 +314,13 @@ class Guard:
                 except BaseException as error:
                     if not (isinstance(error, Exception) or cancelled_itself(error)):
                         raise
-                    logger.exception("mcp-guard: policy %r failed on tool %s; denying", self._policy.id, spec.name)
+                    detail = redacted_text(f"{type(error).__name__}: {error}", arguments, spec.redact, _DETAIL_LIMIT)
+                    logger.warning(
+                        "mcp-guard: policy %r failed on tool %s (%r); denying", self._policy.id, spec.name, detail
+                    )
+                    if not spec.redact:  # the traceback quotes the error as it is: never a redacted value
+                        logger.debug("mcp-guard: the failure of policy %r", self._policy.id, exc_info=True)
                     decision = self._refusal(ReasonCode.POLICY_ERROR, None, principal)
-                    detail = f"{type(error).__name__}: {error}"[:_DETAIL_LIMIT]
                 if awaited and decision.allowed:  # revoked or ended while a remote policy was deciding?
                     await self._check_still_usable(principal, session)
             except Refused as refusal:
@@ -717,7 +721,12 @@ class Guard:
         mode, stops the next call), never raised.
         """
         try:
-            event = decided.completion(read_clock(self.clock), result, duration, error_type)
+            at = read_clock(self.clock)
+        except Exception:
+            logger.exception("mcp-guard: the clock failed as a call to tool %s ended", decided.tool)
+            at = decided.at  # the event is still worth having, at the time of its decision
+        try:
+            event = decided.completion(at, result, duration, error_type)
         except Exception:
             logger.exception("mcp-guard: recording how a call to tool %s ended failed", decided.tool)
             return

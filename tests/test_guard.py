@@ -890,6 +890,11 @@ async def test_a_credential_narrowed_in_place_is_judged_as_it_now_reads(g: Guard
     assert credential.claims is not None
     credential.claims["act"]["sub"] = "mailer"  # the same dict, changed within
     assert (await g.authorize("read_note", {}, credential)).request.principal.actor_chain == ("mailer",)  # type: ignore[union-attr]
+    credential.subject = "mallory"  # another identity now: not the session's
+    assert (await g.authorize("read_note", {}, credential)).decision.reason.code == (
+        ReasonCode.SESSION_BINDING_MISMATCH
+    )
+    credential.subject = "alice"
     credential.expires_at = int(NOW - 3600)
     assert (await g.authorize("read_note", {}, credential)).decision.reason.code == ReasonCode.TOKEN_EXPIRED
 

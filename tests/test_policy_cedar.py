@@ -377,39 +377,39 @@ SHARED = {"ip": "hunter2-shared"}
 @pytest.mark.parametrize(
     ("condition", "arguments", "shown", "hidden"),
     [
-        ("ip(context.arguments.addr).isLoopback()", {"addr": "hunter2"}, "invalid IP address: <redacted>", "hunter2"),
-        ("ip(context.arguments.addr).isLoopback()", {"addr": "hunter2/8"}, "the string `<redacted>`", "hunter2"),
-        ("ip(context.arguments.addr).isLoopback()", {"addr": "10.9.8.7/99"}, "prefix: <redacted> is larger", "99"),
-        ("context.arguments.pin * 1000 > 0", {"pin": 9223372036854999}, "`<redacted>` and `1000`", "922337"),
+        ("ip(context.arguments.addr).isLoopback()", {"addr": "hunter2"}, "invalid IP address: [redacted]", "hunter2"),
+        ("ip(context.arguments.addr).isLoopback()", {"addr": "hunter2/8"}, "the string `[redacted]`", "hunter2"),
+        ("ip(context.arguments.addr).isLoopback()", {"addr": "10.9.8.7/99"}, "prefix: [redacted] is larger", "99"),
+        ("context.arguments.pin * 1000 > 0", {"pin": 9223372036854999}, "`[redacted]` and `1000`", "922337"),
         (
             'decimal(context.arguments.vault.k.v) > decimal("1")',
             {"vault": {"k": {"v": "hunter2", "list": ["a"]}}},
-            "`<redacted>`",
+            "`[redacted]`",
             "hunter2",
         ),
         (
             "ip(context.arguments.options.addr).isLoopback()",
             {"options": {"addr": "hunter2"}},
-            ": <redacted>",
+            ": [redacted]",
             "hunter2",
         ),
         (
             "ip(context.arguments.options.ip).isLoopback()",
             {"vault": SHARED, "options": SHARED},
-            ": <redacted>",
+            ": [redacted]",
             "hunter2",
         ),
         (
             "ip(context.arguments.note).isLoopback()",
             {"note": "hunter2 note", "addr": "hunter2"},
-            "<redacted> note",
+            "[redacted] note",
             "hunter2",
         ),
         (
             "ip(context.arguments.note).isLoopback()",
             {"note": "an open note"},
             "invalid IP address: an open note",
-            "<redacted>",
+            "[redacted]",
         ),
     ],
 )
@@ -427,19 +427,19 @@ def test_an_error_names_no_redacted_argument_value(
 def test_the_keys_of_a_redacted_object_are_redacted_too() -> None:
     arguments = {"login": {"user": "hunter2-user", "pin": 12345, "hunter2-key": "v"}}
     text = failure(PERMIT_ALL, secret_tools()["connect"], arguments, tools=secret_tools().values())
-    assert "attribute `<redacted>` should not exist" in text and "hunter2" not in text
+    assert "attribute `[redacted]` should not exist" in text and "hunter2" not in text
 
 
 def test_an_error_text_is_bounded_and_shows_no_part_of_a_redacted_value() -> None:
     permit = "permit (principal, action, resource) when { ip(context.arguments.%s).isLoopback() };"
     cut = failure(permit % "addr", secret_tools()["connect"], {"addr": "hunter2" + "x" * 1000})
-    assert "from string `<redacted>" in cut and "hunter" not in cut and "xxx" not in cut
+    assert "from string `[redacted]" in cut and "hunter" not in cut and "xxx" not in cut
     long = failure(permit % "note", secret_tools()["connect"], {"note": "y" * 1000, "addr": "y" * 500 + "hunter2"})
-    assert len("CedarError: " + long) <= 300 and long.endswith("y...") and "<redacted>" not in long
+    assert len("CedarError: " + long) <= 300 and long.endswith("y...") and "[redacted]" not in long
     straddling = failure(  # starts before the cut, ends after it
         permit % "note", secret_tools()["connect"], {"note": "z" * 150 + "hunter2" * 20, "addr": "hunter2" * 20}
     )
-    assert "z<" in straddling and "hunter" not in straddling
+    assert "z[" in straddling and "hunter" not in straddling
     looped: list[Any] = ["hunter2"]
     looped.append(looped)
     assert failure(permit % "addr", secret_tools()["connect"], {"vault": {"loop": looped}}) == (
@@ -476,7 +476,7 @@ async def test_a_cedar_error_reaches_the_caller_and_the_span_as_its_code_alone(
     assert error.data == {"reason": "policy_error"}
     [decided] = [event for event in audit.events if event.kind == EventKind.CALL_DECIDED]
     assert decided.detail is not None and decided.detail.startswith("CedarError: ")
-    assert "invalid IP address: <redacted>" in decided.detail
+    assert "invalid IP address: [redacted]" in decided.detail
     assert "multiply the values `9223372036854999` and `1000`" in decided.detail  # not redacted: kept as Cedar said
     assert "hunter2" not in repr(spans.get_finished_spans()) + repr(audit.events) + caplog.text
     assert "9223372036854999" not in repr(spans.get_finished_spans())
@@ -493,7 +493,7 @@ async def test_a_failing_cedar_candidate_keeps_its_redacted_error_in_the_disagre
     [disagreed] = [event for event in audit.events if event.kind == EventKind.POLICY_DISAGREED]
     assert disagreed.detail == (
         "CedarError: error while evaluating policy `policy0`: "
-        "error while evaluating `ipaddr` extension function: invalid IP address: <redacted>"
+        "error while evaluating `ipaddr` extension function: invalid IP address: [redacted]"
     )
 
 

@@ -159,6 +159,18 @@ def test_diff_escapes_logged_values_and_leaves_out_odd_entries(
     assert [line for line in lines if "forged" in line and "\\n" not in line] == []
 
 
+def test_diff_shows_long_names_in_full(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Combination ids run long (``all_of(...)``): two candidates must not print as one."""
+    log = tmp_path / "audit.jsonl"
+    sink = FileAuditSink(log)
+    for suffix in ("1", "2"):
+        sink.emit(disagreement(candidate_policy_id="all_of(" + "member, " * 12 + suffix + ")"))
+    sink.close()
+    assert main(["policy", "diff", str(log)]) == 0
+    shown = capsys.readouterr().out
+    assert shown.count("member, member, " * 6 + "1)") == 1 and shown.count("member, member, " * 6 + "2)") == 1
+
+
 def test_schema_prints_the_committed_json_schema(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["policy", "schema"]) == 0
     assert json.loads(capsys.readouterr().out) == json.loads((ROOT / "docs" / "policy.schema.json").read_text())

@@ -26,7 +26,7 @@ from mcp_guard import (
 from mcp_guard.audit.file import FileAuditSink
 from mcp_guard.cli import main
 from mcp_guard.model import CallRequest, Decision, Session, ToolSpec
-from mcp_guard.policy import LimitRule, Verdict
+from mcp_guard.policy import LimitRule, Verdict, as_policy
 from mcp_guard.policy.engine import RulePolicy
 from mcp_guard.policy.shadow import Shadow
 from mcp_guard.session.memory import MemorySessionStore
@@ -619,3 +619,42 @@ async def test_a_target_another_call_relies_on_is_not_given_back_by_a_late_refus
     assert sorted(codes) == ["allowed", "session_unavailable"]
     later = await guard.authorize("send_mail", {"to": "y@example.com"}, token)
     assert later.decision.reason.code == ReasonCode.TOO_MANY_TARGETS
+
+
+async def test_a_policy_error_quoting_a_redacted_argument_keeps_it_out_of_the_trail_and_the_log(
+    audit: MemoryAuditSink, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A policy that fails on a value (``int("pin-...")`` quotes it) must not put a redacted
+    argument into the audit ``detail``, a shadow disagreement, or the log."""
+
+    def pin_format(request: CallRequest) -> Verdict:
+        int(request.arguments["pin"])  # raises, quoting the value
+        return None
+
+    enforcing = Guard(policy=as_policy(pin_format), audit=[audit])
+    shadowing = Guard(shadow=pin_format, audit=[audit])  # allows; its candidate fails
+    for guard in (enforcing, shadowing):
+        guard.declare(ToolSpec("pay", redact=frozenset({"pin"})))
+        await guard.authorize("pay", {"pin": "pin-HUNTER2-'\\x"}, access_token("alice"))
+    details = [event.detail or "" for event in audit.events if event.kind in ("call.decided", "policy.disagreed")]
+    assert [
+        detail.startswith("ValueError: invalid literal for int()") and "[redacted]" in detail for detail in details
+    ] == [
+        True,  # the enforcing policy's refusal
+        False,  # the shadowing guard's allowed call
+        True,  # its candidate's failure, recorded as a disagreement
+    ]
+    assert "HUNTER2" not in repr(details) + caplog.text
+
+
+async def test_a_policy_error_is_logged_on_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    """An error's text comes from the call: logged escaped, it cannot forge a log line."""
+
+    def failing(request: CallRequest) -> Verdict:
+        raise ValueError(f"bad value {request.arguments['note']}")
+
+    guard = Guard(policy=as_policy(failing))
+    guard.declare(ToolSpec("save"))
+    await guard.authorize("save", {"note": "x\n2026-01-01 INFO admin login accepted"}, access_token("alice"))
+    [logged] = [record.getMessage() for record in caplog.records if "failed on tool save" in record.getMessage()]
+    assert "\n" not in logged and "\\n2026" in logged

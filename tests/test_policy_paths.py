@@ -116,7 +116,10 @@ def test_a_symlink_loop_does_not_hang(root: Path) -> None:
         (" file:///etc/passwd", "begins or ends with whitespace"),  # a tool may strip it first
         ("docs/notes.txt ", "begins or ends with whitespace"),
         ("%20~/.ssh/id_rsa", "begins or ends with whitespace, which a tool may strip (percent-encoded)"),
-        ("%09file:///etc/passwd", "begins or ends with whitespace, which a tool may strip (percent-encoded)"),
+        ("%09file:///etc/passwd", "contains a control or invisible character (percent-encoded)"),
+        ("%C2%A0/etc/passwd", "contains a control or invisible character (percent-encoded)"),  # a no-break space
+        ("%E3%80%80/etc/passwd", "contains a control or invisible character (percent-encoded)"),
+        ("%1F/etc/passwd", "contains a control or invisible character (percent-encoded)"),
         ("file:secret/key", "URI scheme"),  # a tool that takes URIs opens it from its own directory
         ("file:../outside.txt", "URI scheme"),
         ("notes:draft.txt", "a name with a colon as ./name"),
@@ -145,6 +148,7 @@ def test_ordinary_percent_signs_and_unicode_names_pass(root: Path) -> None:
     assert roots.violation("docs/notes:2026.txt") is None  # a colon past the first component
     assert roots.violation("./notes:draft.txt") is None  # a name with a colon, written as no URI can be
     assert roots.violation("docs/my notes.txt") is None  # whitespace inside a name
+    assert roots.violation("docs/my%20notes.txt") is None  # and encoded
 
 
 def test_messages_are_short_and_escaped(root: Path) -> None:

@@ -117,7 +117,7 @@ def _said(token: AccessToken) -> tuple[object, ...]:
     """What ``token`` says that a principal is built from, but its claims (the principal keeps
     its own copy of those): compared on every call, as a verifier may narrow the very object it
     handed over (fewer scopes, an earlier expiry). The scopes are a copy of the list."""
-    return (token.token, token.client_id, token.expires_at, token.resource, list(token.scopes))
+    return (token.token, token.subject, token.client_id, token.expires_at, token.resource, list(token.scopes))
 
 
 def principal_from_access_token(token: AccessToken, fingerprint: str | None) -> Principal:
@@ -165,6 +165,7 @@ def _describes(principal: Principal, token: AccessToken) -> bool:
     expires_at = float(token.expires_at) if token.expires_at is not None else None
     return (
         principal.client_id == token.client_id
+        and (token.subject is None or principal.subject == token.subject)
         and principal.expires_at == expires_at
         and principal.scopes == frozenset(token.scopes)
         and principal.claims == (token.claims or {})

@@ -30,7 +30,7 @@ integer): the SDK might coerce it, and the policy would have judged another valu
 Any Cedar error raises `CedarError`, even when other Cedar policies permit the call, and a
 combination (`AnyOf` too) passes it on: the guard refuses the call with ``policy_error`` alone and
 keeps the error's text in the audit event's ``detail``. Cedar quotes argument values in it: each
-value of the tool's redacted arguments (``redact=``) is replaced by ``<redacted>``, the others
+value of the tool's redacted arguments (``redact=``) is replaced by ``[redacted]``, the others
 stay as Cedar quotes them. Listing tools asks only the scopes: before a call there are no
 arguments to show Cedar.
 """
@@ -38,10 +38,10 @@ arguments to show Cedar.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from mcp_guard.audit.arguments import redacted_text
 from mcp_guard.memo import remember
 from mcp_guard.model import CallRequest, Decision, Principal, Reason, ToolSpec
 from mcp_guard.policy.cedar_schema import NAMESPACE, UNDECLARED, Shape, arguments_type, cedar_schema
@@ -65,14 +65,14 @@ _RESERVED = frozenset({"__entity", "__extn", "__expr"})
 _quote = json.JSONEncoder().encode
 """A string as a JSON string literal."""
 
-_CONTEXT_DUMP = re.compile(r"context `.*` is not valid", re.DOTALL)
+_CONTEXT_OPENS, _CONTEXT_CLOSES = "context `", "` is not valid"
+"""How Cedar quotes a whole context it refuses: left out of the ``detail``."""
 """Cedar's request-validation error quotes the whole context, argument values included."""
 
 _LONG = (-(2**63), 2**63 - 1)
 _CACHE_LIMIT = 4096
 _DETAIL_LIMIT = 300 - len("CedarError: ")
 """The characters of Cedar's error text kept: the guard keeps 300 of a ``detail``, type name included."""
-_REDACTED = "<redacted>"
 
 
 class CedarUnavailable(ImportError):
@@ -383,60 +383,12 @@ def _shown(shape: Shape) -> Shape:
 
 def _detail(failure: str, request: CallRequest) -> str:
     """Cedar's error text as the audit ``detail`` keeps it: the context it may quote whole left
-    out, each value of the tool's redacted arguments replaced wherever it shows, and bounded."""
-    failure = _CONTEXT_DUMP.sub("context is not valid", failure)
-    return _redacted(failure, _secrets(request.arguments, request.tool.redact), _DETAIL_LIMIT)
-
-
-def _secrets(arguments: Mapping[str, object], redact: frozenset[str]) -> set[str]:
-    """What Cedar's errors may quote of the arguments named in ``redact`` (at any depth, as the
-    audit redacts them): their strings, keys and 64-bit integers, and each side of a string's
-    first ``/`` (``ip()`` quotes the address or the prefix length of a CIDR alone)."""
-    found: set[str] = set()
-    walked: set[tuple[int, bool]] = set()  # a value shared under a redacted name is walked again
-    waiting: list[tuple[object, bool]] = [(arguments, False)] if redact else []
-    while waiting:
-        value, hidden = waiting.pop()
-        if isinstance(value, Mapping | list | tuple):
-            if (id(value), hidden) in walked:
-                continue
-            walked.add((id(value), hidden))
-            if isinstance(value, Mapping):
-                for key, item in value.items():
-                    if hidden:  # a redacted object's keys are part of its value
-                        waiting.append((key, True))
-                    waiting.append((item, hidden or key in redact))
-            else:
-                waiting += [(item, hidden) for item in value]
-        elif hidden and isinstance(value, str):
-            found.update((value, *value.split("/", 1)))
-        elif hidden and type(value) is int and _LONG[0] <= value <= _LONG[1]:
-            found.add(str(value))
-    found.discard("")
-    return found
-
-
-def _redacted(text: str, secrets: Iterable[str], limit: int) -> str:
-    """At most ``limit`` characters of ``text``, with every occurrence of a secret that starts
-    within them replaced by ``<redacted>``: found before the cut, so none shows even in part."""
-    spans = []
-    for secret in secrets:
-        end = limit - 1 + len(secret)  # an occurrence must start before the cut
-        start = text.find(secret, 0, end)
-        while start >= 0:
-            spans.append((start, start + len(secret)))
-            start = text.find(secret, start + 1, end)
-    parts: list[str] = []
-    shown = 0
-    for start, stop in sorted(spans):
-        if start >= shown:
-            parts += (text[shown:start], _REDACTED)
-        shown = max(shown, stop)
-    parts.append(text[shown:limit])
-    kept = "".join(parts)
-    if len(kept) > limit or max(shown, limit) < len(text):
-        kept = kept[: limit - 3] + "..."
-    return kept
+    out (found in one pass: no pattern that backtracks over hostile text), each value of the
+    tool's redacted arguments replaced wherever it shows, and bounded."""
+    opens, closes = failure.find(_CONTEXT_OPENS), failure.rfind(_CONTEXT_CLOSES)
+    if 0 <= opens < closes:
+        failure = f"{failure[:opens]}context is not valid{failure[closes + len(_CONTEXT_CLOSES) :]}"
+    return redacted_text(failure, request.arguments, request.tool.redact, _DETAIL_LIMIT)
 
 
 # -- arguments --------------------------------------------------------------------------------

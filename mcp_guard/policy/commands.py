@@ -30,6 +30,10 @@ Events = Callable[[Sequence[str]], Iterator[dict[str, Any]]]
 _MATRIX = ("tool", "risk", "requires", "may use", "tags", "rules")
 
 
+_WHOLE = 10_000
+"""Characters of a logged value `policy diff` shows, escaped: a name in full, a forged one bounded."""
+
+
 def add_policy_commands(commands: Any, events: Events) -> None:
     """Add ``policy`` and its actions to the ``mcp-guard`` parser; ``events`` reads audit logs."""
     policy = commands.add_parser("policy", help="check, explain and compare policies").add_subparsers(
@@ -182,11 +186,13 @@ def _diff(args: argparse.Namespace, events: Events) -> int:
         ("candidate rule", "by_candidate_rule"),
     ):
         if summary[key]:
-            rows = [{title: escaped(name), "calls": count} for name, count in summary[key].items()]
+            rows = [{title: escaped(name, _WHOLE), "calls": count} for name, count in summary[key].items()]
             print()
             print(table(rows, (title, "calls")))
     for shift, event_id in summary["example_events"].items():
-        print(f"\nexample of {escaped(shift)}: mcp-guard audit show {escaped(event_id)} {' '.join(args.files)}")
+        print(
+            f"\nexample of {escaped(shift, _WHOLE)}: mcp-guard audit show {escaped(event_id, _WHOLE)} {' '.join(args.files)}"
+        )
     return 0
 
 

@@ -103,9 +103,13 @@ def _text_problem(value: str) -> str | None:
 
 
 def _read_otherwise(text: bytes) -> str | None:
-    """Why a tool may read ``text`` as something other than a path: whitespace at either end (it
-    may strip it), a leading ``~`` (a home directory) or URI scheme (``file:///etc/passwd``)."""
-    if text != text.strip():
+    """Why a tool may read ``text`` as something other than a path: a control or invisible
+    character, whitespace at either end (it may strip it, Unicode spaces included), a leading
+    ``~`` (a home directory) or URI scheme (``file:///etc/passwd``)."""
+    shown = text.decode("utf-8", "replace")
+    if not shown.isprintable():
+        return "contains a control or invisible character"
+    if shown != shown.strip():
         return "begins or ends with whitespace, which a tool may strip"
     if text.startswith(b"~"):
         return "begins with '~', which a tool may expand to a home directory"

@@ -24,6 +24,7 @@ from typing import NamedTuple
 import anyio
 from opentelemetry import metrics
 
+from mcp_guard.audit.arguments import redacted_text
 from mcp_guard.audit.events import AuditEvent, EventKind
 from mcp_guard.audit.sinks import AuditSink
 from mcp_guard.errors import Refused
@@ -99,7 +100,9 @@ class Shadow:
             if not (isinstance(error, Exception) or cancelled_itself(error)):
                 raise
             decision = self._refusal(request, ReasonCode.POLICY_ERROR)
-            detail = f"{type(error).__name__}: {error}"[:_DETAIL_LIMIT]
+            detail = redacted_text(
+                f"{type(error).__name__}: {error}", request.arguments, declared.redact, _DETAIL_LIMIT
+            )
         return Asked(request, decision, detail, shared)
 
     def compare(self, asked: Asked, enforced: Decision, event: AuditEvent) -> None:
