@@ -13,6 +13,7 @@ import inspect
 import logging
 import math
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -20,7 +21,7 @@ from typing import Any, NamedTuple, TypeVar, cast
 
 from mcp.server.auth.provider import AccessToken
 
-from mcp_guard.audit.arguments import redacted_text, summarize_arguments
+from mcp_guard.audit.arguments import error_detail, summarize_arguments
 from mcp_guard.audit.events import AuditEvent, EventKind
 from mcp_guard.audit.sinks import AuditSink, MemoryAuditSink
 from mcp_guard.audit.spans import annotate_span, current_span_context, recording_span
@@ -314,12 +315,8 @@ class Guard:
                 except BaseException as error:
                     if not (isinstance(error, Exception) or cancelled_itself(error)):
                         raise
-                    detail = redacted_text(f"{type(error).__name__}: {error}", arguments, spec.redact, _DETAIL_LIMIT)
-                    logger.warning(
-                        "mcp-guard: policy %r failed on tool %s (%r); denying", self._policy.id, spec.name, detail
-                    )
-                    if not spec.redact:  # the traceback quotes the error as it is: never a redacted value
-                        logger.debug("mcp-guard: the failure of policy %r", self._policy.id, exc_info=True)
+                    detail = error_detail(error, spec.redact, _DETAIL_LIMIT)
+                    _log_policy_failure(self._policy.id, spec, detail, error)
                     decision = self._refusal(ReasonCode.POLICY_ERROR, None, principal)
                 if awaited and decision.allowed:  # revoked or ended while a remote policy was deciding?
                     await self._check_still_usable(principal, session)
@@ -744,6 +741,19 @@ class Guard:
                 sink.emit(event)
             except Exception:
                 logger.exception("mcp-guard: audit sink %r failed", sink)
+
+
+def _log_policy_failure(policy_id: str, spec: ToolSpec, detail: str, error: BaseException) -> None:
+    """Log a policy's failure: the detail on one escaped line, so no error text forges a line,
+    and where it happened; the error's own text in the traceback only for a tool that redacts
+    no argument (it may quote one), the stack's frames alone otherwise."""
+    if not spec.redact:
+        logger.error(
+            "mcp-guard: policy %r failed on tool %s (%r); denying", policy_id, spec.name, detail, exc_info=error
+        )
+        return
+    frames = "".join(traceback.format_tb(error.__traceback__))
+    logger.error("mcp-guard: policy %r failed on tool %s (%r); denying\n%s", policy_id, spec.name, detail, frames)
 
 
 def _session_refusal(session: Session, principal: Principal, now: float) -> str | None:

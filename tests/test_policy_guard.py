@@ -624,8 +624,9 @@ async def test_a_target_another_call_relies_on_is_not_given_back_by_a_late_refus
 async def test_a_policy_error_quoting_a_redacted_argument_keeps_it_out_of_the_trail_and_the_log(
     audit: MemoryAuditSink, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A policy that fails on a value (``int("pin-...")`` quotes it) must not put a redacted
-    argument into the audit ``detail``, a shadow disagreement, or the log."""
+    """A policy that fails on a value quotes it, cut short or re-encoded as it likes (``int()``
+    quotes 200 characters): for a tool that redacts arguments the error's text is withheld from
+    the audit ``detail``, a shadow disagreement and the log, which keeps where it happened."""
 
     def pin_format(request: CallRequest) -> Verdict:
         int(request.arguments["pin"])  # raises, quoting the value
@@ -635,16 +636,11 @@ async def test_a_policy_error_quoting_a_redacted_argument_keeps_it_out_of_the_tr
     shadowing = Guard(shadow=pin_format, audit=[audit])  # allows; its candidate fails
     for guard in (enforcing, shadowing):
         guard.declare(ToolSpec("pay", redact=frozenset({"pin"})))
-        await guard.authorize("pay", {"pin": "pin-HUNTER2-'\\x"}, access_token("alice"))
-    details = [event.detail or "" for event in audit.events if event.kind in ("call.decided", "policy.disagreed")]
-    assert [
-        detail.startswith("ValueError: invalid literal for int()") and "[redacted]" in detail for detail in details
-    ] == [
-        True,  # the enforcing policy's refusal
-        False,  # the shadowing guard's allowed call
-        True,  # its candidate's failure, recorded as a disagreement
-    ]
-    assert "HUNTER2" not in repr(details) + caplog.text
+        await guard.authorize("pay", {"pin": "pin-HUNTER2-" + "x" * 300}, access_token("alice"))
+    details = [event.detail for event in audit.events if event.kind in ("call.decided", "policy.disagreed")]
+    withheld = "ValueError (its text is withheld: the tool redacts arguments it may quote)"
+    assert details == [withheld, None, withheld]  # the refusal, the allowed call, the candidate's failure
+    assert "HUNTER2" not in caplog.text and "in pin_format" in caplog.text  # the frame, not the value
 
 
 async def test_a_policy_error_is_logged_on_one_line(caplog: pytest.LogCaptureFixture) -> None:

@@ -120,6 +120,7 @@ def test_a_symlink_loop_does_not_hang(root: Path) -> None:
         ("%C2%A0/etc/passwd", "contains a control or invisible character (percent-encoded)"),  # a no-break space
         ("%E3%80%80/etc/passwd", "contains a control or invisible character (percent-encoded)"),
         ("%1F/etc/passwd", "contains a control or invisible character (percent-encoded)"),
+        ("%A0/etc/passwd", "holds bytes that are not UTF-8 (percent-encoded)"),  # a Latin-1 space
         ("file:secret/key", "URI scheme"),  # a tool that takes URIs opens it from its own directory
         ("file:../outside.txt", "URI scheme"),
         ("notes:draft.txt", "a name with a colon as ./name"),

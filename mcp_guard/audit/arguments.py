@@ -15,7 +15,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["REDACTED", "redacted_text", "summarize_arguments"]
+__all__ = ["REDACTED", "error_detail", "summarize_arguments"]
 
 REDACTED = "[redacted]"
 _CUT = "[...]"
@@ -103,68 +103,11 @@ def _leaf(value: Any, max_string: int, deep: bool) -> Any:
     return _CUT if deep else f"<{type(value).__name__}>"
 
 
-def redacted_text(text: str, arguments: Mapping[str, Any], redact: frozenset[str], limit: int) -> str:
-    """At most ``limit`` characters of ``text`` (an error that may quote the arguments), with each
-    value of the arguments named in ``redact`` replaced by `REDACTED` wherever it shows: a
-    policy's error goes to the audit log, where redacted values must never be."""
-    return _cut_out(text, _quotable(arguments, redact), limit)
-
-
-def _quotable(arguments: Mapping[str, Any], redact: frozenset[str]) -> set[str]:
-    """How an error may quote the arguments named in ``redact`` (at any depth, as the audit
-    redacts them): their strings as they are, as ``repr`` and JSON escape them, and each side of
-    their first ``/`` (Cedar's ``ip()`` quotes an address or a prefix length alone); their keys;
-    their numbers."""
-    found: set[str] = set()
-    walked: set[tuple[int, bool]] = set()  # a value shared under a redacted name is walked again
-    waiting: list[tuple[object, bool]] = [(arguments, False)] if redact else []
-    while waiting:
-        value, hidden = waiting.pop()
-        if isinstance(value, Mapping | list | tuple):
-            if (id(value), hidden) in walked:
-                continue
-            walked.add((id(value), hidden))
-            if isinstance(value, Mapping):
-                for key, item in value.items():
-                    if hidden:  # a redacted object's keys are part of its value
-                        waiting.append((key, True))
-                    waiting.append((item, hidden or key in redact))
-            else:
-                waiting += [(item, hidden) for item in value]
-        elif hidden and isinstance(value, str):
-            found.update((value, repr(value)[1:-1], json.dumps(value)[1:-1], *value.split("/", 1)))
-        elif hidden and isinstance(value, float | int) and not isinstance(value, bool):
-            found.add(_number(value))
-    found.discard("")
-    return found
-
-
-def _number(value: float) -> str:
-    """How an error quotes a number: a float by its ``repr``, an integer (an ``IntEnum`` too) by
-    its digits, but none too long to render (nothing, then)."""
-    if isinstance(value, float):
-        return repr(value)
-    return str(int(value)) if value.bit_length() <= _LONGEST_INT_BITS else ""
-
-
-def _cut_out(text: str, secrets: set[str], limit: int) -> str:
-    """At most ``limit`` characters of ``text``, with every occurrence of a secret that starts
-    within them replaced: found before the cut, so none shows even in part."""
-    spans = []
-    for secret in secrets:
-        end = limit - 1 + len(secret)  # an occurrence must start before the cut
-        start = text.find(secret, 0, end)
-        while start >= 0:
-            spans.append((start, start + len(secret)))
-            start = text.find(secret, start + 1, end)
-    parts: list[str] = []
-    shown = 0
-    for start, stop in sorted(spans):
-        if start >= shown:
-            parts += (text[shown:start], REDACTED)
-        shown = max(shown, stop)
-    parts.append(text[shown:limit])
-    kept = "".join(parts)
-    if len(kept) > limit or max(shown, limit) < len(text):
-        kept = kept[: limit - 3] + "..."
-    return kept
+def error_detail(error: BaseException, redact: frozenset[str], limit: int) -> str:
+    """What the audit log keeps of an error a call's arguments may have caused (a policy's): its
+    type, and its text, bounded, unless the tool redacts arguments. An error may quote one in a
+    form no redaction recognises (cut short, re-encoded, computed from it), so for such a tool
+    the text is withheld."""
+    if redact:
+        return f"{type(error).__name__} (its text is withheld: the tool redacts arguments it may quote)"
+    return f"{type(error).__name__}: {error}"[:limit]

@@ -29,9 +29,8 @@ integer): the SDK might coerce it, and the policy would have judged another valu
 
 Any Cedar error raises `CedarError`, even when other Cedar policies permit the call, and a
 combination (`AnyOf` too) passes it on: the guard refuses the call with ``policy_error`` alone and
-keeps the error's text in the audit event's ``detail``. Cedar quotes argument values in it: each
-value of the tool's redacted arguments (``redact=``) is replaced by ``[redacted]``, the others
-stay as Cedar quotes them. Listing tools asks only the scopes: before a call there are no
+keeps the error's text in the audit event's ``detail``. Cedar quotes argument values in it, so
+for a tool that redacts arguments (``redact=``) the guard withholds it. Listing tools asks only the scopes: before a call there are no
 arguments to show Cedar.
 """
 
@@ -41,7 +40,6 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from mcp_guard.audit.arguments import redacted_text
 from mcp_guard.memo import remember
 from mcp_guard.model import CallRequest, Decision, Principal, Reason, ToolSpec
 from mcp_guard.policy.cedar_schema import NAMESPACE, UNDECLARED, Shape, arguments_type, cedar_schema
@@ -81,7 +79,7 @@ class CedarUnavailable(ImportError):
 
 class CedarError(Exception):
     """Cedar could not evaluate a call. The guard refuses it with ``policy_error`` and keeps this
-    text, bounded and with the tool's redacted argument values replaced, in the audit ``detail``."""
+    text, bounded, in the audit ``detail`` (withheld for a tool that redacts arguments)."""
 
 
 _EXPECTED = {"String": "a string", "Long": "an integer", "Boolean": "a boolean", "Set": "a list", "Record": "an object"}
@@ -207,7 +205,7 @@ class CedarPolicy:
             failure = str(error)
         except Exception as error:
             failure = f"{type(error).__name__}: {error}"
-        raise CedarError(_detail(failure, request))
+        raise CedarError(_detail(failure))
 
     def visible(self, principal: Principal, tool: ToolSpec) -> bool:
         """Whether ``principal`` holds the tool's required scopes; Cedar is not asked (no arguments yet)."""
@@ -381,14 +379,14 @@ def _shown(shape: Shape) -> Shape:
 # -- errors -----------------------------------------------------------------------------------
 
 
-def _detail(failure: str, request: CallRequest) -> str:
-    """Cedar's error text as the audit ``detail`` keeps it: the context it may quote whole left
-    out (found in one pass: no pattern that backtracks over hostile text), each value of the
-    tool's redacted arguments replaced wherever it shows, and bounded."""
+def _detail(failure: str) -> str:
+    """Cedar's error text as the audit ``detail`` may keep it (the guard withholds it for a tool
+    that redacts arguments, as Cedar quotes them): the context it may quote whole left out,
+    found in one pass (no pattern that backtracks over hostile text), and bounded."""
     opens, closes = failure.find(_CONTEXT_OPENS), failure.rfind(_CONTEXT_CLOSES)
     if 0 <= opens < closes:
         failure = f"{failure[:opens]}context is not valid{failure[closes + len(_CONTEXT_CLOSES) :]}"
-    return redacted_text(failure, request.arguments, request.tool.redact, _DETAIL_LIMIT)
+    return failure if len(failure) <= _DETAIL_LIMIT else failure[: _DETAIL_LIMIT - 3] + "..."
 
 
 # -- arguments --------------------------------------------------------------------------------

@@ -103,10 +103,14 @@ def _text_problem(value: str) -> str | None:
 
 
 def _read_otherwise(text: bytes) -> str | None:
-    """Why a tool may read ``text`` as something other than a path: a control or invisible
-    character, whitespace at either end (it may strip it, Unicode spaces included), a leading
-    ``~`` (a home directory) or URI scheme (``file:///etc/passwd``)."""
-    shown = text.decode("utf-8", "replace")
+    """Why a tool may read ``text`` as something other than a path: bytes that are not UTF-8 (a
+    tool may read them as Latin-1, where ``\xa0`` is a space), a control or invisible character,
+    whitespace at either end (it may strip it, Unicode spaces included), a leading ``~`` (a home
+    directory) or URI scheme (``file:///etc/passwd``)."""
+    try:
+        shown = text.decode("utf-8")
+    except UnicodeDecodeError:
+        return "holds bytes that are not UTF-8"
     if not shown.isprintable():
         return "contains a control or invisible character"
     if shown != shown.strip():

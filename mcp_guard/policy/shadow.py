@@ -24,7 +24,7 @@ from typing import NamedTuple
 import anyio
 from opentelemetry import metrics
 
-from mcp_guard.audit.arguments import redacted_text
+from mcp_guard.audit.arguments import error_detail
 from mcp_guard.audit.events import AuditEvent, EventKind
 from mcp_guard.audit.sinks import AuditSink
 from mcp_guard.errors import Refused
@@ -100,9 +100,7 @@ class Shadow:
             if not (isinstance(error, Exception) or cancelled_itself(error)):
                 raise
             decision = self._refusal(request, ReasonCode.POLICY_ERROR)
-            detail = redacted_text(
-                f"{type(error).__name__}: {error}", request.arguments, declared.redact, _DETAIL_LIMIT
-            )
+            detail = error_detail(error, declared.redact, _DETAIL_LIMIT)
         return Asked(request, decision, detail, shared)
 
     def compare(self, asked: Asked, enforced: Decision, event: AuditEvent) -> None:
