@@ -355,6 +355,7 @@ class Guard:
                 kind, now, principal, session_id, tool_name, decision, trace_context, detail, owners, facts
             )
             ended = False  # by this call's weight: calls on other threads counted in before it
+            shadow_taken: Sequence[Callable[[], None]] = ()  # what the candidate counted of its own
             try:
                 for sink in self.sinks:
                     sink.emit(event)
@@ -366,7 +367,7 @@ class Guard:
                         await self._end_risky_session(session, principal, score, risk.threshold, now)
                         ended = True
                 if self.shadow is not None and asked is not None:
-                    self.shadow.compare(asked, decision, event)
+                    shadow_taken = self.shadow.compare(asked, decision, event)
             except Exception:
                 logger.exception("mcp-guard: recording the decision on tool %s failed; denying", tool_name)
                 if decision.allowed:
@@ -385,7 +386,7 @@ class Guard:
                 try:  # the shadow, the session store or another thread: revoked or ended meanwhile?
                     await self._check_still_usable(principal, session)
                 except Exception as error:
-                    give_back_all(taken)
+                    give_back_all([*taken, *shadow_taken])
                     if isinstance(error, Refused):
                         decision = self._refusal(error.code, error.message, principal)
                     else:

@@ -10,9 +10,10 @@ import anyio
 import pytest
 
 from mcp_guard import AllOf, EventKind, Guard, MemoryAuditSink, PolicyFile, ReasonCode, RulePolicy, ScopePolicy
-from mcp_guard.model import CallRequest, Decision, ToolSpec
+from mcp_guard.model import CallRequest, Decision, Session, ToolSpec
 from mcp_guard.policy import LimitRule, PolicyFunction, Verdict
 from mcp_guard.policy.base import cancelled_itself
+from mcp_guard.session.memory import MemorySessionStore
 from mcp_guard.testing import access_token
 
 pytestmark = pytest.mark.anyio
@@ -154,3 +155,26 @@ def test_only_asyncio_tells_a_policys_own_cancellation_from_a_real_one() -> None
         return own, real
 
     assert asyncio.run(inside()) == (True, False)
+
+
+async def test_a_call_refused_late_gives_back_what_the_candidate_counted() -> None:
+    """The candidate, enforcing, would have been refused as late: the count it took for the call
+    goes back with the enforcing one, so the next call finds both limits alike."""
+
+    class MissesOnce(MemorySessionStore):
+        """The session cannot be read again once the first call is recorded."""
+
+        reads = 0
+
+        async def get(self, session_id: str) -> Session | None:
+            self.reads += 1
+            return None if self.reads == 2 else await super().get(session_id)
+
+    enforcing = RulePolicy([LimitRule("real", per="client", calls=1, window=60)])
+    candidate = RulePolicy([LimitRule("revised", per="client", calls=1, window=60)])  # the same limit, renamed
+    guard = Guard(policy=enforcing, sessions=MissesOnce(), shadow=candidate)
+    guard.declare(ToolSpec("ping"))
+    token = access_token("alice", "")
+    codes = [(await guard.authorize("ping", {}, token)).decision.reason.code for _ in range(2)]
+    assert codes == [ReasonCode.SESSION_UNAVAILABLE, ReasonCode.ALLOWED]
+    assert guard.shadow is not None and not guard.shadow.disagreements

@@ -103,14 +103,18 @@ class Shadow:
             detail = error_detail(error, declared.redact, _DETAIL_LIMIT)
         return Asked(request, decision, detail, shared)
 
-    def compare(self, asked: Asked, enforced: Decision, event: AuditEvent) -> None:
+    def compare(self, asked: Asked, enforced: Decision, event: AuditEvent) -> Sequence[Callable[[], None]]:
         """Record a disagreement of ``asked`` with ``enforced``; count what the candidate allowed
-        with the rules it does not share. Never raises."""
+        with the rules it does not share, and return how to give those counts back, should the
+        call be refused late (the candidate, enforcing, would have been refused too). Never raises."""
         request, candidate = asked.request, asked.decision
+        counted: Sequence[Callable[[], None]] = ()
         try:
             if candidate.allowed:
                 try:
-                    tell_allowed([hook for hook in candidate.on_allow if id(hook) not in asked.shared], request)
+                    counted = tell_allowed(
+                        [hook for hook in candidate.on_allow if id(hook) not in asked.shared], request
+                    )
                 except Refused as refusal:  # its own limit, filled meanwhile
                     candidate = Decision.deny(refusal.code, refusal.message, requested=candidate.requested_scopes)
                 else:  # added to what calls of the session that overlapped this one took
@@ -122,7 +126,7 @@ class Shadow:
             if candidate.allowed == enforced.allowed and (
                 not enforced.allowed or candidate.approved_scopes == enforced.approved_scopes
             ):
-                return
+                return counted
             shift = f"{enforced.outcome} -> {candidate.outcome}"
             self.disagreements[shift] += 1
             self._counter.add(1, {"mcp_guard.shift": shift, "gen_ai.tool.name": request.tool.name})
@@ -150,6 +154,7 @@ class Shadow:
                 sink.emit(record)
         except Exception:
             logger.exception("mcp-guard: recording a shadow policy disagreement failed")
+        return counted
 
     def _as_seen(self, request: CallRequest, declared: ToolSpec) -> CallRequest:
         """``request`` (a detached copy) as the candidate would see it if it enforced: the tool
