@@ -13,7 +13,6 @@ import inspect
 import logging
 import math
 import time
-import traceback
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -21,7 +20,7 @@ from typing import Any, NamedTuple, TypeVar, cast
 
 from mcp.server.auth.provider import AccessToken
 
-from mcp_guard.audit.arguments import error_detail, summarize_arguments
+from mcp_guard.audit.arguments import error_detail, log_failure, summarize_arguments
 from mcp_guard.audit.events import AuditEvent, EventKind
 from mcp_guard.audit.sinks import AuditSink, MemoryAuditSink
 from mcp_guard.audit.spans import annotate_span, current_span_context, recording_span
@@ -316,7 +315,9 @@ class Guard:
                     if not (isinstance(error, Exception) or cancelled_itself(error)):
                         raise
                     detail = error_detail(error, spec.redact, _DETAIL_LIMIT)
-                    _log_policy_failure(self._policy.id, spec, detail, error)
+                    log_failure(
+                        logger, f"policy {self._policy.id!r} failed on tool {spec.name}; denying", error, spec.redact
+                    )
                     decision = self._refusal(ReasonCode.POLICY_ERROR, None, principal)
                 if awaited and decision.allowed:  # revoked or ended while a remote policy was deciding?
                     await self._check_still_usable(principal, session)
@@ -377,6 +378,10 @@ class Guard:
                         kind, now, principal, session_id, tool_name, decision, trace_context, detail, owners, facts
                     )
                     self._emit_best_effort(event)
+            except BaseException:  # cancelled while recording: the call will not run
+                if decision.allowed:
+                    give_back_all([*taken, *shadow_taken])
+                raise
             if (
                 decision.allowed
                 and session is not None
@@ -396,6 +401,9 @@ class Guard:
                         kind, now, principal, session_id, tool_name, decision, trace_context, _LATE, owners, facts
                     )
                     self._emit_best_effort(event)
+                except BaseException:  # cancelled during the second look: the call will not run
+                    give_back_all([*taken, *shadow_taken])
+                    raise
             if span is not None:
                 annotate_span(span, event, decision, transport_session)
             return _new(Authorization, (decision, request, event))
@@ -602,8 +610,10 @@ class Guard:
             return decision, tell_allowed(decision.on_allow, request)
         except Refused as refusal:
             return self._refusal(refusal.code, refusal.message, principal), ()
-        except Exception:
-            logger.exception("mcp-guard: counting the call on tool %s failed; denying", request.tool.name)
+        except Exception as error:
+            log_failure(
+                logger, f"counting the call on tool {request.tool.name} failed; denying", error, request.tool.redact
+            )
             return self._refusal(ReasonCode.GUARD_ERROR, None, principal), ()
 
     async def _check_still_usable(self, principal: Principal, session: Session) -> None:
@@ -742,19 +752,6 @@ class Guard:
                 sink.emit(event)
             except Exception:
                 logger.exception("mcp-guard: audit sink %r failed", sink)
-
-
-def _log_policy_failure(policy_id: str, spec: ToolSpec, detail: str, error: BaseException) -> None:
-    """Log a policy's failure: the detail on one escaped line, so no error text forges a line,
-    and where it happened; the error's own text in the traceback only for a tool that redacts
-    no argument (it may quote one), the stack's frames alone otherwise."""
-    if not spec.redact:
-        logger.error(
-            "mcp-guard: policy %r failed on tool %s (%r); denying", policy_id, spec.name, detail, exc_info=error
-        )
-        return
-    frames = "".join(traceback.format_tb(error.__traceback__))
-    logger.error("mcp-guard: policy %r failed on tool %s (%r); denying\n%s", policy_id, spec.name, detail, frames)
 
 
 def _session_refusal(session: Session, principal: Principal, now: float) -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -278,8 +279,11 @@ def give_back_all(taken: Sequence[Callable[[], None]]) -> None:
     for give_back in reversed(taken):
         try:
             give_back()
-        except Exception:
-            logger.exception("mcp-guard: giving back what a refused call took failed")
+        except Exception as error:
+            frames = "".join(traceback.format_tb(error.__traceback__))  # not its text: it may quote an argument
+            logger.error(
+                "mcp-guard: giving back what a refused call took failed (%s)\n%s", type(error).__name__, frames
+            )
 
 
 class CallRequest(NamedTuple):

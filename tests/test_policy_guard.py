@@ -644,7 +644,8 @@ async def test_a_policy_error_quoting_a_redacted_argument_keeps_it_out_of_the_tr
 
 
 async def test_a_policy_error_is_logged_on_one_line(caplog: pytest.LogCaptureFixture) -> None:
-    """An error's text comes from the call: logged escaped, it cannot forge a log line."""
+    """An error's text comes from the call: logged escaped, with the stack's frames and never the
+    traceback's raw last line, it cannot forge a log line."""
 
     def failing(request: CallRequest) -> Verdict:
         raise ValueError(f"bad value {request.arguments['note']}")
@@ -652,5 +653,47 @@ async def test_a_policy_error_is_logged_on_one_line(caplog: pytest.LogCaptureFix
     guard = Guard(policy=as_policy(failing))
     guard.declare(ToolSpec("save"))
     await guard.authorize("save", {"note": "x\n2026-01-01 INFO admin login accepted"}, access_token("alice"))
-    [logged] = [record.getMessage() for record in caplog.records if "failed on tool save" in record.getMessage()]
-    assert "\n" not in logged and "\\n2026" in logged
+    assert "\\n2026" in caplog.text and "in failing" in caplog.text  # the escaped detail, and where
+    assert [line for line in caplog.text.splitlines() if line.startswith("2026-01-01")] == []
+
+
+async def test_a_custom_hook_failing_on_a_redacted_argument_keeps_it_out_of_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Counting:
+        """A rule that counts allowed calls and fails on the value it counts."""
+
+        id = "counting"
+
+        def on_allow(self, request: CallRequest) -> None:
+            raise ValueError(f"cannot count {request.arguments['pin']}")
+
+    def allowing(request: CallRequest) -> Verdict:
+        return Decision(True, request.principal.scopes, frozenset(), on_allow=(Counting(),))
+
+    guard = Guard(policy=as_policy(allowing))
+    guard.declare(ToolSpec("pay", redact=frozenset({"pin"})))
+    refused = await guard.authorize("pay", {"pin": "pin-HUNTER2"}, access_token("alice"))
+    assert refused.decision.reason.code == ReasonCode.GUARD_ERROR
+    assert "HUNTER2" not in caplog.text and "in on_allow" in caplog.text
+
+
+async def test_a_call_cancelled_while_it_is_checked_again_gives_back_its_counts() -> None:
+    class SlowOnce(MemorySessionStore):
+        """The first call's second look at the session hangs (its client went away)."""
+
+        reads = 0
+
+        async def get(self, session_id: str) -> Session | None:
+            self.reads += 1
+            if self.reads == 2:
+                await anyio.sleep(3600)
+            return await super().get(session_id)
+
+    limit = LimitRule("one", per="client", calls=1, window=60)
+    guard = Guard(policy=RulePolicy([limit]), sessions=SlowOnce())
+    guard.declare(ToolSpec("ping"))
+    token = access_token("alice", "")
+    with anyio.move_on_after(0.1):
+        await guard.authorize("ping", {}, token)
+    assert (await guard.authorize("ping", {}, token)).allowed  # the cancelled call never ran

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
+import traceback
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["REDACTED", "error_detail", "summarize_arguments"]
+__all__ = ["REDACTED", "error_detail", "log_failure", "summarize_arguments"]
 
 REDACTED = "[redacted]"
 _CUT = "[...]"
@@ -111,3 +113,18 @@ def error_detail(error: BaseException, redact: frozenset[str], limit: int) -> st
     if redact:
         return f"{type(error).__name__} (its text is withheld: the tool redacts arguments it may quote)"
     return f"{type(error).__name__}: {error}"[:limit]
+
+
+def log_failure(logger: logging.Logger, what: str, error: BaseException, redact: frozenset[str] | None) -> None:
+    """Log ``what`` went wrong at error level, where policy code may have quoted a call's
+    arguments in its error: its `error_detail` on one escaped line (no error text forges a log
+    line; ``redact`` None, not known, withholds the text), then where it happened, the stack's
+    frames alone (code, never values)."""
+    if redact is None:
+        detail = f"{type(error).__name__} (its text is withheld)"
+    else:
+        detail = error_detail(error, redact, _LOGGED_DETAIL)
+    logger.error("mcp-guard: %s (%r)\n%s", what, detail, "".join(traceback.format_tb(error.__traceback__)))
+
+
+_LOGGED_DETAIL = 300

@@ -24,7 +24,7 @@ from typing import NamedTuple
 import anyio
 from opentelemetry import metrics
 
-from mcp_guard.audit.arguments import error_detail
+from mcp_guard.audit.arguments import error_detail, log_failure
 from mcp_guard.audit.events import AuditEvent, EventKind
 from mcp_guard.audit.sinks import AuditSink
 from mcp_guard.errors import Refused
@@ -152,8 +152,8 @@ class Shadow:
             )._replace(trace_id=event.trace_id, span_id=event.span_id)
             for sink in self.sinks:
                 sink.emit(record)
-        except Exception:
-            logger.exception("mcp-guard: recording a shadow policy disagreement failed")
+        except Exception as error:
+            log_failure(logger, "recording a shadow policy disagreement failed", error, request.tool.redact)
         return counted
 
     def _as_seen(self, request: CallRequest, declared: ToolSpec) -> CallRequest:
