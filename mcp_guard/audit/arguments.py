@@ -115,15 +115,11 @@ def error_detail(error: BaseException, redact: frozenset[str], limit: int) -> st
     return f"{type(error).__name__}: {error}"[:limit]
 
 
-def log_failure(logger: logging.Logger, what: str, error: BaseException, redact: frozenset[str] | None) -> None:
+def log_failure(logger: logging.Logger, what: str, error: BaseException, redact: frozenset[str]) -> None:
     """Log ``what`` went wrong at error level, where policy code may have quoted a call's
     arguments in its error: its `error_detail` on one escaped line (no error text forges a log
-    line; ``redact`` None, not known, withholds the text), then where it happened, the stack's
-    frames alone (code, never values)."""
-    if redact is None:
-        detail = f"{type(error).__name__} (its text is withheld)"
-    else:
-        detail = error_detail(error, redact, _LOGGED_DETAIL)
+    line), then where it happened, the stack's frames alone (code, never values)."""
+    detail = error_detail(error, redact, _LOGGED_DETAIL)
     logger.error("mcp-guard: %s (%r)\n%s", what, detail, "".join(traceback.format_tb(error.__traceback__)))
 
 
