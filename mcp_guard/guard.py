@@ -62,8 +62,6 @@ logger = logging.getLogger("mcp_guard")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_DETAIL_LIMIT = 300
-
 _LIFETIME_ENDS = (ReasonCode.SESSION_EXPIRED, ReasonCode.SESSION_IDLE_EXPIRED)
 _ACTIVE = SessionState.ACTIVE
 _FAILED = Decision.deny(ReasonCode.GUARD_ERROR)
@@ -314,7 +312,7 @@ class Guard:
                 except BaseException as error:
                     if not (isinstance(error, Exception) or cancelled_itself(error)):
                         raise
-                    detail = error_detail(error, spec.redact, _DETAIL_LIMIT)
+                    detail = error_detail(error, spec.redact)
                     log_failure(
                         logger, f"policy {self._policy.id!r} failed on tool {spec.name}; denying", error, spec.redact
                     )

@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["REDACTED", "error_detail", "log_failure", "summarize_arguments"]
+__all__ = ["DETAIL_LIMIT", "REDACTED", "error_detail", "log_failure", "summarize_arguments"]
 
 REDACTED = "[redacted]"
 _CUT = "[...]"
@@ -105,22 +105,23 @@ def _leaf(value: Any, max_string: int, deep: bool) -> Any:
     return _CUT if deep else f"<{type(value).__name__}>"
 
 
-def error_detail(error: BaseException, redact: frozenset[str], limit: int) -> str:
+DETAIL_LIMIT = 300
+"""Most characters of an error an audit ``detail`` (or a log line) keeps."""
+
+
+def error_detail(error: BaseException, redact: frozenset[str]) -> str:
     """What the audit log keeps of an error a call's arguments may have caused (a policy's): its
     type, and its text, bounded, unless the tool redacts arguments. An error may quote one in a
     form no redaction recognises (cut short, re-encoded, computed from it), so for such a tool
     the text is withheld."""
     if redact:
         return f"{type(error).__name__} (its text is withheld: the tool redacts arguments it may quote)"
-    return f"{type(error).__name__}: {error}"[:limit]
+    return f"{type(error).__name__}: {error}"[:DETAIL_LIMIT]
 
 
 def log_failure(logger: logging.Logger, what: str, error: BaseException, redact: frozenset[str]) -> None:
     """Log ``what`` went wrong at error level, where policy code may have quoted a call's
     arguments in its error: its `error_detail` on one escaped line (no error text forges a log
     line), then where it happened, the stack's frames alone (code, never values)."""
-    detail = error_detail(error, redact, _LOGGED_DETAIL)
+    detail = error_detail(error, redact)
     logger.error("mcp-guard: %s (%r)\n%s", what, detail, "".join(traceback.format_tb(error.__traceback__)))
-
-
-_LOGGED_DETAIL = 300

@@ -40,6 +40,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from mcp_guard.audit.arguments import DETAIL_LIMIT
 from mcp_guard.memo import remember
 from mcp_guard.model import CallRequest, Decision, Principal, Reason, ToolSpec
 from mcp_guard.policy.cedar_schema import NAMESPACE, UNDECLARED, Shape, arguments_type, cedar_schema
@@ -69,7 +70,7 @@ _CONTEXT_OPENS, _CONTEXT_CLOSES = "context `", "` is not valid"
 
 _LONG = (-(2**63), 2**63 - 1)
 _CACHE_LIMIT = 4096
-_DETAIL_LIMIT = 300 - len("CedarError: ")
+_DETAIL_LIMIT = DETAIL_LIMIT - len("CedarError: ")
 """The characters of Cedar's error text kept: the guard keeps 300 of a ``detail``, type name included."""
 
 

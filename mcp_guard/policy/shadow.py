@@ -39,7 +39,6 @@ __all__ = ["Asked", "Shadow"]
 
 logger = logging.getLogger("mcp_guard")
 
-_DETAIL_LIMIT = 300
 _SESSIONS_LIMIT = 10_000
 
 
@@ -100,7 +99,7 @@ class Shadow:
             if not (isinstance(error, Exception) or cancelled_itself(error)):
                 raise
             decision = self._refusal(request, ReasonCode.POLICY_ERROR)
-            detail = error_detail(error, declared.redact, _DETAIL_LIMIT)
+            detail = error_detail(error, declared.redact)
         return Asked(request, decision, detail, shared)
 
     def compare(self, asked: Asked, enforced: Decision, event: AuditEvent) -> Sequence[Callable[[], None]]:
