@@ -211,23 +211,21 @@ async def test_the_candidate_sees_the_session_as_the_enforcing_policy_did(audit:
     assert guard.shadow is not None and not guard.shadow.disagreements  # the same policy always agrees
 
 
+async def never_answers(request: CallRequest) -> Verdict:
+    """A policy waiting on a remote engine that never answers."""
+    await anyio.sleep(3600)
+    return None
+
+
 async def test_a_slow_candidate_is_cut_off_and_counts_as_a_denial(audit: MemoryAuditSink) -> None:
-    import anyio
-
-    from mcp_guard import ToolSpec
-
-    async def stalls(request: CallRequest) -> Verdict:
-        await anyio.sleep(3600)
-        return None
-
-    guard = Guard(shadow=stalls, shadow_timeout=0.05, audit=[audit])
+    guard = Guard(shadow=never_answers, shadow_timeout=0.05, audit=[audit])
     guard.declare(ToolSpec("ping"))
     with anyio.fail_after(5):
         assert (await guard.authorize("ping", {}, access_token("alice"))).allowed
     [disagreed] = [event for event in audit.events if event.kind == EventKind.POLICY_DISAGREED]
     assert disagreed.detail == "no answer within 0.05 s"
     with pytest.raises(ValueError, match="shadow timeout"):
-        Guard(shadow=stalls, shadow_timeout=0)
+        Guard(shadow=never_answers, shadow_timeout=0)
 
 
 async def test_a_rate_limit_holds_under_concurrent_calls_while_a_shadow_candidate_waits(audit: MemoryAuditSink) -> None:
@@ -518,14 +516,25 @@ async def test_a_policy_that_cancels_itself_denies_the_call(audit: MemoryAuditSi
     assert (audit.events[-1].detail or "").startswith("CancelledError")
 
 
-async def test_cancelling_a_call_while_a_remote_policy_decides_cancels_it(audit: MemoryAuditSink) -> None:
-    guard = Guard(policy=RemotePolicy(anyio.Event().wait), audit=[audit])  # never answers
+@pytest.mark.parametrize(
+    ("deliberating", "unrecorded"),
+    [
+        ({"policy": as_policy(never_answers)}, EventKind.CALL_DECIDED),
+        ({"shadow": never_answers, "shadow_timeout": 60}, EventKind.POLICY_DISAGREED),
+    ],
+    ids=["enforcing", "shadow"],
+)
+async def test_cancelling_a_call_while_a_policy_deliberates_cancels_it(
+    audit: MemoryAuditSink, deliberating: dict[str, Any], unrecorded: EventKind
+) -> None:
+    """A cancellation of the task awaiting `authorize` is no policy failure: it propagates."""
+    guard = Guard(audit=[audit], **deliberating)
     guard.declare(ToolSpec("ping"))
     answered: list[bool] = []
     with anyio.move_on_after(0.05) as waiting:
         answered.append((await guard.authorize("ping", {}, access_token("alice"))).allowed)
     assert waiting.cancelled_caught and answered == []
-    assert not [event for event in audit.events if event.kind == EventKind.CALL_DECIDED]
+    assert not [event for event in audit.events if event.kind == unrecorded]
 
 
 class MissesOnce(MemorySessionStore):

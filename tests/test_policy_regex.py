@@ -118,12 +118,17 @@ def test_refuses_patterns_that_backtrack_catastrophically(pattern: str) -> None:
         compile_safe(pattern)
 
 
-@pytest.mark.parametrize("pattern", sorted(SAFE))
-def test_accepts_common_safe_patterns(pattern: str) -> None:
+def accepted_and_matching(pattern: str, examples: tuple[list[str], list[str]]) -> None:
+    """``pattern`` is accepted, and matches the first examples and none of the second."""
     compiled = compile_safe(pattern)
-    matching, other = SAFE[pattern]
+    matching, other = examples
     assert all(compiled.fullmatch(text) for text in matching)
     assert not any(compiled.fullmatch(text) for text in other)
+
+
+@pytest.mark.parametrize("pattern", sorted(SAFE))
+def test_accepts_common_safe_patterns(pattern: str) -> None:
+    accepted_and_matching(pattern, SAFE[pattern])
 
 
 def test_messages_name_the_construct_and_its_offset() -> None:
@@ -186,10 +191,7 @@ def test_parts_that_run_again_add_up(pattern: str) -> None:
 
 @pytest.mark.parametrize("pattern", sorted(WITHIN_THE_LIMIT))
 def test_parts_that_run_again_within_the_limit_are_accepted(pattern: str) -> None:
-    compiled = compile_safe(pattern)
-    matching, other = WITHIN_THE_LIMIT[pattern]
-    assert all(compiled.fullmatch(text) for text in matching)
-    assert not any(compiled.fullmatch(text) for text in other)
+    accepted_and_matching(pattern, WITHIN_THE_LIMIT[pattern])
 
 
 def _accepted(pattern: str) -> bool:
