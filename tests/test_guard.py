@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import anyio
 import pytest
 from mcp.server.auth.provider import AccessToken
 
@@ -283,6 +284,37 @@ async def test_denied_calls_do_not_keep_a_session_alive(audit: MemoryAuditSink, 
     assert not (await g.authorize("write_note", {}, t)).allowed
     clock.advance(15)
     assert (await g.authorize("read_note", {}, t)).decision.reason.code == ReasonCode.SESSION_IDLE_EXPIRED
+
+
+async def test_a_call_decided_slowly_does_not_move_the_idle_timer_back(audit: MemoryAuditSink, clock: Clock) -> None:
+    gate = anyio.Event()
+    scopes = ScopePolicy()
+
+    class SlowOnWrites:
+        id, version = "slow-on-writes", "1"
+
+        def visible(self, principal: Principal, tool: ToolSpec) -> bool:
+            return True
+
+        async def decide(self, request: Any) -> Any:
+            if request.tool.name == "write_note":
+                await gate.wait()
+            return scopes.decide(request)
+
+    g = Guard(policy=SlowOnWrites(), audit=[audit], clock=clock, session_settings=SessionSettings(idle_ttl=60))
+    g.declare(ToolSpec("read_note", scopes=frozenset({"notes:read"})))
+    g.declare(ToolSpec("write_note", scopes=frozenset({"notes:write"})))
+    t = token(scopes="notes:read notes:write", expires_at=NOW + 10_000, sid="s")
+    assert (await g.authorize("read_note", {}, t)).allowed
+    async with anyio.create_task_group() as tasks:
+        clock.advance(30)
+        tasks.start_soon(g.authorize, "write_note", {}, t)  # decided as of NOW + 30, recorded later
+        await anyio.wait_all_tasks_blocked()
+        clock.advance(20)
+        assert (await g.authorize("read_note", {}, t)).allowed  # NOW + 50
+        gate.set()
+    clock.advance(45)  # 45 s after the last call started, 65 s after the slow one did
+    assert (await g.authorize("read_note", {}, t)).allowed
 
 
 def test_session_settings_reject_nonsense() -> None:

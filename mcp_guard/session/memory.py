@@ -85,7 +85,7 @@ class MemorySessionStore:
         with self._lock:
             if allowed:
                 session.call_count += 1
-                session.last_active_at = at
+                session.last_active_at = max(session.last_active_at, at)  # a slow call finishing late
                 if tool is not None:
                     session.history.tools.add(tool.name)
                     if tool.tags:

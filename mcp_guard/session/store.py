@@ -41,8 +41,9 @@ class SessionStore(Protocol):
     ) -> float:
         """Count one call on the session and return its risk score after adding ``risk``.
 
-        An allowed call also restarts the idle timer and enters the history: ``tool`` (its
-        name and tags) and the (rule id, target) pairs in ``targets``.
+        An allowed call also restarts the idle timer from ``at`` (never back: a call decided
+        slowly may be recorded after a later one) and enters the history: ``tool`` (its name
+        and tags) and the (rule id, target) pairs in ``targets``.
         """
         ...
 
