@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -459,6 +460,39 @@ def test_a_stopped_writer_or_a_fork_fails_the_log(tmp_path: Path) -> None:
     sink.close()
     tools = [entry["event"].get("tool") for entry in entries(path)]  # type: ignore[union-attr]
     assert [tool for tool in tools if tool] == ["tool_0", "tool_1", "tool_3"]
+
+
+def test_closing_from_two_threads_closes_the_lock_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second close of the lock's descriptor could hit the same number given meanwhile to
+    another log's lock, and let a second writer in there."""
+    sink = FileAuditSink(tmp_path / "audit.jsonl")
+    sink.emit(event(0))
+    sink.flush()
+    lock, closes, real_close = sink._lock, [], os.close
+
+    def slow_close(descriptor: int) -> None:
+        if descriptor == lock:
+            closes.append(descriptor)
+            time.sleep(0.05)  # both closers between the check and the reset, before the fix
+        real_close(descriptor)
+
+    monkeypatch.setattr(os, "close", slow_close)
+    errors: list[BaseException] = []
+
+    def closing() -> None:
+        try:
+            sink.close()
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=closing) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    monkeypatch.undo()
+    assert errors == [] and closes == [lock]
+    assert verify_files([str(tmp_path / "audit.jsonl")]).ok
 
 
 def test_events_are_written_when_the_process_exits_without_closing(tmp_path: Path) -> None:

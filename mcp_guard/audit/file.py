@@ -242,14 +242,17 @@ class FileAuditSink:
             logger.error("mcp-guard: %s at exit; queued events are lost", error)
 
     def _release_lock(self) -> None:
-        if self._lock >= 0:
-            os.close(self._lock)
-            self._lock = -1
+        """Close the lock's descriptor, once however many threads close the log at a time: a
+        second close could hit the same number given meanwhile to another log's lock."""
+        with self._intake:
+            held, self._lock = self._lock, -1
+        if held >= 0:
+            os.close(held)
 
     def _forked(self) -> None:
         """In a child process: the writer thread is not there, and the log is the parent's."""
-        self._release_lock()  # the parent's lock stays held through its own descriptor
         self._intake = threading.Lock()  # a parent thread may have held it at the fork
+        self._release_lock()  # the parent's lock stays held through its own descriptor
         self._closed = True
         self._error = AuditLogError(f"the audit log {self.path} belongs to the process that opened it, not a fork")
 
