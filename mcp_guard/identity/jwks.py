@@ -25,6 +25,7 @@ from joserfc.jwk import ECKey, Key, KeySet, OKPKey, RSAKey
 
 from mcp_guard.errors import Refused
 from mcp_guard.identity.claims import json_object
+from mcp_guard.identity.flight import Flight
 from mcp_guard.reasons import ReasonCode
 
 __all__ = ["MAX_JWKS_BYTES", "MAX_KEYS", "MIN_RSA_BITS", "JWKSCache", "capped_body", "fetch_json"]
@@ -92,7 +93,7 @@ class _KeySetEntry:
     keys: Keys = field(default_factory=dict)
     fetched_at: float = -float("inf")
     attempted_at: float = -float("inf")
-    in_flight: anyio.Event | None = None
+    in_flight: Flight | None = None
     generation: int = 0
     identities: frozenset[str] = frozenset()
 
@@ -171,17 +172,25 @@ class JWKSCache:
         self._sets.clear()
 
     async def _refresh(self, jwks_uri: str, entry: _KeySetEntry) -> None:
-        """Fetch at most once per ``min_refresh_interval``; callers arriving meanwhile share it."""
-        if entry.in_flight is not None:
-            await entry.in_flight.wait()
-            return
+        """Fetch at most once per ``min_refresh_interval``; callers arriving meanwhile share it.
+
+        A fetch cut short uses up no attempt: cancelled midway, it would send its waiters off
+        with the old keys until the interval passed, so a client dropping its own requests
+        could keep a withdrawn key in use. It is shielded from cancellation through anyio (the
+        fetch bounds itself: ``fetch_json``'s timeout); cancelled natively (``Task.cancel``),
+        a waiter fetches in its place.
+        """
+        while entry.in_flight is not None:
+            await entry.in_flight.landed()
         if self._clock() - entry.attempted_at < self.min_refresh_interval:
-            return
-        done = entry.in_flight = anyio.Event()
-        entry.attempted_at = self._clock()
+            return  # fetched or tried just now, by this call or another
+        flight, before = Flight(), entry.attempted_at
+        entry.in_flight, entry.attempted_at = flight, self._clock()
         self.fetches += 1
         try:
-            keys = _import_keys(await self._fetch(jwks_uri))
+            with anyio.CancelScope(shield=True):
+                document = await self._fetch(jwks_uri)
+            keys = _import_keys(document)
             identities = frozenset(
                 f"{kid} {key.thumbprint()} {key.get('alg')}" for kid, found in keys.items() for key in found
             )
@@ -196,9 +205,13 @@ class JWKSCache:
                 error,
                 len(entry.keys),
             )
+        except BaseException as error:
+            if not isinstance(error, Exception):  # cut short: no attempt was made
+                entry.attempted_at = before
+            raise
         finally:
             entry.in_flight = None
-            done.set()
+            flight.land()
 
 
 def _import_keys(document: Mapping[str, Any]) -> Keys:

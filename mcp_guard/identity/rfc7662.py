@@ -50,6 +50,7 @@ from mcp_guard.identity.claims import (
     valid_until,
 )
 from mcp_guard.identity.delegation import actor_chain
+from mcp_guard.identity.flight import Flight
 from mcp_guard.identity.jwks import capped_body
 from mcp_guard.identity.rfc8414 import check_fetchable, metadata_endpoint
 from mcp_guard.identity.rfc9068 import MAX_TOKEN_BYTES, TrustedIssuer
@@ -122,7 +123,7 @@ class IntrospectionVerifier:
         if cached is not None and now < cached[1]:
             return cached[0]
         while (asked := self._asking.get(digest)) is not None:  # another call is asking: share its outcome
-            await asked.done.wait()
+            await asked.landed()
             if asked.principal is not None:
                 return asked.principal
             if asked.refusal is not None:
@@ -137,7 +138,7 @@ class IntrospectionVerifier:
         finally:
             if self._asking.get(digest) is asked:
                 del self._asking[digest]
-            asked.done.set()
+            asked.land()
 
     def forget_tokens(self) -> None:
         """Drop every cached answer, so the next call of each token asks the server again; a
@@ -182,13 +183,13 @@ class IntrospectionVerifier:
             raise Refused(ReasonCode.INTROSPECTION_FAILED) from None
 
 
-class _Question:
+class _Question(Flight):
     """One introspection in flight, and its outcome for the calls that waited on it."""
 
-    __slots__ = ("done", "principal", "refusal")
+    __slots__ = ("principal", "refusal")
 
     def __init__(self) -> None:
-        self.done = anyio.Event()
+        super().__init__()
         self.principal: Principal | None = None
         self.refusal: tuple[str, str] | None = None
 

@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-import anyio
 from cachetools import FIFOCache
 from joserfc.errors import JoseError
 from joserfc.jwk import Key, RSAKey
@@ -37,6 +36,7 @@ from mcp_guard.identity.claims import (
     valid_until,
 )
 from mcp_guard.identity.delegation import DEPTH_LIMIT, MAX_DELEGATION_DEPTH, actor_chain
+from mcp_guard.identity.flight import Flight
 from mcp_guard.identity.jwks import SIGNING_ALGORITHMS, JWKSCache
 from mcp_guard.identity.jws_form import high_s, segment_bytes, spelled_canonically, with_low_s
 from mcp_guard.identity.rfc8414 import check_fetchable, metadata_endpoint
@@ -271,7 +271,7 @@ class _Discovery:
 
     async def run(self, issuer: str, lookup: Callable[[], Awaitable[str]]) -> str:
         while (waiting := self._in_flight.get(issuer)) is not None:
-            await waiting.done.wait()
+            await waiting.landed()
             if waiting.uri is not None:
                 return waiting.uri  # otherwise it failed (paused below) or was cancelled (ask again)
         if time.monotonic() - self._failed_at.get(issuer, -math.inf) < DISCOVERY_RETRY:
@@ -288,16 +288,16 @@ class _Discovery:
             raise Refused(ReasonCode.KEYS_UNAVAILABLE) from None
         finally:
             del self._in_flight[issuer]
-            asked.done.set()
+            asked.land()
 
 
-class _Lookup:
-    """A metadata lookup in flight: the JWKS URI it found, once ``done``."""
+class _Lookup(Flight):
+    """A metadata lookup in flight: the JWKS URI it found, once it landed."""
 
-    __slots__ = ("done", "uri")
+    __slots__ = ("uri",)
 
     def __init__(self) -> None:
-        self.done = anyio.Event()
+        super().__init__()
         self.uri: str | None = None
 
 

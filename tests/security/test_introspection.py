@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 import time
 from typing import Any
 
@@ -234,6 +235,35 @@ async def test_a_cancelled_question_leaves_the_others_to_ask_again(authority: Au
         authority.introspection_delay = 0.0
     assert outcomes == ["agent-7"]
     assert authority.introspections - before == 2
+
+
+def test_a_question_shared_by_threads_each_on_its_own_loop_wakes_every_waiter(authority: Authority) -> None:
+    """An event belongs to one loop: set from the asking thread, it woke no waiter on another."""
+    authority.answers["shared-by-threads"] = answer(authority)
+    verifier = introspector(authority)
+    subjects: list[str] = []
+
+    def verify_on_a_loop_of_its_own(delay: float) -> None:
+        async def verify() -> None:
+            await anyio.sleep(delay)
+            subjects.append((await verifier.verify("shared-by-threads")).subject)
+
+        anyio.run(verify)
+
+    authority.introspection_delay = 0.3
+    before = authority.introspections
+    try:
+        threads = [
+            threading.Thread(target=verify_on_a_loop_of_its_own, args=(delay,), daemon=True) for delay in (0, 0.1)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=10)
+    finally:
+        authority.introspection_delay = 0.0
+    assert [thread.is_alive() for thread in threads] == [False, False]
+    assert subjects == ["agent-7", "agent-7"] and authority.introspections - before == 1
 
 
 async def test_an_unreachable_endpoint_denies(authority: Authority) -> None:

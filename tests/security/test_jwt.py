@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import functools
 import hashlib
 import hmac
 import json
 import math
+import threading
 import time
 from typing import Any
 
@@ -392,6 +395,90 @@ async def test_one_fetch_for_a_thousand_concurrent_unknown_kids(authority: Autho
             tasks.start_soon(attempt, token)
     assert authority.jwks_fetches - before == 1
     assert codes == ["key_unknown"] * 1000
+
+
+@pytest.mark.parametrize("cancelled_by", ["anyio", "asyncio"])
+async def test_a_key_fetch_cut_short_leaves_no_caller_with_the_old_keys(
+    authority: Authority, cancelled_by: str
+) -> None:
+    """Cancelled midway, the first caller's fetch used up the refresh interval and sent its
+    waiters off with the old keys; a client dropping its own requests kept a key from changing."""
+    monotonic, gate = [0.0], [anyio.Event()]
+
+    async def fetch_when_let(uri: str) -> Any:
+        await gate[0].wait()
+        return await fetch_json(uri)
+
+    cache = JWKSCache(fetch=fetch_when_let, clock=lambda: monotonic[0])
+    verifier = JWTVerifier(
+        [TrustedIssuer(issuer=authority.issuer, audience=RESOURCE, jwks_uri=authority.jwks_uri)], jwks=cache
+    )
+    gate[0].set()
+    assert await verifier.verify(authority.mint())  # keys cached
+    monotonic[0] += 31  # a refresh is due
+    gate[0] = anyio.Event()
+    authority.keys["rotated-in"] = RSAKey.generate_key(2048, parameters={"kid": "rotated-in"})
+    try:
+        rotated = authority.mint(kid="rotated-in")
+        subjects: list[str] = []
+
+        async def waiting() -> None:
+            subjects.append((await verifier.verify(rotated)).subject)
+
+        async with anyio.create_task_group() as tasks:
+            first = anyio.CancelScope()
+
+            async def fetching() -> None:
+                with first:
+                    await verifier.verify(rotated)
+
+            fetcher = asyncio.get_running_loop().create_task(fetching())
+            await anyio.wait_all_tasks_blocked()
+            tasks.start_soon(waiting)
+            tasks.start_soon(waiting)
+            await anyio.wait_all_tasks_blocked()
+            first.cancel() if cancelled_by == "anyio" else fetcher.cancel()
+            await anyio.wait_all_tasks_blocked()
+            gate[0].set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await fetcher
+        assert subjects == ["agent-7", "agent-7"]
+        assert (await verifier.verify(rotated)).subject == "agent-7"
+        assert cache.fetches == (2 if cancelled_by == "anyio" else 3)  # shielded, or fetched in its place
+    finally:
+        del authority.keys["rotated-in"]
+
+
+@pytest.mark.parametrize("discovered", [False, True])
+def test_a_verifier_shared_by_threads_each_on_its_own_loop_wakes_every_waiter(
+    authority: Authority, discovered: bool
+) -> None:
+    """An event belongs to one loop: set from the fetching thread, it woke no waiter on another."""
+    jwks_uri = None if discovered else authority.jwks_uri
+    verifier = JWTVerifier([TrustedIssuer(issuer=authority.issuer, audience=RESOURCE, jwks_uri=jwks_uri)])
+    token = authority.mint()
+    subjects: list[str] = []
+
+    def verify_on_a_loop_of_its_own(delay: float) -> None:
+        async def verify() -> None:
+            await anyio.sleep(delay)
+            subjects.append((await verifier.verify(token)).subject)
+
+        anyio.run(verify)
+
+    authority.drip = 0.0005  # the metadata and the keys come slowly, a byte at a time
+    try:
+        threads = [
+            threading.Thread(target=verify_on_a_loop_of_its_own, args=(delay,), daemon=True) for delay in (0, 0.1)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=20)
+    finally:
+        authority.drip = 0.0
+    assert [thread.is_alive() for thread in threads] == [False, False]
+    assert subjects == ["agent-7", "agent-7"]
 
 
 async def test_a_rotated_key_is_picked_up_on_first_sight(authority: Authority) -> None:
