@@ -14,6 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, NamedTuple, TypeVar, cast
@@ -41,7 +42,7 @@ from mcp_guard.model import (
     give_back_all,
     tell_allowed,
 )
-from mcp_guard.policy.base import Policy, PolicyFunction, cancelled_itself
+from mcp_guard.policy.base import Policy, PolicyFunction, as_policy, cancelled_itself
 from mcp_guard.policy.gaps import policy_gaps
 from mcp_guard.policy.risk import RiskSettings
 from mcp_guard.policy.scopes import ScopePolicy
@@ -102,7 +103,7 @@ class Guard:
     def __init__(
         self,
         *,
-        policy: Policy | None = None,
+        policy: Policy | PolicyFunction | None = None,
         scope_hierarchy: Mapping[str, str | Iterable[str]] | None = None,
         identifier: Identifier | None = None,
         sessions: SessionStore | None = None,
@@ -141,9 +142,11 @@ class Guard:
         return self._policy
 
     @policy.setter
-    def policy(self, policy: Policy) -> None:
-        """Install ``policy``; one without a string ``id`` and ``version`` is refused, since every
-        decision and denial is recorded under them."""
+    def policy(self, policy: Policy | PolicyFunction) -> None:
+        """Install ``policy`` (a function is wrapped by `as_policy`, as for ``shadow``); one
+        without a string ``id`` and ``version`` is refused, since every decision and denial is
+        recorded under them."""
+        policy = as_policy(policy)
         for attribute in ("id", "version"):
             if not isinstance(getattr(policy, attribute, None), str):
                 raise TypeError(f"policy {policy!r} has no string {attribute!r}: decisions are recorded under it")
@@ -309,6 +312,8 @@ class Guard:
                     verdict = self._policy.decide(request)
                     awaited = type(verdict) is not Decision
                     decision = await self._settled(verdict, principal) if awaited else cast(Decision, verdict)
+                    if not decision.policy_id:  # a policy naming none: recorded under the one installed
+                        decision = replace(decision, policy_id=self._policy.id, policy_version=self._policy.version)
                 except BaseException as error:
                     if not (isinstance(error, Exception) or cancelled_itself(error)):
                         raise

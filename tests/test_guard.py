@@ -10,6 +10,7 @@ import pytest
 from mcp.server.auth.provider import AccessToken
 
 from mcp_guard import (
+    Decision,
     EventKind,
     Guard,
     MemoryAuditSink,
@@ -893,6 +894,28 @@ async def test_a_policy_without_a_string_id_and_version_is_refused_when_installe
     with pytest.raises(TypeError, match="'version'"):
         guard.policy = unversioned
     assert guard.policy.id == "mcp-guard/scopes"  # the guard keeps the policy it had
+
+
+async def test_a_plain_function_is_the_guards_policy_and_its_decisions_name_it(
+    audit: MemoryAuditSink, clock: Clock
+) -> None:
+    def reads_only(request: Any) -> Decision | None:
+        if request.tool.name == "read_note":
+            scopes = request.principal.scopes
+            return Decision(allowed=True, requested_scopes=scopes, approved_scopes=scopes, rule_ids=("reads-only",))
+        return None  # no opinion is a denial when nothing else decides
+
+    g = Guard(policy=reads_only, audit=[audit], clock=clock)
+    g.declare(ToolSpec("read_note"))
+    g.declare(ToolSpec("write_note"))
+    assert g.policy.id == "reads_only"
+    assert (await g.authorize("read_note", {}, token())).allowed
+    denied = await g.authorize("write_note", {}, token())
+    assert denied.decision.reason.code == ReasonCode.NO_APPLICABLE_RULE
+    decided = events(audit, EventKind.CALL_DECIDED)
+    assert [(e.policy_id, e.policy_version) for e in decided] == [("reads_only", "1")] * 2  # named by the guard
+    g.policy = reads_only  # and when replaced
+    assert g.policy.id == "reads_only"
 
 
 async def test_revoking_a_session_that_already_ended_is_recorded(
