@@ -172,6 +172,8 @@ class ToolSpec:
 
 
 class SessionState(StrEnum):
+    """Where a governed session is in its life: active until revoked or expired, for good."""
+
     ACTIVE = "active"
     REVOKED = "revoked"
     EXPIRED = "expired"

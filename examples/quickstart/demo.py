@@ -126,6 +126,10 @@ def show_audit(guard: Guard) -> None:
     heading("Audit trail (in memory here; never a raw token)")
     for event in audit_log(guard):
         who = f"{event.subject}/{event.client_id}" if event.subject else "operator"
+        if event.kind == EventKind.CALL_COMPLETED:
+            facts = event.facts or {}
+            print(f"   {event.kind:<15} {who:<28} {event.tool:<14} {facts['result']} in {facts['duration_ms']} ms")
+            continue
         if event.outcome is None:  # a session event
             print(f"   {event.kind:<15} {who:<28} {event.session_id} {event.detail or ''}")
             continue

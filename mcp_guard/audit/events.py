@@ -24,6 +24,8 @@ __all__ = ["AuditEvent", "EventKind"]
 
 
 class EventKind(StrEnum):
+    """What an audit event records; its value is the event's ``kind`` in the log and spans."""
+
     SESSION_OPENED = "session.opened"
     SESSION_BOUND = "session.bound"
     SESSION_EXPIRED = "session.expired"

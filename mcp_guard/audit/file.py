@@ -75,7 +75,7 @@ _OPEN_SINKS: weakref.WeakSet[FileAuditSink] = weakref.WeakSet()
 class FileAuditSink:
     """Appends events to a hash-chained JSON-lines file, rotating at ``max_bytes``.
 
-    Rotated files are renamed ``<stem>.<n>.jsonl`` (n counting up, zero-padded) and the chain
+    Rotated files are renamed ``<stem>.<nnnnn>.jsonl`` (counting up, five digits) and the chain
     continues into the fresh file; a segment may pass ``max_bytes`` by up to one batch.
     Restarting on an existing log verifies its live file and continues its chain (from the last
     rotated file when the live file is gone); a log cut short of its anchor, one that does not

@@ -61,7 +61,8 @@ def fingerprint_of(digest: bytes) -> str:
 class AccessTokenIdentifier:
     """The default identifier: the SDK's `AccessToken` becomes a `Principal`.
 
-    Refuses a missing token, and a token without issuer (``iss`` claim), subject or client id.
+    Refuses a missing token, and a token without issuer (``iss`` claim) or subject; a token
+    naming no client binds with an empty client id.
     When the claims carry the raw ``scope`` string it is parsed with the strict RFC 6749 grammar
     and must agree with the verifier's list, so a verifier that split on odd whitespace cannot
     widen the grant.

@@ -19,6 +19,9 @@ __all__ = ["BearerVerifier"]
 
 
 class BearerVerifier(Protocol):
+    """What verifies a bearer token into a `Principal` (`JWTVerifier`, `IntrospectionVerifier`,
+    or one of your own): `GuardTokenVerifier`, `GuardHTTP` and `WorkloadIdentity` take one."""
+
     @property
     def issuers(self) -> Mapping[str, TrustedIssuer]:
         """The trusted issuers, by issuer identifier."""

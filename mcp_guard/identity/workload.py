@@ -40,7 +40,8 @@ class WorkloadIdentity:
     Build it with `from_env` or `from_file`, then ``await refresh()`` before serving. Call
     ``refresh()`` again to rotate (or run `keep_fresh` in the server's lifespan): a token that no
     longer verifies is logged and the previous principal is kept until it expires, after which
-    calls are refused as ``token_expired`` by the guard.
+    calls are refused as ``token_expired`` by the guard; unless verifying the held token again
+    shows it refused for good (revoked, inactive), which ends the workload identity at once.
     """
 
     def __init__(

@@ -17,6 +17,9 @@ EndResult = Literal["ended", "already_ended", "missing"]
 
 
 class SessionStore(Protocol):
+    """Where governed sessions live (`MemorySessionStore` in process). Async, so a store shared
+    by replicas fits; each method is one step, safe to call from concurrent tasks and threads."""
+
     async def get(self, session_id: str) -> Session | None:
         """The session with this id, or None if there is none (or it was evicted)."""
         ...
