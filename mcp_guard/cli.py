@@ -20,7 +20,8 @@ line end) or ``--key-env NAME`` (its bytes, as they are). ``audit query`` and ``
 read only whole entries (a last line without its line end, or a line that is no entry, is
 skipped) and do not verify them: run ``audit verify`` for that. ``audit verify`` and ``policy
 check`` exit 1 when they find a problem, ``policy explain`` when the call would be denied;
-every command exits 2 on a usage error.
+every command exits 2 on a usage error, and 141 quietly when its reader goes away (``| head``),
+as a program stopped by SIGPIPE does.
 """
 
 from __future__ import annotations
@@ -34,12 +35,15 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
+from mcp_guard import __version__
 from mcp_guard.audit.chain import Checkpoint, read_entries, verify_files
 from mcp_guard.policy.commands import add_policy_commands, instant
 from mcp_guard.policy.report import table
 from mcp_guard.text import escaped
 
 __all__ = ["main"]
+
+_STOPPED_BY_SIGPIPE = 128 + 13
 
 _COLUMNS = ("at", "kind", "subject", "client_id", "tool", "decision", "reasons", "session_id")
 
@@ -49,6 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.run(args))
+    except BrokenPipeError:  # the reader went away: no more output, and no error about it at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return _STOPPED_BY_SIGPIPE
     except (OSError, ValueError) as error:
         print(f"mcp-guard: {error}", file=sys.stderr)
         return 2
@@ -56,6 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mcp-guard", description="Authorization and audit for MCP servers.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
     audit = commands.add_parser("audit", help="verify and search the chained audit log").add_subparsers(
         required=True, metavar="ACTION"

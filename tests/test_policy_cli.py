@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from mcp_guard import AuditEvent, Decision, EventKind
+from mcp_guard import __version__ as mcp_guard_version
 from mcp_guard.audit.file import FileAuditSink
 from mcp_guard.cli import main
 
@@ -193,3 +194,29 @@ def test_cedar_schema_comes_from_a_servers_registered_tools(tmp_path: Path) -> N
     assert context["attributes"]["arguments"]["attributes"]["path"] == {"type": "String"}
     assert mcp_guard("policy", "cedar-schema", "files_server", cwd=tmp_path).returncode == 2
     assert mcp_guard("policy", "cedar-schema", "files_server:nothing", cwd=tmp_path).returncode == 2
+    missing = mcp_guard("policy", "cedar-schema", "no_such_server:guard", cwd=tmp_path)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert "cannot import 'no_such_server'" in missing.stderr
+
+
+def test_the_command_names_its_version() -> None:
+    result = mcp_guard("--version")
+    assert (result.returncode, result.stdout.strip()) == (0, f"mcp-guard {mcp_guard_version}")
+
+
+def test_a_reader_going_away_stops_the_output_quietly(tmp_path: Path) -> None:
+    """``mcp-guard audit query LOG | head``: no error about the closed pipe, and the exit
+    status of a program stopped by SIGPIPE."""
+    log = tmp_path / "audit.jsonl"
+    sink = FileAuditSink(log)
+    for index in range(3000):  # far more output than a pipe holds
+        sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, 1_900_000_000.0 + index, tool=f"tool_{index}"))
+    sink.close()
+    command = [sys.executable, "-m", "mcp_guard.cli", "audit", "query", str(log)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as reading:
+        assert reading.stdout is not None and reading.stderr is not None
+        assert reading.stdout.readline()
+        reading.stdout.close()
+        errors = reading.stderr.read()
+        assert reading.wait(timeout=60) == 141
+    assert errors == b""

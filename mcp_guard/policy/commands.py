@@ -209,7 +209,11 @@ def _cedar_schema(args: argparse.Namespace) -> int:
     if not module_name or not attribute:
         raise ValueError(f"give the guard as MODULE:ATTRIBUTE, not {args.guard!r}")
     sys.path.insert(0, ".")
-    guard = getattr(importlib.import_module(module_name), attribute, None)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(f"cannot import {module_name!r}: {error}") from None
+    guard = getattr(module, attribute, None)
     if not isinstance(guard, Guard):
         raise ValueError(f"{args.guard} is not a mcp_guard.Guard")
     print(json.dumps(cedar_schema(guard.tools.values(), namespace=args.namespace), indent=2))
