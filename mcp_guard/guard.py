@@ -423,13 +423,8 @@ class Guard:
         Listing opens no session; a session that exists must be usable by this caller.
         """
         try:
-            now = read_clock(self.clock)
-            if remote and credential is None:
-                return frozenset()
-            principal = self.identifier.identify(credential)
-            self.check_principal(principal, now)
-            session = await self.sessions.get(self.session_keys.key(principal, transport_session))
-            if session is not None and _session_refusal(session, principal, now) is not None:
+            principal, _, refusal = await self._caller(credential, transport_session, remote, read_clock(self.clock))
+            if refusal is not None:
                 return frozenset()
             return frozenset(
                 name for name, spec in self._tools.items() if self.policy.visible(principal, self.as_policy_sees(spec))
@@ -439,6 +434,62 @@ class Guard:
         except Exception:
             logger.exception("mcp-guard: listing tools failed; showing none")
             return frozenset()
+
+    async def admit_request(
+        self, method: str, credential: AccessToken | None, transport_session: str | None = None, *, remote: bool = False
+    ) -> Decision | None:
+        """None when this caller may make a request that is not a tool call (``resources/read``,
+        ``prompts/get``, their lists, ``completion/complete``) now; else the denial, recorded.
+
+        The caller must be one a tool call would accept: a credential over HTTP, not expired,
+        not revoked, and able to use its session if it has one (no session is opened). The
+        guard has no per-resource or per-prompt rules: what a caller may call, it may read.
+        """
+        principal: Principal | None = None
+        session_id: str | None = None
+        now = math.nan
+        try:
+            now = read_clock(self.clock)
+            principal, session_id, refused = await self._caller(credential, transport_session, remote, now)
+            if refused is None:
+                return None
+            decision = self._refusal(refused.code, refused.message, principal)
+        except Refused as refusal:
+            decision = self._refusal(refusal.code, refusal.message, principal)
+        except Exception:
+            logger.exception("mcp-guard: admitting a %s request failed; denying", _display(method))
+            decision = self._refusal(ReasonCode.GUARD_ERROR, None, principal)
+        event = AuditEvent.build(
+            _CALL_DECIDED,
+            now if math.isfinite(now) else time.time(),
+            principal,
+            session_id,
+            decision=decision,
+            span=current_span_context(),
+            detail=f"{_display(method)} request",
+        )
+        self._emit_best_effort(event)
+        return decision
+
+    async def _caller(
+        self, credential: AccessToken | None, transport_session: str | None, remote: bool, now: float
+    ) -> tuple[Principal, str | None, Refused | None]:
+        """The principal of a request that opens no session, its session key, and why it may not
+        act now (None when it may): expired, revoked, or unable to use its session if it has
+        one. `Refused` when there is no principal: no credential over HTTP (see `authorize`),
+        or one that cannot be read."""
+        if remote and credential is None:
+            raise Refused(ReasonCode.TOKEN_MISSING)
+        principal = self.identifier.identify(credential)
+        session_id: str | None = None
+        try:
+            session_id = self.session_keys.key(principal, transport_session)
+            self.check_principal(principal, now)
+            session = await self.sessions.get(session_id)
+            code = _session_refusal(session, principal, now) if session is not None else None
+            return principal, session_id, Refused(code) if code is not None else None
+        except Refused as refusal:
+            return principal, session_id, refusal
 
     # -- revocation -----------------------------------------------------------------------------
 

@@ -36,7 +36,8 @@ class Clock:
 
 
 def notes_server(guard: Guard, **options: Any) -> MCPServer:
-    """A small notes server: read, write, admin tools, a sync tool, and one undeclared tool."""
+    """A small notes server: read, write, admin tools, a sync tool, one undeclared tool, and a
+    resource and a prompt."""
     mcp = MCPServer("notes", middleware=[GuardMiddleware(guard)], **options)
     notes: dict[str, str] = {"welcome": "hello"}
 
@@ -77,6 +78,16 @@ def notes_server(guard: Guard, **options: Any) -> MCPServer:
     def undeclared() -> str:
         """A tool the guard does not know: always denied."""
         return "should never run"
+
+    @mcp.resource("notes://index")
+    def index() -> str:
+        """The titles of the notes (a resource: read without a tool)."""
+        return "\n".join(notes)
+
+    @mcp.prompt()
+    def summarise(title: str) -> str:
+        """A prompt asking for one note's summary."""
+        return f"Summarise the note {title}."
 
     return mcp
 

@@ -86,6 +86,16 @@ async def test_revoked_subject_is_refused_over_http(connect: object, guard: Guar
         assert raised.value.error.data == {"reason": "subject_revoked"}
 
 
+async def test_a_revoked_subject_reads_no_resource_or_prompt_over_http(connect: object, guard: Guard) -> None:
+    async with await connect("reader-token") as client:  # type: ignore[operator]
+        assert (await client.read_resource("notes://index")).contents
+        await guard.revoke(subject="alice")
+        for read in (lambda: client.read_resource("notes://index"), client.list_prompts):
+            with pytest.raises(MCPError) as raised:
+                await read()
+            assert (raised.value.error.code, raised.value.error.data) == (GUARD_DENIED, {"reason": "subject_revoked"})
+
+
 async def test_missing_or_unknown_bearer_gets_401(http_server: str) -> None:
     async with httpx2.AsyncClient() as http:
         for headers in ({}, {"Authorization": "Bearer not-a-token"}):

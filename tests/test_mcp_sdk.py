@@ -25,6 +25,7 @@ from mcp_guard import (
     GuardMiddleware,
     MemoryAuditSink,
     Principal,
+    ReasonCode,
     Risk,
     RiskSettings,
     SessionSettings,
@@ -657,3 +658,49 @@ async def test_a_request_naming_an_older_version_on_its_own_connection_opens_no_
                     outcomes.append(error.error.data["reason"])  # type: ignore[index]
     assert outcomes == ["ok", "ok", "session_risk_exceeded"]
     assert len([event for event in audit.events if event.kind == EventKind.SESSION_OPENED]) == 1
+
+
+def reads(client: Client) -> dict[str, Callable[[], Any]]:
+    """Every way to read the server's data without a tool, by method."""
+    return {
+        "resources/read": lambda: client.read_resource("notes://index"),
+        "resources/list": client.list_resources,
+        "resources/templates/list": client.list_resource_templates,
+        "prompts/get": lambda: client.get_prompt("summarise", {"title": "welcome"}),
+        "prompts/list": client.list_prompts,
+    }
+
+
+@pytest.mark.parametrize(
+    ("revoke", "reason"),
+    [({"subject": "alice"}, ReasonCode.SUBJECT_REVOKED), ({"session_id": ...}, ReasonCode.SESSION_REVOKED)],
+)
+async def test_resources_and_prompts_are_served_only_to_a_caller_a_tool_call_would_accept(
+    server: MCPServer, guard: Guard, audit: MemoryAuditSink, mode: str, revoke: dict[str, Any], reason: str
+) -> None:
+    """A revoked caller, or one whose session was revoked, reads nothing more: no resource, no
+    prompt, no list of them; each refusal is recorded."""
+    with acting_as(access_token("alice", "notes:read")):
+        async with Client(server, mode=mode) as client:
+            assert (await client.read_resource("notes://index")).contents[0].text == "welcome"  # type: ignore[union-attr]
+            assert (await client.get_prompt("summarise", {"title": "welcome"})).messages
+            await client.call_tool("read_note", {"title": "welcome"})  # opens the governed session
+            session_id = last_decision(audit).session_id
+            await guard.revoke(**{key: session_id if value is ... else value for key, value in revoke.items()})
+            for method, read in reads(client).items():
+                with pytest.raises(MCPError) as raised:
+                    await read()
+                assert (raised.value.error.code, raised.value.error.data) == (GUARD_DENIED, {"reason": reason}), method
+    refused = [e for e in audit.events if e.kind == EventKind.CALL_DECIDED and e.tool is None]
+    assert [e.detail for e in refused] == [f"{method} request" for method in reads(client)]
+    assert {(e.subject, e.session_id, e.outcome, e.reasons[0]) for e in refused} == {
+        ("alice", session_id, "denied", reason)
+    }
+
+
+async def test_resources_and_prompts_need_a_caller(server: MCPServer, mode: str) -> None:
+    async with Client(server, mode=mode) as client:
+        for method, read in reads(client).items():
+            with pytest.raises(MCPError) as raised:
+                await read()
+            assert raised.value.error.data == {"reason": ReasonCode.TOKEN_MISSING}, method
