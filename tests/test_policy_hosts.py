@@ -65,7 +65,7 @@ def test_allowed_urls_pass(url: str) -> None:
         ("https://%61pi.example.com/", "percent-encoded"),
         ("https://[::1/", "not a valid URL"),
         ("https://[127.0.0.1]/", "not a valid URL"),
-        ("https://[::1]x/", "after its bracketed"),
+        ("https://[::1]x/", "after its bracketed|not a valid URL"),  # some urlsplit versions refuse it first
         ("https://api.example.com:99999/", "invalid port"),
         ("https://api.example.com:0/", "invalid port"),
         ("https://api.example.com:8x/", "invalid port"),
@@ -83,7 +83,7 @@ def test_allowed_urls_pass(url: str) -> None:
 )
 def test_other_urls_are_refused(url: object, problem: str) -> None:
     message = ALLOW.url_violation(url)
-    assert message is not None and problem in message, message
+    assert message is not None and any(phrase in message for phrase in problem.split("|")), message
 
 
 def test_user_information_is_never_quoted() -> None:
