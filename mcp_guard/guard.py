@@ -510,7 +510,9 @@ class Guard:
         ``jti`` or a token fingerprint). ``issuer`` narrows a subject, client or token id to one
         issuer (without it, every issuer). ``ttl`` bounds a subject, client or token revocation
         in seconds; without it, it lasts until `restore`. A session is revoked for good, so
-        neither applies to it. A call already admitted runs to its end. A clock that gives no
+        neither applies to it; one the guard does not hold raises `LookupError` (a governed
+        session opens at its first tool call: before it, revoke its subject, client or token).
+        A call already admitted runs to its end. A clock that gives no
         usable time raises `Refused` (``guard_error``) and revokes nothing; every call is denied
         meanwhile, and the revocation is to be made again once the clock is sound.
         """
