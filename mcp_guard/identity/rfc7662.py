@@ -13,7 +13,8 @@ a client-credentials token without one, the ``client_id`` (as RFC 9068 section 2
 An answer is cached by a digest of the token no longer than ``min(cache_ttl, exp)`` (the
 leeway lets a token pass the time checks, not keep the server's answer longer); an inactive
 answer is not cached at all. Concurrent calls with a token not in the cache share one
-question to the server, and its answer or refusal. A timeout, an HTTP error or a malformed
+question to the server, and its answer or refusal; at most ``max_questions`` (64) are under
+way at a time. A timeout, an HTTP error or a malformed
 answer (parsed as strictly as a JWT: no duplicate members) denies the call.
 
 RFC 7662 leaves ``aud`` optional, but MCP asks a resource server to check that a token was
@@ -51,7 +52,7 @@ from mcp_guard.identity.claims import (
 )
 from mcp_guard.identity.delegation import actor_chain
 from mcp_guard.identity.flight import Flight
-from mcp_guard.identity.jwks import capped_body
+from mcp_guard.identity.jwks import capped_body, tls_context
 from mcp_guard.identity.rfc8414 import check_fetchable, metadata_endpoint
 from mcp_guard.identity.rfc9068 import MAX_TOKEN_BYTES, TrustedIssuer
 from mcp_guard.model import Principal
@@ -73,7 +74,11 @@ class IntrospectionVerifier:
     """Verifies opaque tokens by asking ``endpoint`` (RFC 7662) of the ``trusted`` issuer.
 
     The resource server authenticates with ``client_id`` and ``client_secret``
-    (``client_secret_basic`` unless ``auth_method`` says otherwise).
+    (``client_secret_basic`` unless ``auth_method`` says otherwise). At most ``max_questions``
+    tokens are asked about at a time; a call with yet another unknown token is refused
+    (``introspection_failed``) rather than queued, so a flood of made-up tokens holds neither
+    the event loop nor an unbounded number of connections to the server (tokens already
+    answered keep being served from the cache).
     """
 
     def __init__(
@@ -87,9 +92,12 @@ class IntrospectionVerifier:
         timeout: float = 5.0,
         cache_ttl: float = 60.0,
         cache_size: int = 10_000,
+        max_questions: int = 64,
         clock: Callable[[], float] = time.time,
     ) -> None:
         check_fetchable(endpoint)
+        if max_questions < 1:
+            raise ValueError(f"max_questions must be at least 1, not {max_questions!r}")
         self.trusted = trusted
         self.issuers: Mapping[str, TrustedIssuer] = MappingProxyType({trusted.issuer: trusted})
         self.endpoint = endpoint
@@ -98,6 +106,7 @@ class IntrospectionVerifier:
         self._auth_method = auth_method
         self.timeout = timeout
         self.cache_ttl = cache_ttl
+        self.max_questions = max_questions
         self.clock = clock
         self._answers: FIFOCache[bytes, tuple[Principal, float]] = FIFOCache(maxsize=cache_size)
         self._lock = threading.Lock()
@@ -128,6 +137,10 @@ class IntrospectionVerifier:
                 return asked.principal
             if asked.refusal is not None:
                 raise Refused(*asked.refusal)
+        if len(self._asking) >= self.max_questions:
+            raise Refused(
+                ReasonCode.INTROSPECTION_FAILED, "Too many tokens are being checked at once: retry in a moment."
+            )
         asked = self._asking[digest] = _Question()  # one that ended without an outcome (cancelled) is asked anew
         try:
             asked.principal = await self._verify(token, digest, now, self._forgotten)
@@ -166,7 +179,7 @@ class IntrospectionVerifier:
             with anyio.fail_after(self.timeout):
                 auth = OAuth2ClientAuth(self._client_id, self._client_secret, self._auth_method)
                 async with (
-                    httpx2.AsyncClient(timeout=self.timeout, follow_redirects=False) as client,
+                    httpx2.AsyncClient(timeout=self.timeout, follow_redirects=False, verify=tls_context()) as client,
                     client.stream("POST", self.endpoint, content=form, headers=headers, auth=auth) as response,
                 ):
                     status = response.status_code

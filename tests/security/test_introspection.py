@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import ssl
 import threading
 import time
 from typing import Any
@@ -264,6 +265,57 @@ def test_a_question_shared_by_threads_each_on_its_own_loop_wakes_every_waiter(au
         authority.introspection_delay = 0.0
     assert [thread.is_alive() for thread in threads] == [False, False]
     assert subjects == ["agent-7", "agent-7"] and authority.introspections - before == 1
+
+
+async def test_a_flood_of_unknown_tokens_is_asked_about_only_so_many_at_a_time(authority: Authority) -> None:
+    """Made-up tokens cost one question each; past ``max_questions`` under way, a call with yet
+    another one is refused at once rather than queued, and a token already answered still
+    passes from the cache."""
+    authority.answers["known"] = answer(authority)
+    verifier = introspector(authority, max_questions=2)
+    assert (await verifier.verify("known")).subject == "agent-7"
+    authority.introspection_delay = 0.3
+    before = authority.introspections
+    outcomes: list[str] = []
+
+    async def attempt(token: str) -> None:
+        try:
+            outcomes.append((await verifier.verify(token)).subject)
+        except Refused as refusal:
+            outcomes.append(refusal.code)
+
+    try:
+        async with anyio.create_task_group() as tasks:
+            for index in range(6):
+                tasks.start_soon(attempt, f"made-up-{index}")
+            await anyio.wait_all_tasks_blocked()
+            tasks.start_soon(attempt, "known")
+    finally:
+        authority.introspection_delay = 0.0
+    assert sorted(outcomes) == ["agent-7"] + ["introspection_failed"] * 4 + ["token_inactive"] * 2
+    assert authority.introspections - before == 2
+    with pytest.raises(ValueError, match="max_questions"):
+        introspector(authority, max_questions=0)
+
+
+async def test_introspecting_many_tokens_builds_one_tls_context(
+    authority: Authority, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Building a TLS context loads the CA store, about 20 ms of CPU on the event loop: a client
+    per unknown token must not build one each."""
+    loaded: list[object] = []
+    load = ssl.SSLContext.load_verify_locations
+
+    def counted(context: ssl.SSLContext, *args: Any, **kwargs: Any) -> None:
+        loaded.append(context)
+        load(context, *args, **kwargs)
+
+    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counted)
+    verifier = introspector(authority)
+    for index in range(5):
+        with pytest.raises(Refused):
+            await verifier.verify(f"unknown-{index}")
+    assert len(loaded) <= 1  # at most once per process (none when an earlier test built it)
 
 
 async def test_an_unreachable_endpoint_denies(authority: Authority) -> None:
