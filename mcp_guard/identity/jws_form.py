@@ -17,7 +17,7 @@ import string
 from mcp_guard.identity.claims import json_object
 from mcp_guard.memo import remember
 
-__all__ = ["canonical", "high_s", "low_s", "segment_bytes", "spelled_canonically", "with_low_s"]
+__all__ = ["MAX_TOKEN_BYTES", "canonical", "high_s", "low_s", "segment_bytes", "spelled_canonically", "with_low_s"]
 
 _CURVE_ORDERS: dict[str, tuple[int, int]] = {
     "ES256": (32, 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551),
@@ -31,6 +31,9 @@ _CURVE_ORDERS: dict[str, tuple[int, int]] = {
     ),
 }
 """Each ECDSA JWS algorithm: the byte size of ``r`` and ``s``, and the order ``n`` of its curve."""
+
+MAX_TOKEN_BYTES = 8192
+"""Longest token accepted; anything longer is refused before any parsing or cryptography."""
 
 _ALGORITHMS_LIMIT = 256
 _REMEMBERED_HEADER_CHARS = 1024
@@ -88,14 +91,17 @@ def with_low_s(signing_input: bytes, alg: str, signature: bytes) -> str:
 
 
 def canonical(token: str) -> str:
-    """The one spelling of a compact JWS; any other token (opaque, malformed), and one already
-    spelled so, is returned as it is (the same object).
+    """The one spelling of a compact JWS; any other token (opaque, malformed, longer than
+    `MAX_TOKEN_BYTES`), and one already spelled so, is returned as it is (the same object).
 
-    Total: it never raises, whatever the string (refused tokens are fingerprinted too).
+    Total: it never raises, whatever the string (refused tokens are fingerprinted too, and a
+    token too long to be accepted is not parsed to be).
     RSA signatures are left as they are: a PSS signature with a leading zero byte also
     verifies without it, which only a verifier that knows the key's size can refuse
     (`JWTVerifier` does).
     """
+    if len(token) > MAX_TOKEN_BYTES:
+        return token
     parts = token.split(".")
     if len(parts) != 3:
         return token

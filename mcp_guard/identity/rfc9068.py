@@ -38,7 +38,7 @@ from mcp_guard.identity.claims import (
 from mcp_guard.identity.delegation import DEPTH_LIMIT, MAX_DELEGATION_DEPTH, actor_chain
 from mcp_guard.identity.flight import Flight
 from mcp_guard.identity.jwks import SIGNING_ALGORITHMS, JWKSCache
-from mcp_guard.identity.jws_form import high_s, segment_bytes, spelled_canonically, with_low_s
+from mcp_guard.identity.jws_form import MAX_TOKEN_BYTES, high_s, segment_bytes, spelled_canonically, with_low_s
 from mcp_guard.identity.rfc8414 import check_fetchable, metadata_endpoint
 from mcp_guard.memo import remember
 from mcp_guard.model import Principal
@@ -52,9 +52,6 @@ _new = tuple.__new__  # builds the cached record without the NamedTuple's Python
 
 DISCOVERY_RETRY = 30.0
 """Seconds after a failed metadata lookup before an issuer's metadata is asked for again."""
-
-MAX_TOKEN_BYTES = 8192
-"""Longest token accepted; anything longer is refused before any parsing or cryptography."""
 
 _KEY_CARRYING = frozenset({"jku", "jwk", "x5u", "x5c"})
 _DEFAULT_CLAIMS = ("iss", "exp", "aud", "sub", "client_id", "iat", "jti")
