@@ -66,8 +66,10 @@ _WHITESPACE = " \t\n\r"
 def check_times(claims: Mapping[str, Any], now: float, leeway: float, max_age: float | None = None) -> float | None:
     """Refuse a token outside its ``nbf``..``exp`` window (with ``leeway``), or older than ``max_age``.
 
-    Returns ``exp`` (None when absent). A time claim that is present must be a number: a
-    ``null`` ``exp`` is not a token that never expires.
+    Returns when the token expires: ``exp``, or for a token without one, ``iat`` plus
+    ``max_age``, after which it is refused as too old (None when nothing bounds it). That is
+    the principal's expiry, which bounds how long its sessions are kept. A time claim that is
+    present must be a number: a ``null`` ``exp`` is not a token that never expires.
     """
     for name in ("exp", "nbf", "iat"):
         if name not in claims:
@@ -82,7 +84,9 @@ def check_times(claims: Mapping[str, Any], now: float, leeway: float, max_age: f
         raise Refused(ReasonCode.TOKEN_NOT_YET_VALID)
     if iat is not None and max_age is not None and now - iat > max_age + leeway:
         raise Refused(ReasonCode.TOKEN_TOO_OLD)
-    return float(exp) if exp is not None else None
+    if exp is not None:
+        return float(exp)
+    return float(iat + max_age) if iat is not None and max_age is not None else None
 
 
 def valid_until(claims: Mapping[str, Any], leeway: float, max_age: float | None) -> float:

@@ -24,6 +24,7 @@ from mcp_guard import (
     MemoryAuditSink,
     ReasonCode,
     Refused,
+    SessionSettings,
     ToolSpec,
     TrustedIssuer,
 )
@@ -316,6 +317,20 @@ async def test_introspecting_many_tokens_builds_one_tls_context(
         with pytest.raises(Refused):
             await verifier.verify(f"unknown-{index}")
     assert len(loaded) <= 1  # at most once per process (none when an earlier test built it)
+
+
+async def test_a_token_without_exp_expires_at_its_maximum_age(authority: Authority) -> None:
+    """Its expiry bounds how long its sessions are kept: a token that never expired kept each
+    session it opened for good, and its subject's share of the store filled up."""
+    issued = int(time.time())
+    authority.answers["no-exp"] = answer(authority, exp=None, iat=issued)
+    authority.answers["no-exp-no-iat"] = answer(authority, exp=None, iat=None)
+    verifier = introspector(authority)
+    aged = await verifier.verify("no-exp")
+    assert aged.expires_at == issued + 24 * 3600.0
+    kept = SessionSettings().open("token:x", aged, issued, leeway=30, from_credential=True).retain_until
+    assert kept == issued + 24 * 3600.0 + 30
+    assert (await verifier.verify("no-exp-no-iat")).expires_at is None  # nothing bounds it
 
 
 async def test_an_unreachable_endpoint_denies(authority: Authority) -> None:
