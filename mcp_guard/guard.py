@@ -439,7 +439,8 @@ class Guard:
         self, method: str, credential: AccessToken | None, transport_session: str | None = None, *, remote: bool = False
     ) -> Decision | None:
         """None when this caller may make a request that is not a tool call (``resources/read``,
-        ``prompts/get``, their lists, ``completion/complete``) now; else the denial, recorded.
+        ``prompts/get``, their lists, ``completion/complete``, any other method) now; else the
+        denial, recorded.
 
         The caller must be one a tool call would accept: a credential over HTTP, not expired,
         not revoked, and able to use its session if it has one (no session is opened). The
@@ -486,7 +487,10 @@ class Guard:
             session_id = self.session_keys.key(principal, transport_session)
             self.check_principal(principal, now)
             session = await self.sessions.get(session_id)
-            code = _session_refusal(session, principal, now) if session is not None else None
+            if session is not None:
+                code = _session_refusal(session, principal, now)
+            else:  # none yet, or one the store has let go of: its id may be revoked for good
+                code = ReasonCode.SESSION_REVOKED if self.revocations.session_revoked(session_id) else None
             return principal, session_id, Refused(code) if code is not None else None
         except Refused as refusal:
             return principal, session_id, refusal

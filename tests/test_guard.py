@@ -896,6 +896,23 @@ async def test_a_policy_without_a_string_id_and_version_is_refused_when_installe
     assert guard.policy.id == "mcp-guard/scopes"  # the guard keeps the policy it had
 
 
+async def test_a_revoked_session_the_store_let_go_of_reads_no_resource(audit: MemoryAuditSink, clock: Clock) -> None:
+    """A store forgets a session past its retention (or a shared one its TTL); its id stays
+    revoked, for a resource read as for a tool call."""
+    g = make_guard(audit, clock, sessions=MemorySessionStore(max_sessions=1))
+    assert (await g.authorize("read_note", {}, token(), transport_session="abc")).allowed
+    session_id = events(audit, EventKind.SESSION_OPENED)[0].session_id
+    await g.revoke(session_id=session_id)
+    clock.advance(5 * 3600)  # past the session's retention
+    refreshed = token(expires_at=clock.now + 600)
+    assert (await g.authorize("read_note", {}, refreshed, transport_session="other")).allowed  # sweeps it out
+    assert await g.sessions.get(session_id) is None
+    denied = await g.admit_request("resources/read", refreshed, "abc")
+    assert denied is not None and denied.reason.code == ReasonCode.SESSION_REVOKED
+    called = await g.authorize("read_note", {}, refreshed, transport_session="abc")
+    assert called.decision.reason.code == ReasonCode.SESSION_REVOKED
+
+
 async def test_a_plain_function_is_the_guards_policy_and_its_decisions_name_it(
     audit: MemoryAuditSink, clock: Clock
 ) -> None:

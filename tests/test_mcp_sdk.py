@@ -691,6 +691,8 @@ async def test_resources_and_prompts_are_served_only_to_a_caller_a_tool_call_wou
                 with pytest.raises(MCPError) as raised:
                     await read()
                 assert (raised.value.error.code, raised.value.error.data) == (GUARD_DENIED, {"reason": reason}), method
+            if mode == "legacy":  # ping is gone from 2026-07-28
+                await client.send_ping()  # liveness carries no data
     refused = [e for e in audit.events if e.kind == EventKind.CALL_DECIDED and e.tool is None]
     assert [e.detail for e in refused] == [f"{method} request" for method in reads(client)]
     assert {(e.subject, e.session_id, e.outcome, e.reasons[0]) for e in refused} == {
@@ -704,3 +706,32 @@ async def test_resources_and_prompts_need_a_caller(server: MCPServer, mode: str)
             with pytest.raises(MCPError) as raised:
                 await read()
             assert raised.value.error.data == {"reason": ReasonCode.TOKEN_MISSING}, method
+
+
+async def test_every_other_method_a_server_serves_needs_a_caller_too(mode: str, audit: MemoryAuditSink) -> None:
+    """Not only those the guard knows of: a low-level server may serve completions, logging
+    levels or an extension's methods; only the handshake and ping are served to anyone."""
+    served: list[str] = []
+
+    async def complete(ctx: ServerRequestContext[Any], params: Any) -> types.CompleteResult:
+        served.append("completion/complete")
+        return types.CompleteResult(completion=types.Completion(values=["welcome"]))
+
+    async def set_level(ctx: ServerRequestContext[Any], params: Any) -> types.EmptyResult:
+        served.append("logging/setLevel")
+        return types.EmptyResult()
+
+    server: Server[Any] = Server("lowlevel", on_completion=complete, on_set_logging_level=set_level)
+    server.middleware.append(GuardMiddleware(Guard(audit=[audit])))
+    async with Client(server, mode=mode) as client:
+        if mode == "legacy":  # ping is gone from 2026-07-28
+            await client.send_ping()
+        for attempt in (
+            lambda: client.complete(types.PromptReference(type="ref/prompt", name="p"), {"name": "a", "value": "w"}),
+            lambda: client.set_logging_level("info"),
+        ):
+            with pytest.raises(MCPError) as raised:
+                await attempt()
+            assert raised.value.error.data == {"reason": ReasonCode.TOKEN_MISSING}
+    assert served == []
+    assert [e.detail for e in audit.events] == ["completion/complete request", "logging/setLevel request"]

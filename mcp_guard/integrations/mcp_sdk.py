@@ -5,8 +5,9 @@
 
 It sees every ``tools/call`` before params validation and refuses what the guard denies with
 an `MCPError` (code `GUARD_DENIED`), and it filters ``tools/list`` down to what the caller may
-call. Resources, prompts and completions are served only to a caller a tool call would accept
-(identified, not expired or revoked, its session usable), with no per-item rules. While an admitted tool runs, ``get_access_token()`` returns the caller's token trimmed to
+call. Every other request (resources, prompts, completions, tasks) but the handshake and ping
+is served only to a caller a tool call would accept (identified, not expired or revoked, its
+session usable), with no per-item rules. While an admitted tool runs, ``get_access_token()`` returns the caller's token trimmed to
 the approved scopes, with the raw bearer string withheld (tools must not pass it through); over
 HTTP, the request the tool can reach has no ``Authorization`` header and the trimmed caller.
 """
@@ -46,8 +47,8 @@ from mcp_guard.reasons import ReasonCode
 from mcp_guard.scopes import format_scope
 
 __all__ = [
-    "CALLER_CHECKED_METHODS",
     "GUARD_DENIED",
+    "UNCHECKED_METHODS",
     "GuardMiddleware",
     "GuardTokenVerifier",
     "denial_error",
@@ -59,24 +60,11 @@ logger = logging.getLogger("mcp_guard")
 GUARD_DENIED = -32003
 """The JSON-RPC error code of every guard denial; ``error.data.reason`` says which one."""
 
-CALLER_CHECKED_METHODS = frozenset(
-    {
-        "resources/list",
-        "resources/templates/list",
-        "resources/read",
-        "resources/subscribe",
-        "resources/unsubscribe",
-        "prompts/list",
-        "prompts/get",
-        "completion/complete",
-        "subscriptions/listen",
-        "tasks/list",
-        "tasks/get",
-        "tasks/result",
-    }
-)
-"""Requests that read a server's data other than by calling a tool (a task's result is a tool
-call's): the guard checks who asks (`Guard.admit_request`)."""
+UNCHECKED_METHODS = frozenset({"initialize", "ping", "server/discover"})
+"""Requests served to anyone who reaches the server: the handshake and liveness, which carry no
+data. Every other request but a tool call or listing (resources, prompts, completions,
+subscriptions, tasks, any extension's method) is served only to a caller a tool call would
+accept (`Guard.admit_request`)."""
 
 _CONNECTION_SESSION = "mcp_guard.session"
 _TRACER = trace.get_tracer("mcp_guard")
@@ -104,7 +92,7 @@ class GuardMiddleware:
         if method == "tools/list":
             return await self._list_tools(ctx, call_next)
         if method != "tools/call":
-            if method in CALLER_CHECKED_METHODS:
+            if method not in UNCHECKED_METHODS:
                 denial = await self.guard.admit_request(
                     method, _credential(ctx), transport_session(ctx), remote=ctx.request is not None
                 )
