@@ -308,20 +308,19 @@ class Guard:
                     arguments = reading.apply(arguments)
                 request = _new(CallRequest, (principal, session, spec, arguments, now, protocol_version, request_id))
                 awaited = False
+                policy = self._policy  # the one deciding, should another be installed meanwhile
                 try:
-                    verdict = self._policy.decide(request)
+                    verdict = policy.decide(request)
                     awaited = type(verdict) is not Decision
-                    decision = await self._settled(verdict, principal) if awaited else cast(Decision, verdict)
-                    if not decision.policy_id:  # a policy naming none: recorded under the one installed
-                        decision = replace(decision, policy_id=self._policy.id, policy_version=self._policy.version)
+                    decision = await self._settled(verdict, principal, policy) if awaited else cast(Decision, verdict)
+                    if not decision.policy_id:  # a policy naming none: recorded under its own name
+                        decision = replace(decision, policy_id=policy.id, policy_version=policy.version)
                 except BaseException as error:
                     if not (isinstance(error, Exception) or cancelled_itself(error)):
                         raise
                     detail = error_detail(error, spec.redact)
-                    log_failure(
-                        logger, f"policy {self._policy.id!r} failed on tool {spec.name}; denying", error, spec.redact
-                    )
-                    decision = self._refusal(ReasonCode.POLICY_ERROR, None, principal)
+                    log_failure(logger, f"policy {policy.id!r} failed on tool {spec.name}; denying", error, spec.redact)
+                    decision = self._refusal(ReasonCode.POLICY_ERROR, None, principal, policy)
                 if awaited and decision.allowed:  # revoked or ended while a remote policy was deciding?
                     await self._check_still_usable(principal, session)
             except Refused as refusal:
@@ -693,14 +692,14 @@ class Guard:
         if refusal is not None:
             raise Refused(refusal)
 
-    async def _settled(self, verdict: object, principal: Principal) -> Decision:
+    async def _settled(self, verdict: object, principal: Principal, policy: Policy) -> Decision:
         """The decision a policy's answer stands for: awaited if it is pending; an abstention denies."""
         if inspect.isawaitable(verdict):
             verdict = await verdict
         if verdict is None:
-            return self._refusal(ReasonCode.NO_APPLICABLE_RULE, None, principal)
+            return self._refusal(ReasonCode.NO_APPLICABLE_RULE, None, principal, policy)
         if not isinstance(verdict, Decision):
-            raise TypeError(f"policy {self._policy.id!r} returned {type(verdict).__name__}, not a Decision")
+            raise TypeError(f"policy {policy.id!r} returned {type(verdict).__name__}, not a Decision")
         return verdict
 
     async def _end_risky_session(
@@ -741,13 +740,17 @@ class Guard:
                 )
             )
 
-    def _refusal(self, code: str, message: str | None, principal: Principal | None) -> Decision:
+    def _refusal(
+        self, code: str, message: str | None, principal: Principal | None, policy: Policy | None = None
+    ) -> Decision:
+        """A denial recorded under ``policy`` (the one that decided), else the one installed."""
+        policy = policy if policy is not None else self._policy
         return Decision.deny(
             code,
             message,
             requested=principal.scopes if principal is not None else (),
-            policy_id=self.policy.id,
-            policy_version=self.policy.version,
+            policy_id=policy.id,
+            policy_version=policy.version,
         )
 
     async def record_refusal(self, principal: Principal, spec: ToolSpec, decision: Decision, detail: str) -> bool:

@@ -896,6 +896,28 @@ async def test_a_policy_without_a_string_id_and_version_is_refused_when_installe
     assert guard.policy.id == "mcp-guard/scopes"  # the guard keeps the policy it had
 
 
+@pytest.mark.parametrize("answer", ["allows", "abstains"])
+async def test_a_decision_is_recorded_under_the_policy_that_made_it(audit: MemoryAuditSink, answer: str) -> None:
+    """Another policy installed while an async one decides does not take its decision's name."""
+    gate = anyio.Event()
+
+    async def old_remote(request: Any) -> Decision | None:
+        await gate.wait()
+        scopes = request.principal.scopes
+        allowed = Decision(allowed=True, requested_scopes=scopes, approved_scopes=scopes, rule_ids=("old",))
+        return allowed if answer == "allows" else None
+
+    g = Guard(policy=old_remote, audit=[audit])
+    g.declare(ToolSpec("read_note"))
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(g.authorize, "read_note", {}, token())
+        await anyio.wait_all_tasks_blocked()
+        g.policy = ScopePolicy(id="strict", version="2")
+        gate.set()
+    decided = events(audit, EventKind.CALL_DECIDED)[-1]
+    assert (decided.policy_id, decided.policy_version) == ("old_remote", "1")
+
+
 async def test_a_revoked_session_the_store_let_go_of_reads_no_resource(audit: MemoryAuditSink, clock: Clock) -> None:
     """A store forgets a session past its retention (or a shared one its TTL); its id stays
     revoked, for a resource read as for a tool call."""
