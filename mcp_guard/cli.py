@@ -52,9 +52,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.run(args))
+        status = int(args.run(args))
+        sys.stdout.flush()  # here, not at exit: a reader gone away is seen below
+        return status
     except BrokenPipeError:  # the reader went away: no more output, and no error about it at exit
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
         return _STOPPED_BY_SIGPIPE
     except (OSError, ValueError) as error:
         print(f"mcp-guard: {error}", file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -197,6 +198,9 @@ def test_cedar_schema_comes_from_a_servers_registered_tools(tmp_path: Path) -> N
     missing = mcp_guard("policy", "cedar-schema", "no_such_server:guard", cwd=tmp_path)
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert "cannot import 'no_such_server'" in missing.stderr
+    (tmp_path / "broken_server.py").write_text("guard = (\n")
+    broken = mcp_guard("policy", "cedar-schema", "broken_server:guard", cwd=tmp_path)
+    assert broken.returncode == 2 and "Traceback" not in broken.stderr and "SyntaxError" in broken.stderr
 
 
 def test_the_command_names_its_version() -> None:
@@ -204,19 +208,23 @@ def test_the_command_names_its_version() -> None:
     assert (result.returncode, result.stdout.strip()) == (0, f"mcp-guard {mcp_guard_version}")
 
 
-def test_a_reader_going_away_stops_the_output_quietly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("entries", [3000, 3])
+def test_a_reader_going_away_stops_the_output_quietly(tmp_path: Path, entries: int) -> None:
     """``mcp-guard audit query LOG | head``: no error about the closed pipe, and the exit
-    status of a program stopped by SIGPIPE."""
+    status of a program stopped by SIGPIPE, whether the output fills the pipe or only the
+    buffer flushed at the end (stdout buffered, as it is by default)."""
     log = tmp_path / "audit.jsonl"
     sink = FileAuditSink(log)
-    for index in range(3000):  # far more output than a pipe holds
+    for index in range(entries):  # 3000: far more output than a pipe holds
         sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, 1_900_000_000.0 + index, tool=f"tool_{index}"))
     sink.close()
     command = [sys.executable, "-m", "mcp_guard.cli", "audit", "query", str(log)]
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as reading:
+    environment = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment) as reading:
         assert reading.stdout is not None and reading.stderr is not None
-        assert reading.stdout.readline()
-        reading.stdout.close()
+        if entries > 100:
+            assert reading.stdout.readline()
+        reading.stdout.close()  # before the short output is even written
         errors = reading.stderr.read()
         assert reading.wait(timeout=60) == 141
     assert errors == b""

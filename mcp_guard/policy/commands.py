@@ -211,8 +211,8 @@ def _cedar_schema(args: argparse.Namespace) -> int:
     sys.path.insert(0, ".")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ValueError(f"cannot import {module_name!r}: {error}") from None
+    except Exception as error:  # not found, or failing as it loads (a syntax error, its own code)
+        raise ValueError(f"cannot import {module_name!r}: {type(error).__name__}: {error}") from None
     guard = getattr(module, attribute, None)
     if not isinstance(guard, Guard):
         raise ValueError(f"{args.guard} is not a mcp_guard.Guard")
