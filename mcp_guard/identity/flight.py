@@ -10,11 +10,17 @@ bounded by its own timeout.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import threading
+from collections.abc import Coroutine
+from typing import Any
 
 import anyio
 
-__all__ = ["Flight"]
+__all__ = ["Flight", "run_to_the_end"]
+
+logger = logging.getLogger("mcp_guard")
 
 POLL_INTERVAL = 0.005
 """Seconds between looks by a caller waiting on another thread's fetch."""
@@ -42,3 +48,33 @@ class Flight:
         """Mark the fetch ended and wake those waiting on its own thread."""
         self.ended = True
         self._done.set()
+
+
+_RUNNING: set[asyncio.Task[None]] = set()
+"""Work started by `run_to_the_end`, held until it ends (the loop keeps only weak references)."""
+
+
+async def run_to_the_end(work: Coroutine[Any, Any, None]) -> None:
+    """Await ``work``, which runs to its end however its caller is cancelled: a fetch cut short
+    sends its waiters off without what it was fetching, and a client that can cancel its own
+    requests could do that at will. On asyncio the work is a task of its own, which neither
+    anyio's cancellation nor ``Task.cancel`` of the caller reaches (the caller stops waiting at
+    once); elsewhere (Trio) it runs in a shielded cancel scope. ``work`` bounds its own time.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # not asyncio
+        with anyio.CancelScope(shield=True):
+            await work
+        return
+    task = asyncio.ensure_future(work)
+    _RUNNING.add(task)
+    task.add_done_callback(_ended)
+    await asyncio.shield(task)
+
+
+def _ended(task: asyncio.Task[None]) -> None:
+    """Let go of ``task``, and log how it failed if no caller was left to hear it."""
+    _RUNNING.discard(task)
+    if not task.cancelled() and (error := task.exception()) is not None:
+        logger.error("mcp-guard: %s failed: %s", task.get_coro(), type(error).__name__)

@@ -27,7 +27,7 @@ from joserfc.jwk import ECKey, Key, KeySet, OKPKey, RSAKey
 
 from mcp_guard.errors import Refused
 from mcp_guard.identity.claims import json_object
-from mcp_guard.identity.flight import Flight
+from mcp_guard.identity.flight import Flight, run_to_the_end
 from mcp_guard.reasons import ReasonCode
 
 __all__ = ["MAX_JWKS_BYTES", "MAX_KEYS", "MIN_RSA_BITS", "JWKSCache", "capped_body", "fetch_json", "tls_context"]
@@ -115,7 +115,8 @@ class JWKSCache:
     most the endpoint is asked again. While the endpoint fails, keys fetched before keep
     working, but no longer than ``max_stale`` after they were fetched: a key the issuer has
     withdrawn cannot outlive an outage for good. ``fetch`` is the HTTP GET (replaceable for
-    other transports); ``clock`` a monotonic clock in seconds.
+    other transports; it must bound its own time, as `fetch_json` does, since a fetch runs to
+    its end); ``clock`` a monotonic clock in seconds.
     """
 
     def __init__(
@@ -184,23 +185,25 @@ class JWKSCache:
     async def _refresh(self, jwks_uri: str, entry: _KeySetEntry) -> None:
         """Fetch at most once per ``min_refresh_interval``; callers arriving meanwhile share it.
 
-        A fetch cut short uses up no attempt: cancelled midway, it would send its waiters off
-        with the old keys until the interval passed, so a client dropping its own requests
-        could keep a withdrawn key in use. It is shielded from cancellation through anyio (the
-        fetch bounds itself: ``fetch_json``'s timeout); cancelled natively (``Task.cancel``),
-        a waiter fetches in its place.
+        The fetch runs to its end however the call that started it is cancelled
+        (`run_to_the_end`): cut short, it would use up the interval's attempt and send its
+        waiters off with the old keys, so a client dropping its own requests could keep a
+        withdrawn key in use.
         """
         while entry.in_flight is not None:
             await entry.in_flight.landed()
         if self._clock() - entry.attempted_at < self.min_refresh_interval:
             return  # fetched or tried just now, by this call or another
-        flight, before = Flight(), entry.attempted_at
-        entry.in_flight, entry.attempted_at = flight, self._clock()
+        flight = entry.in_flight = Flight()
+        entry.attempted_at = self._clock()
         self.fetches += 1
+        await run_to_the_end(self._fetch_into(jwks_uri, entry, flight))
+
+    async def _fetch_into(self, jwks_uri: str, entry: _KeySetEntry, flight: Flight) -> None:
+        """Fetch the key set at ``jwks_uri`` into ``entry`` (keeping its keys when that fails),
+        then land ``flight``."""
         try:
-            with anyio.CancelScope(shield=True):
-                document = await self._fetch(jwks_uri)
-            keys = _import_keys(document)
+            keys = _import_keys(await self._fetch(jwks_uri))
             identities = frozenset(
                 f"{kid} {key.thumbprint()} {key.get('alg')}" for kid, found in keys.items() for key in found
             )
@@ -215,10 +218,6 @@ class JWKSCache:
                 error,
                 len(entry.keys),
             )
-        except BaseException as error:
-            if not isinstance(error, Exception):  # cut short: no attempt was made
-                entry.attempted_at = before
-            raise
         finally:
             entry.in_flight = None
             flight.land()
