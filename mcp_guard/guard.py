@@ -49,7 +49,7 @@ from mcp_guard.policy.scopes import ScopePolicy
 from mcp_guard.policy.shadow import Shadow
 from mcp_guard.reasons import ReasonCode
 from mcp_guard.scopes import scope_set
-from mcp_guard.session.keys import SessionKeys
+from mcp_guard.session.keys import SessionKeys, named_by_one_token
 from mcp_guard.session.memory import MemorySessionStore
 from mcp_guard.session.revocation import Revocations
 from mcp_guard.session.settings import SessionSettings, presentable_until
@@ -532,7 +532,7 @@ class Guard:
             if ended == "missing":
                 raise LookupError(f"no session {session_id!r} to revoke")
             already_revoked = self.revocations.session_revoked(session_id)
-            self.revocations.revoke_session(session_id)
+            self.revocations.revoke_session(session_id, until=_revoked_until(stored), now=now)
             if ended == "ended" or not already_revoked:  # an expired session's id is revoked now too
                 note = None if ended == "ended" else "the session had already ended"
                 detail = "; ".join(part for part in (note, reason) if part) or None
@@ -708,7 +708,7 @@ class Guard:
         """Revoke a session whose risk score reached the threshold, and every token bound to it
         until none of them can be presented (a new connection, with the token that drove it
         there or another one of the session's, must not start a fresh budget), and record why."""
-        self.revocations.revoke_session(session.id)
+        self.revocations.revoke_session(session.id, until=_revoked_until(session), now=now)
         if principal is not None:
             until = max(session.retain_until, presentable_until(principal, self.leeway, math.inf))
             reason = f"session {session.id} reached its risk threshold"
@@ -815,6 +815,12 @@ class Guard:
                 sink.emit(event)
             except Exception:
                 logger.exception("mcp-guard: audit sink %r failed", sink)
+
+
+def _revoked_until(session: Session | None) -> float:
+    """How long a revoked session's id stays revoked: until no credential can present it (a
+    key only one token presents), else for good."""
+    return session.retain_until if session is not None and named_by_one_token(session.id) else math.inf
 
 
 def _session_refusal(session: Session, principal: Principal, now: float) -> str | None:

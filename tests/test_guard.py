@@ -918,6 +918,28 @@ async def test_a_decision_is_recorded_under_the_policy_that_made_it(audit: Memor
     assert (decided.policy_id, decided.policy_version) == ("old_remote", "1")
 
 
+async def test_revoked_ids_of_sessions_keyed_by_one_token_are_let_go_once_it_has_expired(
+    audit: MemoryAuditSink, clock: Clock
+) -> None:
+    """A risk threshold or an operator revoking sessions one token each opened (MCP 2026-07-28
+    without a ``sid``) piled their ids up for good; an id something else can present again (a
+    transport's session id, a claim) stays revoked."""
+    g = make_guard(audit, clock)
+    short_lived = token("alice", expires_at=NOW + 600)
+    assert (await g.authorize("read_note", {}, short_lived)).allowed
+    assert (await g.authorize("read_note", {}, token("bob"), transport_session="abc")).allowed
+    by_token, by_transport = (event.session_id for event in events(audit, EventKind.SESSION_OPENED))
+    await g.revoke(session_id=by_token)
+    await g.revoke(session_id=by_transport)
+    clock.advance(5 * 3600)  # past the first session's retention
+    later = token("carol", expires_at=clock.now + 600)
+    assert (await g.authorize("read_note", {}, later)).allowed
+    await g.revoke(session_id=events(audit, EventKind.SESSION_OPENED)[-1].session_id)  # lets go of lapsed ids
+    assert not g.revocations.session_revoked(by_token)
+    assert g.revocations.session_revoked(by_transport)
+    assert (await g.authorize("read_note", {}, short_lived)).decision.reason.code == ReasonCode.TOKEN_EXPIRED
+
+
 async def test_a_revoked_session_the_store_let_go_of_reads_no_resource(audit: MemoryAuditSink, clock: Clock) -> None:
     """A store forgets a session past its retention (or a shared one its TTL); its id stays
     revoked, for a resource read as for a tool call."""

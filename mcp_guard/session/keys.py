@@ -15,9 +15,18 @@ from mcp_guard.memo import remember
 from mcp_guard.model import Principal
 from mcp_guard.reasons import ReasonCode
 
-__all__ = ["MAX_SESSION_KEY_LENGTH", "SessionKeys"]
+__all__ = ["MAX_SESSION_KEY_LENGTH", "SessionKeys", "named_by_one_token"]
 
 MAX_SESSION_KEY_LENGTH = 256
+
+_TOKEN_KEY = "token:"
+
+
+def named_by_one_token(session_id: str) -> bool:
+    """Whether ``session_id`` is one token's own key (its fingerprint): once that token can no
+    longer be presented, nothing can present the key. Any other key (a transport's session id,
+    a claim a refreshed token carries again, the principal) may come back."""
+    return session_id.startswith(_TOKEN_KEY)
 
 
 class SessionKeys:
@@ -58,7 +67,7 @@ class SessionKeys:
                 issuer, client_id = principal.issuer, principal.client_id  # a login serves many clients
                 return f"claim:{len(issuer)}:{issuer}{len(client_id)}:{client_id}:{_bounded(value)}"
         if principal.token_hash is not None:
-            return "token:" + principal.token_hash
+            return _TOKEN_KEY + principal.token_hash
         issuer, subject, client_id = principal.binding
         return f"principal:{len(issuer)}:{issuer}{len(subject)}:{subject}{client_id}"
 

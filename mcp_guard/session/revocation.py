@@ -5,7 +5,9 @@ lookups (none at all while nothing is revoked). Each may carry an end time; a pe
 lasts until `restore` lifts it. A subject, client or token id revoked without an issuer is
 revoked under every issuer (a ``jti`` is unique only within its issuer). Revoked session ids
 are kept too, and checked whenever a session would be opened, so a revoked session can never
-come back, even after its record left the session store.
+come back, even after its record left the session store: for good, or, for a key only one
+token can present, until that token can no longer be (its session's ``retain_until``), so the
+ids of sessions keyed by short-lived tokens do not pile up.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ class Revocations:
     revocations whose end has passed are dropped by the next check after it."""
 
     def __init__(self) -> None:
-        self._sessions: set[str] = set()
+        self._sessions: dict[str, float] = {}
+        self._next_session_lapse = math.inf
         self._tokens: dict[_Key, float] = {}
         self._subjects: dict[_Key, float] = {}
         self._clients: dict[_Key, float] = {}
@@ -36,10 +39,16 @@ class Revocations:
         self._next_lapse = math.inf
         self.active = False
 
-    def revoke_session(self, session_id: str) -> None:
-        """Revoke a session id for good."""
+    def revoke_session(self, session_id: str, *, until: float = math.inf, now: float = -math.inf) -> None:
+        """Revoke a session id until ``until``, when no credential can present its key any more
+        (for good by default); revoked ids whose time has passed at ``now`` are let go."""
         with self._lock:
-            self._sessions.add(session_id)
+            if now >= self._next_session_lapse:
+                for lapsed in [key for key, end in self._sessions.items() if end <= now]:
+                    del self._sessions[lapsed]
+                self._next_session_lapse = min(self._sessions.values(), default=math.inf)
+            self._sessions[session_id] = max(self._sessions.get(session_id, until), until)
+            self._next_session_lapse = min(self._next_session_lapse, until)
 
     def session_revoked(self, session_id: str) -> bool:
         return session_id in self._sessions
