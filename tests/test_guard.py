@@ -416,6 +416,27 @@ def test_restoring_without_a_time_reads_the_clock() -> None:
     assert revocations.restore(subject="bob") is None  # it ran out in 1970
 
 
+def test_revocations_lapse_in_order_of_their_ends_lengthened_or_lifted() -> None:
+    revocations = Revocations()
+    alice = Principal("https://i", "alice", "c", token_id="jti-a")
+    revocations.revoke_subject("alice", until=10.0)
+    revocations.revoke_subject("alice", until=20.0)  # lengthened: its first end no longer applies
+    revocations.revoke_token("jti-a", until=12.0)
+    assert revocations.restore(now=0.0, token_id="jti-a") == 12.0
+    revocations.revoke_token("jti-a", until=11.0)  # revoked again, for less time
+    assert revocations.check(alice, 10.5) == ReasonCode.TOKEN_REVOKED
+    assert revocations.check(alice, 15.0) == ReasonCode.SUBJECT_REVOKED
+    assert revocations.check(alice, 20.0) is None and not revocations.active
+    revocations.revoke_session("s1", until=5.0)
+    revocations.revoke_session("s2", now=6.0)  # for good; lets go of s1
+    assert not revocations.session_revoked("s1") and revocations.session_revoked("s2")
+    for index in range(10_000):  # many distinct ends: each lapse drops its own, not a scan of all
+        revocations.revoke_token(f"t{index}", until=100.0 + index)
+    for index in range(10_000):
+        assert revocations.check(alice, 100.5 + index) is None
+    assert not revocations.active
+
+
 async def test_a_session_revocation_takes_no_ttl_or_issuer(g: Guard, audit: MemoryAuditSink) -> None:
     assert (await g.authorize("read_note", {}, token(sid="s"))).allowed
     session_id = events(audit, EventKind.SESSION_OPENED)[0].session_id

@@ -12,6 +12,7 @@ ids of sessions keyed by short-lived tokens do not pile up.
 
 from __future__ import annotations
 
+import heapq
 import math
 import threading
 import time
@@ -27,14 +28,19 @@ _Key = tuple[str | None, str]
 
 class Revocations:
     """Token, subject and client revocations. ``active`` is false while none is in force:
-    revocations whose end has passed are dropped by the next check after it."""
+    revocations whose end has passed are dropped by the next check after it.
+
+    Their ends wait in a heap, so letting the lapsed ones go costs a step per revocation
+    dropped, not a scan of all of them each time one lapses."""
 
     def __init__(self) -> None:
         self._sessions: dict[str, float] = {}
-        self._next_session_lapse = math.inf
         self._tokens: dict[_Key, float] = {}
         self._subjects: dict[_Key, float] = {}
         self._clients: dict[_Key, float] = {}
+        self._tables: tuple[dict[Any, float], ...] = (self._sessions, self._tokens, self._subjects, self._clients)
+        self._ends: list[tuple[float, int, Any]] = []
+        """(end, table number, key) of every revocation that ends; stale once lifted or lengthened."""
         self._lock = threading.Lock()
         self._next_lapse = math.inf
         self.active = False
@@ -42,13 +48,9 @@ class Revocations:
     def revoke_session(self, session_id: str, *, until: float = math.inf, now: float = -math.inf) -> None:
         """Revoke a session id until ``until``, when no credential can present its key any more
         (for good by default); revoked ids whose time has passed at ``now`` are let go."""
-        with self._lock:
-            if now >= self._next_session_lapse:
-                for lapsed in [key for key, end in self._sessions.items() if end <= now]:
-                    del self._sessions[lapsed]
-                self._next_session_lapse = min(self._sessions.values(), default=math.inf)
-            self._sessions[session_id] = max(self._sessions.get(session_id, until), until)
-            self._next_session_lapse = min(self._next_session_lapse, until)
+        if now >= self._next_lapse:
+            self._drop_lapsed(now)
+        self._revoke(0, session_id, until)
 
     def session_revoked(self, session_id: str) -> bool:
         return session_id in self._sessions
@@ -56,21 +58,24 @@ class Revocations:
     def revoke_token(self, token_id: str, *, issuer: str | None = None, until: float = math.inf) -> None:
         """Revoke by ``jti`` or by token fingerprint (`token_fingerprint`). ``issuer`` and
         ``until`` are named: an end time taken for an issuer would revoke nothing."""
-        self._revoke(self._tokens, (issuer, token_id), until)
+        self._revoke(1, (issuer, token_id), until)
 
     def revoke_subject(self, subject: str, *, issuer: str | None = None, until: float = math.inf) -> None:
-        self._revoke(self._subjects, (issuer, subject), until)
+        self._revoke(2, (issuer, subject), until)
 
     def revoke_client(self, client_id: str, *, issuer: str | None = None, until: float = math.inf) -> None:
-        self._revoke(self._clients, (issuer, client_id), until)
+        self._revoke(3, (issuer, client_id), until)
 
-    def _revoke(self, table: dict[Any, float], key: object, until: float) -> None:
+    def _revoke(self, table_number: int, key: Any, until: float) -> None:
         """Revoke ``key`` until ``until`` at least: a shorter revocation never cuts a longer one
         short (only `restore` lifts one)."""
         with self._lock:
-            table[key] = max(table.get(key, until), until)
-            self._next_lapse = min(self._next_lapse, until)
-            self.active = True
+            table = self._tables[table_number]
+            until = table[key] = max(table.get(key, until), until)
+            if until < math.inf:
+                heapq.heappush(self._ends, (until, table_number, key))
+                self._next_lapse = min(self._next_lapse, until)
+            self.active = any(self._tables[1:])
 
     def restore(
         self,
@@ -92,7 +97,7 @@ class Revocations:
                 lifted = self._subjects.pop((issuer, subject), None)
             if client_id is not None:
                 lifted = self._clients.pop((issuer, client_id), None)
-            self._settle()
+            self.active = any(self._tables[1:])
             return lifted if _active(lifted, time.time() if now is None else now) else None
 
     def check(self, principal: Principal, now: float) -> ReasonCode | None:
@@ -119,17 +124,17 @@ class Revocations:
         return None
 
     def _drop_lapsed(self, now: float) -> None:
+        """Let go of every revocation whose end has passed at ``now``; an entry in the heap
+        whose revocation was lifted or lengthened since is passed over."""
         with self._lock:
-            for table in (self._tokens, self._subjects, self._clients):
-                for key in [key for key, until in table.items() if until <= now]:
+            ends = self._ends
+            while ends and ends[0][0] <= now:
+                until, table_number, key = heapq.heappop(ends)
+                table = self._tables[table_number]
+                if table.get(key) == until:
                     del table[key]
-            self._settle()
-
-    def _settle(self) -> None:
-        """Recompute ``active`` and the next end time (lock held)."""
-        tables = (self._tokens, self._subjects, self._clients)
-        self._next_lapse = min((until for table in tables for until in table.values()), default=math.inf)
-        self.active = any(tables)
+            self._next_lapse = ends[0][0] if ends else math.inf
+            self.active = any(self._tables[1:])
 
 
 def _active(until: float | None, now: float) -> bool:
