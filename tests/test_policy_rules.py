@@ -410,6 +410,20 @@ def test_a_full_counter_refuses_new_callers_rather_than_forgetting() -> None:
     assert decide(policy, FETCH, subject="c", at=61).allowed  # the old windows ended and were swept
 
 
+def test_ended_windows_leave_soon_after_without_the_counters_filling_up() -> None:
+    """Ordinary traffic (every session or principal ever seen) kept its ended windows until
+    the counters were full: a million keys, about 280 MB per rule."""
+    from mcp_guard.policy import Counters
+
+    counters = Counters()
+    policy = RulePolicy([LimitRule("rate", per="principal", calls=5, window=10, counters=counters)])
+    for index in range(1000):
+        assert decide(policy, FETCH, subject=f"caller-{index}", at=0).allowed
+    assert len(counters) == 1000
+    assert decide(policy, FETCH, subject="later", at=70).allowed  # past the next sweep
+    assert len(counters) == 1
+
+
 async def test_crossing_the_risk_threshold_revokes_the_session(audit: MemoryAuditSink, clock: Clock) -> None:
     risk = RiskSettings(threshold=50, denial=15, admin=25)
     guard = guarded(

@@ -31,14 +31,19 @@ Per = Literal["session", "principal", "client", "tool"]
 class Counters:
     """Call counts by key, each until its window ends; at most ``max_keys`` keys at once.
 
-    When full, counts whose window has ended are swept out; if none has, a new key is refused
-    (the caller is limited) rather than an old count forgotten: forgetting would reset a limit.
+    Counts whose window has ended are swept out at most once per `SWEEP_INTERVAL` of the
+    calls' time, so they leave soon after they end and a sweep (a pass over every count) is
+    never paid call after call. When full and nothing can go, a new key is refused (the caller
+    is limited) rather than an old count forgotten: forgetting would reset a limit.
     """
 
-    def __init__(self, *, max_keys: int = 1_000_000) -> None:
+    SWEEP_INTERVAL = 60.0
+
+    def __init__(self, *, max_keys: int = 100_000) -> None:
         self.max_keys = max_keys
         self._counts: dict[Hashable, list[float]] = {}  # key -> [window end, count]
         self._lock = threading.Lock()
+        self._next_sweep = -math.inf
 
     def used(self, key: Hashable, now: float) -> int | None:
         """Calls counted for ``key`` in its current window; None when a new key has no room."""
@@ -64,10 +69,9 @@ class Counters:
                     return None
                 entry[1] += 1
                 return entry
+            self._sweep(now)
             if entry is None and len(self._counts) >= self.max_keys:
-                self._sweep(now)
-                if len(self._counts) >= self.max_keys:
-                    return None
+                return None
             entry = self._counts[key] = [ends_at, 1]
             return entry
 
@@ -79,6 +83,11 @@ class Counters:
                 window[1] -= 1
 
     def _sweep(self, now: float) -> None:
+        """Drop the counts whose window has ended, unless a sweep ran within `SWEEP_INTERVAL`
+        (lock held)."""
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + self.SWEEP_INTERVAL
         for key in [key for key, (ends_at, _) in self._counts.items() if ends_at <= now]:
             del self._counts[key]
 
