@@ -675,6 +675,7 @@ def reads(client: Client) -> dict[str, Callable[[], Any]]:
     ("revoke", "reason"),
     [({"subject": "alice"}, ReasonCode.SUBJECT_REVOKED), ({"session_id": ...}, ReasonCode.SESSION_REVOKED)],
 )
+@pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")  # ping, gone from 2026-07-28
 async def test_resources_and_prompts_are_served_only_to_a_caller_a_tool_call_would_accept(
     server: MCPServer, guard: Guard, audit: MemoryAuditSink, mode: str, revoke: dict[str, Any], reason: str
 ) -> None:
@@ -708,6 +709,7 @@ async def test_resources_and_prompts_need_a_caller(server: MCPServer, mode: str)
             assert raised.value.error.data == {"reason": ReasonCode.TOKEN_MISSING}, method
 
 
+@pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")  # ping and logging levels
 async def test_every_other_method_a_server_serves_needs_a_caller_too(mode: str, audit: MemoryAuditSink) -> None:
     """Not only those the guard knows of: a low-level server may serve completions, logging
     levels or an extension's methods; only the handshake and ping are served to anyone."""
