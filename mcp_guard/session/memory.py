@@ -126,18 +126,22 @@ class MemorySessionStore:
     def _sweep(self, now: float) -> bool:
         """Drop every session past its retention; say whether any room was made (lock held).
 
-        A sweep that frees nothing notes when the earliest retention ends (a session added
-        later lowers it), and until then the next full store refuses at once instead of
-        scanning again.
+        Each sweep notes when the earliest retention left ends (a session added later lowers
+        it), and until then a full store refuses at once instead of scanning again: one pass
+        over the store per retention that ends, not one per session opened while it is full.
         """
         if now < self._next_sweep:
             return False
-        expired = [key for key, session in self._sessions.items() if session.retain_until <= now]
+        expired, next_sweep = [], math.inf
+        for key, session in self._sessions.items():
+            if session.retain_until <= now:
+                expired.append(key)
+            elif session.retain_until < next_sweep:
+                next_sweep = session.retain_until
         for key in expired:
             subject = self._sessions.pop(key).binding[:2]
             self._held[subject] -= 1
             if not self._held[subject]:
                 del self._held[subject]
-        if not expired:
-            self._next_sweep = min(session.retain_until for session in self._sessions.values())
+        self._next_sweep = next_sweep
         return bool(expired)
