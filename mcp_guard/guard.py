@@ -28,7 +28,7 @@ from mcp_guard.audit.spans import annotate_span, current_span_context, recording
 from mcp_guard.clock import read_clock
 from mcp_guard.context import ADMITTED, refuse_unguarded
 from mcp_guard.errors import Refused
-from mcp_guard.identity.access_token import AccessTokenIdentifier, Identifier, token_fingerprint
+from mcp_guard.identity.access_token import AccessTokenIdentifier, Identifier, refused_token_fingerprint
 from mcp_guard.model import (
     CallRequest,
     Decision,
@@ -326,7 +326,7 @@ class Guard:
             except Refused as refusal:
                 decision = self._refusal(refusal.code, refusal.message, principal)
                 if principal is None and credential is not None and credential.token:
-                    detail = f"token {token_fingerprint(credential.token)}"  # which token could not be read
+                    detail = f"token {refused_token_fingerprint(credential.token)}"  # which token could not be read
             except Exception:
                 logger.exception("mcp-guard: authorizing tool %s failed; denying", _display(tool))
                 decision = self._refusal(ReasonCode.GUARD_ERROR, None, principal)

@@ -22,13 +22,13 @@ from mcp.server.auth.provider import AccessToken
 from mcp_guard.errors import Refused
 from mcp_guard.identity.claims import audience_of, scope_of
 from mcp_guard.identity.delegation import DEPTH_LIMIT, actor_chain
-from mcp_guard.identity.jws_form import canonical
+from mcp_guard.identity.jws_form import MAX_TOKEN_BYTES, canonical
 from mcp_guard.memo import remember
 from mcp_guard.model import Principal
 from mcp_guard.reasons import ReasonCode
 from mcp_guard.scopes import ScopeError, scope_set
 
-__all__ = ["AccessTokenIdentifier", "Identifier", "token_fingerprint"]
+__all__ = ["AccessTokenIdentifier", "Identifier", "refused_token_fingerprint", "token_fingerprint"]
 
 
 class Identifier(Protocol):
@@ -46,6 +46,16 @@ def token_fingerprint(token: str, digest: bytes | None = None) -> str:
     """
     spelled = canonical(token)
     return fingerprint_of(digest if spelled is token and digest is not None else token_digest(spelled))
+
+
+def refused_token_fingerprint(token: str) -> str:
+    """The fingerprint a refused token is recorded under: `token_fingerprint`, except that a
+    token longer than `MAX_TOKEN_BYTES`, which this package's verifiers refuse unread, is hashed
+    as it is rather than parsed (an unauthenticated request must not make the guard decode a
+    megabyte). A token another verifier accepted keeps its spelling-proof fingerprint."""
+    if len(token) > MAX_TOKEN_BYTES:
+        return fingerprint_of(token_digest(token))
+    return token_fingerprint(token)
 
 
 def token_digest(token: str) -> bytes:

@@ -91,17 +91,14 @@ def with_low_s(signing_input: bytes, alg: str, signature: bytes) -> str:
 
 
 def canonical(token: str) -> str:
-    """The one spelling of a compact JWS; any other token (opaque, malformed, longer than
-    `MAX_TOKEN_BYTES`), and one already spelled so, is returned as it is (the same object).
+    """The one spelling of a compact JWS; any other token (opaque, malformed), and one already
+    spelled so, is returned as it is (the same object).
 
-    Total: it never raises, whatever the string (refused tokens are fingerprinted too, and a
-    token too long to be accepted is not parsed to be).
+    Total: it never raises, whatever the string (refused tokens are fingerprinted too).
     RSA signatures are left as they are: a PSS signature with a leading zero byte also
     verifies without it, which only a verifier that knows the key's size can refuse
     (`JWTVerifier` does).
     """
-    if len(token) > MAX_TOKEN_BYTES:
-        return token
     parts = token.split(".")
     if len(parts) != 3:
         return token

@@ -38,7 +38,7 @@ from mcp_guard.audit.spans import tracing_configured
 from mcp_guard.context import ADMITTED, Admission
 from mcp_guard.errors import Refused
 from mcp_guard.guard import Authorization, Guard
-from mcp_guard.identity.access_token import token_fingerprint
+from mcp_guard.identity.access_token import refused_token_fingerprint
 from mcp_guard.identity.bearer import BearerVerifier
 from mcp_guard.integrations.read_only import ReadOnlyUser, read_only_token
 from mcp_guard.memo import remember
@@ -261,7 +261,7 @@ class GuardTokenVerifier:
                 self.guard.clock(),
                 decision=Decision.deny(code, message),
                 span=span.get_span_context() if span is not None else None,
-                detail=f"token {token_fingerprint(token)}",
+                detail=f"token {refused_token_fingerprint(token)}",
             )
             try:
                 self.guard.record(event)

@@ -20,6 +20,7 @@ from mcp.server.auth.provider import AccessToken
 
 from authority import RESOURCE, Authority
 from mcp_guard import AccessTokenIdentifier, Guard, GuardTokenVerifier, Refused, ToolSpec, token_fingerprint
+from mcp_guard.identity.access_token import fingerprint_of, refused_token_fingerprint, token_digest
 from mcp_guard.identity.jws_form import (
     _CURVE_ORDERS,
     MAX_TOKEN_BYTES,
@@ -193,13 +194,17 @@ def test_canonical_is_total(token: str) -> None:
     assert canonical(canonical(token)) == canonical(token)
 
 
-async def test_a_token_too_long_to_accept_is_fingerprinted_without_parsing_it(authority: Authority) -> None:
-    """Refused before any parsing, it is not parsed to be fingerprinted either: respelling a
-    megabyte token (decoding, parsing its header) took 50 ms of an unauthenticated request."""
+async def test_a_token_too_long_to_accept_is_recorded_without_parsing_it(authority: Authority) -> None:
+    """Refused before any parsing, it is not parsed for its refusal's record either: respelling
+    a megabyte token (decoding, parsing its header) took 50 ms of an unauthenticated request.
+    One another verifier accepted keeps one fingerprint for every spelling, as revocation by
+    fingerprint and token-keyed sessions need."""
     token = authority.mint(alg="ES256", kid="ec-1", padding="x" * MAX_TOKEN_BYTES)
     respelled = with_signature(token, flipped("ES256", segment_bytes(token.split(".")[2])))
-    assert canonical(respelled) is respelled and canonical(token) is token
-    assert token_fingerprint(respelled) != token_fingerprint(token)  # neither can be presented
+    assert token_fingerprint(respelled) == token_fingerprint(token)
+    assert refused_token_fingerprint(respelled) == fingerprint_of(token_digest(respelled))
+    ordinary = authority.mint()
+    assert refused_token_fingerprint(ordinary) == token_fingerprint(ordinary)
 
 
 def test_fingerprinting_refused_tokens_keeps_no_large_header_in_memory() -> None:
