@@ -151,7 +151,6 @@ class Guard:
             if not isinstance(getattr(policy, attribute, None), str):
                 raise TypeError(f"policy {policy!r} has no string {attribute!r}: decisions are recorded under it")
         self._policy = policy
-        self._policy_scores_risk = hasattr(policy, "risk")
         merged = getattr(policy, "merged", None)
         self._merged: Callable[[ToolSpec], ToolSpec] | None = merged if callable(merged) else None
 
@@ -266,6 +265,7 @@ class Guard:
         half a microsecond, so one-line steps are written inline here and the per-call records
         are built with ``tuple.__new__``; each stage with real logic keeps its own method.
         """
+        policy = self._policy  # the one deciding this call, should another be installed meanwhile
         try:
             now = read_clock(self.clock)
             kind = _TOKEN_REJECTED
@@ -296,7 +296,7 @@ class Guard:
                 spec = self._tools.get(tool)
                 if spec is not None and self._merged is not None:
                     spec = self._merged(spec)
-                if spec is None or (spec.conceal and not self._policy.visible(principal, spec)):
+                if spec is None or (spec.conceal and not policy.visible(principal, spec)):
                     spec = None
                     raise Refused(ReasonCode.TOOL_NOT_FOUND, f"Unknown tool '{_display(tool)}'.")
                 if arguments is None:
@@ -308,7 +308,6 @@ class Guard:
                     arguments = reading.apply(arguments)
                 request = _new(CallRequest, (principal, session, spec, arguments, now, protocol_version, request_id))
                 awaited = False
-                policy = self._policy  # the one deciding, should another be installed meanwhile
                 try:
                     verdict = policy.decide(request)
                     awaited = type(verdict) is not Decision
@@ -324,12 +323,12 @@ class Guard:
                 if awaited and decision.allowed:  # revoked or ended while a remote policy was deciding?
                     await self._check_still_usable(principal, session)
             except Refused as refusal:
-                decision = self._refusal(refusal.code, refusal.message, principal)
+                decision = self._refusal(refusal.code, refusal.message, principal, policy)
                 if principal is None and credential is not None and credential.token:
                     detail = f"token {refused_token_fingerprint(credential.token)}"  # which token could not be read
             except Exception:
                 logger.exception("mcp-guard: authorizing tool %s failed; denying", _display(tool))
-                decision = self._refusal(ReasonCode.GUARD_ERROR, None, principal)
+                decision = self._refusal(ReasonCode.GUARD_ERROR, None, principal, policy)
             tool_name = spec.name if spec is not None else _display(tool)
             span = recording_span()
             trace_context = span.get_span_context() if span is not None else None
@@ -340,18 +339,18 @@ class Guard:
                 facts = {"arguments": summarize_arguments(request.arguments, request.tool.redact)}
             asked = None
             if self.shadow is not None and request is not None:
-                asked = await self.shadow.ask(request, self._tools[request.tool.name], self._policy)
-            risk = self._risk  # the `risk` property, inline
-            if risk is None and self._policy_scores_risk:
-                risk = getattr(self._policy, "risk", None)
+                asked = await self.shadow.ask(request, self._tools[request.tool.name], policy)
+            risk = self._risk  # the `risk` property, inline, of the deciding policy
+            if risk is None:
+                risk = getattr(policy, "risk", None)
             weight = 0.0
             if risk is not None and session is not None:
                 weight = risk.weight(decision, spec)
                 if decision.allowed and session.risk_score + weight >= risk.threshold:
-                    decision = self._refusal(ReasonCode.SESSION_RISK_EXCEEDED, None, principal)
+                    decision = self._refusal(ReasonCode.SESSION_RISK_EXCEEDED, None, principal, policy)
             taken: Sequence[Callable[[], None]] = ()  # what gives back the counts, should the call be refused late
             if decision.allowed and request is not None and decision.on_allow:  # last: only allowed calls count
-                decision, taken = self._counted(decision, request, principal)
+                decision, taken = self._counted(decision, request, principal, policy)
                 if not decision.allowed and risk is not None and session is not None:
                     weight = risk.weight(decision, spec)  # weighed as the refusal it became
             event = AuditEvent.build(
@@ -375,7 +374,7 @@ class Guard:
                 logger.exception("mcp-guard: recording the decision on tool %s failed; denying", tool_name)
                 if decision.allowed:
                     give_back_all(taken)
-                    decision = self._refusal(ReasonCode.GUARD_ERROR, _UNRECORDED, principal)
+                    decision = self._refusal(ReasonCode.GUARD_ERROR, _UNRECORDED, principal, policy)
                     event = AuditEvent.build(
                         kind, now, principal, session_id, tool_name, decision, trace_context, detail, owners, facts
                     )
@@ -395,10 +394,10 @@ class Guard:
                 except Exception as error:
                     give_back_all([*taken, *shadow_taken])
                     if isinstance(error, Refused):
-                        decision = self._refusal(error.code, error.message, principal)
+                        decision = self._refusal(error.code, error.message, principal, policy)
                     else:
                         logger.exception("mcp-guard: checking the session again on tool %s failed; denying", tool_name)
-                        decision = self._refusal(ReasonCode.GUARD_ERROR, None, principal)
+                        decision = self._refusal(ReasonCode.GUARD_ERROR, None, principal, policy)
                     event = AuditEvent.build(
                         kind, now, principal, session_id, tool_name, decision, trace_context, _LATE, owners, facts
                     )
@@ -655,7 +654,7 @@ class Guard:
         raise Refused(refusal)
 
     def _counted(
-        self, decision: Decision, request: CallRequest, principal: Principal | None
+        self, decision: Decision, request: CallRequest, principal: Principal | None, policy: Policy
     ) -> tuple[Decision, Sequence[Callable[[], None]]]:
         """``decision`` once the rules that count allowed calls (rate limits) have counted this
         one, and how to give the counts back should the call be refused before it runs.
@@ -668,12 +667,12 @@ class Guard:
         try:
             return decision, tell_allowed(decision.on_allow, request)
         except Refused as refusal:
-            return self._refusal(refusal.code, refusal.message, principal), ()
+            return self._refusal(refusal.code, refusal.message, principal, policy), ()
         except Exception as error:
             log_failure(
                 logger, f"counting the call on tool {request.tool.name} failed; denying", error, request.tool.redact
             )
-            return self._refusal(ReasonCode.GUARD_ERROR, None, principal), ()
+            return self._refusal(ReasonCode.GUARD_ERROR, None, principal, policy), ()
 
     async def _check_still_usable(self, principal: Principal, session: Session) -> None:
         """Raise `Refused` when ``principal`` or ``session`` was revoked, ended or ran out of

@@ -917,16 +917,17 @@ async def test_a_policy_without_a_string_id_and_version_is_refused_when_installe
     assert guard.policy.id == "mcp-guard/scopes"  # the guard keeps the policy it had
 
 
-@pytest.mark.parametrize("answer", ["allows", "abstains"])
+@pytest.mark.parametrize("answer", ["allows", "abstains", "allows, then the caller is revoked"])
 async def test_a_decision_is_recorded_under_the_policy_that_made_it(audit: MemoryAuditSink, answer: str) -> None:
-    """Another policy installed while an async one decides does not take its decision's name."""
+    """Another policy installed while an async one decides does not take its decision's name,
+    nor that of a refusal after it (a revocation found by the second look)."""
     gate = anyio.Event()
 
     async def old_remote(request: Any) -> Decision | None:
         await gate.wait()
         scopes = request.principal.scopes
         allowed = Decision(allowed=True, requested_scopes=scopes, approved_scopes=scopes, rule_ids=("old",))
-        return allowed if answer == "allows" else None
+        return None if answer == "abstains" else allowed
 
     g = Guard(policy=old_remote, audit=[audit])
     g.declare(ToolSpec("read_note"))
@@ -934,8 +935,11 @@ async def test_a_decision_is_recorded_under_the_policy_that_made_it(audit: Memor
         tasks.start_soon(g.authorize, "read_note", {}, token())
         await anyio.wait_all_tasks_blocked()
         g.policy = ScopePolicy(id="strict", version="2")
+        if "revoked" in answer:
+            await g.revoke(subject="alice")
         gate.set()
     decided = events(audit, EventKind.CALL_DECIDED)[-1]
+    assert decided.outcome == ("allowed" if answer == "allows" else "denied")
     assert (decided.policy_id, decided.policy_version) == ("old_remote", "1")
 
 
