@@ -408,6 +408,11 @@ def test_a_full_counter_refuses_new_callers_rather_than_forgetting() -> None:
     assert decide(policy, FETCH, subject="c", at=0).reason.code == ReasonCode.RATE_LIMITED
     assert decide(policy, FETCH, subject="a", at=1).allowed
     assert decide(policy, FETCH, subject="c", at=61).allowed  # the old windows ended and were swept
+    short = Counters(max_keys=2)
+    brief = RulePolicy([LimitRule("rate", per="principal", calls=5, window=1, counters=short)])
+    assert decide(brief, FETCH, subject="a", at=0).allowed and decide(brief, FETCH, subject="b", at=0).allowed
+    assert decide(brief, FETCH, subject="c", at=0.5).reason.code == ReasonCode.RATE_LIMITED
+    assert decide(brief, FETCH, subject="c", at=2).allowed  # full, but every window has ended: swept at once
 
 
 def test_ended_windows_leave_soon_after_without_the_counters_filling_up() -> None:

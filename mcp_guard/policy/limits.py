@@ -31,10 +31,11 @@ Per = Literal["session", "principal", "client", "tool"]
 class Counters:
     """Call counts by key, each until its window ends; at most ``max_keys`` keys at once.
 
-    Counts whose window has ended are swept out at most once per `SWEEP_INTERVAL` of the
-    calls' time, so they leave soon after they end and a sweep (a pass over every count) is
-    never paid call after call. When full and nothing can go, a new key is refused (the caller
-    is limited) rather than an old count forgotten: forgetting would reset a limit.
+    Counts whose window has ended are swept out once per `SWEEP_INTERVAL` of the calls' time,
+    so they leave soon after they end, and when the counters are full and the earliest window
+    left has ended: a sweep (a pass over every count) is never paid call after call. When full
+    and nothing can go, a new key is refused (the caller is limited) rather than an old count
+    forgotten: forgetting would reset a limit.
     """
 
     SWEEP_INTERVAL = 60.0
@@ -44,6 +45,8 @@ class Counters:
         self._counts: dict[Hashable, list[float]] = {}  # key -> [window end, count]
         self._lock = threading.Lock()
         self._next_sweep = -math.inf
+        self._earliest_end = math.inf
+        """When the first window left after the last sweep ends (a window opened since lowers it)."""
 
     def used(self, key: Hashable, now: float) -> int | None:
         """Calls counted for ``key`` in its current window; None when a new key has no room."""
@@ -52,7 +55,7 @@ class Counters:
             return int(entry[1])
         if entry is None and len(self._counts) >= self.max_keys:
             with self._lock:
-                self._sweep(now)
+                self._sweep(now, full=True)
                 if len(self._counts) >= self.max_keys:
                     return None
         return 0
@@ -69,10 +72,11 @@ class Counters:
                     return None
                 entry[1] += 1
                 return entry
-            self._sweep(now)
+            self._sweep(now, full=entry is None and len(self._counts) >= self.max_keys)
             if entry is None and len(self._counts) >= self.max_keys:
                 return None
             entry = self._counts[key] = [ends_at, 1]
+            self._earliest_end = min(self._earliest_end, ends_at)
             return entry
 
     def give_back(self, key: Hashable, window: list[float]) -> None:
@@ -82,14 +86,21 @@ class Counters:
             if self._counts.get(key) is window and window[1] > 0:
                 window[1] -= 1
 
-    def _sweep(self, now: float) -> None:
-        """Drop the counts whose window has ended, unless a sweep ran within `SWEEP_INTERVAL`
-        (lock held)."""
-        if now < self._next_sweep:
+    def _sweep(self, now: float, *, full: bool = False) -> None:
+        """Drop the counts whose window has ended, when one is due: every `SWEEP_INTERVAL`, or
+        once the earliest window has ended while the counters are ``full`` (lock held)."""
+        if now < self._next_sweep and not (full and now >= self._earliest_end):
             return
         self._next_sweep = now + self.SWEEP_INTERVAL
-        for key in [key for key, (ends_at, _) in self._counts.items() if ends_at <= now]:
+        ended, earliest = [], math.inf
+        for key, (ends_at, _) in self._counts.items():
+            if ends_at <= now:
+                ended.append(key)
+            elif ends_at < earliest:
+                earliest = ends_at
+        for key in ended:
             del self._counts[key]
+        self._earliest_end = earliest
 
     def __len__(self) -> int:
         return len(self._counts)
