@@ -29,19 +29,30 @@ POLL_INTERVAL = 0.005
 class Flight:
     """A fetch under way; `landed` waits for it to end (with or without an outcome)."""
 
-    __slots__ = ("_done", "_thread", "ended")
+    __slots__ = ("_done", "_loop", "_thread", "ended")
 
     def __init__(self) -> None:
         self._done = anyio.Event()
         self._thread = threading.get_ident()
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # not asyncio
+            self._loop = None
         self.ended = False
 
+    @property
+    def abandoned(self) -> bool:
+        """Whether the fetch can never land: its event loop was closed with it still pending
+        (a loop stopped without cancelling its tasks, in a thread of its own)."""
+        return not self.ended and self._loop is not None and self._loop.is_closed()
+
     async def landed(self) -> None:
-        """Return once `land` was called, on whichever thread the fetch ran."""
+        """Return once `land` was called, on whichever thread the fetch ran, or once the fetch
+        is `abandoned`."""
         if threading.get_ident() == self._thread:
             await self._done.wait()
             return
-        while not self.ended:
+        while not self.ended and not self.abandoned:
             await anyio.sleep(POLL_INTERVAL)
 
     def land(self) -> None:

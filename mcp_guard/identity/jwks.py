@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import math
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -107,6 +108,15 @@ class _KeySetEntry:
     generation: int = 0
     identities: frozenset[str] = frozenset()
 
+    def fetching(self) -> bool:
+        """Whether a fetch is under way; one whose event loop was closed under it never lands,
+        so it is dropped, and counts as no attempt."""
+        flight = self.in_flight
+        if flight is not None and flight.abandoned:
+            self.in_flight, self.attempted_at = None, -math.inf
+            return False
+        return flight is not None
+
 
 class JWKSCache:
     """Keys per JWKS URI, bounded (``max_sets`` URIs), refreshed when stale or on an unknown ``kid``.
@@ -153,8 +163,7 @@ class JWKSCache:
         now = self._clock()
         age = now - entry.fetched_at
         return age <= self.max_age or (
-            age <= self.max_stale
-            and (entry.in_flight is not None or now - entry.attempted_at < self.min_refresh_interval)
+            age <= self.max_stale and (entry.fetching() or now - entry.attempted_at < self.min_refresh_interval)
         )
 
     async def key(self, jwks_uri: str, kid: str | None, alg: str) -> tuple[Key, int]:
@@ -169,7 +178,7 @@ class JWKSCache:
             entry = self._sets.setdefault(jwks_uri, _KeySetEntry())
         key = _pick(entry.keys, kid, alg)
         stale = self._clock() - entry.fetched_at > self.max_age
-        if key is None or (stale and entry.in_flight is None):  # a stale key serves while it is refreshed
+        if key is None or (stale and not entry.fetching()):  # a stale key serves while it is refreshed
             await self._refresh(jwks_uri, entry)
             key = _pick(entry.keys, kid, alg)
         if not entry.keys or self._clock() - entry.fetched_at > self.max_stale:
@@ -190,18 +199,19 @@ class JWKSCache:
         waiters off with the old keys, so a client dropping its own requests could keep a
         withdrawn key in use.
         """
-        while entry.in_flight is not None:
-            await entry.in_flight.landed()
+        while entry.fetching() and (flight := entry.in_flight) is not None:
+            await flight.landed()
         if self._clock() - entry.attempted_at < self.min_refresh_interval:
             return  # fetched or tried just now, by this call or another
-        flight = entry.in_flight = Flight()
-        entry.attempted_at = self._clock()
+        flight, before = Flight(), entry.attempted_at
+        entry.in_flight, entry.attempted_at = flight, self._clock()
         self.fetches += 1
-        await run_to_the_end(self._fetch_into(jwks_uri, entry, flight))
+        await run_to_the_end(self._fetch_into(jwks_uri, entry, flight, before))
 
-    async def _fetch_into(self, jwks_uri: str, entry: _KeySetEntry, flight: Flight) -> None:
+    async def _fetch_into(self, jwks_uri: str, entry: _KeySetEntry, flight: Flight, before: float) -> None:
         """Fetch the key set at ``jwks_uri`` into ``entry`` (keeping its keys when that fails),
-        then land ``flight``."""
+        then land ``flight``. Cancelled (only its loop's shutdown reaches it), it was no attempt:
+        ``attempted_at`` goes back to ``before``."""
         try:
             keys = _import_keys(await self._fetch(jwks_uri))
             identities = frozenset(
@@ -218,6 +228,10 @@ class JWKSCache:
                 error,
                 len(entry.keys),
             )
+        except BaseException as error:
+            if not isinstance(error, Exception):
+                entry.attempted_at = before
+            raise
         finally:
             entry.in_flight = None
             flight.land()

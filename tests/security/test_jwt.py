@@ -459,6 +459,38 @@ async def test_a_key_fetch_cut_short_leaves_no_caller_with_the_old_keys(
         del authority.keys["rotated-in"]
 
 
+def test_a_fetch_left_behind_by_a_closed_event_loop_holds_no_keys_back(authority: Authority) -> None:
+    """A loop stopped without cancelling its tasks (a thread's own, say) leaves its fetch
+    pending for good; it had kept every later call waiting, or serving stale keys."""
+    fetched: list[str] = []
+
+    async def first_never_ends(uri: str) -> Any:
+        fetched.append(uri)
+        if len(fetched) == 1:
+            await asyncio.sleep(3600)
+        return await fetch_json(uri)
+
+    cache = JWKSCache(fetch=first_never_ends)
+
+    async def drop_out() -> None:
+        asking = asyncio.ensure_future(cache.key(authority.jwks_uri, "rsa-1", "RS256"))
+        await asyncio.sleep(0.05)  # its fetch is under way
+        asking.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asking
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(drop_out())
+    loop.close()  # the fetch is left pending, never to land
+
+    async def ask_again() -> object:
+        with anyio.fail_after(10):
+            return (await cache.key(authority.jwks_uri, "rsa-1", "RS256"))[0]
+
+    assert anyio.run(ask_again) is not None
+    assert len(fetched) == 2
+
+
 @pytest.mark.parametrize("discovered", [False, True])
 def test_a_verifier_shared_by_threads_each_on_its_own_loop_wakes_every_waiter(
     authority: Authority, discovered: bool
