@@ -77,8 +77,9 @@ class IntrospectionVerifier:
     (``client_secret_basic`` unless ``auth_method`` says otherwise). At most ``max_questions``
     tokens are asked about at a time; a call with yet another unknown token is refused
     (``introspection_failed``) rather than queued, so a flood of made-up tokens holds neither
-    the event loop nor an unbounded number of connections to the server (tokens already
-    answered keep being served from the cache).
+    the event loop nor an unbounded number of connections to the server. Tokens answered
+    before keep being served from the cache, and asked about again past the limit once their
+    answer runs out; a token never seen may be refused while a flood lasts.
     """
 
     def __init__(
@@ -110,7 +111,10 @@ class IntrospectionVerifier:
         self.clock = clock
         self._answers: FIFOCache[bytes, tuple[Principal, float]] = FIFOCache(maxsize=cache_size)
         self._lock = threading.Lock()
-        self._asking: dict[bytes, _Question] = {}
+        self._asking: dict[tuple[bytes, int], _Question] = {}
+        self._active: FIFOCache[bytes, None] = FIFOCache(maxsize=cache_size)
+        """Digests of tokens the server answered active: asked about again (their answer ran out
+        of the cache), they are not held to ``max_questions``, which made-up tokens can fill."""
         self._forgotten = 0
         """How often `forget_tokens` ran: an answer asked for before the latest one is not kept."""
 
@@ -131,34 +135,35 @@ class IntrospectionVerifier:
         cached = self._answers.get(digest)
         if cached is not None and now < cached[1]:
             return cached[0]
-        while (asked := self._asking.get(digest)) is not None:  # another call is asking: share its outcome
+        key = (digest, self._forgotten)  # a question asked before `forget_tokens` is not joined
+        while (asked := self._asking.get(key)) is not None:  # another call is asking: share its outcome
             await asked.landed()
             if asked.principal is not None:
                 return asked.principal
             if asked.refusal is not None:
                 raise Refused(*asked.refusal)
-        if len(self._asking) >= self.max_questions:
+        if len(self._asking) >= self.max_questions and digest not in self._active:
             raise Refused(
                 ReasonCode.INTROSPECTION_FAILED, "Too many tokens are being checked at once: retry in a moment."
             )
-        asked = self._asking[digest] = _Question()  # one that ended without an outcome (cancelled) is asked anew
+        asked = self._asking[key] = _Question()  # one that ended without an outcome (cancelled) is asked anew
         try:
-            asked.principal = await self._verify(token, digest, now, self._forgotten)
+            asked.principal = await self._verify(token, digest, now, key[1])
             return asked.principal
         except Refused as refusal:
             asked.refusal = (refusal.code, refusal.message)
             raise
         finally:
-            if self._asking.get(digest) is asked:
-                del self._asking[digest]
+            if self._asking.get(key) is asked:
+                del self._asking[key]
             asked.land()
 
     def forget_tokens(self) -> None:
         """Drop every cached answer, so the next call of each token asks the server again; a
-        question already under way is neither joined nor kept."""
+        question already under way is neither joined nor kept (it still counts against
+        ``max_questions`` until it ends)."""
         with self._lock:
             self._answers.clear()
-            self._asking.clear()
             self._forgotten += 1
 
     async def _verify(self, token: str, digest: bytes, now: float, forgotten: int) -> Principal:
@@ -166,6 +171,7 @@ class IntrospectionVerifier:
         principal = _principal(self.trusted, answer, now, token_fingerprint(token, digest))
         until = min(now + self.cache_ttl, valid_until(answer, 0.0, self.trusted.max_token_age))  # ask again at exp
         with self._lock:
+            self._active[digest] = None
             if self._forgotten == forgotten:
                 self._answers[digest] = (principal, until)
         return principal

@@ -270,11 +270,14 @@ def test_a_question_shared_by_threads_each_on_its_own_loop_wakes_every_waiter(au
 
 async def test_a_flood_of_unknown_tokens_is_asked_about_only_so_many_at_a_time(authority: Authority) -> None:
     """Made-up tokens cost one question each; past ``max_questions`` under way, a call with yet
-    another one is refused at once rather than queued, and a token already answered still
-    passes from the cache."""
+    another one is refused at once rather than queued, while a token answered active before is
+    still asked about once its cached answer has run out (a flood must not lock it out), and
+    forgetting the cached answers forgets no question under way."""
     authority.answers["known"] = answer(authority)
-    verifier = introspector(authority, max_questions=2)
+    now = [time.time()]
+    verifier = introspector(authority, max_questions=2, clock=lambda: now[0])
     assert (await verifier.verify("known")).subject == "agent-7"
+    now[0] += 61  # past the cache ttl: "known" must be asked about again
     authority.introspection_delay = 0.3
     before = authority.introspections
     outcomes: list[str] = []
@@ -287,14 +290,18 @@ async def test_a_flood_of_unknown_tokens_is_asked_about_only_so_many_at_a_time(a
 
     try:
         async with anyio.create_task_group() as tasks:
-            for index in range(6):
+            for index in range(3):
+                tasks.start_soon(attempt, f"made-up-{index}")
+            await anyio.wait_all_tasks_blocked()
+            verifier.forget_tokens()
+            for index in range(3, 6):
                 tasks.start_soon(attempt, f"made-up-{index}")
             await anyio.wait_all_tasks_blocked()
             tasks.start_soon(attempt, "known")
     finally:
         authority.introspection_delay = 0.0
     assert sorted(outcomes) == ["agent-7"] + ["introspection_failed"] * 4 + ["token_inactive"] * 2
-    assert authority.introspections - before == 2
+    assert authority.introspections - before == 3
     with pytest.raises(ValueError, match="max_questions"):
         introspector(authority, max_questions=0)
 
