@@ -151,6 +151,8 @@ class Guard:
             if not isinstance(getattr(policy, attribute, None), str):
                 raise TypeError(f"policy {policy!r} has no string {attribute!r}: decisions are recorded under it")
         self._policy = policy
+        self._deciding = (policy, hasattr(policy, "risk"))
+        """The policy and whether it scores risk, read together by a call (in one step)."""
         merged = getattr(policy, "merged", None)
         self._merged: Callable[[ToolSpec], ToolSpec] | None = merged if callable(merged) else None
 
@@ -265,7 +267,7 @@ class Guard:
         half a microsecond, so one-line steps are written inline here and the per-call records
         are built with ``tuple.__new__``; each stage with real logic keeps its own method.
         """
-        policy = self._policy  # the one deciding this call, should another be installed meanwhile
+        policy, policy_scores_risk = self._deciding  # this call's, should another be installed meanwhile
         try:
             now = read_clock(self.clock)
             kind = _TOKEN_REJECTED
@@ -341,7 +343,7 @@ class Guard:
             if self.shadow is not None and request is not None:
                 asked = await self.shadow.ask(request, self._tools[request.tool.name], policy)
             risk = self._risk  # the `risk` property, inline, of the deciding policy
-            if risk is None:
+            if risk is None and policy_scores_risk:
                 risk = getattr(policy, "risk", None)
             weight = 0.0
             if risk is not None and session is not None:
