@@ -12,6 +12,8 @@ cannot all pass it.
 from __future__ import annotations
 
 import functools
+import heapq
+import itertools
 import math
 import threading
 from collections.abc import Callable, Hashable
@@ -31,22 +33,19 @@ Per = Literal["session", "principal", "client", "tool"]
 class Counters:
     """Call counts by key, each until its window ends; at most ``max_keys`` keys at once.
 
-    Counts whose window has ended are swept out once per `SWEEP_INTERVAL` of the calls' time,
-    so they leave soon after they end, and when the counters are full and the earliest window
-    left has ended: a sweep (a pass over every count) is never paid call after call. When full
-    and nothing can go, a new key is refused (the caller is limited) rather than an old count
-    forgotten: forgetting would reset a limit.
+    The windows' ends wait in a heap, so a count leaves as soon as a call comes after its
+    window ended, at a cost per count dropped, never a pass over all of them. When full, a new
+    key is refused (the caller is limited) rather than a live count forgotten: forgetting would
+    reset a limit.
     """
-
-    SWEEP_INTERVAL = 60.0
 
     def __init__(self, *, max_keys: int = 100_000) -> None:
         self.max_keys = max_keys
         self._counts: dict[Hashable, list[float]] = {}  # key -> [window end, count]
+        self._ends: list[tuple[float, int, Hashable, list[float]]] = []
+        """(end, order, key, window) of every window opened; its keys are never compared."""
+        self._order = itertools.count()
         self._lock = threading.Lock()
-        self._next_sweep = -math.inf
-        self._earliest_end = math.inf
-        """When the first window left after the last sweep ends (a window opened since lowers it)."""
 
     def used(self, key: Hashable, now: float) -> int | None:
         """Calls counted for ``key`` in its current window; None when a new key has no room."""
@@ -55,7 +54,7 @@ class Counters:
             return int(entry[1])
         if entry is None and len(self._counts) >= self.max_keys:
             with self._lock:
-                self._sweep(now, full=True)
+                self._drop_ended(now)
                 if len(self._counts) >= self.max_keys:
                     return None
         return 0
@@ -66,17 +65,17 @@ class Counters:
         The window counted in (for `give_back`), or None when there is no room (the limit is
         reached, or a new key does not fit)."""
         with self._lock:
+            self._drop_ended(now)
             entry = self._counts.get(key)
-            if entry is not None and entry[0] > now:
+            if entry is not None:
                 if entry[1] >= limit:
                     return None
                 entry[1] += 1
                 return entry
-            self._sweep(now, full=entry is None and len(self._counts) >= self.max_keys)
-            if entry is None and len(self._counts) >= self.max_keys:
+            if len(self._counts) >= self.max_keys:
                 return None
             entry = self._counts[key] = [ends_at, 1]
-            self._earliest_end = min(self._earliest_end, ends_at)
+            heapq.heappush(self._ends, (ends_at, next(self._order), key, entry))
             return entry
 
     def give_back(self, key: Hashable, window: list[float]) -> None:
@@ -86,21 +85,13 @@ class Counters:
             if self._counts.get(key) is window and window[1] > 0:
                 window[1] -= 1
 
-    def _sweep(self, now: float, *, full: bool = False) -> None:
-        """Drop the counts whose window has ended, when one is due: every `SWEEP_INTERVAL`, or
-        once the earliest window has ended while the counters are ``full`` (lock held)."""
-        if now < self._next_sweep and not (full and now >= self._earliest_end):
-            return
-        self._next_sweep = now + self.SWEEP_INTERVAL
-        ended, earliest = [], math.inf
-        for key, (ends_at, _) in self._counts.items():
-            if ends_at <= now:
-                ended.append(key)
-            elif ends_at < earliest:
-                earliest = ends_at
-        for key in ended:
-            del self._counts[key]
-        self._earliest_end = earliest
+    def _drop_ended(self, now: float) -> None:
+        """Drop the counts whose window has ended by ``now`` (lock held)."""
+        ends = self._ends
+        while ends and ends[0][0] <= now:
+            _, _, key, window = heapq.heappop(ends)
+            if self._counts.get(key) is window:
+                del self._counts[key]
 
     def __len__(self) -> int:
         return len(self._counts)
