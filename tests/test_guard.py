@@ -427,6 +427,10 @@ def test_revocations_lapse_in_order_of_their_ends_lengthened_or_lifted() -> None
     assert revocations.check(alice, 10.5) == ReasonCode.TOKEN_REVOKED
     assert revocations.check(alice, 15.0) == ReasonCode.SUBJECT_REVOKED
     assert revocations.check(alice, 20.0) is None and not revocations.active
+    revocations.revoke_token("abc", until=30.0)
+    revocations.revoke_token("abc", issuer="https://as", until=30.0)  # the same end: keys never compared
+    assert revocations.check(Principal("https://as", "bob", "c", token_id="abc"), 29.0) == ReasonCode.TOKEN_REVOKED
+    assert revocations.check(alice, 30.0) is None and not revocations.active
     revocations.revoke_session("s1", until=5.0)
     revocations.revoke_session("s2", now=6.0)  # for good; lets go of s1
     assert not revocations.session_revoked("s1") and revocations.session_revoked("s2")

@@ -13,6 +13,7 @@ ids of sessions keyed by short-lived tokens do not pile up.
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 import threading
 import time
@@ -39,8 +40,10 @@ class Revocations:
         self._subjects: dict[_Key, float] = {}
         self._clients: dict[_Key, float] = {}
         self._tables: tuple[dict[Any, float], ...] = (self._sessions, self._tokens, self._subjects, self._clients)
-        self._ends: list[tuple[float, int, Any]] = []
-        """(end, table number, key) of every revocation that ends; stale once lifted or lengthened."""
+        self._ends: list[tuple[float, int, int, Any]] = []
+        """(end, order, table number, key) of every revocation that ends, stale once lifted or
+        lengthened; the order breaks ties, so keys (of different types) are never compared."""
+        self._order = itertools.count()
         self._lock = threading.Lock()
         self._next_lapse = math.inf
         self.active = False
@@ -73,7 +76,7 @@ class Revocations:
             table = self._tables[table_number]
             until = table[key] = max(table.get(key, until), until)
             if until < math.inf:
-                heapq.heappush(self._ends, (until, table_number, key))
+                heapq.heappush(self._ends, (until, next(self._order), table_number, key))
                 self._next_lapse = min(self._next_lapse, until)
             self.active = any(self._tables[1:])
 
@@ -129,7 +132,7 @@ class Revocations:
         with self._lock:
             ends = self._ends
             while ends and ends[0][0] <= now:
-                until, table_number, key = heapq.heappop(ends)
+                until, _, table_number, key = heapq.heappop(ends)
                 table = self._tables[table_number]
                 if table.get(key) == until:
                     del table[key]
