@@ -78,8 +78,9 @@ class IntrospectionVerifier:
     tokens are asked about at a time; a call with yet another unknown token is refused
     (``introspection_failed``) rather than queued, so a flood of made-up tokens holds neither
     the event loop nor an unbounded number of connections to the server. Tokens answered
-    before keep being served from the cache, and asked about again past the limit once their
-    answer runs out; a token never seen may be refused while a flood lasts.
+    before keep being served from the cache; a token last answered active is asked about again,
+    once its answer runs out, in ``max_questions`` more places that made-up tokens cannot take.
+    A token never seen may be refused while a flood lasts.
     """
 
     def __init__(
@@ -113,8 +114,9 @@ class IntrospectionVerifier:
         self._lock = threading.Lock()
         self._asking: dict[tuple[bytes, int], _Question] = {}
         self._active: FIFOCache[bytes, None] = FIFOCache(maxsize=cache_size)
-        """Digests of tokens the server answered active: asked about again (their answer ran out
-        of the cache), they are not held to ``max_questions``, which made-up tokens can fill."""
+        """Digests of tokens the server last answered active: asked about again (their answer
+        ran out of the cache), they have ``max_questions`` more places, which made-up tokens
+        cannot fill."""
         self._forgotten = 0
         """How often `forget_tokens` ran: an answer asked for before the latest one is not kept."""
 
@@ -137,12 +139,17 @@ class IntrospectionVerifier:
             return cached[0]
         key = (digest, self._forgotten)  # a question asked before `forget_tokens` is not joined
         while (asked := self._asking.get(key)) is not None:  # another call is asking: share its outcome
+            if asked.abandoned:  # its event loop is gone: it will never land, and frees its place
+                if self._asking.get(key) is asked:
+                    del self._asking[key]
+                continue
             await asked.landed()
             if asked.principal is not None:
                 return asked.principal
             if asked.refusal is not None:
                 raise Refused(*asked.refusal)
-        if len(self._asking) >= self.max_questions and digest not in self._active:
+        limit = self.max_questions * 2 if digest in self._active else self.max_questions
+        if len(self._asking) >= limit:
             raise Refused(
                 ReasonCode.INTROSPECTION_FAILED, "Too many tokens are being checked at once: retry in a moment."
             )
@@ -152,6 +159,8 @@ class IntrospectionVerifier:
             return asked.principal
         except Refused as refusal:
             asked.refusal = (refusal.code, refusal.message)
+            with self._lock:
+                self._active.pop(digest, None)  # no longer active: no longer past the limit
             raise
         finally:
             if self._asking.get(key) is asked:

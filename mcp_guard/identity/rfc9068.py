@@ -268,6 +268,10 @@ class _Discovery:
 
     async def run(self, issuer: str, lookup: Callable[[], Awaitable[str]]) -> str:
         while (waiting := self._in_flight.get(issuer)) is not None:
+            if waiting.abandoned:  # its event loop is gone: it will never land
+                if self._in_flight.get(issuer) is waiting:
+                    del self._in_flight[issuer]
+                continue
             await waiting.landed()
             if waiting.uri is not None:
                 return waiting.uri  # otherwise it failed (paused below) or was cancelled (ask again)
@@ -284,7 +288,8 @@ class _Discovery:
             logger.warning("mcp-guard: the metadata of issuer %s could not be read: %s", issuer, error)
             raise Refused(ReasonCode.KEYS_UNAVAILABLE) from None
         finally:
-            del self._in_flight[issuer]
+            if self._in_flight.get(issuer) is asked:
+                del self._in_flight[issuer]
             asked.land()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import ssl
 import threading
@@ -30,6 +31,7 @@ from mcp_guard import (
 )
 from mcp_guard.audit.events import AuditEvent
 from mcp_guard.audit.file import AuditLogError
+from mcp_guard.identity.access_token import token_digest
 from mcp_guard.identity.rfc7662 import IntrospectionVerifier
 from serving import free_port, guarded_notes, serving
 
@@ -302,8 +304,34 @@ async def test_a_flood_of_unknown_tokens_is_asked_about_only_so_many_at_a_time(a
         authority.introspection_delay = 0.0
     assert sorted(outcomes) == ["agent-7"] + ["introspection_failed"] * 4 + ["token_inactive"] * 2
     assert authority.introspections - before == 3
+    authority.answers["known"] = {"active": False}  # revoked since: it loses its places past the limit
+    now[0] += 61
+    assert await code_for(verifier, "known") == "token_inactive"
+    assert token_digest("known") not in verifier._active
     with pytest.raises(ValueError, match="max_questions"):
         introspector(authority, max_questions=0)
+
+
+def test_a_question_left_behind_by_a_closed_event_loop_is_asked_anew(authority: Authority) -> None:
+    """A loop stopped without cancelling its tasks leaves its question pending for good; a call
+    with the same token had spun on it for ever, never yielding its own loop."""
+    authority.answers["left-behind"] = answer(authority)
+    verifier = introspector(authority)
+    authority.introspection_delay = 1.0
+    loop = asyncio.new_event_loop()
+    try:
+        pending = loop.create_task(verifier.verify("left-behind"))
+        loop.run_until_complete(asyncio.sleep(0.2))  # the question is under way
+        loop.close()
+        assert not pending.done()
+    finally:
+        authority.introspection_delay = 0.0
+
+    async def ask_again() -> str:
+        with anyio.fail_after(10):
+            return (await verifier.verify("left-behind")).subject
+
+    assert anyio.run(ask_again) == "agent-7"
 
 
 async def test_introspecting_many_tokens_builds_one_tls_context(
