@@ -150,11 +150,12 @@ class Guard:
         for attribute in ("id", "version"):
             if not isinstance(getattr(policy, attribute, None), str):
                 raise TypeError(f"policy {policy!r} has no string {attribute!r}: decisions are recorded under it")
-        self._policy = policy
-        self._deciding = (policy, hasattr(policy, "risk"))
-        """The policy and whether it scores risk, read together by a call (in one step)."""
         merged = getattr(policy, "merged", None)
+        self._policy = policy
         self._merged: Callable[[ToolSpec], ToolSpec] | None = merged if callable(merged) else None
+        self._deciding = (policy, hasattr(policy, "risk"), self._merged)
+        """The policy, whether it scores risk, and how it sees a declaration, read by a call in
+        one step: a policy installed meanwhile decides the next call, not part of this one."""
 
     @property
     def risk(self) -> RiskSettings | None:
@@ -267,7 +268,7 @@ class Guard:
         half a microsecond, so one-line steps are written inline here and the per-call records
         are built with ``tuple.__new__``; each stage with real logic keeps its own method.
         """
-        policy, policy_scores_risk = self._deciding  # this call's, should another be installed meanwhile
+        policy, policy_scores_risk, merged = self._deciding  # this call's, should another be installed meanwhile
         try:
             now = read_clock(self.clock)
             kind = _TOKEN_REJECTED
@@ -296,8 +297,8 @@ class Guard:
                 if type(tool) is not str:
                     raise Refused(ReasonCode.REQUEST_MALFORMED)
                 spec = self._tools.get(tool)
-                if spec is not None and self._merged is not None:
-                    spec = self._merged(spec)
+                if spec is not None and merged is not None:
+                    spec = merged(spec)
                 if spec is None or (spec.conceal and not policy.visible(principal, spec)):
                     spec = None
                     raise Refused(ReasonCode.TOOL_NOT_FOUND, f"Unknown tool '{_display(tool)}'.")

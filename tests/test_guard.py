@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -967,6 +968,43 @@ async def test_revoked_ids_of_sessions_keyed_by_one_token_are_let_go_once_it_has
     assert not g.revocations.session_revoked(by_token)
     assert g.revocations.session_revoked(by_transport)
     assert (await g.authorize("read_note", {}, short_lived)).decision.reason.code == ReasonCode.TOKEN_EXPIRED
+
+
+async def test_a_call_sees_the_tool_as_the_policy_deciding_it_declares_it(audit: MemoryAuditSink) -> None:
+    """A policy installed while a call waits on its session store decides the next call; this
+    one is decided on the tool as the policy that decides it declares it, not the new one."""
+    gate = anyio.Event()
+    seen: list[tuple[str, frozenset[str]]] = []
+
+    class SlowStore(MemorySessionStore):  # a store over the network: its reads wait
+        async def get(self, session_id: str) -> Any:
+            await gate.wait()
+            return await super().get(session_id)
+
+    class Declaring:
+        version = "1"
+
+        def __init__(self, name: str, scope: str) -> None:
+            self.id, self.scope = name, scope
+
+        def merged(self, spec: ToolSpec) -> ToolSpec:
+            return replace(spec, scopes=frozenset({self.scope}))
+
+        def visible(self, principal: Principal, spec: ToolSpec) -> bool:
+            return True
+
+        def decide(self, request: Any) -> Decision:
+            seen.append((self.id, request.tool.scopes))
+            return Decision.deny(ReasonCode.INSUFFICIENT_SCOPE, None)
+
+    g = Guard(policy=Declaring("old", "notes:admin"), sessions=SlowStore(), audit=[audit])
+    g.declare(ToolSpec("wipe"))
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(g.authorize, "wipe", {}, token())
+        await anyio.wait_all_tasks_blocked()
+        g.policy = Declaring("new", "notes:other")
+        gate.set()
+    assert seen == [("old", frozenset({"notes:admin"}))]
 
 
 async def test_a_revoked_session_the_store_let_go_of_reads_no_resource(audit: MemoryAuditSink, clock: Clock) -> None:
