@@ -80,12 +80,16 @@ async def run_to_the_end(work: Coroutine[Any, Any, None]) -> None:
         return
     task = asyncio.ensure_future(work)
     _RUNNING.add(task)
-    task.add_done_callback(_ended)
-    await asyncio.shield(task)
+    task.add_done_callback(_RUNNING.discard)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if not task.done():  # the caller left: nobody will hear how the work ends, but the log
+            task.add_done_callback(_report_unheard)
+        raise
 
 
-def _ended(task: asyncio.Task[None]) -> None:
-    """Let go of ``task``, and log how it failed if no caller was left to hear it."""
-    _RUNNING.discard(task)
+def _report_unheard(task: asyncio.Task[None]) -> None:
+    """Log how work whose caller had left failed (and so mark its error retrieved)."""
     if not task.cancelled() and (error := task.exception()) is not None:
-        logger.error("mcp-guard: %s failed: %s", task.get_coro(), type(error).__name__)
+        logger.error("mcp-guard: a fetch whose caller had left failed: %r", error)

@@ -9,6 +9,7 @@ import functools
 import hashlib
 import hmac
 import json
+import logging
 import math
 import threading
 import time
@@ -457,6 +458,32 @@ async def test_a_key_fetch_cut_short_leaves_no_caller_with_the_old_keys(
         assert cache.fetches == 3  # one per interval, however many callers gave up
     finally:
         del authority.keys["rotated-in"]
+
+
+async def test_a_fetch_failing_after_its_caller_left_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    """A caller that waits hears the failure itself; one that left cannot, so the log does."""
+    monotonic, gate = [0.0], [anyio.Event()]
+
+    async def failing(uri: str) -> Any:
+        await gate[0].wait()
+        raise RuntimeError("the issuer's endpoint exploded")
+
+    cache = JWKSCache(fetch=failing, clock=lambda: monotonic[0])
+    gate[0].set()
+    with pytest.raises(RuntimeError):
+        await cache.key("https://issuer.example.test/jwks", "k", "RS256")
+    await anyio.sleep(0.05)
+    assert [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR] == []
+    monotonic[0] += 31
+    gate[0] = anyio.Event()
+    leaving = asyncio.get_running_loop().create_task(cache.key("https://issuer.example.test/jwks", "k", "RS256"))
+    await anyio.wait_all_tasks_blocked()
+    leaving.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await leaving
+    gate[0].set()
+    await anyio.sleep(0.05)  # the fetch fails, and its done callbacks run
+    assert caplog.text.count("a fetch whose caller had left failed: RuntimeError") == 1
 
 
 def test_a_fetch_left_behind_by_a_closed_event_loop_holds_no_keys_back(authority: Authority) -> None:
