@@ -761,9 +761,12 @@ class Guard:
         call would, with its risk weight, ending the session at the risk threshold.
 
         False when it cannot be (the caller may not use that session, a sink failed): the
-        caller then gets no answer of its own, and `authorize` refuses the call in band.
+        caller then gets no answer of its own, and `authorize` refuses the call in band. A
+        decision naming no policy is recorded under the one installed, which judged the call.
         """
         try:
+            if not decision.policy_id:
+                decision = replace(decision, policy_id=self._policy.id, policy_version=self._policy.version)
             now = read_clock(self.clock)
             session_id = self.session_keys.key(principal, None)
             found = await self.sessions.get(session_id)

@@ -137,6 +137,7 @@ async def test_step_up_challenges_count_on_the_session_and_toward_its_risk_thres
     kinds = [event.kind for event in audit.events]
     assert kinds.count(EventKind.SESSION_OPENED) == 1 and EventKind.SESSION_REVOKED in kinds
     assert {event.session_id for event in step_up_events(audit)} == {audit.events[0].session_id}
+    assert {(event.policy_id, event.policy_version) for event in step_up_events(audit)} == {("mcp-guard/scopes", "1")}
 
 
 async def test_param_headers_that_disagree_with_the_body_get_the_sdks_400(
