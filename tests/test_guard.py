@@ -435,6 +435,9 @@ def test_revocations_lapse_in_order_of_their_ends_lengthened_or_lifted() -> None
     revocations.revoke_session("s1", until=5.0)
     revocations.revoke_session("s2", now=6.0)  # for good; lets go of s1
     assert not revocations.session_revoked("s1") and revocations.session_revoked("s2")
+    for _ in range(3):  # the same end again: one entry waits for it
+        revocations.revoke_subject("carol", until=50.0)
+    assert len(revocations._ends) == 1
     for index in range(10_000):  # many distinct ends: each lapse drops its own, not a scan of all
         revocations.revoke_token(f"t{index}", until=100.0 + index)
     for index in range(10_000):

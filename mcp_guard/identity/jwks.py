@@ -233,7 +233,8 @@ class JWKSCache:
                 entry.attempted_at = before
             raise
         finally:
-            entry.in_flight = None
+            if entry.in_flight is flight:
+                entry.in_flight = None
             flight.land()
 
 

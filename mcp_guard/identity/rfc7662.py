@@ -150,17 +150,22 @@ class IntrospectionVerifier:
                 raise Refused(*asked.refusal)
         limit = self.max_questions * 2 if digest in self._active else self.max_questions
         if len(self._asking) >= limit:
-            raise Refused(
-                ReasonCode.INTROSPECTION_FAILED, "Too many tokens are being checked at once: retry in a moment."
-            )
+            for left, question in list(self._asking.items()):  # questions whose loop is gone hold no place
+                if question.abandoned and self._asking.get(left) is question:
+                    del self._asking[left]
+            if len(self._asking) >= limit:
+                raise Refused(
+                    ReasonCode.INTROSPECTION_FAILED, "Too many tokens are being checked at once: retry in a moment."
+                )
         asked = self._asking[key] = _Question()  # one that ended without an outcome (cancelled) is asked anew
         try:
             asked.principal = await self._verify(token, digest, now, key[1])
             return asked.principal
         except Refused as refusal:
             asked.refusal = (refusal.code, refusal.message)
-            with self._lock:
-                self._active.pop(digest, None)  # no longer active: no longer past the limit
+            if refusal.code != ReasonCode.INTROSPECTION_FAILED:  # an answer, not a failure to get one
+                with self._lock:
+                    self._active.pop(digest, None)  # no longer active: no longer past the limit
             raise
         finally:
             if self._asking.get(key) is asked:

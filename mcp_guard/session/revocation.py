@@ -74,8 +74,9 @@ class Revocations:
         short (only `restore` lifts one)."""
         with self._lock:
             table = self._tables[table_number]
-            until = table[key] = max(table.get(key, until), until)
-            if until < math.inf:
+            before = table.get(key)
+            until = table[key] = until if before is None else max(before, until)
+            if until < math.inf and until != before:  # a new end: the heap holds one entry per end
                 heapq.heappush(self._ends, (until, next(self._order), table_number, key))
                 self._next_lapse = min(self._next_lapse, until)
             self.active = any(self._tables[1:])

@@ -304,8 +304,11 @@ async def test_a_flood_of_unknown_tokens_is_asked_about_only_so_many_at_a_time(a
         authority.introspection_delay = 0.0
     assert sorted(outcomes) == ["agent-7"] + ["introspection_failed"] * 4 + ["token_inactive"] * 2
     assert authority.introspections - before == 3
-    authority.answers["known"] = {"active": False}  # revoked since: it loses its places past the limit
+    authority.answers["known"] = b"not json"  # a failure to get an answer keeps its places
     now[0] += 61
+    assert await code_for(verifier, "known") == "introspection_failed"
+    assert token_digest("known") in verifier._active
+    authority.answers["known"] = {"active": False}  # revoked since: it loses its places past the limit
     assert await code_for(verifier, "known") == "token_inactive"
     assert token_digest("known") not in verifier._active
     with pytest.raises(ValueError, match="max_questions"):
@@ -332,6 +335,23 @@ def test_a_question_left_behind_by_a_closed_event_loop_is_asked_anew(authority: 
             return (await verifier.verify("left-behind")).subject
 
     assert anyio.run(ask_again) == "agent-7"
+    authority.answers["other"] = answer(authority)
+    full = introspector(authority, max_questions=1)
+    authority.introspection_delay = 1.0
+    loop = asyncio.new_event_loop()
+    try:
+        pending = loop.create_task(full.verify("left-behind"))
+        loop.run_until_complete(asyncio.sleep(0.2))
+        loop.close()
+        assert not pending.done()
+    finally:
+        authority.introspection_delay = 0.0
+
+    async def another_token() -> str:
+        with anyio.fail_after(10):
+            return (await full.verify("other")).subject
+
+    assert anyio.run(another_token) == "agent-7"  # the abandoned question holds no place
 
 
 async def test_introspecting_many_tokens_builds_one_tls_context(
