@@ -153,9 +153,10 @@ class Guard:
         merged = getattr(policy, "merged", None)
         self._policy = policy
         self._merged: Callable[[ToolSpec], ToolSpec] | None = merged if callable(merged) else None
-        self._deciding = (policy, hasattr(policy, "risk"), self._merged)
-        """The policy, whether it scores risk, and how it sees a declaration, read by a call in
-        one step: a policy installed meanwhile decides the next call, not part of this one."""
+        self._deciding = (policy, hasattr(policy, "risk"), self._merged, callable(getattr(policy, "in_force", None)))
+        """The policy, whether it scores risk, how it sees a declaration, and whether it reloads
+        (``in_force()`` gives the revision to hold to), read by a call in one step: a policy
+        installed or reloaded meanwhile decides the next call, not part of this one."""
 
     @property
     def risk(self) -> RiskSettings | None:
@@ -268,8 +269,12 @@ class Guard:
         half a microsecond, so one-line steps are written inline here and the per-call records
         are built with ``tuple.__new__``; each stage with real logic keeps its own method.
         """
-        policy, policy_scores_risk, merged = self._deciding  # this call's, should another be installed meanwhile
+        installed, policy_scores_risk, merged, reloads = self._deciding  # this call's, whatever comes meanwhile
+        policy = installed
         try:
+            if reloads:  # a policy file: hold to the revision in force now
+                policy = installed.in_force()  # type: ignore[attr-defined]
+                merged, policy_scores_risk = getattr(policy, "merged", None), hasattr(policy, "risk")
             now = read_clock(self.clock)
             kind = _TOKEN_REJECTED
             detail: str | None = None
@@ -342,7 +347,8 @@ class Guard:
                 facts = {"arguments": summarize_arguments(request.arguments, request.tool.redact)}
             asked = None
             if self.shadow is not None and request is not None:
-                asked = await self.shadow.ask(request, self._tools[request.tool.name], policy)
+                # the live policy: the shadow reads the rules it shares with it before and after a reload
+                asked = await self.shadow.ask(request, self._tools[request.tool.name], installed)
             risk = self._risk  # the `risk` property, inline, of the deciding policy
             if risk is None and policy_scores_risk:
                 risk = getattr(policy, "risk", None)

@@ -8,12 +8,13 @@ import re
 from datetime import time
 from pathlib import Path
 
+import anyio
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mcp_guard import PolicyFile, PolicyFileError, ReasonCode, RiskSettings, RulePolicy, ToolSpec, load_policy
-from mcp_guard.model import Decision, Risk
+from mcp_guard import Guard, PolicyFile, PolicyFileError, ReasonCode, RiskSettings, RulePolicy, ToolSpec, load_policy
+from mcp_guard.model import CallRequest, Decision, Risk
 from mcp_guard.policy import (
     ArgumentConstraint,
     ArgumentRule,
@@ -26,7 +27,7 @@ from mcp_guard.policy import (
     parse_policy,
     policy_json_schema,
 )
-from mcp_guard.testing import call_request
+from mcp_guard.testing import access_token, call_request
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "policies"
@@ -350,6 +351,27 @@ def test_rate_limit_counts_survive_a_reload(tmp_path: Path) -> None:
     )
     policy.reload()
     assert policy.decide(call_request(tool, at=1)).reason.code == ReasonCode.RATE_LIMITED
+
+
+def test_a_call_holds_to_the_revision_in_force_when_it_began(tmp_path: Path) -> None:
+    """A reload landing in the middle of a call (a timer, a signal, another thread) decides the
+    next call: it neither weighs this one with its risk settings nor names it."""
+    path = tmp_path / "policy.toml"
+    revision = 'version = 1\nid = "{id}"\nrevision = "{rev}"\n[tools.ping]\nrisk = "write"\n[risk]\nthreshold = {at}\n'
+    path.write_text(revision.format(id="lenient", rev="1", at=1000))
+    enforcing = PolicyFile(path)
+
+    async def reloading(request: CallRequest) -> Decision:
+        path.write_text(revision.format(id="strict", rev="2", at=1))
+        enforcing.reload()
+        return Decision(True, request.principal.scopes, request.principal.scopes)
+
+    guard = Guard(policy=enforcing, shadow=reloading)
+    guard.declare(ToolSpec("ping"))
+    decided = anyio.run(guard.authorize, "ping", {}, access_token("alice", "")).decision
+    assert decided.allowed and (decided.policy_id, decided.policy_version) == ("lenient", "1")
+    after = anyio.run(guard.authorize, "ping", {}, access_token("alice", "")).decision
+    assert after.reason.code == ReasonCode.SESSION_RISK_EXCEEDED and after.policy_id == "strict"
 
 
 def test_lines_follow_strings_sub_tables_and_nested_arrays_of_tables() -> None:

@@ -442,6 +442,11 @@ class PolicyFile:
     def visible(self, principal: Principal, tool: ToolSpec) -> bool:
         return self.current.visible(principal, tool)
 
+    def in_force(self) -> RulePolicy:
+        """The revision in force now, which a guard holds to for the whole of one call: a reload
+        during the call decides the next one, and does not weigh or name this one."""
+        return self.current
+
     def reload(self) -> RulePolicy:
         """Load the file again and put it in force; on any problem keep the current policy and raise."""
         self._put_in_force(*_read(self.path))
