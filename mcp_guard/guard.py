@@ -42,7 +42,7 @@ from mcp_guard.model import (
     give_back_all,
     tell_allowed,
 )
-from mcp_guard.policy.base import Policy, PolicyFunction, as_policy, cancelled_itself
+from mcp_guard.policy.base import Policy, PolicyFunction, as_policy, cancelled_itself, in_force, reloads
 from mcp_guard.policy.gaps import policy_gaps
 from mcp_guard.policy.risk import RiskSettings
 from mcp_guard.policy.scopes import ScopePolicy
@@ -153,7 +153,7 @@ class Guard:
         merged = getattr(policy, "merged", None)
         self._policy = policy
         self._merged: Callable[[ToolSpec], ToolSpec] | None = merged if callable(merged) else None
-        self._deciding = (policy, hasattr(policy, "risk"), self._merged, callable(getattr(policy, "in_force", None)))
+        self._deciding = (policy, hasattr(policy, "risk"), self._merged, reloads(policy))
         """The policy, whether it scores risk, how it sees a declaration, and whether it reloads
         (``in_force()`` gives the revision to hold to), read by a call in one step: a policy
         installed or reloaded meanwhile decides the next call, not part of this one."""
@@ -269,11 +269,11 @@ class Guard:
         half a microsecond, so one-line steps are written inline here and the per-call records
         are built with ``tuple.__new__``; each stage with real logic keeps its own method.
         """
-        installed, policy_scores_risk, merged, reloads = self._deciding  # this call's, whatever comes meanwhile
+        installed, policy_scores_risk, merged, holds = self._deciding  # this call's, whatever comes meanwhile
         policy = installed
         try:
-            if reloads:  # a policy file: hold to the revision in force now
-                policy = installed.in_force()  # type: ignore[attr-defined]
+            if holds:  # a policy file, or a combination of one: hold to the revision in force now
+                policy = in_force(installed)
                 merged, policy_scores_risk = getattr(policy, "merged", None), hasattr(policy, "risk")
             now = read_clock(self.clock)
             kind = _TOKEN_REJECTED

@@ -40,6 +40,22 @@ class Policy(Protocol):
     def visible(self, principal: Principal, tool: ToolSpec) -> bool: ...
 
 
+def reloads(policy: object) -> bool:
+    """Whether ``policy``, or a member of a combination of it, reloads in place (`PolicyFile`):
+    then a call holds to the revision in force when it begins (``in_force()``)."""
+    members = getattr(policy, "policies", None)
+    if isinstance(members, tuple):
+        return any(reloads(member) for member in members)
+    return callable(getattr(policy, "in_force", None))
+
+
+def in_force(policy: Policy) -> Policy:
+    """``policy`` as it is in force now, held for one call: a reloading policy's current
+    revision, a combination with its reloading members held so, any other policy itself."""
+    holding = getattr(policy, "in_force", None)
+    return holding() if callable(holding) else policy
+
+
 def may_abstain(policy: Policy) -> bool:
     """Whether ``policy`` may answer None; one that does not say is taken to."""
     return bool(getattr(policy, "abstains", True))

@@ -18,6 +18,7 @@ asynchronously; the combination then does too, and asks the remaining members in
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import replace
@@ -25,7 +26,7 @@ from typing import TypeVar
 
 from mcp_guard.memo import remember
 from mcp_guard.model import CallRequest, Decision, Principal, ToolSpec, in_allow_order
-from mcp_guard.policy.base import Policy, PolicyFunction, Verdict, as_policy, may_abstain
+from mcp_guard.policy.base import Policy, PolicyFunction, Verdict, as_policy, in_force, may_abstain
 from mcp_guard.policy.risk import RiskSettings
 from mcp_guard.reasons import ReasonCode
 from mcp_guard.scopes import ScopeHierarchy
@@ -54,6 +55,16 @@ class _Combination:
         self.id = id or f"{self.name}({', '.join(policy.id for policy in self.policies)})"
         self.version = version
         self._described: dict[int, tuple[ToolSpec, ToolSpec, ToolSpec]] = {}
+
+    def in_force(self) -> Policy:
+        """This combination with each member that reloads (a `PolicyFile`) held to its revision
+        in force now, for one call; itself when none does."""
+        held = tuple(in_force(policy) for policy in self.policies)
+        if all(now is policy for now, policy in zip(held, self.policies, strict=True)):
+            return self
+        pinned = copy.copy(self)
+        pinned.policies = held
+        return pinned
 
     @property
     def abstains(self) -> bool:
