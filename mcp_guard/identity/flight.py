@@ -83,9 +83,8 @@ async def run_to_the_end(work: Coroutine[Any, Any, None]) -> None:
     task.add_done_callback(_RUNNING.discard)
     try:
         await asyncio.shield(task)
-    except asyncio.CancelledError:
-        if not task.done():  # the caller left: nobody will hear how the work ends, but the log
-            task.add_done_callback(_report_unheard)
+    except asyncio.CancelledError:  # the caller left: nobody will hear how the work ends, but the log
+        task.add_done_callback(_report_unheard)  # run at once if it has ended already
         raise
 
 

@@ -140,8 +140,7 @@ class IntrospectionVerifier:
         key = (digest, self._forgotten)  # a question asked before `forget_tokens` is not joined
         while (asked := self._asking.get(key)) is not None:  # another call is asking: share its outcome
             if asked.abandoned:  # its event loop is gone: it will never land, and frees its place
-                if self._asking.get(key) is asked:
-                    del self._asking[key]
+                self._let_go(key, asked)
                 continue
             await asked.landed()
             if asked.principal is not None:
@@ -151,8 +150,8 @@ class IntrospectionVerifier:
         limit = self.max_questions * 2 if digest in self._active else self.max_questions
         if len(self._asking) >= limit:
             for left, question in list(self._asking.items()):  # questions whose loop is gone hold no place
-                if question.abandoned and self._asking.get(left) is question:
-                    del self._asking[left]
+                if question.abandoned:
+                    self._let_go(left, question)
             if len(self._asking) >= limit:
                 raise Refused(
                     ReasonCode.INTROSPECTION_FAILED, "Too many tokens are being checked at once: retry in a moment."
@@ -168,9 +167,15 @@ class IntrospectionVerifier:
                     self._active.pop(digest, None)  # no longer active: no longer past the limit
             raise
         finally:
-            if self._asking.get(key) is asked:
-                del self._asking[key]
+            self._let_go(key, asked)
             asked.land()
+
+    def _let_go(self, key: tuple[bytes, int], asked: _Question) -> None:
+        """Remove ``asked`` from the questions under way, unless another has taken its key (in
+        one step: threads may let go of the same question at once)."""
+        with self._lock:
+            if self._asking.get(key) is asked:
+                self._asking.pop(key, None)
 
     def forget_tokens(self) -> None:
         """Drop every cached answer, so the next call of each token asks the server again; a

@@ -354,6 +354,38 @@ def test_a_question_left_behind_by_a_closed_event_loop_is_asked_anew(authority: 
     assert anyio.run(another_token) == "agent-7"  # the abandoned question holds no place
 
 
+def test_two_threads_letting_go_of_one_abandoned_question_both_carry_on(authority: Authority) -> None:
+    """Both may find it abandoned before either removes it: the second removal was a
+    `KeyError` out of `verify`, a guard error instead of an answer."""
+    verifier = introspector(authority, max_questions=1)
+    loop = asyncio.new_event_loop()
+    abandoned = loop.run_until_complete(_made_on_this_loop())
+    loop.close()
+
+    class OtherThreadFirst(dict[Any, Any]):
+        """Another thread removes the question right after this one found it there."""
+
+        def get(self, key: Any, default: Any = None) -> Any:
+            found = dict.get(self, key, default)
+            if found is abandoned and not self.get_count:
+                self.get_count = 1
+                dict.__delitem__(self, key)
+            return found
+
+        get_count = 0
+
+    verifier._asking = OtherThreadFirst({(b"another", 0): abandoned})
+    with pytest.raises(Refused) as refused:
+        anyio.run(verifier.verify, "made-up")
+    assert refused.value.code == ReasonCode.TOKEN_INACTIVE
+
+
+async def _made_on_this_loop() -> Any:
+    from mcp_guard.identity.rfc7662 import _Question
+
+    return _Question()
+
+
 async def test_introspecting_many_tokens_builds_one_tls_context(
     authority: Authority, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from authority import RESOURCE, Authority, serve_authority
 from mcp_guard import Refused
+from mcp_guard.identity import flight
 from mcp_guard.identity.claims import json_object
 from mcp_guard.identity.jwks import JWKSCache, fetch_json
 from mcp_guard.identity.rfc9068 import JWTVerifier, TrustedIssuer
@@ -484,6 +485,36 @@ async def test_a_fetch_failing_after_its_caller_left_is_logged_once(caplog: pyte
     gate[0].set()
     await anyio.sleep(0.05)  # the fetch fails, and its done callbacks run
     assert caplog.text.count("a fetch whose caller had left failed: RuntimeError") == 1
+
+
+async def test_a_failure_that_lands_just_before_its_caller_leaves_is_logged(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The work has failed, but the caller is cancelled before it heard: nobody else will."""
+    started: list[asyncio.Future[None]] = []
+    spawn = asyncio.ensure_future
+
+    def remembered(work: Any) -> Any:
+        started.append(spawn(work))
+        return started[-1]
+
+    monkeypatch.setattr(flight.asyncio, "ensure_future", remembered)
+    gate = asyncio.Event()
+
+    async def failing() -> None:
+        await gate.wait()
+        raise OSError("endpoint down")
+
+    caller = asyncio.get_running_loop().create_task(flight.run_to_the_end(failing()))
+    await asyncio.sleep(0)
+    gate.set()
+    while not started[0].done():
+        await asyncio.sleep(0)
+    caller.cancel()  # before the shield tells it
+    with contextlib.suppress(asyncio.CancelledError):
+        await caller
+    await asyncio.sleep(0.05)
+    assert caplog.text.count("a fetch whose caller had left failed: OSError") == 1
 
 
 def test_a_fetch_left_behind_by_a_closed_event_loop_holds_no_keys_back(authority: Authority) -> None:
