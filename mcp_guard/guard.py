@@ -272,9 +272,6 @@ class Guard:
         installed, policy_scores_risk, merged, holds = self._deciding  # this call's, whatever comes meanwhile
         policy = installed
         try:
-            if holds:  # a policy file, or a combination of one: hold to the revision in force now
-                policy = in_force(installed)
-                merged, policy_scores_risk = getattr(policy, "merged", None), hasattr(policy, "risk")
             now = read_clock(self.clock)
             kind = _TOKEN_REJECTED
             detail: str | None = None
@@ -290,6 +287,9 @@ class Guard:
                 principal = self.identifier.identify(credential)
                 self.check_principal(principal, now)
                 kind = _CALL_DECIDED
+                if holds:  # a policy file, or a combination of one: hold to the revision in force now
+                    policy = in_force(installed)
+                    merged, policy_scores_risk = getattr(policy, "merged", None), hasattr(policy, "risk")
                 session_id = self.session_keys.key(principal, transport_session)
                 found = await self.sessions.get(session_id)
                 if (

@@ -1010,6 +1010,18 @@ async def test_a_call_sees_the_tool_as_the_policy_deciding_it_declares_it(audit:
     assert seen == [("old", frozenset({"notes:admin"}))]
 
 
+async def test_a_policy_failing_to_say_its_revision_denies_the_call_on_the_record(audit: MemoryAuditSink) -> None:
+    class Unreachable(ScopePolicy):
+        def in_force(self) -> ScopePolicy:
+            raise OSError("the policy store is unreachable")
+
+    g = Guard(policy=Unreachable(), audit=[audit])
+    g.declare(ToolSpec("read_note"))
+    refused = (await g.authorize("read_note", {}, token())).decision
+    assert refused.reason.code == ReasonCode.GUARD_ERROR
+    assert [event.outcome for event in events(audit, EventKind.CALL_DECIDED)] == ["denied"]
+
+
 async def test_a_revoked_session_the_store_let_go_of_reads_no_resource(audit: MemoryAuditSink, clock: Clock) -> None:
     """A store forgets a session past its retention (or a shared one its TTL); its id stays
     revoked, for a resource read as for a tool call."""
