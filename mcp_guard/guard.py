@@ -281,6 +281,7 @@ class Guard:
             found: Session | None = None
             spec: ToolSpec | None = None
             request: CallRequest | None = None
+            candidate: Policy | None = None
             try:
                 if remote and credential is None:
                     raise Refused(ReasonCode.TOKEN_MISSING)
@@ -290,6 +291,8 @@ class Guard:
                 if holds:  # a policy file, or a combination of one: hold to the revision in force now
                     policy = in_force(installed)
                     merged, policy_scores_risk = getattr(policy, "merged", None), hasattr(policy, "risk")
+                if self.shadow is not None:  # the candidate too, as of the same moment
+                    candidate = self.shadow.hold()
                 session_id = self.session_keys.key(principal, transport_session)
                 found = await self.sessions.get(session_id)
                 if (
@@ -348,7 +351,7 @@ class Guard:
             asked = None
             if self.shadow is not None and request is not None:
                 # the live policy: the shadow reads the rules it shares with it before and after a reload
-                asked = await self.shadow.ask(request, self._tools[request.tool.name], installed)
+                asked = await self.shadow.ask(request, self._tools[request.tool.name], installed, candidate)
             risk = self._risk  # the `risk` property, inline, of the deciding policy
             if risk is None and policy_scores_risk:
                 risk = getattr(policy, "risk", None)

@@ -100,6 +100,38 @@ async def test_a_reload_while_the_candidate_deliberates_never_counts_the_real_li
     assert guard.shadow is not None and not guard.shadow.disagreements
 
 
+@pytest.mark.parametrize("failing_to_say", [False, True])
+async def test_the_candidate_is_held_to_its_revision_as_of_the_calls_start(
+    tmp_path: Path, audit: MemoryAuditSink, failing_to_say: bool
+) -> None:
+    """A reload landing while the enforcing policy decides showed as a disagreement: the
+    candidate was read after it. A candidate that cannot say its revision fails as the
+    candidate, never the call."""
+    path = tmp_path / "file.toml"
+    revision = 'version = 1\nid = "file"\nrevision = "{rev}"\n[tools.ping]\nscopes = [{scopes}]\n'
+    path.write_text(revision.format(rev=1, scopes=""))
+    policy_file = PolicyFile(path)
+
+    async def reloading(request: CallRequest) -> Verdict:
+        path.write_text(revision.format(rev=2, scopes='"admin"'))
+        policy_file.reload()
+        return Decision(True, request.principal.scopes, request.principal.scopes)
+
+    candidate = AllOf(policy_file)
+    if failing_to_say:
+
+        class Unsure(AllOf):
+            def in_force(self) -> AllOf:
+                raise OSError("the policy store is unreachable")
+
+        candidate = Unsure(policy_file)
+    guard = Guard(policy=AllOf(policy_file, reloading), shadow=candidate, audit=[audit])
+    guard.declare(ToolSpec("ping"))
+    assert (await guard.authorize("ping", {}, access_token("alice", ""))).allowed
+    assert guard.shadow is not None
+    assert dict(guard.shadow.disagreements) == ({"allowed -> denied": 1} if failing_to_say else {})
+
+
 async def cancels_itself(request: CallRequest) -> Verdict:
     """A remote client whose inner request was cancelled (a pooled connection dropped, say)."""
     inner = asyncio.get_running_loop().create_future()

@@ -30,7 +30,7 @@ from mcp_guard.audit.sinks import AuditSink
 from mcp_guard.errors import Refused
 from mcp_guard.memo import remember
 from mcp_guard.model import CallRequest, Decision, ToolSpec, tell_allowed
-from mcp_guard.policy.base import Policy, PolicyFunction, as_policy, cancelled_itself
+from mcp_guard.policy.base import Policy, PolicyFunction, as_policy, cancelled_itself, in_force, reloads
 from mcp_guard.policy.engine import RulePolicy, rule_policies
 from mcp_guard.reasons import ReasonCode
 from mcp_guard.scopes import format_scope
@@ -44,12 +44,14 @@ _SESSIONS_LIMIT = 10_000
 
 class Asked(NamedTuple):
     """A call as the candidate saw it; its decision, and what went wrong when it failed to give
-    one; and the ids of the enforcing rules it shares, which the enforcing decision alone counts."""
+    one; the ids of the enforcing rules it shares, which the enforcing decision alone counts;
+    and the candidate as it was in force for the call (a policy file's revision)."""
 
     request: CallRequest
     decision: Decision
     detail: str | None
     shared: frozenset[int]
+    candidate: Policy
 
 
 class Shadow:
@@ -66,8 +68,7 @@ class Shadow:
         self.sinks = tuple(sinks)
         self.timeout = timeout
         self.disagreements: Counter[str] = Counter()
-        merged = getattr(self.candidate, "merged", None)
-        self._merged: Callable[[ToolSpec], ToolSpec] | None = merged if callable(merged) else None
+        self._holds = reloads(self.candidate)
         self._reached: dict[tuple[str, float], dict[str, frozenset[str]]] = {}
         """The targets the candidate's rules took, by session (its id and when it opened: a
         session opened anew under the same key starts afresh), bounded."""
@@ -78,29 +79,45 @@ class Shadow:
             "mcp_guard.policy.disagreements", description="Calls the shadow policy would have decided otherwise"
         )
 
-    async def ask(self, request: CallRequest, declared: ToolSpec, enforcing: Policy) -> Asked:
+    def hold(self) -> Policy | None:
+        """The candidate as it is in force now, to be held for one call (a policy file's
+        revision, as the guard holds the enforcing policy's): taken when the call begins. None
+        when it cannot say: `ask` tries again, where a failure is the candidate's, never the
+        call's."""
+        try:
+            return in_force(self.candidate) if self._holds else self.candidate
+        except Exception:
+            return None
+
+    async def ask(
+        self, request: CallRequest, declared: ToolSpec, enforcing: Policy, candidate: Policy | None = None
+    ) -> Asked:
         """The candidate's answer to ``request`` (``declared``: its tool as registered), settled
         before the enforcing policy counts the call, so a limit both hold is judged on the same
         count; an asynchronous answer gets the timeout.
 
         The enforcing rules the candidate shares are read as it is asked and once it answered:
         a reload of ``enforcing`` meanwhile makes new rule objects, the ones the candidate may
-        hold. Raises nothing but the cancellation of the task awaiting it."""
+        hold. ``candidate`` is the one `hold` gave when the call began (else it is held now).
+        Raises nothing but the cancellation of the task awaiting it."""
         request = request.detached()
         shared: frozenset[int] = frozenset()
         try:  # what follows is the shadow's alone: a failure in it is the candidate's failure
+            if candidate is None:
+                candidate = in_force(self.candidate) if self._holds else self.candidate
             shared = self._shared(enforcing)
-            request = self._as_seen(request, declared)
-            decision, detail = await self._answer(request)
+            request = self._as_seen(request, declared, candidate)
+            decision, detail = await self._answer(request, candidate)
             later = self._shared(enforcing)
             if later is not shared:
                 shared |= later
         except BaseException as error:
             if not (isinstance(error, Exception) or cancelled_itself(error)):
                 raise
-            decision = self._refusal(request, ReasonCode.POLICY_ERROR)
+            candidate = candidate if candidate is not None else self.candidate
+            decision = _refusal(request, ReasonCode.POLICY_ERROR, candidate)
             detail = error_detail(error, declared.redact)
-        return Asked(request, decision, detail, shared)
+        return Asked(request, decision, detail, shared, candidate)
 
     def compare(self, asked: Asked, enforced: Decision, event: AuditEvent) -> Sequence[Callable[[], None]]:
         """Record a disagreement of ``asked`` with ``enforced``; count what the candidate allowed
@@ -130,8 +147,8 @@ class Shadow:
             self.disagreements[shift] += 1
             self._counter.add(1, {"mcp_guard.shift": shift, "gen_ai.tool.name": request.tool.name})
             facts = {
-                "candidate_policy_id": self.candidate.id,
-                "candidate_policy_version": self.candidate.version,
+                "candidate_policy_id": asked.candidate.id,
+                "candidate_policy_version": asked.candidate.version,
                 "candidate_decision": candidate.outcome,
                 "candidate_reasons": [reason.code for reason in candidate.reasons],
                 "candidate_rule_ids": list(candidate.rule_ids),
@@ -155,8 +172,8 @@ class Shadow:
             log_failure(logger, "recording a shadow policy disagreement failed", error, request.tool.redact)
         return counted
 
-    def _as_seen(self, request: CallRequest, declared: ToolSpec) -> CallRequest:
-        """``request`` (a detached copy) as the candidate would see it if it enforced: the tool
+    def _as_seen(self, request: CallRequest, declared: ToolSpec, candidate: Policy) -> CallRequest:
+        """``request`` (a detached copy) as ``candidate`` would see it if it enforced: the tool
         as registered with the candidate's own declaration of it, and a history with the targets
         the candidate's rules took before and the tags its declarations give the tools the
         session ran (the history holds what the enforcing policy took and saw)."""
@@ -165,25 +182,26 @@ class Shadow:
         if reached:
             for rule_id, seen in reached.items():
                 history.targets.setdefault(rule_id, set()).update(seen)
-        for policy in rule_policies(self.candidate):
+        for policy in rule_policies(candidate):
             for name in history.tools:
                 known = policy.declared.get(name)
                 if known is not None:
                     history.tags |= known.tags
-        return request._replace(tool=declared if self._merged is None else self._merged(declared))
+        merged = getattr(candidate, "merged", None)
+        return request._replace(tool=merged(declared) if callable(merged) else declared)
 
-    async def _answer(self, request: CallRequest) -> tuple[Decision, str | None]:
-        """The candidate's decision on ``request``, with what went wrong when it gave none."""
-        verdict = self.candidate.decide(request)
+    async def _answer(self, request: CallRequest, candidate: Policy) -> tuple[Decision, str | None]:
+        """``candidate``'s decision on ``request``, with what went wrong when it gave none."""
+        verdict = candidate.decide(request)
         if inspect.isawaitable(verdict):
             with anyio.move_on_after(self.timeout) as waiting:
                 verdict = await verdict
             if waiting.cancelled_caught:
-                return self._refusal(request, ReasonCode.POLICY_ERROR), f"no answer within {self.timeout:g} s"
+                return _refusal(request, ReasonCode.POLICY_ERROR, candidate), f"no answer within {self.timeout:g} s"
         if verdict is None:
-            return self._refusal(request, ReasonCode.NO_APPLICABLE_RULE), None
+            return _refusal(request, ReasonCode.NO_APPLICABLE_RULE, candidate), None
         if not isinstance(verdict, Decision):
-            return self._refusal(request, ReasonCode.POLICY_ERROR), f"returned {type(verdict).__name__}"
+            return _refusal(request, ReasonCode.POLICY_ERROR, candidate), f"returned {type(verdict).__name__}"
         return verdict, None
 
     def _shared(self, enforcing: Policy) -> frozenset[int]:
@@ -197,10 +215,8 @@ class Shadow:
             self._known = (policies, shared)
         return shared
 
-    def _refusal(self, request: CallRequest, code: str) -> Decision:
-        return Decision.deny(
-            code,
-            requested=request.principal.scopes,
-            policy_id=self.candidate.id,
-            policy_version=self.candidate.version,
-        )
+
+def _refusal(request: CallRequest, code: str, candidate: Policy) -> Decision:
+    return Decision.deny(
+        code, requested=request.principal.scopes, policy_id=candidate.id, policy_version=candidate.version
+    )
