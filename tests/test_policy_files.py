@@ -383,6 +383,30 @@ def test_a_call_holds_to_the_revision_in_force_when_it_began(tmp_path: Path, com
     assert after.reason.code == ReasonCode.SESSION_RISK_EXCEEDED
 
 
+def test_a_combination_with_slots_is_held_to_a_revision_whole(tmp_path: Path) -> None:
+    """Holding a combination copies it; a subclass keeping its state in slots lost it."""
+    path = tmp_path / "policy.toml"
+    path.write_text('version = 1\nid = "file"\n[tools.ping]\n')
+
+    class Named(AllOf):
+        __slots__ = ("label",)
+
+        @property  # type: ignore[override]
+        def id(self) -> str:
+            return f"named:{self.label}"
+
+        @id.setter
+        def id(self, value: str) -> None:
+            pass
+
+    combined = Named(PolicyFile(path))
+    combined.label = "x"
+    guard = Guard(policy=combined)
+    guard.declare(ToolSpec("ping"))
+    decided = anyio.run(guard.authorize, "ping", {}, access_token("alice", "")).decision
+    assert decided.allowed and decided.policy_id == "named:x"
+
+
 def test_lines_follow_strings_sub_tables_and_nested_arrays_of_tables() -> None:
     in_string = (
         'version = 1\ndescription = """\nlooks like\n[[rules]]\n"""\n\n[[rules]]\nid = "a"\nlimit = { calls = "5" }\n'

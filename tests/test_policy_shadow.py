@@ -132,6 +132,28 @@ async def test_the_candidate_is_held_to_its_revision_as_of_the_calls_start(
     assert dict(guard.shadow.disagreements) == ({"allowed -> denied": 1} if failing_to_say else {})
 
 
+async def test_a_candidate_handing_out_an_odd_revision_fails_as_the_candidate(audit: MemoryAuditSink) -> None:
+    """Its refusal could not name it, and the error escaped into the enforcing decision."""
+
+    class Revision:  # decide and visible, and nothing to name it by
+        def decide(self, request: CallRequest) -> None:
+            return None
+
+        def visible(self, principal: object, tool: ToolSpec) -> bool:
+            return True
+
+    class Candidate(ScopePolicy):
+        def in_force(self) -> Revision:
+            return Revision()
+
+    guard = Guard(policy=ScopePolicy(), shadow=Candidate(), audit=[audit])
+    guard.declare(ToolSpec("ping"))
+    assert (await guard.authorize("ping", {}, access_token("alice", ""))).allowed
+    assert [event.kind for event in audit.events][-2:] == [EventKind.CALL_DECIDED, EventKind.POLICY_DISAGREED]
+    with pytest.raises(TypeError, match="'id'"):
+        Guard(shadow=Revision())  # type: ignore[arg-type]
+
+
 async def cancels_itself(request: CallRequest) -> Verdict:
     """A remote client whose inner request was cancelled (a pooled connection dropped, say)."""
     inner = asyncio.get_running_loop().create_future()

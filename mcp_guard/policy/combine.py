@@ -18,6 +18,7 @@ asynchronously; the combination then does too, and asks the remaining members in
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import replace
@@ -61,8 +62,7 @@ class _Combination:
         held = tuple(in_force(policy) for policy in self.policies)
         if all(now is policy for now, policy in zip(held, self.policies, strict=True)):
             return self
-        pinned = object.__new__(type(self))  # a copy, without copy.copy's slower protocol
-        pinned.__dict__.update(self.__dict__)
+        pinned = copy.copy(self)
         pinned.policies = held
         return pinned
 

@@ -65,6 +65,9 @@ class Shadow:
         if not (math.isfinite(timeout) and timeout > 0):
             raise ValueError(f"the shadow timeout must be a positive number of seconds, not {timeout!r}")
         self.candidate = as_policy(candidate)
+        for attribute in ("id", "version"):
+            if not isinstance(getattr(self.candidate, attribute, None), str):
+                raise TypeError(f"candidate {self.candidate!r} has no string {attribute!r}: disagreements name it")
         self.sinks = tuple(sinks)
         self.timeout = timeout
         self.disagreements: Counter[str] = Counter()
@@ -114,7 +117,7 @@ class Shadow:
         except BaseException as error:
             if not (isinstance(error, Exception) or cancelled_itself(error)):
                 raise
-            candidate = candidate if candidate is not None else self.candidate
+            candidate = self.candidate  # the one given, checked: the held one may be what failed
             decision = _refusal(request, ReasonCode.POLICY_ERROR, candidate)
             detail = error_detail(error, declared.redact)
         return Asked(request, decision, detail, shared, candidate)
