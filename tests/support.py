@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import anyio
 import mcp_types as types
 from mcp import Client
 from mcp.server.auth.middleware.auth_context import get_access_token
@@ -110,3 +113,35 @@ async def call_raw(client: Client, params: dict[str, Any]) -> dict[str, Any]:
     request = types.Request[dict[str, Any], str](method="tools/call", params=params)
     result = await client.session.send_request(request, types.CallToolResult)
     return result.model_dump()
+
+
+def subjects_on_two_loops(verify: Callable[[], Awaitable[Principal]], timeout: float) -> list[str]:
+    """The subjects ``verify`` gives on two threads that each run their own event loop, the
+    second starting 0.1 s after the first (while a fetch the first started is under way); fails
+    if either is still waiting after ``timeout`` seconds."""
+    subjects: list[str] = []
+
+    def on_a_loop_of_its_own(delay: float) -> None:
+        async def verified() -> None:
+            await anyio.sleep(delay)
+            subjects.append((await verify()).subject)
+
+        anyio.run(verified)
+
+    threads = [threading.Thread(target=on_a_loop_of_its_own, args=(delay,), daemon=True) for delay in (0, 0.1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=timeout)
+    assert [thread.is_alive() for thread in threads] == [False, False]
+    return subjects
+
+
+def left_behind(work: Awaitable[Any]) -> None:
+    """Start ``work`` on an event loop of its own, and close that loop 0.2 s later without
+    cancelling it: the work is left pending for good, as a thread's loop stopped early leaves it."""
+    loop = asyncio.new_event_loop()
+    pending = loop.create_task(work)  # type: ignore[arg-type]
+    loop.run_until_complete(asyncio.sleep(0.2))
+    loop.close()
+    assert not pending.done()

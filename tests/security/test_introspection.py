@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import math
 import ssl
-import threading
 import time
 from typing import Any
 
@@ -34,6 +33,7 @@ from mcp_guard.audit.file import AuditLogError
 from mcp_guard.identity.access_token import token_digest
 from mcp_guard.identity.rfc7662 import IntrospectionVerifier
 from serving import free_port, guarded_notes, serving
+from support import left_behind, subjects_on_two_loops
 
 pytestmark = pytest.mark.anyio
 
@@ -245,28 +245,12 @@ def test_a_question_shared_by_threads_each_on_its_own_loop_wakes_every_waiter(au
     """An event belongs to one loop: set from the asking thread, it woke no waiter on another."""
     authority.answers["shared-by-threads"] = answer(authority)
     verifier = introspector(authority)
-    subjects: list[str] = []
-
-    def verify_on_a_loop_of_its_own(delay: float) -> None:
-        async def verify() -> None:
-            await anyio.sleep(delay)
-            subjects.append((await verifier.verify("shared-by-threads")).subject)
-
-        anyio.run(verify)
-
     authority.introspection_delay = 0.3
     before = authority.introspections
     try:
-        threads = [
-            threading.Thread(target=verify_on_a_loop_of_its_own, args=(delay,), daemon=True) for delay in (0, 0.1)
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=10)
+        subjects = subjects_on_two_loops(lambda: verifier.verify("shared-by-threads"), timeout=10)
     finally:
         authority.introspection_delay = 0.0
-    assert [thread.is_alive() for thread in threads] == [False, False]
     assert subjects == ["agent-7", "agent-7"] and authority.introspections - before == 1
 
 
@@ -321,12 +305,8 @@ def test_a_question_left_behind_by_a_closed_event_loop_is_asked_anew(authority: 
     authority.answers["left-behind"] = answer(authority)
     verifier = introspector(authority)
     authority.introspection_delay = 1.0
-    loop = asyncio.new_event_loop()
     try:
-        pending = loop.create_task(verifier.verify("left-behind"))
-        loop.run_until_complete(asyncio.sleep(0.2))  # the question is under way
-        loop.close()
-        assert not pending.done()
+        left_behind(verifier.verify("left-behind"))
     finally:
         authority.introspection_delay = 0.0
 
@@ -338,12 +318,8 @@ def test_a_question_left_behind_by_a_closed_event_loop_is_asked_anew(authority: 
     authority.answers["other"] = answer(authority)
     full = introspector(authority, max_questions=1)
     authority.introspection_delay = 1.0
-    loop = asyncio.new_event_loop()
     try:
-        pending = loop.create_task(full.verify("left-behind"))
-        loop.run_until_complete(asyncio.sleep(0.2))
-        loop.close()
-        assert not pending.done()
+        left_behind(full.verify("left-behind"))
     finally:
         authority.introspection_delay = 0.0
 

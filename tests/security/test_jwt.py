@@ -11,7 +11,6 @@ import hmac
 import json
 import logging
 import math
-import threading
 import time
 from typing import Any
 
@@ -29,6 +28,7 @@ from mcp_guard.identity import flight
 from mcp_guard.identity.claims import json_object
 from mcp_guard.identity.jwks import JWKSCache, fetch_json
 from mcp_guard.identity.rfc9068 import JWTVerifier, TrustedIssuer
+from support import subjects_on_two_loops
 
 pytestmark = pytest.mark.anyio
 
@@ -557,27 +557,11 @@ def test_a_verifier_shared_by_threads_each_on_its_own_loop_wakes_every_waiter(
     jwks_uri = None if discovered else authority.jwks_uri
     verifier = JWTVerifier([TrustedIssuer(issuer=authority.issuer, audience=RESOURCE, jwks_uri=jwks_uri)])
     token = authority.mint()
-    subjects: list[str] = []
-
-    def verify_on_a_loop_of_its_own(delay: float) -> None:
-        async def verify() -> None:
-            await anyio.sleep(delay)
-            subjects.append((await verifier.verify(token)).subject)
-
-        anyio.run(verify)
-
     authority.drip = 0.0005  # the metadata and the keys come slowly, a byte at a time
     try:
-        threads = [
-            threading.Thread(target=verify_on_a_loop_of_its_own, args=(delay,), daemon=True) for delay in (0, 0.1)
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=20)
+        subjects = subjects_on_two_loops(lambda: verifier.verify(token), timeout=20)
     finally:
         authority.drip = 0.0
-    assert [thread.is_alive() for thread in threads] == [False, False]
     assert subjects == ["agent-7", "agent-7"]
 
 
