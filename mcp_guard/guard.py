@@ -324,7 +324,7 @@ class Guard:
                     awaited = type(verdict) is not Decision
                     decision = await self._settled(verdict, principal, policy) if awaited else cast(Decision, verdict)
                     if not decision.policy_id:  # a policy naming none: recorded under its own name
-                        decision = replace(decision, policy_id=policy.id, policy_version=policy.version)
+                        decision = _named_by(decision, policy)
                 except BaseException as error:
                     if not (isinstance(error, Exception) or cancelled_itself(error)):
                         raise
@@ -775,7 +775,7 @@ class Guard:
         """
         try:
             if not decision.policy_id:
-                decision = replace(decision, policy_id=self._policy.id, policy_version=self._policy.version)
+                decision = _named_by(decision, self._policy)
             now = read_clock(self.clock)
             session_id = self.session_keys.key(principal, None)
             found = await self.sessions.get(session_id)
@@ -829,6 +829,11 @@ class Guard:
                 sink.emit(event)
             except Exception:
                 logger.exception("mcp-guard: audit sink %r failed", sink)
+
+
+def _named_by(decision: Decision, policy: Policy) -> Decision:
+    """``decision`` recorded under ``policy``'s id and version (it named no policy itself)."""
+    return replace(decision, policy_id=policy.id, policy_version=policy.version)
 
 
 def _revoked_until(session: Session | None) -> float:
