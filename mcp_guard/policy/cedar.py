@@ -65,8 +65,8 @@ _quote = json.JSONEncoder().encode
 """A string as a JSON string literal."""
 
 _CONTEXT_OPENS, _CONTEXT_CLOSES = "context `", "` is not valid"
-"""How Cedar quotes a whole context it refuses: left out of the ``detail``."""
-"""Cedar's request-validation error quotes the whole context, argument values included."""
+"""How Cedar's request-validation error quotes the whole context it refuses, argument values
+included: left out of the ``detail``."""
 
 _LONG = (-(2**63), 2**63 - 1)
 _CACHE_LIMIT = 4096
