@@ -55,15 +55,20 @@ class _Combination:
         self.id = id or f"{self.name}({', '.join(policy.id for policy in self.policies)})"
         self.version = version
         self._described: dict[int, tuple[ToolSpec, ToolSpec, ToolSpec]] = {}
+        self._pinned: tuple[tuple[Policy, ...], Policy] = (self.policies, self)
+        """The members last held, and the combination of them (a copy is made per revision)."""
 
     def in_force(self) -> Policy:
         """This combination with each member that reloads (a `PolicyFile`) held to its revision
-        in force now, for one call; itself when none does."""
+        in force now, for one call; itself when none does. The same revisions give the same
+        copy, so a call pays for a copy only after a reload."""
         held = tuple(in_force(policy) for policy in self.policies)
-        if all(now is policy for now, policy in zip(held, self.policies, strict=True)):
-            return self
+        known, pinned = self._pinned
+        if all(now is before for now, before in zip(held, known, strict=True)):
+            return pinned
         pinned = copy.copy(self)
         pinned.policies = held
+        self._pinned = (held, pinned)
         return pinned
 
     @property
