@@ -42,7 +42,7 @@ from mcp_guard.model import (
     give_back_all,
     tell_allowed,
 )
-from mcp_guard.policy.base import Policy, PolicyFunction, as_policy, cancelled_itself, in_force, reloads
+from mcp_guard.policy.base import Policy, PolicyFunction, cancelled_itself, in_force, named_policy, reloads
 from mcp_guard.policy.gaps import policy_gaps
 from mcp_guard.policy.risk import RiskSettings
 from mcp_guard.policy.scopes import ScopePolicy
@@ -139,21 +139,21 @@ class Guard:
     @property
     def policy(self) -> Policy:
         """The policy deciding calls (replaceable at any time)."""
-        return self._policy
+        return self._deciding[0]
 
     @policy.setter
     def policy(self, policy: Policy | PolicyFunction) -> None:
         """Install ``policy`` (a function is wrapped by `as_policy`, as for ``shadow``); one
         without a string ``id`` and ``version`` is refused, since every decision and denial is
         recorded under them."""
-        policy = as_policy(policy)
-        for attribute in ("id", "version"):
-            if not isinstance(getattr(policy, attribute, None), str):
-                raise TypeError(f"policy {policy!r} has no string {attribute!r}: decisions are recorded under it")
+        policy = named_policy(policy)
         merged = getattr(policy, "merged", None)
-        self._policy = policy
-        self._merged: Callable[[ToolSpec], ToolSpec] | None = merged if callable(merged) else None
-        self._deciding = (policy, hasattr(policy, "risk"), self._merged, reloads(policy))
+        self._deciding: tuple[Policy, bool, Callable[[ToolSpec], ToolSpec] | None, bool] = (
+            policy,
+            hasattr(policy, "risk"),
+            merged if callable(merged) else None,
+            reloads(policy),
+        )
         """The policy, whether it scores risk, how it sees a declaration, and whether it reloads
         (``in_force()`` gives the revision to hold to), read by a call in one step: a policy
         installed or reloaded meanwhile decides the next call, not part of this one."""
@@ -161,7 +161,7 @@ class Guard:
     @property
     def risk(self) -> RiskSettings | None:
         """How sessions' risk is scored: the guard's own settings, else its policy's (which may reload)."""
-        return self._risk if self._risk is not None else getattr(self._policy, "risk", None)
+        return self._risk if self._risk is not None else getattr(self.policy, "risk", None)
 
     # -- the registry -------------------------------------------------------------------------
 
@@ -174,14 +174,15 @@ class Guard:
         """``spec`` with what the policy's own declaration of the tool adds (a policy file's
         scopes, tags and risk level): the declaration that decides, lists, weighs and enters the
         session's history, whichever member of a combination declared it."""
-        return spec if self._merged is None else self._merged(spec)
+        merged = self._deciding[2]
+        return spec if merged is None else merged(spec)
 
     def policy_gaps(self) -> list[str]:
         """Names the policy's rules use that no declared tool has (a tool, a tag, an argument):
         rules that can never apply, one sentence each. Call it once every tool is declared, in a
         test (``assert guard.policy_gaps() == []``) or at start-up."""
         tools = {name: self.as_policy_sees(spec) for name, spec in self._tools.items()}
-        return policy_gaps(self._policy, tools, {name: reading.loose for name, reading in self._arguments.items()})
+        return policy_gaps(self.policy, tools, {name: reading.loose for name, reading in self._arguments.items()})
 
     def declare(self, spec: ToolSpec) -> ToolSpec:
         """Register what a tool needs. A name can be declared once."""
@@ -755,7 +756,7 @@ class Guard:
         self, code: str, message: str | None, principal: Principal | None, policy: Policy | None = None
     ) -> Decision:
         """A denial recorded under ``policy`` (the one that decided), else the one installed."""
-        policy = policy if policy is not None else self._policy
+        policy = policy if policy is not None else self.policy
         return Decision.deny(
             code,
             message,
@@ -775,7 +776,7 @@ class Guard:
         """
         try:
             if not decision.policy_id:
-                decision = _named_by(decision, self._policy)
+                decision = _named_by(decision, self.policy)
             now = read_clock(self.clock)
             session_id = self.session_keys.key(principal, None)
             found = await self.sessions.get(session_id)

@@ -40,6 +40,16 @@ class Policy(Protocol):
     def visible(self, principal: Principal, tool: ToolSpec) -> bool: ...
 
 
+def named_policy(policy: Policy | PolicyFunction) -> Policy:
+    """``policy`` as `as_policy` makes it, refused (`TypeError`) without a string ``id`` and
+    ``version``: every decision and disagreement is recorded under them."""
+    policy = as_policy(policy)
+    for attribute in ("id", "version"):
+        if not isinstance(getattr(policy, attribute, None), str):
+            raise TypeError(f"policy {policy!r} has no string {attribute!r}: decisions are recorded under it")
+    return policy
+
+
 def reloads(policy: object) -> bool:
     """Whether ``policy``, or a member of a combination of it, reloads in place (`PolicyFile`):
     then a call holds to the revision in force when it begins (``in_force()``)."""

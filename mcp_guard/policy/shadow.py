@@ -30,7 +30,7 @@ from mcp_guard.audit.sinks import AuditSink
 from mcp_guard.errors import Refused
 from mcp_guard.memo import remember
 from mcp_guard.model import CallRequest, Decision, ToolSpec, tell_allowed
-from mcp_guard.policy.base import Policy, PolicyFunction, as_policy, cancelled_itself, in_force, reloads
+from mcp_guard.policy.base import Policy, PolicyFunction, cancelled_itself, in_force, named_policy, reloads
 from mcp_guard.policy.engine import RulePolicy, rule_policies
 from mcp_guard.reasons import ReasonCode
 from mcp_guard.scopes import format_scope
@@ -64,10 +64,7 @@ class Shadow:
     def __init__(self, candidate: Policy | PolicyFunction, sinks: Sequence[AuditSink], *, timeout: float = 0.5) -> None:
         if not (math.isfinite(timeout) and timeout > 0):
             raise ValueError(f"the shadow timeout must be a positive number of seconds, not {timeout!r}")
-        self.candidate = as_policy(candidate)
-        for attribute in ("id", "version"):
-            if not isinstance(getattr(self.candidate, attribute, None), str):
-                raise TypeError(f"candidate {self.candidate!r} has no string {attribute!r}: disagreements name it")
+        self.candidate = named_policy(candidate)
         self.sinks = tuple(sinks)
         self.timeout = timeout
         self.disagreements: Counter[str] = Counter()
@@ -88,9 +85,12 @@ class Shadow:
         when it cannot say: `ask` tries again, where a failure is the candidate's, never the
         call's."""
         try:
-            return in_force(self.candidate) if self._holds else self.candidate
+            return self._in_force()
         except Exception:
             return None
+
+    def _in_force(self) -> Policy:
+        return in_force(self.candidate) if self._holds else self.candidate
 
     async def ask(
         self, request: CallRequest, declared: ToolSpec, enforcing: Policy, candidate: Policy | None = None
@@ -107,7 +107,7 @@ class Shadow:
         shared: frozenset[int] = frozenset()
         try:  # what follows is the shadow's alone: a failure in it is the candidate's failure
             if candidate is None:
-                candidate = in_force(self.candidate) if self._holds else self.candidate
+                candidate = self._in_force()
             shared = self._shared(enforcing)
             request = self._as_seen(request, declared, candidate)
             decision, detail = await self._answer(request, candidate)
