@@ -63,6 +63,9 @@ logger = logging.getLogger("mcp_guard")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+LONG_CALL = 1.0
+"""Seconds an admitted call runs before its end counts as activity of its own (`Guard.call_ended`)."""
+
 _LIFETIME_ENDS = (ReasonCode.SESSION_EXPIRED, ReasonCode.SESSION_IDLE_EXPIRED)
 _ACTIVE = SessionState.ACTIVE
 _FAILED = Decision.deny(ReasonCode.GUARD_ERROR)
@@ -798,6 +801,22 @@ class Guard:
             logger.exception("mcp-guard: recording a refusal of tool %s failed", spec.name)
             return False
         return True
+
+    async def call_ended(self, request: CallRequest) -> None:
+        """Restart the idle timer of the session an admitted call ran on, now that it has ended.
+
+        The time a call runs is activity: an agent waiting on a tool that ran past the idle
+        limit must not find its session lapsed when it calls again. Integrations call this for
+        calls that ran `LONG_CALL` seconds or more; for shorter ones the decision's restart
+        stands within a second, and the store is spared a write per call. Best effort: the call
+        has run, so a failing clock or store is logged, never raised.
+        """
+        try:
+            await self.sessions.record_activity(request.session, read_clock(self.clock))
+        except Exception:
+            logger.exception(
+                "mcp-guard: the end of a call to tool %s could not restart its idle timer", request.tool.name
+            )
 
     def record_completion(self, decided: AuditEvent, result: str, duration: float, error_type: str | None) -> None:
         """Record how an admitted call ended: ``ok``, ``tool_error`` or ``error``, and how long it took.

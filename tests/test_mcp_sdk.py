@@ -550,6 +550,30 @@ async def test_ended_sessions_refuse_the_next_call(
     assert [e.kind for e in audit.events].count(EventKind.SESSION_EXPIRED) == 1
 
 
+async def test_a_call_that_runs_past_the_idle_limit_leaves_its_session_alive(
+    mode: str, audit: MemoryAuditSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("mcp_guard.integrations.mcp_sdk.LONG_CALL", 0.05)  # a long call, made short
+    clock = Clock(time.time())
+    guard = Guard(audit=[audit], clock=clock, session_settings=SessionSettings(idle_ttl=900))
+    mcp = MCPServer("jobs", middleware=[GuardMiddleware(guard)])
+
+    @mcp.tool()
+    @guard.tool(scopes="jobs:run")
+    async def build() -> str:
+        await anyio.sleep(0.06)
+        clock.advance(16 * 60)  # the build ran past the idle limit
+        return "built"
+
+    with acting_as(access_token("alice", "jobs:run", expires_in=7200)):
+        async with Client(mcp, mode=mode) as client:
+            assert not (await client.call_tool("build", {})).is_error
+            clock.advance(60)  # the agent reads the result, then calls again
+            assert not (await client.call_tool("build", {})).is_error
+            clock.advance(901)  # and then goes quiet
+            assert (await denial(client, "build", {})).data == {"reason": "session_idle_expired"}
+
+
 def test_a_read_only_token_pickles_as_a_plain_one_and_odd_classes_fall_back() -> None:
     import pickle
 

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
+import anyio
 from mcp.server.auth.middleware.auth_context import auth_context_var
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
@@ -37,7 +38,7 @@ from mcp_guard.audit.events import AuditEvent, EventKind
 from mcp_guard.audit.spans import tracing_configured
 from mcp_guard.context import ADMITTED, Admission
 from mcp_guard.errors import Refused
-from mcp_guard.guard import Authorization, Guard
+from mcp_guard.guard import LONG_CALL, Authorization, Guard
 from mcp_guard.identity.access_token import refused_token_fingerprint
 from mcp_guard.identity.bearer import BearerVerifier
 from mcp_guard.integrations.read_only import ReadOnlyUser, read_only_token
@@ -146,8 +147,12 @@ class GuardMiddleware:
             ADMITTED.reset(admitted)
             if user is not None:
                 auth_context_var.reset(user)
+            duration = time.perf_counter() - started
             if self.record_completions:
-                self.guard.record_completion(decided, result, time.perf_counter() - started, error_type)
+                self.guard.record_completion(decided, result, duration, error_type)
+            if duration >= LONG_CALL:
+                with anyio.CancelScope(shield=True):  # the call may have been cancelled: it still ran
+                    await self.guard.call_ended(request)
 
     def _trim(self, credential: AccessToken, principal: Principal, approved: frozenset[str]) -> AuthenticatedUser:
         """The caller as a tool sees it: only the approved scopes, no bearer string.

@@ -99,6 +99,10 @@ class MemorySessionStore:
                 session.risk_score += risk
             return session.risk_score
 
+    async def record_activity(self, session: Session, at: float) -> None:
+        with self._lock:
+            session.last_active_at = max(session.last_active_at, at)
+
     async def bind_token(self, session: Session, token_id: str | None, presentable_until: float) -> bool:
         with self._lock:
             if token_id in session.tokens:

@@ -50,6 +50,11 @@ class SessionStore(Protocol):
         """
         ...
 
+    async def record_activity(self, session: Session, at: float) -> None:
+        """Restart the session's idle timer from ``at`` (never back): a call admitted on it
+        ran until then, and the time a call runs is activity, not idleness."""
+        ...
+
     async def bind_token(self, session: Session, token_id: str | None, presentable_until: float) -> bool:
         """Add ``token_id`` to the session's bound tokens; True when it was not among them.
 
