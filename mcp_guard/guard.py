@@ -78,11 +78,13 @@ _TOKEN_REJECTED = EventKind.TOKEN_REJECTED
 
 class Authorization(NamedTuple):
     """What `Guard.authorize` returns: the decision, the call it judged (None if refused early),
-    and the ``call.decided`` event recorded for it (what `Guard.record_completion` follows up)."""
+    the ``call.decided`` event recorded for it (what `Guard.record_completion` follows up), and
+    the give-backs of what an allowed call counted (what `Guard.asked_for_input` runs)."""
 
     decision: Decision
     request: CallRequest | None = None
     event: AuditEvent | None = None
+    counted: Sequence[Callable[[], None]] = ()
 
     @property
     def allowed(self) -> bool:
@@ -423,7 +425,8 @@ class Guard:
                     raise
             if span is not None:
                 annotate_span(span, event, decision, transport_session)
-            return _new(Authorization, (decision, request, event))
+            counted = [*taken, *shadow_taken] if decision.allowed else ()
+            return _new(Authorization, (decision, request, event, counted))
         except Exception:
             logger.exception("mcp-guard: authorizing a call failed outside any stage; denying")
             return Authorization(_FAILED)
@@ -802,6 +805,16 @@ class Guard:
             return False
         return True
 
+    def asked_for_input(self, authorization: Authorization) -> None:
+        """An admitted call ended with an interim ``input_required`` result (MCP 2026-07-28): the
+        tool asks the client for input before it runs, and the client calls again with it.
+
+        What the call counted (rate limits) is given back, so a call counts once, on the round
+        that runs, as on a legacy session, where the tool asks within one call. The round stays
+        decided and recorded, and its risk weight and history stand: the strict side.
+        """
+        give_back_all(authorization.counted)
+
     async def call_ended(self, request: CallRequest) -> None:
         """Restart the idle timer of the session an admitted call ran on, now that it has ended.
 
@@ -819,7 +832,8 @@ class Guard:
             )
 
     def record_completion(self, decided: AuditEvent, result: str, duration: float, error_type: str | None) -> None:
-        """Record how an admitted call ended: ``ok``, ``tool_error`` or ``error``, and how long it took.
+        """Record how an admitted call ended: ``ok``, ``tool_error``, ``input_required`` or ``error``,
+        and how long it took.
 
         ``decided`` is the call's ``call.decided`` event (`Authorization.event`). Best effort: the
         call has run, so a sink or the clock failing now is logged (and a failing sink, in deny

@@ -7,11 +7,13 @@ import json
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 import pytest
 from mcp.client import Client
+from mcp.server.mcpserver.resolve import Elicit, Resolve
+from pydantic import BaseModel
 
 from mcp_guard import (
     EventKind,
@@ -706,3 +708,44 @@ async def test_a_call_cancelled_while_it_is_checked_again_gives_back_its_counts(
     with anyio.move_on_after(0.1):
         await guard.authorize("ping", {}, token)
     assert (await guard.authorize("ping", {}, token)).allowed  # the cancelled call never ran
+
+
+class Confirmation(BaseModel):
+    ok: bool
+
+
+def confirm(path: str) -> Elicit[Confirmation]:
+    """Ask the user before a deletion (a multi-round-trip request on MCP 2026-07-28)."""
+    return Elicit(f"Really delete {path}?", Confirmation)
+
+
+async def test_a_call_that_asks_for_input_counts_once_on_both_protocols(mode: str, audit: MemoryAuditSink) -> None:
+    from mcp import MCPError
+    from mcp.server.mcpserver import MCPServer
+    from mcp_types import ElicitResult
+
+    from mcp_guard import GuardMiddleware, Risk
+
+    twice = RulePolicy([LimitRule("two-deletes", per="session", calls=2, window=3600)])
+    guard = Guard(policy=twice, audit=[audit])
+    mcp = MCPServer("files", middleware=[GuardMiddleware(guard)])
+    deleted: list[str] = []
+
+    @mcp.tool()
+    @guard.tool(risk=Risk.WRITE)
+    async def delete_file(path: str, confirmed: Annotated[Confirmation, Resolve(confirm)]) -> str:
+        deleted.append(path)
+        return "deleted"
+
+    async def answer(context: Any, params: Any) -> ElicitResult:
+        return ElicitResult(action="accept", content={"ok": True})
+
+    with acting_as(access_token("alice", "")):
+        async with Client(mcp, mode=mode, elicitation_callback=answer) as client:
+            for path in ("a", "b"):  # on 2026-07-28, two rounds each: one asks, one runs
+                assert not (await client.call_tool("delete_file", {"path": path})).is_error
+            with pytest.raises(MCPError, match="at most 2 calls"):
+                await client.call_tool("delete_file", {"path": "c"})
+    assert deleted == ["a", "b"]
+    results = [event.facts["result"] for event in audit.events if event.kind == "call.completed"]
+    assert results == (["ok", "ok"] if mode == "legacy" else ["input_required", "ok", "input_required", "ok"])

@@ -28,6 +28,7 @@ from mcp.server.auth.provider import AccessToken
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.shared.exceptions import MCPError
 from mcp_types import INTERNAL_ERROR
+from mcp_types.methods import is_input_required
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from opentelemetry import trace
 from opentelemetry.trace import Span, StatusCode
@@ -119,7 +120,7 @@ class GuardMiddleware:
             request_id=ctx.request_id,
             remote=ctx.request is not None,
         )
-        decision, request, decided = authorization
+        decision, request, decided, _ = authorization
         if request is None or decided is None or not decision.allowed:
             raise denial_error(authorization)
         user = None
@@ -137,7 +138,13 @@ class GuardMiddleware:
         started, result, error_type = time.perf_counter(), "error", None
         try:
             response = await call_next(ctx)
-            result = "tool_error" if isinstance(response, dict) and response.get("isError") is True else "ok"
+            if isinstance(response, dict) and response.get("isError") is True:
+                result = "tool_error"
+            elif is_input_required(response):  # the tool has not run: the client will call again
+                result = "input_required"
+                self.guard.asked_for_input(authorization)
+            else:
+                result = "ok"
             return response
         except BaseException as error:
             error_type = type(error).__name__
