@@ -928,12 +928,20 @@ def _moment(at: float) -> str:
         return f"{at:.0f} s after 1970"
 
 
+def _is_async(fn: Callable[..., Any]) -> bool:
+    """Whether the SDK awaits ``fn``, read as it reads it: a coroutine function, through any
+    ``functools.partial``, or an object whose ``__call__`` is one."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
+
+
 def _admitted_only(fn: F, tool: str) -> F:
     """Wrap ``fn`` so it runs only inside a call the guard admitted for ``tool``.
 
     Both wrappers read the admission as `context.current_call` does, inline: they run on every
     tool call, and a function call more is measurable there."""
-    if inspect.iscoroutinefunction(fn):
+    if _is_async(fn):
         coroutine_fn = cast(Callable[..., Awaitable[Any]], fn)
 
         @functools.wraps(fn)

@@ -11,6 +11,7 @@ elicitation, sampling, roots), which no argument rule can see before the tool ru
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
@@ -79,7 +80,8 @@ def signature_of(fn: Callable[..., Any]) -> tuple[dict[str, Any], ToolArguments]
     under one schema name: the guard could not tell which value the tool receives.
     """
     context = find_context_parameter(fn)
-    model = func_metadata(fn, skip_names=[*([context] if context else []), *find_resolved_parameters(fn)])
+    skipped = [*([context] if context else []), *find_resolved_parameters(fn), *_receiver(fn)]
+    model = func_metadata(fn, skip_names=skipped)
     parameters = model.arg_model.model_fields.items()
     fields = tuple((keys[0], keys) for keys in (_keys(fn, name, info) for name, info in parameters))
     shared = {name for name, _ in fields if sum(other == name for other, _ in fields) > 1}
@@ -103,6 +105,24 @@ def signature_of(fn: Callable[..., Any]) -> tuple[dict[str, Any], ToolArguments]
     names = tuple(dict.fromkeys(_field_names(model.arg_model.__pydantic_core_schema__)))
     arguments = ToolArguments(fields, accepted, renamed, json_keys, model.pre_parse_json, loose, names)
     return model.arg_model.model_json_schema(by_alias=True), arguments
+
+
+def _receiver(fn: Callable[..., Any]) -> list[str]:
+    """The ``self`` (or ``cls``) of a function defined in a class body: decorated there, it is
+    not bound yet, and the SDK reads the bound method it is registered as, without it."""
+    if not inspect.isfunction(fn):
+        return []
+    owner = fn.__qualname__.rpartition(".")[0]
+    first = next(iter(inspect.signature(fn).parameters.values()), None)
+    if (
+        owner
+        and not owner.endswith("<locals>")  # a nested function, not a method
+        and first is not None
+        and first.name in ("self", "cls")
+        and first.kind in (first.POSITIONAL_ONLY, first.POSITIONAL_OR_KEYWORD)
+    ):
+        return [first.name]
+    return []
 
 
 def _keys(fn: Callable[..., Any], name: str, info: FieldInfo) -> tuple[str, ...]:

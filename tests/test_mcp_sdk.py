@@ -357,6 +357,46 @@ async def test_the_decorator_leaves_schema_docstring_and_context_alone() -> None
     assert guard.tool(name="other")(summarize).__doc__ == "Summarize a file."
 
 
+class Lookup:
+    """A tool that is an object with an asynchronous ``__call__``, which the SDK awaits."""
+
+    __name__ = "lookup"  # the SDK names a tool's arguments model after it
+
+    async def __call__(self, key: str) -> str:
+        return f"looked up {key}"
+
+
+def files_object(guard: Guard) -> Any:
+    """An object whose tool is a method, declared in its class body and registered bound."""
+
+    class Files:
+        @guard.tool(scopes="files:read")
+        async def read(self, path: str, limit: int = 10) -> str:
+            return f"{path} ({limit})"
+
+    return Files()
+
+
+async def test_a_callable_object_and_a_bound_method_are_tools_as_without_the_guard(mode: str) -> None:
+    guard = Guard()
+    plain, guarded = MCPServer("plain"), MCPServer("guarded", middleware=[GuardMiddleware(guard)])
+    plain.add_tool(Lookup(), name="lookup")
+    guarded.add_tool(guard.tool("lookup", scopes="files:read")(Lookup()), name="lookup")
+    guarded.add_tool(files_object(guard).read, name="read")
+    schemas = {tool.name: tool.input_schema for tool in await guarded.list_tools()}
+    assert guard.tools["read"].input_schema == schemas["read"]  # no `self`: the schema the policy judges
+    with acting_as(access_token("alice", "files:read")):
+        looked_up = {}
+        for server in (plain, guarded):
+            async with Client(server, mode=mode) as client:
+                result = await client.call_tool("lookup", {"key": "x"})
+                looked_up[server.name] = (result.is_error, result.structured_content)
+        assert looked_up["guarded"] == looked_up["plain"] == (False, {"result": "looked up x"})
+        async with Client(guarded, mode=mode) as client:
+            read = await client.call_tool("read", {"path": "a.txt"})
+    assert (read.is_error, read.structured_content) == (False, {"result": "a.txt (10)"})
+
+
 async def test_a_failing_policy_denies_without_leaking(mode: str, audit: MemoryAuditSink) -> None:
     guard = Guard(policy=ExplodingPolicy(), audit=[audit])
     server = notes_server(guard)
