@@ -41,8 +41,15 @@ def current_call() -> CallRequest | None:
     return request.detached() if request is not None else None
 
 
-def refuse_unguarded(tool: str) -> NoReturn:
-    """Raise `UnguardedCallError` for ``tool``, which ran without an admitting decision."""
+def refuse_unguarded(tool: str, call: CallRequest | None) -> NoReturn:
+    """Raise `UnguardedCallError` for ``tool``, which ran without a decision admitting it: outside
+    any admitted call, or inside ``call``, admitted for another tool."""
+    if call is not None:
+        raise UnguardedCallError(
+            f"tool {tool!r} ran inside the call mcp-guard admitted for tool {call.tool.name!r}: a guarded "
+            "function runs only as the tool it was admitted as. Share code between tools through an "
+            "undecorated function, and serve one function under two names with a guard.tool(name=...) for each"
+        )
     raise UnguardedCallError(
         f"tool {tool!r} ran without an admitting mcp-guard decision: add GuardMiddleware(guard) to the "
         "server's middleware, and call tools through the server, not directly"

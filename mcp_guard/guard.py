@@ -949,7 +949,7 @@ def _admitted_only(fn: F, tool: str) -> F:
             admission = ADMITTED.get()
             call = admission.request if admission is not None else None
             if call is None or call.tool.name != tool:
-                refuse_unguarded(tool)
+                refuse_unguarded(tool, call)
             return await coroutine_fn(*args, **kwargs)
 
         return cast(F, guarded_async)
@@ -959,7 +959,7 @@ def _admitted_only(fn: F, tool: str) -> F:
         admission = ADMITTED.get()
         call = admission.request if admission is not None else None
         if call is None or call.tool.name != tool:
-            refuse_unguarded(tool)
+            refuse_unguarded(tool, call)
         return fn(*args, **kwargs)
 
     return cast(F, guarded)

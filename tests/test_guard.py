@@ -1113,3 +1113,24 @@ async def test_claims_that_cannot_be_copied_all_the_way_down_are_kept_at_the_top
     credential = token(scopes="notes:read", handle=threading.Lock())
     for _ in range(2):
         assert (await g.authorize("read_note", {}, credential)).allowed
+
+
+def test_a_guarded_function_run_inside_another_tools_call_is_refused_with_the_cause() -> None:
+    from mcp_guard.context import ADMITTED, Admission
+    from mcp_guard.errors import UnguardedCallError
+    from mcp_guard.testing import call_request
+
+    guard = Guard()
+
+    @guard.tool(scopes="files:read")
+    def read_file(path: str) -> str:
+        return path
+
+    with pytest.raises(UnguardedCallError, match="add GuardMiddleware"):
+        read_file("a")  # outside any admitted call
+    admitted = ADMITTED.set(Admission(call_request("append_file", {"path": "a"})))
+    try:
+        with pytest.raises(UnguardedCallError, match="inside the call mcp-guard admitted for tool 'append_file'"):
+            read_file("a")
+    finally:
+        ADMITTED.reset(admitted)

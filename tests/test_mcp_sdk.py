@@ -801,3 +801,20 @@ async def test_every_other_method_a_server_serves_needs_a_caller_too(mode: str, 
             assert raised.value.error.data == {"reason": ReasonCode.TOKEN_MISSING}
     assert served == []
     assert [e.detail for e in audit.events] == ["completion/complete request", "logging/setLevel request"]
+
+
+async def test_a_served_tool_the_guard_does_not_know_is_named_in_the_log_once(caplog: pytest.LogCaptureFixture) -> None:
+    guard = Guard()
+    mcp = MCPServer("files", middleware=[GuardMiddleware(guard)])
+
+    @mcp.tool(name="read-file")  # renamed by the server, declared by the guard as read_file
+    @guard.tool(scopes="files:read")
+    async def read_file(path: str) -> str:
+        return path
+
+    with acting_as(access_token("alice", "files:read")):
+        async with Client(mcp) as client:
+            for _ in range(2):
+                assert (await client.list_tools()).tools == []
+    warned = [record.getMessage() for record in caplog.records if "no declaration" in record.getMessage()]
+    assert len(warned) == 1 and "tool 'read-file'" in warned[0] and "guard.tool(name=...)" in warned[0]

@@ -47,6 +47,7 @@ from mcp_guard.memo import remember
 from mcp_guard.model import Decision, Principal
 from mcp_guard.reasons import ReasonCode
 from mcp_guard.scopes import format_scope
+from mcp_guard.text import excerpt
 
 __all__ = [
     "GUARD_DENIED",
@@ -76,6 +77,7 @@ class GuardMiddleware:
     """Enforces a `Guard` on an MCP SDK server (a `ServerMiddleware`)."""
 
     _TRIMMED_LIMIT = 4096
+    _UNDECLARED_LIMIT = 1024
 
     def __init__(self, guard: Guard, *, record_completions: bool = True) -> None:
         """``record_completions=False`` drops the ``call.completed`` event after each call.
@@ -86,6 +88,8 @@ class GuardMiddleware:
         self.guard = guard
         self.record_completions = record_completions
         self._trimmed: dict[tuple[str | None, frozenset[str]], tuple[Principal, AuthenticatedUser]] = {}
+        self._undeclared: set[str] = set()
+        """Served tools the guard has no declaration for, each logged once."""
 
     async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         method = ctx.method
@@ -183,6 +187,7 @@ class GuardMiddleware:
         if not isinstance(result, dict) or not isinstance(tools, list):
             logger.error("mcp-guard: tools/list returned %s, which cannot be filtered", type(result).__name__)
             raise MCPError(code=INTERNAL_ERROR, message="tools/list could not be filtered by mcp-guard")
+        self._warn_undeclared(tools)
         filtered = {
             **result,
             "tools": [tool for tool in tools if isinstance(tool, dict) and tool.get("name") in visible],
@@ -190,6 +195,24 @@ class GuardMiddleware:
         if "cacheScope" in filtered:  # a list shown to one caller must not be served from a cache to another
             filtered["cacheScope"] = "private"
         return filtered
+
+    def _warn_undeclared(self, tools: list[Any]) -> None:
+        """Log, once per name, a tool the server serves and the guard has no declaration for:
+        hidden and refused (default deny), which a tool meant to be served is by mistake (a
+        name `@mcp.tool(name=...)` gave it and `@guard.tool` did not)."""
+        declared = self.guard.tools
+        for tool in tools:
+            name = tool.get("name") if isinstance(tool, dict) else None
+            if isinstance(name, str) and name not in declared and name not in self._undeclared:
+                if len(self._undeclared) >= self._UNDECLARED_LIMIT:
+                    return
+                self._undeclared.add(name)
+                logger.warning(
+                    "mcp-guard: the server serves tool %s, which the guard has no declaration for: it is hidden "
+                    "and refused. Declare it with @guard.tool(...) under @mcp.tool(), under the same name "
+                    "(guard.tool(name=...) when the server renames it), or with guard.declare(ToolSpec(...))",
+                    excerpt(name),
+                )
 
 
 class GuardTokenVerifier:
