@@ -824,3 +824,14 @@ def test_rules_hear_of_an_allowed_call_judges_first_and_targets_last() -> None:
     assert decision.allowed and decision.on_allow == (sequence, limit, targets)
     both = AllOf(RulePolicy([targets]), RulePolicy([limit]))
     assert both.decide(call_request(MAIL, {"to": "bob@example.test"}, scopes="mail:send")).on_allow == (limit, targets)
+
+
+def test_a_refusal_for_missing_scopes_lists_each_scope_on_its_own() -> None:
+    tool = ToolSpec("write_file", scopes=frozenset({"files:write", "approval:granted"}))
+    several = ScopePolicy().decide(call_request(tool, scopes="files:write"))
+    assert several.reason.message == (
+        "Tool 'write_file' requires scopes 'approval:granted', 'files:write'; missing 'approval:granted'. "
+        "Request a token with these scopes."
+    )
+    one = ScopePolicy().decide(call_request(ToolSpec("read_file", scopes=frozenset({"files:read"}))))
+    assert one.reason.message.startswith("Tool 'read_file' requires scope 'files:read'; missing 'files:read'.")

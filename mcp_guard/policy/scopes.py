@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from mcp_guard.memo import remember
 from mcp_guard.model import CallRequest, Decision, Delegation, Principal, Reason, ToolSpec
 from mcp_guard.reasons import ReasonCode
-from mcp_guard.scopes import ScopeHierarchy, format_scope
+from mcp_guard.scopes import ScopeHierarchy
 
 __all__ = ["ScopePolicy"]
 
@@ -74,8 +74,8 @@ class ScopePolicy:
         if missing:
             reason = Reason.of(
                 ReasonCode.INSUFFICIENT_SCOPE,
-                f"Tool {tool.name!r} requires scope {format_scope(tool.scopes)!r}; "
-                f"missing {format_scope(missing)!r}. Request a token with these scopes.",
+                f"Tool {tool.name!r} requires {_listed(tool.scopes)}; missing {_listed(missing, named=False)}. "
+                "Request a token with these scopes.",
             )
             return Decision(
                 allowed=False,
@@ -107,3 +107,11 @@ def delegation_refusal(mode: Delegation, actors: frozenset[str], actor: str | No
     if actors and actor not in actors:
         return ReasonCode.ACTOR_NOT_ALLOWED
     return None
+
+
+def _listed(scopes: frozenset[str], *, named: bool = True) -> str:
+    """``scopes`` for a message, each quoted on its own: ``scope 'a'``, ``scopes 'a', 'b'``."""
+    quoted = ", ".join(repr(scope) for scope in sorted(scopes))
+    if not named:
+        return quoted
+    return f"scope {quoted}" if len(scopes) == 1 else f"scopes {quoted}"
