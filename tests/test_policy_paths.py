@@ -150,6 +150,8 @@ def test_ordinary_percent_signs_and_unicode_names_pass(root: Path) -> None:
     assert roots.violation("./notes:draft.txt") is None  # a name with a colon, written as no URI can be
     assert roots.violation("docs/my notes.txt") is None  # whitespace inside a name
     assert roots.violation("docs/my%20notes.txt") is None  # and encoded
+    assert roots.violation("docs/%25252541.txt") is None  # encoded four times over, as many as allowed
+    assert "more than 4 times over" in str(roots.violation("docs/%2525252541.txt"))
 
 
 def test_messages_are_short_and_escaped(root: Path) -> None:

@@ -188,6 +188,11 @@ def test_time_windows_follow_the_local_clock() -> None:
     assert not decide(night, FETCH, at=friday_late - 86400).allowed
     weekdays = RulePolicy([TimeWindowRule("weekdays", days=frozenset({"mon"}))])  # the whole of each day
     assert decide(weekdays, FETCH, at=MONDAY_NOON + 13 * 3600 - 0.5).allowed  # Monday 23:59:59.5 UTC
+    last_moment = datetime(2026, 11, 23, 23, 59, 59, 999999, tzinfo=UTC).timestamp()
+    assert datetime.fromtimestamp(last_moment, UTC).microsecond == 999999
+    assert decide(weekdays, FETCH, at=last_moment).allowed  # the window runs to midnight
+    tuesday = decide(weekdays, FETCH, at=MONDAY_NOON + 13 * 3600)
+    assert "mon 00:00-24:00 UTC" in tuesday.reason.message
     with pytest.raises(ValueError, match="empty"):
         TimeWindowRule("x", start=_t("09:00"), end=_t("09:00"))
     with pytest.raises(ValueError, match="unknown timezone"):

@@ -128,7 +128,7 @@ def _encoding_problem(value: str) -> str | None:
     or makes it begin with ``~`` or a URI scheme; or more rounds than `_DECODINGS` (no path is
     encoded that often but to hide something)."""
     text = value.encode()
-    for _ in range(_DECODINGS):
+    for _ in range(_DECODINGS + 1):  # the last round only shows the text has stopped changing
         decoded = unquote_to_bytes(text)
         if _DISGUISED.search(decoded) or any(decoded.count(char) > text.count(char) for char in _SPECIAL):
             return "contains a percent-encoded separator, dot or NUL"

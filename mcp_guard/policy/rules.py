@@ -358,7 +358,8 @@ def _give_back(seen: set[str], added: set[str]) -> None:
 class TimeWindowRule(SelectedRule):
     """Calls only on the listed ``days``, from ``start`` to ``end`` local time in ``timezone``
     (an ``end`` before ``start`` runs past midnight, and counts for the day it started). The
-    ``end`` is not in the window; by default the window is the whole day."""
+    ``end`` is not in the window, but for ``time.max``, which stands for midnight: by default
+    the window is the whole day."""
 
     kind: ClassVar[str] = "time_window"
     days: frozenset[str] = frozenset(DAYS)
@@ -386,7 +387,7 @@ class TimeWindowRule(SelectedRule):
         local = datetime.fromtimestamp(request.at, self._zone)
         now, day = local.time(), local.weekday()
         if self.start < self.end:
-            inside = self.start <= now < self.end and DAYS[day] in self.days
+            inside = self.start <= now and (now < self.end or self.end == time.max) and DAYS[day] in self.days
         elif now >= self.start:
             inside = DAYS[day] in self.days
         else:
@@ -397,5 +398,5 @@ class TimeWindowRule(SelectedRule):
             ReasonCode.OUTSIDE_TIME_WINDOW,
             request,
             f"it may be called {','.join(day for day in DAYS if day in self.days)} "
-            f"{self.start:%H:%M}-{self.end:%H:%M} {self.timezone}",
+            f"{self.start:%H:%M}-{'24:00' if self.end == time.max else f'{self.end:%H:%M}'} {self.timezone}",
         )
