@@ -160,7 +160,7 @@ class JWKSCache:
         entry = self._sets.get(jwks_uri)
         if entry is None or entry.generation != generation:
             return False
-        now = self._clock()
+        now = self._now()
         age = now - entry.fetched_at
         return age <= self.max_age or (
             age <= self.max_stale and (entry.fetching() or now - entry.attempted_at < self.min_refresh_interval)
@@ -177,15 +177,23 @@ class JWKSCache:
         if entry is None:
             entry = self._sets.setdefault(jwks_uri, _KeySetEntry())
         key = _pick(entry.keys, kid, alg)
-        stale = self._clock() - entry.fetched_at > self.max_age
+        stale = self._now() - entry.fetched_at > self.max_age
         if key is None or (stale and not entry.fetching()):  # a stale key serves while it is refreshed
             await self._refresh(jwks_uri, entry)
             key = _pick(entry.keys, kid, alg)
-        if not entry.keys or self._clock() - entry.fetched_at > self.max_stale:
+        if not entry.keys or self._now() - entry.fetched_at > self.max_stale:
             raise Refused(ReasonCode.KEYS_UNAVAILABLE)
         if key is None:
             raise Refused(ReasonCode.KEY_UNKNOWN)
         return key, entry.generation
+
+    def _now(self) -> float:
+        """The monotonic clock's reading; `Refused` (``keys_unavailable``) when it is not a finite
+        number, which would pass no freshness comparison, and so never refresh nor expire keys."""
+        now = self._clock()
+        if not -math.inf < now < math.inf:
+            raise Refused(ReasonCode.KEYS_UNAVAILABLE, "The key cache's clock gave no usable time.")
+        return now
 
     def forget(self) -> None:
         """Drop every cached key set (after a key compromise, say): the next call fetches afresh."""
@@ -201,10 +209,10 @@ class JWKSCache:
         """
         while entry.fetching() and (flight := entry.in_flight) is not None:
             await flight.landed()
-        if self._clock() - entry.attempted_at < self.min_refresh_interval:
+        if self._now() - entry.attempted_at < self.min_refresh_interval:
             return  # fetched or tried just now, by this call or another
         flight, before = Flight(), entry.attempted_at
-        entry.in_flight, entry.attempted_at = flight, self._clock()
+        entry.in_flight, entry.attempted_at = flight, self._now()
         self.fetches += 1
         await run_to_the_end(self._fetch_into(jwks_uri, entry, flight, before))
 
@@ -220,7 +228,7 @@ class JWKSCache:
             if identities != entry.identities:  # a key added, withdrawn, or given another algorithm
                 entry.identities = identities
                 entry.generation = next(self._generations)  # never one an evicted entry had
-            entry.keys, entry.fetched_at = keys, self._clock()
+            entry.keys, entry.fetched_at = keys, self._now()
         except (OSError, ValueError, httpx2.HTTPError, JoseError) as error:
             logger.warning(
                 "mcp-guard: JWKS %s could not be refreshed (%s); keeping %d cached keys",

@@ -375,6 +375,20 @@ async def test_a_clock_without_a_usable_time_accepts_no_token(authority: Authori
     assert await refused(clocked, expired) == "guard_error"
 
 
+@pytest.mark.parametrize("reading", [math.nan, math.inf, -math.inf])
+async def test_a_key_cache_clock_without_a_usable_time_serves_no_key(authority: Authority, reading: float) -> None:
+    """NaN passes no freshness comparison: keys would never be refreshed nor expire, and a key
+    the issuer withdrew would verify tokens for good."""
+    monotonic = [0.0]
+    issuer = TrustedIssuer(issuer=authority.issuer, audience=RESOURCE, jwks_uri=authority.jwks_uri)
+    verifier = JWTVerifier([issuer], jwks=JWKSCache(clock=lambda: monotonic[0]))
+    seen = authority.mint()
+    assert await verifier.verify(seen)
+    monotonic[0] = reading
+    assert await refused(verifier, seen) == "keys_unavailable"  # not even from the cache
+    assert await refused(verifier, authority.mint(jti="another")) == "keys_unavailable"
+
+
 async def test_one_fetch_for_a_thousand_concurrent_unknown_kids(authority: Authority) -> None:
     monotonic = [0.0]
     issuer = TrustedIssuer(issuer=authority.issuer, audience=RESOURCE, jwks_uri=authority.jwks_uri)
