@@ -101,7 +101,7 @@ async def test_missing_scopes_are_all_named(audit: MemoryAuditSink, clock: Clock
     assert decision.reason.code == ReasonCode.INSUFFICIENT_SCOPE
     assert decision.missing_scopes == {"ci:run", "prod:write"}
     assert decision.approved_scopes == frozenset()
-    assert "ci:run prod:write" in decision.reason.message
+    assert "missing 'ci:run', 'prod:write'" in decision.reason.message
     assert events(audit, EventKind.CALL_DECIDED)[-1].missing_scopes == {"ci:run", "prod:write"}
 
 
