@@ -889,13 +889,13 @@ async def test_a_session_that_cannot_be_read_again_refuses_the_call_and_says_so(
     assert decided == ["trimmed", "denied"]  # the refusal is on the record after the allowance
 
 
-@pytest.mark.parametrize("reading", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("reading", [math.nan, math.inf, -math.inf, 65_227.0, 0.0])  # also seconds since boot, 1970
 async def test_a_clock_without_a_usable_time_denies_everything_and_lifts_no_revocation(
     g: Guard, clock: Clock, reading: float
 ) -> None:
     await g.revoke(subject="mallory", reason="for good")
     assert (await g.authorize("read_note", {}, token())).allowed
-    clock.now = reading  # NaN passes no expiry or revocation check; +inf outlasts every revocation
+    clock.now = reading  # NaN passes no check, +inf outlasts every revocation, 1970 finds no token expired
     for caller in (token(), token("mallory"), token(expires_at=NOW - 3600)):
         assert (await g.authorize("read_note", {}, caller)).decision.reason.code == ReasonCode.GUARD_ERROR
     assert await g.visible_tools(token()) == frozenset()
