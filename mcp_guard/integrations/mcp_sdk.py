@@ -37,6 +37,7 @@ from starlette.requests import Request
 
 from mcp_guard.audit.events import AuditEvent, EventKind
 from mcp_guard.audit.spans import tracing_configured
+from mcp_guard.clock import read_clock
 from mcp_guard.context import ADMITTED, Admission
 from mcp_guard.errors import Refused
 from mcp_guard.guard import LONG_CALL, Authorization, Guard
@@ -253,7 +254,9 @@ class GuardTokenVerifier:
                 if self.guard is not None:
                     context = span.get_span_context() if span is not None else None
                     self.guard.record(
-                        AuditEvent.build(EventKind.TOKEN_ACCEPTED, self.guard.clock(), principal, span=context)
+                        AuditEvent.build(
+                            EventKind.TOKEN_ACCEPTED, read_clock(self.guard.clock), principal, span=context
+                        )
                     )
                 remember(self._accepted, principal.token_hash, seen, self._ACCEPTED_LIMIT)  # once it is recorded
             accepted = seen[1].model_copy(update={"token": token}, deep=True)  # its own lists and dicts
@@ -291,16 +294,16 @@ class GuardTokenVerifier:
             span.set_attribute("mcp_guard.reason", str(code))
             span.set_status(StatusCode.ERROR, code)
         if self.guard is not None:
-            event = AuditEvent.build(
-                EventKind.TOKEN_REJECTED,
-                self.guard.clock(),
-                decision=Decision.deny(code, message),
-                span=span.get_span_context() if span is not None else None,
-                detail=f"token {refused_token_fingerprint(token)}",
-            )
-            try:
+            try:  # the token is refused either way: a failing clock or log must not turn 401 into 500
+                event = AuditEvent.build(
+                    EventKind.TOKEN_REJECTED,
+                    read_clock(self.guard.clock),
+                    decision=Decision.deny(code, message),
+                    span=span.get_span_context() if span is not None else None,
+                    detail=f"token {refused_token_fingerprint(token)}",
+                )
                 self.guard.record(event)
-            except Exception:  # the token is refused either way: a failing log must not turn 401 into 500
+            except Exception:
                 logger.exception("mcp-guard: recording a refused bearer token failed")
 
 

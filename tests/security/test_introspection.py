@@ -555,6 +555,25 @@ async def test_an_acceptance_the_audit_log_refuses_is_a_refusal_and_recorded_lat
     ]
 
 
+@pytest.mark.parametrize("reading", [math.nan, "raises"])
+async def test_a_guard_clock_without_a_usable_time_refuses_the_token_with_a_401(
+    authority: Authority, reading: object
+) -> None:
+    """The verifier's own clock is fine; the guard's, read to record the acceptance, is not: the
+    token is refused (no acceptance recorded at no time), and the refusal never raises."""
+
+    def clock() -> float:
+        if reading == "raises":
+            raise RuntimeError("no time source")
+        return math.nan
+
+    audit = MemoryAuditSink()
+    authority.answers["timeless"] = answer(authority)
+    verifying = GuardTokenVerifier(introspector(authority), Guard(audit=[audit], clock=clock))
+    assert await verifying.verify_token("timeless") is None
+    assert audit.events == []
+
+
 async def test_the_cache_never_outlives_the_maximum_token_age(authority: Authority) -> None:
     now = [time.time()]
     authority.answers["aging"] = answer(authority, iat=int(now[0]), exp=int(now[0]) + 30 * 24 * 3600)
