@@ -110,7 +110,10 @@ class IntrospectionVerifier:
         self.cache_ttl = cache_ttl
         self.max_questions = max_questions
         self.clock = clock
-        self._answers: FIFOCache[bytes, tuple[Principal, float]] = FIFOCache(maxsize=cache_size)
+        self._answers: FIFOCache[bytes, tuple[Principal, float, float]] = FIFOCache(maxsize=cache_size)
+        """Answers by token digest: the principal, and until when it is served, on the wall clock
+        (``exp``, the maximum age, ``cache_ttl``) and on a monotonic one (``cache_ttl``, however
+        the wall clock is stepped meanwhile)."""
         self._lock = threading.Lock()
         self._asking: dict[tuple[bytes, int], _Question] = {}
         self._active: FIFOCache[bytes, None] = FIFOCache(maxsize=cache_size)
@@ -135,7 +138,7 @@ class IntrospectionVerifier:
         digest = token_digest(token)
         now = read_clock(self.clock)
         cached = self._answers.get(digest)
-        if cached is not None and now < cached[1]:
+        if cached is not None and now < cached[1] and time.monotonic() < cached[2]:
             return cached[0]
         key = (digest, self._forgotten)  # a question asked before `forget_tokens` is not joined
         while (asked := self._asking.get(key)) is not None:  # another call is asking: share its outcome
@@ -189,10 +192,11 @@ class IntrospectionVerifier:
         answer = await self._introspect(token)
         principal = _principal(self.trusted, answer, now, token_fingerprint(token, digest))
         until = min(now + self.cache_ttl, valid_until(answer, 0.0, self.trusted.max_token_age))  # ask again at exp
+        ask_again_at = time.monotonic() + self.cache_ttl  # a wall clock stepped back must not stretch the ttl
         with self._lock:
             self._active[digest] = None
             if self._forgotten == forgotten:
-                self._answers[digest] = (principal, until)
+                self._answers[digest] = (principal, until, ask_again_at)
         return principal
 
     async def _introspect(self, token: str) -> Mapping[str, Any]:

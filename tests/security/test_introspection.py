@@ -91,6 +91,17 @@ async def test_a_clock_without_a_usable_time_accepts_no_answer(authority: Author
     assert await code_for(verifier, "lapsed") == "guard_error"
 
 
+async def test_a_wall_clock_stepped_back_does_not_stretch_the_cache_ttl(authority: Authority) -> None:
+    now = [time.time() + 3 * 3600]  # a clock running three hours fast
+    authority.answers["stepped"] = answer(authority, exp=int(time.time()) + 6 * 3600)
+    verifier = introspector(authority, cache_ttl=0.05, clock=lambda: now[0])
+    assert await verifier.verify("stepped")
+    authority.answers["stepped"] = {"active": False}  # revoked at the server
+    now[0] = time.time()  # the clock is corrected: three hours back
+    await anyio.sleep(0.1)  # past the ttl, though not on the wall clock
+    assert await code_for(verifier, "stepped") == "token_inactive"
+
+
 async def test_the_cache_never_outlives_the_token_or_its_ttl(authority: Authority) -> None:
     now = [time.time()]
     authority.answers["short"] = answer(authority, exp=int(now[0]) + 5)
