@@ -484,6 +484,24 @@ async def test_crossing_the_risk_threshold_revokes_every_token_bound_to_the_sess
     assert [detail.split()[0] for detail in revoked] == ["token_id='T2'", "token_id='T1'"]
 
 
+async def test_a_token_revoked_for_risk_stays_revoked_at_the_last_instant_it_is_accepted(
+    audit: MemoryAuditSink,
+) -> None:
+    clock = Clock(1_900_000_000.0)  # a whole-second clock reads that instant for a second
+    guard = guarded(RulePolicy(), audit, clock, risk=RiskSettings(threshold=10, denial=10), leeway=30)
+    token = access_token("mallory", "")
+    token.expires_at = int(clock.now) + 5 * 3600  # outlives the session's 4 h
+    denied = await guard.authorize("read_secret", {}, token)
+    assert denied.decision.reason.code == ReasonCode.INSUFFICIENT_SCOPE  # and the threshold is reached
+    for connection, at in (("conn-2", token.expires_at + 29), ("conn-3", token.expires_at + 30)):
+        clock.now = at  # the token is accepted up to exp + leeway, that instant included
+        again = await guard.authorize("fetch", {}, token, transport_session=connection)
+        assert again.decision.reason.code == ReasonCode.TOKEN_REVOKED
+    clock.now = token.expires_at + 31
+    expired = await guard.authorize("fetch", {}, token, transport_session="conn-4")
+    assert expired.decision.reason.code == ReasonCode.TOKEN_EXPIRED
+
+
 def test_risk_settings_refuse_nonsense() -> None:
     for bad in ({"threshold": 0}, {"threshold": float("inf")}, {"threshold": 5, "denial": -1}):
         with pytest.raises(ValueError, match="risk"):

@@ -57,6 +57,10 @@ class SessionSettings:
 
 
 def presentable_until(principal: Principal, leeway: float, otherwise: float) -> float:
-    """When ``principal``'s token can no longer be presented: its expiry plus ``leeway``, or
-    ``otherwise`` for a token that does not expire."""
-    return principal.expires_at + leeway if principal.expires_at is not None else otherwise
+    """The first moment ``principal``'s token can no longer be presented, or ``otherwise`` for a
+    token that does not expire. The guard accepts a token up to its expiry plus ``leeway``,
+    that instant included, so what must outlast the token (its revocation, its sessions' keys)
+    lasts until just after it: a whole-second clock reads that instant for a whole second."""
+    if principal.expires_at is None:
+        return otherwise
+    return math.nextafter(principal.expires_at + leeway, math.inf)
