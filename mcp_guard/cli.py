@@ -32,7 +32,7 @@ import math
 import os
 import sys
 from collections.abc import Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from mcp_guard import __version__
@@ -216,7 +216,7 @@ def _cell(column: str, value: object) -> str:
     pass for another row (control characters, lone surrogates and look-alikes are escaped)."""
     if column == "at" and isinstance(value, int | float) and math.isfinite(value):
         try:
-            return datetime.fromtimestamp(value).isoformat(timespec="seconds")
+            return datetime.fromtimestamp(value, UTC).isoformat(timespec="seconds")
         except (OverflowError, OSError, ValueError):
             pass
     if isinstance(value, list):

@@ -53,3 +53,22 @@ def test_an_entry_without_a_comparable_time_matches_no_range(
     assert queried(log, capsys, "--since", "1970-01-02") == ["after"]
     assert queried(log, capsys, "--until", "2100-01-01") == ["after"]
     assert queried(log, capsys) == ["before", "after"]  # with no range, it is listed
+
+
+def test_times_are_utc_whatever_the_hosts_zone(
+    log: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        assert cli(["audit", "query", str(log)]) == 0
+        table = capsys.readouterr().out
+        assert "2026-11-21T12:00:00+00:00" in table and "2026-11-19T12:00:00+00:00" in table
+        assert queried(log, capsys, "--since", "2026-11-21T11:30") == ["after"]  # 11:30 UTC, not New York
+        assert queried(log, capsys, "--since", "2026-11-21T06:30-05:00") == ["after"]  # an offset is kept
+        assert queried(log, capsys, "--until", "2026-11-21T11:30") == ["before"]
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()

@@ -8,7 +8,7 @@ import json
 import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from mcp_guard.errors import Refused
@@ -238,12 +238,15 @@ def _json_object(text: str) -> dict[str, Any]:
 
 
 def instant(text: str) -> float:
-    """A time given as ISO 8601 (read first: ``20261120`` is a date, not seconds) or as a finite
-    number of seconds since the epoch."""
+    """A time given as ISO 8601 (read first: ``20261120`` is a date, not seconds), in UTC unless
+    it names its offset (as records are written and shown, whatever the host's zone), or as a
+    finite number of seconds since the epoch."""
     try:
-        return datetime.fromisoformat(text).timestamp()
+        moment = datetime.fromisoformat(text)
     except ValueError:
         pass
+    else:
+        return (moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)).timestamp()
     try:
         seconds = float(text)
     except ValueError:
