@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import logging
 import math
 import time
@@ -29,6 +30,7 @@ from mcp_guard.clock import read_clock
 from mcp_guard.context import ADMITTED, refuse_unguarded
 from mcp_guard.errors import Refused
 from mcp_guard.identity.access_token import AccessTokenIdentifier, Identifier, refused_token_fingerprint
+from mcp_guard.memo import remember
 from mcp_guard.model import (
     CallRequest,
     Decision,
@@ -63,6 +65,10 @@ logger = logging.getLogger("mcp_guard")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+_AWAITING_INPUT_LIMIT = 4096
+"""Rounds awaiting the client's input whose counts are kept for their answer; past it, forgotten
+(their counts stay taken: the strict side)."""
+
 LONG_CALL = 1.0
 """Seconds an admitted call runs before its end counts as activity of its own (`Guard.call_ended`)."""
 
@@ -79,7 +85,8 @@ _TOKEN_REJECTED = EventKind.TOKEN_REJECTED
 class Authorization(NamedTuple):
     """What `Guard.authorize` returns: the decision, the call it judged (None if refused early),
     the ``call.decided`` event recorded for it (what `Guard.record_completion` follows up), and
-    the give-backs of what an allowed call counted (what `Guard.asked_for_input` runs)."""
+    the give-backs of what an allowed call counted (what `Guard.asked_for_input` keeps for the
+    round that answers it)."""
 
     decision: Decision
     request: CallRequest | None = None
@@ -140,6 +147,9 @@ class Guard:
         self.shadow = Shadow(shadow, self.sinks, timeout=shadow_timeout) if shadow is not None else None
         self._tools: dict[str, ToolSpec] = {}
         self._arguments: dict[str, ToolArguments] = {}
+        self._awaiting_input: dict[tuple[str, str, str], Sequence[Callable[[], None]]] = {}
+        """What rounds that asked the client for input counted, by session, tool and arguments:
+        given back when the round carrying the answer comes (`asked_for_input`)."""
 
     @property
     def policy(self) -> Policy:
@@ -260,6 +270,7 @@ class Guard:
         transport_session: str | None = None,
         request_id: str | int | None = None,
         remote: bool = False,
+        answers_input: bool = False,
     ) -> Authorization:
         """Decide one ``tools/call`` from what arrived on the wire, and record the decision.
 
@@ -267,9 +278,11 @@ class Guard:
         is the legacy transport's session id, None on MCP 2026-07-28. ``remote`` says the call
         came over a network transport (HTTP): without a credential it is refused as
         ``token_missing``, never given an identity the process holds for itself
-        (`WorkloadIdentity`, meant for stdio and in-process servers). Never raises: a failure
-        in any stage is a denial with its own reason code (a policy's cancellation of its own
-        is a failure; a cancellation of the task awaiting this one propagates).
+        (`WorkloadIdentity`, meant for stdio and in-process servers). ``answers_input`` says the
+        call carries the client's answer to an earlier round of it (see `asked_for_input`).
+        Never raises: a failure in any stage is a denial with its own reason code (a policy's
+        cancellation of its own is a failure; a cancellation of the task awaiting this one
+        propagates).
 
         This is the per-call hot path. Inside a real request every Python-level call costs about
         half a microsecond, so one-line steps are written inline here and the per-call records
@@ -323,6 +336,10 @@ class Guard:
                 reading = self._arguments.get(tool)
                 if reading is not None:  # as the tool will receive them
                     arguments = reading.apply(arguments)
+                if answers_input and self._awaiting_input:  # the asking round's counts, back before this one counts
+                    earlier_round = _round_key(session.id, tool, arguments)
+                    if earlier_round is not None:
+                        give_back_all(self._awaiting_input.pop(earlier_round, ()))
                 request = _new(CallRequest, (principal, session, spec, arguments, now, protocol_version, request_id))
                 awaited = False
                 try:
@@ -806,14 +823,22 @@ class Guard:
         return True
 
     def asked_for_input(self, authorization: Authorization) -> None:
-        """An admitted call ended with an interim ``input_required`` result (MCP 2026-07-28): the
-        tool asks the client for input before it runs, and the client calls again with it.
+        """An admitted call ended with an interim ``input_required`` result (MCP 2026-07-28): it
+        asks the client for input, and the client calls again with the answer.
 
-        What the call counted (rate limits) is given back, so a call counts once, on the round
-        that runs, as on a legacy session, where the tool asks within one call. The round stays
-        decided and recorded, and its risk weight and history stand: the strict side.
+        The round keeps what it counted (rate limits): server code ran in it (resolvers, a tool
+        that asks part way), and a client that never answers must not run it uncounted. The round
+        answering it (`authorize` with ``answers_input``, same session, tool and arguments) gets
+        that count back before it is decided, so a call counts once however many rounds it
+        takes, as on a legacy session, where the tool asks within one call. Its risk weight and
+        history stand: the strict side.
         """
-        give_back_all(authorization.counted)
+        request = authorization.request
+        if request is None or not authorization.counted:
+            return
+        key = _round_key(request.session.id, request.tool.name, request.arguments)
+        if key is not None:
+            remember(self._awaiting_input, key, authorization.counted, _AWAITING_INPUT_LIMIT)
 
     async def call_ended(self, request: CallRequest) -> None:
         """Restart the idle timer of the session an admitted call ran on, now that it has ended.
@@ -863,6 +888,15 @@ class Guard:
                 sink.emit(event)
             except Exception:
                 logger.exception("mcp-guard: audit sink %r failed", sink)
+
+
+def _round_key(session_id: str, tool: str, arguments: Mapping[str, Any]) -> tuple[str, str, str] | None:
+    """What ties the rounds of one call together: its session, tool and arguments (as canonical
+    JSON; None for arguments that are not JSON, whose rounds are each counted)."""
+    try:
+        return session_id, tool, json.dumps(arguments, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError):
+        return None
 
 
 def _named_by(decision: Decision, policy: Policy) -> Decision:

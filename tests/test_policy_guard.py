@@ -749,3 +749,31 @@ async def test_a_call_that_asks_for_input_counts_once_on_both_protocols(mode: st
     assert deleted == ["a", "b"]
     results = [event.facts["result"] for event in audit.events if event.kind == "call.completed"]
     assert results == (["ok", "ok"] if mode == "legacy" else ["input_required", "ok", "input_required", "ok"])
+
+
+async def test_a_round_that_asks_for_input_stays_counted_until_its_answer_comes(audit: MemoryAuditSink) -> None:
+    """Server code runs in an asking round (the resolver, which may show what the tool will
+    touch): a client that never answers must not run it past the limit."""
+    from mcp import MCPError
+    from mcp.server.mcpserver import MCPServer
+
+    from mcp_guard import GuardMiddleware
+
+    guard = Guard(policy=RulePolicy([LimitRule("two-deletes", per="session", calls=2, window=3600)]), audit=[audit])
+    mcp = MCPServer("files", middleware=[GuardMiddleware(guard)])
+
+    @mcp.tool()
+    @guard.tool()
+    async def delete_file(path: str, confirmed: Annotated[Confirmation, Resolve(confirm)]) -> str:
+        return "deleted"
+
+    async def never_asked(context: Any, params: Any) -> Any:
+        raise AssertionError("the client answers nothing")
+
+    with acting_as(access_token("alice", "")):
+        async with Client(mcp, elicitation_callback=never_asked) as client:  # MCP 2026-07-28
+            for path in ("a", "b"):  # asked, never answered
+                asked = await client.session.call_tool("delete_file", {"path": path}, allow_input_required=True)
+                assert asked.result_type == "input_required"
+            with pytest.raises(MCPError, match="at most 2 calls"):
+                await client.session.call_tool("delete_file", {"path": "c"}, allow_input_required=True)

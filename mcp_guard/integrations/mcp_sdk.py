@@ -124,6 +124,7 @@ class GuardMiddleware:
             transport_session=None if version in MODERN_PROTOCOL_VERSIONS else transport_session(ctx),
             request_id=ctx.request_id,
             remote=ctx.request is not None,
+            answers_input="requestState" in params or "inputResponses" in params,  # a later round of one call
         )
         decision, request, decided, _ = authorization
         if request is None or decided is None or not decision.allowed:
@@ -145,7 +146,7 @@ class GuardMiddleware:
             response = await call_next(ctx)
             if isinstance(response, dict) and response.get("isError") is True:
                 result = "tool_error"
-            elif is_input_required(response):  # the tool has not run: the client will call again
+            elif is_input_required(response):  # the client will call again, with the input asked for
                 result = "input_required"
                 self.guard.asked_for_input(authorization)
             else:
