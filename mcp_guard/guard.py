@@ -301,6 +301,7 @@ class Guard:
             spec: ToolSpec | None = None
             request: CallRequest | None = None
             candidate: Policy | None = None
+            active_at = now  # when the session was last active: the end of a decision awaited
             try:
                 if remote and credential is None:
                     raise Refused(ReasonCode.TOKEN_MISSING)
@@ -355,7 +356,7 @@ class Guard:
                     log_failure(logger, f"policy {policy.id!r} failed on tool {spec.name}; denying", error, spec.redact)
                     decision = self._refusal(ReasonCode.POLICY_ERROR, None, principal, policy)
                 if awaited and decision.allowed:  # revoked or ended while a remote policy was deciding?
-                    await self._check_still_usable(principal, session)
+                    active_at = await self._check_still_usable(principal, session, now)
             except Refused as refusal:
                 decision = self._refusal(refusal.code, refusal.message, principal, policy)
                 if principal is None and credential is not None and credential.token:
@@ -398,7 +399,7 @@ class Guard:
                     sink.emit(event)
                 if session is not None:
                     score = await self.sessions.record_call(
-                        session, now, allowed=decision.allowed, tool=spec, targets=decision.targets, risk=weight
+                        session, active_at, allowed=decision.allowed, tool=spec, targets=decision.targets, risk=weight
                     )
                     if risk is not None and score >= risk.threshold:
                         await self._end_risky_session(session, principal, score, risk.threshold, now)
@@ -425,7 +426,7 @@ class Guard:
                 and (ended or self.shadow is not None or type(self.sessions) is not MemorySessionStore)
             ):
                 try:  # the shadow, the session store or another thread: revoked or ended meanwhile?
-                    await self._check_still_usable(principal, session)
+                    await self._check_still_usable(principal, session, now)
                 except Exception as error:
                     give_back_all([*taken, *shadow_taken])
                     if isinstance(error, Refused):
@@ -710,10 +711,12 @@ class Guard:
             )
             return self._refusal(ReasonCode.GUARD_ERROR, None, principal, policy), ()
 
-    async def _check_still_usable(self, principal: Principal, session: Session) -> None:
+    async def _check_still_usable(self, principal: Principal, session: Session, began: float) -> float:
         """Raise `Refused` when ``principal`` or ``session`` was revoked, ended or ran out of
-        time since the call began (as of now: the wait may have been long), read again from a
-        store outside process memory, which another replica may change."""
+        time since the call began at ``began`` (as of now: the wait may have been long), read
+        again from a store outside process memory, which another replica may change. Idleness
+        is judged as of ``began``: the wait for the decision (an approval, a remote policy) is
+        the call under way, not the session lying idle. Returns the time it checked at."""
         now = read_clock(self.clock)
         self.check_principal(principal, now)
         if type(self.sessions) is not MemorySessionStore:
@@ -721,11 +724,12 @@ class Guard:
             if stored is None:
                 raise Refused(ReasonCode.SESSION_UNAVAILABLE, "The session could not be read again: retry.")
             session = stored
-        refusal = _session_refusal(session, principal, now)
+        refusal = _session_refusal(session, principal, now, idle_at=began)
         if refusal is None and self.revocations.session_revoked(session.id):
             refusal = ReasonCode.SESSION_REVOKED
         if refusal is not None:
             raise Refused(refusal)
+        return now
 
     async def _settled(self, verdict: object, principal: Principal, policy: Policy) -> Decision:
         """The decision a policy's answer stands for: awaited if it is pending; an abstention denies."""
@@ -910,15 +914,16 @@ def _revoked_until(session: Session | None) -> float:
     return session.retain_until if session is not None and named_by_one_token(session.id) else math.inf
 
 
-def _session_refusal(session: Session, principal: Principal, now: float) -> str | None:
-    """Why ``principal`` may not use ``session`` at ``now``, or None when it may."""
+def _session_refusal(session: Session, principal: Principal, now: float, *, idle_at: float | None = None) -> str | None:
+    """Why ``principal`` may not use ``session`` at ``now``, or None when it may; its idleness
+    judged at ``idle_at`` when given (the start of a call still under way)."""
     if session.binding != principal.binding:
         return ReasonCode.SESSION_BINDING_MISMATCH
     if session.state is not _ACTIVE:
         return session.end_reason or ReasonCode.SESSION_REVOKED
     if now >= session.expires_at:
         return ReasonCode.SESSION_EXPIRED
-    if now >= session.last_active_at + session.idle_timeout:
+    if (now if idle_at is None else idle_at) >= session.last_active_at + session.idle_timeout:
         return ReasonCode.SESSION_IDLE_EXPIRED
     return None
 

@@ -1134,3 +1134,24 @@ def test_a_guarded_function_run_inside_another_tools_call_is_refused_with_the_ca
             read_file("a")
     finally:
         ADMITTED.reset(admitted)
+
+
+async def test_the_wait_for_an_approval_is_the_call_under_way_not_idleness(
+    audit: MemoryAuditSink, clock: Clock
+) -> None:
+    class HumanApproval:
+        id, version = "approval", "1"
+
+        def visible(self, principal: Principal, tool: ToolSpec) -> bool:
+            return True
+
+        async def decide(self, request: Any) -> Decision:
+            clock.advance(16 * 60)  # a reviewer approves sixteen minutes later
+            return Decision(allowed=True)
+
+    g = Guard(policy=HumanApproval(), audit=[audit], clock=clock, session_settings=SessionSettings(idle_ttl=900))
+    g.declare(ToolSpec("deploy"))
+    t = token(expires_at=NOW + 10_000, sid="s")
+    assert [(await g.authorize("deploy", {}, t)).allowed for _ in range(2)] == [True, True]
+    clock.advance(901)  # and then nothing
+    assert (await g.authorize("deploy", {}, t)).decision.reason.code == ReasonCode.SESSION_IDLE_EXPIRED
