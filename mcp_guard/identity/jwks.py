@@ -225,10 +225,11 @@ class JWKSCache:
             identities = frozenset(
                 f"{kid} {key.thumbprint()} {key.get('alg')}" for kid, found in keys.items() for key in found
             )
+            fetched_at = self._now()  # before anything changes: the entry takes all of the fetch or none
             if identities != entry.identities:  # a key added, withdrawn, or given another algorithm
                 entry.identities = identities
                 entry.generation = next(self._generations)  # never one an evicted entry had
-            entry.keys, entry.fetched_at = keys, self._now()
+            entry.keys, entry.fetched_at = keys, fetched_at
         except (OSError, ValueError, httpx2.HTTPError, JoseError) as error:
             logger.warning(
                 "mcp-guard: JWKS %s could not be refreshed (%s); keeping %d cached keys",

@@ -389,6 +389,43 @@ async def test_a_key_cache_clock_without_a_usable_time_serves_no_key(authority: 
     assert await refused(verifier, authority.mint(jti="another")) == "keys_unavailable"
 
 
+async def test_a_fetch_the_clock_fails_during_changes_nothing_so_a_withdrawn_key_goes_with_the_next() -> None:
+    """The withdrawal must not be half taken (the new key set's generation with the old keys),
+    or the next fetch sees nothing new, and verifications made with the withdrawn key stand."""
+    issuer, uri = "https://as.example.test", "https://as.example.test/jwks"
+    withdrawn, kept = (RSAKey.generate_key(2048, parameters={"kid": kid}) for kid in ("k1", "k2"))
+    published, readings = [withdrawn, kept], [0.0]
+    fail_after_next_fetch = [False]
+
+    async def fetch(uri: str) -> dict[str, Any]:
+        if fail_after_next_fetch[0]:
+            fail_after_next_fetch[0] = False
+            readings.insert(0, math.nan)  # the next reading, and only that one
+        return KeySet(list(published)).as_dict(private=False)
+
+    def clock() -> float:
+        return readings.pop(0) if len(readings) > 1 else readings[0]
+
+    verifier = JWTVerifier(
+        [TrustedIssuer(issuer=issuer, audience=RESOURCE, jwks_uri=uri)], jwks=JWKSCache(fetch=fetch, clock=clock)
+    )
+
+    def mint(key: RSAKey) -> str:
+        now = int(time.time())
+        claims = {"iss": issuer, "sub": "agent", "client_id": "app", "aud": RESOURCE, "iat": now, "exp": now + 7200}
+        header = {"alg": "RS256", "kid": key.kid, "typ": "at+jwt"}
+        return jwt.encode(header, {**claims, "jti": key.kid}, key, algorithms=["RS256"])
+
+    assert await verifier.verify(mint(withdrawn))
+    published.remove(withdrawn)
+    readings[0], fail_after_next_fetch[0] = 3601.0, True  # stale: the next call fetches, and the clock fails then
+    assert await refused(verifier, mint(kept)) == "keys_unavailable"
+    assert await verifier.verify(mint(withdrawn))  # the keys it had, while a fetch was tried just now
+    for at in (3700.0, 3701.0, 7401.0):  # the next fetch is due, and then the one after
+        readings[0] = at
+        assert await refused(verifier, mint(withdrawn)) == "key_unknown"
+
+
 async def test_one_fetch_for_a_thousand_concurrent_unknown_kids(authority: Authority) -> None:
     monotonic = [0.0]
     issuer = TrustedIssuer(issuer=authority.issuer, audience=RESOURCE, jwks_uri=authority.jwks_uri)
