@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, NamedTuple, TypeVar, cast
 
+import anyio
 from mcp.server.auth.provider import AccessToken
 
 from mcp_guard.audit.arguments import error_detail, log_failure, summarize_arguments
@@ -71,6 +72,9 @@ _AWAITING_INPUT_LIMIT = 4096
 
 LONG_CALL = 1.0
 """Seconds an admitted call runs before its end counts as activity of its own (`Guard.call_ended`)."""
+
+ACTIVITY_TIMEOUT = 1.0
+"""Seconds `Guard.call_ended` waits on the session store before it lets the response go."""
 
 _LIFETIME_ENDS = (ReasonCode.SESSION_EXPIRED, ReasonCode.SESSION_IDLE_EXPIRED)
 _ACTIVE = SessionState.ACTIVE
@@ -849,15 +853,24 @@ class Guard:
 
         The time a call runs is activity: an agent waiting on a tool that ran past the idle
         limit must not find its session lapsed when it calls again. Integrations call this for
-        calls that ran `LONG_CALL` seconds or more; for shorter ones the decision's restart
-        stands within a second, and the store is spared a write per call. Best effort: the call
-        has run, so a failing clock or store is logged, never raised.
+        calls that ran `LONG_CALL` seconds or more, cancelled or not; for shorter ones the
+        decision's restart stands within a second, and the store is spared a write per call.
+        Best effort: the call has run, so a failing clock or store is logged, never raised, and
+        a store that does not answer within `ACTIVITY_TIMEOUT` holds the response no longer (the
+        wait is shielded from the call's cancellation, and bounded instead).
         """
-        try:
-            await self.sessions.record_activity(request.session, read_clock(self.clock))
-        except Exception:
-            logger.exception(
-                "mcp-guard: the end of a call to tool %s could not restart its idle timer", request.tool.name
+        with anyio.move_on_after(ACTIVITY_TIMEOUT, shield=True) as waited:
+            try:
+                await self.sessions.record_activity(request.session, read_clock(self.clock))
+            except Exception:
+                logger.exception(
+                    "mcp-guard: the end of a call to tool %s could not restart its idle timer", request.tool.name
+                )
+        if waited.cancelled_caught:
+            logger.warning(
+                "mcp-guard: the session store did not restart the idle timer of a call to tool %s within %g s",
+                request.tool.name,
+                ACTIVITY_TIMEOUT,
             )
 
     def record_completion(self, decided: AuditEvent, result: str, duration: float, error_type: str | None) -> None:

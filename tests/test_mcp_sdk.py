@@ -818,3 +818,30 @@ async def test_a_served_tool_the_guard_does_not_know_is_named_in_the_log_once(ca
                 assert (await client.list_tools()).tools == []
     warned = [record.getMessage() for record in caplog.records if "no declaration" in record.getMessage()]
     assert len(warned) == 1 and "tool 'read-file'" in warned[0] and "guard.tool(name=...)" in warned[0]
+
+
+async def test_a_session_store_that_does_not_answer_holds_a_long_calls_response_only_so_long(
+    mode: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from mcp_guard.session.memory import MemorySessionStore
+
+    monkeypatch.setattr("mcp_guard.integrations.mcp_sdk.LONG_CALL", 0.05)
+    monkeypatch.setattr("mcp_guard.guard.ACTIVITY_TIMEOUT", 0.2)
+
+    class Stalling(MemorySessionStore):
+        async def record_activity(self, session: Any, at: float) -> None:
+            await anyio.sleep(3600)  # a store that does not answer
+
+    guard = Guard(sessions=Stalling())
+    mcp = MCPServer("jobs", middleware=[GuardMiddleware(guard)])
+
+    @mcp.tool()
+    @guard.tool()
+    async def build() -> str:
+        await anyio.sleep(0.06)
+        return "built"
+
+    with acting_as(access_token("alice", "")), anyio.fail_after(5):
+        async with Client(mcp, mode=mode) as client:
+            assert (await client.call_tool("build", {})).structured_content == {"result": "built"}
+    assert any("did not restart the idle timer" in record.getMessage() for record in caplog.records)

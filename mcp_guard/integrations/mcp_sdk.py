@@ -21,7 +21,6 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-import anyio
 from mcp.server.auth.middleware.auth_context import auth_context_var
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
@@ -163,9 +162,8 @@ class GuardMiddleware:
             duration = time.perf_counter() - started
             if self.record_completions:
                 self.guard.record_completion(decided, result, duration, error_type)
-            if duration >= LONG_CALL:
-                with anyio.CancelScope(shield=True):  # the call may have been cancelled: it still ran
-                    await self.guard.call_ended(request)
+            if duration >= LONG_CALL:  # cancelled or not, it ran
+                await self.guard.call_ended(request)
 
     def _trim(self, credential: AccessToken, principal: Principal, approved: frozenset[str]) -> AuthenticatedUser:
         """The caller as a tool sees it: only the approved scopes, no bearer string.
