@@ -306,6 +306,7 @@ class Guard:
             request: CallRequest | None = None
             candidate: Policy | None = None
             active_at = now  # when the session was last active: the end of a decision awaited
+            answered: Sequence[Callable[[], None]] | None = None
             try:
                 if remote and credential is None:
                     raise Refused(ReasonCode.TOKEN_MISSING)
@@ -319,6 +320,10 @@ class Guard:
                     candidate = self.shadow.hold()
                 session_id = self.session_keys.key(principal, transport_session)
                 found = await self.sessions.get(session_id)
+                if answers_input:  # the round it answers: its counts, and the wait for the answer
+                    answered = self._take_answered(session_id, tool, arguments)
+                    if answered is not None and found is not None and found.binding == principal.binding:
+                        await self.sessions.record_activity(found, now)  # the call was under way meanwhile
                 if (
                     found is None
                     or (principal.token_id or principal.token_hash) not in found.tokens
@@ -341,10 +346,8 @@ class Guard:
                 reading = self._arguments.get(tool)
                 if reading is not None:  # as the tool will receive them
                     arguments = reading.apply(arguments)
-                if answers_input and self._awaiting_input:  # the asking round's counts, back before this one counts
-                    earlier_round = _round_key(session.id, tool, arguments)
-                    if earlier_round is not None:
-                        give_back_all(self._awaiting_input.pop(earlier_round, ()))
+                if answered:  # back before this round counts
+                    give_back_all(answered)
                 request = _new(CallRequest, (principal, session, spec, arguments, now, protocol_version, request_id))
                 awaited = False
                 try:
@@ -830,23 +833,38 @@ class Guard:
             return False
         return True
 
-    def asked_for_input(self, authorization: Authorization) -> None:
+    def asked_for_input(self, authorization: Authorization, *, answering: bool = False) -> None:
         """An admitted call ended with an interim ``input_required`` result (MCP 2026-07-28): it
         asks the client for input, and the client calls again with the answer.
 
         The round keeps what it counted (rate limits): server code ran in it (resolvers, a tool
         that asks part way), and a client that never answers must not run it uncounted. The round
         answering it (`authorize` with ``answers_input``, same session, tool and arguments) gets
-        that count back before it is decided, so a call counts once however many rounds it
-        takes, as on a legacy session, where the tool asks within one call. Its risk weight and
-        history stand: the strict side.
+        that count back before it is decided, so a call counts once, as on a legacy session,
+        where the tool asks within one call; and the wait for the answer is the call under way,
+        not idleness. A round that was ``answering`` an earlier one and asks again gives nothing
+        back (a client answering so that the tool asks again cannot chain rounds on one count):
+        a call asking twice in turn counts twice. Risk weights and history stand: the strict side.
         """
         request = authorization.request
-        if request is None or not authorization.counted:
+        if request is None:
             return
         key = _round_key(request.session.id, request.tool.name, request.arguments)
         if key is not None:
-            remember(self._awaiting_input, key, authorization.counted, _AWAITING_INPUT_LIMIT)
+            counted = () if answering else authorization.counted
+            remember(self._awaiting_input, key, counted, _AWAITING_INPUT_LIMIT)
+
+    def _take_answered(self, session_id: str, tool: object, arguments: object) -> Sequence[Callable[[], None]] | None:
+        """Take out what the round a call answers counted (`asked_for_input`): the round asked
+        in the same session, of the same tool, with the same arguments; None when there is none."""
+        if not self._awaiting_input or type(tool) is not str or type(arguments) is not dict:
+            return None
+        reading = self._arguments.get(tool)
+        try:
+            key = _round_key(session_id, tool, reading.apply(arguments) if reading is not None else arguments)
+        except Exception:  # arguments the tool cannot take: this round is refused, and answers nothing
+            return None
+        return self._awaiting_input.pop(key, None) if key is not None else None
 
     async def call_ended(self, request: CallRequest) -> None:
         """Restart the idle timer of the session an admitted call ran on, now that it has ended.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -777,3 +778,43 @@ async def test_a_round_that_asks_for_input_stays_counted_until_its_answer_comes(
                 assert asked.result_type == "input_required"
             with pytest.raises(MCPError, match="at most 2 calls"):
                 await client.session.call_tool("delete_file", {"path": "c"}, allow_input_required=True)
+
+
+async def test_the_wait_for_the_users_answer_is_the_call_under_way_not_idleness(mode: str) -> None:
+    from mcp.server.mcpserver import MCPServer
+    from mcp_types import ElicitResult
+
+    from mcp_guard import GuardMiddleware, SessionSettings
+
+    clock = Clock(time.time())
+    guard = Guard(clock=clock, session_settings=SessionSettings(idle_ttl=900))
+    mcp = MCPServer("files", middleware=[GuardMiddleware(guard)])
+
+    @mcp.tool()
+    @guard.tool()
+    async def delete_file(path: str, confirmed: Annotated[Confirmation, Resolve(confirm)]) -> str:
+        return "deleted" if confirmed.ok else "kept"
+
+    async def away_from_the_keyboard(context: Any, params: Any) -> ElicitResult:
+        clock.advance(16 * 60)  # the user answers sixteen minutes later
+        return ElicitResult(action="accept", content={"ok": True})
+
+    with acting_as(access_token("alice", "", expires_in=7200)):
+        async with Client(mcp, mode=mode, elicitation_callback=away_from_the_keyboard) as client:
+            done = await client.call_tool("delete_file", {"path": "a"})
+    assert done.structured_content == {"result": "deleted"}
+
+
+async def test_rounds_that_answer_and_ask_again_cannot_chain_on_one_count() -> None:
+    guard = Guard(policy=RulePolicy([LimitRule("once", per="session", calls=1, window=3600)]))
+    guard.declare(ToolSpec("delete_file"))
+    token = access_token("alice", "", sid="s")
+    asking = await guard.authorize("delete_file", {"path": "a"}, token)
+    guard.asked_for_input(asking)
+    answering = await guard.authorize("delete_file", {"path": "a"}, token, answers_input=True)
+    assert answering.allowed  # the asking round's count came back first
+    guard.asked_for_input(answering, answering=True)  # and it asks again
+    again = await guard.authorize("delete_file", {"path": "a"}, token, answers_input=True)
+    assert again.decision.reason.code == "rate_limited"
+    other = await guard.authorize("delete_file", {"path": "b"}, token, answers_input=True)  # answers no round
+    assert other.decision.reason.code == "rate_limited"

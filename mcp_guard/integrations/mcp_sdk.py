@@ -115,6 +115,7 @@ class GuardMiddleware:
         else:
             credential = _authenticated(ctx.request)
         version = ctx.protocol_version
+        answers_input = "requestState" in params or "inputResponses" in params  # a later round of one call
         authorization = await self.guard.authorize(
             params.get("name"),
             params.get("arguments"),
@@ -123,7 +124,7 @@ class GuardMiddleware:
             transport_session=None if version in MODERN_PROTOCOL_VERSIONS else transport_session(ctx),
             request_id=ctx.request_id,
             remote=ctx.request is not None,
-            answers_input="requestState" in params or "inputResponses" in params,  # a later round of one call
+            answers_input=answers_input,
         )
         decision, request, decided, _ = authorization
         if request is None or decided is None or not decision.allowed:
@@ -147,7 +148,7 @@ class GuardMiddleware:
                 result = "tool_error"
             elif is_input_required(response):  # the client will call again, with the input asked for
                 result = "input_required"
-                self.guard.asked_for_input(authorization)
+                self.guard.asked_for_input(authorization, answering=answers_input)
             else:
                 result = "ok"
             return response
