@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 import logging
 import math
 import time
@@ -31,7 +30,6 @@ from mcp_guard.clock import read_clock
 from mcp_guard.context import ADMITTED, refuse_unguarded
 from mcp_guard.errors import Refused
 from mcp_guard.identity.access_token import AccessTokenIdentifier, Identifier, refused_token_fingerprint
-from mcp_guard.memo import remember
 from mcp_guard.model import (
     CallRequest,
     Decision,
@@ -66,10 +64,6 @@ logger = logging.getLogger("mcp_guard")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_AWAITING_INPUT_LIMIT = 4096
-"""Rounds awaiting the client's input whose counts are kept for their answer; past it, forgotten
-(their counts stay taken: the strict side)."""
-
 LONG_CALL = 1.0
 """Seconds an admitted call runs before its end counts as activity of its own (`Guard.call_ended`)."""
 
@@ -88,14 +82,11 @@ _TOKEN_REJECTED = EventKind.TOKEN_REJECTED
 
 class Authorization(NamedTuple):
     """What `Guard.authorize` returns: the decision, the call it judged (None if refused early),
-    the ``call.decided`` event recorded for it (what `Guard.record_completion` follows up), and
-    the give-backs of what an allowed call counted (what `Guard.asked_for_input` keeps for the
-    round that answers it)."""
+    and the ``call.decided`` event recorded for it (what `Guard.record_completion` follows up)."""
 
     decision: Decision
     request: CallRequest | None = None
     event: AuditEvent | None = None
-    counted: Sequence[Callable[[], None]] = ()
 
     @property
     def allowed(self) -> bool:
@@ -151,9 +142,6 @@ class Guard:
         self.shadow = Shadow(shadow, self.sinks, timeout=shadow_timeout) if shadow is not None else None
         self._tools: dict[str, ToolSpec] = {}
         self._arguments: dict[str, ToolArguments] = {}
-        self._awaiting_input: dict[tuple[str, str, str], Sequence[Callable[[], None]]] = {}
-        """What rounds that asked the client for input counted, by session, tool and arguments:
-        given back when the round carrying the answer comes (`asked_for_input`)."""
 
     @property
     def policy(self) -> Policy:
@@ -274,7 +262,6 @@ class Guard:
         transport_session: str | None = None,
         request_id: str | int | None = None,
         remote: bool = False,
-        answers_input: bool = False,
     ) -> Authorization:
         """Decide one ``tools/call`` from what arrived on the wire, and record the decision.
 
@@ -282,11 +269,9 @@ class Guard:
         is the legacy transport's session id, None on MCP 2026-07-28. ``remote`` says the call
         came over a network transport (HTTP): without a credential it is refused as
         ``token_missing``, never given an identity the process holds for itself
-        (`WorkloadIdentity`, meant for stdio and in-process servers). ``answers_input`` says the
-        call carries the client's answer to an earlier round of it (see `asked_for_input`).
-        Never raises: a failure in any stage is a denial with its own reason code (a policy's
-        cancellation of its own is a failure; a cancellation of the task awaiting this one
-        propagates).
+        (`WorkloadIdentity`, meant for stdio and in-process servers). Never raises: a failure
+        in any stage is a denial with its own reason code (a policy's cancellation of its own
+        is a failure; a cancellation of the task awaiting this one propagates).
 
         This is the per-call hot path. Inside a real request every Python-level call costs about
         half a microsecond, so one-line steps are written inline here and the per-call records
@@ -306,7 +291,6 @@ class Guard:
             request: CallRequest | None = None
             candidate: Policy | None = None
             active_at = now  # when the session was last active: the end of a decision awaited
-            answered: Sequence[Callable[[], None]] | None = None
             try:
                 if remote and credential is None:
                     raise Refused(ReasonCode.TOKEN_MISSING)
@@ -320,10 +304,6 @@ class Guard:
                     candidate = self.shadow.hold()
                 session_id = self.session_keys.key(principal, transport_session)
                 found = await self.sessions.get(session_id)
-                if answers_input:  # the round it answers: its counts, and the wait for the answer
-                    answered = self._take_answered(session_id, tool, arguments)
-                    if answered is not None and found is not None and found.binding == principal.binding:
-                        await self.sessions.record_activity(found, now)  # the call was under way meanwhile
                 if (
                     found is None
                     or (principal.token_id or principal.token_hash) not in found.tokens
@@ -346,8 +326,6 @@ class Guard:
                 reading = self._arguments.get(tool)
                 if reading is not None:  # as the tool will receive them
                     arguments = reading.apply(arguments)
-                if answered:  # back before this round counts
-                    give_back_all(answered)
                 request = _new(CallRequest, (principal, session, spec, arguments, now, protocol_version, request_id))
                 awaited = False
                 try:
@@ -450,8 +428,7 @@ class Guard:
                     raise
             if span is not None:
                 annotate_span(span, event, decision, transport_session)
-            counted = [*taken, *shadow_taken] if decision.allowed else ()
-            return _new(Authorization, (decision, request, event, counted))
+            return _new(Authorization, (decision, request, event))
         except Exception:
             logger.exception("mcp-guard: authorizing a call failed outside any stage; denying")
             return Authorization(_FAILED)
@@ -833,39 +810,6 @@ class Guard:
             return False
         return True
 
-    def asked_for_input(self, authorization: Authorization, *, answering: bool = False) -> None:
-        """An admitted call ended with an interim ``input_required`` result (MCP 2026-07-28): it
-        asks the client for input, and the client calls again with the answer.
-
-        The round keeps what it counted (rate limits): server code ran in it (resolvers, a tool
-        that asks part way), and a client that never answers must not run it uncounted. The round
-        answering it (`authorize` with ``answers_input``, same session, tool and arguments) gets
-        that count back before it is decided, so a call counts once, as on a legacy session,
-        where the tool asks within one call; and the wait for the answer is the call under way,
-        not idleness. A round that was ``answering`` an earlier one and asks again gives nothing
-        back (a client answering so that the tool asks again cannot chain rounds on one count):
-        a call asking twice in turn counts twice. Risk weights and history stand: the strict side.
-        """
-        request = authorization.request
-        if request is None:
-            return
-        key = _round_key(request.session.id, request.tool.name, request.arguments)
-        if key is not None:
-            counted = () if answering else authorization.counted
-            remember(self._awaiting_input, key, counted, _AWAITING_INPUT_LIMIT)
-
-    def _take_answered(self, session_id: str, tool: object, arguments: object) -> Sequence[Callable[[], None]] | None:
-        """Take out what the round a call answers counted (`asked_for_input`): the round asked
-        in the same session, of the same tool, with the same arguments; None when there is none."""
-        if not self._awaiting_input or type(tool) is not str or type(arguments) is not dict:
-            return None
-        reading = self._arguments.get(tool)
-        try:
-            key = _round_key(session_id, tool, reading.apply(arguments) if reading is not None else arguments)
-        except Exception:  # arguments the tool cannot take: this round is refused, and answers nothing
-            return None
-        return self._awaiting_input.pop(key, None) if key is not None else None
-
     async def call_ended(self, request: CallRequest) -> None:
         """Restart the idle timer of the session an admitted call ran on, now that it has ended.
 
@@ -923,15 +867,6 @@ class Guard:
                 sink.emit(event)
             except Exception:
                 logger.exception("mcp-guard: audit sink %r failed", sink)
-
-
-def _round_key(session_id: str, tool: str, arguments: Mapping[str, Any]) -> tuple[str, str, str] | None:
-    """What ties the rounds of one call together: its session, tool and arguments (as canonical
-    JSON; None for arguments that are not JSON, whose rounds are each counted)."""
-    try:
-        return session_id, tool, json.dumps(arguments, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError):
-        return None
 
 
 def _named_by(decision: Decision, policy: Policy) -> Decision:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -720,7 +719,9 @@ def confirm(path: str) -> Elicit[Confirmation]:
     return Elicit(f"Really delete {path}?", Confirmation)
 
 
-async def test_a_call_that_asks_for_input_counts_once_on_both_protocols(mode: str, audit: MemoryAuditSink) -> None:
+async def test_a_call_that_asks_for_input_counts_each_round(mode: str, audit: MemoryAuditSink) -> None:
+    """On MCP 2026-07-28 a call that asks for input takes a round to ask and one to run, and
+    server code (the resolver) runs in both: each counts. A legacy session asks within one call."""
     from mcp import MCPError
     from mcp.server.mcpserver import MCPServer
     from mcp_types import ElicitResult
@@ -743,16 +744,17 @@ async def test_a_call_that_asks_for_input_counts_once_on_both_protocols(mode: st
 
     with acting_as(access_token("alice", "")):
         async with Client(mcp, mode=mode, elicitation_callback=answer) as client:
-            for path in ("a", "b"):  # on 2026-07-28, two rounds each: one asks, one runs
+            allowed = 2 if mode == "legacy" else 1
+            for path in ("a", "b")[:allowed]:
                 assert not (await client.call_tool("delete_file", {"path": path})).is_error
             with pytest.raises(MCPError, match="at most 2 calls"):
                 await client.call_tool("delete_file", {"path": "c"})
-    assert deleted == ["a", "b"]
+    assert deleted == ["a", "b"][:allowed]
     results = [event.facts["result"] for event in audit.events if event.kind == "call.completed"]
-    assert results == (["ok", "ok"] if mode == "legacy" else ["input_required", "ok", "input_required", "ok"])
+    assert results == (["ok", "ok"] if mode == "legacy" else ["input_required", "ok"])
 
 
-async def test_a_round_that_asks_for_input_stays_counted_until_its_answer_comes(audit: MemoryAuditSink) -> None:
+async def test_a_round_that_asks_for_input_counts_though_never_answered(audit: MemoryAuditSink) -> None:
     """Server code runs in an asking round (the resolver, which may show what the tool will
     touch): a client that never answers must not run it past the limit."""
     from mcp import MCPError
@@ -778,43 +780,3 @@ async def test_a_round_that_asks_for_input_stays_counted_until_its_answer_comes(
                 assert asked.result_type == "input_required"
             with pytest.raises(MCPError, match="at most 2 calls"):
                 await client.session.call_tool("delete_file", {"path": "c"}, allow_input_required=True)
-
-
-async def test_the_wait_for_the_users_answer_is_the_call_under_way_not_idleness(mode: str) -> None:
-    from mcp.server.mcpserver import MCPServer
-    from mcp_types import ElicitResult
-
-    from mcp_guard import GuardMiddleware, SessionSettings
-
-    clock = Clock(time.time())
-    guard = Guard(clock=clock, session_settings=SessionSettings(idle_ttl=900))
-    mcp = MCPServer("files", middleware=[GuardMiddleware(guard)])
-
-    @mcp.tool()
-    @guard.tool()
-    async def delete_file(path: str, confirmed: Annotated[Confirmation, Resolve(confirm)]) -> str:
-        return "deleted" if confirmed.ok else "kept"
-
-    async def away_from_the_keyboard(context: Any, params: Any) -> ElicitResult:
-        clock.advance(16 * 60)  # the user answers sixteen minutes later
-        return ElicitResult(action="accept", content={"ok": True})
-
-    with acting_as(access_token("alice", "", expires_in=7200)):
-        async with Client(mcp, mode=mode, elicitation_callback=away_from_the_keyboard) as client:
-            done = await client.call_tool("delete_file", {"path": "a"})
-    assert done.structured_content == {"result": "deleted"}
-
-
-async def test_rounds_that_answer_and_ask_again_cannot_chain_on_one_count() -> None:
-    guard = Guard(policy=RulePolicy([LimitRule("once", per="session", calls=1, window=3600)]))
-    guard.declare(ToolSpec("delete_file"))
-    token = access_token("alice", "", sid="s")
-    asking = await guard.authorize("delete_file", {"path": "a"}, token)
-    guard.asked_for_input(asking)
-    answering = await guard.authorize("delete_file", {"path": "a"}, token, answers_input=True)
-    assert answering.allowed  # the asking round's count came back first
-    guard.asked_for_input(answering, answering=True)  # and it asks again
-    again = await guard.authorize("delete_file", {"path": "a"}, token, answers_input=True)
-    assert again.decision.reason.code == "rate_limited"
-    other = await guard.authorize("delete_file", {"path": "b"}, token, answers_input=True)  # answers no round
-    assert other.decision.reason.code == "rate_limited"

@@ -115,7 +115,6 @@ class GuardMiddleware:
         else:
             credential = _authenticated(ctx.request)
         version = ctx.protocol_version
-        answers_input = "requestState" in params or "inputResponses" in params  # a later round of one call
         authorization = await self.guard.authorize(
             params.get("name"),
             params.get("arguments"),
@@ -124,9 +123,8 @@ class GuardMiddleware:
             transport_session=None if version in MODERN_PROTOCOL_VERSIONS else transport_session(ctx),
             request_id=ctx.request_id,
             remote=ctx.request is not None,
-            answers_input=answers_input,
         )
-        decision, request, decided, _ = authorization
+        decision, request, decided = authorization
         if request is None or decided is None or not decision.allowed:
             raise denial_error(authorization)
         user = None
@@ -146,9 +144,8 @@ class GuardMiddleware:
             response = await call_next(ctx)
             if isinstance(response, dict) and response.get("isError") is True:
                 result = "tool_error"
-            elif is_input_required(response):  # the client will call again, with the input asked for
+            elif is_input_required(response):  # a round that asks for input: the client calls again with it
                 result = "input_required"
-                self.guard.asked_for_input(authorization, answering=answers_input)
             else:
                 result = "ok"
             return response
