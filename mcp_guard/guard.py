@@ -58,7 +58,7 @@ from mcp_guard.session.store import SessionStore
 from mcp_guard.signature import ToolArguments, signature_of
 from mcp_guard.text import escaped
 
-__all__ = ["Authorization", "Guard"]
+__all__ = ["ACTIVITY_TIMEOUT", "LONG_CALL", "Authorization", "Guard"]
 
 logger = logging.getLogger("mcp_guard")
 

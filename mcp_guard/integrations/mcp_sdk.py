@@ -26,8 +26,7 @@ from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.shared.exceptions import MCPError
-from mcp_types import INTERNAL_ERROR
-from mcp_types.methods import is_input_required
+from mcp_types import INTERNAL_ERROR, InputRequiredResult
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from opentelemetry import trace
 from opentelemetry.trace import Span, StatusCode
@@ -142,9 +141,11 @@ class GuardMiddleware:
         started, result, error_type = time.perf_counter(), "error", None
         try:
             response = await call_next(ctx)
-            if isinstance(response, dict) and response.get("isError") is True:
-                result = "tool_error"
-            elif is_input_required(response):  # a round that asks for input: the client calls again with it
+            if isinstance(response, dict):  # inline: a function call more is measurable here
+                result = "tool_error" if response.get("isError") is True else "ok"
+                if response.get("resultType") == "input_required":  # a round asking for input: another comes
+                    result = "input_required"
+            elif isinstance(response, InputRequiredResult):
                 result = "input_required"
             else:
                 result = "ok"
