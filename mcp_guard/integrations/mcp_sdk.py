@@ -142,13 +142,10 @@ class GuardMiddleware:
         try:
             response = await call_next(ctx)
             if isinstance(response, dict):  # inline: a function call more is measurable here
-                result = "tool_error" if response.get("isError") is True else "ok"
-                if response.get("resultType") == "input_required":  # a round asking for input: another comes
-                    result = "input_required"
-            elif isinstance(response, InputRequiredResult):
-                result = "input_required"
+                asks = response.get("resultType") == "input_required"  # a round asking for input: another comes
+                result = "tool_error" if response.get("isError") is True else "input_required" if asks else "ok"
             else:
-                result = "ok"
+                result = "input_required" if isinstance(response, InputRequiredResult) else "ok"
             return response
         except BaseException as error:
             error_type = type(error).__name__
