@@ -99,3 +99,10 @@ def test_a_documented_snippet_names_what_exists(document: Path, code: str) -> No
 def test_every_document_has_its_snippets_read() -> None:
     counted = {document.name: len(BLOCK.findall(document.read_text())) for document in DOCUMENTS}
     assert counted["README.md"] >= 2 and counted["quickstart.md"] >= 8 and counted["policy.md"] >= 3
+
+
+def test_every_reason_code_a_refusal_can_carry_is_in_the_reference() -> None:
+    from mcp_guard.reasons import ReasonCode
+
+    reference = (ROOT / "docs" / "index.md").read_text()
+    assert [code.value for code in ReasonCode if f"`{code.value}`" not in reference] == ["allowed"]
