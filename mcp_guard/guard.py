@@ -346,6 +346,8 @@ class Guard:
                 decision = self._refusal(refusal.code, refusal.message, principal, policy)
                 if principal is None and credential is not None and credential.token:
                     detail = f"token {refused_token_fingerprint(credential.token)}"  # which token could not be read
+                elif principal is not None and session_id is None:  # expired or revoked: the session it names
+                    session_id, found = await self._named_session(principal, transport_session)
             except Exception:
                 logger.exception("mcp-guard: authorizing tool %s failed; denying", _display(tool))
                 decision = self._refusal(ReasonCode.GUARD_ERROR, None, principal, policy)
@@ -442,7 +444,7 @@ class Guard:
         Listing opens no session; a session that exists must be usable by this caller.
         """
         try:
-            principal, _, refusal = await self._caller(credential, transport_session, remote, read_clock(self.clock))
+            principal, _, _, refusal = await self._caller(credential, transport_session, remote, read_clock(self.clock))
             if refusal is not None:
                 return frozenset()
             return frozenset(
@@ -467,10 +469,11 @@ class Guard:
         """
         principal: Principal | None = None
         session_id: str | None = None
+        session: Session | None = None
         now = math.nan
         try:
             now = read_clock(self.clock)
-            principal, session_id, refused = await self._caller(credential, transport_session, remote, now)
+            principal, session_id, session, refused = await self._caller(credential, transport_session, remote, now)
             if refused is None:
                 return None
             decision = self._refusal(refused.code, refused.message, principal)
@@ -487,32 +490,45 @@ class Guard:
             decision=decision,
             span=current_span_context(),
             detail=f"{_display(method)} request",
+            owners=session.owners if session is not None else None,
         )
         self._emit_best_effort(event)
         return decision
 
     async def _caller(
         self, credential: AccessToken | None, transport_session: str | None, remote: bool, now: float
-    ) -> tuple[Principal, str | None, Refused | None]:
-        """The principal of a request that opens no session, its session key, and why it may not
-        act now (None when it may): expired, revoked, or unable to use its session if it has
-        one. `Refused` when there is no principal: no credential over HTTP (see `authorize`),
-        or one that cannot be read."""
+    ) -> tuple[Principal, str | None, Session | None, Refused | None]:
+        """The principal of a request that opens no session, its session key and stored session,
+        and why it may not act now (None when it may): expired, revoked, or unable to use its
+        session if it has one. `Refused` when there is no principal: no credential over HTTP
+        (see `authorize`), or one that cannot be read."""
         if remote and credential is None:
             raise Refused(ReasonCode.TOKEN_MISSING)
         principal = self.identifier.identify(credential)
-        session_id: str | None = None
+        session_id, session = await self._named_session(principal, transport_session)
         try:
-            session_id = self.session_keys.key(principal, transport_session)
             self.check_principal(principal, now)
-            session = await self.sessions.get(session_id)
+            if session_id is None:
+                raise Refused(ReasonCode.GUARD_ERROR)
             if session is not None:
                 code = _session_refusal(session, principal, now)
             else:  # none yet, or one the store has let go of: its id may be revoked for good
                 code = ReasonCode.SESSION_REVOKED if self.revocations.session_revoked(session_id) else None
-            return principal, session_id, Refused(code) if code is not None else None
+            return principal, session_id, session, Refused(code) if code is not None else None
         except Refused as refusal:
-            return principal, session_id, refusal
+            return principal, session_id, session, refusal
+
+    async def _named_session(
+        self, principal: Principal, transport_session: str | None
+    ) -> tuple[str | None, Session | None]:
+        """The key of the session ``principal`` names, and the session stored under it (None if
+        there is none); (None, None) when they cannot be read, which is logged."""
+        try:
+            session_id = self.session_keys.key(principal, transport_session)
+            return session_id, await self.sessions.get(session_id)
+        except Exception:
+            logger.exception("mcp-guard: the session of subject %s could not be read", escaped(principal.subject))
+            return None, None
 
     # -- revocation -----------------------------------------------------------------------------
 

@@ -1155,3 +1155,21 @@ async def test_the_wait_for_an_approval_is_the_call_under_way_not_idleness(
     assert [(await g.authorize("deploy", {}, t)).allowed for _ in range(2)] == [True, True]
     clock.advance(901)  # and then nothing
     assert (await g.authorize("deploy", {}, t)).decision.reason.code == ReasonCode.SESSION_IDLE_EXPIRED
+
+
+async def test_a_revoked_callers_refusals_name_its_session_and_owners(audit: MemoryAuditSink, clock: Clock) -> None:
+    owners = SessionOwners(operator="ops")
+    g = make_guard(audit, clock, session_settings=SessionSettings(owners=owners))
+    t = token(sid="s-1")
+    assert (await g.authorize("read_note", {}, t)).allowed
+    opened = audit.events[-1].session_id
+    await g.revoke(subject="alice", reason="incident 42")
+    refused = await g.authorize("read_note", {}, t)
+    assert refused.decision.reason.code == ReasonCode.SUBJECT_REVOKED
+    assert (audit.events[-1].session_id, audit.events[-1].owners) == (opened, owners)
+    assert await g.admit_request("resources/read", t) is not None
+    assert (audit.events[-1].session_id, audit.events[-1].owners, audit.events[-1].detail) == (
+        opened,
+        owners,
+        "resources/read request",
+    )
