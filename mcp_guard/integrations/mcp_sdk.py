@@ -290,10 +290,11 @@ class GuardTokenVerifier:
             span.set_status(StatusCode.ERROR, code)
         if self.guard is not None:
             try:  # the token is refused either way: a failing clock or log must not turn 401 into 500
+                policy = self.guard.policy  # recorded under the policy in force, as in-band refusals are
                 event = AuditEvent.build(
                     EventKind.TOKEN_REJECTED,
                     read_clock(self.guard.clock),
-                    decision=Decision.deny(code, message),
+                    decision=replace(Decision.deny(code, message), policy_id=policy.id, policy_version=policy.version),
                     span=span.get_span_context() if span is not None else None,
                     detail=f"token {refused_token_fingerprint(token)}",
                 )

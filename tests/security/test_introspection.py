@@ -564,6 +564,8 @@ async def test_an_acceptance_the_audit_log_refuses_is_a_refusal_and_recorded_lat
         (EventKind.TOKEN_REJECTED, (ReasonCode.GUARD_ERROR,)),
         (EventKind.TOKEN_ACCEPTED, ()),
     ]
+    rejected = audit.events[0]  # under the policy in force, as a refusal in band is
+    assert (rejected.policy_id, rejected.policy_version) == (guard.policy.id, guard.policy.version)
 
 
 @pytest.mark.parametrize("reading", [math.nan, "raises"])
