@@ -281,6 +281,7 @@ class Guard:
         policy = installed
         try:
             now = read_clock(self.clock)
+            revocations_made = self.revocations.made  # one made on another thread meanwhile: check again
             kind = _TOKEN_REJECTED
             detail: str | None = None
             principal: Principal | None = None
@@ -410,7 +411,12 @@ class Guard:
                 decision.allowed
                 and session is not None
                 and principal is not None
-                and (ended or self.shadow is not None or type(self.sessions) is not MemorySessionStore)
+                and (
+                    ended
+                    or self.shadow is not None
+                    or type(self.sessions) is not MemorySessionStore
+                    or self.revocations.made != revocations_made
+                )
             ):
                 try:  # the shadow, the session store or another thread: revoked or ended meanwhile?
                     await self._check_still_usable(principal, session, now)

@@ -1173,3 +1173,52 @@ async def test_a_revoked_callers_refusals_name_its_session_and_owners(audit: Mem
         owners,
         "resources/read request",
     )
+
+
+@pytest.mark.parametrize("target", ["subject", "token_id", "session_id"])
+def test_a_call_decided_on_another_thread_while_a_revocation_is_made_is_refused(target: str) -> None:
+    import threading
+
+    deciding, revoked = threading.Event(), threading.Event()
+
+    def decide(request: Any) -> Decision:  # a policy that takes its time, on the caller's thread
+        if request.tool.name == "deploy":
+            deciding.set()
+            revoked.wait(5)
+        return Decision(allowed=True)
+
+    g = Guard(policy=decide)
+    g.declare(ToolSpec("warm"))
+    g.declare(ToolSpec("deploy"))
+    t = access_token("alice", "", jti="J1", sid="s")
+    calls: dict[str, Any] = {}
+
+    async def calling() -> None:
+        assert (await g.authorize("warm", {}, t)).allowed
+        calls["deploy"] = await g.authorize("deploy", {}, t)
+
+    async def revoking() -> None:
+        deciding.wait(5)
+        named = {"subject": "alice", "token_id": "J1", "session_id": next(iter(g.sessions._sessions))}  # type: ignore[attr-defined]
+        await g.revoke(**{target: named[target]})
+        revoked.set()
+
+    threads = [threading.Thread(target=anyio.run, args=(side,)) for side in (calling, revoking)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert not calls["deploy"].allowed  # revoke() returned before the call was allowed
+
+
+def test_revoking_one_target_over_and_over_keeps_the_heap_of_ends_small() -> None:
+    revocations = Revocations()
+    for n in range(10_000):  # automation re-revoking with a ttl, and lifting it
+        revocations.revoke_subject("alice", until=NOW + 3600 + n)
+        if n % 2:
+            revocations.restore(subject="alice")
+    assert len(revocations._ends) < 200  # type: ignore[attr-defined]
+    revocations.revoke_subject("alice", until=NOW + 3600)
+    alice = Principal("https://i", "alice", "c")
+    assert revocations.check(alice, NOW) == ReasonCode.SUBJECT_REVOKED
+    assert revocations.check(alice, NOW + 3600 + 10_000) is None and not revocations.active

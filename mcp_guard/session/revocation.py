@@ -47,6 +47,8 @@ class Revocations:
         self._lock = threading.Lock()
         self._next_lapse = math.inf
         self.active = False
+        self.made = 0
+        """How many revocations were made: a call decided while one was made is checked again."""
 
     def revoke_session(self, session_id: str, *, until: float = math.inf, now: float = -math.inf) -> None:
         """Revoke a session id until ``until``, when no credential can present its key any more
@@ -79,7 +81,21 @@ class Revocations:
             if until < math.inf and until != before:  # a new end: the heap holds one entry per end
                 heapq.heappush(self._ends, (until, next(self._order), table_number, key))
                 self._next_lapse = min(self._next_lapse, until)
+                if len(self._ends) > 2 * sum(map(len, self._tables)) + 64:  # mostly ends lifted or lengthened
+                    self._rebuild_ends()
             self.active = any(self._tables[1:])
+            self.made += 1
+
+    def _rebuild_ends(self) -> None:
+        """The heap of ends again from the revocations in force, so ends that were lifted or
+        lengthened since (re-revoking with a ttl, over and over) do not pile up. Under the lock."""
+        self._ends = [
+            (until, next(self._order), number, key)
+            for number, table in enumerate(self._tables)
+            for key, until in table.items()
+            if until < math.inf
+        ]
+        heapq.heapify(self._ends)
 
     def restore(
         self,
