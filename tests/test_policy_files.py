@@ -488,3 +488,34 @@ def test_the_quickstart_policy_loads_and_keeps_mail_internal() -> None:
     assert policy.decide(call_request(tool, {"to": "bob@example.com"}, scopes="mail:send")).allowed
     after = call_request(tool, {"to": "bob@example.com"}, scopes="mail:send", earlier=[policy.declared["read_secret"]])
     assert policy.decide(after).reason.code == ReasonCode.SEQUENCE_FORBIDDEN
+
+
+def test_two_reloads_in_quick_succession_leave_the_newer_file_in_force(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+    import time as clock
+
+    import mcp_guard.policy.files as files
+
+    path = tmp_path / "policy.yaml"
+    path.write_text("version: 1\nrevision: '1'\nrules: []\n")
+    policy = PolicyFile(path)
+    parse = files.parse_policy
+
+    def slow_on_the_first_edit(text: str, *args: Any, **kwargs: Any) -> Any:
+        if "revision: '2'" in text:
+            clock.sleep(0.2)  # a big file, a busy machine
+        return parse(text, *args, **kwargs)
+
+    monkeypatch.setattr(files, "parse_policy", slow_on_the_first_edit)
+    path.write_text("version: 1\nrevision: '2'\nrules: []\n")
+    first = threading.Thread(target=policy.reload_if_changed)
+    first.start()
+    clock.sleep(0.05)
+    path.write_text("version: 1\nrevision: '3'\nrules: []\n")
+    second = threading.Thread(target=policy.reload_if_changed)
+    second.start()
+    first.join()
+    second.join()
+    assert policy.version == "3"

@@ -412,6 +412,7 @@ class PolicyFile:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
+        self._reloading = threading.Lock()  # reloads one at a time, so the last to finish read the newest file
         self._counters = Counters()
         self.current: RulePolicy
         self._digest = ""
@@ -449,16 +450,21 @@ class PolicyFile:
 
     def reload(self) -> RulePolicy:
         """Load the file again and put it in force; on any problem keep the current policy and raise."""
-        self._put_in_force(*_read(self.path))
-        return self.current
+        with self._reloading:
+            self._put_in_force(*_read(self.path))
+            return self.current
 
     def reload_if_changed(self) -> bool:
-        """Reload when the file's contents changed since the last load; say whether it did."""
-        text, syntax = _read(self.path)
-        if hashlib.sha256(text.encode()).hexdigest() == self._digest:
-            return False
-        self._put_in_force(text, syntax)
-        return True
+        """Reload when the file's contents changed since the last load; say whether it did.
+
+        Reloads run one at a time, each reading the file once it runs: two started by edits in
+        quick succession cannot leave the earlier file in force by finishing last."""
+        with self._reloading:
+            text, syntax = _read(self.path)
+            if hashlib.sha256(text.encode()).hexdigest() == self._digest:
+                return False
+            self._put_in_force(text, syntax)
+            return True
 
     def _put_in_force(self, text: str, syntax: str) -> None:
         policy = parse_policy(text, syntax, source=str(self.path), counters=self._counters)
