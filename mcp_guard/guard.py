@@ -488,17 +488,20 @@ class Guard:
         except Exception:
             logger.exception("mcp-guard: admitting a %s request failed; denying", _display(method))
             decision = self._refusal(ReasonCode.GUARD_ERROR, None, principal)
+        span = recording_span()
         event = AuditEvent.build(
             _CALL_DECIDED,
             now if math.isfinite(now) else time.time(),
             principal,
             session_id,
             decision=decision,
-            span=current_span_context(),
+            span=span.get_span_context() if span is not None else None,
             detail=f"{_display(method)} request",
             owners=session.owners if session is not None else None,
         )
         self._emit_best_effort(event)
+        if span is not None:  # the request's span joins its record, as a tool call's does
+            annotate_span(span, event, decision, transport_session)
         return decision
 
     async def _caller(

@@ -142,3 +142,22 @@ async def test_session_events_join_the_trace_of_the_call_that_caused_them(
     [revoked] = [e for e in audit.events if e.kind == "session.revoked"]
     assert (revoked.subject, revoked.client_id) == ("alice", "test-client")  # whose session it was
     assert revoked.owners == opened.owners
+
+
+async def test_a_refused_request_other_than_a_tool_call_is_on_its_span_too(
+    server: MCPServer, mode: str, spans: InMemorySpanExporter, audit: MemoryAuditSink
+) -> None:
+    with acting_as(access_token("alice", "notes:read", expires_in=-3600)):  # expired
+        async with Client(server, mode=mode) as client:
+            with pytest.raises(MCPError):
+                await client.read_resource("notes://index")
+    [span] = [
+        s
+        for s in spans.get_finished_spans()
+        if s.kind is SpanKind.SERVER and (s.attributes or {}).get("mcp.method.name") == "resources/read"
+    ]
+    attributes = span.attributes or {}
+    assert span.status.status_code is StatusCode.ERROR and attributes["mcp_guard.reason"] == "token_expired"
+    recorded = audit.events[-1]
+    assert (recorded.detail, attributes["mcp_guard.event_id"]) == ("resources/read request", recorded.event_id)
+    assert recorded.trace_id == format(span.context.trace_id, "032x")
