@@ -514,11 +514,12 @@ class Guard:
         if remote and credential is None:
             raise Refused(ReasonCode.TOKEN_MISSING)
         principal = self.identifier.identify(credential)
-        session_id, session = await self._named_session(principal, transport_session)
+        session_id: str | None = None
+        session: Session | None = None
         try:
+            session_id = self.session_keys.key(principal, transport_session)
+            session = await self.sessions.get(session_id)  # read first: a refusal names its owners too
             self.check_principal(principal, now)
-            if session_id is None:
-                raise Refused(ReasonCode.GUARD_ERROR)
             if session is not None:
                 code = _session_refusal(session, principal, now)
             else:  # none yet, or one the store has let go of: its id may be revoked for good
@@ -531,10 +532,13 @@ class Guard:
         self, principal: Principal, transport_session: str | None
     ) -> tuple[str | None, Session | None]:
         """The key of the session ``principal`` names, and the session stored under it (None if
-        there is none); (None, None) when they cannot be read, which is logged."""
+        there is none), for the record of a refusal; (None, None) when the credential names no
+        usable key, or the store cannot be read (which is logged)."""
         try:
             session_id = self.session_keys.key(principal, transport_session)
             return session_id, await self.sessions.get(session_id)
+        except Refused:  # a key the credential cannot name (too long, say): the refusal says so
+            return None, None
         except Exception:
             logger.exception("mcp-guard: the session of subject %s could not be read", escaped(principal.subject))
             return None, None

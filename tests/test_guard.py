@@ -1222,3 +1222,13 @@ def test_revoking_one_target_over_and_over_keeps_the_heap_of_ends_small() -> Non
     alice = Principal("https://i", "alice", "c")
     assert revocations.check(alice, NOW) == ReasonCode.SUBJECT_REVOKED
     assert revocations.check(alice, NOW + 3600 + 10_000) is None and not revocations.active
+
+
+async def test_a_credential_naming_no_usable_session_key_is_refused_for_that_reason(
+    g: Guard, caplog: pytest.LogCaptureFixture
+) -> None:
+    t = token(sid="")  # the sid claim must be a non-empty string
+    assert (await g.authorize("read_note", {}, t)).decision.reason.code == ReasonCode.SESSION_UNAVAILABLE
+    refused = await g.admit_request("resources/read", t)
+    assert refused is not None and refused.reason.code == ReasonCode.SESSION_UNAVAILABLE
+    assert not [record for record in caplog.records if record.exc_info]  # a refusal, not a failure
