@@ -313,32 +313,28 @@ async def test_a_flood_of_unknown_tokens_is_asked_about_only_so_many_at_a_time(a
 def test_a_question_left_behind_by_a_closed_event_loop_is_asked_anew(authority: Authority) -> None:
     """A loop stopped without cancelling its tasks leaves its question pending for good; a call
     with the same token had spun on it for ever, never yielding its own loop."""
-    authority.answers["left-behind"] = answer(authority)
+    authority.answers["left-behind"] = authority.answers["other"] = answer(authority)
+
+    def abandon(verifier: IntrospectionVerifier) -> None:
+        authority.introspection_delay = 1.0
+        try:
+            left_behind(verifier.verify("left-behind"))
+        finally:
+            authority.introspection_delay = 0.0
+
+    def subject_of(verifier: IntrospectionVerifier, token: str) -> str:
+        async def verify() -> str:
+            with anyio.fail_after(10):
+                return (await verifier.verify(token)).subject
+
+        return anyio.run(verify)
+
     verifier = introspector(authority)
-    authority.introspection_delay = 1.0
-    try:
-        left_behind(verifier.verify("left-behind"))
-    finally:
-        authority.introspection_delay = 0.0
-
-    async def ask_again() -> str:
-        with anyio.fail_after(10):
-            return (await verifier.verify("left-behind")).subject
-
-    assert anyio.run(ask_again) == "agent-7"
-    authority.answers["other"] = answer(authority)
+    abandon(verifier)
+    assert subject_of(verifier, "left-behind") == "agent-7"
     full = introspector(authority, max_questions=1)
-    authority.introspection_delay = 1.0
-    try:
-        left_behind(full.verify("left-behind"))
-    finally:
-        authority.introspection_delay = 0.0
-
-    async def another_token() -> str:
-        with anyio.fail_after(10):
-            return (await full.verify("other")).subject
-
-    assert anyio.run(another_token) == "agent-7"  # the abandoned question holds no place
+    abandon(full)
+    assert subject_of(full, "other") == "agent-7"  # the abandoned question holds no place
 
 
 def test_two_threads_letting_go_of_one_abandoned_question_both_carry_on(authority: Authority) -> None:
