@@ -294,7 +294,7 @@ class GuardTokenVerifier:
                 event = AuditEvent.build(
                     EventKind.TOKEN_REJECTED,
                     read_clock(self.guard.clock),
-                    decision=replace(Decision.deny(code, message), policy_id=policy.id, policy_version=policy.version),
+                    decision=Decision.deny(code, message, policy_id=policy.id, policy_version=policy.version),
                     span=span.get_span_context() if span is not None else None,
                     detail=f"token {refused_token_fingerprint(token)}",
                 )
