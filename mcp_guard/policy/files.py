@@ -411,7 +411,6 @@ class PolicyFile:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._lock = threading.Lock()
         self._reloading = threading.Lock()  # reloads one at a time, so the last to finish read the newest file
         self._counters = Counters()
         self.current: RulePolicy
@@ -468,6 +467,5 @@ class PolicyFile:
 
     def _put_in_force(self, text: str, syntax: str) -> None:
         policy = parse_policy(text, syntax, source=str(self.path), counters=self._counters)
-        with self._lock:
-            self.current, self._digest = policy, hashlib.sha256(text.encode()).hexdigest()
+        self.current, self._digest = policy, hashlib.sha256(text.encode()).hexdigest()  # under `_reloading`
         logger.info("mcp-guard: policy %s revision %s loaded from %s", policy.id, policy.version, self.path)
