@@ -61,6 +61,12 @@ UNSAFE = [
     r"(?:(?!.*x).)*",  # a lookaround that runs at every repetition
     "(?:a|)" * 24 + "a" * 24,  # an alternative that matches empty text is an optional part
     "(?:a|aa)" * 20 + "b",  # alternatives that start alike end at different places
+    "(?:ab|[ab]b)-" * 7,  # alternatives that match the same text: 2 ways each, 128 in a row
+    "(?:(?:ab|[ab]b)|x)?-" * 7,  # the same, nested and optional
+    "(?:a|ab)(?:c|bc)d" * 7,  # "abc" two ways: the end of one part shifts into the next
+    r"(?:[a-z]*(?:c|bc)-)+",  # two ways in each repetition
+    r"(?:[a-z]*(?:c|bc)-){5}",
+    r"(?:(?:ab|[ab]b)-)+",
     r"[a-z]*(?=[a-z]*(?=[a-z]*!))",  # a lookaround after a varying part runs at every step back
     r"x+(?:(?=x*y)z|w)",
     r"[A-Z][a-z]*(?: [A-Z]?[a-zA-Z][a-z]*)*",  # the middle shifts between repeats sharing no character
@@ -81,6 +87,10 @@ SAFE = {
     r"[a-z0-9_-]{1,64}": (["abc_1-2"], ["", "ABC", "a" * 65]),
     r"^\d{4}-\d{2}-\d{2}$": (["2024-01-31"], ["2024-1-31", "2024-01-31\n"]),
     r"(foo|bar)": (["foo", "bar"], ["foobar", "baz"]),
+    "(?:ab|[ab]b)-" * 6: (["ab-" * 6, "bb-" * 6], ["ab-" * 5 + "ab!"]),  # 64 ways: within the limit
+    r"(?:https|http)://[a-z]+": (["https://a", "http://b"], ["htt://a"]),  # alike, but never the same text
+    r"[a-z]+(?:ing|ed)": (["walked", "going"], ["walk"]),  # one shift: two ways at most
+    r"(?>ab|[ab]b)-" * 8: (["ab-" * 8], ["ab-" * 7 + "ab!"]),  # an atomic group is matched one way
     r"[^/]+(/[^/]+)*": (["a", "a/b/c"], ["/a", "a//b", "a/"]),
     r"[a-z]+(-[a-z]+)*": (["my-slug"], ["my--slug", "-x"]),
     r"[\w.+-]+@[\w-]+(\.[\w-]+)+": (["a.b+c@example.co.uk"], ["a@b", "@example.com"]),

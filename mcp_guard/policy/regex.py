@@ -22,6 +22,12 @@ that lets a backtracking matcher try many ways to match the same text:
 - an alternation that can match empty text or whose alternatives can start alike counts as a
   repeat of varying count (``(?:a|)`` is ``a?``), so several in a row over the same characters
   are refused (``(?:a|)(?:a|)a``);
+- parts that can match the same text in more than one way, one after another: alternatives that
+  can start alike (``(?:ab|[ab]b)``, two ways to match ``ab``), and alternatives of different
+  lengths that a varying part before them can shift into (``(?:a|ab)(?:c|bc)``, two ways to
+  match ``abc``). Everything after such a part runs again for each way, so the ways multiply:
+  more than 64 in one pattern are refused (``(?:ab|[ab]b)-`` seven times), and any inside a
+  repeated part (``(?:[a-z]*(?:c|bc)-)+``);
 - a lookaround holding a repeat of varying count, or lookarounds costing more than 64 steps
   together, inside a repeated part or after a part of varying length, where they run again at
   every repetition or backtracking step: ``[a-z]*(?=[a-z]*!)``, the lookarounds of one
@@ -42,9 +48,10 @@ too: callers match only strings of at most `MAX_SUBJECT_LENGTH` characters, with
 from __future__ import annotations
 
 import importlib
+import math
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any, NamedTuple
 
@@ -60,6 +67,8 @@ _MAX_NESTING = 40
 _LONG_FIXED = 64
 """Most steps the parts that run again at each backtracking step or repetition may cost together
 and still count as constant: fixed-count parts after a part of varying length, and lookarounds."""
+_MAX_WAYS = 64
+"""Most ways a pattern may have to match the same text: what follows runs again for each."""
 _UNBOUNDED = 1 << 30
 _ENUMERABLE = 256
 _RENDERED = 60
@@ -140,6 +149,9 @@ class _Shape:
     looks: int = 0  # most steps its lookarounds take in one try (a repeat's: in one repetition)
     work: int = 0  # most steps one try to match at one position can take, capped at _UNBOUNDED
     rerun: int = 0  # most steps run again in it at each backtracking step of a varying part in it
+    shortest: int = 0  # fewest characters a match can have
+    longest: int = 0  # most characters a match can have, capped at _UNBOUNDED
+    ways: int = 1  # most ways it can match the same text, capped at _UNBOUNDED
 
 
 _Item = tuple[Any, Any]
@@ -179,7 +191,16 @@ class _Analysis:
         ]
         self._check_runs(parts)
         self._check_lookarounds(parts)
-        return _concat([part.shape for part in parts]), parts
+        shapes = [part.shape for part in parts]
+        shape = _concat(shapes)
+        ways = min(shape.ways * _shifted_ways(shapes), _UNBOUNDED)
+        if ways > _MAX_WAYS:
+            raise self._refuse(
+                f"parts that can match the same text in several ways, in a row, give more than {_MAX_WAYS} ways "
+                "to match it, and what follows runs again for each",
+                [(part.op, part.av) for part in parts],
+            )
+        return replace(shape, ways=ways), parts
 
     def _flatten(self, items: Sequence[Any], flags: int, depth: int) -> Iterable[tuple[Any, Any, int, int]]:
         """Items with plain groups opened up, each with the flags in force where it stands."""
@@ -195,15 +216,25 @@ class _Analysis:
     def _item(self, op: Any, av: Any, flags: int, depth: int, *, loop: _Item | None) -> _Shape:
         if op in _CHAR_OPS:
             atoms = _atoms(op, av, flags & _CHAR_FLAGS)
-            return _Shape(nullable=False, varies=False, first=atoms, last=atoms, chars=atoms, tail=(), work=1)
+            return _Shape(
+                nullable=False,
+                varies=False,
+                first=atoms,
+                last=atoms,
+                chars=atoms,
+                tail=(),
+                work=1,
+                shortest=1,
+                longest=1,
+            )
         if op is _c.AT:
             return _EMPTY
         if op in _REPEAT_OPS:
             return self._repeat(op, av, flags, depth, loop=loop)
         if op is _c.BRANCH:
             return self._branch(av, flags, depth, loop=loop)
-        if op is _c.ATOMIC_GROUP:
-            return self.sequence(av.data, flags, depth + 1, loop=loop)[0]
+        if op is _c.ATOMIC_GROUP:  # never entered again once it matched: one way
+            return replace(self.sequence(av.data, flags, depth + 1, loop=loop)[0], ways=1)
         if op in _LOOKAROUND_OPS:
             inner, _ = self.sequence(av[1].data, flags, depth + 1, loop=None)
             looks = _UNBOUNDED if inner.varies else max(inner.work, inner.looks)
@@ -226,6 +257,11 @@ class _Analysis:
             raise self._refuse("optional part can match empty text itself, so it matches nothing two ways", [(op, av)])
         if repeats and body.nullable:
             raise self._refuse("repeated part can match empty text, so repetitions are ambiguous", [(op, av)])
+        if repeats and body.ways > 1:
+            raise self._refuse(
+                "repeated part can match the same text in several ways, so the ways multiply with each repetition",
+                [(op, av)],
+            )
         if repeats and _movable_split([part.shape for part in parts] * 3) is not None:  # across repetitions
             raise self._refuse(
                 "repeated part holds a repeat whose end can move into the next repetition, "
@@ -245,6 +281,9 @@ class _Analysis:
             looks=body.looks,
             work=work,
             rerun=body.rerun,
+            shortest=min(low * body.shortest, _UNBOUNDED),
+            longest=min(high * body.longest, _UNBOUNDED),
+            ways=body.ways,
         )
 
     def _branch(self, av: Any, flags: int, depth: int, *, loop: _Item | None) -> _Shape:
@@ -253,10 +292,12 @@ class _Analysis:
         # ``a?``); alternatives that can start alike may match text of different lengths
         # (``(?:a|aa)``). Either way, where the branch ends can move, as after a repeat; inside a
         # repeated part, repetitions could split the same text in many ways.
-        ambiguous = any(
-            alternative.nullable or any(_overlap(alternative.first, other.first) for other in alternatives[:index])
+        alike = any(
+            _overlap(alternative.first, other.first)
             for index, alternative in enumerate(alternatives)
+            for other in alternatives[:index]
         )
+        ambiguous = alike or any(alternative.nullable for alternative in alternatives)
         if loop is not None and ambiguous:
             raise self._refuse("alternatives inside a repeated part can match the same text or empty text", [loop])
         if sum(alternative.nullable for alternative in alternatives) > 1:  # ``(?:\b|)``, ``(?:|a?)``
@@ -272,6 +313,10 @@ class _Analysis:
             looks=min(sum(alternative.looks for alternative in alternatives), _UNBOUNDED),
             work=min(sum(alternative.work for alternative in alternatives), _UNBOUNDED),
             rerun=max(alternative.rerun for alternative in alternatives),
+            shortest=min(alternative.shortest for alternative in alternatives),
+            longest=max(alternative.longest for alternative in alternatives),
+            # alternatives that start alike may each match the same text; others never do
+            ways=min((sum if alike else max)(alternative.ways for alternative in alternatives), _UNBOUNDED),
         )
 
     def _check_runs(self, parts: list[_Part]) -> None:
@@ -311,6 +356,9 @@ def _concat(shapes: Sequence[_Shape]) -> _Shape:
         looks=min(sum(shape.looks for shape in shapes), _UNBOUNDED),
         work=min(sum(shape.work for shape in shapes), _UNBOUNDED),
         rerun=_reruns(shapes)[-1] or 0,
+        shortest=min(sum(shape.shortest for shape in shapes), _UNBOUNDED),
+        longest=min(sum(shape.longest for shape in shapes), _UNBOUNDED),
+        ways=min(math.prod(shape.ways for shape in shapes), _UNBOUNDED),
     )
 
 
@@ -353,14 +401,34 @@ def _edge(shapes: Iterable[_Shape], side: Callable[[_Shape], tuple[_Atom, ...]])
 def _movable_split(shapes: Sequence[_Shape]) -> tuple[int, int] | None:
     """Where a repeat of varying count is followed by another that can take over its text, if anywhere.
 
+    A part of fixed count counts as a repeat too once the parts after the first, up to it, cost
+    more than `_LONG_FIXED` steps: they run again at each shift (``[ab]*[ab]{64}[ab]{64}``).
+    Returns the indices of the two repeats.
+    """
+    for start, end, rerun in _shifts(shapes):
+        if shapes[end].varies or rerun > _LONG_FIXED:
+            return start, end
+    return None
+
+
+def _shifted_ways(shapes: Sequence[_Shape]) -> int:
+    """How many more ways consecutive shapes have to match the same text, for the parts of
+    different lengths that a varying part before them can shift into: one per length
+    (``(?:|b)(?:c|bc)`` matches ``bc`` two ways). A varying part that can be shifted into is
+    refused before (`_movable_split`)."""
+    ends = {end for _, end, _ in _shifts(shapes)}
+    return math.prod(min(shapes[end].longest - shapes[end].shortest + 1, _UNBOUNDED) for end in ends)
+
+
+def _shifts(shapes: Sequence[_Shape]) -> Iterable[tuple[int, int, int]]:
+    """Each pair of a part whose end can move and a later part it can shift into, with what runs
+    again between them at each shift: ``(start, end, rerun)``.
+
     For the split between the two to move, each part in between must shift with it: a part
     that cannot match a character of those before it stops the shift (``[a-z]*@[a-z]*``);
     parts that can match empty text do not. ``[A-Z]?[a-zA-Z][a-z]*`` splits ``Ab`` two ways
-    although its two repeats share no character. The first repeat's last character moves too,
-    so one that nothing after it matches stops the shift (``(?:\\w+\\.)*\\w+``). A part of fixed
-    count counts as a repeat too once the parts after the first, up to it, cost more than
-    `_LONG_FIXED` steps: they run again at each shift (``[ab]*[ab]{64}[ab]{64}``). Returns the
-    indices of the two repeats.
+    although its two repeats share no character. The first part's last character moves too,
+    so one that nothing after it matches stops the shift (``(?:\\w+\\.)*\\w+``).
     """
     for start, pumped in enumerate(shapes):
         run = pumped.tail
@@ -372,18 +440,16 @@ def _movable_split(shapes: Sequence[_Shape]) -> tuple[int, int] | None:
             shape = shapes[end]
             rerun += _rerun_cost(shape)
             if (
-                (shape.varies or rerun > _LONG_FIXED)
-                and _overlap(shape.first, run)
+                _overlap(shape.first, run)
                 and _overlap(pumped.last, _union(later.chars for later in shapes[start + 1 : end + 1]))
                 and _shifts_into(between, shape)
             ):
-                return start, end
+                yield start, end, rerun
             if not shape.nullable:
                 if not _overlap(shape.chars, run):
                     break
                 between.append(shape)
             run = _union((run, shape.chars))
-    return None
 
 
 def _shifts_into(between: list[_Shape], later: _Shape) -> bool:
