@@ -46,7 +46,7 @@ from mcp_guard.model import (
 from mcp_guard.policy.base import Policy, PolicyFunction, cancelled_itself, in_force, named_policy, reloads
 from mcp_guard.policy.gaps import policy_gaps
 from mcp_guard.policy.risk import RiskSettings
-from mcp_guard.policy.scopes import ScopePolicy
+from mcp_guard.policy.scopes import ScopePolicy, check_within_grant
 from mcp_guard.policy.shadow import Shadow
 from mcp_guard.reasons import ReasonCode
 from mcp_guard.scopes import scope_set
@@ -335,6 +335,8 @@ class Guard:
                     decision = await self._settled(verdict, principal, policy) if awaited else cast(Decision, verdict)
                     if not decision.policy_id:  # a policy naming none: recorded under its own name
                         decision = _named_by(decision, policy)
+                    if decision.allowed and not decision.approved_scopes <= principal.scopes:
+                        check_within_grant(decision, principal, policy)  # or within it by the hierarchy
                 except BaseException as error:
                     if not (isinstance(error, Exception) or cancelled_itself(error)):
                         raise

@@ -323,6 +323,18 @@ class Reason:
 
 Outcome = Literal["allowed", "trimmed", "denied"]
 
+_SCOPE_SETS = ("requested_scopes", "approved_scopes", "missing_scopes")
+
+
+def _scope_names(name: str, value: object) -> frozenset[str]:
+    """``value``, a collection of scope names, as a frozenset; `TypeError` for anything else."""
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise TypeError(f"Decision.{name} must be a collection of scope names, not {type(value).__name__}")
+    names = frozenset(value)
+    if not all(type(scope) is str for scope in names):
+        raise TypeError(f"Decision.{name} must hold scope names (strings) only")
+    return names
+
 
 @dataclass(frozen=True, slots=True)
 class Decision:
@@ -348,6 +360,19 @@ class Decision:
     policy_version: str = ""
     targets: tuple[tuple[str, str], ...] = ()
     on_allow: tuple[AllowHook, ...] = field(default=(), compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        """Refuse what a policy could not mean (`TypeError`): a guard acting on ``allowed="false"``
+        would allow, and a string of scopes would be read one character at a time. Other
+        collections of scope names become frozensets."""
+        if type(self.allowed) is not bool:
+            raise TypeError(f"Decision.allowed must be True or False, not {type(self.allowed).__name__}")
+        for name in _SCOPE_SETS:
+            value = getattr(self, name)
+            if type(value) is not frozenset:
+                object.__setattr__(self, name, _scope_names(name, value))
+        if type(self.reasons) is not tuple or not all(isinstance(reason, Reason) for reason in self.reasons):
+            raise TypeError("Decision.reasons must be a tuple of Reason values (Reason.of(code, message))")
 
     @property
     def reason(self) -> Reason:

@@ -780,3 +780,92 @@ async def test_a_round_that_asks_for_input_counts_though_never_answered(audit: M
                 assert asked.result_type == "input_required"
             with pytest.raises(MCPError, match="at most 2 calls"):
                 await client.session.call_tool("delete_file", {"path": "c"}, allow_input_required=True)
+
+
+def answers_false_as_text(request: CallRequest) -> Decision:
+    return Decision(allowed="false")  # type: ignore[arg-type]  # a remote answer passed through
+
+
+def approves_a_string(request: CallRequest) -> Decision:
+    return Decision(allowed=True, approved_scopes="notes:read")  # type: ignore[arg-type]
+
+
+def gives_text_reasons(request: CallRequest) -> Decision:
+    return Decision(allowed=False, reasons=("not on weekends",))  # type: ignore[arg-type]
+
+
+def approves_more_than_granted(request: CallRequest) -> Decision:
+    return Decision(allowed=True, approved_scopes=frozenset({"notes:read", "notes:admin"}))
+
+
+@pytest.mark.parametrize(
+    "decide", [answers_false_as_text, approves_a_string, gives_text_reasons, approves_more_than_granted]
+)
+@pytest.mark.parametrize("combine", ["alone", "all_of", "deny_overrides", "any_of"])
+async def test_a_decision_a_policy_could_not_mean_denies_the_call(
+    audit: MemoryAuditSink, decide: Any, combine: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A decision whose ``allowed`` is not a bool (truthy text would allow), whose scopes are a
+    string or beyond the grant, or whose reasons are not `Reason` values is a broken policy:
+    denied with ``policy_error``, alone or inside any combination."""
+    from mcp_guard.policy import AllOf, AnyOf, DenyOverrides
+
+    combined = {
+        "alone": decide,
+        "all_of": AllOf(ScopePolicy(), as_policy(decide)),
+        "deny_overrides": DenyOverrides(ScopePolicy(), as_policy(decide)),
+        "any_of": AnyOf(as_policy(decide), as_policy(lambda request: None)),
+    }[combine]
+    guard = Guard(policy=combined, audit=[audit])
+    guard.declare(ToolSpec("read_note", scopes=frozenset({"notes:read"})))
+    decision = (await guard.authorize("read_note", {}, access_token("alice", "notes:read"))).decision
+    if decide is approves_more_than_granted and combine in ("all_of", "deny_overrides"):
+        assert decision.approved_scopes == {"notes:read"}  # the scope policy's answer narrows it
+        return
+    assert not decision.allowed and decision.reason.code == ReasonCode.POLICY_ERROR
+    assert [event for event in audit.events if event.kind == EventKind.CALL_DECIDED][-1].outcome == "denied"
+    assert "Decision." in caplog.text or "not granted: 'notes:admin'" in caplog.text
+
+
+async def test_a_policy_may_approve_what_its_hierarchy_implies_and_scopes_in_any_collection(
+    audit: MemoryAuditSink,
+) -> None:
+    """Approving a scope the grant implies (``notes:write`` implies ``notes:read``) is narrowing
+    it; a set or list of scope names is taken as the frozenset it stands for."""
+    from mcp_guard.policy import AllOf
+
+    def approves_read_as_a_list(request: CallRequest) -> Decision:
+        return Decision(allowed=True, approved_scopes=["notes:read"])  # type: ignore[arg-type]
+
+    guard = Guard(policy=AllOf(ScopePolicy({"notes:write": "notes:read"}), as_policy(approves_read_as_a_list)))
+    guard.declare(ToolSpec("read_note", scopes=frozenset({"notes:read"})))
+    decision = (await guard.authorize("read_note", {}, access_token("alice", "notes:write"))).decision
+    assert decision.allowed and decision.approved_scopes == frozenset({"notes:read"})
+    solo = Guard(policy=approves_read_as_a_list)
+    solo.declare(ToolSpec("read_note"))
+    assert not (await solo.authorize("read_note", {}, access_token("alice", "notes:write"))).allowed  # no hierarchy
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_a_policy_approving_a_set_serves_the_call_with_exactly_those_scopes(mode: str) -> None:
+    """A plain ``set`` of approved scopes once broke the trimmed token (unhashable) after the call
+    was recorded as allowed."""
+    from mcp.server.auth.middleware.auth_context import get_access_token
+    from mcp.server.mcpserver import MCPServer
+
+    def approves_a_set(request: CallRequest) -> Decision:
+        return Decision(allowed=True, requested_scopes=request.principal.scopes, approved_scopes={"notes:read"})  # type: ignore[arg-type]
+
+    guard = Guard(policy=approves_a_set)
+    mcp = MCPServer("notes", middleware=[GuardMiddleware(guard)])
+
+    @mcp.tool()
+    @guard.tool(scopes="notes:read")
+    async def read_note() -> str:
+        token = get_access_token()
+        return " ".join(token.scopes) if token is not None else "no token"
+
+    with acting_as(access_token("alice", "notes:read notes:write")):
+        async with Client(mcp, mode=mode) as client:
+            result = await client.call_tool("read_note", {})
+    assert result.content[0].text == "notes:read"  # type: ignore[union-attr]

@@ -45,8 +45,9 @@ from mcp_guard.errors import Refused
 from mcp_guard.guard import Guard
 from mcp_guard.identity.bearer import BearerVerifier
 from mcp_guard.model import Decision, Principal, Reason, ToolSpec
+from mcp_guard.policy.scopes import granted_scopes
 from mcp_guard.reasons import ReasonCode
-from mcp_guard.scopes import ScopeHierarchy, format_scope, scope_set
+from mcp_guard.scopes import format_scope, scope_set
 
 __all__ = ["MAX_CHALLENGED_BODY", "GuardHTTP", "resource_metadata_url"]
 
@@ -167,9 +168,7 @@ class GuardHTTP:
             return None
         if spec.conceal:
             return None
-        hierarchy = getattr(self.guard.policy, "hierarchy", None)
-        granted = hierarchy.expand(principal.scopes) if isinstance(hierarchy, ScopeHierarchy) else principal.scopes
-        missing = spec.scopes - granted
+        missing = spec.scopes - granted_scopes(self.guard.policy, principal)
         return _StepUp(principal, spec, missing) if missing else None
 
     async def _recorded(self, step_up: _StepUp) -> bool:

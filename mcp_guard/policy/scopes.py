@@ -9,7 +9,7 @@ from mcp_guard.model import CallRequest, Decision, Delegation, Principal, Reason
 from mcp_guard.reasons import ReasonCode
 from mcp_guard.scopes import ScopeHierarchy
 
-__all__ = ["ScopePolicy"]
+__all__ = ["ScopePolicy", "check_within_grant", "granted_scopes"]
 
 RULE_REQUIRED_SCOPES = "scopes.required"
 RULE_DELEGATION = "delegation"
@@ -115,3 +115,17 @@ def _listed(scopes: frozenset[str], *, named: bool = True) -> str:
     if not named:
         return quoted
     return f"scope {quoted}" if len(scopes) == 1 else f"scopes {quoted}"
+
+
+def granted_scopes(policy: object, principal: Principal) -> frozenset[str]:
+    """The scopes ``principal`` was granted, widened by ``policy``'s scope hierarchy if it has one."""
+    hierarchy = getattr(policy, "hierarchy", None)
+    return hierarchy.expand(principal.scopes) if isinstance(hierarchy, ScopeHierarchy) else principal.scopes
+
+
+def check_within_grant(decision: Decision, principal: Principal, policy: object) -> None:
+    """Refuse (`ValueError`) an allowing ``decision`` that approves a scope ``principal`` was not
+    granted, after ``policy``'s hierarchy: a policy may only narrow the grant, never widen it."""
+    widened = decision.approved_scopes - granted_scopes(policy, principal)
+    if widened:
+        raise ValueError(f"the policy approved scopes the caller was not granted: {_listed(widened, named=False)}")
