@@ -49,6 +49,35 @@ def run(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedPr
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
 
 
+def test_a_full_disk_denies_new_calls_by_default(tmp_path: Path) -> None:
+    """A file-size limit of one byte stands for a full disk: the call whose record could not be
+    written was already admitted, and every call after it is denied."""
+    result = run(
+        """
+        import resource, signal, sys, time
+        import anyio
+        from mcp_guard import Guard, ToolSpec
+        from mcp_guard.audit.file import FileAuditSink
+        from mcp_guard.testing import access_token
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        sink = FileAuditSink(sys.argv[1], flush_interval=0.01)
+        guard = Guard(audit=[sink])
+        guard.declare(ToolSpec("read_note", scopes=frozenset({"notes:read"})))
+        token = access_token("alice", "notes:read")
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+        print("first:", anyio.run(guard.authorize, "read_note", {}, token).allowed)  # queued; its write fails
+        deadline = time.monotonic() + 10
+        while sink._error is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        print("then:", anyio.run(guard.authorize, "read_note", {}, token).decision.reason.code)
+        """,
+        str(tmp_path / "audit.jsonl"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "first: True" in result.stdout and "then: guard_error" in result.stdout
+    assert "File too large" in result.stderr  # the writer's alarm
+
+
 @pytest.mark.parametrize("failure", ["deny", "buffer"])
 def test_a_write_that_fails_halfway_is_cut_back_and_retried_whole(tmp_path: Path, failure: str) -> None:
     """A file-size limit makes the kernel take part of a batch and refuse the rest, as a full disk does."""

@@ -203,19 +203,6 @@ def test_concurrent_writers_never_interleave_or_fork(tmp_path: Path) -> None:
     assert verdict.entries == 1 + 8 * 400 + 40 * 20 + 1  # head, events, closing checkpoint
 
 
-async def test_a_full_disk_denies_new_calls_by_default(tmp_path: Path) -> None:
-    sink = FileAuditSink(tmp_path / "audit.jsonl", flush_interval=0.01)
-    (tmp_path / "audit.jsonl").symlink_to("/dev/full")  # the log, open and empty, now writes to a full disk
-    guard = Guard(audit=[sink])
-    with acting_as(access_token("alice", "notes:read")):
-        async with Client(notes_server(guard)) as client:
-            await client.call_tool("read_note", {"title": "welcome"})  # queued; the write fails behind it
-            with pytest.raises(AuditLogError):
-                sink.flush(timeout=2)
-            result = await guard.authorize("read_note", {}, access_token("alice", "notes:read"))
-            assert result.decision.reason.code == ReasonCode.GUARD_ERROR
-
-
 def test_an_event_that_cannot_be_written_in_full_is_written_as_a_stand_in(tmp_path: Path) -> None:
     class Unprintable:
         def __str__(self) -> str:
@@ -571,8 +558,7 @@ def test_a_failing_closing_checkpoint_is_retried_and_reported(tmp_path: Path) ->
     path.symlink_to(tmp_path / "directory")  # the log cannot be appended to for now
     with pytest.raises(AuditLogError, match="did not close"):
         sink.close(timeout=0.3)
-    (tmp_path / "restored").symlink_to(moved)
-    os.replace(tmp_path / "restored", path)  # in one step: the retrying writer never finds no file
+    os.replace(moved, path)  # in one step: the retrying writer never finds no file
     sink.close()
     assert [json.loads(line)["kind"] for line in path.read_bytes().splitlines()][-1] == "chain.checkpoint"
     assert verify_files([str(path)]).ok
@@ -767,3 +753,104 @@ def test_a_recovery_and_a_new_failure_in_one_pass_are_told_in_order(
     assert states == ["failed", "recovered", "failed"]
     sink._append_batch = real  # type: ignore[method-assign]
     sink.close()
+
+
+def test_a_writer_held_up_past_the_stall_timeout_fails_the_log_in_deny_mode(tmp_path: Path) -> None:
+    """A writer that takes no event for ``stall_timeout`` (a hung mount, a slow witness) is a
+    failing log: deny mode refuses new events rather than admit calls it may never record, and
+    takes them again once the writer is back."""
+    called, release = threading.Event(), threading.Event()
+
+    def witness(checkpoint: Checkpoint) -> None:
+        called.set()
+        release.wait(10)
+
+    path = tmp_path / "audit.jsonl"
+    sink = FileAuditSink(path, checkpoint_interval=0, witness=witness, flush_interval=0.01, stall_timeout=0.2)
+    sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, time.time(), tool="t1"))
+    assert called.wait(10)
+    sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, time.time(), tool="t2"))  # waits for the writer
+    time.sleep(0.3)
+    with pytest.raises(AuditLogError, match="written nothing for 0 s while events wait: its writer is held up"):
+        sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, time.time(), tool="t3"))
+    release.set()
+    sink.flush()
+    sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, time.time(), tool="t4"))
+    sink.close()
+    tools = [entry["event"].get("tool") for entry in map(json.loads, path.read_bytes().splitlines())]
+    assert [tool for tool in tools if tool] == ["t1", "t2", "t4"]
+    assert verify_files([str(path)]).ok
+
+
+def test_buffer_mode_keeps_queueing_while_the_writer_is_held_up(tmp_path: Path) -> None:
+    release = threading.Event()
+    sink = FileAuditSink(
+        tmp_path / "audit.jsonl",
+        checkpoint_interval=0,
+        witness=lambda checkpoint: release.wait(10),
+        flush_interval=0.01,
+        stall_timeout=0.05,
+        failure="buffer",
+    )
+    for index in range(5):
+        sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, time.time(), tool=f"t{index}"))
+        time.sleep(0.03)
+    release.set()
+    sink.close()
+    assert verify_files([str(tmp_path / "audit.jsonl")]).entries >= 5
+
+
+def test_the_stall_timeout_must_outlast_the_writers_pause() -> None:
+    with pytest.raises(ValueError, match="stall_timeout must be longer than flush_interval"):
+        FileAuditSink("/nonexistent/audit.jsonl", flush_interval=1.0, stall_timeout=1.0)
+
+
+@pytest.mark.parametrize("name", ["audit.jsonl", "audit.jsonl.lock"])
+def test_a_fifo_in_place_of_the_live_file_or_lock_is_refused_on_opening(tmp_path: Path, name: str) -> None:
+    """A FIFO there would block the writer in ``open`` for good, while deny mode went on admitting calls."""
+    os.mkfifo(tmp_path / name)
+    with pytest.raises(AuditLogError, match="is not a regular file"):
+        FileAuditSink(tmp_path / "audit.jsonl", flush_interval=0.01)
+
+
+def test_a_fifo_put_in_place_of_the_live_file_later_fails_the_log_without_hanging(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    sink = FileAuditSink(path, flush_interval=0.01)  # a fresh log: no live file yet
+    os.mkfifo(path)
+    sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, time.time(), tool="t1"))
+    with pytest.raises(AuditLogError, match="is not a regular file"):
+        sink.flush(timeout=5)
+    with pytest.raises(AuditLogError, match="is failing"):
+        sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, time.time(), tool="t2"))
+    path.unlink()
+    sink.close(timeout=5)  # the writer was never stuck: it retries, and writes both
+    assert verify_files([str(path)]).entries == 3
+
+
+@pytest.mark.parametrize("planted", ["fifo", "symlink"])
+def test_whatever_is_planted_at_the_anchors_temporary_file_is_replaced_and_nothing_clobbered(
+    tmp_path: Path, planted: str
+) -> None:
+    """The anchor's temporary file was opened through a symlink (truncating and overwriting its
+    target) and would block on a FIFO."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    temporary = tmp_path / "audit.jsonl.anchor.tmp"
+    if planted == "fifo":
+        os.mkfifo(temporary)
+    else:
+        os.symlink(victim, temporary)
+    path = tmp_path / "audit.jsonl"
+    sink = FileAuditSink(path, flush_interval=0.01)
+    sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, time.time(), tool="t1"))
+    sink.close(timeout=5)
+    assert verify_files([str(path)]).ok and not temporary.exists()
+    assert victim.read_text() == "precious\n"
+
+
+def test_a_symlink_in_place_of_the_lock_file_is_refused_and_creates_nothing(tmp_path: Path) -> None:
+    missing = tmp_path / "created-by-the-log"
+    os.symlink(missing, tmp_path / "audit.jsonl.lock")
+    with pytest.raises(AuditLogError, match=r"not a regular file \(a symbolic link"):
+        FileAuditSink(tmp_path / "audit.jsonl")
+    assert not missing.exists()

@@ -8,9 +8,10 @@ Every ``checkpoint_interval`` seconds (when anything was written) it appends a
 ``chain.checkpoint`` entry and hands it to ``witness`` and the ``mcp_guard`` logger, so a copy
 held elsewhere can later prove the chain up to it was not rewritten.
 
-When writing fails (a full disk, an unwritable file) or the queue is full, ``failure="deny"``
-(the default) makes ``emit`` raise, so the guard denies new calls rather than serve them
-unrecorded; ``failure="buffer"`` keeps queueing (up to the bound), logs an alarm, and retries.
+When writing fails (a full disk, an unwritable file), the queue is full, or events have
+waited ``stall_timeout`` seconds for a writer held up (a hung disk or mount, a slow witness),
+``failure="deny"`` (the default) makes ``emit`` raise, so the guard denies new calls rather
+than serve them unrecorded; ``failure="buffer"`` keeps queueing (up to the bound), logs an alarm, and retries.
 A write that fails halfway is cut back, so the retry writes whole lines once. An anchor that
 cannot be written fails the log the same way (entries past a stale anchor could be cut off
 unseen) until the writer, retrying it, succeeds; the lines it follows are not written again.
@@ -100,7 +101,12 @@ class FileAuditSink:
         checkpoint_interval: float = 60.0,
         witness: Callable[[Checkpoint], object] | None = None,
         adopt_unanchored: bool = False,
+        stall_timeout: float = 10.0,
     ) -> None:
+        if not stall_timeout > flush_interval:  # the writer looks at the queue every flush_interval
+            raise ValueError(
+                f"stall_timeout must be longer than flush_interval ({flush_interval}), not {stall_timeout!r}"
+            )
         if failure not in ("deny", "buffer"):
             raise ValueError(f"failure must be 'deny' or 'buffer', not {failure!r}")
         if max_bytes < 1:
@@ -115,7 +121,10 @@ class FileAuditSink:
         self.flush_interval = flush_interval
         self.checkpoint_interval = checkpoint_interval
         self.witness = witness
+        self.stall_timeout = stall_timeout
         self._checkpointed_at = time.monotonic()
+        self._taken_at = time.monotonic()
+        """When the writer last took the queued events, or the first of them was queued."""
         self._unwitnessed = False
         self.written = 0
         self._queue: deque[AuditEvent] = deque()
@@ -167,10 +176,18 @@ class FileAuditSink:
         step against `close`, so an event is either refused or written.
         """
         with self._intake:
-            if not self._closed and self._error is None and len(self._queue) < self.queue_size:
-                self._queue.append(event)  # the common case, read inline: it runs for every event
+            now = time.monotonic()
+            if (  # the common case, read inline: it runs for every event
+                not self._closed
+                and self._error is None
+                and len(self._queue) < self.queue_size
+                and (not self._queue or now - self._taken_at < self.stall_timeout)
+            ):
+                if not self._queue:
+                    self._taken_at = now
+                self._queue.append(event)
                 return
-            refusal = self._refusal()
+            refusal = self._refusal(now)
             if refusal is None:
                 self._queue.append(event)
                 return
@@ -178,14 +195,21 @@ class FileAuditSink:
             raise AuditLogError(refusal)
         logger.error("mcp-guard: %s; dropping an event", refusal)
 
-    def _refusal(self) -> str | None:
-        """Why the log takes no event now, if it does not (buffer mode queues while failing)."""
+    def _refusal(self, now: float) -> str | None:
+        """Why the log takes no event now, if it does not (buffer mode queues while failing or held up)."""
         if self._closed:
             return f"the audit log {self.path} is closed" + ("" if self._error is None else f": {self._error}")
         if self.failure == "deny" and self._error is not None:
             return f"the audit log {self.path} is failing: {self._error}"
         if len(self._queue) >= self.queue_size:
             return f"the audit log {self.path} is full ({self.queue_size} events behind)"
+        if self.failure == "deny" and self._queue and now - self._taken_at >= self.stall_timeout:
+            return (
+                f"the audit log {self.path} has written nothing for {now - self._taken_at:.0f} s while events "
+                "wait: its writer is held up (a hung disk or mount, or a slow witness)"
+            )
+        if not self._queue:
+            self._taken_at = now
         return None
 
     def flush(self, timeout: float = 10.0) -> None:
@@ -279,6 +303,7 @@ class FileAuditSink:
         if not self._queue and not self._closed:
             self._wake.wait(self.flush_interval)
         batch = [self._queue.popleft() for _ in range(len(self._queue))]
+        self._taken_at = time.monotonic()
         if batch:
             self._write_batch(batch)
         elif self._stale_anchor is not None:  # deny mode refuses events until it is written

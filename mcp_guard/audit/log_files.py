@@ -8,6 +8,8 @@ does not verify, a second writer.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -189,7 +191,7 @@ def append_whole(path: Path, data: bytes) -> FileIdentity:
 
     A file this creates has its directory entry made durable too.
     """
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    fd = _open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     try:
         start = os.lseek(fd, 0, os.SEEK_END)
         try:
@@ -226,7 +228,9 @@ def write_anchor(path: Path, state: ChainState, key: bytes | None) -> None:
     body = anchor_body(state.seq - 1, state.last_hash)
     target = anchor_path(path)
     temporary = target.with_name(target.name + ".tmp")
-    with open(temporary, "wb") as file:
+    with contextlib.suppress(FileNotFoundError):  # whatever is there (a link planted to clobber its target)
+        os.unlink(temporary)
+    with open(temporary, "xb") as file:  # created afresh, never through a link
         file.write(b'{"anchor":' + body + b',"mac":"' + digest(body, key).encode() + b'"}\n')
         file.flush()
         os.fsync(file.fileno())
@@ -245,7 +249,7 @@ def take_lock(path: Path) -> int:
     _refuse_links(path)
     lock = _lock_path(path)
     for _ in range(3):
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = _open_regular(lock, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -276,8 +280,26 @@ def _holds(fd: int, lock: Path) -> bool:
     return (held.st_dev, held.st_ino) == (there.st_dev, there.st_ino)
 
 
+def _open_regular(path: Path, flags: int) -> int:
+    """Open ``path`` (created if missing) only if it is a regular file: never through a
+    symlink, and never waiting on a FIFO put in its place (the writer would hang); else
+    `AuditLogError`."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+    except OSError as error:
+        if error.errno not in (errno.ELOOP, errno.ENXIO):
+            raise
+        raise AuditLogError(f"{path} is not a regular file (a symbolic link, or a FIFO): {error.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise AuditLogError(f"{path} is not a regular file")
+    os.set_blocking(fd, True)
+    return fd
+
+
 def _refuse_links(path: Path) -> None:
-    """Raise `AuditLogError` when the live file is a symlink or has other names (hard links)."""
+    """Raise `AuditLogError` when the live file is a symlink, has other names (hard links), or
+    is no regular file at all."""
     try:
         found = os.lstat(path)
     except FileNotFoundError:
@@ -287,7 +309,9 @@ def _refuse_links(path: Path) -> None:
             f"the audit log {path} is a symbolic link: give its real path ({os.path.realpath(path)}), as rotation "
             "renames the live file and a second writer could come in by the other name"
         )
-    if stat.S_ISREG(found.st_mode) and found.st_nlink > 1:
+    if not stat.S_ISREG(found.st_mode):
+        raise AuditLogError(f"the audit log {path} is not a regular file")
+    if found.st_nlink > 1:
         raise AuditLogError(
             f"the audit log {path} has {found.st_nlink} hard links: remove the others, as rotation renames only this "
             "name and a second writer could come in by another"
