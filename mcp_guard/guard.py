@@ -24,6 +24,7 @@ from mcp.server.auth.provider import AccessToken
 
 from mcp_guard.audit.arguments import error_detail, log_failure, summarize_arguments
 from mcp_guard.audit.events import AuditEvent, EventKind
+from mcp_guard.audit.owed import OwedRecords
 from mcp_guard.audit.sinks import AuditSink, MemoryAuditSink
 from mcp_guard.audit.spans import annotate_span, current_span_context, recording_span
 from mcp_guard.clock import read_clock
@@ -135,6 +136,7 @@ class Guard:
         self.session_keys = session_keys if session_keys is not None else SessionKeys()
         self.sinks: tuple[AuditSink, ...] = tuple(audit) if audit is not None else (MemoryAuditSink(),)
         self.revocations = Revocations()
+        self._owed = OwedRecords()
         self.leeway = leeway
         self.clock = clock
         self.record_arguments = record_arguments
@@ -385,6 +387,8 @@ class Guard:
             ended = False  # by this call's weight: calls on other threads counted in before it
             shadow_taken: Sequence[Callable[[], None]] = ()  # what the candidate counted of its own
             try:
+                if self._owed.entries:  # the records of changes a failing sink refused, first
+                    self._owed.pay()
                 for sink in self.sinks:
                     sink.emit(event)
                 if session is not None:
@@ -568,7 +572,9 @@ class Guard:
         session opens at its first tool call: before it, revoke its subject, client or token).
         A call already admitted runs to its end. A clock that gives no
         usable time raises `Refused` (``guard_error``) and revokes nothing; every call is denied
-        meanwhile, and the revocation is to be made again once the clock is sound.
+        meanwhile, and the revocation is to be made again once the clock is sound. An audit sink
+        that refuses the record raises its error, and the revocation stands: the record is owed
+        to that sink, and written before anything else it takes.
         """
         targets = {"session_id": session_id, "subject": subject, "client_id": client_id, "token_id": token_id}
         given = _one_target(targets, issuer)
@@ -587,7 +593,7 @@ class Guard:
             if ended == "ended" or not already_revoked:  # an expired session's id is revoked now too
                 note = None if ended == "ended" else "the session had already ended"
                 detail = "; ".join(part for part in (note, reason) if part) or None
-                self.record(
+                self._record_change(
                     AuditEvent.build(
                         EventKind.SESSION_REVOKED,
                         now,
@@ -607,7 +613,7 @@ class Guard:
         elif token_id is not None:
             self.revocations.revoke_token(token_id, issuer=issuer, until=until)
         detail = _describe(given, issuer, reason, until)
-        self.record(AuditEvent.build(EventKind.ACCESS_REVOKED, now, span=current_span_context(), detail=detail))
+        self._record_change(AuditEvent.build(EventKind.ACCESS_REVOKED, now, span=current_span_context(), detail=detail))
 
     async def restore(
         self,
@@ -633,7 +639,9 @@ class Guard:
         if lifted is None:
             return False
         detail = _describe(given, issuer, reason, lifted, lifting=True)
-        self.record(AuditEvent.build(EventKind.ACCESS_RESTORED, now, span=current_span_context(), detail=detail))
+        self._record_change(
+            AuditEvent.build(EventKind.ACCESS_RESTORED, now, span=current_span_context(), detail=detail)
+        )
         return True
 
     # -- stages -------------------------------------------------------------------------------
@@ -659,6 +667,7 @@ class Guard:
         (a refreshed one) is recorded as ``session.bound``.
         """
         session, opened = found, False
+        changes: list[EventKind] = []
         if session is None:
             if self.revocations.session_revoked(session_id):
                 raise Refused(ReasonCode.SESSION_REVOKED)
@@ -667,42 +676,22 @@ class Guard:
             )
             session, opened = await self.sessions.add(opening)
             if opened:
-                self.record(
-                    AuditEvent.build(
-                        EventKind.SESSION_OPENED,
-                        now,
-                        principal,
-                        session_id,
-                        span=current_span_context(),
-                        owners=session.owners,
-                    )
-                )
+                changes.append(EventKind.SESSION_OPENED)
         refusal = _session_refusal(session, principal, now)
         if refusal is None:
             until = presentable_until(principal, self.leeway, math.inf if from_credential else session.expires_at)
             if opened or await self.sessions.bind_token(session, principal.token_id or principal.token_hash, until):
-                self.record(
-                    AuditEvent.build(
-                        EventKind.SESSION_BOUND,
-                        now,
-                        principal,
-                        session_id,
-                        span=current_span_context(),
-                        owners=session.owners,
-                    )
-                )
+                changes.append(EventKind.SESSION_BOUND)
+        elif (
+            refusal in _LIFETIME_ENDS and await self.sessions.end(session_id, SessionState.EXPIRED, refusal) == "ended"
+        ):
+            changes.append(EventKind.SESSION_EXPIRED)
+        self._record_changes(
+            AuditEvent.build(kind, now, principal, session_id, span=current_span_context(), owners=session.owners)
+            for kind in changes
+        )
+        if refusal is None:
             return session
-        if refusal in _LIFETIME_ENDS and await self.sessions.end(session_id, SessionState.EXPIRED, refusal) == "ended":
-            self.record(
-                AuditEvent.build(
-                    EventKind.SESSION_EXPIRED,
-                    now,
-                    principal,
-                    session_id,
-                    span=current_span_context(),
-                    owners=session.owners,
-                )
-            )
         raise Refused(refusal)
 
     def _counted(
@@ -763,6 +752,7 @@ class Guard:
         until none of them can be presented (a new connection, with the token that drove it
         there or another one of the session's, must not start a fresh budget), and record why."""
         self.revocations.revoke_session(session.id, until=_revoked_until(session), now=now)
+        changes: list[AuditEvent] = []
         if principal is not None:
             until = max(session.retain_until, presentable_until(principal, self.leeway, math.inf))
             reason = f"session {session.id} reached its risk threshold"
@@ -770,7 +760,7 @@ class Guard:
                 if token_id is not None:
                     self.revocations.revoke_token(token_id, issuer=principal.issuer, until=until)
                     detail = _describe({"token_id": token_id}, principal.issuer, reason, until)
-                    self.record(
+                    changes.append(
                         AuditEvent.build(
                             EventKind.ACCESS_REVOKED,
                             now,
@@ -782,7 +772,7 @@ class Guard:
                         )
                     )
         if await self.sessions.end(session.id, SessionState.REVOKED, ReasonCode.SESSION_RISK_EXCEEDED) == "ended":
-            self.record(
+            changes.append(
                 AuditEvent.build(
                     EventKind.SESSION_REVOKED,
                     now,
@@ -793,6 +783,7 @@ class Guard:
                     owners=session.owners,
                 )
             )
+        self._record_changes(changes)  # once every revocation is made: a failing sink stops none of them
 
     def _refusal(
         self, code: str, message: str | None, principal: Principal | None, policy: Policy | None = None
@@ -887,9 +878,29 @@ class Guard:
         self._emit_best_effort(event)
 
     def record(self, event: AuditEvent) -> None:
-        """Give an event to every audit sink (integrations record what happens outside `authorize`)."""
+        """Give an event to every audit sink (integrations record what happens outside `authorize`),
+        after the records of changes a sink refused before (see `OwedRecords`)."""
+        if self._owed.entries:
+            self._owed.pay()
         for sink in self.sinks:
             sink.emit(event)
+
+    def _record_change(self, event: AuditEvent) -> None:
+        """Record a change already made (a session opened, bound or ended, a revocation): a sink
+        that refuses it is owed it, and gets it before anything else once it takes records again.
+        Raises the refusal, so the call making the change is denied (it stands all the same)."""
+        self._owed.record_change(event, self.sinks)
+
+    def _record_changes(self, events: Iterable[AuditEvent]) -> None:
+        """`_record_change` for each of ``events``, every one of them owed when refused; raises the first refusal."""
+        refusal: Exception | None = None
+        for event in events:
+            try:
+                self._owed.record_change(event, self.sinks)
+            except Exception as error:
+                refusal = refusal or error
+        if refusal is not None:
+            raise refusal
 
     def _emit_best_effort(self, event: AuditEvent) -> None:
         """Give ``event`` to every sink that will take it (after a sink already failed)."""

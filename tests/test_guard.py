@@ -19,6 +19,8 @@ from mcp_guard import (
     Principal,
     ReasonCode,
     Refused,
+    Risk,
+    RiskSettings,
     ScopeHierarchy,
     ScopePolicy,
     SessionKeys,
@@ -1232,3 +1234,81 @@ async def test_a_credential_naming_no_usable_session_key_is_refused_for_that_rea
     refused = await g.admit_request("resources/read", t)
     assert refused is not None and refused.reason.code == ReasonCode.SESSION_UNAVAILABLE
     assert not [record for record in caplog.records if record.exc_info]  # a refusal, not a failure
+
+
+class RefusesOnce:
+    """A sink that refuses the first record of each kind it is told to (a log failing for a moment)."""
+
+    def __init__(self, *kinds: EventKind) -> None:
+        self.events: list[Any] = []
+        self.refuse = set(kinds)
+
+    def emit(self, event: Any) -> None:
+        if event.kind in self.refuse:
+            self.refuse.discard(event.kind)
+            raise OSError("disk full")
+        self.events.append(event)
+
+    def kinds(self) -> list[str]:
+        return [str(event.kind) for event in self.events]
+
+
+async def test_a_session_opened_while_the_log_failed_is_recorded_before_anything_after_it(clock: Clock) -> None:
+    """The store opened the session before its record was refused: the record is owed, and
+    written ahead of the next one, with the session's binding of its first token after it."""
+    sink = RefusesOnce(EventKind.SESSION_OPENED)
+    g = Guard(audit=[sink], clock=clock)
+    g.declare(ToolSpec("read_note", scopes=frozenset({"notes:read"})))
+    caller = token()
+    first = await g.authorize("read_note", {}, caller)
+    assert first.decision.reason.code == ReasonCode.GUARD_ERROR  # the change stands; its record is owed
+    assert sink.kinds() == ["session.opened", "session.bound", "call.decided"]  # paid before the next record
+    assert (await g.authorize("read_note", {}, caller)).allowed
+    assert sink.kinds()[-1] == "call.decided" and sink.events[0].session_id == sink.events[-1].session_id
+
+
+async def test_a_revocation_whose_record_is_refused_stands_and_its_record_is_owed(clock: Clock) -> None:
+    sink = RefusesOnce(EventKind.SESSION_REVOKED)
+    g = Guard(audit=[sink], clock=clock)
+    g.declare(ToolSpec("read_note", scopes=frozenset({"notes:read"})))
+    caller = token()
+    assert (await g.authorize("read_note", {}, caller)).allowed
+    session_id = sink.events[-1].session_id
+    with pytest.raises(OSError, match="disk full"):
+        await g.revoke(session_id=session_id)
+    refused = await g.authorize("read_note", {}, caller)
+    assert refused.decision.reason.code == ReasonCode.SESSION_REVOKED
+    assert sink.kinds()[-2:] == ["session.revoked", "call.decided"]
+    await g.revoke(session_id=session_id)  # made again: nothing new to record
+    assert sink.kinds().count("session.revoked") == 1
+
+
+async def test_an_idle_session_ended_while_the_log_failed_is_recorded_once_it_takes_records(clock: Clock) -> None:
+    sink = RefusesOnce(EventKind.SESSION_EXPIRED)
+    g = Guard(audit=[sink], clock=clock, session_settings=SessionSettings(idle_ttl=30))
+    g.declare(ToolSpec("read_note", scopes=frozenset({"notes:read"})))
+    caller = token()
+    assert (await g.authorize("read_note", {}, caller)).allowed
+    clock.advance(31)
+    assert (await g.authorize("read_note", {}, caller)).decision.reason.code == ReasonCode.GUARD_ERROR
+    assert sink.kinds()[-2:] == ["session.expired", "call.decided"]  # owed, and written ahead of the denial
+    again = await g.authorize("read_note", {}, caller)
+    assert again.decision.reason.code == ReasonCode.SESSION_IDLE_EXPIRED
+    assert sink.kinds().count("session.expired") == 1
+
+
+async def test_a_failing_log_stops_none_of_the_revocations_a_risk_threshold_makes(clock: Clock) -> None:
+    """Every token of a session that reached its threshold is revoked, though the record of the
+    first revocation is refused; the records all follow, in order."""
+    sink = RefusesOnce(EventKind.ACCESS_REVOKED)
+    g = Guard(audit=[sink], clock=clock, risk=RiskSettings(threshold=10, write=6))
+    g.declare(ToolSpec("write_note", scopes=frozenset({"notes:write"}), risk=Risk.WRITE))
+    first, second = token(scopes="notes:write", sid="s1"), token(scopes="notes:write", sid="s1", jti="t2")
+    assert (await g.authorize("write_note", {}, first)).allowed
+    assert not (await g.authorize("write_note", {}, second)).allowed  # the threshold reached
+    for each in (first, second):
+        assert (await g.authorize("write_note", {}, each)).decision.reason.code in (
+            ReasonCode.TOKEN_REVOKED,
+            ReasonCode.SESSION_REVOKED,
+        )
+    assert sink.kinds().count("access.revoked") == 2 and "session.revoked" in sink.kinds()
