@@ -25,6 +25,7 @@ import json
 import logging
 from collections import deque
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
@@ -135,7 +136,9 @@ class GuardHTTP:
         challenge, so the 403 never answers a request the SDK would refuse with 401. The tool
         name is decoded as the SDK decodes it. Only when the policy itself would refuse every
         call to the tool (`Policy.visible` is false): a policy that could allow it without those
-        scopes (a function, `AnyOf`) decides the call in band instead of being pre-empted here.
+        scopes (a function, `AnyOf`) decides the call in band instead of being pre-empted here;
+        and only when it would allow it with them, so no client is sent to ask for scopes that
+        cannot help (a tool the policy does not list, a delegation it forbids).
         """
         if headers is None or headers.get(b"mcp-method") != b"tools/call":
             return None
@@ -160,16 +163,20 @@ class GuardHTTP:
         if declared is None:
             return None
         spec = self.guard.as_policy_sees(declared)
-        try:  # a policy that would allow some call to the tool (a function, AnyOf) decides in band
-            if self.guard.policy.visible(principal, spec):
-                return None
+        if spec.conceal or self._callable(principal, spec):
+            return None  # a policy that would allow some call to the tool (a function, AnyOf) decides in band
+        missing = spec.scopes - granted_scopes(self.guard.policy, principal)
+        if not missing or not self._callable(replace(principal, scopes=principal.scopes | missing), spec):
+            return None  # the scopes are not all it lacks: no token could pass what refuses it otherwise
+        return _StepUp(principal, spec, missing)
+
+    def _callable(self, principal: Principal, spec: ToolSpec) -> bool:
+        """Whether the policy says ``principal`` could call ``spec``; false when it fails to say."""
+        try:
+            return bool(self.guard.policy.visible(principal, spec))
         except Exception:
             logger.exception("mcp-guard: the policy failed to say whether tool %s is callable", spec.name)
-            return None
-        if spec.conceal:
-            return None
-        missing = spec.scopes - granted_scopes(self.guard.policy, principal)
-        return _StepUp(principal, spec, missing) if missing else None
+            return False
 
     async def _recorded(self, step_up: _StepUp) -> bool:
         """Record the challenge as a denied call on the caller's session, weighed for risk as

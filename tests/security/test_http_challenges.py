@@ -493,3 +493,22 @@ async def test_a_json_only_client_is_challenged_where_the_app_answers_in_json(
     with serving(wrapped, port):
         response = await post_raw(resource, headers, json.dumps(tools_call("write_note")).encode(), json_only)
     assert response.status_code == (403 if json_response else 406)  # the SDK's 406 when it streams events
+
+
+@pytest.mark.parametrize("obstacle", ["unlisted", "principal"])
+async def test_no_challenge_asks_for_scopes_that_would_not_let_the_call_through(
+    authority: Authority, resource: str, guard: Guard, audit: MemoryAuditSink, obstacle: str
+) -> None:
+    """A tool the policy does not list, or a caller a rule refuses, is refused whatever the
+    token's scopes: a 403 asking for them would send the client to step up for nothing, and the
+    refusal would be recorded as ``insufficient_scope``. The guard's own reason answers in band."""
+    listed = [ToolSpec("read_note", scopes=frozenset({"notes:read"}))]
+    hierarchy = {"notes:write": "notes:read"}
+    if obstacle == "unlisted":
+        guard.policy = RulePolicy(tools=listed, hierarchy=hierarchy, unlisted="deny")
+    else:
+        guard.policy = RulePolicy([PrincipalRule("operators", subjects=frozenset({"operator"}))], hierarchy=hierarchy)
+    token = authority.mint(aud=resource, scope="notes:read")
+    response = await post(resource, token, "write_note")
+    assert response.status_code == 200 and '"code":-32003' in response.text  # refused in band
+    assert step_up_events(audit) == []
