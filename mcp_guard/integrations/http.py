@@ -55,12 +55,20 @@ __all__ = ["MAX_CHALLENGED_BODY", "GuardHTTP", "resource_metadata_url"]
 logger = logging.getLogger("mcp_guard")
 
 _NOT_IN_CHALLENGES = frozenset({"offline_access"})
+_METADATA_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"cache-control", b"public, max-age=3600"),
+    (b"access-control-allow-origin", b"*"),
+]
+"""The headers the SDK's own metadata answer carries: browser clients read it across origins."""
 
 
 def resource_metadata_url(resource: str) -> str:
-    """Where RFC 9728 places the metadata of ``resource``: the well-known prefix before its path."""
+    """Where RFC 9728 places the metadata of ``resource``: the well-known prefix before its path
+    (a trailing slash kept, as the SDK keeps it in its 401 challenges; a bare ``/`` dropped)."""
     parts = urlsplit(resource)
-    return f"{parts.scheme}://{parts.netloc}/.well-known/oauth-protected-resource{parts.path.rstrip('/')}"
+    path = "" if parts.path == "/" else parts.path
+    return f"{parts.scheme}://{parts.netloc}/.well-known/oauth-protected-resource{path}"
 
 
 class GuardHTTP:
@@ -81,7 +89,9 @@ class GuardHTTP:
         """``required_scopes`` and ``json_response`` are what the wrapped app was built with (the
         SDK's ``AuthSettings.required_scopes``, and ``streamable_http_app(json_response=...)``):
         the metadata and every challenge name the scopes all requests need, a token without them
-        is left to the SDK's own 403, and a JSON-only client is challenged where the app serves it."""
+        is left to the SDK's own 403, and a JSON-only client is challenged where the app serves it.
+        ``mcp_path`` is where the app serves MCP: by default the resource's path without a
+        trailing slash, as the SDK routes it (it redirects the slashed path there)."""
         self.app = app
         self.guard = guard
         self.verifier = verifier
@@ -90,7 +100,7 @@ class GuardHTTP:
         self.resource = resource
         self.metadata_url = resource_metadata_url(resource)
         self.metadata_path = urlsplit(self.metadata_url).path
-        self.mcp_path = mcp_path if mcp_path is not None else (urlsplit(resource).path or "/")
+        self.mcp_path = mcp_path if mcp_path is not None else (urlsplit(resource).path.rstrip("/") or "/")
         self.authorization_servers = (
             list(authorization_servers) if authorization_servers is not None else list(verifier.issuers)
         )
@@ -100,9 +110,7 @@ class GuardHTTP:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             if scope["path"] == self.metadata_path and scope["method"] in ("GET", "HEAD"):
-                await _respond(
-                    send, 200, json.dumps(self.metadata()).encode(), [(b"content-type", b"application/json")]
-                )
+                await _respond(send, 200, json.dumps(self.metadata()).encode(), _METADATA_HEADERS)
                 return
             if scope["path"] == self.mcp_path and scope["method"] == "POST":
                 step_up = await self._step_up(_single_headers(scope["headers"]))

@@ -441,9 +441,12 @@ async def test_a_failing_audit_log_refuses_tokens_with_401_never_500(authority: 
                 assert (await post(resource, token, name)).status_code == 401
 
 
-def notes_app(guard: Guard, authority: Authority, port: int, **app_options: Any) -> tuple[ASGIApp, JWTVerifier, str]:
-    """The notes server's HTTP app, requiring the ``mcp:access`` scope of every request."""
-    resource = f"http://127.0.0.1:{port}/mcp"
+def notes_app(
+    guard: Guard, authority: Authority, port: int, path: str = "/mcp", **app_options: Any
+) -> tuple[ASGIApp, JWTVerifier, str]:
+    """The notes server's HTTP app, requiring the ``mcp:access`` scope of every request; its
+    resource URI ends in ``path`` (the app serves ``/mcp`` whatever it is)."""
+    resource = f"http://127.0.0.1:{port}{path}"
     verifier = JWTVerifier([TrustedIssuer(issuer=authority.issuer, audience=resource, jwks_uri=authority.jwks_uri)])
     auth = AuthSettings(
         issuer_url=authority.issuer,
@@ -512,3 +515,36 @@ async def test_no_challenge_asks_for_scopes_that_would_not_let_the_call_through(
     response = await post(resource, token, "write_note")
     assert response.status_code == 200 and '"code":-32003' in response.text  # refused in band
     assert step_up_events(audit) == []
+
+
+async def test_a_resource_with_a_trailing_slash_has_one_metadata_document_and_challenges_where_the_app_serves(
+    authority: Authority,
+) -> None:
+    """The SDK's 401 keeps the slash in the metadata URL: the guard's document is served there,
+    names that very resource, and the step-up challenges of ``/mcp`` (where the app answers; it
+    redirects ``/mcp/``) point at it too."""
+    audit = MemoryAuditSink()
+    guard = Guard(scope_hierarchy={"notes:write": "notes:read"}, audit=[audit])
+    port = free_port()
+    app, verifier, resource = notes_app(guard, authority, port, path="/mcp/")
+    with serving(GuardHTTP(app, guard, verifier, resource=resource, required_scopes=["mcp:access"]), port):
+        served = resource.rstrip("/")
+        async with httpx2.AsyncClient() as http:
+            unauthenticated = await http.post(served, json=tools_call("read_note"))
+            metadata = await http.get(challenge(unauthenticated)["resource_metadata"])
+        assert challenge(unauthenticated)["resource_metadata"] == resource_metadata_url(resource)
+        assert metadata.json()["resource"] == resource
+        assert metadata.json()["scopes_supported"] == ["mcp:access", "notes:read", "notes:write"]
+        stepping_up = await post(served, authority.mint(aud=resource, scope="mcp:access notes:read"), "write_note")
+        assert stepping_up.status_code == 403
+        assert challenge(stepping_up)["resource_metadata"] == resource_metadata_url(resource)
+        assert len(step_up_events(audit)) == 1
+
+
+async def test_browser_clients_may_read_the_metadata_across_origins(authority: Authority, resource: str) -> None:
+    """The guard answers the metadata with the headers the SDK's own answer carries."""
+    async with httpx2.AsyncClient() as http:
+        response = await http.get(resource_metadata_url(resource), headers={"Origin": "https://inspector.example"})
+    assert response.headers["access-control-allow-origin"] == "*"
+    assert response.headers["cache-control"] == "public, max-age=3600"
+    assert response.json()["scopes_supported"] == ["notes:read", "notes:write"]
