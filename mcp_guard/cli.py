@@ -180,10 +180,8 @@ def _query(args: argparse.Namespace) -> int:
             _holds(event.get(name), args.scope) for name in ("requested_scopes", "approved_scopes", "missing_scopes")
         ):
             continue
-        at = event.get("at")
-        if (args.since is not None or args.until is not None) and (
-            not isinstance(at, int | float) or isinstance(at, bool) or not math.isfinite(at)
-        ):
+        at = _seconds(event.get("at"))
+        if (args.since is not None or args.until is not None) and at is None:
             continue  # no time to compare (a NaN would pass every bound): it matches no time range
         if (args.since is not None and at < args.since) or (args.until is not None and at > args.until):
             continue
@@ -211,12 +209,25 @@ def _show(args: argparse.Namespace) -> int:
     return 1
 
 
+def _seconds(value: object) -> float | None:
+    """A logged time as finite seconds; None for anything else (text, a bool, NaN, an integer
+    too large for a float: a planted entry must not stop a search of the whole log)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:
+        return None
+    return seconds if math.isfinite(seconds) else None
+
+
 def _cell(column: str, value: object) -> str:
     """One table cell, on one line and in ASCII: a logged value can neither break the table nor
     pass for another row (control characters, lone surrogates and look-alikes are escaped)."""
-    if column == "at" and isinstance(value, int | float) and math.isfinite(value):
+    seconds = _seconds(value) if column == "at" else None
+    if seconds is not None:
         try:
-            return datetime.fromtimestamp(value, UTC).isoformat(timespec="seconds")
+            return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
         except (OverflowError, OSError, ValueError):
             pass
     if isinstance(value, list):

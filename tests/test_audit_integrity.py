@@ -775,3 +775,22 @@ def test_a_sealed_file_taken_up_at_restart_is_anchored_before_it_is_renamed(
     monkeypatch.undo()
     FileAuditSink(path).close()
     assert verify_files(log_files(tmp_path)).ok
+
+
+def test_verify_prints_a_logged_file_name_escaped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The name a ``chain.rotated`` entry gives the next file is logged text: printed raw, escape
+    sequences in it could erase the verdict on a terminal and write "intact" in its place."""
+    from mcp_guard.cli import main as cli
+
+    path = tmp_path / "audit.jsonl"
+    state = ChainState()
+    forged = "\r\x1b[2K\x1b[32mintact: 3 entries"
+    path.write_bytes(
+        entry_line(state, "chain.file", {"file": "audit.jsonl"})
+        + entry_line(state, "call.decided", {"event_id": "e1", "at": 1.9e9, "tool": "delete_db"})
+        + entry_line(state, "chain.rotated", {"next": forged, "as": "x"})
+    )
+    assert cli(["audit", "verify", str(path)]) == 1
+    printed = capsys.readouterr()
+    assert "\x1b" not in printed.out + printed.err and "\r" not in printed.out + printed.err
+    assert "\\x1b[32mintact" in printed.out + printed.err

@@ -378,7 +378,7 @@ def _stopped_after_rotating(verdict: Verdict, segment: Path, key: bytes | None, 
         )
         return Verdict(False, verdict.entries, problem, str(segment), None, verdict.last_seq)
     live = segment.with_name(verdict.continues_in)
-    problem = f"the log goes on in {live} (give it too, or --ends-earlier)"
+    problem = f"the log goes on in {str(live)!r} (give it too, or --ends-earlier)"  # a logged name, escaped
     sealed = live == segment  # stopped after sealing the live file, before renaming it
     if not sealed and not live_given and live.is_file() and not _empty(str(live)):
         return Verdict(False, verdict.entries, problem, str(segment), None, verdict.last_seq)
