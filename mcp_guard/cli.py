@@ -164,6 +164,9 @@ def _events(files: Sequence[str]) -> Iterator[dict[str, Any]]:
 
 
 def _query(args: argparse.Namespace) -> int:
+    if args.since is not None and args.until is not None and args.since > args.until:
+        print("mcp-guard: --since is later than --until: no event lies between them", file=sys.stderr)
+        return 2
     wanted = {
         "session_id": args.session,
         "subject": args.subject,
@@ -201,12 +204,18 @@ def _holds(scopes: object, scope: str) -> bool:
 
 
 def _show(args: argparse.Namespace) -> int:
+    """Print the event with the id asked for; every one of them, should the files hold several
+    (a writer gives each id once: more is two logs given together, or an entry forged)."""
+    found = 0
     for event in _events(args.files):
         if event.get("event_id") == args.event_id:
             print(json.dumps(event, indent=2, sort_keys=True))
-            return 0
-    print(f"mcp-guard: no event {args.event_id!r}", file=sys.stderr)
-    return 1
+            found += 1
+    if found > 1:
+        print(f"mcp-guard: {found} events have the id {args.event_id!r}", file=sys.stderr)
+    elif not found:
+        print(f"mcp-guard: no event {args.event_id!r}", file=sys.stderr)
+    return 0 if found else 1
 
 
 def _seconds(value: object) -> float | None:

@@ -74,3 +74,36 @@ def test_times_are_utc_whatever_the_hosts_zone(
     finally:
         monkeypatch.delenv("TZ")
         time.tzset()
+
+
+def test_a_reversed_range_is_refused_rather_than_answered_with_nothing(
+    log: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli(["audit", "query", str(log), "--since", "2026-11-21", "--until", "2026-11-19"]) == 2
+    assert "--since is later than --until" in capsys.readouterr().err
+
+
+def test_show_prints_every_event_with_the_id(tmp_path: Path, log: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two logs given together may hold an id twice: both events are shown, and the count said."""
+    event_id = json.loads(log.read_bytes().splitlines()[1])["event"]["event_id"]
+    copy = tmp_path / "copy" / "audit.jsonl"
+    copy.parent.mkdir()
+    copy.write_bytes(log.read_bytes())
+    assert cli(["audit", "show", event_id, str(log), str(copy)]) == 0
+    printed = capsys.readouterr()
+    assert printed.out.count(f'"event_id": "{event_id}"') == 2 and "2 events have the id" in printed.err
+
+
+def test_a_sink_opened_by_a_relative_path_keeps_its_file_when_the_directory_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    sink = FileAuditSink("audit.jsonl")
+    sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, NOV_19, tool="here"))
+    sink.flush()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, NOV_21, tool="still here"))
+    sink.close()
+    assert not (tmp_path / "elsewhere" / "audit.jsonl").exists()
+    assert cli(["audit", "verify", str(tmp_path / "audit.jsonl")]) == 0

@@ -113,7 +113,7 @@ class FileAuditSink:
             raise ValueError(f"max_bytes must be positive, not {max_bytes!r}")
         if key is not None and not key:
             raise ValueError("an empty HMAC key protects nothing: give a key, or None for plain SHA-256")
-        self.path = Path(path)
+        self.path = Path(path).absolute()  # the same file however the working directory changes
         self.key = key
         self.max_bytes = max_bytes
         self.failure = failure
