@@ -28,6 +28,13 @@ def test_paths_inside_the_root_pass(root: Path) -> None:
         assert roots.violation(str(value)) is None, value
 
 
+def test_names_in_other_scripts_and_decomposed_accents_pass(root: Path) -> None:
+    """Only look-alikes that normalisation turns into special characters are refused."""
+    roots = PathRoots([str(root)])
+    for value in ("docs/café.txt", "docs/cafe\u0301.txt", "docs/\u0444\u0430\u0439\u043b", "docs/\ufb01le.txt"):
+        assert roots.violation(value) is None, value
+
+
 def test_relative_paths_resolve_against_the_first_root(root: Path, tmp_path: Path) -> None:
     roots = PathRoots([str(root), str(tmp_path / "root2")])
     assert roots.violation("docs/a.txt") is None
@@ -88,6 +95,14 @@ def test_a_symlink_loop_does_not_hang(root: Path) -> None:
         ("docs/\u202etxt.exe", "U+202E"),
         ("docs/\u200b", "U+200B"),
         ("docs\\..\\..\\secret", "backslash"),
+        ("\uff0e\uff0e\uff0fsecret", "look-alike of a dot, separator"),  # NFKC folds it into ../secret
+        ("docs/\u2024\u2024/secret", "look-alike of a dot, separator"),  # one dot leader each
+        ("\uff5e/.ssh", "look-alike of a dot, separator"),  # a full-width tilde
+        ("file\uff1a///etc/passwd", "look-alike of a dot, separator"),
+        (
+            "%ef%bc%8e%ef%bc%8e/secret",
+            "look-alike of a dot, separator or other special character, which a tool may fold into it (percent-encoded)",
+        ),
         ("..%2fsecret", "percent-encoded"),
         ("..%2Fsecret", "percent-encoded"),
         ("..%5csecret", "percent-encoded"),

@@ -3,7 +3,8 @@
 A path is refused on its text alone, before it touches the filesystem, when it is not a
 non-empty string of at most `MAX_PATH_LENGTH` printable characters, when it begins or ends
 with whitespace, or begins with ``~`` or a URI scheme (``file:``), written out or
-percent-encoded, or when it holds a backslash or a percent-encoded separator, dot or NUL: a
+percent-encoded, or when it holds a backslash, a look-alike NFKC folds into a special character
+(``\uff0e\uff0e\uff0f`` is ``../``), or a percent-encoded separator, dot or NUL: a
 tool that strips, expands, parses or decodes it once more must not find a different path. The escapes are decoded as often as a tool might (``%252f``, and split
 spellings such as ``%%32%66`` or ``%2%66``, become ``/`` in the second round), and overlong UTF-8
 (``%c0%af``, ``%e0%80%af``, ``%f0%80%80%af``) and ``%uXXXX`` escapes count too. Otherwise it
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+import unicodedata
 from collections.abc import Iterable
 from urllib.parse import unquote_to_bytes
 
@@ -37,6 +39,7 @@ _DISGUISED = re.compile(rb"[\xc0\xc1]|\xe0[\x80-\x9f]|\xf0[\x80-\x8f]|%u[0-9a-f]
 holds, or an IIS-style ``%uXXXX`` escape."""
 
 _SPECIAL = (b".", b"/", b"\\", b"\x00")
+_FOLDED_INTO = "./\\~:%"
 _SCHEME = re.compile(rb"[A-Za-z][A-Za-z0-9+.-]*:")
 """A URI scheme (RFC 3986), as a path may begin: a tool that takes URIs opens ``file:///etc/passwd``,
 and ``file:../x`` relative to its own directory. A name such as ``notes:draft.txt`` reads as one
@@ -105,6 +108,8 @@ def _text_problem(value: str) -> str | None:
 def _read_otherwise(text: bytes) -> str | None:
     """Why a tool may read ``text`` as something other than a path: bytes that are not UTF-8 (a
     tool may read them as Latin-1, where ``\xa0`` is a space), a control or invisible character,
+    a character Unicode compatibility normalisation (NFKC, as a tool or filesystem may apply it)
+    turns into a dot, separator or other special one (``\uff0e\uff0e\uff0f`` is ``../``),
     whitespace at either end (it may strip it, Unicode spaces included), a leading ``~`` (a home
     directory) or URI scheme (``file:///etc/passwd``)."""
     try:
@@ -113,6 +118,10 @@ def _read_otherwise(text: bytes) -> str | None:
         return "holds bytes that are not UTF-8"
     if not shown.isprintable():
         return "contains a control or invisible character"
+    if not shown.isascii():
+        folded = unicodedata.normalize("NFKC", shown)
+        if any(folded.count(char) > shown.count(char) for char in _FOLDED_INTO):
+            return "holds a look-alike of a dot, separator or other special character, which a tool may fold into it"
     if shown != shown.strip():
         return "begins or ends with whitespace, which a tool may strip"
     if text.startswith(b"~"):
