@@ -519,3 +519,19 @@ def test_two_reloads_in_quick_succession_leave_the_newer_file_in_force(
     first.join()
     second.join()
     assert policy.version == "3"
+
+
+@pytest.mark.parametrize("kind", ["toml", "yaml"])
+def test_integer_bounds_in_a_file_are_kept_exact(kind: str) -> None:
+    """A bound past 2**53 was read as a float and rounded up: 2**53 + 3 let 2**53 + 4 through."""
+    bound = 2**53 + 3
+    text = (
+        f'version = 1\n[[rules]]\nid = "cap"\narguments = [{{ argument = "n", type = "integer", maximum = {bound} }}]\n'
+        if kind == "toml"
+        else f"version: 1\nrules:\n  - id: cap\n    arguments:\n      - {{argument: n, type: integer, maximum: {bound}}}\n"
+    )
+    rule = parse_policy(text, kind).rules[0]
+    assert isinstance(rule, ArgumentRule)
+    constraint = rule.constraints[0]
+    assert constraint.maximum == bound and constraint.violation({"n": bound}) is None
+    assert constraint.violation({"n": bound + 1}) == f"argument 'n': must be at most {bound}"

@@ -423,7 +423,7 @@ def _number_size(number: float) -> int | None:
 
 
 def _number_text(number: float) -> str:
-    if type(number) is int and abs(number) < 10**15:
+    if type(number) is int and abs(number) < 10**30:
         return str(number)
     try:
         return f"{number:.15g}"

@@ -80,8 +80,8 @@ class ConstraintModel(_Strict):
     argument: Annotated[str, Field(min_length=1, max_length=256)]
     type: Literal["string", "integer", "number", "boolean", "array", "object", "null"] | None = None
     required: bool = False
-    minimum: Annotated[float, Field(allow_inf_nan=False)] | None = None
-    maximum: Annotated[float, Field(allow_inf_nan=False)] | None = None
+    minimum: int | Annotated[float, Field(allow_inf_nan=False)] | None = None  # an integer kept exact
+    maximum: int | Annotated[float, Field(allow_inf_nan=False)] | None = None
     min_length: Annotated[int, Field(ge=0)] | None = None
     max_length: Annotated[int, Field(ge=0)] | None = None
     enum: list[str | int | float | bool | None] | None = None
