@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlencode
 
 import anyio
@@ -70,6 +70,11 @@ hint some servers answer with. A refresh token, or a proof-of-possession token t
 cannot check the binding of, is refused."""
 
 
+_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
+"""How the resource server authenticates to the introspection endpoint (RFC 7662 asks that it
+does: ``none`` is not offered)."""
+
+
 class IntrospectionVerifier:
     """Verifies opaque tokens by asking ``endpoint`` (RFC 7662) of the ``trusted`` issuer.
 
@@ -90,7 +95,7 @@ class IntrospectionVerifier:
         endpoint: str,
         client_id: str,
         client_secret: str,
-        auth_method: str = "client_secret_basic",
+        auth_method: Literal["client_secret_basic", "client_secret_post"] = "client_secret_basic",
         timeout: float = 5.0,
         cache_ttl: float = 60.0,
         cache_size: int = 10_000,
@@ -98,6 +103,8 @@ class IntrospectionVerifier:
         clock: Callable[[], float] = time.time,
     ) -> None:
         check_fetchable(endpoint)
+        if auth_method not in _AUTH_METHODS:  # authlib would take any text, and fail at every question
+            raise ValueError(f"auth_method must be one of {', '.join(_AUTH_METHODS)}, not {auth_method!r}")
         if max_questions < 1:
             raise ValueError(f"max_questions must be at least 1, not {max_questions!r}")
         self.trusted = trusted

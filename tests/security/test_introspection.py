@@ -413,6 +413,19 @@ async def test_an_unreachable_endpoint_denies(authority: Authority) -> None:
     assert await code_for(unreachable, "anything") == "introspection_failed"
 
 
+@pytest.mark.parametrize("method", ["clent_secret_post", "none", "private_key_jwt"])
+def test_an_authentication_method_the_verifier_cannot_use_is_refused_when_it_is_built(method: str) -> None:
+    """A misspelt method failed every question with a TypeError (a 401 and a traceback per call)."""
+    with pytest.raises(ValueError, match="auth_method must be one of client_secret_basic, client_secret_post"):
+        IntrospectionVerifier(
+            TrustedIssuer(issuer="https://as.example", audience=RESOURCE),
+            endpoint="https://as.example/introspect",
+            client_id="x",
+            client_secret="y",
+            auth_method=method,  # type: ignore[arg-type]
+        )
+
+
 @pytest.mark.parametrize("token", ["", "x" * 9000, "caf\u00e9"])
 async def test_malformed_tokens_never_reach_the_endpoint(authority: Authority, token: str) -> None:
     before = authority.introspections
