@@ -854,3 +854,28 @@ def test_a_symlink_in_place_of_the_lock_file_is_refused_and_creates_nothing(tmp_
     with pytest.raises(AuditLogError, match=r"not a regular file \(a symbolic link"):
         FileAuditSink(tmp_path / "audit.jsonl")
     assert not missing.exists()
+
+
+def test_segments_moved_aside_are_never_numbered_again(tmp_path: Path) -> None:
+    """The next segment was numbered from those left in the directory: archiving them restarted
+    the numbers at 00001, so putting the archive back overwrote newer segments, and a glob over
+    both no longer sorted in chain order. A fresh live file names the segment it follows."""
+    path, archive = tmp_path / "audit.jsonl", tmp_path / "archive"
+    archive.mkdir()
+
+    def burst(tag: str) -> None:
+        sink = FileAuditSink(path, max_bytes=700, flush_interval=0.01)
+        for index in range(6):
+            sink.emit(AuditEvent.build(EventKind.CALL_DECIDED, time.time(), tool=f"{tag}{index}"))
+            sink.flush()
+        sink.close()
+
+    burst("a")
+    first = sorted(segment.name for segment in tmp_path.glob("audit.0*.jsonl"))
+    for name in first:
+        (tmp_path / name).rename(archive / name)
+    burst("b")
+    second = sorted(segment.name for segment in tmp_path.glob("audit.0*.jsonl"))
+    assert first and second and not set(first) & set(second) and max(first) < min(second)
+    everything = sorted([*archive.glob("audit.0*.jsonl"), *tmp_path.glob("audit.0*.jsonl")], key=lambda p: p.name)
+    assert verify_files([*map(str, everything), str(path)]).ok

@@ -57,8 +57,10 @@ from mcp_guard.audit.log_files import (
     append_whole,
     check_lock,
     identity,
+    last_segment,
     next_segment,
     resume,
+    segment_path,
     sync_directory,
     take_lock,
     write_anchor,
@@ -392,8 +394,11 @@ class FileAuditSink:
             size = 0
         lines = []
         state = ChainState(self._state.seq, self._state.last_hash)
-        if size == 0:
-            lines.append(entry_line(state, FILE_START, {"file": self.path.name}, self.key))
+        if size == 0:  # a fresh file names the segment it follows, so none is numbered twice
+            head = {"file": self.path.name}
+            if previous := last_segment(self.path):
+                head["follows"] = segment_path(self.path, previous).name
+            lines.append(entry_line(state, FILE_START, head, self.key))
         lines.extend(self._event_line(state, event) for event in batch)
         checkpoint = checkpoint or time.monotonic() - self._checkpointed_at >= self.checkpoint_interval
         if checkpoint:

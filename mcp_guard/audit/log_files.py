@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import logging
 import os
 import re
@@ -19,7 +20,9 @@ from pathlib import Path
 
 from mcp_guard.audit.chain import (
     FILE_ROTATED,
+    FILE_START,
     GENESIS,
+    MAX_LINE_BYTES,
     ChainState,
     anchor_body,
     anchor_path,
@@ -35,8 +38,10 @@ __all__ = [
     "append_whole",
     "check_lock",
     "identity",
+    "last_segment",
     "next_segment",
     "resume",
+    "segment_path",
     "take_lock",
     "write_anchor",
 ]
@@ -162,19 +167,47 @@ _TAIL_BYTES = 64 * 1024
 
 
 def next_segment(path: Path) -> Path:
-    """``audit.jsonl`` rotates to ``audit.00001.jsonl``, ``audit.00002.jsonl``, ..."""
+    """``audit.jsonl`` rotates to ``audit.00001.jsonl``, ``audit.00002.jsonl``, ...: one past the
+    last segment (`last_segment`), so segments moved elsewhere are never numbered again."""
+    return segment_path(path, last_segment(path) + 1)
+
+
+def last_segment(path: Path) -> int:
+    """The number of the last file the log rotated into: the highest in its directory, or the
+    one its live file follows (named in its first entry), whichever is higher; 0 for none."""
     segments = _segments(path)
-    number = segments[-1][0] + 1 if segments else 1
+    return max(segments[-1][0] if segments else 0, _followed(path))
+
+
+def segment_path(path: Path, number: int) -> Path:
+    """Where segment ``number`` of the log at ``path`` lies."""
     return path.with_name(f"{path.stem}.{number:05d}{path.suffix}")
+
+
+def _followed(path: Path) -> int:
+    """The segment the live file follows, as its first entry names it (0 when it names none)."""
+    try:
+        with open(_open_regular(path, os.O_RDONLY), "rb") as file:  # never waiting on a FIFO
+            head = json.loads(file.readline(MAX_LINE_BYTES))
+    except (OSError, ValueError, RecursionError):  # none there, or no entry: it follows none
+        return 0
+    event = head.get("event") if isinstance(head, dict) and head.get("kind") == FILE_START else None
+    follows = event.get("follows") if isinstance(event, dict) else None
+    match = _segment_pattern(path).fullmatch(follows) if isinstance(follows, str) else None
+    return int(match[1]) if match else 0
 
 
 def _segments(path: Path) -> list[tuple[int, Path]]:
     """The files ``path`` was rotated into, numbered, oldest first."""
     if not path.parent.is_dir():
         return []
-    name = re.compile(rf"{re.escape(path.stem)}\.(\d{{5,}}){re.escape(path.suffix)}")
+    name = _segment_pattern(path)
     found = [(int(match[1]), other) for other in path.parent.iterdir() if (match := name.fullmatch(other.name))]
     return sorted(found)
+
+
+def _segment_pattern(path: Path) -> re.Pattern[str]:
+    return re.compile(rf"{re.escape(path.stem)}\.(\d{{5,}}){re.escape(path.suffix)}")
 
 
 def identity(path: Path) -> FileIdentity | None:
