@@ -771,19 +771,21 @@ class Guard:
                             owners=session.owners,
                         )
                     )
-        if await self.sessions.end(session.id, SessionState.REVOKED, ReasonCode.SESSION_RISK_EXCEEDED) == "ended":
-            changes.append(
-                AuditEvent.build(
-                    EventKind.SESSION_REVOKED,
-                    now,
-                    principal,
-                    session.id,
-                    span=current_span_context(),
-                    detail=f"{ReasonCode.SESSION_RISK_EXCEEDED}: risk score {score:g} reached threshold {threshold:g}",
-                    owners=session.owners,
+        try:
+            if await self.sessions.end(session.id, SessionState.REVOKED, ReasonCode.SESSION_RISK_EXCEEDED) == "ended":
+                changes.append(
+                    AuditEvent.build(
+                        EventKind.SESSION_REVOKED,
+                        now,
+                        principal,
+                        session.id,
+                        span=current_span_context(),
+                        detail=f"{ReasonCode.SESSION_RISK_EXCEEDED}: risk score {score:g} reached threshold {threshold:g}",
+                        owners=session.owners,
+                    )
                 )
-            )
-        self._record_changes(changes)  # once every revocation is made: a failing sink stops none of them
+        finally:  # the revocations stand whatever the store does: so do their records
+            self._record_changes(changes)  # once every revocation is made: a failing sink stops none of them
 
     def _refusal(
         self, code: str, message: str | None, principal: Principal | None, policy: Policy | None = None

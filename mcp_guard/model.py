@@ -15,8 +15,9 @@ import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from itertools import repeat
 from types import MappingProxyType
-from typing import Any, Literal, NamedTuple, Protocol, TypeVar, runtime_checkable
+from typing import Any, Literal, NamedTuple, Protocol, TypeVar, cast, runtime_checkable
 
 from mcp_guard.reasons import ReasonCode, default_message
 from mcp_guard.scopes import scope_set
@@ -323,17 +324,26 @@ class Reason:
 
 Outcome = Literal["allowed", "trimmed", "denied"]
 
-_SCOPE_SETS = ("requested_scopes", "approved_scopes", "missing_scopes")
+_COLLECTIONS: tuple[tuple[str, type, type], ...] = (
+    ("requested_scopes", frozenset, str),
+    ("approved_scopes", frozenset, str),
+    ("missing_scopes", frozenset, str),
+    ("reasons", tuple, Reason),
+    ("rule_ids", tuple, str),
+    ("obligations", tuple, str),
+)
+"""A decision's collections: each field, the type it is kept as, and the type of its members."""
 
 
-def _scope_names(name: str, value: object) -> frozenset[str]:
-    """``value``, a collection of scope names, as a frozenset; `TypeError` for anything else."""
+def _collected(name: str, value: object, kind: type, item: type) -> Any:
+    """``value``, a collection of ``item`` values, as a ``kind`` (a list or set becomes one);
+    `TypeError` for anything else: a string would be read one character at a time."""
     if isinstance(value, str | bytes) or not isinstance(value, Iterable):
-        raise TypeError(f"Decision.{name} must be a collection of scope names, not {type(value).__name__}")
-    names = frozenset(value)
-    if not all(type(scope) is str for scope in names):
-        raise TypeError(f"Decision.{name} must hold scope names (strings) only")
-    return names
+        raise TypeError(f"Decision.{name} must be a collection of {item.__name__} values, not {type(value).__name__}")
+    collected = kind(value)
+    if not all(map(isinstance, collected, repeat(item))):
+        raise TypeError(f"Decision.{name} must hold {item.__name__} values only")
+    return collected
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,16 +373,16 @@ class Decision:
 
     def __post_init__(self) -> None:
         """Refuse what a policy could not mean (`TypeError`): a guard acting on ``allowed="false"``
-        would allow, and a string of scopes would be read one character at a time. Other
-        collections of scope names become frozensets."""
+        would allow, and a string of scopes would be read one character at a time. Any other
+        collection of the right values (a list of scopes, of reasons) becomes a frozenset or tuple."""
         if type(self.allowed) is not bool:
             raise TypeError(f"Decision.allowed must be True or False, not {type(self.allowed).__name__}")
-        for name in _SCOPE_SETS:
+        for name, kind, item in _COLLECTIONS:
             value = getattr(self, name)
-            if type(value) is not frozenset:
-                object.__setattr__(self, name, _scope_names(name, value))
-        if type(self.reasons) is not tuple or not all(isinstance(reason, Reason) for reason in self.reasons):
-            raise TypeError("Decision.reasons must be a tuple of Reason values (Reason.of(code, message))")
+            if type(value) is not kind or (
+                value and not all(map(isinstance, cast(Iterable[Any], value), repeat(item)))
+            ):
+                object.__setattr__(self, name, _collected(name, value, kind, item))
 
     @property
     def reason(self) -> Reason:

@@ -1312,3 +1312,18 @@ async def test_a_failing_log_stops_none_of_the_revocations_a_risk_threshold_make
             ReasonCode.SESSION_REVOKED,
         )
     assert sink.kinds().count("access.revoked") == 2 and "session.revoked" in sink.kinds()
+
+
+async def test_a_store_failing_to_end_a_risky_session_loses_no_record_of_its_revocations(clock: Clock) -> None:
+    class FailingEnd(MemorySessionStore):
+        async def end(self, *args: Any) -> Any:
+            raise ConnectionError("store unreachable")
+
+    audit = MemoryAuditSink()
+    g = Guard(audit=[audit], clock=clock, sessions=FailingEnd(), risk=RiskSettings(threshold=10, write=6))
+    g.declare(ToolSpec("write_note", scopes=frozenset({"notes:write"}), risk=Risk.WRITE))
+    caller = token(scopes="notes:write", sid="s1")
+    for _ in range(2):
+        await g.authorize("write_note", {}, caller)
+    assert (await g.authorize("write_note", {}, caller)).decision.reason.code == ReasonCode.TOKEN_REVOKED
+    assert len(events(audit, EventKind.ACCESS_REVOKED)) == 1

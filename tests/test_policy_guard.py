@@ -869,3 +869,28 @@ async def test_a_policy_approving_a_set_serves_the_call_with_exactly_those_scope
         async with Client(mcp, mode=mode) as client:
             result = await client.call_tool("read_note", {})
     assert result.content[0].text == "notes:read"  # type: ignore[union-attr]
+
+
+async def test_each_members_hierarchy_widens_the_grant_a_combination_approves_from() -> None:
+    """Two policy files with hierarchies of their own, combined: the second's implied scopes are
+    within the grant too."""
+    from mcp_guard.policy import AnyOf
+
+    files = ScopePolicy({"files:write": "files:read"}, id="files")
+    notes = ScopePolicy({"notes:write": "notes:read"}, id="notes")
+    guard = Guard(policy=AnyOf(files, notes))
+    guard.declare(ToolSpec("read_note", scopes=frozenset({"notes:read"})))
+    decision = (await guard.authorize("read_note", {}, access_token("alice", "notes:write"))).decision
+    assert decision.allowed and decision.approved_scopes == {"notes:read"}
+
+
+def test_a_decision_takes_lists_of_the_right_values_and_refuses_text_for_a_list() -> None:
+    from mcp_guard.model import Reason
+
+    listed = Decision(allowed=True, reasons=[Reason.of("allowed", "ok")], rule_ids=["a"], obligations=["log"])  # type: ignore[arg-type]
+    assert (
+        listed.reasons == (Reason.of("allowed", "ok"),) and listed.rule_ids == ("a",) and listed.obligations == ("log",)
+    )
+    for broken in ({"rule_ids": "abc"}, {"obligations": "log"}, {"approved_scopes": frozenset({1})}):
+        with pytest.raises(TypeError, match="Decision"):
+            Decision(allowed=True, **broken)

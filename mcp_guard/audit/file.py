@@ -103,8 +103,10 @@ class FileAuditSink:
         checkpoint_interval: float = 60.0,
         witness: Callable[[Checkpoint], object] | None = None,
         adopt_unanchored: bool = False,
-        stall_timeout: float = 10.0,
+        stall_timeout: float | None = None,
     ) -> None:
+        if stall_timeout is None:  # 10 s, or longer for a writer that looks at its queue less often
+            stall_timeout = max(10.0, 4 * flush_interval)
         if not stall_timeout > flush_interval:  # the writer looks at the queue every flush_interval
             raise ValueError(
                 f"stall_timeout must be longer than flush_interval ({flush_interval}), not {stall_timeout!r}"

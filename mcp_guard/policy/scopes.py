@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 from mcp_guard.memo import remember
 from mcp_guard.model import CallRequest, Decision, Delegation, Principal, Reason, ToolSpec
@@ -118,14 +118,28 @@ def _listed(scopes: frozenset[str], *, named: bool = True) -> str:
 
 
 def granted_scopes(policy: object, principal: Principal) -> frozenset[str]:
-    """The scopes ``principal`` was granted, widened by ``policy``'s scope hierarchy if it has one."""
+    """The scopes ``principal`` was granted, widened by every scope hierarchy ``policy`` holds:
+    its own, and its members' in a combination (each may widen the grant its own way)."""
+    granted = principal.scopes
+    for hierarchy in _hierarchies(policy):
+        granted = granted | hierarchy.expand(principal.scopes)
+    return granted
+
+
+def _hierarchies(policy: object) -> Iterator[ScopeHierarchy]:
     hierarchy = getattr(policy, "hierarchy", None)
-    return hierarchy.expand(principal.scopes) if isinstance(hierarchy, ScopeHierarchy) else principal.scopes
+    if isinstance(hierarchy, ScopeHierarchy):
+        yield hierarchy
+    members = getattr(policy, "policies", None)
+    for member in members if isinstance(members, tuple) else ():
+        yield from _hierarchies(member)
 
 
 def check_within_grant(decision: Decision, principal: Principal, policy: object) -> None:
     """Refuse (`ValueError`) an allowing ``decision`` that approves a scope ``principal`` was not
-    granted, after ``policy``'s hierarchy: a policy may only narrow the grant, never widen it."""
+    granted, after ``policy``'s hierarchies (see `granted_scopes`): a policy may only narrow the
+    grant, never widen it. A policy approving what a hierarchy implies says so by its
+    ``hierarchy``, as every built-in one does."""
     widened = decision.approved_scopes - granted_scopes(policy, principal)
     if widened:
         raise ValueError(f"the policy approved scopes the caller was not granted: {_listed(widened, named=False)}")
