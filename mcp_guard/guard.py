@@ -387,10 +387,13 @@ class Guard:
             ended = False  # by this call's weight: calls on other threads counted in before it
             shadow_taken: Sequence[Callable[[], None]] = ()  # what the candidate counted of its own
             try:
-                if self._owed.entries:  # the records of changes a failing sink refused, first
-                    self._owed.pay()
-                for sink in self.sinks:
-                    sink.emit(event)
+                if self._owed.entries:  # a failing sink is owed records: they go first
+                    refused = self._owed.give(event, self.sinks)
+                    if refused is not None:
+                        raise refused
+                else:
+                    for sink in self.sinks:
+                        sink.emit(event)
                 if session is not None:
                     score = await self.sessions.record_call(
                         session, active_at, allowed=decision.allowed, tool=spec, targets=decision.targets, risk=weight
@@ -666,6 +669,8 @@ class Guard:
         already bound to it), which this returns unchanged. A new token of the same identity
         (a refreshed one) is recorded as ``session.bound``.
         """
+        if self._owed.entries:  # no change while a sink cannot take the records of those made
+            self._owed.settle()
         session, opened = found, False
         changes: list[EventKind] = []
         if session is None:
@@ -883,7 +888,10 @@ class Guard:
         """Give an event to every audit sink (integrations record what happens outside `authorize`),
         after the records of changes a sink refused before (see `OwedRecords`)."""
         if self._owed.entries:
-            self._owed.pay()
+            refused = self._owed.give(event, self.sinks)
+            if refused is not None:
+                raise refused
+            return
         for sink in self.sinks:
             sink.emit(event)
 
@@ -891,21 +899,24 @@ class Guard:
         """Record a change already made (a session opened, bound or ended, a revocation): a sink
         that refuses it is owed it, and gets it before anything else once it takes records again.
         Raises the refusal, so the call making the change is denied (it stands all the same)."""
-        self._owed.record_change(event, self.sinks)
+        self._record_changes((event,))
 
     def _record_changes(self, events: Iterable[AuditEvent]) -> None:
         """`_record_change` for each of ``events``, every one of them owed when refused; raises the first refusal."""
         refusal: Exception | None = None
         for event in events:
-            try:
-                self._owed.record_change(event, self.sinks)
-            except Exception as error:
-                refusal = refusal or error
+            refused = self._owed.give(event, self.sinks, change=True)
+            refusal = refusal or refused
         if refusal is not None:
             raise refusal
 
     def _emit_best_effort(self, event: AuditEvent) -> None:
         """Give ``event`` to every sink that will take it (after a sink already failed)."""
+        if self._owed.entries:  # a failing sink is owed records: they go first
+            refused = self._owed.give(event, self.sinks)
+            if refused is not None:
+                logger.error("mcp-guard: an audit sink failed: %s", refused)
+            return
         for sink in self.sinks:
             try:
                 sink.emit(event)

@@ -1327,3 +1327,50 @@ async def test_a_store_failing_to_end_a_risky_session_loses_no_record_of_its_rev
         await g.authorize("write_note", {}, caller)
     assert (await g.authorize("write_note", {}, caller)).decision.reason.code == ReasonCode.TOKEN_REVOKED
     assert len(events(audit, EventKind.ACCESS_REVOKED)) == 1
+
+
+class Down:
+    """A sink that refuses everything while ``down``."""
+
+    def __init__(self) -> None:
+        self.down = True
+        self.events: list[Any] = []
+
+    def emit(self, event: Any) -> None:
+        if self.down:
+            raise OSError("disk full")
+        self.events.append(event)
+
+
+async def test_while_a_sink_is_owed_records_the_others_take_every_record_and_it_gets_them_in_order(
+    clock: Clock,
+) -> None:
+    healthy, failing = MemoryAuditSink(), Down()
+    g = Guard(audit=[healthy, failing], clock=clock)
+    g.declare(ToolSpec("read_note", scopes=frozenset({"notes:read"})))
+    g.declare(ToolSpec("admin", scopes=frozenset({"notes:admin"})))
+    with pytest.raises(OSError, match="disk full"):
+        await g.revoke(subject="mallory")
+    denied = await g.authorize("admin", {}, token())  # no session opens meanwhile: denied
+    assert not denied.allowed and events(healthy, EventKind.CALL_DECIDED)[-1].tool == "admin"  # heard of it
+    failing.down = False
+    await g.admit_request("resources/read", token("mallory"))  # refused, recorded best-effort
+    kinds = [str(event.kind) for event in failing.events]
+    assert kinds == ["access.revoked", "call.decided"]  # the revocation first, then the refusal citing it
+    assert failing.events[1].reasons == (ReasonCode.SUBJECT_REVOKED,)
+
+
+async def test_no_session_is_opened_while_a_sink_cannot_take_the_records_it_is_owed(clock: Clock) -> None:
+    """A flood of new sessions during an outage piled up owed records, each call walking them all."""
+    failing = Down()
+    g = Guard(audit=[MemoryAuditSink(), failing], clock=clock)
+    g.declare(ToolSpec("read_note", scopes=frozenset({"notes:read"})))
+    with pytest.raises(OSError):
+        await g.revoke(subject="mallory")
+    for index in range(200):
+        result = await g.authorize("read_note", {}, token(), transport_session=f"conn-{index}")
+        assert result.decision.reason.code == ReasonCode.GUARD_ERROR
+    assert sum(len(backlog) for _, backlog in g._owed.entries.values()) == 1
+    failing.down = False
+    assert (await g.authorize("read_note", {}, token(), transport_session="conn-new")).allowed
+    assert [str(event.kind) for event in failing.events][:3] == ["access.revoked", "session.opened", "session.bound"]

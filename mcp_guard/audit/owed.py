@@ -1,17 +1,20 @@
-"""Records of changes already made that a sink refused: owed, and given again before anything else.
+"""Records of changes already made that a sink refused: owed to it, and given before anything else.
 
 A session opened, bound or ended, or a revocation, takes effect before it is recorded (the
 session store decides whether this very call made the change, and a revocation must not wait
 on a disk). When a sink refuses such a record (a failing log, in deny mode), the change stands
-and the record is owed to that sink: it is given again, after the records owed before it and
-ahead of the next record any sink is given, and while it is refused that next record is
-refused too, so the call it belongs to is denied. The log ends up with every change, in order.
+and the record is owed to that sink: every record given to it later first pays what it is
+owed, oldest first, so its log ends up with every change, in order. While it cannot be paid,
+that sink refuses every record (one attempt per record, whatever the backlog), so the calls
+they belong to are denied; the other sinks take them as usual.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
+from collections.abc import Iterable
 
 from mcp_guard.audit.events import AuditEvent
 from mcp_guard.audit.sinks import AuditSink
@@ -22,62 +25,51 @@ logger = logging.getLogger("mcp_guard")
 
 
 class OwedRecords:
-    """The records some sink refused, each with the sinks it is still owed to, oldest first."""
+    """What each sink is owed, oldest first."""
 
     def __init__(self) -> None:
-        self.entries: list[tuple[AuditEvent, tuple[AuditSink, ...]]] = []
-        """Read inline on the call path: empty but for a sink failing."""
+        self.entries: dict[int, tuple[AuditSink, deque[AuditEvent]]] = {}
+        """By the sink's id: read inline on the call path, and empty but for a sink failing."""
         self._lock = threading.Lock()
 
-    def pay(self) -> None:
-        """Give each sink what it is owed, in order; raise the first refusal while any is left."""
+    def give(self, event: AuditEvent, sinks: Iterable[AuditSink], *, change: bool = False) -> Exception | None:
+        """Give ``event`` to each of ``sinks`` after what that sink is owed; the first refusal,
+        if any. With ``change`` (the record of a change already made), a sink that refuses it
+        is owed it."""
+        refusal: Exception | None = None
         with self._lock:
-            self._pay()
-
-    def record_change(self, event: AuditEvent, sinks: tuple[AuditSink, ...]) -> None:
-        """Give ``event``, the record of a change already made, to ``sinks`` after what they are
-        owed; a sink that refuses it is owed it. Raises the first refusal."""
-        with self._lock:
-            try:
-                self._pay()
-            except Exception:
-                self.entries.append((event, sinks))
-                raise
-            refused: list[AuditSink] = []
-            error: Exception | None = None
             for sink in sinks:
                 try:
+                    self._pay(sink)
                     sink.emit(event)
-                except Exception as failure:
-                    refused.append(sink)
-                    error = error or failure
-            if error is not None:
-                self.entries.append((event, tuple(refused)))
-                logger.error("mcp-guard: the record of %s %s is owed: %s", event.kind, event.event_id, error)
-                raise error
+                except Exception as error:
+                    refusal = refusal or error
+                    if change:
+                        self._owe(sink, event, error)
+        return refusal
 
-    def _pay(self) -> None:
-        if not self.entries:
+    def settle(self) -> None:
+        """Pay every sink what it is owed; raise the first refusal (before a change is made:
+        while a sink cannot take its records, no more changes pile up for it)."""
+        with self._lock:
+            for sink, _ in list(self.entries.values()):
+                self._pay(sink)
+
+    def _pay(self, sink: AuditSink) -> None:
+        owed = self.entries.get(id(sink))
+        if owed is None:
             return
-        left: list[tuple[AuditEvent, tuple[AuditSink, ...]]] = []
-        blocked: set[int] = set()  # a sink that refused one record gets none after it, to keep their order
-        error: Exception | None = None
-        for event, sinks in self.entries:
-            refused: list[AuditSink] = []
-            for sink in sinks:
-                if id(sink) not in blocked:
-                    try:
-                        sink.emit(event)
-                        continue
-                    except Exception as failure:
-                        blocked.add(id(sink))
-                        error = error or failure
-                refused.append(sink)
-            if refused:
-                left.append((event, tuple(refused)))
-        paid = len(self.entries) - len(left)
-        self.entries = left
-        if paid and not left:
-            logger.warning("mcp-guard: %d owed audit records written", paid)
-        if error is not None:
-            raise error
+        backlog = owed[1]
+        paid = 0
+        while backlog:
+            sink.emit(backlog[0])  # a refusal leaves it first in line
+            backlog.popleft()
+            paid += 1
+        del self.entries[id(sink)]
+        logger.warning("mcp-guard: audit sink %r took the %d records it was owed", sink, paid)
+
+    def _owe(self, sink: AuditSink, event: AuditEvent, error: Exception) -> None:
+        if id(sink) not in self.entries:
+            self.entries[id(sink)] = (sink, deque())
+            logger.error("mcp-guard: audit sink %r refused the record of a change made; it is owed: %s", sink, error)
+        self.entries[id(sink)][1].append(event)
