@@ -1365,7 +1365,7 @@ async def test_no_session_is_opened_while_a_sink_cannot_take_the_records_it_is_o
     failing = Down()
     g = Guard(audit=[MemoryAuditSink(), failing], clock=clock)
     g.declare(ToolSpec("read_note", scopes=frozenset({"notes:read"})))
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="disk full"):
         await g.revoke(subject="mallory")
     for index in range(200):
         result = await g.authorize("read_note", {}, token(), transport_session=f"conn-{index}")

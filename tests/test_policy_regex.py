@@ -67,6 +67,7 @@ UNSAFE = [
     r"(?:[a-z]*(?:c|bc)-)+",  # two ways in each repetition
     r"(?:[a-z]*(?:c|bc)-){5}",
     r"(?:(?:ab|[ab]b)-)+",
+    r"(?:(?:c|bc)-[a-z]*)+",  # the end of one repetition shifts into the next
     r"[a-z]*(?=[a-z]*(?=[a-z]*!))",  # a lookaround after a varying part runs at every step back
     r"x+(?:(?=x*y)z|w)",
     r"[A-Z][a-z]*(?: [A-Z]?[a-zA-Z][a-z]*)*",  # the middle shifts between repeats sharing no character
@@ -91,6 +92,8 @@ SAFE = {
     r"(?:https|http)://[a-z]+": (["https://a", "http://b"], ["htt://a"]),  # alike, but never the same text
     r"[a-z]+(?:ing|ed)": (["walked", "going"], ["walk"]),  # one shift: two ways at most
     r"(?>ab|[ab]b)-" * 8: (["ab-" * 8], ["ab-" * 7 + "ab!"]),  # an atomic group is matched one way
+    "(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)-" * 3: (["Jan-Jun-Jul-"], ["Jan-Jun-Jux-"]),  # never alike
+    "(?:" + "|".join(f"read_{index}" for index in range(70)) + ")": (["read_69", "read_7"], ["read_70"]),
     r"[^/]+(/[^/]+)*": (["a", "a/b/c"], ["/a", "a//b", "a/"]),
     r"[a-z]+(-[a-z]+)*": (["my-slug"], ["my--slug", "-x"]),
     r"[\w.+-]+@[\w-]+(\.[\w-]+)+": (["a.b+c@example.co.uk"], ["a@b", "@example.com"]),

@@ -23,11 +23,13 @@ that lets a backtracking matcher try many ways to match the same text:
   repeat of varying count (``(?:a|)`` is ``a?``), so several in a row over the same characters
   are refused (``(?:a|)(?:a|)a``);
 - parts that can match the same text in more than one way, one after another: alternatives that
-  can start alike (``(?:ab|[ab]b)``, two ways to match ``ab``), and alternatives of different
-  lengths that a varying part before them can shift into (``(?:a|ab)(?:c|bc)``, two ways to
-  match ``abc``). Everything after such a part runs again for each way, so the ways multiply:
-  more than 64 in one pattern are refused (``(?:ab|[ab]b)-`` seven times), and any inside a
-  repeated part (``(?:[a-z]*(?:c|bc)-)+``);
+  can match alike (``(?:ab|[ab]b)``, two ways to match ``ab``; alternatives that start alike
+  may, runs of single characters only if alike at every place, so ``Jan|Jun`` never do), and
+  alternatives of different lengths that a varying part before them can shift into
+  (``(?:a|ab)(?:c|bc)``, two ways to match ``abc``). Everything after such a part runs again for
+  each way, so the ways multiply: more than 64 in one pattern are refused (``(?:ab|[ab]b)-``
+  seven times), and any inside a repeated part or across its repetitions
+  (``(?:[a-z]*(?:c|bc)-)+``, ``(?:(?:c|bc)-[a-z]*)+``);
 - a lookaround holding a repeat of varying count, or lookarounds costing more than 64 steps
   together, inside a repeated part or after a part of varying length, where they run again at
   every repetition or backtracking step: ``[a-z]*(?=[a-z]*!)``, the lookarounds of one
@@ -257,15 +259,16 @@ class _Analysis:
             raise self._refuse("optional part can match empty text itself, so it matches nothing two ways", [(op, av)])
         if repeats and body.nullable:
             raise self._refuse("repeated part can match empty text, so repetitions are ambiguous", [(op, av)])
-        if repeats and body.ways > 1:
-            raise self._refuse(
-                "repeated part can match the same text in several ways, so the ways multiply with each repetition",
-                [(op, av)],
-            )
-        if repeats and _movable_split([part.shape for part in parts] * 3) is not None:  # across repetitions
+        written_out = [part.shape for part in parts] * 3  # across repetitions
+        if repeats and _movable_split(written_out) is not None:
             raise self._refuse(
                 "repeated part holds a repeat whose end can move into the next repetition, "
                 "so repetitions can split the same text in many ways",
+                [(op, av)],
+            )
+        if repeats and (body.ways > 1 or _shifted_ways(written_out) > 1):
+            raise self._refuse(
+                "repeated part can match the same text in several ways, so the ways multiply with each repetition",
                 [(op, av)],
             )
         if high == 0:
@@ -287,7 +290,9 @@ class _Analysis:
         )
 
     def _branch(self, av: Any, flags: int, depth: int, *, loop: _Item | None) -> _Shape:
-        alternatives = [self.sequence(alt.data, flags, depth + 1, loop=loop)[0] for alt in av[1]]
+        analysed = [self.sequence(alt.data, flags, depth + 1, loop=loop) for alt in av[1]]
+        alternatives = [shape for shape, _ in analysed]
+        runs = [_characters(parts) for _, parts in analysed]
         # An alternative that can match empty text makes the branch optional (``(?:a|)`` is
         # ``a?``); alternatives that can start alike may match text of different lengths
         # (``(?:a|aa)``). Either way, where the branch ends can move, as after a repeat; inside a
@@ -315,8 +320,7 @@ class _Analysis:
             rerun=max(alternative.rerun for alternative in alternatives),
             shortest=min(alternative.shortest for alternative in alternatives),
             longest=max(alternative.longest for alternative in alternatives),
-            # alternatives that start alike may each match the same text; others never do
-            ways=min((sum if alike else max)(alternative.ways for alternative in alternatives), _UNBOUNDED),
+            ways=min(_alternative_ways(alternatives, runs), _UNBOUNDED),
         )
 
     def _check_runs(self, parts: list[_Part]) -> None:
@@ -450,6 +454,33 @@ def _shifts(shapes: Sequence[_Shape]) -> Iterable[tuple[int, int, int]]:
                     break
                 between.append(shape)
             run = _union((run, shape.chars))
+
+
+def _alternative_ways(alternatives: Sequence[_Shape], runs: Sequence[tuple[tuple[_Atom, ...], ...] | None]) -> int:
+    """Most ways alternatives can match the same text: the ways of those that may match what one
+    of them matches, together. Alternatives that start alike may; two runs of single characters
+    only when they are as long and alike at every place (``Jan|Jun`` never match the same text)."""
+
+    def alike(one: int, other: int) -> bool:
+        if not _overlap(alternatives[one].first, alternatives[other].first):
+            return False
+        first, second = runs[one], runs[other]
+        if first is None or second is None:
+            return True
+        return len(first) == len(second) and all(map(_overlap, first, second))
+
+    return max(
+        sum(alternatives[other].ways for other in range(len(alternatives)) if other == one or alike(one, other))
+        for one in range(len(alternatives))
+    )
+
+
+def _characters(parts: Sequence[_Part]) -> tuple[tuple[_Atom, ...], ...] | None:
+    """The characters each place of a run of single characters can be (anchors aside); None for
+    anything else."""
+    if not all(part.op in _CHAR_OPS or part.op is _c.AT for part in parts):
+        return None
+    return tuple(part.shape.first for part in parts if part.op in _CHAR_OPS)
 
 
 def _shifts_into(between: list[_Shape], later: _Shape) -> bool:
