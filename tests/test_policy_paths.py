@@ -95,14 +95,14 @@ def test_a_symlink_loop_does_not_hang(root: Path) -> None:
         ("docs/\u202etxt.exe", "U+202E"),
         ("docs/\u200b", "U+200B"),
         ("docs\\..\\..\\secret", "backslash"),
-        ("\uff0e\uff0e\uff0fsecret", "look-alike of a dot, separator"),  # NFKC folds it into ../secret
-        ("docs/\u2024\u2024/secret", "look-alike of a dot, separator"),  # one dot leader each
-        ("\uff5e/.ssh", "look-alike of a dot, separator"),  # a full-width tilde
-        ("file\uff1a///etc/passwd", "look-alike of a dot, separator"),
-        (
-            "%ef%bc%8e%ef%bc%8e/secret",
-            "look-alike of a dot, separator or other special character, which a tool may fold into it (percent-encoded)",
-        ),
+        ("\uff0e\uff0e\uff0fsecret", "look-alike of a separator"),  # NFKC folds it into ../secret
+        ("docs/\u2024\u2024/secret", "look-alike of a '.' or '..' component"),  # one dot leader each
+        ("\uff5e/.ssh", "begins with '~', which a tool may expand to a home directory (read with its look-alikes"),
+        ("file\uff1a///etc/passwd", "begins with a URI scheme"),
+        ("\ufb01le:///etc/passwd", "begins with a URI scheme"),  # the "fi" ligature
+        ("\uff46\uff49\uff4c\uff45:../x", "begins with a URI scheme"),
+        ("\uff05\uff12\uff46", "percent-encoded separator"),
+        ("%ef%bc%8e%ef%bc%8e/secret", "look-alike of a '.' or '..' component, which a tool may fold into one (percent"),
         ("..%2fsecret", "percent-encoded"),
         ("..%2Fsecret", "percent-encoded"),
         ("..%5csecret", "percent-encoded"),

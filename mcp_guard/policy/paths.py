@@ -3,8 +3,8 @@
 A path is refused on its text alone, before it touches the filesystem, when it is not a
 non-empty string of at most `MAX_PATH_LENGTH` printable characters, when it begins or ends
 with whitespace, or begins with ``~`` or a URI scheme (``file:``), written out or
-percent-encoded, or when it holds a backslash, a look-alike NFKC folds into a special character
-(``\uff0e\uff0e\uff0f`` is ``../``), or a percent-encoded separator, dot or NUL: a
+percent-encoded, or when it holds a backslash, a look-alike NFKC folds into a separator, a dot
+component or a refused start (``\uff0e\uff0e\uff0f`` is ``../``), or a percent-encoded separator, dot or NUL: a
 tool that strips, expands, parses or decodes it once more must not find a different path. The escapes are decoded as often as a tool might (``%252f``, and split
 spellings such as ``%%32%66`` or ``%2%66``, become ``/`` in the second round), and overlong UTF-8
 (``%c0%af``, ``%e0%80%af``, ``%f0%80%80%af``) and ``%uXXXX`` escapes count too. Otherwise it
@@ -39,7 +39,6 @@ _DISGUISED = re.compile(rb"[\xc0\xc1]|\xe0[\x80-\x9f]|\xf0[\x80-\x8f]|%u[0-9a-f]
 holds, or an IIS-style ``%uXXXX`` escape."""
 
 _SPECIAL = (b".", b"/", b"\\", b"\x00")
-_FOLDED_INTO = "./\\~:%"
 _SCHEME = re.compile(rb"[A-Za-z][A-Za-z0-9+.-]*:")
 """A URI scheme (RFC 3986), as a path may begin: a tool that takes URIs opens ``file:///etc/passwd``,
 and ``file:../x`` relative to its own directory. A name such as ``notes:draft.txt`` reads as one
@@ -120,8 +119,9 @@ def _read_otherwise(text: bytes) -> str | None:
         return "contains a control or invisible character"
     if not shown.isascii():
         folded = unicodedata.normalize("NFKC", shown)
-        if any(folded.count(char) > shown.count(char) for char in _FOLDED_INTO):
-            return "holds a look-alike of a dot, separator or other special character, which a tool may fold into it"
+        problem = _folded_problem(shown, folded) if folded != shown else None
+        if problem is not None:
+            return problem
     if shown != shown.strip():
         return "begins or ends with whitespace, which a tool may strip"
     if text.startswith(b"~"):
@@ -129,6 +129,20 @@ def _read_otherwise(text: bytes) -> str | None:
     if _SCHEME.match(text):
         return "begins with a URI scheme: give a plain path (a name with a colon as ./name)"
     return None
+
+
+def _folded_problem(shown: str, folded: str) -> str | None:
+    """Why ``shown`` is refused for what Unicode compatibility normalisation (NFKC) makes of it:
+    a separator or a ``.`` or ``..`` component it did not have, or text refused as it stands
+    (a scheme, a leading ``~``, percent-escapes of a separator). A look-alike in the middle of a
+    name (``report\uff5e1.txt``) changes nothing a tool would read differently."""
+    if any(folded.count(char) > shown.count(char) for char in "/\\"):
+        return "holds a look-alike of a separator, which a tool may fold into one"
+    dots = {".", ".."}
+    if sum(part in dots for part in folded.split("/")) > sum(part in dots for part in shown.split("/")):
+        return "holds a look-alike of a '.' or '..' component, which a tool may fold into one"
+    problem = _read_otherwise(folded.encode()) or (_encoding_problem(folded) if "%" in folded else None)
+    return None if problem is None else f"{problem} (read with its look-alikes folded, NFKC)"
 
 
 def _encoding_problem(value: str) -> str | None:
