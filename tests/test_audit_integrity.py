@@ -794,3 +794,15 @@ def test_verify_prints_a_logged_file_name_escaped(tmp_path: Path, capsys: pytest
     printed = capsys.readouterr()
     assert "\x1b" not in printed.out + printed.err and "\r" not in printed.out + printed.err
     assert "\\x1b[32mintact" in printed.out + printed.err
+
+
+def test_a_torn_line_is_cut_only_from_the_log_itself_never_through_a_link(tmp_path: Path) -> None:
+    """A link swapped in for the live file after its checks would have had its target cut back."""
+    from mcp_guard.audit.log_files import _cut_torn_line
+
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"first line\nsecond line without an end")
+    (tmp_path / "audit.jsonl").symlink_to(victim)
+    with pytest.raises(AuditLogError, match="not a regular file"):
+        _cut_torn_line(tmp_path / "audit.jsonl")
+    assert victim.read_bytes() == b"first line\nsecond line without an end"

@@ -124,9 +124,11 @@ def resume(
 
 def _holds_a_line(path: Path) -> bool:
     """Whether the file holds at least one whole line (a lone half-written one is no entry)."""
-    if not path.is_file():
+    try:
+        fd = _open_regular(path, os.O_RDONLY)
+    except OSError:  # missing, or no regular file: no line a writer left
         return False
-    with open(path, "rb") as file:
+    with open(fd, "rb") as file:
         while chunk := file.read(_TAIL_BYTES):
             if b"\n" in chunk:
                 return True
@@ -145,9 +147,11 @@ def _cut_torn_line(path: Path) -> None:
 
     Only the end of the file is read, however long the log.
     """
-    if not path.is_file():
+    try:
+        fd = _open_regular(path, os.O_RDWR)  # never through a link swapped in
+    except FileNotFoundError:
         return
-    with open(path, "r+b") as file:
+    with open(fd, "r+b") as file:
         size = file.seek(0, os.SEEK_END)
         span = _TAIL_BYTES
         while True:  # widen until the tail holds a line end, or the file is read whole
