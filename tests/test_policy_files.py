@@ -535,3 +535,29 @@ def test_integer_bounds_in_a_file_are_kept_exact(kind: str) -> None:
     constraint = rule.constraints[0]
     assert constraint.maximum == bound and constraint.violation({"n": bound}) is None
     assert constraint.violation({"n": bound + 1}) == f"argument 'n': must be at most {bound}"
+
+
+@pytest.mark.anyio
+async def test_each_limit_rule_of_a_file_counts_in_a_table_of_its_own(tmp_path: Path) -> None:
+    """The file's limit rules shared one table: callers filling one rule's keys had every new
+    caller of every other limited tool refused, across reloads too."""
+    path = tmp_path / "policy.toml"
+    path.write_text(
+        HEADER
+        + '[[rules]]\nid = "search-budget"\ntools = ["search"]\nlimit = { per = "principal", calls = 5, window = 60 }\n'
+        + '[[rules]]\nid = "delete-rate"\ntools = ["delete"]\nlimit = { per = "principal", calls = 5, window = 60 }\n'
+    )
+    policy = PolicyFile(path)
+    search = policy.current.rules[0]
+    assert isinstance(search, LimitRule) and search.counters is not policy.current.rules[1].counters  # type: ignore[attr-defined]
+    search.counters.max_keys = 3
+    guard = Guard(policy=policy)
+    guard.declare(ToolSpec("search"))
+    guard.declare(ToolSpec("delete"))
+    for index in range(3):
+        assert (await guard.authorize("search", {}, access_token(f"flooder-{index}"))).allowed
+    assert not (await guard.authorize("search", {}, access_token("flooder-3"))).allowed  # its table is full
+    assert (await guard.authorize("delete", {}, access_token("admin"))).allowed
+    path.write_text(path.read_text() + "# touched\n")
+    policy.reload_if_changed()
+    assert policy.current.rules[0].counters is search.counters  # type: ignore[attr-defined]  # kept by its id

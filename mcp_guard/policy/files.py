@@ -66,7 +66,12 @@ class PolicyFileError(ValueError):
         super().__init__("\n".join(f"{source}: {problem}" for problem in self.problems))
 
 
-def load_policy(path: str | Path, *, counters: Counters | None = None) -> RulePolicy:
+CounterTables = dict[str, Counters]
+"""Rate-limit counts by limit rule id: each rule counts in a table of its own, so callers filling
+one rule's table take no room from another's."""
+
+
+def load_policy(path: str | Path, *, counters: CounterTables | None = None) -> RulePolicy:
     """Load the policy in ``path`` (``.toml``, ``.yaml`` or ``.yml``), or raise `PolicyFileError`."""
     text, syntax = _read(Path(path))
     return parse_policy(text, syntax, source=str(path), counters=counters)
@@ -85,10 +90,13 @@ def _read(path: Path) -> tuple[str, str]:
         raise PolicyFileError(str(path), [Problem(None, "", f"cannot read: {error}")]) from None
 
 
-def parse_policy(text: str, syntax: str, *, source: str = "<policy>", counters: Counters | None = None) -> RulePolicy:
+def parse_policy(
+    text: str, syntax: str, *, source: str = "<policy>", counters: CounterTables | None = None
+) -> RulePolicy:
     """Build the policy a document's text describes, or raise `PolicyFileError`.
 
-    ``counters`` carries rate-limit counts over from a policy this one replaces.
+    ``counters`` carries rate-limit counts over from a policy this one replaces (each rule's
+    by its id); tables for the rules this one adds are added to it.
     """
     try:
         data, lines = parse_source(text, syntax)
@@ -99,7 +107,7 @@ def parse_policy(text: str, syntax: str, *, source: str = "<policy>", counters: 
     except ValidationError as error:
         problems = [Problem(_line(lines, item["loc"]), _dotted(item["loc"]), _message(item)) for item in error.errors()]
         raise PolicyFileError(source, problems) from None
-    builder = _Builder(document, lines, counters if counters is not None else Counters())
+    builder = _Builder(document, lines, counters if counters is not None else {})
     policy = builder.build()
     if builder.problems:
         raise PolicyFileError(source, builder.problems)
@@ -110,7 +118,7 @@ def parse_policy(text: str, syntax: str, *, source: str = "<policy>", counters: 
 class _Builder:
     """Turns a validated document into rules, collecting every problem on the way."""
 
-    def __init__(self, document: PolicyDocument, lines: Lines, counters: Counters) -> None:
+    def __init__(self, document: PolicyDocument, lines: Lines, counters: CounterTables) -> None:
         self.document = document
         self.lines = lines
         self.counters = counters
@@ -202,7 +210,12 @@ class _Builder:
             if model.limit is not None:
                 limit = model.limit
                 return LimitRule(
-                    model.id, per=limit.per, calls=limit.calls, window=limit.window, counters=self.counters, **selection
+                    model.id,
+                    per=limit.per,
+                    calls=limit.calls,
+                    window=limit.window,
+                    counters=self.counters.setdefault(model.id, Counters()),
+                    **selection,
                 )
             if model.time_window is not None:
                 window = model.time_window
@@ -412,7 +425,7 @@ class PolicyFile:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._reloading = threading.Lock()  # reloads one at a time, so the last to finish read the newest file
-        self._counters = Counters()
+        self._counters: CounterTables = {}
         self.current: RulePolicy
         self._digest = ""
         self._put_in_force(*_read(self.path))
