@@ -218,3 +218,24 @@ async def test_a_call_refused_late_gives_back_what_the_candidate_counted() -> No
     codes = [(await guard.authorize("ping", {}, token)).decision.reason.code for _ in range(2)]
     assert codes == [ReasonCode.SESSION_UNAVAILABLE, ReasonCode.ALLOWED]
     assert guard.shadow is not None and not guard.shadow.disagreements
+
+
+async def test_a_flood_of_new_sessions_does_not_wipe_what_the_candidate_counted_for_one_in_use() -> None:
+    """The candidate's targets per session were kept in a memo emptied when full: one caller
+    opening 10,000 sessions reset every other session's distinct-target cap, and the
+    candidate's disagreements went unrecorded."""
+    from mcp_guard.policy import TargetsRule
+
+    candidate = RulePolicy([TargetsRule("one-recipient", argument="to", max_targets=1, tools={"send"})], id="cand")
+    guard = Guard(shadow=candidate)
+    guard.declare(ToolSpec("send", scopes=frozenset({"mail:send"})))
+    victim = access_token("victim", "mail:send")
+    for recipient in ("alice@x", "bob@x"):  # bob is one recipient too many for the candidate
+        await guard.authorize("send", {"to": recipient}, victim)
+    mallory = access_token("mallory", "mail:send")
+    for index in range(10_000):
+        await guard.authorize("send", {"to": "z@x"}, mallory, transport_session=f"c{index}")
+        if index == 5_000:
+            await guard.authorize("send", {"to": "alice@x"}, victim)  # the victim's session stays in use
+    await guard.authorize("send", {"to": "carol@x"}, victim)
+    assert guard.shadow is not None and guard.shadow.disagreements["allowed -> denied"] == 2  # bob, then carol

@@ -17,18 +17,19 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import anyio
+from cachetools import LRUCache
 from opentelemetry import metrics
 
 from mcp_guard.audit.arguments import error_detail, log_failure
 from mcp_guard.audit.events import AuditEvent, EventKind
 from mcp_guard.audit.sinks import AuditSink
 from mcp_guard.errors import Refused
-from mcp_guard.memo import remember
 from mcp_guard.model import CallRequest, Decision, ToolSpec, tell_allowed
 from mcp_guard.policy.base import Policy, PolicyFunction, cancelled_itself, in_force, named_policy, reloads
 from mcp_guard.policy.engine import RulePolicy, rule_policies
@@ -69,9 +70,11 @@ class Shadow:
         self.timeout = timeout
         self.disagreements: Counter[str] = Counter()
         self._holds = reloads(self.candidate)
-        self._reached: dict[tuple[str, float], dict[str, frozenset[str]]] = {}
+        self._reached: LRUCache[tuple[str, float], dict[str, frozenset[str]]] = LRUCache(maxsize=_SESSIONS_LIMIT)
         """The targets the candidate's rules took, by session (its id and when it opened: a
-        session opened anew under the same key starts afresh), bounded."""
+        session opened anew under the same key starts afresh): the sessions used least lately go
+        first, one at a time, so a flood of new sessions does not wipe those in use."""
+        self._reaching = threading.Lock()
         self._known: tuple[tuple[RulePolicy, ...], frozenset[int]] = ((), frozenset())
         """The enforcing rule policies last seen, and the ids of their rules: one value, so a
         thread never reads the policies of one reload with the rules of another."""
@@ -138,10 +141,11 @@ class Shadow:
                     candidate = Decision.deny(refusal.code, refusal.message, requested=candidate.requested_scopes)
                 else:  # added to what calls of the session that overlapped this one took
                     session = (request.session.id, request.session.created_at)
-                    taken = dict(self._reached.get(session, {}))
-                    for rule, seen in request.session.history.targets.items():
-                        taken[rule] = taken.get(rule, frozenset()) | seen
-                    remember(self._reached, session, taken, _SESSIONS_LIMIT)
+                    with self._reaching:
+                        taken = dict(self._reached.get(session, {}))
+                        for rule, seen in request.session.history.targets.items():
+                            taken[rule] = taken.get(rule, frozenset()) | seen
+                        self._reached[session] = taken
             if candidate.allowed == enforced.allowed and (
                 not enforced.allowed or candidate.approved_scopes == enforced.approved_scopes
             ):
@@ -181,7 +185,8 @@ class Shadow:
         the candidate's rules took before and the tags its declarations give the tools the
         session ran (the history holds what the enforcing policy took and saw)."""
         history = request.session.history
-        reached = self._reached.get((request.session.id, request.session.created_at))
+        with self._reaching:
+            reached = self._reached.get((request.session.id, request.session.created_at))
         if reached:
             for rule_id, seen in reached.items():
                 history.targets.setdefault(rule_id, set()).update(seen)
