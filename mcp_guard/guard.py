@@ -387,13 +387,7 @@ class Guard:
             ended = False  # by this call's weight: calls on other threads counted in before it
             shadow_taken: Sequence[Callable[[], None]] = ()  # what the candidate counted of its own
             try:
-                if self._owed.entries:  # a failing sink is owed records: they go first
-                    refused = self._owed.give(event, self.sinks)
-                    if refused is not None:
-                        raise refused
-                else:
-                    for sink in self.sinks:
-                        sink.emit(event)
+                self.record(event)
                 if session is not None:
                     score = await self.sessions.record_call(
                         session, active_at, allowed=decision.allowed, tool=spec, targets=decision.targets, risk=weight
@@ -596,15 +590,17 @@ class Guard:
             if ended == "ended" or not already_revoked:  # an expired session's id is revoked now too
                 note = None if ended == "ended" else "the session had already ended"
                 detail = "; ".join(part for part in (note, reason) if part) or None
-                self._record_change(
-                    AuditEvent.build(
-                        EventKind.SESSION_REVOKED,
-                        now,
-                        Principal(*stored.binding) if stored is not None else None,  # whose session it was
-                        session_id,
-                        span=current_span_context(),
-                        detail=detail,
-                        owners=stored.owners if stored is not None else None,
+                self._record_changes(
+                    (
+                        AuditEvent.build(
+                            EventKind.SESSION_REVOKED,
+                            now,
+                            Principal(*stored.binding) if stored is not None else None,  # whose session it was
+                            session_id,
+                            span=current_span_context(),
+                            detail=detail,
+                            owners=stored.owners if stored is not None else None,
+                        ),
                     )
                 )
             return
@@ -616,7 +612,9 @@ class Guard:
         elif token_id is not None:
             self.revocations.revoke_token(token_id, issuer=issuer, until=until)
         detail = _describe(given, issuer, reason, until)
-        self._record_change(AuditEvent.build(EventKind.ACCESS_REVOKED, now, span=current_span_context(), detail=detail))
+        self._record_changes(
+            (AuditEvent.build(EventKind.ACCESS_REVOKED, now, span=current_span_context(), detail=detail),)
+        )
 
     async def restore(
         self,
@@ -642,8 +640,8 @@ class Guard:
         if lifted is None:
             return False
         detail = _describe(given, issuer, reason, lifted, lifting=True)
-        self._record_change(
-            AuditEvent.build(EventKind.ACCESS_RESTORED, now, span=current_span_context(), detail=detail)
+        self._record_changes(
+            (AuditEvent.build(EventKind.ACCESS_RESTORED, now, span=current_span_context(), detail=detail),)
         )
         return True
 
@@ -895,14 +893,11 @@ class Guard:
         for sink in self.sinks:
             sink.emit(event)
 
-    def _record_change(self, event: AuditEvent) -> None:
-        """Record a change already made (a session opened, bound or ended, a revocation): a sink
-        that refuses it is owed it, and gets it before anything else once it takes records again.
-        Raises the refusal, so the call making the change is denied (it stands all the same)."""
-        self._record_changes((event,))
-
     def _record_changes(self, events: Iterable[AuditEvent]) -> None:
-        """`_record_change` for each of ``events``, every one of them owed when refused; raises the first refusal."""
+        """Record changes already made (a session opened, bound or ended, a revocation): a sink
+        that refuses one is owed it, and gets it before anything else once it takes records
+        again. Raises the first refusal, so the call making the changes is denied (they stand
+        all the same)."""
         refusal: Exception | None = None
         for event in events:
             refused = self._owed.give(event, self.sinks, change=True)
