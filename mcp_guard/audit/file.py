@@ -128,7 +128,7 @@ class FileAuditSink:
         self.stall_timeout = stall_timeout
         self._checkpointed_at = time.monotonic()
         self._taken_at = time.monotonic()
-        """When the writer last took the queued events, or the first of them was queued."""
+        """When the writer last took the queued events (it does at least every ``flush_interval``)."""
         self._unwitnessed = False
         self.written = 0
         self._queue: deque[AuditEvent] = deque()
@@ -187,8 +187,6 @@ class FileAuditSink:
                 and len(self._queue) < self.queue_size
                 and (not self._queue or now - self._taken_at < self.stall_timeout)
             ):
-                if not self._queue:
-                    self._taken_at = now
                 self._queue.append(event)
                 return
             refusal = self._refusal(now)
@@ -212,8 +210,6 @@ class FileAuditSink:
                 f"the audit log {self.path} has written nothing for {now - self._taken_at:.0f} s while events "
                 "wait: its writer is held up (a hung disk or mount, or a slow witness)"
             )
-        if not self._queue:
-            self._taken_at = now
         return None
 
     def flush(self, timeout: float = 10.0) -> None:

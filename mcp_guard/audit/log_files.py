@@ -318,7 +318,7 @@ def _holds(fd: int, lock: Path) -> bool:
 
 
 def _open_regular(path: Path, flags: int) -> int:
-    """Open ``path`` (created if missing) only if it is a regular file: never through a
+    """Open ``path`` (created if missing, when ``flags`` say so) only if it is a regular file: never through a
     symlink, and never waiting on a FIFO put in its place (the writer would hang); else
     `AuditLogError`."""
     try:
