@@ -473,12 +473,19 @@ class PolicyFile:
         quick succession cannot leave the earlier file in force by finishing last."""
         with self._reloading:
             text, syntax = _read(self.path)
-            if hashlib.sha256(text.encode()).hexdigest() == self._digest:
+            digest = _digest(text)
+            if digest == self._digest:
                 return False
-            self._put_in_force(text, syntax)
+            self._put_in_force(text, syntax, digest)
             return True
 
-    def _put_in_force(self, text: str, syntax: str) -> None:
+    def _put_in_force(self, text: str, syntax: str, digest: str | None = None) -> None:
+        """Parse ``text`` and put it in force, under ``digest`` (its `_digest`, when worked out already)."""
         policy = parse_policy(text, syntax, source=str(self.path), counters=self._counters)
-        self.current, self._digest = policy, hashlib.sha256(text.encode()).hexdigest()  # under `_reloading`
+        self.current, self._digest = policy, digest or _digest(text)  # under `_reloading`
         logger.info("mcp-guard: policy %s revision %s loaded from %s", policy.id, policy.version, self.path)
+
+
+def _digest(text: str) -> str:
+    """What tells one revision of a policy file from another."""
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -191,11 +191,12 @@ class _Analysis:
             _Part(op, av, self._item(op, av, item_flags, item_depth, loop=loop))
             for op, av, item_flags, item_depth in self._flatten(items, flags, depth)
         ]
-        self._check_runs(parts)
-        self._check_lookarounds(parts)
         shapes = [part.shape for part in parts]
+        shifts = list(_shifts(shapes))
+        self._check_runs(parts, shifts)
+        self._check_lookarounds(parts)
         shape = _concat(shapes)
-        ways = min(shape.ways * _shifted_ways(shapes), _UNBOUNDED)
+        ways = min(shape.ways * _shifted_ways(shapes, shifts), _UNBOUNDED)
         if ways > _MAX_WAYS:
             raise self._refuse(
                 f"parts that can match the same text in several ways, in a row, give more than {_MAX_WAYS} ways "
@@ -259,18 +260,20 @@ class _Analysis:
             raise self._refuse("optional part can match empty text itself, so it matches nothing two ways", [(op, av)])
         if repeats and body.nullable:
             raise self._refuse("repeated part can match empty text, so repetitions are ambiguous", [(op, av)])
-        written_out = [part.shape for part in parts] * 3  # across repetitions
-        if repeats and _movable_split(written_out) is not None:
-            raise self._refuse(
-                "repeated part holds a repeat whose end can move into the next repetition, "
-                "so repetitions can split the same text in many ways",
-                [(op, av)],
-            )
-        if repeats and (body.ways > 1 or _shifted_ways(written_out) > 1):
-            raise self._refuse(
-                "repeated part can match the same text in several ways, so the ways multiply with each repetition",
-                [(op, av)],
-            )
+        if repeats:
+            written_out = [part.shape for part in parts] * 3  # across repetitions
+            shifts = list(_shifts(written_out))
+            if _movable_split(written_out, shifts) is not None:
+                raise self._refuse(
+                    "repeated part holds a repeat whose end can move into the next repetition, "
+                    "so repetitions can split the same text in many ways",
+                    [(op, av)],
+                )
+            if body.ways > 1 or _shifted_ways(written_out, shifts) > 1:
+                raise self._refuse(
+                    "repeated part can match the same text in several ways, so the ways multiply with each repetition",
+                    [(op, av)],
+                )
         if high == 0:
             return _EMPTY
         work = min(high * body.work, _UNBOUNDED)
@@ -323,9 +326,10 @@ class _Analysis:
             ways=min(_alternative_ways(alternatives, runs), _UNBOUNDED),
         )
 
-    def _check_runs(self, parts: list[_Part]) -> None:
-        """Refuse a repeat of varying count followed by another that can take over its text."""
-        split = _movable_split([part.shape for part in parts])
+    def _check_runs(self, parts: list[_Part], shifts: Sequence[tuple[int, int, int]]) -> None:
+        """Refuse a repeat of varying count followed by another that can take over its text
+        (``shifts`` are the parts' `_shifts`)."""
+        split = _movable_split([part.shape for part in parts], shifts)
         if split is not None:
             raise self._refuse(
                 "repeats in a row can match the same text",
@@ -402,25 +406,25 @@ def _edge(shapes: Iterable[_Shape], side: Callable[[_Shape], tuple[_Atom, ...]])
     return tuple(dict.fromkeys(atoms))
 
 
-def _movable_split(shapes: Sequence[_Shape]) -> tuple[int, int] | None:
+def _movable_split(shapes: Sequence[_Shape], shifts: Iterable[tuple[int, int, int]]) -> tuple[int, int] | None:
     """Where a repeat of varying count is followed by another that can take over its text, if anywhere.
 
     A part of fixed count counts as a repeat too once the parts after the first, up to it, cost
     more than `_LONG_FIXED` steps: they run again at each shift (``[ab]*[ab]{64}[ab]{64}``).
     Returns the indices of the two repeats.
     """
-    for start, end, rerun in _shifts(shapes):
+    for start, end, rerun in shifts:
         if shapes[end].varies or rerun > _LONG_FIXED:
             return start, end
     return None
 
 
-def _shifted_ways(shapes: Sequence[_Shape]) -> int:
+def _shifted_ways(shapes: Sequence[_Shape], shifts: Iterable[tuple[int, int, int]]) -> int:
     """How many more ways consecutive shapes have to match the same text, for the parts of
     different lengths that a varying part before them can shift into: one per length
     (``(?:|b)(?:c|bc)`` matches ``bc`` two ways). A varying part that can be shifted into is
     refused before (`_movable_split`)."""
-    ends = {end for _, end, _ in _shifts(shapes)}
+    ends = {end for _, end, _ in shifts}
     return math.prod(min(shapes[end].longest - shapes[end].shortest + 1, _UNBOUNDED) for end in ends)
 
 
