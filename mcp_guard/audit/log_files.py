@@ -126,7 +126,7 @@ def _holds_a_line(path: Path) -> bool:
     """Whether the file holds at least one whole line (a lone half-written one is no entry)."""
     try:
         fd = _open_regular(path, os.O_RDONLY)
-    except OSError:  # missing, or no regular file: no line a writer left
+    except (FileNotFoundError, AuditLogError):  # missing, or no regular file: no line a writer left
         return False
     with open(fd, "rb") as file:
         while chunk := file.read(_TAIL_BYTES):
