@@ -250,9 +250,10 @@ class JWKSCache:
 def _import_keys(document: Mapping[str, Any]) -> Keys:
     """The usable signing keys of a JWKS document by ``kid``.
 
-    Entries that are not signing keys (encryption keys, private keys published by mistake),
-    RSA keys shorter than `MIN_RSA_BITS`, and entries that do not parse are skipped, one by
-    one. A document with no usable key at all is an error, so it never replaces keys that worked.
+    Entries that are not signature verification keys (by ``use`` or ``key_ops``), entries
+    carrying any private member (a private key published by mistake: the primes alone rebuild
+    it), RSA keys shorter than `MIN_RSA_BITS`, and entries that do not parse are skipped, one
+    by one. A document with no usable key at all is an error, so it never replaces keys that worked.
     """
     keys = document.get("keys")
     if not isinstance(keys, list):
@@ -261,7 +262,10 @@ def _import_keys(document: Mapping[str, Any]) -> Keys:
         raise ValueError(f"a JWKS document with more than {MAX_KEYS} keys")
     imported: dict[str, list[Key]] = {}
     for index, data in enumerate(keys):
-        if not isinstance(data, dict) or data.get("use", "sig") != "sig" or "d" in data:
+        if not isinstance(data, dict) or not _for_verifying(data):
+            continue
+        if _PRIVATE_MEMBERS & data.keys():
+            logger.warning("mcp-guard: JWKS entry %d skipped: it publishes private key material", index)
             continue
         try:
             key = KeySet.import_key_set({"keys": [data]}).keys[0]
@@ -276,6 +280,17 @@ def _import_keys(document: Mapping[str, Any]) -> Keys:
     if not imported:
         raise ValueError("the JWKS document holds no usable signing key")
     return {kid: tuple(found) for kid, found in imported.items()}
+
+
+_PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
+"""JWK members holding private or symmetric key material (RFC 7518 sections 6.2.2, 6.3.2, 6.4)."""
+
+
+def _for_verifying(data: Mapping[str, Any]) -> bool:
+    """Whether a JWK may verify signatures: ``use`` is ``sig`` and ``key_ops`` holds ``verify``,
+    each when present (RFC 7517 sections 4.2 and 4.3)."""
+    operations = data.get("key_ops", ["verify"])
+    return data.get("use", "sig") == "sig" and isinstance(operations, list) and "verify" in operations
 
 
 def _pick(keys: Keys, kid: str | None, alg: str) -> Key | None:

@@ -1077,3 +1077,44 @@ async def test_a_key_set_pushed_out_of_the_cache_never_revives_verifications_und
             assert await refused(verifier, old) == "key_unknown"
         finally:
             authority.keys = keys
+
+
+@pytest.mark.parametrize("members", [("d",), ("p", "q"), ("p",), ("dp", "dq"), ("qi",)])
+async def test_a_key_published_with_any_private_member_is_never_used(
+    authority: Authority, members: tuple[str, ...]
+) -> None:
+    leaked = RSAKey.generate_key(2048, parameters={"kid": "leaked"})
+    private = leaked.as_dict(private=True)
+    published = {**leaked.as_dict(private=False), **{member: private[member] for member in members}}
+    authority.jwks_body = json.dumps({"keys": [*authority.public_jwks()["keys"], published]}).encode()
+    try:
+        verifier = verifier_for(authority)
+        assert await refused(verifier, authority.mint(kid="leaked", key=leaked)) == "key_unknown"
+        assert await verifier.verify(authority.mint())  # the rest of the key set still works
+    finally:
+        authority.jwks_body = None
+
+
+@pytest.mark.parametrize(
+    ("marks", "usable"),
+    [
+        ({"key_ops": ["verify"]}, True),
+        ({"key_ops": ["encrypt", "wrapKey"]}, False),
+        ({"key_ops": "verify"}, False),
+        ({"use": "enc"}, False),
+    ],
+)
+async def test_a_key_whose_operations_exclude_verifying_is_skipped(
+    authority: Authority, marks: dict[str, Any], usable: bool
+) -> None:
+    rsa = authority.keys["rsa-1"].as_dict(private=False)
+    other = {**RSAKey.generate_key(2048, parameters={"kid": "other"}).as_dict(private=False), **marks}
+    authority.jwks_body = json.dumps({"keys": [rsa, other]}).encode()
+    try:  # a token without kid names the one key for verifying: with another such key it is ambiguous
+        token = authority.mint(kid=None)
+        if usable:
+            assert await refused(verifier_for(authority), token) == "key_unknown"
+        else:
+            assert await verifier_for(authority).verify(token)
+    finally:
+        authority.jwks_body = None
