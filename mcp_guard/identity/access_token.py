@@ -23,7 +23,7 @@ from mcp_guard.errors import Refused
 from mcp_guard.identity.claims import audience_of, scope_of
 from mcp_guard.identity.delegation import DEPTH_LIMIT, actor_chain
 from mcp_guard.identity.jws_form import MAX_TOKEN_BYTES, canonical
-from mcp_guard.memo import remember
+from mcp_guard.memo import peek, remember
 from mcp_guard.model import Principal
 from mcp_guard.reasons import ReasonCode
 from mcp_guard.scopes import ScopeError, scope_set
@@ -109,7 +109,7 @@ class AccessTokenIdentifier:
         if not token:
             return principal_from_access_token(credential, None)
         digest = token_digest(token)
-        principal = self._cache.get(digest)
+        principal = peek(self._cache, digest)
         if principal is None or not _describes(principal, credential):  # unseen, or verified anew differently
             principal = principal_from_access_token(credential, token_fingerprint(token, digest))
             with self._lock:

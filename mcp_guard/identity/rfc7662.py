@@ -55,6 +55,7 @@ from mcp_guard.identity.flight import Flight
 from mcp_guard.identity.jwks import capped_body, tls_context
 from mcp_guard.identity.rfc8414 import check_fetchable, metadata_endpoint
 from mcp_guard.identity.rfc9068 import MAX_TOKEN_BYTES, TrustedIssuer
+from mcp_guard.memo import peek
 from mcp_guard.model import Principal
 from mcp_guard.reasons import ReasonCode
 
@@ -144,7 +145,7 @@ class IntrospectionVerifier:
             raise Refused(ReasonCode.TOKEN_MALFORMED)
         digest = token_digest(token)
         now = read_clock(self.clock)
-        cached = self._answers.get(digest)
+        cached = peek(self._answers, digest)
         if cached is not None and now < cached[1] and time.monotonic() < cached[2]:
             return cached[0]
         key = (digest, self._forgotten)  # a question asked before `forget_tokens` is not joined

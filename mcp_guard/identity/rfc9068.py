@@ -40,7 +40,7 @@ from mcp_guard.identity.flight import Flight
 from mcp_guard.identity.jwks import SIGNING_ALGORITHMS, JWKSCache
 from mcp_guard.identity.jws_form import MAX_TOKEN_BYTES, high_s, segment_bytes, spelled_canonically, with_low_s
 from mcp_guard.identity.rfc8414 import check_fetchable, metadata_endpoint
-from mcp_guard.memo import remember
+from mcp_guard.memo import peek, remember
 from mcp_guard.model import Principal
 from mcp_guard.reasons import ReasonCode
 
@@ -156,7 +156,7 @@ class JWTVerifier:
             raise Refused(ReasonCode.TOKEN_TOO_LARGE if isinstance(token, str) else ReasonCode.TOKEN_MALFORMED)
         digest = token_digest(token)
         now = read_clock(self.clock)
-        cached = self._verified.get(digest)
+        cached = peek(self._verified, digest)
         if cached is not None and now <= cached.until and self.jwks.current(cached.jwks_uri, cached.generation):
             return cached.principal
         forgotten = self._forgotten
