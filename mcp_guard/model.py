@@ -10,6 +10,7 @@ NamedTuple: as immutable, and five times cheaper to build (0.3 us against 1.4 us
 from __future__ import annotations
 
 import logging
+import math
 import re
 import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -113,6 +114,9 @@ class Principal:
     """The (issuer, subject, client id) a session opened by this principal is bound to."""
 
     def __post_init__(self) -> None:
+        expires_at = self.expires_at
+        if expires_at is not None and (type(expires_at) not in (int, float) or not math.isfinite(expires_at)):
+            raise ValueError(f"a principal's expires_at must be a finite number of seconds, not {expires_at!r}")
         object.__setattr__(self, "binding", (self.issuer, self.subject, self.client_id))
 
 

@@ -1374,3 +1374,20 @@ async def test_no_session_is_opened_while_a_sink_cannot_take_the_records_it_is_o
     failing.down = False
     assert (await g.authorize("read_note", {}, token(), transport_session="conn-new")).allowed
     assert [str(event.kind) for event in failing.events][:3] == ["access.revoked", "session.opened", "session.bound"]
+
+
+@pytest.mark.parametrize("expires_at", [math.nan, math.inf, -math.inf, True, "1900000000"])
+def test_a_principal_expiring_at_no_real_time_is_refused(expires_at: Any) -> None:
+    with pytest.raises(ValueError, match="finite number of seconds"):
+        Principal("https://issuer.test", "alice", "app", expires_at=expires_at)
+
+
+async def test_a_custom_identifier_giving_a_nan_expiry_is_denied(audit: MemoryAuditSink, clock: Clock) -> None:
+    class NotANumber:  # as one doing float(claims["exp"]) on "NaN" would: it passed every expiry check
+        def identify(self, credential: AccessToken | None) -> Principal:
+            return Principal("https://issuer.test", "alice", "app", frozenset({"notes:read"}), expires_at=math.nan)
+
+    guard = make_guard(audit, clock, identifier=NotANumber())
+    clock.advance(10 * 365 * 86400)
+    result = await guard.authorize("read_note", {}, None)
+    assert not result.allowed and result.decision.reason.code == ReasonCode.GUARD_ERROR
