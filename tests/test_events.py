@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import time
 
 import pytest
@@ -156,5 +157,24 @@ def test_a_completion_follows_its_decision_with_the_duration_rounded_to_the_micr
         "t",
         "s",
     )
-    assert completed.facts == {"result": "ok", "duration_ms": 22.276, "error_type": None}
+    assert completed.facts == {
+        "result": "ok",
+        "duration_ms": 22.276,
+        "error_type": None,
+        "decided_event_id": decided.event_id,
+    }
     assert decided.completion(0.0, "error", 0.0222754, "ValueError").facts["duration_ms"] == 22.275
+
+
+def test_a_forked_child_mints_event_ids_of_its_own() -> None:
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its first id and leave at once
+        os.write(write, AuditEvent.build(EventKind.CALL_DECIDED, 0.0).event_id.encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        childs = pipe.read().decode()
+    os.waitpid(pid, 0)
+    parents = AuditEvent.build(EventKind.CALL_DECIDED, 0.0).event_id
+    assert childs.split("-")[0] != parents.split("-")[0]  # another origin: ids never repeat across workers

@@ -9,6 +9,7 @@ against about 4.8 us for a frozen dataclass of the flattened fields. The flatten
 from __future__ import annotations
 
 import itertools
+import os
 import secrets
 from collections.abc import Mapping
 from dataclasses import fields
@@ -39,8 +40,18 @@ class EventKind(StrEnum):
     POLICY_DISAGREED = "policy.disagreed"
 
 
-_ORIGIN = secrets.token_hex(6) + "-"
-_COUNTER = itertools.count(1)
+def _new_origin() -> None:
+    """Draw this process's event id origin and restart its counter: at import, and again in a
+    forked child (a pre-forking server's workers), which would otherwise mint its parent's ids."""
+    global _ORIGIN, _COUNTER
+    _ORIGIN = secrets.token_hex(6) + "-"
+    _COUNTER = itertools.count(1)
+
+
+_ORIGIN: str
+_COUNTER: itertools.count[int]
+_new_origin()
+os.register_at_fork(after_in_child=_new_origin)
 _NO_SCOPES: frozenset[str] = frozenset()
 
 
@@ -107,10 +118,16 @@ class AuditEvent(NamedTuple):
         """The ``call.completed`` event, at ``at``, of the call this ``call.decided`` event admitted.
 
         Who, which session, tool, owners and span are the decision's, so the current span is
-        not looked up again. ``duration`` is in seconds.
+        not looked up again; ``decided_event_id`` names the decision's own event, which ties the two
+        together when no trace does. ``duration`` is in seconds.
         """
         milliseconds = int(duration * 1e6 + 0.5) / 1000  # to the microsecond, without round()'s slow float path
-        facts = {"result": result, "duration_ms": milliseconds, "error_type": error_type}
+        facts = {
+            "result": result,
+            "duration_ms": milliseconds,
+            "error_type": error_type,
+            "decided_event_id": self.event_id,
+        }
         event_id = _ORIGIN + str(next(_COUNTER))
         return tuple.__new__(
             AuditEvent,
