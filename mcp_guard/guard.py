@@ -374,7 +374,7 @@ class Guard:
             weight = 0.0
             if risk is not None and session is not None:
                 weight = risk.weight(decision, spec)
-                if decision.allowed and session.risk_score + weight >= risk.threshold:
+                if decision.allowed and risk.reached(session.risk_score + weight):
                     decision = self._refusal(ReasonCode.SESSION_RISK_EXCEEDED, None, principal, policy)
             taken: Sequence[Callable[[], None]] = ()  # what gives back the counts, should the call be refused late
             if decision.allowed and request is not None and decision.on_allow:  # last: only allowed calls count
@@ -392,7 +392,7 @@ class Guard:
                     score = await self.sessions.record_call(
                         session, active_at, allowed=decision.allowed, tool=spec, targets=decision.targets, risk=weight
                     )
-                    if risk is not None and score >= risk.threshold:
+                    if risk is not None and risk.reached(score):
                         await self._end_risky_session(session, principal, score, risk.threshold, now)
                         ended = True
                 if self.shadow is not None and asked is not None:
@@ -828,7 +828,7 @@ class Guard:
             risk = self.risk
             weight = risk.weight(decision, spec) if risk is not None else 0.0
             score = await self.sessions.record_call(session, now, allowed=False, tool=spec, risk=weight)
-            if risk is not None and score >= risk.threshold:
+            if risk is not None and risk.reached(score):
                 await self._end_risky_session(session, principal, score, risk.threshold, now)
         except Refused:
             return False

@@ -1391,3 +1391,12 @@ async def test_a_custom_identifier_giving_a_nan_expiry_is_denied(audit: MemoryAu
     clock.advance(10 * 365 * 86400)
     result = await guard.authorize("read_note", {}, None)
     assert not result.allowed and result.decision.reason.code == ReasonCode.GUARD_ERROR
+
+
+async def test_decimal_weights_adding_up_to_the_threshold_reach_it(audit: MemoryAuditSink, clock: Clock) -> None:
+    g = Guard(audit=[audit], clock=clock, risk=RiskSettings(threshold=1.0, write=0.1))
+    g.declare(ToolSpec("write_note", scopes=frozenset({"notes:write"}), risk=Risk.WRITE))
+    caller = token(scopes="notes:write", sid="s1")
+    allowed = [(await g.authorize("write_note", {}, caller)).allowed for _ in range(10)]
+    assert allowed == [True] * 9 + [False]  # ten weights of 0.1 sum to 0.9999999999999999, which is 1.0
+    assert RiskSettings(threshold=1.0).reached(sum([0.1] * 10)) and not RiskSettings(threshold=1.0).reached(0.999)

@@ -150,7 +150,7 @@ def _weighed(
     if risk is None or not decision.allowed:
         return decision, list(outcomes)
     score = sum(risk.weight(decision, spec) for spec in earlier) + risk.weight(decision, request.tool)
-    if score < risk.threshold:
+    if not risk.reached(score):
         return decision, [*outcomes, RuleOutcome("risk", "risk", True, None)]
     refused = Decision.deny(
         ReasonCode.SESSION_RISK_EXCEEDED,

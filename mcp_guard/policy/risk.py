@@ -11,6 +11,10 @@ from mcp_guard.model import Decision, Risk, ToolSpec
 
 __all__ = ["RiskSettings"]
 
+_ROUNDING = 1e-9
+"""The relative error a sum of weights may carry: far above float rounding over any number of
+calls a session lives for, far below any difference between weights a policy means."""
+
 
 @dataclass(frozen=True, slots=True)
 class RiskSettings:
@@ -20,8 +24,10 @@ class RiskSettings:
     entry in ``tools`` when there is one, else the weight of its risk level (``read``,
     ``write``, ``admin``; as the policy declares the tool, when it does). The call that takes
     the score to the threshold is refused and the session revoked (recorded as
-    ``session.revoked`` with reason ``session_risk_exceeded``). Each tool's weight is worked out
-    once and remembered.
+    ``session.revoked`` with reason ``session_risk_exceeded``). Scores are sums of floats, so
+    `reached` allows them a relative rounding error of `_ROUNDING` (ten calls weighing 0.1 reach
+    a threshold of 1.0, though they add up to 0.9999999999999999). Each tool's weight is worked
+    out once and remembered.
     """
 
     threshold: float
@@ -31,6 +37,7 @@ class RiskSettings:
     admin: float = 20.0
     tools: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     _levels: Mapping[Risk, float] = field(init=False, repr=False, compare=False)
+    _reached_at: float = field(init=False, repr=False, compare=False)
     _weights: dict[str, tuple[ToolSpec, float]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -44,6 +51,11 @@ class RiskSettings:
         object.__setattr__(self, "tools", MappingProxyType(dict(self.tools)))
         object.__setattr__(self, "_levels", {Risk.READ: self.read, Risk.WRITE: self.write, Risk.ADMIN: self.admin})
         object.__setattr__(self, "_weights", {})
+        object.__setattr__(self, "_reached_at", self.threshold * (1 - _ROUNDING))
+
+    def reached(self, score: float) -> bool:
+        """Whether ``score`` has reached the threshold (within float rounding)."""
+        return score >= self._reached_at
 
     def weight(self, decision: Decision, tool: ToolSpec | None) -> float:
         """What this decided call adds to its session's score."""
