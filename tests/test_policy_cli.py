@@ -89,7 +89,9 @@ def test_explain_reads_the_act_claim_and_weighs_risk_as_the_guard_does(capsys: p
 
 
 def test_explain_refuses_bad_input_as_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
-    for extra in (["--args", "[1, 2]"], ["--claims", "{nope"], ["--at", "yesterday"]):
+    deep = '{"a": ' + "[" * 5000 + "]" * 5000 + "}"
+    odd = (["--at", "yesterday"], ["--at", "1e300"], ["--at", "nan"], ["--args", deep], ["--claims", deep])
+    for extra in (["--args", "[1, 2]"], ["--claims", "{nope"], *odd):
         with pytest.raises(SystemExit) as caught:
             main(["policy", "explain", ASSISTANT, "--tool", "read_file", *extra])
         assert caught.value.code == 2

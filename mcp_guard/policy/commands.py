@@ -232,6 +232,8 @@ def _json_object(text: str) -> dict[str, Any]:
         value = json.loads(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(f"not JSON: {error}") from None
+    except RecursionError:
+        raise argparse.ArgumentTypeError("nested too deeply") from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("must be a JSON object")
     return value
@@ -239,8 +241,8 @@ def _json_object(text: str) -> dict[str, Any]:
 
 def instant(text: str) -> float:
     """A time given as ISO 8601 (read first: ``20261120`` is a date, not seconds), in UTC unless
-    it names its offset (as records are written and shown, whatever the host's zone), or as a
-    finite number of seconds since the epoch."""
+    it names its offset (as records are written and shown, whatever the host's zone), or as
+    seconds since the epoch within the years a date can have (1 to 9999)."""
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
@@ -251,6 +253,8 @@ def instant(text: str) -> float:
         seconds = float(text)
     except ValueError:
         seconds = math.nan
-    if not math.isfinite(seconds):
-        raise argparse.ArgumentTypeError(f"not a time: {text!r}")
+    try:
+        datetime.fromtimestamp(seconds, UTC)  # a time a clock can show: finite, within years 1 to 9999
+    except (OverflowError, OSError, ValueError):
+        raise argparse.ArgumentTypeError(f"not a time: {text!r}") from None
     return seconds
