@@ -137,6 +137,8 @@ def test_a_look_alike_passes_only_when_allowlisted_exactly() -> None:
         "",
         "*.com",
         "*.127.0.0.1",
+        "*.0.1",  # no domain ends in a number: it would match 127.0.0.1 and 10.0.0.1
+        "*.example.1",
         "*.*.example.com",
         "exa mple.com",
         "a..b",

@@ -1,8 +1,9 @@
 """URLs and host names checked against an allowlist, by their one ASCII form.
 
 Entries are exact host names (``api.example.com``), ``*.`` wildcards that match any subdomain
-but not the name itself (``*.example.com``), or IP literals. They are normalised once: lower
-case, a trailing dot dropped, international names IDNA-encoded (``xn--...``).
+but not the name itself (``*.example.com``), or IP literals (matched exactly, never by a
+wildcard). They are normalised once: lower case, a trailing dot dropped, international names
+IDNA-encoded (``xn--...``).
 
 A value's host is compared in the same ASCII form, exactly, so look-alikes never match: a
 Cyrillic letter gives a different ``xn--`` name, ``example.com.evil.com`` and
@@ -51,8 +52,8 @@ class HostAllowlist:
             name = entry[2:] if wildcard else entry
             name = name[:-1] if name.endswith(".") else name
             host, problem = _canonical_host(name.lower())
-            if problem is None and wildcard and _is_ip(host):
-                problem = "puts a wildcard on an IP address"
+            if problem is None and wildcard and (_is_ip(host) or host.rpartition(".")[2].isdigit()):
+                problem = "puts a wildcard on an IP address"  # a numeric last label names no domain
             if problem is None and wildcard and "." not in host:
                 problem = "puts a wildcard on a top-level domain"
             if problem is not None:
