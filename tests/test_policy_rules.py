@@ -858,3 +858,18 @@ def test_a_refusal_for_missing_scopes_lists_each_scope_on_its_own() -> None:
     )
     one = ScopePolicy().decide(call_request(ToolSpec("read_file", scopes=frozenset({"files:read"}))))
     assert one.reason.message.startswith("Tool 'read_file' requires scope 'files:read'; missing 'files:read'.")
+
+
+@pytest.mark.parametrize(
+    "declared",
+    [
+        ToolSpec("wire", delegation="forbid"),
+        ToolSpec("wire", delegation="require"),
+        ToolSpec("wire", actors=frozenset({"bot"})),
+        ToolSpec("wire", conceal=True),
+        ToolSpec("wire", redact=frozenset({"iban"})),
+    ],
+)
+def test_a_declaration_setting_what_a_policy_cannot_add_is_refused(declared: ToolSpec) -> None:
+    with pytest.raises(ValueError, match="'wire'"):  # it was accepted, and a delegated call still allowed
+        RulePolicy(tools=[declared])

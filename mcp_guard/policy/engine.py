@@ -61,7 +61,8 @@ class RulePolicy:
 
     ``tools`` declares tools as the policy sees them: a declared tool needs the union of the
     scopes its decorator and this declaration require, and weighs as the higher of the two risk
-    levels. ``unlisted`` says what happens to a tool ``tools`` does not declare: ``"deny"``
+    levels (a declaration that sets what it cannot add, delegation or concealment, is refused).
+    ``unlisted`` says what happens to a tool ``tools`` does not declare: ``"deny"``
     (the default when ``tools`` is given) or ``"allow"`` (the default otherwise; its rules and
     required scopes still apply). ``risk`` scores sessions (see `RiskSettings`).
     """
@@ -85,6 +86,14 @@ class RulePolicy:
         for spec in tools:
             if spec.name in self.declared:
                 raise ValueError(f"tool {spec.name!r} is declared twice")
+            if spec.delegation != "allow" or spec.actors:
+                raise ValueError(
+                    f"tool {spec.name!r}: a policy limits delegation with a DelegationRule, not a declaration"
+                )
+            if spec.conceal or spec.redact:
+                raise ValueError(
+                    f"tool {spec.name!r}: conceal and redact are the tool's own, declared with @guard.tool"
+                )
             self.declared[spec.name] = spec
         self.rules: tuple[Rule, ...] = tuple(self._with_declared_tags(rule) for rule in rules)
         self.unlisted = unlisted or ("deny" if self.declared else "allow")
