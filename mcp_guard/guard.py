@@ -46,7 +46,7 @@ from mcp_guard.model import (
 )
 from mcp_guard.policy.base import Policy, PolicyFunction, cancelled_itself, in_force, named_policy, reloads
 from mcp_guard.policy.gaps import policy_gaps
-from mcp_guard.policy.risk import RiskSettings
+from mcp_guard.policy.risk import RiskScoring, RiskSettings
 from mcp_guard.policy.scopes import ScopePolicy, check_within_grant
 from mcp_guard.policy.shadow import Shadow
 from mcp_guard.reasons import ReasonCode
@@ -168,7 +168,7 @@ class Guard:
         installed or reloaded meanwhile decides the next call, not part of this one."""
 
     @property
-    def risk(self) -> RiskSettings | None:
+    def risk(self) -> RiskScoring | None:
         """How sessions' risk is scored: the guard's own settings, else its policy's (which may reload)."""
         return self._risk if self._risk is not None else getattr(self.policy, "risk", None)
 

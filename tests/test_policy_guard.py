@@ -266,6 +266,39 @@ async def test_a_combined_policy_keeps_its_risk_threshold(audit: MemoryAuditSink
     assert [(await guard.authorize("write", {}, token)).allowed for _ in range(3)] == [True, False, False]
 
 
+@pytest.mark.parametrize("strict_first", [True, False])
+async def test_a_combination_ends_a_session_as_soon_as_any_member_would(
+    audit: MemoryAuditSink, strict_first: bool
+) -> None:
+    from mcp_guard import AllOf, RiskSettings, ToolSpec
+    from mcp_guard.policy import CombinedRisk
+
+    lenient = RulePolicy(risk=RiskSettings(threshold=1000, write=100), id="ops")  # would refuse the tenth write
+    strict = RulePolicy(risk=RiskSettings(threshold=10, write=4), id="security")  # refuses the third
+    members = (strict, lenient) if strict_first else (lenient, strict)
+    guard = Guard(policy=AllOf(*members), audit=[audit])
+    guard.declare(ToolSpec("write", risk="write"))
+    assert isinstance(guard.risk, CombinedRisk) and guard.risk.threshold == 10  # in the strictest member's units
+    assert guard.risk is guard.risk  # worked out once while the members' settings stay
+    token = access_token("alice", "", sid="s")
+    assert [(await guard.authorize("write", {}, token)).allowed for _ in range(3)] == [True, True, False]
+    assert "risk score 12 reached threshold 10" in str([e.detail for e in audit.events if e.kind == "session.revoked"])
+
+
+def test_combined_risk_weighs_a_call_as_its_heaviest_member_would() -> None:
+    from mcp_guard import RiskSettings
+    from mcp_guard.policy import CombinedRisk
+
+    one, other = RiskSettings(threshold=10, denial=1, write=3), RiskSettings(threshold=100, denial=50, write=10)
+    combined = CombinedRisk.of([one, other])
+    assert isinstance(combined, CombinedRisk)
+    write, denied = ToolSpec("w", risk="write"), Decision.deny(ReasonCode.TOOL_NOT_FOUND)
+    assert combined.weight(Decision(allowed=True), write) == 3  # 3 of 10, against 10 of 100
+    assert combined.weight(denied, write) == 5  # 50 of 100 is 5 of 10
+    assert CombinedRisk.of([one]) is one and CombinedRisk.of([]) is None
+    assert CombinedRisk.of([combined, one]) == CombinedRisk((one, other, one))  # nested combinations flattened
+
+
 def test_a_call_on_another_thread_while_one_is_recorded_cannot_pass_the_risk_threshold() -> None:
     """Threads sharing a guard, a sink that blocks: a second call decided while the first is
     recorded saw the score before it. Whichever call's weight reaches the threshold is refused."""

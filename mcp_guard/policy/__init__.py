@@ -9,7 +9,7 @@ from mcp_guard.policy.document import PolicyDocument, policy_json_schema
 from mcp_guard.policy.engine import RuleOutcome, RulePolicy
 from mcp_guard.policy.files import PolicyFile, PolicyFileError, Problem, load_policy, parse_policy
 from mcp_guard.policy.limits import Counters, LimitRule
-from mcp_guard.policy.risk import RiskSettings
+from mcp_guard.policy.risk import CombinedRisk, RiskSettings
 from mcp_guard.policy.rules import (
     ArgumentRule,
     DelegationRule,
@@ -30,6 +30,7 @@ __all__ = [
     "CedarError",
     "CedarPolicy",
     "CedarUnavailable",
+    "CombinedRisk",
     "Counters",
     "DelegationRule",
     "DenyOverrides",

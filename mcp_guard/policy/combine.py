@@ -27,7 +27,7 @@ from typing import TypeVar
 from mcp_guard.memo import remember
 from mcp_guard.model import CallRequest, Decision, Principal, ToolSpec, in_allow_order
 from mcp_guard.policy.base import Policy, PolicyFunction, Verdict, as_policy, in_force, may_abstain
-from mcp_guard.policy.risk import RiskSettings
+from mcp_guard.policy.risk import CombinedRisk, RiskScoring
 from mcp_guard.reasons import ReasonCode
 from mcp_guard.scopes import ScopeHierarchy
 
@@ -56,6 +56,7 @@ class _Combination:
         self.version = version
         self._described: dict[int, tuple[ToolSpec, ToolSpec, ToolSpec]] = {}
         self._pinned: tuple[tuple[Policy, ...], Policy] = (self.policies, self)
+        self._risk: tuple[tuple[RiskScoring, ...], RiskScoring | None] = ((), None)
         """The members last held, and the combination of them (a copy is made per revision)."""
 
     def in_force(self) -> Policy:
@@ -145,14 +146,16 @@ class _Combination:
         return remember(self._described, id(tool), (tool, merged, described), _DESCRIBED_LIMIT)[2]
 
     @property
-    def risk(self) -> RiskSettings | None:
-        """The risk settings of the first member that carries any (a policy file's), so combining
-        a policy never drops its risk threshold."""
-        for policy in self.policies:
-            risk = getattr(policy, "risk", None)
-            if risk is not None:
-                return risk  # type: ignore[no-any-return]
-        return None
+    def risk(self) -> RiskScoring | None:
+        """The risk settings of every member that carries any (a policy file's), combined, so
+        combining a policy never drops its risk threshold: the session ends as soon as any of
+        them would end it. Worked out again only when a member's settings change (a reload)."""
+        settings = tuple(risk for policy in self.policies if (risk := getattr(policy, "risk", None)) is not None)
+        known, combined = self._risk
+        if len(settings) != len(known) or any(now is not before for now, before in zip(settings, known, strict=False)):
+            combined = CombinedRisk.of(settings)
+            self._risk = (settings, combined)
+        return combined
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(map(repr, self.policies))})"

@@ -1,15 +1,21 @@
-"""Session risk: what each call and each denial weighs, and the score at which a session ends."""
+"""Session risk: what each call and each denial weighs, and the score at which a session ends.
+
+`RiskSettings` are one policy's; `CombinedRisk` holds several at once, for a combination of
+policies that carry their own. The guard reads either through `threshold`, `weight` and
+`reached`.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TypeAlias
 
 from mcp_guard.model import Decision, Risk, ToolSpec
 
-__all__ = ["RiskSettings"]
+__all__ = ["CombinedRisk", "RiskScoring", "RiskSettings"]
 
 _ROUNDING = 1e-9
 """The relative error a sum of weights may carry: far above float rounding over any number of
@@ -71,3 +77,48 @@ class RiskSettings:
             weight = self._levels[tool.risk]
         self._weights[tool.name] = (tool, weight)
         return weight
+
+
+@dataclass(frozen=True, slots=True)
+class CombinedRisk:
+    """The risk settings of several policies at once: a session ends as soon as any of them
+    would end it, whatever order they were combined in.
+
+    The score is kept in the units of the lowest threshold. A call weighs, in those units, the
+    most any member weighs it measured against that member's own threshold, so the score never
+    trails what any member alone would have reached.
+    """
+
+    members: tuple[RiskSettings, ...]
+    threshold: float = field(init=False)
+    _scaled: tuple[tuple[RiskSettings, float], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.members:
+            raise ValueError("combined risk needs at least one member's settings")
+        threshold = min(member.threshold for member in self.members)
+        object.__setattr__(self, "threshold", threshold)
+        object.__setattr__(self, "_scaled", tuple((member, threshold / member.threshold) for member in self.members))
+
+    @classmethod
+    def of(cls, settings: Iterable[RiskScoring]) -> RiskScoring | None:
+        """The one scoring ``settings`` amount to: None for none, a lone one as it is, several
+        combined (a combination among them flattened into its members)."""
+        members = tuple(
+            member for each in settings for member in (each.members if isinstance(each, CombinedRisk) else (each,))
+        )
+        if len(members) < 2:
+            return members[0] if members else None
+        return cls(members)
+
+    def weight(self, decision: Decision, tool: ToolSpec | None) -> float:
+        """What this decided call adds to its session's score: the most any member weighs it."""
+        return max(member.weight(decision, tool) * scale for member, scale in self._scaled)
+
+    def reached(self, score: float) -> bool:
+        """Whether ``score`` has reached the lowest threshold (within float rounding)."""
+        return score >= self.threshold * (1 - _ROUNDING)
+
+
+RiskScoring: TypeAlias = RiskSettings | CombinedRisk
+"""How a session's risk is scored: one policy's settings, or several combined."""
