@@ -394,6 +394,19 @@ async def test_rate_limits_and_budgets_count_only_allowed_calls(audit: MemoryAud
         LimitRule("x", calls=0)
 
 
+async def test_a_limit_per_subject_counts_a_user_across_every_client(audit: MemoryAuditSink, clock: Clock) -> None:
+    per = {
+        per: LimitRule(f"{per}-rate", tools=frozenset({"send_mail"}), per=per, calls=2, window=60)
+        for per in ("subject", "principal")
+    }
+    counts = {}
+    for name, rule in per.items():
+        guard = guarded(RulePolicy([rule]), audit, clock)
+        calls = [access_token("mallory", "mail:send", client_id=f"registered-{n}") for n in range(5)]
+        counts[name] = [(await guard.authorize("send_mail", {}, token)).allowed for token in calls].count(True)
+    assert counts == {"subject": 2, "principal": 5}  # each client registration its own count, per principal
+
+
 @pytest.mark.parametrize(
     "window", [True, False, 0, -1, float("inf"), float("nan"), pytest.param(10**400, id="huge"), "60"]
 )

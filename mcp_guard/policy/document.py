@@ -107,9 +107,9 @@ class TargetsModel(_Strict):
 
 
 class LimitModel(_Strict):
-    """At most ``calls`` calls per session, principal, client or tool in each ``window`` seconds."""
+    """At most ``calls`` calls per session, subject, principal, client or tool in each ``window`` seconds."""
 
-    per: Literal["session", "principal", "client", "tool"] = "session"
+    per: Literal["session", "subject", "principal", "client", "tool"] = "session"
     calls: Annotated[int, Field(ge=1)]
     window: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
 

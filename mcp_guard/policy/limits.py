@@ -1,4 +1,4 @@
-"""Rate limits and budgets: at most so many calls per session, principal, client or tool.
+"""Rate limits and budgets: at most so many calls per session, subject, principal, client or tool.
 
 A limit with a ``window`` allows ``calls`` calls in each window, counted from the first call
 after the previous window ended (a fixed window, so a burst of up to twice the limit can
@@ -27,7 +27,7 @@ from mcp_guard.reasons import ReasonCode
 
 __all__ = ["Counters", "LimitRule", "Per"]
 
-Per = Literal["session", "principal", "client", "tool"]
+Per = Literal["session", "subject", "principal", "client", "tool"]
 
 
 class Counters:
@@ -99,8 +99,11 @@ class Counters:
 
 @dataclass(frozen=True, slots=True)
 class LimitRule(SelectedRule):
-    """At most ``calls`` calls to the selected tools ``per`` session, principal, client or tool,
-    in each ``window`` seconds, or (without a window, per session only) in the session's life."""
+    """At most ``calls`` calls to the selected tools ``per`` session, subject, principal, client
+    or tool, in each ``window`` seconds, or (without a window, per session only) in the
+    session's life. A subject is counted across every client it calls through (issuer and
+    subject); a principal is one subject through one client (issuer, subject and client id), so
+    a caller registering more clients gets a count for each."""
 
     kind: ClassVar[str] = "limit"
     per: Per = "session"
@@ -110,8 +113,10 @@ class LimitRule(SelectedRule):
 
     def __post_init__(self) -> None:
         SelectedRule.__post_init__(self)
-        if self.per not in ("session", "principal", "client", "tool"):
-            raise ValueError(f"rule {self.id!r}: per must be session, principal, client or tool, not {self.per!r}")
+        if self.per not in ("session", "subject", "principal", "client", "tool"):
+            raise ValueError(
+                f"rule {self.id!r}: per must be session, subject, principal, client or tool, not {self.per!r}"
+            )
         if isinstance(self.calls, bool) or not isinstance(self.calls, int) or self.calls < 1:
             raise ValueError(f"rule {self.id!r}: calls must be a whole number of at least 1, not {self.calls!r}")
         if self.window is None:
@@ -149,6 +154,8 @@ class LimitRule(SelectedRule):
     def _key(self, request: CallRequest) -> Hashable:
         if self.per == "session":
             return (self.id, request.session.id)
+        if self.per == "subject":
+            return (self.id, request.principal.issuer, request.principal.subject)
         if self.per == "principal":
             return (self.id, request.principal.binding)
         if self.per == "client":
