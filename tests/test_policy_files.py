@@ -561,3 +561,26 @@ async def test_each_limit_rule_of_a_file_counts_in_a_table_of_its_own(tmp_path: 
     path.write_text(path.read_text() + "# touched\n")
     policy.reload_if_changed()
     assert policy.current.rules[0].counters is search.counters  # type: ignore[attr-defined]  # kept by its id
+
+
+@pytest.mark.anyio
+async def test_a_limit_whose_window_changes_on_reload_counts_afresh(tmp_path: Path) -> None:
+    """The windows open in the old table kept their old length: shortened from a day to a
+    minute, a caller stayed refused for a day, quoted the new rule."""
+    rule = (
+        '[[rules]]\nid = "search-rate"\ntools = ["search"]\nlimit = {{ per = "principal", calls = 1, window = {} }}\n'
+    )
+    path = tmp_path / "policy.toml"
+    path.write_text(HEADER + rule.format(86400))
+    policy, now = PolicyFile(path), [1_900_000_000.0]
+    guard = Guard(policy=policy, clock=lambda: now[0])
+    guard.declare(ToolSpec("search"))
+    caller = access_token("alice", expires_in=None)
+    assert [(await guard.authorize("search", {}, caller)).allowed for _ in range(2)] == [True, False]
+    path.write_text(HEADER + rule.format(60))
+    assert policy.reload_if_changed()
+    now[0] += 120
+    assert [(await guard.authorize("search", {}, caller)).allowed for _ in range(2)] == [True, False]
+    path.write_text(HEADER)
+    assert policy.reload_if_changed()
+    assert policy._counters == {}  # a rule removed takes its table with it

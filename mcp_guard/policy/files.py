@@ -66,9 +66,10 @@ class PolicyFileError(ValueError):
         super().__init__("\n".join(f"{source}: {problem}" for problem in self.problems))
 
 
-CounterTables = dict[str, Counters]
-"""Rate-limit counts by limit rule id: each rule counts in a table of its own, so callers filling
-one rule's table take no room from another's."""
+CounterTables = dict[tuple[str, str, float | None], Counters]
+"""Rate-limit counts by limit rule id, ``per`` and window: each rule counts in a table of its own,
+so callers filling one rule's table take no room from another's. A rule whose ``per`` or window
+changed counts afresh: the windows open in its old table have the old length."""
 
 
 def load_policy(path: str | Path, *, counters: CounterTables | None = None) -> RulePolicy:
@@ -96,7 +97,7 @@ def parse_policy(
     """Build the policy a document's text describes, or raise `PolicyFileError`.
 
     ``counters`` carries rate-limit counts over from a policy this one replaces (each rule's
-    by its id); tables for the rules this one adds are added to it.
+    by its id, ``per`` and window); tables for the rules this one adds are added to it.
     """
     try:
         data, lines = parse_source(text, syntax)
@@ -214,7 +215,7 @@ class _Builder:
                     per=limit.per,
                     calls=limit.calls,
                     window=limit.window,
-                    counters=self.counters.setdefault(model.id, Counters()),
+                    counters=self.counters.setdefault((model.id, limit.per, limit.window), Counters()),
                     **selection,
                 )
             if model.time_window is not None:
@@ -481,7 +482,10 @@ class PolicyFile:
 
     def _put_in_force(self, text: str, syntax: str, digest: str | None = None) -> None:
         """Parse ``text`` and put it in force, under ``digest`` (its `_digest`, when worked out already)."""
-        policy = parse_policy(text, syntax, source=str(self.path), counters=self._counters)
+        counters = dict(self._counters)
+        policy = parse_policy(text, syntax, source=str(self.path), counters=counters)
+        kept = {(rule.id, rule.per, rule.window) for rule in policy.rules if isinstance(rule, LimitRule)}
+        self._counters = {key: table for key, table in counters.items() if key in kept}  # no table outlives its rule
         self.current, self._digest = policy, digest or _digest(text)  # under `_reloading`
         logger.info("mcp-guard: policy %s revision %s loaded from %s", policy.id, policy.version, self.path)
 
