@@ -341,13 +341,29 @@ _COLLECTIONS: tuple[tuple[str, type, type], ...] = (
 
 def _collected(name: str, value: object, kind: type, item: type) -> Any:
     """``value``, a collection of ``item`` values, as a ``kind`` (a list or set becomes one);
-    `TypeError` for anything else: a string would be read one character at a time."""
-    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+    `TypeError` for anything else: a string would be read one character at a time, and a
+    mapping by its keys alone (``{"notes:admin": False}`` would approve that scope)."""
+    if isinstance(value, str | bytes | Mapping) or not isinstance(value, Iterable):
         raise TypeError(f"Decision.{name} must be a collection of {item.__name__} values, not {type(value).__name__}")
     collected = kind(value)
     if not all(map(isinstance, collected, repeat(item))):
         raise TypeError(f"Decision.{name} must hold {item.__name__} values only")
     return collected
+
+
+def _is_target(pair: object) -> bool:
+    return type(pair) is tuple and len(pair) == 2 and type(pair[0]) is str and type(pair[1]) is str
+
+
+def _targets(value: object) -> tuple[tuple[str, str], ...]:
+    """``value`` as (rule id, target) pairs, each pair a tuple (a list becomes one); `TypeError`
+    for anything else."""
+    pairs = tuple(
+        tuple(pair) if isinstance(pair, list) else pair for pair in _collected("targets", value, tuple, object)
+    )
+    if not all(map(_is_target, pairs)):
+        raise TypeError("Decision.targets must hold (rule id, target) pairs of str")
+    return pairs
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,6 +403,12 @@ class Decision:
                 value and not all(map(isinstance, cast(Iterable[Any], value), repeat(item)))
             ):
                 object.__setattr__(self, name, _collected(name, value, kind, item))
+        if self.targets and (type(self.targets) is not tuple or not all(map(_is_target, self.targets))):
+            object.__setattr__(self, "targets", _targets(self.targets))
+        if self.on_allow and (
+            type(self.on_allow) is not tuple or not all(map(isinstance, self.on_allow, repeat(AllowHook)))
+        ):
+            object.__setattr__(self, "on_allow", _collected("on_allow", self.on_allow, tuple, AllowHook))
 
     @property
     def reason(self) -> Reason:

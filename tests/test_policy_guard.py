@@ -827,12 +827,28 @@ def gives_text_reasons(request: CallRequest) -> Decision:
     return Decision(allowed=False, reasons=("not on weekends",))  # type: ignore[arg-type]
 
 
+def approves_a_mapping(request: CallRequest) -> Decision:  # read by its keys, a scope mapped to False was approved
+    return Decision(allowed=True, approved_scopes={"notes:read": True, "notes:admin": False})  # type: ignore[arg-type]
+
+
+def reaches_a_string_target(request: CallRequest) -> Decision:  # recorded allowed, then failed the call
+    return Decision(allowed=True, approved_scopes=frozenset({"notes:read"}), targets="ab")  # type: ignore[arg-type]
+
+
 def approves_more_than_granted(request: CallRequest) -> Decision:
     return Decision(allowed=True, approved_scopes=frozenset({"notes:read", "notes:admin"}))
 
 
 @pytest.mark.parametrize(
-    "decide", [answers_false_as_text, approves_a_string, gives_text_reasons, approves_more_than_granted]
+    "decide",
+    [
+        answers_false_as_text,
+        approves_a_string,
+        gives_text_reasons,
+        approves_more_than_granted,
+        approves_a_mapping,
+        reaches_a_string_target,
+    ],
 )
 @pytest.mark.parametrize("combine", ["alone", "all_of", "deny_overrides", "any_of"])
 async def test_a_decision_a_policy_could_not_mean_denies_the_call(
@@ -927,3 +943,14 @@ def test_a_decision_takes_lists_of_the_right_values_and_refuses_text_for_a_list(
     for broken in ({"rule_ids": "abc"}, {"obligations": "log"}, {"approved_scopes": frozenset({1})}):
         with pytest.raises(TypeError, match="Decision"):
             Decision(allowed=True, **broken)
+
+
+def test_a_decision_takes_targets_as_pairs_and_hooks_that_hear_of_allowed_calls() -> None:
+    assert Decision(allowed=True, targets=[["rule", "a"], ("rule", "b")]).targets == (("rule", "a"), ("rule", "b"))  # type: ignore[arg-type]
+    for targets in ("ab", ["ab"], [("rule", "a", "b")], [("rule", 1)], {"rule": "a"}):
+        with pytest.raises(TypeError, match="targets"):
+            Decision(allowed=True, targets=targets)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="on_allow"):
+        Decision(allowed=True, on_allow=(lambda request: None,))  # type: ignore[arg-type]
+    limit = LimitRule("limit", calls=1)
+    assert Decision(allowed=True, on_allow=[limit]).on_allow == (limit,)  # type: ignore[arg-type]
