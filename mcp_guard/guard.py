@@ -453,7 +453,9 @@ class Guard:
         Listing opens no session; a session that exists must be usable by this caller.
         """
         try:
-            principal, _, _, refusal = await self._caller(credential, transport_session, remote, read_clock(self.clock))
+            principal, _, _, refusal, _ = await self._caller(
+                credential, transport_session, remote, read_clock(self.clock)
+            )
             if refusal is not None:
                 return frozenset()
             return frozenset(
@@ -480,26 +482,32 @@ class Guard:
         session_id: str | None = None
         session: Session | None = None
         now = math.nan
+        kind = _TOKEN_REJECTED  # until the token is read, in time and not revoked, as for a tool call
+        detail = f"{_display(method)} request"
         try:
             now = read_clock(self.clock)
-            principal, session_id, session, refused = await self._caller(credential, transport_session, remote, now)
+            principal, session_id, session, refused, kind = await self._caller(
+                credential, transport_session, remote, now
+            )
             if refused is None:
                 return None
             decision = self._refusal(refused.code, refused.message, principal)
         except Refused as refusal:
             decision = self._refusal(refusal.code, refusal.message, principal)
+            if principal is None and credential is not None and credential.token:
+                detail += f"; token {refused_token_fingerprint(credential.token)}"  # which token could not be read
         except Exception:
             logger.exception("mcp-guard: admitting a %s request failed; denying", _display(method))
             decision = self._refusal(ReasonCode.GUARD_ERROR, None, principal)
         span = recording_span()
         event = AuditEvent.build(
-            _CALL_DECIDED,
+            kind,
             now if math.isfinite(now) else time.time(),
             principal,
             session_id,
             decision=decision,
             span=span.get_span_context() if span is not None else None,
-            detail=f"{_display(method)} request",
+            detail=detail,
             owners=session.owners if session is not None else None,
         )
         self._emit_best_effort(event)
@@ -509,27 +517,33 @@ class Guard:
 
     async def _caller(
         self, credential: AccessToken | None, transport_session: str | None, remote: bool, now: float
-    ) -> tuple[Principal, str | None, Session | None, Refused | None]:
+    ) -> tuple[Principal, str | None, Session | None, Refused | None, EventKind]:
         """The principal of a request that opens no session, its session key and stored session,
-        and why it may not act now (None when it may): expired, revoked, or unable to use its
-        session if it has one. `Refused` when there is no principal: no credential over HTTP
-        (see `authorize`), or one that cannot be read."""
+        why it may not act now (None when it may: expired, revoked, or unable to use its session
+        if it has one), and the kind of its record (``token.rejected`` for a token expired or
+        revoked). `Refused` when there is no principal: no credential over HTTP (see
+        `authorize`), or one that cannot be read."""
         if remote and credential is None:
             raise Refused(ReasonCode.TOKEN_MISSING)
         principal = self.identifier.identify(credential)
         session_id: str | None = None
         session: Session | None = None
+        kind = _CALL_DECIDED
         try:
             session_id = self.session_keys.key(principal, transport_session)
             session = await self.sessions.get(session_id)  # read first: a refusal names its owners too
-            self.check_principal(principal, now)
+            try:
+                self.check_principal(principal, now)
+            except Refused:
+                kind = _TOKEN_REJECTED
+                raise
             if session is not None:
                 code = _session_refusal(session, principal, now)
             else:  # none yet, or one the store has let go of: its id may be revoked for good
                 code = ReasonCode.SESSION_REVOKED if self.revocations.session_revoked(session_id) else None
-            return principal, session_id, session, Refused(code) if code is not None else None
+            return principal, session_id, session, Refused(code) if code is not None else None, kind
         except Refused as refusal:
-            return principal, session_id, session, refusal
+            return principal, session_id, session, refusal, kind
 
     async def _named_session(
         self, principal: Principal, transport_session: str | None

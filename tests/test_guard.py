@@ -1356,7 +1356,7 @@ async def test_while_a_sink_is_owed_records_the_others_take_every_record_and_it_
     failing.down = False
     await g.admit_request("resources/read", token("mallory"))  # refused, recorded best-effort
     kinds = [str(event.kind) for event in failing.events]
-    assert kinds == ["access.revoked", "call.decided"]  # the revocation first, then the refusal citing it
+    assert kinds == ["access.revoked", "token.rejected"]  # the revocation first, then the refusal citing it
     assert failing.events[1].reasons == (ReasonCode.SUBJECT_REVOKED,)
 
 
@@ -1400,3 +1400,29 @@ async def test_decimal_weights_adding_up_to_the_threshold_reach_it(audit: Memory
     allowed = [(await g.authorize("write_note", {}, caller)).allowed for _ in range(10)]
     assert allowed == [True] * 9 + [False]  # ten weights of 0.1 sum to 0.9999999999999999, which is 1.0
     assert RiskSettings(threshold=1.0).reached(sum([0.1] * 10)) and not RiskSettings(threshold=1.0).reached(0.999)
+
+
+async def test_a_token_refused_on_a_request_that_is_no_tool_call_is_recorded_as_a_rejected_token(
+    g: Guard, audit: MemoryAuditSink
+) -> None:
+    """As for a tool call: `token.rejected` with the identity tags, the unreadable token named
+    by its fingerprint; a caller refused for its session (not its token) is `call.decided`."""
+    from mcp_guard.identity.access_token import refused_token_fingerprint
+
+    expired = token(expires_at=NOW - 600)
+    await g.authorize("read_note", {}, expired)
+    on_a_call = audit.events[-1]
+    assert await g.admit_request("resources/read", expired) is not None
+    on_a_read = audit.events[-1]
+    assert on_a_read.kind == on_a_call.kind == EventKind.TOKEN_REJECTED
+    assert on_a_read.owasp == on_a_call.owasp and "ASI03" in on_a_read.owasp
+    unreadable = access_token(None, "notes:read")  # no subject
+    assert await g.admit_request("prompts/get", unreadable) is not None
+    recorded = audit.events[-1]
+    assert recorded.kind == EventKind.TOKEN_REJECTED
+    assert recorded.detail == f"prompts/get request; token {refused_token_fingerprint(unreadable.token)}"
+    alice = token(sid="s-1")
+    assert (await g.authorize("read_note", {}, alice)).allowed
+    await g.revoke(session_id=audit.events[-1].session_id)
+    assert await g.admit_request("resources/read", alice) is not None
+    assert (audit.events[-1].kind, audit.events[-1].reasons) == (EventKind.CALL_DECIDED, ("session_revoked",))

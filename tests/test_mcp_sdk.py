@@ -758,7 +758,9 @@ async def test_resources_and_prompts_are_served_only_to_a_caller_a_tool_call_wou
                 assert (raised.value.error.code, raised.value.error.data) == (GUARD_DENIED, {"reason": reason}), method
             if mode == "legacy":  # ping is gone from 2026-07-28
                 await client.send_ping()  # liveness carries no data
-    refused = [e for e in audit.events if e.kind == EventKind.CALL_DECIDED and e.tool is None]
+    refused = [
+        e for e in audit.events if e.kind in (EventKind.CALL_DECIDED, EventKind.TOKEN_REJECTED) and e.tool is None
+    ]
     assert [e.detail for e in refused] == [f"{method} request" for method in reads(client)]
     assert {(e.subject, e.session_id, e.outcome, e.reasons[0]) for e in refused} == {
         ("alice", session_id, "denied", reason)
