@@ -76,6 +76,8 @@ _ACTIVE = SessionState.ACTIVE
 _FAILED = Decision.deny(ReasonCode.GUARD_ERROR)
 _UNRECORDED = "The call was refused because its audit record could not be written."
 _LATE = "refused after it was allowed and recorded: revoked or ended while the call was being recorded"
+_UNCOUNTED = "The call was refused because its session could not be updated."
+_UNCOUNTED_DETAIL = "refused after it was allowed and recorded: counting it on its session failed"
 _new = tuple.__new__
 _CALL_DECIDED = EventKind.CALL_DECIDED
 _TOKEN_REJECTED = EventKind.TOKEN_REJECTED
@@ -385,9 +387,11 @@ class Guard:
                 kind, now, principal, session_id, tool_name, decision, trace_context, detail, owners, facts
             )
             ended = False  # by this call's weight: calls on other threads counted in before it
+            recorded = False
             shadow_taken: Sequence[Callable[[], None]] = ()  # what the candidate counted of its own
             try:
                 self.record(event)
+                recorded = True
                 if session is not None:
                     score = await self.sessions.record_call(
                         session, active_at, allowed=decision.allowed, tool=spec, targets=decision.targets, risk=weight
@@ -398,12 +402,14 @@ class Guard:
                 if self.shadow is not None and asked is not None:
                     shadow_taken = self.shadow.compare(asked, decision, event)
             except Exception:
-                logger.exception("mcp-guard: recording the decision on tool %s failed; denying", tool_name)
+                failed = "counting the call on its session" if recorded else "recording the decision"
+                logger.exception("mcp-guard: %s on tool %s failed; denying", failed, tool_name)
                 if decision.allowed:
                     give_back_all(taken)
-                    decision = self._refusal(ReasonCode.GUARD_ERROR, _UNRECORDED, principal, policy)
+                    message, why = (_UNCOUNTED, _UNCOUNTED_DETAIL) if recorded else (_UNRECORDED, detail)
+                    decision = self._refusal(ReasonCode.GUARD_ERROR, message, principal, policy)
                     event = AuditEvent.build(
-                        kind, now, principal, session_id, tool_name, decision, trace_context, detail, owners, facts
+                        kind, now, principal, session_id, tool_name, decision, trace_context, why, owners, facts
                     )
                     self._emit_best_effort(event)
             except BaseException:  # cancelled while recording: the call will not run

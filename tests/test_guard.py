@@ -1426,3 +1426,20 @@ async def test_a_token_refused_on_a_request_that_is_no_tool_call_is_recorded_as_
     await g.revoke(session_id=audit.events[-1].session_id)
     assert await g.admit_request("resources/read", alice) is not None
     assert (audit.events[-1].kind, audit.events[-1].reasons) == (EventKind.CALL_DECIDED, ("session_revoked",))
+
+
+async def test_a_store_failing_to_count_an_allowed_call_is_named_as_such(audit: MemoryAuditSink, clock: Clock) -> None:
+    """The record of the allowed call was written: the refusal says the session could not be
+    updated (not that the record could not be written), and its own record explains itself."""
+
+    class Unreachable(MemorySessionStore):
+        async def record_call(self, *args: Any, **kwargs: Any) -> float:
+            raise ConnectionError("connection reset")
+
+    g = make_guard(audit, clock, sessions=Unreachable())
+    decision = (await g.authorize("read_note", {}, token())).decision
+    assert not decision.allowed and decision.reason.code == ReasonCode.GUARD_ERROR
+    assert decision.reason.message == "The call was refused because its session could not be updated."
+    allowed, refused = [e for e in audit.events if e.kind == EventKind.CALL_DECIDED]
+    assert (allowed.outcome, refused.outcome) == ("allowed", "denied")
+    assert refused.detail == "refused after it was allowed and recorded: counting it on its session failed"
