@@ -702,8 +702,10 @@ class Guard:
                 changes.append(EventKind.SESSION_OPENED)
         refusal = _session_refusal(session, principal, now)
         if refusal is None:
-            until = presentable_until(principal, self.leeway, math.inf if from_credential else session.expires_at)
-            if opened or await self.sessions.bind_token(session, principal.token_id or principal.token_hash, until):
+            token_id = principal.token_id or principal.token_hash
+            until = presentable_until(principal, self.leeway, math.inf)
+            key_until = presentable_until(principal, self.leeway, math.inf if from_credential else session.expires_at)
+            if opened or await self.sessions.bind_token(session, token_id, until, key_until):
                 changes.append(EventKind.SESSION_BOUND)
         elif (
             refusal in _LIFETIME_ENDS and await self.sessions.end(session_id, SessionState.EXPIRED, refusal) == "ended"
@@ -774,13 +776,16 @@ class Guard:
         """Revoke a session whose risk score reached the threshold, and every token bound to it
         until none of them can be presented (a new connection, with the token that drove it
         there or another one of the session's, must not start a fresh budget), and record why."""
-        self.revocations.revoke_session(session.id, until=_revoked_until(session), now=now)
+        if not self.revocations.revoke_session(session.id, until=_revoked_until(session), now=now):
+            return  # revoked already, by a call crossing the threshold at the same time: once is enough
         changes: list[AuditEvent] = []
         if principal is not None:
-            until = max(session.retain_until, presentable_until(principal, self.leeway, math.inf))
             reason = f"session {session.id} reached its risk threshold"
-            for token_id in dict.fromkeys((principal.token_id or principal.token_hash, *session.tokens)):
+            driving = principal.token_id or principal.token_hash
+            tokens = {driving: presentable_until(principal, self.leeway, math.inf), **session.tokens}
+            for token_id, presentable in tokens.items():
                 if token_id is not None:
+                    until = max(session.retain_until, presentable)
                     self.revocations.revoke_token(token_id, issuer=principal.issuer, until=until)
                     detail = _describe({"token_id": token_id}, principal.issuer, reason, until)
                     changes.append(

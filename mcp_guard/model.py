@@ -209,8 +209,10 @@ class Session:
     """A governed session: bound to one principal, bounded in time, revocable.
 
     ``expires_at`` is the absolute deadline; the idle deadline moves with each call.
-    ``end_reason`` says why a session that is no longer active ended. ``tokens`` holds the
-    ``jti`` (or fingerprint) of each token bound to it, oldest first, up to `MAX_SESSION_TOKENS`.
+    ``end_reason`` says why a session that is no longer active ended. ``tokens`` maps the
+    ``jti`` (or fingerprint) of each token bound to it, oldest first, up to `MAX_SESSION_TOKENS`,
+    to the first moment that token can no longer be presented (infinity for one that never
+    expires): a session revoked for its risk revokes each of them until then.
     ``retain_until`` is when no credential that could present this session's key is valid any
     more (each bound token extends it): a store must keep the session (ended or not) at least
     until then, or its key could open a fresh one. ``risk_score`` adds up what each call and
@@ -230,7 +232,7 @@ class Session:
     denied_count: int = 0
     state: SessionState = SessionState.ACTIVE
     end_reason: str | None = None
-    tokens: dict[str | None, None] = field(default_factory=dict)
+    tokens: dict[str | None, float] = field(default_factory=dict)
     risk_score: float = 0.0
     history: CallHistory = field(default_factory=CallHistory)
 

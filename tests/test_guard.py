@@ -1443,3 +1443,44 @@ async def test_a_store_failing_to_count_an_allowed_call_is_named_as_such(audit: 
     allowed, refused = [e for e in audit.events if e.kind == EventKind.CALL_DECIDED]
     assert (allowed.outcome, refused.outcome) == ("allowed", "denied")
     assert refused.detail == "refused after it was allowed and recorded: counting it on its session failed"
+
+
+async def test_a_risky_session_revokes_each_bound_token_for_as_long_as_it_can_be_presented(
+    audit: MemoryAuditSink, clock: Clock
+) -> None:
+    """A token that never expires, bound on a legacy connection, was revoked only until the
+    session's deadline when another token drove the session over its threshold: after that
+    it started a fresh budget on a new connection."""
+    g = make_guard(audit, clock, risk=RiskSettings(threshold=20, denial=10))
+    forever = access_token("mallory", "notes:read", jti="A", expires_in=None)
+    expiring = token("mallory", "notes:read", jti="B")
+    assert (await g.authorize("read_note", {}, forever, transport_session="conn-1")).allowed
+    await g.authorize("write_note", {}, forever, transport_session="conn-1")  # denied: 10
+    await g.authorize("write_note", {}, expiring, transport_session="conn-1")  # denied: 20, the threshold
+    clock.advance(SessionSettings().absolute_ttl + 1)
+    again = await g.authorize("read_note", {}, forever, transport_session="conn-2")
+    assert again.decision.reason.code == ReasonCode.TOKEN_REVOKED
+
+
+async def test_calls_crossing_the_risk_threshold_together_revoke_the_session_once(
+    audit: MemoryAuditSink, clock: Clock
+) -> None:
+    """Each call decided at the same time saw the score past the threshold, and each revoked
+    and recorded every token again."""
+    gate = anyio.Event()
+
+    class Slow(ScopePolicy):
+        async def decide(self, request: Any) -> Any:  # type: ignore[override]
+            await gate.wait()
+            return super().decide(request)
+
+    g = Guard(policy=Slow(), audit=[audit], clock=clock, risk=RiskSettings(threshold=10, denial=10))
+    g.declare(ToolSpec("write_note", scopes=frozenset({"notes:write"})))
+    caller = token("mallory", "", sid="s1", jti="J")
+    async with anyio.create_task_group() as tasks:
+        for _ in range(3):
+            tasks.start_soon(g.authorize, "write_note", {}, caller)
+        await anyio.sleep(0.01)
+        gate.set()
+    assert [e.kind for e in audit.events].count(EventKind.ACCESS_REVOKED) == 1
+    assert [e.kind for e in audit.events].count(EventKind.SESSION_REVOKED) == 1

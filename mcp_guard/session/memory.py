@@ -103,14 +103,16 @@ class MemorySessionStore:
         with self._lock:
             session.last_active_at = max(session.last_active_at, at)
 
-    async def bind_token(self, session: Session, token_id: str | None, presentable_until: float) -> bool:
+    async def bind_token(
+        self, session: Session, token_id: str | None, presentable_until: float, retain_until: float
+    ) -> bool:
         with self._lock:
             if token_id in session.tokens:
                 return False
-            session.retain_until = max(session.retain_until, presentable_until)
+            session.retain_until = max(session.retain_until, retain_until)
             if len(session.tokens) >= MAX_SESSION_TOKENS:
                 del session.tokens[next(iter(session.tokens))]
-            session.tokens[token_id] = None
+            session.tokens[token_id] = presentable_until
             return True
 
     async def end(self, session_id: str, state: SessionState, reason: str) -> EndResult:

@@ -50,12 +50,13 @@ class Revocations:
         self.made = 0
         """How many revocations were made: a call decided while one was made is checked again."""
 
-    def revoke_session(self, session_id: str, *, until: float = math.inf, now: float = -math.inf) -> None:
+    def revoke_session(self, session_id: str, *, until: float = math.inf, now: float = -math.inf) -> bool:
         """Revoke a session id until ``until``, when no credential can present its key any more
-        (for good by default); revoked ids whose time has passed at ``now`` are let go."""
+        (for good by default); revoked ids whose time has passed at ``now`` are let go. True when
+        the id was not revoked before (exactly one of racing callers sees it)."""
         if now >= self._next_lapse:
             self._drop_lapsed(now)
-        self._revoke(0, session_id, until)
+        return self._revoke(0, session_id, until)
 
     def session_revoked(self, session_id: str) -> bool:
         return session_id in self._sessions
@@ -71,9 +72,9 @@ class Revocations:
     def revoke_client(self, client_id: str, *, issuer: str | None = None, until: float = math.inf) -> None:
         self._revoke(3, (issuer, client_id), until)
 
-    def _revoke(self, table_number: int, key: Any, until: float) -> None:
+    def _revoke(self, table_number: int, key: Any, until: float) -> bool:
         """Revoke ``key`` until ``until`` at least: a shorter revocation never cuts a longer one
-        short (only `restore` lifts one)."""
+        short (only `restore` lifts one). True when ``key`` was not revoked before."""
         with self._lock:
             table = self._tables[table_number]
             before = table.get(key)
@@ -85,6 +86,7 @@ class Revocations:
                     self._rebuild_ends()
             self.active = any(self._tables[1:])
             self.made += 1
+            return before is None
 
     def _rebuild_ends(self) -> None:
         """The heap of ends again from the revocations in force, so ends that were lifted or

@@ -52,7 +52,7 @@ class SessionSettings:
             retain_until=max(expires_at, token_end),
             purpose=self.purpose,
             owners=self.owners,
-            tokens={principal.token_id or principal.token_hash: None},
+            tokens={principal.token_id or principal.token_hash: presentable_until(principal, leeway, math.inf)},
         )
 
 

@@ -55,11 +55,14 @@ class SessionStore(Protocol):
         ran until then, and the time a call runs is activity, not idleness."""
         ...
 
-    async def bind_token(self, session: Session, token_id: str | None, presentable_until: float) -> bool:
-        """Add ``token_id`` to the session's bound tokens; True when it was not among them.
+    async def bind_token(
+        self, session: Session, token_id: str | None, presentable_until: float, retain_until: float
+    ) -> bool:
+        """Add ``token_id`` to the session's bound tokens, with ``presentable_until``, the first
+        moment that token can no longer be presented; True when it was not among them.
 
-        The session is then retained at least until ``presentable_until``, when that token can
-        no longer present its key. Exactly one of racing callers with the same new token sees True.
+        The session is then retained at least until ``retain_until``, when that token can no
+        longer present its key. Exactly one of racing callers with the same new token sees True.
         """
         ...
 
