@@ -75,9 +75,10 @@ _LIFETIME_ENDS = (ReasonCode.SESSION_EXPIRED, ReasonCode.SESSION_IDLE_EXPIRED)
 _ACTIVE = SessionState.ACTIVE
 _FAILED = Decision.deny(ReasonCode.GUARD_ERROR)
 _UNRECORDED = "The call was refused because its audit record could not be written."
-_LATE = "refused after it was allowed and recorded: revoked or ended while the call was being recorded"
+_REFUSED_LATE = "refused after it was allowed and recorded: "
+_LATE = _REFUSED_LATE + "revoked or ended while the call was being recorded"
 _UNCOUNTED = "The call was refused because its session could not be updated."
-_UNCOUNTED_DETAIL = "refused after it was allowed and recorded: counting it on its session failed"
+_UNCOUNTED_DETAIL = _REFUSED_LATE + "counting it on its session failed"
 _new = tuple.__new__
 _CALL_DECIDED = EventKind.CALL_DECIDED
 _TOKEN_REJECTED = EventKind.TOKEN_REJECTED
@@ -861,6 +862,44 @@ class Guard:
             logger.exception("mcp-guard: recording a refusal of tool %s failed", spec.name)
             return False
         return True
+
+    def refuse_admitted(self, authorization: Authorization, why: str) -> Authorization:
+        """Refuse a call `authorize` allowed and recorded, before it runs, as the integration
+        cannot go on with it (``why``, for the record): a ``guard_error`` denial, recorded as a
+        second ``call.decided`` event, as a call revoked while it was being recorded is.
+
+        What the allowed decision counted (rate limits, the session's calls) stands. Best effort:
+        the call is refused either way, so a failing sink is logged, never raised.
+        """
+        decided = authorization.event
+        allowed = authorization.decision
+        principal = decided.principal if decided is not None else None
+        decision = Decision.deny(
+            ReasonCode.GUARD_ERROR,
+            None,
+            requested=principal.scopes if principal is not None else (),
+            policy_id=allowed.policy_id,
+            policy_version=allowed.policy_version,
+        )
+        if decided is None:
+            return Authorization(decision)
+        span = recording_span()
+        event = AuditEvent.build(
+            _CALL_DECIDED,
+            decided.at,
+            principal,
+            decided.session_id,
+            decided.tool,
+            decision,
+            span.get_span_context() if span is not None else None,
+            _REFUSED_LATE + why,
+            decided.owners,
+            decided.facts,
+        )
+        self._emit_best_effort(event)
+        if span is not None:
+            annotate_span(span, event, decision, None)
+        return Authorization(decision, authorization.request, event)
 
     async def call_ended(self, request: CallRequest) -> None:
         """Restart the idle timer of the session an admitted call ran on, now that it has ended.

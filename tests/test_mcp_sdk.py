@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +17,7 @@ from mcp.server import CacheHint, Server, ServerRequestContext
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.provider import AccessToken
 from mcp.server.mcpserver import MCPServer
+from pydantic import BaseModel, Field
 
 from mcp_guard import (
     GUARD_DENIED,
@@ -527,6 +529,172 @@ async def test_a_token_verified_anew_with_another_answer_is_trimmed_afresh(mode:
             async with Client(server, mode=mode) as client:
                 seen.append((await client.call_tool("whoami", {})).structured_content)
         assert seen[-1] == {"tenant": tenant, "expires_at": credential.expires_at}
+
+
+class TenantToken(AccessToken):
+    tenant: str = ""
+    groups: set[str] = Field(default_factory=set)
+
+
+async def test_a_token_verified_anew_with_another_resource_or_added_field_is_seen_afresh(mode: str) -> None:
+    """Everything the credential says but its bearer string counts: its resource (the audience,
+    when the token names none) and the fields its verifier's class adds, changed in place too."""
+
+    def view(token: AccessToken) -> dict[str, Any]:
+        call = current_call()
+        assert isinstance(token, TenantToken) and call is not None
+        return {"tenant": token.tenant, "groups": sorted(token.groups), "audience": list(call.principal.audience)}
+
+    server = whoami_server(view)
+    base = dict(access_token("alice", "notes:read", token="one-bearer"))
+    for tenant, resource in (("acme", "https://a.example/mcp"), ("globex", "https://b.example/mcp")):
+        credential = TenantToken(**{**base, "resource": resource}, tenant=tenant, groups={"readers"})
+        with acting_as(credential):
+            async with Client(server, mode=mode) as client:
+                seen = (await client.call_tool("whoami", {})).structured_content
+        assert seen == {"tenant": tenant, "groups": ["readers"], "audience": [resource]}
+    credential.groups.clear()  # the verifier narrows the object it handed over
+    with acting_as(credential):
+        async with Client(server, mode=mode) as client:
+            seen = (await client.call_tool("whoami", {})).structured_content
+    assert seen == {"tenant": "globex", "groups": [], "audience": ["https://b.example/mcp"]}
+
+
+def nested(depth: int) -> Any:
+    """``"bottom"`` inside ``depth`` lists, each the only item of the one around it."""
+    value: Any = "bottom"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def depth_of(value: Any) -> tuple[int, Any]:
+    """How many lists deep `nested` went, and the innermost list."""
+    levels = 1
+    while isinstance(value[0], list):
+        value, levels = value[0], levels + 1
+    return levels, value
+
+
+async def test_claims_nested_deeper_than_a_recursive_copy_goes_reach_the_tool_read_only(mode: str) -> None:
+    """600 levels: past a copy two frames a level deep (the recursion limit is 1,000), within what
+    the guard's own identification takes."""
+
+    def view(token: AccessToken) -> dict[str, Any]:
+        levels, innermost = depth_of((token.claims or {})["profile"])
+        with pytest.raises(TypeError, match="read-only"):
+            innermost.append("top")
+        return {"levels": levels, "bottom": innermost[0]}
+
+    with acting_as(access_token("alice", "notes:read", profile=nested(600))):
+        async with Client(whoami_server(view), mode=mode) as client:
+            seen = (await client.call_tool("whoami", {})).structured_content
+    assert seen == {"levels": 600, "bottom": "bottom"}
+
+
+class HandleToken(AccessToken):
+    handle: Any = None
+
+
+async def test_a_token_the_tool_cannot_be_given_read_only_refuses_the_call_before_it_runs(
+    mode: str, audit: MemoryAuditSink
+) -> None:
+    """A value no copy can be made of (a lock) cannot go to the tool without being the verifier's
+    own: the call, allowed and recorded, is refused as the guard error it became."""
+    guard = Guard(audit=[audit])
+    server = MCPServer("handles", middleware=[GuardMiddleware(guard)])
+    ran: list[str] = []
+
+    @server.tool()
+    @guard.tool(scopes="notes:read")
+    async def whoami() -> str:
+        ran.append("whoami")
+        return "ran"
+
+    credential = HandleToken(**dict(access_token("alice", "notes:read")), handle=threading.Lock())
+    with acting_as(credential):
+        async with Client(server, mode=mode) as client:
+            error = await denial(client, "whoami")
+    assert error.data == {"reason": "guard_error"}
+    assert error.message == "The call was refused because the authorization check failed internally."
+    assert ran == []
+    calls = [e for e in audit.events if e.kind in (EventKind.CALL_DECIDED, EventKind.CALL_COMPLETED)]
+    assert [(e.kind, e.outcome) for e in calls] == [
+        (EventKind.CALL_DECIDED, "allowed"),
+        (EventKind.CALL_DECIDED, "denied"),
+    ]
+    assert calls[1].reasons == ("guard_error",)
+    assert (
+        calls[1].detail
+        == "refused after it was allowed and recorded: the caller's token could not be trimmed for the tool"
+    )
+    assert (calls[1].tool, calls[1].session_id) == (calls[0].tool, calls[0].session_id)
+
+
+class Tenant(BaseModel):
+    name: str
+    admin: bool = False
+
+
+class GroupToken(AccessToken):
+    groups: set[str] = Field(default_factory=set)
+    tenant: Tenant | None = None
+    raw: Any = None  # a bytearray
+
+
+async def test_fields_the_verifiers_class_adds_are_read_only_and_never_the_verifiers_own(mode: str) -> None:
+    guard = Guard()
+    server = MCPServer("groups", middleware=[GuardMiddleware(guard)])
+    refusals: list[str] = []
+
+    @server.tool()
+    @guard.tool(scopes="notes:read")
+    async def tamper() -> dict[str, Any]:
+        token = get_access_token()
+        assert isinstance(token, GroupToken) and token.tenant is not None
+        tenant = token.tenant
+        changes = (
+            lambda: token.groups.add("admins"),
+            lambda: setattr(tenant, "admin", True),
+            lambda: token.raw.extend(b"!"),
+        )
+        for change in changes:
+            try:
+                change()
+            except (TypeError, AttributeError, ValueError) as error:
+                refusals.append(type(error).__name__)
+        return {"groups": sorted(token.groups), "admin": tenant.admin, "raw": token.raw.decode()}
+
+    credential = GroupToken(
+        **dict(access_token("alice", "notes:read")),
+        groups={"readers"},
+        tenant=Tenant(name="acme"),
+        raw=bytearray(b"id"),
+    )
+    with acting_as(credential):
+        async with Client(server, mode=mode) as client:
+            first = (await client.call_tool("tamper", {})).structured_content
+            second = (await client.call_tool("tamper", {})).structured_content
+    assert first == second == {"groups": ["readers"], "admin": False, "raw": "id"}
+    assert len(refusals) == 6  # every change, on both calls
+    assert (credential.groups, credential.tenant, credential.raw) == ({"readers"}, Tenant(name="acme"), b"id")
+
+
+def test_read_only_walks_any_depth_and_shares_nothing_changeable() -> None:
+    from mcp_guard.integrations.read_only import ReadOnlyList, read_only
+
+    looped: list[Any] = ["x"]
+    looped.append(looped)
+    note = {"lines": ["a"]}
+    original = {"loop": looped, "deep": nested(1200), "tags": {"a"}, "same": [note, note], "other": Tenant(name="n")}
+    seen = read_only(original)
+    assert type(seen["loop"]) is ReadOnlyList and seen["loop"][1] is seen["loop"]  # a cycle stays a cycle
+    assert depth_of(seen["deep"]) == (1200, ["bottom"])
+    assert seen["tags"] == frozenset({"a"}) and type(seen["tags"]) is frozenset
+    assert seen["same"][0] is seen["same"][1] and seen["same"][0] == note
+    assert isinstance(seen["other"], Tenant) and dict(seen["other"]) == {"name": "n", "admin": False}
+    with pytest.raises(ValueError, match="frozen"):
+        seen["other"].name = "m"
 
 
 def test_read_only_values_copy_as_plain_ones() -> None:

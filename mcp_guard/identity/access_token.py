@@ -14,7 +14,7 @@ import threading
 import weakref
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from cachetools import FIFOCache
 from mcp.server.auth.provider import AccessToken
@@ -78,8 +78,9 @@ class AccessTokenIdentifier:
     widen the grant.
 
     Principals are cached by SHA-256 of the token, bounded, oldest evicted first, and used
-    only while the verified token still says the same (client, expiry, scopes, claims): a
-    verifier that asks the authorization server again may narrow a token. A FIFO
+    only while the verified token still says the same (everything but the bearer string:
+    client, subject, expiry, resource, scopes, claims, and the fields its verifier's class
+    adds): a verifier that asks the authorization server again may narrow a token. A FIFO
     cache's reads do not reorder it, so they need no lock; writes take one. In front of it, a
     small map from the `AccessToken` object itself (held by weak reference, so no token is
     kept alive) answers the common case of one credential object serving many calls (stdio,
@@ -90,45 +91,61 @@ class AccessTokenIdentifier:
     _SEEN_LIMIT = 1024
 
     def __init__(self, *, cache_size: int = 10_000) -> None:
-        self._cache: FIFOCache[bytes, Principal] = FIFOCache(maxsize=cache_size)
+        self._cache: FIFOCache[bytes, tuple[Principal, tuple[object, ...]]] = FIFOCache(maxsize=cache_size)
         self._seen: dict[int, tuple[weakref.ref[AccessToken], Principal, tuple[object, ...]]] = {}
         self._lock = threading.Lock()
 
     def identify(self, credential: AccessToken | None) -> Principal:
         if credential is None:
             raise Refused(ReasonCode.TOKEN_MISSING)
+        said = _said(credential)
         seen = self._seen.get(id(credential))
-        if (
-            seen is not None
-            and seen[0]() is credential
-            and seen[2] == _said(credential)
-            and (credential.claims or {}) == seen[1].claims  # the principal's own copy of them
-        ):
+        if seen is not None and seen[0]() is credential and _describes(seen[1], seen[2], said, credential):
             return seen[1]
         token = credential.token
         if not token:
             return principal_from_access_token(credential, None)
         digest = token_digest(token)
-        principal = peek(self._cache, digest)
-        if principal is None or not _describes(principal, credential):  # unseen, or verified anew differently
-            principal = principal_from_access_token(credential, token_fingerprint(token, digest))
+        cached = peek(self._cache, digest)
+        if cached is None or not _describes(*cached, said, credential):  # unseen, or verified anew differently
+            cached = (principal_from_access_token(credential, token_fingerprint(token, digest)), _kept(said))
             with self._lock:
-                self._cache[digest] = principal
+                self._cache[digest] = cached
         with self._lock:
-            remember(
-                self._seen,
-                id(credential),
-                (weakref.ref(credential), principal, _said(credential)),
-                self._SEEN_LIMIT,
-            )
-        return principal
+            remember(self._seen, id(credential), (weakref.ref(credential), *cached), self._SEEN_LIMIT)
+        return cached[0]
+
+
+_STANDARD = frozenset(AccessToken.model_fields)
 
 
 def _said(token: AccessToken) -> tuple[object, ...]:
-    """What ``token`` says that a principal is built from, but its claims (the principal keeps
-    its own copy of those): compared on every call, as a verifier may narrow the very object it
-    handed over (fewer scopes, an earlier expiry). The scopes are a copy of the list."""
-    return (token.token, token.subject, token.client_id, token.expires_at, token.resource, list(token.scopes))
+    """What ``token`` says, as it says it now, but its claims (the principal keeps its own copy
+    of those): its bearer string, subject, client, expiry, resource, scopes, and the fields its
+    verifier's class adds (None for the SDK's own class). Compared on every call, as a verifier
+    may narrow the very object it handed over (fewer scopes, an earlier expiry), or hand over
+    another with a different answer."""
+    added = None if type(token) is AccessToken else {name: value for name, value in token if name not in _STANDARD}
+    return (token.token, token.subject, token.client_id, token.expires_at, token.resource, token.scopes, added)
+
+
+def _kept(said: tuple[object, ...]) -> tuple[object, ...]:
+    """``said`` (`_said`) as kept to compare later, with its own copy of the scope list and of
+    the added fields (deep where they can be copied): the verifier may change its in place."""
+    *facts, scopes, added = said
+    return (*facts, list(cast(list[str], scopes)), None if added is None else _own_copy(cast(dict[str, Any], added)))
+
+
+def _describes(principal: Principal, kept: tuple[object, ...], said: tuple[object, ...], token: AccessToken) -> bool:
+    """Whether ``principal``, built from a verification that said ``kept`` (`_kept`), stands for
+    ``token``, which says ``said`` (`_said`) now: everything the credential says but its claims
+    is the same, and so are its claims (compared with the principal's own copy).
+
+    A verifier that asks the authorization server again (introspection, after its cache time)
+    may hand over the same token with fewer scopes, a new expiry or another resource: it must
+    not be served the principal built from the earlier answer.
+    """
+    return kept == said and principal.claims == (token.claims or {})
 
 
 def principal_from_access_token(token: AccessToken, fingerprint: str | None) -> Principal:
@@ -158,29 +175,12 @@ def principal_from_access_token(token: AccessToken, fingerprint: str | None) -> 
 
 
 def _own_copy(claims: Mapping[str, Any]) -> dict[str, Any]:
-    """``claims`` copied all the way down, as the verifier may change the token's later; only the
-    top level when a value cannot be copied (a verifier's own object)."""
+    """``claims`` (or other values) copied all the way down, as the verifier may change the
+    token's later; only the top level when a value cannot be copied (a verifier's own object)."""
     try:
         return copy.deepcopy(dict(claims))
     except Exception:
         return dict(claims)
-
-
-def _describes(principal: Principal, token: AccessToken) -> bool:
-    """Whether ``principal`` was built from a verification that said what ``token`` says.
-
-    A verifier that asks the authorization server again (introspection, after its cache time)
-    may hand over the same token with fewer scopes or a new expiry: it must not be served
-    the principal built from the earlier answer.
-    """
-    expires_at = float(token.expires_at) if token.expires_at is not None else None
-    return (
-        principal.client_id == token.client_id
-        and (token.subject is None or principal.subject == token.subject)
-        and principal.expires_at == expires_at
-        and principal.scopes == frozenset(token.scopes)
-        and principal.claims == (token.claims or {})
-    )
 
 
 def _requested_scopes(token: AccessToken, claims: Mapping[str, Any]) -> frozenset[str]:

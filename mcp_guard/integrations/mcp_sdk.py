@@ -69,6 +69,7 @@ subscriptions, tasks, any extension's method) is served only to a caller a tool 
 accept (`Guard.admit_request`)."""
 
 _CONNECTION_SESSION = "mcp_guard.session"
+_UNTRIMMED = "the caller's token could not be trimmed for the tool"
 _TRACER = trace.get_tracer("mcp_guard")
 
 
@@ -131,11 +132,17 @@ class GuardMiddleware:
             principal = request.principal
             seen = self._trimmed.get((principal.token_hash, decision.approved_scopes))
             trimmed = seen[1] if seen is not None and seen[0] is principal else None
-            if trimmed is None:
-                trimmed = self._trim(credential, principal, decision.approved_scopes)
+            try:
+                if trimmed is None:
+                    trimmed = self._trim(credential, principal, decision.approved_scopes)
+                if ctx.request is not None:  # over HTTP, the tool's view of the request is trimmed as well
+                    ctx = replace(ctx, request=_request_as_seen(ctx.request, trimmed))
+            except Exception:
+                logger.exception(
+                    "mcp-guard: the caller as tool %s would see it could not be built; denying", request.tool.name
+                )
+                raise denial_error(self.guard.refuse_admitted(authorization, _UNTRIMMED)) from None
             user = auth_context_var.set(trimmed)
-            if ctx.request is not None:  # over HTTP, the tool's view of the request is trimmed as well
-                ctx = replace(ctx, request=_request_as_seen(ctx.request, trimmed))
         admission = Admission(request)
         admitted = ADMITTED.set(admission)
         started, result, error_type = time.perf_counter(), "error", None
@@ -167,7 +174,8 @@ class GuardMiddleware:
         Memoised per token and approved set, for as long as the token's verification is the
         same one (the same `Principal`): a token verified anew with a different answer is
         trimmed afresh. The object is shared, so it is read-only (`read_only`). A credential
-        without a token fingerprint is trimmed afresh every call.
+        without a token fingerprint is trimmed afresh every call. Raises when a value in the
+        token cannot be made read-only: the call is then refused (`Guard.refuse_admitted`).
         """
         user = ReadOnlyUser(_trimmed(credential, approved))
         if principal.token_hash is not None:

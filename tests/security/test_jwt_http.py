@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import httpx2
 import pytest
@@ -42,6 +43,23 @@ async def test_a_verified_jwt_runs_trimmed_and_its_delegation_is_recorded(
     decided = [e for e in audit.events if e.kind == EventKind.CALL_DECIDED][-1]
     assert decided.actor_chain == ("planner-agent",)
     assert decided.issuer == authority.issuer
+
+
+async def test_claims_nested_deeper_than_a_recursive_copy_goes_reach_the_tool_over_http(
+    authority: Authority, served: str, audit: MemoryAuditSink, mode: str
+) -> None:
+    profile: Any = "bottom"
+    for _ in range(400):  # past a copy two frames a level deep, within what the verifier accepts
+        profile = [profile]
+    token = authority.mint(aud=served, scope="notes:read", profile=profile)
+    async with client(served, token, mode) as session:
+        result = await session.call_tool("read_note", {"title": "welcome"})
+    assert (result.structured_content or {})["scopes"] == ["notes:read"]
+    calls = [e for e in audit.events if e.kind in (EventKind.CALL_DECIDED, EventKind.CALL_COMPLETED)]
+    assert [(e.kind, e.outcome) for e in calls] == [
+        (EventKind.CALL_DECIDED, "allowed"),
+        (EventKind.CALL_COMPLETED, None),
+    ]
 
 
 @pytest.mark.parametrize(
