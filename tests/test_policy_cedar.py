@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import sys
@@ -194,16 +195,50 @@ def test_typed_arguments(arguments: dict[str, Any], allowed: bool, schema: bool)
     assert decide(LIMITED, principal(), arguments=arguments, **options).allowed is allowed
 
 
-def test_an_argument_cedar_cannot_type_is_left_out_only_under_the_generated_schema() -> None:
-    """Validated against the tools' own schema, no policy can name a float-typed argument, so it is
-    left out; without that schema a policy could test it with ``has``, so its value refuses the call."""
-    arguments = {"path": "/docs/a", "limit": 5, "ratio": 0.5}
-    assert decide(LIMITED, principal(), arguments=arguments, tools=tools().values()).allowed
-    refused = decide(LIMITED, principal(), arguments=arguments)
-    assert refused.reason.code == ReasonCode.ARGUMENT_REJECTED
-    assert "Argument 'ratio' holds a float" in refused.reason.message
-    forbidding = 'permit (principal, action, resource);\n@id("no-ratio") forbid (principal, action, resource) when { context.arguments has ratio };'
-    assert decide(forbidding, principal(), arguments={"path": "/a", "ratio": 1}).rule_ids == ("no-ratio",)
+def untyped_tools() -> Mapping[str, ToolSpec]:
+    """A tool for each kind of argument the generated Cedar schema cannot type."""
+    guard = Guard()
+
+    @guard.tool(scopes="pay")
+    def by_float(to: str, amount: float | None = None) -> str:
+        return to
+
+    @guard.tool(scopes="pay")
+    def by_map(to: str, amount: dict[str, str] | None = None) -> str:
+        return to
+
+    @guard.tool(scopes="pay")
+    def by_union(to: str, amount: str | int | None = None) -> str:
+        return to
+
+    @guard.tool(scopes="pay")
+    def by_floats(to: str, amount: list[float] | None = None) -> str:
+        return to
+
+    return guard.tools
+
+
+@pytest.mark.parametrize(
+    ("tool", "amount"),
+    [("by_float", 1e6), ("by_map", {"usd": "1e6"}), ("by_union", "1e6"), ("by_union", 10**6), ("by_floats", [1e6])],
+)
+def test_a_value_for_an_argument_the_generated_schema_leaves_out_refuses_the_call(tool: str, amount: object) -> None:
+    """The generated schema cannot type ``amount``, yet ``has amount`` validates against it (and is
+    false): dropping the value would let the call past the ``forbid`` that looks for it."""
+    cedarpy()
+    policies = PERMIT_ALL + "\nforbid (principal, action, resource) when { context.arguments has amount };"
+    spec = untyped_tools()[tool]
+    policy = CedarPolicy(policies, tools=untyped_tools().values())
+    who = principal(scopes="pay")
+    refused = policy.decide(call(who, spec, {"to": "bob", "amount": amount}))
+    assert (refused.allowed, refused.reason.code) == (False, ReasonCode.ARGUMENT_REJECTED)
+    assert refused.reason.message == (
+        f"Argument 'amount' holds a {type(amount).__name__}, which the Cedar schema generated from the tools "
+        "cannot type, so the call is refused."
+    )
+    assert policy.decide(call(who, spec, {"to": "bob", "amount": None})).allowed  # a null is an absent argument
+    assert policy.decide(call(who, spec, {"to": "bob"})).allowed
+    assert not CedarPolicy(policies).decide(call(who, spec, {"to": "bob", "amount": amount})).allowed  # shown as sent
 
 
 @pytest.mark.parametrize(
@@ -532,11 +567,91 @@ def test_nested_models_lists_and_optionals_are_typed() -> None:
     }
     cedarpy()
     policy = CedarPolicy(
-        'permit (principal, action, resource) when { context.arguments.shape.points.contains({label: "a"}) };',
-        tools=guard.tools.values(),
+        "permit (principal, action, resource) when { context.arguments.ids.contains(1) };", tools=guard.tools.values()
     )
-    arguments = {"shape": {"points": [{"x": 0.5, "label": "a"}]}, "ids": [1], "counts": {"a": 1.5}}
-    assert policy.decide(call(principal(), guard.tools["draw"], arguments)).allowed
+    tool = guard.tools["draw"]
+    assert policy.decide(call(principal(), tool, {"shape": {"points": []}, "ids": [1], "counts": None})).allowed
+    refused = policy.decide(call(principal(), tool, {"shape": {"points": [{"x": 0.5, "label": "a"}]}, "ids": [1]}))
+    assert refused.reason.code == ReasonCode.ARGUMENT_REJECTED
+    assert refused.reason.message.startswith("Argument 'shape.points.x' holds a float, which the Cedar schema")
+
+
+def definitions_read(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The ``$ref`` definitions looked up while typing, from now on: the work typing a schema takes."""
+    module = importlib.import_module("mcp_guard.policy.cedar_schema")
+    lookup, read = module._definition, []
+
+    def counted(reference: object, root: Any) -> object:
+        read.append(reference)
+        return lookup(reference, root)
+
+    monkeypatch.setattr(module, "_definition", counted)
+    return read
+
+
+class Tree(BaseModel):
+    label: str = ""
+    left: Tree | None = None
+    right: Tree | None = None
+    parent: Tree | None = None
+    children: list[Tree] = []
+
+
+def test_a_model_that_refers_back_to_itself_is_typed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each reference back to the model being typed is one Cedar cannot type (it has no recursive
+    types), rather than another expansion: four such fields cost four lookups, not four to the eighth."""
+    read = definitions_read(monkeypatch)
+    guard = Guard()
+
+    @guard.tool()
+    def plant(tree: Tree, note: str = "") -> str:
+        return note
+
+    schema = cedar_schema(guard.tools.values())
+    assert read == ["#/$defs/Tree"]
+    assert schema["McpGuard"]["actions"]["plant"]["appliesTo"]["context"]["attributes"]["arguments"] == {
+        "type": "Record",
+        "attributes": {
+            "tree": {"type": "Record", "attributes": {"label": {"type": "String", "required": False}}},
+            "note": {"type": "String", "required": False},
+        },
+    }
+    cedarpy()
+    policies = PERMIT_ALL + "\nforbid (principal, action, resource) when { context.arguments.tree has left };"
+    policy = CedarPolicy(policies, tools=guard.tools.values())
+    assert policy.decide(call(principal(), guard.tools["plant"], {"tree": {"label": "a", "left": None}})).allowed
+    refused = policy.decide(call(principal(), guard.tools["plant"], {"tree": {"left": {"label": "b"}}}))
+    assert refused.reason.code == ReasonCode.ARGUMENT_REJECTED
+    assert refused.reason.message.startswith("Argument 'tree.left' holds a dict, which the Cedar schema")
+
+
+def test_a_schema_whose_references_fan_out_past_the_bound_types_no_argument(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nine models, each using the one before four times, make a type holding 4**8 copies of the
+    first: typing stops at a bound on the nodes visited, and no argument of the tool is typed."""
+    definitions: dict[str, Any] = {"Level0": {"type": "object", "properties": {"name": {"type": "string"}}}}
+    for level in range(1, 9):
+        fields = {f"f{field}": {"$ref": f"#/$defs/Level{level - 1}"} for field in range(4)}
+        definitions[f"Level{level}"] = {"type": "object", "properties": fields, "required": list(fields)}
+    input_schema = {
+        "$defs": definitions,
+        "type": "object",
+        "properties": {"survey": {"$ref": "#/$defs/Level8"}, "note": {"type": "string"}},
+    }
+    tool = ToolSpec("audit_all", input_schema=input_schema)
+    read = definitions_read(monkeypatch)
+    schema = cedar_schema([tool])
+    assert 0 < len(read) <= 10_000
+    assert schema["McpGuard"]["actions"]["audit_all"]["appliesTo"]["context"]["attributes"]["arguments"] == {
+        "type": "Record",
+        "attributes": {},
+    }
+    cedarpy()
+    policy = CedarPolicy(PERMIT_ALL, tools=[tool])
+    assert policy.decide(call(principal(), tool, {})).allowed
+    for name, value in (("survey", {}), ("note", "n")):
+        refused = policy.decide(call(principal(), tool, {name: value}))
+        assert refused.reason.code == ReasonCode.ARGUMENT_REJECTED
+        assert refused.reason.message.startswith(f"Argument {name!r} holds")
 
 
 def test_the_generated_schema_validates_typed_policies() -> None:

@@ -17,10 +17,11 @@ shown to Cedar in the ``McpGuard`` namespace:
   ``tool_tags`` (Set<String>) and ``time`` (Long, epoch seconds).
 
 Arguments map str to String, int to Long, bool to Boolean, lists to Sets and objects to
-Records. Cedar has no float or null: a null is left out (an absent optional argument). Under the
-schema generated from the tools (``tools=``), so is every argument the tool's input schema types
-as something Cedar cannot (a number, a map, a tuple): that schema leaves them out too, so no
-validated policy can name them; without it they are shown as sent. Any other
+Records. Cedar has no float or null: a null is left out (an absent optional argument). The
+schema generated from the tools (``tools=``) leaves out every argument the tool's input schema
+types as something Cedar cannot (a number, a map, a tuple, a model that refers back to itself),
+and a call that gives one a value is refused (``argument_rejected``): a policy can still test it
+with ``has``, which would never hold. Without that schema it is shown as sent. Any other
 value Cedar cannot hold (a float where the schema promises an integer, an integer beyond 64
 bits, a null inside a list, an object with a key Cedar reserves such as ``__entity``) refuses
 the call (``argument_rejected``): dropping it could step around a ``forbid`` that tests ``has``.
@@ -363,11 +364,11 @@ def _strings(claim: object) -> list[str]:
 
 
 def _shown(shape: Shape) -> Shape:
-    """``shape`` with the members Cedar cannot type shown as sent rather than left out.
+    """``shape`` with the members Cedar cannot type shown as sent rather than refused.
 
-    Leaving them out is safe only when the policies were validated against the schema generated
-    from the same tools (no policy can name them). Otherwise a ``forbid ... when { context.arguments
-    has amount }`` would never see ``amount``; shown as sent, a value Cedar cannot hold refuses the call.
+    Refusing them is needed only under the schema generated from the same tools, which has no
+    attribute to show them in. Otherwise they are shown as sent, and a value Cedar cannot hold
+    refuses the call.
     """
     if not shape.members and shape.element is None:
         return shape
@@ -394,16 +395,21 @@ def _detail(failure: str) -> str:
 
 
 def _record(values: Mapping[str, object], shape: Shape) -> str:
-    """An argument Record as Cedar JSON: nulls and properties Cedar cannot type left out."""
+    """An argument Record as Cedar JSON, nulls left out. A value for a property the generated schema
+    leaves out refuses the call: dropped, it would step around a ``forbid`` that tests ``has``."""
     members = []
     declared = shape.members
     for name, value in values.items():
         if not isinstance(name, str) or name in _RESERVED:
             raise _Unrepresentable(f"the key {name!r}, which Cedar reserves")
-        inner = declared.get(name, UNDECLARED)
-        if inner is None or value is None:
+        if value is None:
             continue
+        inner = declared.get(name, UNDECLARED)
         try:
+            if inner is None:
+                raise _Unrepresentable(
+                    f"a {type(value).__name__}, which the Cedar schema generated from the tools cannot type"
+                )
             members.append(_quote(name) + ":" + _value(value, inner))
         except _Unrepresentable as bad:
             bad.path.insert(0, name)
