@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import re
+import string
+import sys
 import time
+from types import FrameType
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mcp_guard.policy import regex
 from mcp_guard.policy.regex import MAX_PATTERN_LENGTH, MAX_SUBJECT_LENGTH, UnsafePattern, compile_safe
 
 OWASP_REDOS = [
@@ -226,6 +231,51 @@ def test_splitting_a_part_that_runs_again_keeps_its_verdict(parts: list[tuple[in
     assert _accepted("[a-z]*" + written) == (total <= 64), written
     assert _accepted(f"(?:(?=[a-z]{{{total}}})[a-z])*") == (total <= 64)
     assert _accepted(f"(?:{lookaheads}[a-z])*") == (total <= 64), lookaheads
+
+
+class _OverBudget(Exception):
+    """The analysis made more calls than allowed."""
+
+
+def _accepted_within(pattern: str, calls: int) -> bool:
+    """Whether ``pattern`` is accepted, raising `_OverBudget` as soon as judging it has made more
+    than ``calls`` calls of functions in the analysis (parsing and compiling aside)."""
+    made = 0
+
+    def count(frame: FrameType, event: str, arg: Any) -> None:
+        nonlocal made
+        if event == "call" and frame.f_code.co_filename == regex.__file__:
+            made += 1
+            if made > calls:
+                raise _OverBudget(f"more than {calls} calls")
+
+    previous = sys.getprofile()
+    sys.setprofile(count)
+    try:
+        return _accepted(pattern)
+    finally:
+        sys.setprofile(previous)
+
+
+_LETTERS = string.ascii_lowercase * 40
+_DISTINCT = "".join(map(chr, range(0x4E00, 0x4E00 + MAX_PATTERN_LENGTH)))
+
+LONGEST = {  # linear to match or refused, each with a long run of parts a varying part can shift through
+    "[a-z]*abc...": ("[a-z]*" + _LETTERS[:994], True),
+    "(?:[a-z]*abc...)+": ("(?:[a-z]*" + _LETTERS[:989] + ")+", False),
+    ".*\u4e00\u4e01...": (".*" + _DISTINCT[:998], True),
+    "\u4e00[^\u4e00]*\u4e01[^\u4e01]*...": ("".join(f"{char}[^{char}]*" for char in _DISTINCT[:166]), True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LONGEST))
+def test_the_longest_patterns_are_judged_in_quadratic_work(name: str) -> None:
+    """Judging a pattern of close to `MAX_PATTERN_LENGTH` characters makes at most two calls per pair
+    of its characters: each pair of parts is compared in a few integer operations, however many
+    parts lie between them. Reading those parts again for each pair took minutes."""
+    pattern, accepted = LONGEST[name]
+    assert MAX_PATTERN_LENGTH - 6 <= len(pattern) <= MAX_PATTERN_LENGTH
+    assert _accepted_within(pattern, calls=2 * MAX_PATTERN_LENGTH**2) is accepted
 
 
 @pytest.mark.parametrize("pattern", [r"(a)\1", r"(?P<x>a)(?P=x)", r"(a)?(?(1)b|c)"])

@@ -44,17 +44,20 @@ refused too, and so is any construct it does not know. ``[^/]+(/[^/]+)*`` is acc
 each repetition starts with ``/``, which nothing else in it matches. A bounded repeat counts
 like an unbounded one: ``[a-z]{0,255}`` three times in a row is cubic. Matching stays bounded
 too: callers match only strings of at most `MAX_SUBJECT_LENGTH` characters, with
-``Pattern.fullmatch``.
+``Pattern.fullmatch``. So does the analysis itself: it takes time at most quadratic in the
+length of the pattern, of at most `MAX_PATTERN_LENGTH` characters.
 """
 
 from __future__ import annotations
 
+import bisect
+import functools
 import importlib
 import math
+import operator
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from functools import lru_cache
 from typing import Any, NamedTuple
 
 __all__ = ["MAX_PATTERN_LENGTH", "MAX_SUBJECT_LENGTH", "UnsafePattern", "compile_safe"]
@@ -179,6 +182,7 @@ class _Analysis:
 
     def __init__(self, pattern: str) -> None:
         self._pattern = pattern
+        self._atoms = _AtomIndex()
 
     def sequence(
         self, items: Sequence[Any], flags: int, depth: int, *, loop: _Item | None
@@ -192,11 +196,12 @@ class _Analysis:
             for op, av, item_flags, item_depth in self._flatten(items, flags, depth)
         ]
         shapes = [part.shape for part in parts]
-        shifts = list(_shifts(shapes))
-        self._check_runs(parts, shifts)
+        sets = _CharSets(shapes, self._atoms)
+        shifts = _find_shifts(sets, len(shapes))
+        self._check_runs(parts, shifts.split)
         self._check_lookarounds(parts)
-        shape = _concat(shapes)
-        ways = min(shape.ways * _shifted_ways(shapes, shifts), _UNBOUNDED)
+        shape = _concat(sets)
+        ways = min(shape.ways * _shifted_ways(shapes, shifts.ends), _UNBOUNDED)
         if ways > _MAX_WAYS:
             raise self._refuse(
                 f"parts that can match the same text in several ways, in a row, give more than {_MAX_WAYS} ways "
@@ -262,14 +267,15 @@ class _Analysis:
             raise self._refuse("repeated part can match empty text, so repetitions are ambiguous", [(op, av)])
         if repeats:
             written_out = [part.shape for part in parts] * 3  # across repetitions
-            shifts = list(_shifts(written_out))
-            if _movable_split(written_out, shifts) is not None:
+            # A shift from a later repetition is one from the first, moved along (and cut short).
+            shifts = _find_shifts(_CharSets(written_out, self._atoms), len(parts))
+            if shifts.split is not None:
                 raise self._refuse(
                     "repeated part holds a repeat whose end can move into the next repetition, "
                     "so repetitions can split the same text in many ways",
                     [(op, av)],
                 )
-            if body.ways > 1 or _shifted_ways(written_out, shifts) > 1:
+            if body.ways > 1 or _shifted_ways(written_out, shifts.ends) > 1:
                 raise self._refuse(
                     "repeated part can match the same text in several ways, so the ways multiply with each repetition",
                     [(op, av)],
@@ -300,10 +306,9 @@ class _Analysis:
         # ``a?``); alternatives that can start alike may match text of different lengths
         # (``(?:a|aa)``). Either way, where the branch ends can move, as after a repeat; inside a
         # repeated part, repetitions could split the same text in many ways.
+        sets = _CharSets(alternatives, self._atoms)
         alike = any(
-            _overlap(alternative.first, other.first)
-            for index, alternative in enumerate(alternatives)
-            for other in alternatives[:index]
+            sets.near_first[index] & sets.first[other] for index in range(len(alternatives)) for other in range(index)
         )
         ambiguous = alike or any(alternative.nullable for alternative in alternatives)
         if loop is not None and ambiguous:
@@ -323,13 +328,12 @@ class _Analysis:
             rerun=max(alternative.rerun for alternative in alternatives),
             shortest=min(alternative.shortest for alternative in alternatives),
             longest=max(alternative.longest for alternative in alternatives),
-            ways=min(_alternative_ways(alternatives, runs), _UNBOUNDED),
+            ways=min(_alternative_ways(sets, runs), _UNBOUNDED),
         )
 
-    def _check_runs(self, parts: list[_Part], shifts: Sequence[tuple[int, int, int]]) -> None:
+    def _check_runs(self, parts: list[_Part], split: tuple[int, int] | None) -> None:
         """Refuse a repeat of varying count followed by another that can take over its text
-        (``shifts`` are the parts' `_shifts`)."""
-        split = _movable_split([part.shape for part in parts], shifts)
+        (``split``, from `_find_shifts`)."""
         if split is not None:
             raise self._refuse(
                 "repeats in a row can match the same text",
@@ -353,14 +357,15 @@ class _Analysis:
         return UnsafePattern(f"{problem}: '{text}'{where}")
 
 
-def _concat(shapes: Sequence[_Shape]) -> _Shape:
+def _concat(sets: _CharSets) -> _Shape:
+    shapes = sets.shapes
     return _Shape(
         nullable=all(shape.nullable for shape in shapes),
         varies=any(shape.varies for shape in shapes),
         first=_edge(shapes, lambda shape: shape.first),
         last=_edge(reversed(shapes), lambda shape: shape.last),
         chars=_union(shape.chars for shape in shapes),
-        tail=_union(_run_to_end(shape.tail, shapes[index + 1 :]) for index, shape in enumerate(shapes)),
+        tail=sets.index.atoms(functools.reduce(operator.or_, map(sets.run_to_end, range(len(shapes))), 0)),
         looks=min(sum(shape.looks for shape in shapes), _UNBOUNDED),
         work=min(sum(shape.work for shape in shapes), _UNBOUNDED),
         rerun=_reruns(shapes)[-1] or 0,
@@ -406,72 +411,181 @@ def _edge(shapes: Iterable[_Shape], side: Callable[[_Shape], tuple[_Atom, ...]])
     return tuple(dict.fromkeys(atoms))
 
 
-def _movable_split(shapes: Sequence[_Shape], shifts: Iterable[tuple[int, int, int]]) -> tuple[int, int] | None:
-    """Where a repeat of varying count is followed by another that can take over its text, if anywhere.
+class _AtomIndex:
+    """The atoms met in one pattern, numbered, so that a set of atoms is a bit mask: the
+    characters of many parts together are one integer, and whether they overlap a set one ``&``.
+    Which atoms overlap which is worked out once for each pair, when first needed."""
+
+    def __init__(self) -> None:
+        self._atoms: list[_Atom] = []
+        self._numbers: dict[_Atom, int] = {}
+        self._holding: dict[int, int] = {}  # for each member of a set listed by its members, the sets holding it
+        self._unlisted: list[int] = []  # the sets not listed by their members, in order
+        self._near: dict[_Atom, tuple[int, int]] = {}  # the atoms each overlaps, among the first so many
+
+    def mask(self, atoms: Iterable[_Atom]) -> int:
+        mask = 0
+        for atom in atoms:
+            number = self._numbers.get(atom)
+            if number is None:
+                number = self._numbers[atom] = len(self._atoms)
+                self._atoms.append(atom)
+                for point in atom.points or ():
+                    self._holding[point] = self._holding.get(point, 0) | 1 << number
+                if atom.points is None:
+                    self._unlisted.append(number)
+            mask |= 1 << number
+        return mask
+
+    def atoms(self, mask: int) -> tuple[_Atom, ...]:
+        return tuple(atom for number, atom in enumerate(self._atoms) if mask >> number & 1)
+
+    def near(self, atoms: Iterable[_Atom]) -> int:
+        """The mask of the atoms that overlap one of ``atoms``: ``near(a) & mask(b)`` is nonzero when
+        an atom of ``a`` and one of ``b`` overlap (`_atoms_overlap`)."""
+        return functools.reduce(operator.or_, map(self._near_one, atoms), 0)
+
+    def _near_one(self, atom: _Atom) -> int:
+        """The mask of the atoms that overlap ``atom``, brought up to date with those numbered since.
+
+        Sets listed by all their members overlap when they share one, so those are found through
+        their members; any other pair is compared once, the first time it is needed.
+        """
+        self.mask((atom,))
+        near, known = self._near.get(atom, (0, 0))
+        if known < len(self._atoms):
+            if atom.points is not None:
+                near = functools.reduce(operator.or_, (self._holding[point] for point in atom.points), near)
+                others: Iterable[int] = self._unlisted[bisect.bisect_left(self._unlisted, known) :]
+            else:
+                others = range(known, len(self._atoms))
+            for other in others:
+                if _atoms_overlap(atom, self._atoms[other]):
+                    near |= 1 << other
+            self._near[atom] = near, len(self._atoms)
+        return near
+
+
+class _CharSets:
+    """The characters of consecutive shapes, as masks of an `_AtomIndex`."""
+
+    def __init__(self, shapes: Sequence[_Shape], index: _AtomIndex) -> None:
+        self.shapes = shapes
+        self.index = index
+        self.chars = [index.mask(shape.chars) for shape in shapes]
+        self.first = [index.mask(shape.first) for shape in shapes]
+        self.near_chars = [index.near(shape.chars) for shape in shapes]
+        self.near_first = [index.near(shape.first) for shape in shapes]
+
+    def run_to_end(self, start: int) -> int:
+        """The characters the varying end of shape ``start`` can shift through the shapes after it
+        to the end, or none when it cannot."""
+        run = self.index.mask(self.shapes[start].tail)
+        for later in range(start + 1, len(self.shapes)) if run else ():
+            if self.shapes[later].nullable:
+                continue
+            if not self.near_chars[later] & run:
+                return 0
+            run |= self.chars[later]
+        return run
+
+
+class _Shifts(NamedTuple):
+    split: tuple[int, int] | None  # a repeat of varying count and a later one that can take over its text
+    ends: frozenset[int]  # the parts shifted into before ``split``: all of them when there is none
+
+
+def _find_shifts(sets: _CharSets, starts: int) -> _Shifts:
+    """The `_shifts` from the first ``starts`` shapes, up to the first where a repeat of varying
+    count is followed by another that can take over its text.
 
     A part of fixed count counts as a repeat too once the parts after the first, up to it, cost
     more than `_LONG_FIXED` steps: they run again at each shift (``[ab]*[ab]{64}[ab]{64}``).
-    Returns the indices of the two repeats.
     """
-    for start, end, rerun in shifts:
-        if shapes[end].varies or rerun > _LONG_FIXED:
-            return start, end
-    return None
+    ends: set[int] = set()
+    for start, end, rerun in _shifts(sets, starts):
+        if sets.shapes[end].varies or rerun > _LONG_FIXED:
+            return _Shifts((start, end), frozenset(ends))
+        ends.add(end)
+    return _Shifts(None, frozenset(ends))
 
 
-def _shifted_ways(shapes: Sequence[_Shape], shifts: Iterable[tuple[int, int, int]]) -> int:
+def _shifted_ways(shapes: Sequence[_Shape], ends: Iterable[int]) -> int:
     """How many more ways consecutive shapes have to match the same text, for the parts of
-    different lengths that a varying part before them can shift into: one per length
+    different lengths that a varying part before them can shift into (``ends``): one per length
     (``(?:|b)(?:c|bc)`` matches ``bc`` two ways). A varying part that can be shifted into is
-    refused before (`_movable_split`)."""
-    ends = {end for _, end, _ in shifts}
+    refused before (`_find_shifts`)."""
     return math.prod(min(shapes[end].longest - shapes[end].shortest + 1, _UNBOUNDED) for end in ends)
 
 
-def _shifts(shapes: Sequence[_Shape]) -> Iterable[tuple[int, int, int]]:
-    """Each pair of a part whose end can move and a later part it can shift into, with what runs
-    again between them at each shift: ``(start, end, rerun)``.
+def _shifts(sets: _CharSets, starts: int) -> Iterator[tuple[int, int, int]]:
+    """Each pair of a shape among the first ``starts`` whose end can move and a later shape it can
+    shift into, with what runs again between them at each shift: ``(start, end, rerun)``, in order.
 
     For the split between the two to move, each part in between must shift with it: a part
     that cannot match a character of those before it stops the shift (``[a-z]*@[a-z]*``);
     parts that can match empty text do not. ``[A-Z]?[a-zA-Z][a-z]*`` splits ``Ab`` two ways
     although its two repeats share no character. The first part's last character moves too,
     so one that nothing after it matches stops the shift (``(?:\\w+\\.)*\\w+``).
+
+    Each pair costs a few integer operations, and each part that stops shifts into a later one
+    is found once for all the starts before it, so even the longest patterns are judged quickly.
     """
-    for start, pumped in enumerate(shapes):
-        run = pumped.tail
-        if not run:
-            continue
-        between: list[_Shape] = []
+    shapes = sets.shapes
+    stuck: dict[int, int] = {}  # for each end: the last part between that cannot pass a character on to it
+
+    def last_stuck(start: int, end: int) -> int:
+        """The last part after ``start`` and before ``end`` that can match a character of no part
+        after it, up to ``end`` (-1 if none); starts come in order, so the first answer serves
+        the later ones."""
+        if end not in stuck:
+            stuck[end] = -1
+            after = sets.chars[end]
+            for middle in range(end - 1, start, -1):
+                if shapes[middle].nullable:
+                    continue
+                if not sets.near_chars[middle] & after:
+                    stuck[end] = middle
+                    break
+                after |= sets.chars[middle]
+        return stuck[end]
+
+    for start in range(starts):
+        pumped = shapes[start]
+        run = sets.index.mask(pumped.tail)  # the characters that can shift: its tail's and those of the parts passed
+        near_last = sets.index.near(pumped.last)
+        last_moves = False  # whether a part passed can take the first part's last character
         rerun = pumped.rerun
-        for end in range(start + 1, len(shapes)):
+        for end in range(start + 1, len(shapes)) if run else ():
             shape = shapes[end]
             rerun += _rerun_cost(shape)
-            if (
-                _overlap(shape.first, run)
-                and _overlap(pumped.last, _union(later.chars for later in shapes[start + 1 : end + 1]))
-                and _shifts_into(between, shape)
-            ):
+            last_moves = last_moves or bool(near_last & sets.chars[end])
+            if last_moves and sets.near_first[end] & run and last_stuck(start, end) <= start:
                 yield start, end, rerun
-            if not shape.nullable:
-                if not _overlap(shape.chars, run):
-                    break
-                between.append(shape)
-            run = _union((run, shape.chars))
+            if not shape.nullable and not sets.near_chars[end] & run:
+                break
+            run |= sets.chars[end]
 
 
-def _alternative_ways(alternatives: Sequence[_Shape], runs: Sequence[tuple[tuple[_Atom, ...], ...] | None]) -> int:
-    """Most ways alternatives can match the same text: the ways of those that may match what one
-    of them matches, together. Alternatives that start alike may; two runs of single characters
-    only when they are as long and alike at every place (``Jan|Jun`` never match the same text)."""
+def _alternative_ways(sets: _CharSets, runs: Sequence[tuple[tuple[_Atom, ...], ...] | None]) -> int:
+    """Most ways alternatives (``sets.shapes``) can match the same text: the ways of those that may
+    match what one of them matches, together. Alternatives that start alike may; two runs of
+    single characters only when they are as long and alike at every place (``Jan|Jun`` never
+    match the same text)."""
+    alternatives = sets.shapes
+    places = [
+        None if run is None else [(sets.index.near(place), sets.index.mask(place)) for place in run] for run in runs
+    ]
 
     def alike(one: int, other: int) -> bool:
-        if not _overlap(alternatives[one].first, alternatives[other].first):
+        if not sets.near_first[one] & sets.first[other]:
             return False
-        first, second = runs[one], runs[other]
+        first, second = places[one], places[other]
         if first is None or second is None:
             return True
-        return len(first) == len(second) and all(map(_overlap, first, second))
+        return len(first) == len(second) and all(
+            near & mask for (near, _), (_, mask) in zip(first, second, strict=True)
+        )
 
     return max(
         sum(alternatives[other].ways for other in range(len(alternatives)) if other == one or alike(one, other))
@@ -487,34 +601,11 @@ def _characters(parts: Sequence[_Part]) -> tuple[tuple[_Atom, ...], ...] | None:
     return tuple(part.shape.first for part in parts if part.op in _CHAR_OPS)
 
 
-def _shifts_into(between: list[_Shape], later: _Shape) -> bool:
-    """Whether every part in ``between`` can match a character of some part after it, up to ``later``."""
-    return all(
-        _overlap(middle.chars, _union(after.chars for after in [*between[index + 1 :], later]))
-        for index, middle in enumerate(between)
-    )
-
-
-def _run_to_end(run: tuple[_Atom, ...], later: Sequence[_Shape]) -> tuple[_Atom, ...]:
-    """The characters a varying repeat's end can shift through ``later`` to the end, or none when it cannot."""
-    for shape in later if run else ():
-        if shape.nullable:
-            continue
-        if not _overlap(shape.chars, run):
-            return ()
-        run = _union((run, shape.chars))
-    return run
-
-
 def _union(groups: Iterable[tuple[_Atom, ...]]) -> tuple[_Atom, ...]:
     return tuple(dict.fromkeys(atom for group in groups for atom in group))
 
 
-def _overlap(left: tuple[_Atom, ...], right: tuple[_Atom, ...]) -> bool:
-    return any(_atoms_overlap(a, b) for a in left for b in right)
-
-
-@lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=4096)
 def _atoms_overlap(a: _Atom, b: _Atom) -> bool:
     """Whether some character is in both sets; true whenever that cannot be ruled out."""
     if a.points is not None:
@@ -530,7 +621,7 @@ def _member(atom: _Atom, point: int) -> bool:
     return _class_pattern(atom.source, atom.flags).fullmatch(chr(point)) is not None
 
 
-@lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=1024)
 def _class_pattern(source: str, flags: int) -> re.Pattern[str]:
     return re.compile(source, flags)
 
