@@ -777,10 +777,9 @@ class Guard:
         """Revoke a session whose risk score reached the threshold, and every token bound to it
         until none of them can be presented (a new connection, with the token that drove it
         there or another one of the session's, must not start a fresh budget), and record why."""
-        if not self.revocations.revoke_session(session.id, until=_revoked_until(session), now=now):
-            return  # revoked already, by a call crossing the threshold at the same time: once is enough
+        newly = self.revocations.revoke_session(session.id, until=_revoked_until(session), now=now)
         changes: list[AuditEvent] = []
-        if principal is not None:
+        if newly and principal is not None:  # else a call crossing the threshold at the same time did this
             reason = f"session {session.id} reached its risk threshold"
             driving = principal.token_id or principal.token_hash
             tokens = {driving: presentable_until(principal, self.leeway, math.inf), **session.tokens}
