@@ -56,8 +56,9 @@ class _Combination:
         self.version = version
         self._described: dict[int, tuple[ToolSpec, ToolSpec, ToolSpec]] = {}
         self._pinned: tuple[tuple[Policy, ...], Policy] = (self.policies, self)
-        self._risk: tuple[tuple[RiskScoring, ...], RiskScoring | None] = ((), None)
         """The members last held, and the combination of them (a copy is made per revision)."""
+        self._risk: tuple[tuple[RiskScoring, ...], RiskScoring | None] = ((), None)
+        """The members' risk settings last read, and the scoring they make together."""
 
     def in_force(self) -> Policy:
         """This combination with each member that reloads (a `PolicyFile`) held to its revision
