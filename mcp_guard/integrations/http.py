@@ -233,19 +233,28 @@ def _single_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[bytes, bytes] | 
 
 async def _read_body(receive: Receive) -> tuple[bytes | None, Receive]:
     """The request body (None past `MAX_CHALLENGED_BODY` or on a disconnect), and a ``receive``
-    that hands the application every message read here before the rest."""
-    read: list[Message] = []
-    size = 0
+    that hands the application what was read here before the rest.
+
+    What was read is kept, and handed on, as one message: a body sent a byte at a time would
+    otherwise be held as a message per byte, hundreds of times its size.
+    """
+    body = bytearray()
     while True:
         message = await receive()
-        read.append(message)
         if message["type"] != "http.request":
+            read = [_body_message(body, more=True), message] if body else [message]
             return None, _replayed(read, receive)
-        size += len(message.get("body", b""))
-        if size > MAX_CHALLENGED_BODY:
-            return None, _replayed(read, receive)
-        if not message.get("more_body", False):
-            return b"".join(part.get("body", b"") for part in read), _replayed(read, receive)
+        body += message.get("body", b"")
+        more = bool(message.get("more_body", False))
+        if len(body) > MAX_CHALLENGED_BODY:
+            return None, _replayed([_body_message(body, more)], receive)
+        if not more:
+            whole = _body_message(body, more=False)
+            return whole["body"], _replayed([whole], receive)
+
+
+def _body_message(body: bytearray, more: bool) -> Message:
+    return {"type": "http.request", "body": bytes(body), "more_body": more}
 
 
 def _replayed(read: list[Message], receive: Receive) -> Receive:

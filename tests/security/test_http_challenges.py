@@ -6,6 +6,7 @@ import base64
 import json
 import re
 import time
+from collections import deque
 from collections.abc import Iterator
 from typing import Annotated, Any
 
@@ -548,3 +549,39 @@ async def test_browser_clients_may_read_the_metadata_across_origins(authority: A
     assert response.headers["access-control-allow-origin"] == "*"
     assert response.headers["cache-control"] == "public, max-age=3600"
     assert response.json()["scopes_supported"] == ["notes:read", "notes:write"]
+
+
+def dripped(body: bytes, *after: dict[str, Any]) -> Any:
+    """A ``receive`` that sends ``body`` a byte at a time, then the messages ``after``."""
+    messages = [{"type": "http.request", "body": body[i : i + 1], "more_body": True} for i in range(len(body))]
+    messages[-1]["more_body"] = bool(after)
+    pending = deque([*messages, *after])
+
+    async def receive() -> dict[str, Any]:
+        return pending.popleft()
+
+    return receive
+
+
+async def test_a_body_sent_a_byte_at_a_time_is_kept_and_handed_on_as_one_message() -> None:
+    """Each message was kept as read, so a body dripped a byte at a time was held at hundreds of
+    times its size; what the application receives is the same body either way."""
+    from mcp_guard.integrations.http import _read_body
+
+    sent = b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call"}' * 40
+    body, receive = await _read_body(dripped(sent))
+    assert body == sent
+    assert await receive() == {"type": "http.request", "body": sent, "more_body": False}
+    disconnect = {"type": "http.disconnect"}
+    body, receive = await _read_body(dripped(sent[:10], disconnect))
+    assert body is None
+    assert [await receive(), await receive()] == [
+        {"type": "http.request", "body": sent[:10], "more_body": True},
+        disconnect,
+    ]
+    rest = {"type": "http.request", "body": b"tail", "more_body": False}
+    body, receive = await _read_body(dripped(b"x" * MAX_CHALLENGED_BODY, {**rest, "more_body": True}, rest))
+    assert body is None  # past the limit: handed on whole, read no further
+    handed = await receive()
+    assert handed == {"type": "http.request", "body": b"x" * MAX_CHALLENGED_BODY + b"tail", "more_body": True}
+    assert await receive() == rest
