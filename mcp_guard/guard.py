@@ -505,6 +505,7 @@ class Guard:
                 detail += f"; token {refused_token_fingerprint(credential.token)}"  # which token could not be read
         except Exception:
             logger.exception("mcp-guard: admitting a %s request failed; denying", _display(method))
+            kind = _CALL_DECIDED  # the guard's failure (a store down, say), not the token's
             decision = self._refusal(ReasonCode.GUARD_ERROR, None, principal)
         span = recording_span()
         event = AuditEvent.build(
@@ -782,7 +783,9 @@ class Guard:
         if newly and principal is not None:  # else a call crossing the threshold at the same time did this
             reason = f"session {session.id} reached its risk threshold"
             driving = principal.token_id or principal.token_hash
-            tokens = {driving: presentable_until(principal, self.leeway, math.inf), **session.tokens}
+            now_until = presentable_until(principal, self.leeway, math.inf)  # its expiry as verified now
+            tokens = {driving: now_until, **session.tokens}  # the driving token first
+            tokens[driving] = max(tokens[driving], now_until)
             for token_id, presentable in tokens.items():
                 if token_id is not None:
                     until = max(session.retain_until, presentable)

@@ -353,6 +353,12 @@ def _collected(name: str, value: object, kind: type, item: type) -> Any:
     return collected
 
 
+def _is_hook(hook: object) -> bool:
+    """Whether ``hook`` is an `AllowHook` (an ``on_allow`` method), without the runtime protocol
+    check, which costs microseconds per hook on every decision."""
+    return callable(getattr(hook, "on_allow", None))
+
+
 def _is_target(pair: object) -> bool:
     return type(pair) is tuple and len(pair) == 2 and type(pair[0]) is str and type(pair[1]) is str
 
@@ -407,9 +413,7 @@ class Decision:
                 object.__setattr__(self, name, _collected(name, value, kind, item))
         if self.targets and (type(self.targets) is not tuple or not all(map(_is_target, self.targets))):
             object.__setattr__(self, "targets", _targets(self.targets))
-        if self.on_allow and (
-            type(self.on_allow) is not tuple or not all(map(isinstance, self.on_allow, repeat(AllowHook)))
-        ):
+        if self.on_allow and (type(self.on_allow) is not tuple or not all(map(_is_hook, self.on_allow))):
             object.__setattr__(self, "on_allow", _collected("on_allow", self.on_allow, tuple, AllowHook))
 
     @property

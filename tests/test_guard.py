@@ -1484,3 +1484,45 @@ async def test_calls_crossing_the_risk_threshold_together_revoke_the_session_onc
         gate.set()
     assert [e.kind for e in audit.events].count(EventKind.ACCESS_REVOKED) == 1
     assert [e.kind for e in audit.events].count(EventKind.SESSION_REVOKED) == 1
+
+
+async def test_a_risky_session_revokes_the_driving_token_until_its_expiry_as_verified_now(
+    audit: MemoryAuditSink, clock: Clock
+) -> None:
+    """The same token verified again with a later expiry (introspection answering anew) was
+    revoked only until the expiry it had when first bound."""
+    g = make_guard(audit, clock, risk=RiskSettings(threshold=20, denial=10))
+    first = token("mallory", "notes:read", jti="A", expires_at=NOW + 600, token="same-bearer")
+    later = token("mallory", "notes:read", jti="A", expires_at=NOW + 36_000, token="same-bearer")
+    assert (await g.authorize("read_note", {}, first, transport_session="conn-1")).allowed
+    await g.authorize("write_note", {}, later, transport_session="conn-1")
+    await g.authorize("write_note", {}, later, transport_session="conn-1")  # the threshold
+    clock.advance(SessionSettings().absolute_ttl + 1)
+    again = await g.authorize("read_note", {}, later, transport_session="conn-2")
+    assert again.decision.reason.code == ReasonCode.TOKEN_REVOKED
+
+
+async def test_a_store_failing_on_a_request_that_is_no_tool_call_is_no_rejected_token(
+    audit: MemoryAuditSink, clock: Clock
+) -> None:
+    class Unreachable(MemorySessionStore):
+        async def get(self, session_id: str) -> Any:
+            raise ConnectionError("connection reset")
+
+    g = make_guard(audit, clock, sessions=Unreachable())
+    assert await g.admit_request("resources/read", token()) is not None
+    assert (audit.events[-1].kind, audit.events[-1].reasons) == (EventKind.CALL_DECIDED, ("guard_error",))
+
+
+def test_a_token_field_without_value_equality_keeps_its_principal() -> None:
+    """A field no copy of which equals it (a handle) made every call build the principal anew."""
+    from mcp_guard.identity.access_token import AccessTokenIdentifier
+
+    class HandleToken(AccessToken):
+        handle: Any = None
+
+    credential = HandleToken(**dict(token()), handle=object())
+    identifier = AccessTokenIdentifier()
+    assert identifier.identify(credential) is identifier.identify(credential)
+    again = HandleToken(**dict(credential))  # another object saying the same
+    assert identifier.identify(again) is identifier.identify(credential)

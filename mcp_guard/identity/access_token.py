@@ -131,9 +131,15 @@ def _said(token: AccessToken) -> tuple[object, ...]:
 
 def _kept(said: tuple[object, ...]) -> tuple[object, ...]:
     """``said`` (`_said`) as kept to compare later, with its own copy of the scope list and of
-    the added fields (deep where they can be copied): the verifier may change its in place."""
+    the added fields (deep where they can be copied): the verifier may change its in place. A
+    field whose copy does not equal it (an object without value equality) is kept itself, so
+    it still compares equal to what the credential says, by identity."""
     *facts, scopes, added = said
-    return (*facts, list(cast(list[str], scopes)), None if added is None else _own_copy(cast(dict[str, Any], added)))
+    if added is not None:
+        original = cast(dict[str, Any], added)
+        copied = _own_copy(original)
+        added = {name: own if own == original[name] else original[name] for name, own in copied.items()}
+    return (*facts, list(cast(list[str], scopes)), added)
 
 
 def _describes(principal: Principal, kept: tuple[object, ...], said: tuple[object, ...], token: AccessToken) -> bool:
